@@ -1,0 +1,1 @@
+"""chard: a distributed task queue with Celery's API."""

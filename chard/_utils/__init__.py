@@ -1,0 +1,1 @@
+"""Foundation helpers that import nothing from chard outside ``_utils``."""

@@ -1,0 +1,48 @@
+"""Open a result backend from its URL: one explicit scheme switch, lazy imports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chard._utils.log import redact_url
+from chard.backends.base import ResultBackend
+from chard.exceptions import ImproperlyConfigured
+
+SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+
+
+def open_backend(
+    url: str, *, expires: float | None = None, options: Mapping[str, Any] | None = None
+) -> ResultBackend:
+    """Return a result backend for ``url``.
+
+    Raises:
+        ImproperlyConfigured: unknown scheme (the message lists the supported ones).
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from chard.backends.memory import MemoryResultBackend
+
+        return MemoryResultBackend(url, expires=expires, options=options)
+    if scheme == "sqlite":
+        from chard.backends.sqlite import SQLiteResultBackend
+
+        return SQLiteResultBackend(url, expires=expires, options=options)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from chard.backends.redis import RedisResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"result backend {redact_url(url)!r} needs the redis client; "
+                "pip install 'chard[redis]'"
+            ) from exc
+        return RedisResultBackend(url, expires=expires, options=options)
+    supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+    raise ImproperlyConfigured(
+        f"unknown result backend URL scheme {scheme or url!r} in {redact_url(url)!r}; "
+        f"supported: {supported}"
+    )
+
+
+__all__ = ["ResultBackend", "open_backend"]

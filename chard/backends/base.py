@@ -1,0 +1,284 @@
+"""The result backend: task states and results, stored in Celery's shape.
+
+Policy lives here (meta encoding, state precedence, waiting with a deadline,
+exception round-trips, group bookkeeping); a subclass implements only the storage
+primitives :meth:`_get`, :meth:`_set`, :meth:`_delete` and :meth:`_incr`, and may
+override :meth:`_wait_for_change` to be woken by the store instead of polling.
+
+Stored values are the JSON meta Celery writes under ``celery-task-meta-<id>``
+(``status``, ``result``, ``traceback``, ``children``, ``date_done``, ``task_id``
+…), so a Celery client can read chard's results and the reverse.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from chard import states
+from chard.exceptions import RemoteTaskError, ResultTimeout
+from chard.protocol import serializers
+
+TASK_KEY_PREFIX = "celery-task-meta-"
+GROUP_KEY_PREFIX = "celery-taskset-meta-"
+
+Meta = dict[str, Any]
+
+
+def encode_exception(exc: BaseException) -> dict[str, Any]:
+    """Return Celery's JSON form of an exception: type, module and args."""
+    exc_type = type(exc)
+    try:
+        serializers.json_dumps(list(exc.args))
+        args: list[Any] = list(exc.args)
+    except Exception:  # args a JSON encoder cannot take: keep their text
+        args = [str(exc)]
+    return {
+        "exc_type": exc_type.__qualname__,
+        "exc_message": args,
+        "exc_module": exc_type.__module__,
+    }
+
+
+def decode_exception(value: Any, traceback: str | None = None) -> BaseException:
+    """Rebuild an exception from its stored form.
+
+    The original type is used only when its module is already imported in this
+    process (never import a module named by remote data); otherwise the result is a
+    :class:`RemoteTaskError` carrying the remote type name and traceback.
+    """
+    if isinstance(value, BaseException):
+        return value
+    if not isinstance(value, dict) or "exc_type" not in value:
+        return RemoteTaskError("builtins", "Exception", str(value), traceback)
+    module_name = value.get("exc_module") or "builtins"
+    type_name = str(value["exc_type"])
+    raw_args = value.get("exc_message")
+    args = tuple(raw_args) if isinstance(raw_args, (list, tuple)) else (raw_args,)
+    module = builtins if module_name == "builtins" else sys.modules.get(module_name)
+    cls: Any = module
+    for part in type_name.split("."):
+        cls = getattr(cls, part, None) if cls is not None else None
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            return cls(*args)
+        except Exception:  # a constructor with other arguments: fall through to a carrier
+            pass
+    message = ", ".join(str(a) for a in args)
+    return RemoteTaskError(module_name, type_name, message, traceback)
+
+
+class ResultBackend(ABC):
+    """Stores task metas; see the module docstring for the split of work."""
+
+    #: Whether :meth:`_wait_for_change` is woken by the store (no polling needed).
+    has_native_wait = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        expires: float | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.expires = expires
+        self.options = dict(options or {})
+
+    # -- primitives ---------------------------------------------------------
+    @abstractmethod
+    def _get(self, key: str) -> bytes | None:
+        """Return the value at ``key`` or None (missing or expired)."""
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Return the values at ``keys``; override to fetch in one round-trip."""
+        return [self._get(key) for key in keys]
+
+    @abstractmethod
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` at ``key``, expiring after ``ttl`` seconds (None: never)."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Remove ``key``; missing is fine."""
+
+    @abstractmethod
+    def _incr(self, key: str, ttl: float | None) -> int:
+        """Atomically add one to the integer at ``key`` (missing = 0) and return the new value."""
+
+    def _wait_for_change(self, keys: Sequence[str], timeout: float) -> None:
+        """Block until one of ``keys`` may have changed or ``timeout`` passes.
+
+        The default sleeps (polling); backends with notifications override it.
+        """
+        time.sleep(timeout)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # -- task metas ---------------------------------------------------------
+    def task_key(self, task_id: str) -> str:
+        """Return the key under which ``task_id``'s meta is stored."""
+        return TASK_KEY_PREFIX + task_id
+
+    def encode_meta(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Meta:
+        """Build Celery's meta dict for a state change."""
+        if isinstance(result, BaseException):
+            result = encode_exception(result)
+        meta: Meta = {
+            "status": state,
+            "result": result,
+            "traceback": traceback,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
+            "task_id": task_id,
+        }
+        if extra:
+            meta.update({k: v for k, v in extra.items() if v is not None})
+        return meta
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Meta:
+        """Store a state for ``task_id`` unless a later state is already stored.
+
+        A redelivered duplicate or a late ``STARTED`` never overwrites a ready
+        state: the meta already there wins and is returned.
+        """
+        key = self.task_key(task_id)
+        current = self._load(self._get(key))
+        if current is not None and self._is_final_over(current.get("status"), state):
+            return current
+        meta = self.encode_meta(task_id, result, state, traceback, extra)
+        self._set(key, serializers.json_dumps(meta), self.expires)
+        return meta
+
+    def get_task_meta(self, task_id: str) -> Meta:
+        """Return the stored meta, or a ``PENDING`` meta for an unknown id."""
+        meta = self._load(self._get(self.task_key(task_id)))
+        return meta if meta is not None else self._pending(task_id)
+
+    def get_many(self, task_ids: Sequence[str]) -> list[Meta]:
+        """Return the metas of ``task_ids`` in order, in one round-trip where possible."""
+        raw = self._mget([self.task_key(t) for t in task_ids])
+        return [self._load(v) or self._pending(t) for t, v in zip(task_ids, raw, strict=True)]
+
+    def exists(self, task_id: str) -> bool:
+        """Return whether any state is stored for ``task_id`` (PENDING means unknown)."""
+        return self._get(self.task_key(task_id)) is not None
+
+    def forget(self, task_id: str) -> None:
+        """Delete the stored meta of ``task_id``."""
+        self._delete(self.task_key(task_id))
+
+    def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> Meta:
+        """Block until ``task_id`` is ready and return its meta.
+
+        Args:
+            timeout: seconds to wait at most; None waits forever.
+            interval: longest sleep between two reads when the store cannot notify.
+
+        Raises:
+            ResultTimeout: ``timeout`` passed first.
+        """
+        return self.wait_for_many([task_id], timeout, interval)[0]
+
+    def wait_for_many(
+        self, task_ids: Sequence[str], timeout: float | None = None, interval: float = 0.5
+    ) -> list[Meta]:
+        """Block until every task in ``task_ids`` is ready; return their metas in order."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = min(0.005, interval)
+        pending = list(task_ids)
+        ready: dict[str, Meta] = {}
+        while True:
+            for task_id, meta in zip(pending, self.get_many(pending), strict=True):
+                if meta["status"] in states.READY_STATES:
+                    ready[task_id] = meta
+            pending = [t for t in pending if t not in ready]
+            if not pending:
+                return [ready[t] for t in task_ids]
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeout(
+                    f"task {pending[0]!r} not ready after {timeout}s "
+                    f"({len(pending)} of {len(task_ids)} pending); is a worker consuming its queue?"
+                )
+            if self.has_native_wait:
+                wait = remaining if remaining is not None else 1.0
+            else:  # poll with back-off: fast first answers, few reads when the task is slow
+                wait = pause if remaining is None else min(pause, remaining)
+                pause = min(pause * 2, interval)
+            self._wait_for_change([self.task_key(t) for t in pending], min(wait, 1.0))
+
+    # -- groups -------------------------------------------------------------
+    def group_key(self, group_id: str) -> str:
+        """Return the key under which group ``group_id`` is saved."""
+        return GROUP_KEY_PREFIX + group_id
+
+    def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
+        """Save a group's member ids in Celery's ``as_tuple`` shape."""
+        value = {"result": [[group_id, None], [[[tid, None], None] for tid in task_ids]]}
+        self._set(self.group_key(group_id), serializers.json_dumps(value), self.expires)
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        """Return the member ids of a saved group, or None if it was never saved."""
+        value = self._load(self._get(self.group_key(group_id)))
+        if value is None:
+            return None
+        return [member[0][0] for member in value["result"][1]]
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a saved group."""
+        self._delete(self.group_key(group_id))
+
+    def incr(self, key: str) -> int:
+        """Atomically count one more at ``key`` (chord completion) and return the total."""
+        return self._incr(key, self.expires)
+
+    # -- helpers ------------------------------------------------------------
+    @staticmethod
+    def _is_final_over(stored: Any, incoming: str) -> bool:
+        """Return whether the stored state must be kept instead of ``incoming``.
+
+        SUCCESS is final; any ready state beats a non-ready one; a ready state may
+        replace FAILURE/REVOKED (a redelivery that then succeeded).
+        """
+        if stored not in states.READY_STATES:
+            return False
+        return stored == states.SUCCESS or incoming not in states.READY_STATES
+
+    @staticmethod
+    def _load(raw: bytes | None) -> Meta | None:
+        if raw is None:
+            return None
+        value = serializers.json_loads(raw)
+        return value if isinstance(value, dict) else None
+
+    @staticmethod
+    def _pending(task_id: str) -> Meta:
+        return {
+            "status": states.PENDING,
+            "result": None,
+            "traceback": None,
+            "children": [],
+            "date_done": None,
+            "task_id": task_id,
+        }

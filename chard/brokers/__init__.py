@@ -1,0 +1,46 @@
+"""Open a broker from its URL: one explicit scheme switch, each transport imported lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chard._utils.log import redact_url
+from chard.brokers.base import Broker, Delivery, OutgoingMessage
+from chard.exceptions import ImproperlyConfigured
+
+SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+
+
+def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    """Return a broker for ``url``.
+
+    Raises:
+        ImproperlyConfigured: unknown scheme (the message lists the supported ones),
+            or the transport's extra is not installed.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from chard.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url, options)
+    if scheme == "sqlite":
+        from chard.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, options)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from chard.brokers.redis import RedisBroker
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
+            ) from exc
+        return RedisBroker(url, options)
+    supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+    raise ImproperlyConfigured(
+        f"unknown broker URL scheme {scheme or url!r} in {redact_url(url)!r}; "
+        f"supported: {supported} (e.g. 'sqlite:///chard.sqlite3' or 'redis://localhost:6379/0')"
+    )
+
+
+__all__ = ["Broker", "Delivery", "OutgoingMessage", "open_broker"]

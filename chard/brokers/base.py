@@ -1,0 +1,156 @@
+"""The broker interface: queues of opaque envelopes, with leases, acks and dead letters.
+
+A broker knows nothing of tasks. It moves envelope bytes (see
+:mod:`chard.protocol.message`) between named queues and consumers, and guarantees:
+
+* **At-least-once.** A fetched message is *leased* to this broker instance (one
+  consumer). It leaves the queue only on :meth:`Delivery.ack` or
+  :meth:`Delivery.dead_letter`. If the consumer dies, its leases lapse after
+  ``lease_timeout`` seconds and the messages are delivered again.
+* **Slow is not dead.** While the consumer lives, :meth:`Broker.heartbeat` (called
+  by the worker every ``lease_timeout / 4`` seconds or so) extends every lease it
+  holds, so a long task is never handed to a second worker (Celery's Redis
+  visibility-timeout bug, celery#2481).
+* **Counted deliveries.** :attr:`Delivery.delivery_count` is 1 on first delivery
+  and grows each time a lease lapses; the worker dead-letters a message past
+  ``task_max_deliveries`` instead of looping on a poison pill.
+* **Future work stays in the broker.** ``publish(..., eta=)`` stores a not-before
+  time; the message is invisible to :meth:`Broker.fetch` until then.
+* **Priority.** 0 is the highest priority and 9 the lowest (Celery's Redis
+  convention); within one priority, first in first out.
+
+Thread safety: a broker instance may be called from several threads of one process
+(the worker's consume loop and its heartbeat timer). It must not be shared across
+``fork()``; each process opens its own (the app does this).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Default lease: how long a dead consumer's messages stay invisible (seconds).
+DEFAULT_LEASE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message to publish: where, what, how urgent and from when."""
+
+    queue: str
+    body: bytes
+    priority: int = 0
+    #: Not-before time as a Unix timestamp, or None for "now".
+    eta: float | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message set aside: never executed again unless re-driven."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    #: Unix timestamp when it was set aside.
+    failed_at: float
+    delivery_count: int
+
+
+class Delivery(ABC):
+    """A message leased to this consumer, until acked, rejected or dead-lettered.
+
+    Settling a delivery twice is a no-op, and settling one whose lease has lapsed
+    (and that another consumer now holds) must not touch the other's lease.
+    """
+
+    #: The envelope bytes exactly as published.
+    body: bytes
+    #: Queue it was fetched from.
+    queue: str
+    #: 1 on the first delivery; +1 for every lapsed lease.
+    delivery_count: int
+
+    @abstractmethod
+    def ack(self) -> None:
+        """Remove the message for good: its work is done."""
+
+    @abstractmethod
+    def reject(self, requeue: bool = False) -> None:
+        """Give the message up.
+
+        Args:
+            requeue: put it back for immediate redelivery *without* counting this
+                delivery (warm shutdown returns unstarted work this way). Without
+                requeue the message is dropped.
+        """
+
+    @abstractmethod
+    def dead_letter(self, reason: str) -> None:
+        """Move the message to the dead-letter store with ``reason``; it will not run again."""
+
+
+class Broker(ABC):
+    """A message broker behind one small interface; see the module docstring for guarantees."""
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+        self.lease_timeout = float(self.options.get("lease_timeout", DEFAULT_LEASE_TIMEOUT))
+
+    @abstractmethod
+    def publish(self, message: OutgoingMessage) -> None:
+        """Store one message durably before returning.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+        """
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store several messages, in one round-trip where the transport allows."""
+        for message in messages:
+            self.publish(message)
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` due messages from ``queues``.
+
+        Blocks up to ``timeout`` seconds for the first message without busy-waiting
+        (blocking read, notification, or a back-off of at most ~1 s between checks),
+        and returns ``[]`` if none came. Several queues are served fairly: one busy
+        queue must not starve the others.
+        """
+
+    @abstractmethod
+    def heartbeat(self) -> None:
+        """Extend the lease of every message this instance holds; also recover lapsed leases.
+
+        Called periodically by the worker while it lives. Idempotent.
+        """
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every waiting (unleased) message in ``queue``; return how many."""
+
+    @abstractmethod
+    def queue_size(self, queue: str) -> int:
+        """Return how many messages wait in ``queue`` (due or not, excluding leased ones)."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters, oldest first."""
+
+    @abstractmethod
+    def redrive(self, dead_letter_id: str) -> bool:
+        """Put a dead letter back on its queue with a fresh delivery count; False if unknown."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most brokers have something to close
+        """Release connections. Unacked deliveries are left for lease expiry."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

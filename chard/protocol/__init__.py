@@ -1,0 +1,1 @@
+"""Wire formats: pure data <-> bytes, no I/O."""

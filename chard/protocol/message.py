@@ -1,0 +1,292 @@
+"""The task message: Celery protocol v2, and the only code that knows its field names.
+
+On every broker chard stores and moves one opaque *envelope*: the JSON document
+kombu's Redis transport pushes (``body`` base64, ``content-type``, ``headers``,
+``properties``). Keeping that one shape everywhere means a message published by
+Celery on Redis is consumed by chard unchanged, and the reverse; a broker whose
+native frames differ (AMQP) converts at its edge.
+
+:meth:`TaskMessage.from_wire` is the single decode choke point: any failure
+becomes :class:`~chard.exceptions.DecodeError` (or ``ContentDisallowed``), which
+the worker dead-letters instead of crashing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from chard._utils.log import saferepr
+from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
+from chard.protocol import serializers
+
+#: Signature dicts as they travel in the body's ``embed`` part.
+SignatureDict = dict[str, Any]
+
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def new_id() -> str:
+    """Return a new task id (uuid4, Celery's form)."""
+    return str(uuid.uuid4())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_iso(value: Any, name: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise DecodeError(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """One task invocation, as it crosses the broker."""
+
+    task: str
+    id: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    timelimit: tuple[float | None, float | None] = (None, None)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    shadow: str | None = None
+    origin: str | None = None
+    ignore_result: bool = False
+    callbacks: list[SignatureDict] | None = None
+    errbacks: list[SignatureDict] | None = None
+    chain: list[SignatureDict] | None = None
+    chord: SignatureDict | None = None
+    reply_to: str = ""
+    priority: int = 0
+    #: Headers not named above (user ``headers=``, stamps, ``redelivered``), kept verbatim.
+    extra_headers: dict[str, Any] = field(default_factory=dict)
+    #: Serializer of the body: a registered name or content type.
+    serializer: str = "json"
+
+    def evolve(self, **changes: Any) -> TaskMessage:
+        """Return a copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def headers(self) -> dict[str, Any]:
+        """Return the protocol-v2 headers, every key present as Celery sends them."""
+        headers: dict[str, Any] = {
+            "lang": "py",
+            "task": self.task,
+            "id": self.id,
+            "shadow": self.shadow,
+            "eta": _iso(self.eta),
+            "expires": _iso(self.expires),
+            "group": self.group,
+            "group_index": self.group_index,
+            "retries": self.retries,
+            "timelimit": list(self.timelimit),
+            "root_id": self.root_id or self.id,
+            "parent_id": self.parent_id,
+            "argsrepr": saferepr(tuple(self.args), 1024),
+            "kwargsrepr": saferepr(self.kwargs, 1024),
+            "origin": self.origin or _ORIGIN,
+            "ignore_result": self.ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+        if self.extra_headers:
+            headers.update(self.extra_headers)
+        return headers
+
+    def body(self) -> list[Any]:
+        """Return the body ``[args, kwargs, embed]``."""
+        embed = {
+            "callbacks": self.callbacks,
+            "errbacks": self.errbacks,
+            "chain": self.chain,
+            "chord": self.chord,
+        }
+        return [list(self.args), self.kwargs, embed]
+
+    def to_wire(self, queue: str = "celery") -> bytes:
+        """Encode as the JSON envelope kombu's Redis transport uses.
+
+        Raises:
+            SerializationError: an argument cannot be encoded; the message names it.
+        """
+        try:
+            payload, content_type, encoding = serializers.dumps(self.body(), self.serializer)
+        except SerializationError as exc:
+            raise SerializationError(self._name_bad_argument(exc)) from exc.__cause__
+        envelope = {
+            "body": base64.b64encode(payload).decode("ascii"),
+            "content-encoding": encoding,
+            "content-type": content_type,
+            "headers": self.headers(),
+            "properties": {
+                "correlation_id": self.id,
+                "reply_to": self.reply_to,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": self.priority,
+                "body_encoding": "base64",
+                "delivery_tag": new_id(),
+            },
+        }
+        return serializers.json_dumps(envelope)
+
+    def _name_bad_argument(self, exc: SerializationError) -> str:
+        """Find which argument could not be encoded, so the error can name it."""
+        candidates: list[tuple[str, Any]] = [(f"args[{i}]", a) for i, a in enumerate(self.args)]
+        candidates += [(f"kwargs[{k!r}]", v) for k, v in self.kwargs.items()]
+        for label, value in candidates:
+            try:
+                serializers.dumps(value, self.serializer)
+            except SerializationError:
+                return (
+                    f"task {self.task!r}: argument {label} of type {type(value).__name__} "
+                    f"cannot be serialized with {self.serializer!r}; pass plain data "
+                    "(e.g. an id instead of the object) or choose another serializer"
+                )
+        return f"task {self.task!r}: {exc}"
+
+    @classmethod
+    def from_wire(cls, data: bytes, accept: frozenset[str]) -> TaskMessage:
+        """Decode an envelope; the only way bytes become a :class:`TaskMessage`.
+
+        Args:
+            data: the envelope as stored by the broker.
+            accept: content types the body may have (see ``accept_content``).
+
+        Raises:
+            ContentDisallowed: the body's content type is not accepted.
+            DecodeError: anything else is wrong with the message.
+        """
+        try:
+            envelope = serializers.json_loads(data)
+            if not isinstance(envelope, dict):
+                raise DecodeError("message envelope is not a JSON object", data)
+            return cls._from_envelope(envelope, accept)
+        except (DecodeError, ContentDisallowed) as exc:
+            if isinstance(exc, DecodeError) and exc.data is None:
+                exc.data = data
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot decode message: {exc}", data) from exc
+
+    @classmethod
+    def _from_envelope(cls, envelope: dict[str, Any], accept: frozenset[str]) -> TaskMessage:
+        headers = dict(envelope.get("headers") or {})
+        properties = envelope.get("properties") or {}
+        content_type = envelope.get("content-type", "application/json")
+        raw = envelope.get("body", "")
+        if properties.get("body_encoding") == "base64":
+            try:
+                payload = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise DecodeError(f"body is not valid base64: {exc}") from exc
+        else:
+            payload = raw.encode("utf-8") if isinstance(raw, str) else raw
+        try:
+            body = serializers.loads(payload, content_type, accept)
+        except SerializationError as exc:
+            raise DecodeError(str(exc)) from exc
+        if "task" not in headers and isinstance(body, dict):
+            return cls._from_protocol_v1(body, properties, content_type)
+        if not isinstance(body, (list, tuple)) or len(body) != 3:
+            raise DecodeError("body is not [args, kwargs, embed] (Celery protocol v2)")
+        args, kwargs, embed = body
+        return cls._build(headers, properties, args, kwargs, embed or {}, content_type)
+
+    @classmethod
+    def _from_protocol_v1(
+        cls, body: dict[str, Any], properties: dict[str, Any], content_type: str
+    ) -> TaskMessage:
+        """Accept the old protocol-1 dict body that very old Celery clients send."""
+        headers = {k: body.get(k) for k in ("task", "id", "eta", "expires", "retries", "group")}
+        headers["timelimit"] = body.get("timelimit") or [None, None]
+        embed = {"callbacks": body.get("callbacks"), "errbacks": body.get("errbacks")}
+        return cls._build(
+            headers,
+            properties,
+            body.get("args") or [],
+            body.get("kwargs") or {},
+            embed,
+            content_type,
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        args: Any,
+        kwargs: Any,
+        embed: dict[str, Any],
+        content_type: str,
+    ) -> TaskMessage:
+        name, task_id = headers.pop("task", None), headers.pop("id", None)
+        if not isinstance(name, str) or not name:
+            raise DecodeError("header 'task' (the task name) is missing")
+        if not isinstance(task_id, str) or not task_id:
+            raise DecodeError(f"header 'id' is missing for task {name!r}")
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise DecodeError(f"task {name!r}[{task_id}]: args must be a list, kwargs a dict")
+        hard, soft = ([*list(headers.pop("timelimit", None) or [None, None]), None, None])[:2]
+        for known in ("lang", "argsrepr", "kwargsrepr", "replaced_task_nesting"):
+            headers.pop(known, None)
+        if headers.get("stamped_headers") is None and not headers.get("stamps"):
+            headers.pop("stamped_headers", None)
+            headers.pop("stamps", None)
+        return cls(
+            task=name,
+            id=task_id,
+            args=tuple(args),
+            kwargs=kwargs,
+            eta=_parse_iso(headers.pop("eta", None), "eta"),
+            expires=_parse_iso(headers.pop("expires", None), "expires"),
+            retries=int(headers.pop("retries", 0) or 0),
+            timelimit=(hard, soft),
+            root_id=headers.pop("root_id", None),
+            parent_id=headers.pop("parent_id", None),
+            group=headers.pop("group", None),
+            group_index=headers.pop("group_index", None),
+            shadow=headers.pop("shadow", None),
+            origin=headers.pop("origin", None),
+            ignore_result=bool(headers.pop("ignore_result", False)),
+            callbacks=embed.get("callbacks"),
+            errbacks=embed.get("errbacks"),
+            chain=embed.get("chain"),
+            chord=embed.get("chord"),
+            reply_to=properties.get("reply_to") or "",
+            priority=int(properties.get("priority") or 0),
+            extra_headers=headers,
+            serializer=content_type,
+        )
+
+
+def peek(data: bytes) -> tuple[str | None, str | None]:
+    """Return ``(task name, task id)`` from an envelope's headers, or Nones; never raises.
+
+    Lets the worker name a message it cannot decode in its log line and dead-letter record.
+    """
+    try:
+        headers = serializers.json_loads(data).get("headers") or {}
+        return headers.get("task"), headers.get("id")
+    except Exception:
+        return None, None

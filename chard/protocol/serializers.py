@@ -1,0 +1,208 @@
+"""Serializer registry: json (default), msgpack and yaml (optional), pickle (opt-in only).
+
+Payloads are refused unless their content type is in ``accept_content``: a worker
+that would unpickle anything is a remote-code-execution hole (RQ, Huey and arq
+default to pickle; chard never does).
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import json
+import pickle
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any
+
+from chard.exceptions import ContentDisallowed, SerializationError
+
+
+@dataclass(frozen=True)
+class Serializer:
+    """One registered serializer."""
+
+    name: str
+    content_type: str
+    content_encoding: str
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+
+
+def _json_default(value: Any) -> Any:
+    """Encode the types kombu's JSON encoder knows, in kombu's envelope shape."""
+    if isinstance(value, datetime):
+        return {"__type__": "datetime", "__value__": value.isoformat()}
+    if isinstance(value, date):
+        return {"__type__": "date", "__value__": value.isoformat()}
+    if isinstance(value, time):
+        return {"__type__": "time", "__value__": value.isoformat()}
+    if isinstance(value, decimal.Decimal):
+        return {"__type__": "decimal", "__value__": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"__type__": "uuid", "__value__": value.hex}
+    if isinstance(value, bytes):
+        try:
+            return {"__type__": "bytes", "__value__": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"__type__": "base64", "__value__": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    reduce = getattr(value, "__json__", None)
+    if callable(reduce):
+        return reduce()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON_DECODERS: dict[str, Callable[[str], Any]] = {
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "time": time.fromisoformat,
+    "decimal": decimal.Decimal,
+    "uuid": lambda v: uuid.UUID(hex=v),
+    "bytes": lambda v: v.encode("utf-8"),
+    "base64": base64.b64decode,
+}
+
+
+def _json_object_hook(obj: dict[str, Any]) -> Any:
+    kind = obj.get("__type__")
+    if kind is not None and "__value__" in obj and len(obj) == 2:
+        decoder = _JSON_DECODERS.get(kind)
+        if decoder is not None:
+            return decoder(obj["__value__"])
+    return obj
+
+
+_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
+_decoder = json.JSONDecoder(object_hook=_json_object_hook)
+
+
+def json_dumps(value: Any) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON, with kombu's type envelopes."""
+    return _encoder.encode(value).encode("utf-8")
+
+
+def json_loads(data: bytes | str) -> Any:
+    """Decode JSON produced by chard or kombu, restoring enveloped types."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return _decoder.decode(text)
+
+
+def _pickle_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_REGISTRY: dict[str, Serializer] = {}
+
+
+def register(serializer: Serializer) -> None:
+    """Add or replace a serializer by name."""
+    _REGISTRY[serializer.name] = serializer
+
+
+register(Serializer("json", "application/json", "utf-8", json_dumps, json_loads))
+register(
+    Serializer("pickle", "application/x-python-serialize", "binary", _pickle_dumps, pickle.loads)
+)
+
+
+def _register_optional() -> None:
+    try:
+        import msgpack
+    except ImportError:  # the [msgpack] extra is not installed
+        pass
+    else:
+        register(
+            Serializer(
+                "msgpack",
+                "application/x-msgpack",
+                "binary",
+                lambda v: msgpack.packb(v, use_bin_type=True),
+                lambda b: msgpack.unpackb(b, raw=False),
+            )
+        )
+    try:
+        import yaml
+    except ImportError:  # the [yaml] extra is not installed
+        pass
+    else:
+        register(
+            Serializer(
+                "yaml",
+                "application/x-yaml",
+                "utf-8",
+                lambda v: yaml.safe_dump(v).encode("utf-8"),
+                yaml.safe_load,
+            )
+        )
+
+
+_register_optional()
+
+
+def get_serializer(name: str) -> Serializer:
+    """Return the serializer called ``name`` (or registered for that content type).
+
+    Raises:
+        SerializationError: no such serializer; the message lists the known ones.
+    """
+    found = _REGISTRY.get(name)
+    if found is not None:
+        return found
+    for serializer in _REGISTRY.values():
+        if serializer.content_type == name:
+            return serializer
+    known = ", ".join(sorted(_REGISTRY))
+    raise SerializationError(
+        f"serializer {name!r} is not available; known: {known} "
+        "(msgpack and yaml need their extras: pip install 'chard[msgpack]')"
+    )
+
+
+def accepted_content_types(accept: Iterable[str]) -> frozenset[str]:
+    """Map ``accept_content`` entries (names or content types) to content types."""
+    types = set()
+    for entry in accept:
+        if "/" in entry:
+            types.add(entry)
+        else:
+            types.add(get_serializer(entry).content_type)
+    return frozenset(types)
+
+
+def dumps(value: Any, serializer: str = "json") -> tuple[bytes, str, str]:
+    """Encode ``value``; return ``(payload, content_type, content_encoding)``.
+
+    Raises:
+        SerializationError: the value cannot be encoded; the message names its type.
+    """
+    found = get_serializer(serializer)
+    try:
+        return found.dumps(value), found.content_type, found.content_encoding
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize with {found.name!r}: {exc}; pass plain data "
+            "(str, int, float, bool, None, list, dict) or choose another serializer"
+        ) from exc
+
+
+def loads(payload: bytes, content_type: str, accept: frozenset[str]) -> Any:
+    """Decode ``payload`` if ``content_type`` is accepted.
+
+    Raises:
+        ContentDisallowed: ``content_type`` is not in ``accept``.
+        SerializationError: the payload is malformed for its content type.
+    """
+    if content_type not in accept:
+        raise ContentDisallowed(
+            f"refusing to decode content type {content_type!r}; accepted: "
+            f"{', '.join(sorted(accept))} (add it to accept_content if you trust the sender)"
+        )
+    found = get_serializer(content_type)
+    try:
+        return found.loads(payload)
+    except Exception as exc:
+        raise SerializationError(f"malformed {found.name} payload: {exc}") from exc

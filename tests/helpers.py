@@ -1,0 +1,59 @@
+"""Test helpers shared by every suite: polling with a deadline and real-service checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: One id per test session, for key prefixes and queue names on shared servers.
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip the test when ``name`` is not listening, or fail under CI=true."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return
+    except OSError as exc:
+        message = f"{name} is not reachable at {host}:{port}: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing service is a failure)")
+        pytest.skip(message)
+
+
+REDIS_HOST = os.environ.get("CHARD_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CHARD_TEST_REDIS_PORT", "6379"))
+#: Redis db for tests; each test also uses its own key prefix (see redis_url()).
+REDIS_DB = int(os.environ.get("CHARD_TEST_REDIS_DB", "9"))
+
+
+def redis_url(prefix: str | None = None) -> str:
+    """Return a Redis URL for a test, checking the server first.
+
+    The key prefix (``?global_keyprefix=``) isolates concurrent test runs on the shared server.
+    """
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    prefix = prefix or f"chardtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}?global_keyprefix={prefix}"
