@@ -1,1 +1,62 @@
-"""chard: a distributed task queue with Celery's API."""
+"""chard: a distributed task queue with Celery's API, wire protocol and a safer, faster core.
+
+Switch from Celery by changing the import::
+
+    from chard import Celery
+    app = Celery("proj", include=["proj.tasks"])   # no broker: embedded SQLite
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chard import states
+from chard._context import get_current_app
+from chard.app import Celery, Chard, shared_task
+from chard.canvas import Signature, signature, subtask
+from chard.exceptions import ChardError
+from chard.result import AsyncResult, EagerResult, GroupResult, ResultSet
+from chard.task import Task
+
+__version__ = "0.1.0"
+VERSION = tuple(int(p) for p in __version__.split("."))
+
+_CANVAS = ("chain", "group", "chord", "chunks", "xmap", "xstarmap", "maybe_signature")
+
+
+def __getattr__(name: str) -> Any:
+    # ``current_app`` resolves at access time (no proxy object); canvas primitives load lazily.
+    if name == "current_app":
+        return get_current_app()
+    if name in _CANVAS:
+        from chard import canvas
+
+        return getattr(canvas, name)
+    raise AttributeError(f"module 'chard' has no attribute {name!r}")
+
+
+__all__ = [
+    "VERSION",
+    "AsyncResult",
+    "Celery",
+    "Chard",
+    "ChardError",
+    "EagerResult",
+    "GroupResult",
+    "ResultSet",
+    "Signature",
+    "Task",
+    "__version__",
+    "chain",
+    "chord",
+    "chunks",
+    "current_app",
+    "group",
+    "maybe_signature",
+    "shared_task",
+    "signature",
+    "states",
+    "subtask",
+    "xmap",
+    "xstarmap",
+]

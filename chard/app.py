@@ -1,0 +1,502 @@
+"""The app: configuration, task registry, broker and backend wiring, and sending.
+
+``Celery(...)`` (also exported as ``Chard``) is the composition root: it owns
+its settings, registry, broker and result backend; tasks bind to it when they
+are decorated and workers take it as an argument. Nothing is global except the
+explicit "current app" contextvar that ``shared_task`` reads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, ParamSpec, TypeVar, overload
+from zoneinfo import ZoneInfo
+
+from chard import _context, routing, signals
+from chard import result as _result
+from chard._utils.log import redact_url
+from chard.backends import ResultBackend, open_backend
+from chard.brokers import Broker, OutgoingMessage, open_broker
+from chard.config import Settings
+from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
+from chard.protocol.message import TaskMessage, new_id
+from chard.protocol.serializers import accepted_content_types
+from chard.registry import TaskRegistry
+from chard.result import AsyncResult
+from chard.task import Task
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Where the embedded default keeps broker and results when nothing is configured.
+DEFAULT_SQLITE_URL = "sqlite:///chard.sqlite3"
+
+#: Tasks declared with ``shared_task``, added to every app's registry.
+_shared_tasks: list[Task[Any, Any]] = []
+
+
+class Celery:
+    """A chard application; Celery's constructor and attributes."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Sequence[str] | None = None,
+        config_source: Any = None,
+        set_as_current: bool = True,
+        task_cls: type[Task[Any, Any]] | None = None,
+        namespace: str | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main or "__main__"
+        self.conf = Settings(**settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = list(include)
+        if config_source is not None:
+            self.config_from_object(config_source, namespace=namespace)
+        self.Task: type[Task[Any, Any]] = task_cls or Task
+        self._tasks = TaskRegistry()
+        self._shared_seen = 0
+        self._connections: dict[str, Any] = {}
+        self._conn_pid = os.getpid()
+        self._lock = threading.RLock()
+        self._finalized = False
+        self.on_configure = signals.Signal("on_configure")
+        self.on_after_configure = signals.Signal("on_after_configure")
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        if set_as_current:
+            _context.set_current_app(self)
+
+    # -- configuration --------------------------------------------------------
+    def config_from_object(
+        self, obj: Any, silent: bool = False, force: bool = False, namespace: str | None = None
+    ) -> None:
+        """Load settings from a module, class, mapping or dotted path (Celery's signature)."""
+        try:
+            self.conf.load_object(obj, namespace=namespace)
+        except ImproperlyConfigured:
+            if not silent:
+                raise
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False) -> None:
+        """Load settings from the module named by environment variable ``variable_name``."""
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return
+            raise ImproperlyConfigured(
+                f"environment variable {variable_name!r} is not set; set it to the dotted "
+                "name of a settings module, e.g. export CELERY_CONFIG_MODULE=proj.settings"
+            )
+        self.config_from_object(module, silent=silent)
+
+    @property
+    def timezone(self) -> tzinfo:
+        """The configured ``timezone`` as a tzinfo (UTC when unset)."""
+        name = self.conf.timezone
+        if not name:
+            return UTC
+        if isinstance(name, tzinfo):
+            return name
+        try:
+            return ZoneInfo(str(name))
+        except Exception as exc:
+            raise ImproperlyConfigured(
+                f"unknown timezone {name!r}; use an IANA name like 'Europe/Moscow'"
+            ) from exc
+
+    def now(self) -> datetime:
+        """Return the current time in the configured zone."""
+        return datetime.now(self.timezone)
+
+    # -- tasks ----------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+
+        def decorate(func: Callable[P, R]) -> Task[P, R]:
+            base: type[Task[Any, Any]] = options.pop("base", None) or self.Task
+            name = options.pop("name", None) or self._default_name(func)
+            annotations = (self.conf.task_annotations or {}).get(name, {})
+            task: Task[P, R] = base(func, app=self, name=name, **{**options, **annotations})
+            self._tasks.register(task)
+            return task
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def _default_name(self, fn: Callable[..., Any]) -> str:
+        module = fn.__module__
+        if module == "__main__" and self.main != "__main__":
+            module = self.main
+        return f"{module}.{fn.__qualname__}"
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a class-based task (an instance or a class); returns the instance."""
+        instance = task() if isinstance(task, type) else task
+        instance.bind_app(self)
+        self._tasks.register(instance)
+        return instance
+
+    @property
+    def tasks(self) -> TaskRegistry:
+        """The registry; shared tasks declared so far are included."""
+        if self._shared_seen != len(_shared_tasks):
+            for shared in _shared_tasks[self._shared_seen :]:
+                self._tasks.setdefault(shared.name, shared)
+            self._shared_seen = len(_shared_tasks)
+        return self._tasks
+
+    def finalize(self) -> None:
+        """Import configured modules and run on_after_configure / on_after_finalize once.
+
+        Called by the worker and beat at start-up (and safe to call again), so that
+        ``@app.on_after_configure.connect`` handlers see every task defined by then.
+        """
+        with self._lock:
+            if self._finalized:
+                return
+            self._finalized = True
+        self.import_default_modules()
+        self.on_configure.send(sender=self)
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
+    def import_default_modules(self) -> None:
+        """Import every module in ``include`` and ``imports``."""
+        for name in [*(self.conf.include or ()), *(self.conf.imports or ())]:
+            importlib.import_module(name)
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` for every package (missing modules are skipped)."""
+        found = packages() if callable(packages) else packages
+        if found is None:
+            found = self._django_apps()
+        for package in found:
+            module_name = f"{package}.{related_name}" if related_name else package
+            try:
+                importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name not in (module_name, package):
+                    raise  # the tasks module exists but imports something missing
+
+    @staticmethod
+    def _django_apps() -> list[str]:
+        try:
+            from django.apps import apps  # type: ignore[import-not-found]
+        except ImportError:
+            return []
+        return [config.name for config in apps.get_app_configs()]
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name."""
+        key = name or repr(sig)
+        entry: dict[str, Any] = {
+            "task": sig.task if hasattr(sig, "task") else str(sig),
+            "schedule": schedule,
+            "args": tuple(args) or tuple(getattr(sig, "args", ())),
+            "kwargs": dict(kwargs or getattr(sig, "kwargs", {}) or {}),
+            "options": {**dict(getattr(sig, "options", {}) or {}), **options},
+        }
+        schedule_map = dict(self.conf.beat_schedule or {})
+        schedule_map[key] = entry
+        self.conf.beat_schedule = schedule_map
+        return key
+
+    # -- connections ----------------------------------------------------------
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in use (the embedded SQLite default when none is set)."""
+        return str(self.conf.broker_url or DEFAULT_SQLITE_URL)
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend URL, or None when results are disabled.
+
+        With neither broker nor backend configured both default to the embedded
+        SQLite file; a broker without a backend disables results, as in Celery.
+        """
+        url = self.conf.result_backend
+        if url:
+            return str(url)
+        return None if self.conf.broker_url else DEFAULT_SQLITE_URL
+
+    @property
+    def uses_embedded_default(self) -> bool:
+        """Whether the app runs on the SQLite default because nothing was configured."""
+        return not self.conf.broker_url
+
+    def _connection(self, kind: str, factory: Callable[[], Any]) -> Any:
+        # Connections are per process: a child after fork opens its own.
+        with self._lock:
+            if self._conn_pid != os.getpid():
+                self._connections = {}
+                self._conn_pid = os.getpid()
+            conn = self._connections.get(kind)
+            if conn is None:
+                conn = self._connections[kind] = factory()
+            return conn
+
+    @property
+    def broker(self) -> Broker:
+        """This process's broker connection (opened on first use)."""
+        return self._connection(  # type: ignore[no-any-return]
+            "broker",
+            lambda: open_broker(self.broker_url, self.conf.broker_transport_options),
+        )
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        """This process's result backend, or None when results are disabled."""
+        url = self.backend_url
+        if url is None:
+            return None
+        expires = self.conf.result_expires
+        if isinstance(expires, timedelta):
+            expires = expires.total_seconds()
+        return self._connection(  # type: ignore[no-any-return]
+            "backend",
+            lambda: open_backend(
+                url,
+                expires=float(expires) if expires else None,
+                options=self.conf.result_backend_transport_options,
+            ),
+        )
+
+    @property
+    def accept_content(self) -> frozenset[str]:
+        """Content types workers decode (from ``accept_content``)."""
+        return accepted_content_types(self.conf.accept_content)
+
+    def close(self) -> None:
+        """Close this process's broker and backend connections."""
+        with self._lock:
+            for conn in self._connections.values():
+                conn.close()
+            self._connections = {}
+
+    # -- sending --------------------------------------------------------------
+    def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | timedelta | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        *,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send task ``name`` by name (no import of the task needed); return its result.
+
+        Raises:
+            SerializationError: an argument cannot be encoded (names the argument).
+            BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
+        """
+        task = task if task is not None else self.tasks.get(name)
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        task_id = task_id or new_id()
+        now = datetime.now(UTC)
+        if countdown is not None:
+            eta = now + timedelta(seconds=float(countdown))
+        if isinstance(expires, (int, float)):
+            expires = now + timedelta(seconds=float(expires))
+        if isinstance(expires, timedelta):
+            expires = now + expires
+        routed = routing.route(self.conf.task_routes, name, args, kwargs, options, task)
+        queue = queue or routed.get("queue") or (task.queue if task else None)
+        queue = queue or self.conf.task_default_queue
+        if priority is None:
+            priority = routed.get("priority", task.priority if task else None)
+        if priority is None:
+            priority = self.conf.task_default_priority
+        hard = options.pop("time_limit", None) or (task.time_limit if task else None)
+        soft = options.pop("soft_time_limit", None) or (task.soft_time_limit if task else None)
+        if ignore_result is None:
+            ignore_result = bool(task.ignore_result) if task and task.ignore_result else False
+        message = TaskMessage(
+            task=name,
+            id=task_id,
+            args=args,
+            kwargs=kwargs,
+            eta=eta,
+            expires=expires if isinstance(expires, datetime) else None,
+            retries=int(options.pop("retries", 0)),
+            timelimit=(hard, soft),
+            root_id=options.pop("root_id", None) or task_id,
+            parent_id=options.pop("parent_id", None) or self._current_task_id(),
+            group=options.pop("group_id", None),
+            group_index=options.pop("group_index", None),
+            shadow=options.pop("shadow", None),
+            ignore_result=ignore_result,
+            callbacks=_sig_dicts(options.pop("link", None)),
+            errbacks=_sig_dicts(options.pop("link_error", None)),
+            chain=_sig_dicts(options.pop("chain", None)),
+            chord=_sig_dict(options.pop("chord", None)),
+            priority=int(priority or 0),
+            extra_headers=dict(headers or {}),
+            serializer=serializer
+            or (task.serializer if task and task.serializer else self.conf.task_serializer),
+        )
+        self.publish(message, queue)
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    def _current_task_id(self) -> str | None:
+        request = _context.get_current_request()
+        return None if request is None or request.is_eager else request.id
+
+    def publish(self, message: TaskMessage, queue: str) -> None:
+        """Encode ``message`` and publish it to ``queue``, retrying per the publish policy."""
+        signals.before_task_publish.send(
+            sender=message.task, headers=message.headers(), routing_key=queue
+        )
+        outgoing = OutgoingMessage(
+            queue=queue,
+            body=message.to_wire(queue),
+            priority=message.priority,
+            eta=message.eta.timestamp() if message.eta is not None else None,
+        )
+        self.publish_many([outgoing])
+        signals.after_task_publish.send(sender=message.task, routing_key=queue)
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish encoded messages in one round-trip, retrying connection errors."""
+        policy = dict(self.conf.task_publish_retry_policy or {})
+        retries = int(policy.get("max_retries", 3)) if self.conf.task_publish_retry else 0
+        interval = float(policy.get("interval_start", 0))
+        for attempt in range(retries + 1):
+            try:
+                self.broker.publish_many(messages)
+                return
+            except BrokerConnectionError as exc:
+                if attempt >= retries:
+                    raise BrokerConnectionError(
+                        f"cannot publish to {redact_url(self.broker_url)!r} after "
+                        f"{attempt + 1} attempts: {exc}; is the broker running and the URL "
+                        "right? (task_publish_retry_policy sets the retries)"
+                    ) from exc
+                logger.warning("Publish failed (%s); retry %d/%d", exc, attempt + 1, retries)
+                time.sleep(interval)
+                interval = min(
+                    interval + float(policy.get("interval_step", 0.2)),
+                    float(policy.get("interval_max", 0.2)),
+                )
+
+    # -- results --------------------------------------------------------------
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:
+        """Return the result handle of ``task_id``."""
+        return _result.AsyncResult(task_id, app=self, **kwargs)
+
+    def GroupResult(
+        self, group_id: str, results: Sequence[_result.AsyncResult[Any]] = ()
+    ) -> _result.GroupResult:
+        """Return a group result handle."""
+        return _result.GroupResult(group_id, results, app=self)
+
+    # -- canvas shortcuts -----------------------------------------------------
+    def signature(
+        self,
+        varies: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Return a signature bound to this app (``app.signature('proj.tasks.add', (2, 2))``)."""
+        from chard.canvas import signature
+
+        return signature(varies, args, kwargs, app=self, **options)
+
+    # -- running ----------------------------------------------------------------
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``chard`` command line with this app (``if __name__ == '__main__'``)."""
+        from chard._utils.imports import import_string
+
+        main = import_string("chard.cli.main:run_with_app")
+        main(self, list(argv) if argv is not None else None)
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run a worker from argv (Celery's ``app.worker_main(['worker', ...])``)."""
+        self.start(argv)
+
+    def __repr__(self) -> str:
+        return f"<Celery {self.main} at {id(self):#x}>"
+
+
+def _sig_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else dict(value)
+
+
+def _sig_dicts(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [d for d in (_sig_dict(v) for v in items) if d is not None] or None
+
+
+#: The name Celery code imports; chard's own name for the same class.
+Chard = Celery
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """Declare a task for whichever app is current (no app import, no circular import).
+
+    Usable bare (``@shared_task``) or with options (``@shared_task(bind=True)``).
+    """
+
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+        task = base(func, app=None, **options)
+        _shared_tasks.append(task)
+        app = _context.peek_current_app()
+        if app is not None:
+            app.tasks.setdefault(task.name, task)
+        return task
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    return decorate

@@ -1,0 +1,210 @@
+"""Settings: every setting chard reads, with its default and a one-line doc.
+
+Names are Celery's lowercase setting names, so ``app.conf.update(result_expires=3600)``
+and a Django ``CELERY_``-prefixed settings module work unchanged. ``app.conf`` is a
+mapping with attribute access; unknown keys are kept (user settings live there too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from chard._utils.imports import import_string
+from chard.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented setting."""
+
+    default: Any
+    doc: str
+
+
+#: Every setting chard knows. Celery's name, Celery's default unless the doc says otherwise.
+SETTINGS: dict[str, Setting] = {
+    # -- broker ----------------------------------------------------------------
+    "broker_url": Setting(
+        None, "Broker URL; none given = embedded SQLite file ./chard.sqlite3 (chard default)"
+    ),
+    "broker_transport_options": Setting(
+        {}, "Options for the broker transport (lease_timeout, global_keyprefix, ...)"
+    ),
+    "broker_connection_retry_on_startup": Setting(True, "Retry connecting when the worker starts"),
+    "broker_connection_retry": Setting(True, "Retry a lost broker connection in the worker"),
+    "broker_connection_max_retries": Setting(100, "Give up reconnecting after this many tries"),
+    # -- results ---------------------------------------------------------------
+    "result_backend": Setting(
+        None,
+        "Result backend URL; none = results disabled, unless no broker is set either "
+        "(then the same embedded SQLite file)",
+    ),
+    "result_backend_transport_options": Setting({}, "Options for the result backend"),
+    "result_expires": Setting(86400.0, "Seconds to keep results (None or 0: forever)"),
+    "result_extended": Setting(False, "Store name, args, kwargs, worker, retries and queue too"),
+    "result_serializer": Setting("json", "Serializer for results (json only in stored metas)"),
+    "result_accept_content": Setting(None, "Content types accepted for results (None: as tasks)"),
+    # -- tasks -----------------------------------------------------------------
+    "task_serializer": Setting("json", "Serializer of task arguments"),
+    "accept_content": Setting(["json"], "Content types a worker decodes; pickle only if listed"),
+    "task_default_queue": Setting("celery", "Queue for tasks without a route"),
+    "task_routes": Setting(None, "Routes: dict/glob/regex/callable(s) mapping names to queues"),
+    "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
+    "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
+    "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
+    "task_store_eager_result": Setting(False, "Store eager results in the backend"),
+    "task_ignore_result": Setting(False, "Do not store results by default"),
+    "task_track_started": Setting(False, "Store STARTED when a task starts"),
+    "task_acks_late": Setting(
+        True,
+        "Ack after the task finished (chard default True: at-least-once; Celery's is False)",
+    ),
+    "task_acks_on_failure_or_timeout": Setting(True, "With acks_late, ack failed tasks too"),
+    "task_reject_on_worker_lost": Setting(
+        True, "Redeliver a task whose process died (bounded by task_max_deliveries)"
+    ),
+    "task_max_deliveries": Setting(
+        5, "Deliveries before a message whose worker keeps dying is failed and dead-lettered"
+    ),
+    "task_time_limit": Setting(None, "Hard time limit in seconds (prefork kills the child)"),
+    "task_soft_time_limit": Setting(None, "Soft time limit: SoftTimeLimitExceeded in the task"),
+    "task_default_retry_delay": Setting(180.0, "Seconds before a retry without countdown"),
+    "task_annotations": Setting(None, "Per-task attribute overrides {name: {attr: value}}"),
+    "task_publish_retry": Setting(True, "Retry publishing when the broker connection fails"),
+    "task_publish_retry_policy": Setting(
+        {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        "Retry policy for publishing (Celery's keys)",
+    ),
+    "task_send_sent_event": Setting(False, "Send a task-sent event (events issue)"),
+    # -- worker ----------------------------------------------------------------
+    "worker_concurrency": Setting(None, "Pool size; None = number of CPUs"),
+    "worker_pool": Setting("prefork", "prefork | threads | solo"),
+    "worker_prefetch_multiplier": Setting(4, "Messages leased ahead per pool slot"),
+    "worker_max_tasks_per_child": Setting(None, "Replace a prefork child after this many tasks"),
+    "worker_send_task_events": Setting(False, "Send task events (events issue)"),
+    "worker_hijack_root_logger": Setting(True, "Let the CLI configure the root logger"),
+    "worker_redirect_stdouts": Setting(True, "Redirect task prints to the log"),
+    # -- time and beat ---------------------------------------------------------
+    "timezone": Setting(None, "Time zone name for crontab and display (None: UTC)"),
+    "enable_utc": Setting(True, "Keep internal times in UTC"),
+    "beat_schedule": Setting({}, "Periodic tasks: {name: {task, schedule, args, kwargs, options}}"),
+    "beat_max_loop_interval": Setting(300.0, "Longest beat sleep between schedule checks"),
+    "beat_schedule_filename": Setting("celerybeat-schedule", "Local beat state file"),
+    # -- modules ---------------------------------------------------------------
+    "imports": Setting((), "Modules to import when the worker starts"),
+    "include": Setting((), "Same as imports (Celery(include=...))"),
+}
+
+#: Environment variables read when a setting was not given (Celery reads CELERY_*).
+_ENV_FALLBACK = {
+    "broker_url": ("CHARD_BROKER_URL", "CELERY_BROKER_URL"),
+    "result_backend": ("CHARD_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+}
+
+#: Celery 3 uppercase names still seen in old projects and Django settings.
+_OLD_NAMES = {
+    "BROKER_URL": "broker_url",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "CELERY_TASK_SERIALIZER": "task_serializer",
+    "CELERY_RESULT_SERIALIZER": "result_serializer",
+    "CELERY_ACCEPT_CONTENT": "accept_content",
+    "CELERY_TIMEZONE": "timezone",
+    "CELERY_ENABLE_UTC": "enable_utc",
+    "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_ROUTES": "task_routes",
+    "CELERYBEAT_SCHEDULE": "beat_schedule",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_IMPORTS": "imports",
+}
+
+
+class Settings(MutableMapping[str, Any]):
+    """``app.conf``: defaults overlaid with what the user set; attribute and key access."""
+
+    def __init__(self, **values: Any) -> None:
+        object.__setattr__(self, "_values", {})
+        self.update(values)
+
+    def __getitem__(self, key: str) -> Any:
+        values: dict[str, Any] = self._values
+        if key in values:
+            return values[key]
+        for env_name in _ENV_FALLBACK.get(key, ()):
+            if os.environ.get(env_name):
+                return os.environ[env_name]
+        if key in SETTINGS:
+            return SETTINGS[key].default
+        raise KeyError(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._values[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(SETTINGS), **self._values})
+
+    def __len__(self) -> int:
+        return len({**dict.fromkeys(SETTINGS), **self._values})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"no setting {name!r}; see chard.config.SETTINGS for the known ones"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def is_set(self, key: str) -> bool:
+        """Return whether ``key`` was given by the user (or the environment)."""
+        return key in self._values or any(os.environ.get(e) for e in _ENV_FALLBACK.get(key, ()))
+
+    def changes(self) -> dict[str, Any]:
+        """Return only what the user set, for display."""
+        return dict(self._values)
+
+    def load_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Read settings from a module, class or object (``config_from_object``).
+
+        Args:
+            obj: the object, or a dotted path to import.
+            namespace: e.g. ``'CELERY'``: only ``CELERY_*`` names are read, prefix stripped
+                and lowercased (``CELERY_BROKER_URL`` -> ``broker_url``), as Django users do.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = import_string(obj)
+            except ImportError as exc:
+                raise ImproperlyConfigured(
+                    f"cannot import configuration {obj!r}: {exc}; is it on sys.path?"
+                ) from exc
+        names = obj.keys() if isinstance(obj, Mapping) else dir(obj)
+        get = obj.__getitem__ if isinstance(obj, Mapping) else lambda n: getattr(obj, n)
+        prefix = f"{namespace}_" if namespace else None
+        for name in names:
+            if name.startswith("_"):
+                continue
+            if prefix is not None:
+                if not name.startswith(prefix):
+                    continue
+                self[name[len(prefix) :].lower()] = get(name)
+            elif name in _OLD_NAMES:
+                self[_OLD_NAMES[name]] = get(name)
+            elif name.islower():
+                self[name] = get(name)
+
+
+def describe_settings() -> str:
+    """Return every setting, its default and doc, one per line (``chard settings``)."""
+    width = max(len(name) for name in SETTINGS)
+    lines = [f"{n:<{width}}  {s.default!r:<20}  {s.doc}" for n, s in SETTINGS.items()]
+    return "\n".join(lines)

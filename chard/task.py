@@ -1,0 +1,356 @@
+"""Tasks: ``Task[P, R]`` and the request context a bound task reads as ``self.request``.
+
+A task is a real object the moment it is decorated (no proxies, no per-app classes
+built with ``type()``): ``@app.task`` makes an instance of ``Task`` (or of
+``base=``) holding the function. Sending goes ``delay -> apply_async ->
+app.send_task -> broker.publish``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from chard import _context, states
+from chard.exceptions import MaxRetriesExceededError, Retry
+from chard import result as _result
+from chard.result import AsyncResult, EagerResult
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+    from chard.canvas import Signature
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Context:
+    """What a running task knows about its own invocation (``self.request``)."""
+
+    id: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    is_eager: bool = False
+    called_directly: bool = True
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    origin: str | None = None
+    reply_to: str | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    ignore_result: bool = False
+    priority: int | None = None
+    #: chard: how many times this message was delivered (1 = first time).
+    delivery_count: int = 1
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return attribute ``key`` or ``default`` (Celery's dict-like access)."""
+        return getattr(self, key, default)
+
+
+_EMPTY_REQUEST = Context()
+
+
+def exponential_backoff(
+    factor: float, retries: int, maximum: float, full_jitter: bool = False
+) -> float:
+    """Return Celery's backoff: ``factor * 2**retries`` capped at ``maximum``, maybe jittered."""
+    countdown = min(maximum, factor * (2**retries))
+    if full_jitter:
+        countdown = random.randrange(int(countdown) + 1)
+    return max(0.0, float(countdown))
+
+
+class Task(Generic[P, R]):
+    """A unit of work with Celery's attributes; subclass it for class-based tasks."""
+
+    #: Registered name; defaults to ``module.function``.
+    name: str = ""
+    typing: bool = True
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: Mapping[str, Any] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    ignore_result: bool | None = None
+    track_started: bool | None = None
+    acks_late: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    serializer: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    rate_limit: str | None = None
+    expires: float | datetime | None = None
+    bind: bool = False
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        app: Celery | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        self._fn = fn
+        self._app = app
+        for key, value in options.items():
+            if not hasattr(type(self), key):
+                raise TypeError(f"unknown task option {key!r} for task {name or fn!r}")
+            setattr(self, key, value)
+        if name:
+            self.name = name
+        elif fn is not None:
+            self.name = f"{fn.__module__}.{fn.__qualname__}"
+        elif not self.name:
+            self.name = f"{type(self).__module__}.{type(self).__qualname__}"
+        if fn is not None:
+            self.__doc__ = fn.__doc__
+            self.__wrapped__ = fn
+            self.__module__ = fn.__module__
+            self.__qualname__ = fn.__qualname__
+        self.is_async = inspect.iscoroutinefunction(fn or self.run)
+
+    # -- identity -------------------------------------------------------------
+    @property
+    def app(self) -> Celery:
+        """The app this task belongs to (for ``shared_task``: the current app, when used)."""
+        return self._app if self._app is not None else _context.get_current_app()
+
+    def bind_app(self, app: Celery) -> None:
+        """Attach the task to ``app`` (done by ``app.task`` and ``register_task``)."""
+        self._app = app
+
+    @property
+    def request(self) -> Context:
+        """The invocation context of the running task (empty when called directly)."""
+        request = _context.get_current_request()
+        return request if request is not None else _EMPTY_REQUEST
+
+    @property
+    def backend(self) -> Any:
+        """The app's result backend (or None)."""
+        return self.app.backend
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {self.app.main if self._app else 'current app'}>"
+
+    # -- running --------------------------------------------------------------
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The task body; the decorated function, or override it in a class-based task."""
+        if self._fn is None:
+            raise NotImplementedError(f"task {self.name!r} defines no run() method")
+        if self.bind:
+            return self._fn(self, *args, **kwargs)
+        return self._fn(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task inline in this process, now (no broker, no result stored)."""
+        result: R = self.run(*args, **kwargs)
+        return result
+
+    # -- sending --------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; shortcut for ``apply_async(args, kwargs)``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task to a worker (or run it inline with ``task_always_eager``).
+
+        Options are Celery's: ``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
+        ``task_id``, ``headers``, ``ignore_result``, ``serializer``, ``link``,
+        ``link_error``, ``time_limit``, ``soft_time_limit``, ``shadow``.
+        """
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, task=self, **options)
+        return result
+
+    def apply(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task inline, as a worker would, and return an already-ready result."""
+        from chard.trace import apply_eagerly
+
+        return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    # -- inside a task --------------------------------------------------------
+    def retry(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Schedule this task to run again, and raise :class:`Retry` to end this run.
+
+        Raises:
+            Retry: always when ``throw`` (the worker records state RETRY).
+            MaxRetriesExceededError: retries used up and no ``exc`` given (else ``exc``).
+        """
+        request = self.request
+        if request.called_directly:
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"task {self.name!r} called directly cannot be retried")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"can't retry {self.name}[{request.id}] args:{request.args} "
+                f"kwargs:{request.kwargs}: max_retries={limit} reached"
+            )
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        retry = Retry(exc=exc, when=countdown if eta is None else eta.timestamp())
+        if not request.is_eager:
+            self.app.send_task(
+                self.name,
+                tuple(args) if args is not None else request.args,
+                dict(kwargs) if kwargs is not None else request.kwargs,
+                task=self,
+                task_id=request.id,
+                retries=request.retries + 1,
+                countdown=countdown,
+                eta=eta,
+                root_id=request.root_id,
+                parent_id=request.parent_id,
+                group_id=request.group,
+                group_index=request.group_index,
+                chain=request.chain,
+                chord=request.chord,
+                link=request.callbacks,
+                link_error=request.errbacks,
+                queue=request.delivery_info.get("routing_key"),
+                headers={k: v for k, v in request.headers.items() if not k.startswith("chard_")},
+                **options,
+            )
+        if throw:
+            raise retry
+        return retry
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kw: Any
+    ) -> None:
+        """Store a custom state (e.g. ``PROGRESS``) with ``meta`` for this or another task."""
+        task_id = task_id or self.request.id
+        if task_id is None:
+            raise RuntimeError("update_state() outside a running task needs task_id=")
+        backend = self.app.backend
+        if backend is not None:
+            backend.store_result(task_id, meta, state or states.PENDING)
+
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # noqa: N802
+        """Return the result handle for ``task_id`` of this task."""
+        return _result.AsyncResult(task_id, app=self.app, task_name=self.name)
+
+    # -- hooks for class-based tasks (no-ops) ----------------------------------
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called in the worker before the body runs."""
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Called after the body returned."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called after the body raised."""
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called when the task is to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called after the task finished, whatever the outcome."""
+
+    # -- canvas ---------------------------------------------------------------
+    def signature(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """Return a signature of this task with these arguments and options."""
+        from chard.canvas import Signature
+
+        return Signature(self.name, args, kwargs, options=options, app=self.app)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """Return a signature of this task (partial arguments allowed)."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """Return an immutable signature: the parent's result is not prepended."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """Return a signature that calls this task for every item (one message)."""
+        from chard.canvas import xmap
+
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Iterable[Any]) -> Signature:
+        """Like :meth:`map` with each item unpacked as the arguments."""
+        from chard.canvas import xstarmap
+
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Signature:
+        """Split ``it`` into ``n``-sized chunks, each one message running :meth:`starmap`."""
+        from chard.canvas import chunks
+
+        return chunks(self.s(), it, n)
