@@ -1,0 +1,452 @@
+"""The embedded default broker: one SQLite file shared by the processes of one machine.
+
+Schema (``chard_messages`` and ``chard_dead_letters``; the file may also hold the
+SQLite result backend's table):
+
+* A message row stays in place from publish to ack. Leasing it sets
+  ``lease_owner`` (this instance's consumer id), a fresh random ``lease_token``
+  and ``lease_expires``; the lease is taken with one ``UPDATE ... RETURNING``,
+  so two consumers can never lease the same row. A row whose lease has lapsed
+  is simply due again, and leasing it counts one more delivery. Settling
+  matches on ``(id, lease_token)``, so a consumer whose lease lapsed cannot
+  touch the row once someone else leased it.
+* ``delivery_count`` counts leases; ``reject(requeue=True)`` takes its own back.
+* Order is ``priority`` (0 first), then ``id`` (publish order); ``due_at`` (the
+  ETA, or the publish time) hides a message until then.
+
+Waiting: a consumer polls with exponential back-off (5 ms up to 0.5 s) and,
+between polls, sleeps on a unix-socket doorbell that every publish rings (see
+:mod:`chard.brokers._wake`), so an idle consumer costs a few cheap reads per
+second and a new message is seen within milliseconds. Polls are read-only
+until there is something to lease, so idle consumers never take the write lock.
+
+Connections: one per instance, behind a lock (the consume thread and the
+heartbeat thread share it; SQLite serialises writers anyway). After ``fork()``
+the child opens its own; the inherited connection is never used or closed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chard._utils.clock import Clock, SystemClock
+from chard.brokers import _wake
+from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
+from chard.brokers.memory import take_fairly
+from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a statement waits for another process's write lock before failing.
+DEFAULT_BUSY_TIMEOUT = 30.0
+#: First and longest pause between two polls of an idle fetch (seconds).
+POLL_INTERVAL_MIN = 0.005
+POLL_INTERVAL_MAX = 0.5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chard_messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    due_at REAL NOT NULL,          -- unix seconds: processes share no monotonic clock
+    body BLOB NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token INTEGER,
+    lease_expires REAL
+);
+CREATE INDEX IF NOT EXISTS chard_messages_next ON chard_messages (queue, priority, id);
+CREATE INDEX IF NOT EXISTS chard_messages_owner ON chard_messages (lease_owner)
+    WHERE lease_owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chard_dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: an operator may hold an old id
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    delivery_count INTEGER NOT NULL
+);
+"""
+# A message is waiting when it is not leased or its lease lapsed; due when also past its ETA.
+_WAITING = "(lease_expires IS NULL OR lease_expires <= :now)"
+_DUE = f"due_at <= :now AND {_WAITING}"
+_INSERT = "INSERT INTO chard_messages (queue, priority, due_at, body) VALUES (?, ?, ?, ?)"
+_LEASE = f"""
+UPDATE chard_messages
+SET lease_owner = :owner, lease_token = random(), lease_expires = :expires,
+    delivery_count = delivery_count + 1
+WHERE id IN (
+    SELECT id FROM chard_messages WHERE queue = :queue AND {_DUE}
+    ORDER BY priority, id LIMIT :limit
+)
+RETURNING id, lease_token, queue, body, delivery_count, priority
+"""
+_MINE = "id = ? AND lease_token = ?"
+
+
+def parse_sqlite_url(url: str) -> Path:
+    """Return the file of ``sqlite:///relative/path`` or ``sqlite:////absolute/path``.
+
+    Raises:
+        ImproperlyConfigured: no path, a query string, or an in-memory database.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ImproperlyConfigured(f"not a sqlite URL: {url!r}; use 'sqlite:///chard.sqlite3'")
+    if "?" in rest:
+        raise ImproperlyConfigured(
+            f"sqlite broker URL {url!r} has a query string; pass settings as broker options"
+        )
+    path = rest[1:] if rest.startswith("/") else ""  # the third slash ends the empty host
+    if not path:
+        raise ImproperlyConfigured(
+            f"sqlite broker URL {url!r} has no file path; use 'sqlite:///relative.sqlite3' "
+            "or 'sqlite:////absolute/path.sqlite3'"
+        )
+    if path == ":memory:" or path.startswith("file:"):
+        raise ImproperlyConfigured(
+            f"sqlite broker URL {url!r} names an in-memory database, which other processes "
+            "cannot see; use 'memory://' for an in-process broker"
+        )
+    return Path(path).resolve()
+
+
+class SQLiteDelivery(Delivery):
+    """A leased row; settles only while this lease's token is still on it."""
+
+    def __init__(self, broker: SQLiteBroker, row: Sequence[Any]) -> None:
+        self._broker = broker
+        self._id: int = row[0]
+        self._token: int = row[1]
+        self.queue = row[2]
+        self.body = bytes(row[3])
+        self.delivery_count = row[4]
+        self.priority: int = row[5]
+        self._settled = False
+
+    def __repr__(self) -> str:
+        return f"<SQLiteDelivery id={self._id} queue={self.queue!r} n={self.delivery_count}>"
+
+    def ack(self) -> None:
+        self._settle("DELETE FROM chard_messages WHERE " + _MINE)
+
+    def reject(self, requeue: bool = False) -> None:
+        if not requeue:
+            self._settle("DELETE FROM chard_messages WHERE " + _MINE)
+            return
+        self._settle(
+            "UPDATE chard_messages SET lease_owner = NULL, lease_token = NULL,"
+            " lease_expires = NULL, delivery_count = delivery_count - 1 WHERE " + _MINE
+        )
+        self._broker._ring()
+
+    def dead_letter(self, reason: str) -> None:
+        def move(conn: sqlite3.Connection) -> None:
+            rows = conn.execute(
+                "DELETE FROM chard_messages WHERE "
+                + _MINE
+                + " RETURNING queue, priority, body, delivery_count",
+                (self._id, self._token),
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO chard_dead_letters"
+                " (queue, priority, body, reason, failed_at, delivery_count)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(q, p, b, reason, self._broker.clock.time(), n) for q, p, b, n in rows],
+            )
+
+        if not self._settled:
+            self._broker._write(move)
+            self._settled = True
+
+    def _settle(self, sql: str) -> None:
+        # Settling twice is a no-op; a failed write (broker down) may be retried.
+        if not self._settled:
+            self._broker._write(lambda conn: conn.execute(sql, (self._id, self._token)))
+            self._settled = True
+
+
+class SQLiteBroker(Broker):
+    """Queues in a SQLite file (WAL); safe for the threads and processes of one machine.
+
+    Options:
+        lease_timeout: seconds before a dead consumer's messages are redelivered.
+        busy_timeout: seconds to wait for another process's write lock (default 30).
+    """
+
+    def __init__(
+        self, url: str, options: Mapping[str, Any] | None = None, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(url, options)
+        self.clock: Clock = clock or SystemClock()
+        # Resolved once, so a later chdir() or a forked child opens the same file.
+        self.path = parse_sqlite_url(url)
+        self.busy_timeout = float(self.options.get("busy_timeout", DEFAULT_BUSY_TIMEOUT))
+        #: Lease owner written on every row this instance holds.
+        self.consumer_id = uuid.uuid4().hex
+        self._wake_dir = _wake.wake_dir(self.path)
+        self._turn = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = None
+        self._doorbell: _wake.Doorbell | None = None
+        self._is_doorbell_broken = False
+        self._check_location()
+        with self._connection():  # fail fast on a bad path, and create the schema
+            pass
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, message: OutgoingMessage) -> None:
+        self.publish_many([message])
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store ``messages`` in one transaction, then wake waiting consumers once."""
+        if not messages:
+            return
+        now = self.clock.time()
+        rows = [(m.queue, _priority(m.priority), m.eta or now, m.body) for m in messages]
+        self._write(lambda conn: conn.executemany(_INSERT, rows))
+        self._ring()
+
+    # -- consuming ------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` due messages, waiting up to ``timeout`` for the first.
+
+        Only one thread per instance should wait in ``fetch`` at a time (the
+        doorbell wakes one waiter); concurrent callers stay correct but slower.
+        """
+        if limit < 1 or not queues:
+            return []
+        deadline = time.monotonic() + timeout
+        doorbell = self._doorbell_for_wait() if timeout > 0 else None
+        if doorbell is not None:
+            doorbell.drain()  # rings from before this check add nothing
+        interval = POLL_INTERVAL_MIN
+        while True:
+            found = self._lease(queues, limit)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return list(found)
+            pause = min(interval, remaining)
+            if doorbell is not None and doorbell.wait(pause):
+                interval = POLL_INTERVAL_MIN  # a publish: look now, and soon again
+            else:
+                if doorbell is None:
+                    time.sleep(pause)
+                interval = min(interval * 2, POLL_INTERVAL_MAX)
+
+    def _lease(self, queues: Sequence[str], limit: int) -> list[SQLiteDelivery]:
+        now = self.clock.time()
+        names = {f"q{i}": queue for i, queue in enumerate(queues)}
+        marks = ",".join(f":{name}" for name in names)
+        probe = f"SELECT 1 FROM chard_messages WHERE queue IN ({marks}) AND {_DUE} LIMIT 1"
+        # A read first: idle polls never take the write lock from publishers.
+        if not self._read(lambda c: c.execute(probe, {**names, "now": now}).fetchall()):
+            return []
+        turn, self._turn = self._turn, self._turn + 1
+        params = {"owner": self.consumer_id, "now": now, "expires": now + self.lease_timeout}
+
+        def lease(conn: sqlite3.Connection) -> list[SQLiteDelivery]:
+            def take(queue: str, n: int) -> list[SQLiteDelivery]:
+                rows = conn.execute(_LEASE, {**params, "queue": queue, "limit": n}).fetchall()
+                # RETURNING order is unspecified; restore the queue order.
+                return [SQLiteDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
+
+            return take_fairly(queues, limit, turn, take)
+
+        found = self._write(lease)
+        for delivery in found:
+            if delivery.delivery_count > 1:
+                logger.warning(
+                    "Redelivering message %s from %r (delivery %d): a lease lapsed",
+                    delivery._id,
+                    delivery.queue,
+                    delivery.delivery_count,
+                )
+        return found
+
+    def heartbeat(self) -> None:
+        """Extend every lease this instance holds by ``lease_timeout`` from now."""
+        expires = self.clock.time() + self.lease_timeout
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE chard_messages SET lease_expires = ? WHERE lease_owner = ?",
+                (expires, self.consumer_id),
+            )
+        )
+
+    # -- administration -------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        sql = f"DELETE FROM chard_messages WHERE queue = :queue AND {_WAITING}"
+        now = self.clock.time()
+        return self._write(lambda c: c.execute(sql, {"queue": queue, "now": now}).rowcount)
+
+    def queue_size(self, queue: str) -> int:
+        sql = f"SELECT count(*) FROM chard_messages WHERE queue = :queue AND {_WAITING}"
+        now = self.clock.time()
+        rows = self._read(lambda c: c.execute(sql, {"queue": queue, "now": now}).fetchall())
+        return int(rows[0][0])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        sql = (
+            "SELECT id, queue, body, reason, failed_at, delivery_count FROM chard_dead_letters"
+            " ORDER BY failed_at, id LIMIT ?"
+        )
+        rows = self._read(lambda c: c.execute(sql, (limit,)).fetchall())
+        return [DeadLetter(str(i), q, bytes(b), r, f, n) for i, q, b, r, f, n in rows]
+
+    def redrive(self, dead_letter_id: str) -> bool:
+        if not dead_letter_id.isdigit():
+            return False
+        now = self.clock.time()
+
+        def move(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
+                "DELETE FROM chard_dead_letters WHERE id = ? RETURNING queue, priority, body",
+                (int(dead_letter_id),),
+            ).fetchall()
+            conn.executemany(_INSERT, [(q, p, now, b) for q, p, b in rows])
+            return bool(rows)
+
+        if not self._write(move):
+            return False
+        self._ring()
+        return True
+
+    def close(self) -> None:
+        """Close the connection and the doorbell; a later call reopens them."""
+        self._check_fork()
+        with self._lock:
+            if self._doorbell is not None:
+                self._doorbell.close()
+                self._doorbell = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- plumbing -------------------------------------------------------------
+    def _check_location(self) -> None:
+        """Create the database's directory, or say which path is wrong and how to fix it."""
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"cannot create directory {str(parent)!r} for the sqlite broker: "
+                f"{exc.strerror}; point the broker URL at a writable location"
+            ) from exc
+        for path in (parent, self.path):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ImproperlyConfigured(
+                    f"sqlite broker path {str(path)!r} is not writable; SQLite needs to write "
+                    "the file and its directory (for the -wal file): fix the permissions "
+                    "or point the broker URL elsewhere"
+                )
+
+    def _check_fork(self) -> None:
+        """Drop state inherited through ``fork()``: never use the parent's handles."""
+        if self._pid == os.getpid():
+            return
+        # The lock may have been held by a parent thread that does not exist here.
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _INHERITED.append(self._conn)  # closing it here would corrupt the parent's locks
+        if self._doorbell is not None:
+            self._doorbell.abandon()
+        self._conn, self._doorbell, self._pid = None, None, os.getpid()
+        self.consumer_id = uuid.uuid4().hex
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        self._check_fork()
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect()
+            yield self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # Autocommit: transactions are explicit, and no read snapshot is held.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            if conn.execute("PRAGMA journal_mode").fetchall()[0][0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL except on power loss
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ImproperlyConfigured(
+                f"cannot open the sqlite broker database {str(self.path)!r}: {exc}; "
+                "check that the path is a writable SQLite file"
+            ) from exc
+        logger.debug("Opened sqlite broker %s in process %d", self.path, os.getpid())
+        return conn
+
+    def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        with self._connection() as conn, _errors(self.path):
+            return action(conn)
+
+    def _write(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``action`` in one write transaction (taken up front: no upgrade deadlocks)."""
+        with self._connection() as conn, _errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = action(conn)
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    def _doorbell_for_wait(self) -> _wake.Doorbell | None:
+        """Return this instance's doorbell, binding it on first use (None: poll only)."""
+        self._check_fork()
+        if self._doorbell is None and not self._is_doorbell_broken:
+            try:
+                self._doorbell = _wake.Doorbell(self._wake_dir)
+            except OSError as exc:
+                self._is_doorbell_broken = True
+                logger.warning(
+                    "Cannot create a wake-up socket in %s (%s); the sqlite broker will poll",
+                    self._wake_dir,
+                    exc,
+                )
+        return self._doorbell
+
+    def _ring(self) -> None:
+        _wake.ring(self._wake_dir)
+
+
+#: Connections opened before a fork, kept referenced in the child so that garbage
+#: collection never closes them there (closing runs SQLite code on the parent's state).
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _priority(priority: int) -> int:
+    if not 0 <= priority <= 9:
+        raise ValueError(f"priority must be 0 (highest) to 9 (lowest), got {priority!r}")
+    return priority
+
+
+@contextmanager
+def _errors(path: Path) -> Iterator[None]:
+    """Turn SQLite's errors into chard's: busy or I/O trouble is worth a retry."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise BrokerConnectionError(f"sqlite broker {str(path)!r} failed: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise BrokerError(f"sqlite broker {str(path)!r} failed: {exc}") from exc
