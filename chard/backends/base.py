@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chard import states
+from chard._utils.log import saferepr
 from chard.exceptions import RemoteTaskError, ResultTimeout
 from chard.protocol import serializers
 
@@ -29,20 +30,31 @@ GROUP_KEY_PREFIX = "celery-taskset-meta-"
 
 Meta = dict[str, Any]
 
+#: Longest repr kept for an exception argument JSON cannot carry.
+_MAX_ARG_REPR = 1024
+
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
     """Return Celery's JSON form of an exception: type, module and args."""
     exc_type = type(exc)
-    try:
-        serializers.json_dumps(list(exc.args))
-        args: list[Any] = list(exc.args)
-    except Exception:  # args a JSON encoder cannot take: keep their text
-        args = [str(exc)]
     return {
         "exc_type": exc_type.__qualname__,
-        "exc_message": args,
+        "exc_message": [_json_safe(arg) for arg in exc.args],
         "exc_module": exc_type.__module__,
     }
+
+
+def _json_safe(value: Any) -> Any:
+    """Return ``value`` if JSON can carry it, else its repr (as Celery's ``ensure_serializable``).
+
+    Per argument, so the others survive intact; never ``str(exc)``, which runs user
+    code that may raise and would then lose the failure being stored.
+    """
+    try:
+        serializers.json_dumps(value)
+    except Exception:  # any encoder failure (TypeError, ValueError, recursion) means "not JSON"
+        return saferepr(value, limit=_MAX_ARG_REPR)
+    return value
 
 
 def decode_exception(value: Any, traceback: str | None = None) -> BaseException:
