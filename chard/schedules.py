@@ -405,11 +405,16 @@ def maybe_schedule(
 ) -> BaseSchedule:
     """Turn a ``beat_schedule`` value into a schedule: seconds or a timedelta become intervals.
 
+    A schedule passes through; when it has no ``app`` it is given ``app`` (Celery does the same),
+    so a ``crontab()`` written in config follows the app's timezone unless it set ``tz=``.
+
     Raises:
         TypeError: ``value`` is not a number, a timedelta or a schedule.
         ValueError: the interval is not positive.
     """
     if isinstance(value, BaseSchedule):
+        if value.app is None:
+            value.app = app  # as Celery: a crontab from config takes the app's timezone
         return value
     if isinstance(value, timedelta | int | float) and not isinstance(value, bool):
         return schedule(value, relative=relative, app=app)
