@@ -172,7 +172,6 @@ class MemoryBroker(Broker):
         self.consumer_id = uuid.uuid4().hex
         self._store = _open_store(url)
         self._turn = 0
-        self._tokens = itertools.count(1)
 
     def publish(self, message: OutgoingMessage) -> None:
         self.publish_many([message])
@@ -221,7 +220,7 @@ class MemoryBroker(Broker):
             if message.due_at > now:
                 not_due.append(entry)
                 continue
-            message.owner, message.token = self.consumer_id, next(self._tokens)
+            message.owner, message.token = self.consumer_id, next(store.ids)
             message.lease_expires = now + self.lease_timeout
             message.delivery_count += 1
             store.leased[message.id] = message

@@ -1,0 +1,53 @@
+"""Broker fixtures for the contract suite: one store per test, any number of consumers on it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard.brokers import Broker, open_broker
+from tests.helpers import redis_url
+
+BROKERS = ["memory", "sqlite", "redis"]
+
+BrokerFactory = Callable[..., Broker]
+
+
+@pytest.fixture(params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_broker(broker_kind: str, tmp_path: Path) -> Iterator[BrokerFactory]:
+    """Return a factory of broker instances that share one store; all closed after the test.
+
+    Each instance is a separate consumer (its own leases), as two worker processes
+    would be: ``make_broker(lease_timeout=0.5)`` passes options through.
+    """
+    if broker_kind == "memory":
+        url = f"memory://contract-{uuid.uuid4().hex}"  # a named store is shared by instances
+    elif broker_kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    else:
+        url = redis_url()  # its key prefix isolates this test on the shared server
+    opened: list[Broker] = []
+
+    def factory(**options: Any) -> Broker:
+        broker = open_broker(url, options)
+        opened.append(broker)
+        return broker
+
+    yield factory
+    for broker in opened:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: BrokerFactory) -> Broker:
+    """One broker instance: the client and the consumer at once."""
+    return make_broker()

@@ -1,0 +1,287 @@
+"""One contract suite, run against every broker (memory, sqlite, redis).
+
+What the worker relies on, whatever the transport: at-least-once leases that lapse
+when a consumer dies and are kept alive by heartbeats, counted deliveries,
+priorities with FIFO inside each, ETAs held in the broker, fairness across
+queues, dead letters, and a blocking fetch that returns promptly.
+
+Several tests use two instances of one broker as two consumers (``make_broker``):
+leases belong to an instance, as they would to a worker process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from chard.brokers import Broker, Delivery
+from chard.brokers.base import OutgoingMessage
+from tests.contract.conftest import BrokerFactory
+from tests.helpers import wait_for
+
+#: A short lease for the tests that wait for one to lapse.
+SHORT_LEASE = 0.5
+
+
+def publish(broker: Broker, queue: str, body: bytes, priority: int = 0) -> None:
+    broker.publish(OutgoingMessage(queue, body, priority=priority))
+
+
+def fetch_one(broker: Broker, queues: Sequence[str]) -> Delivery:
+    """Fetch exactly one delivery, failing the test if none comes within a second."""
+    found = broker.fetch(queues, 1, timeout=1.0)
+    assert len(found) == 1, f"expected one delivery from {queues}, got {found}"
+    return found[0]
+
+
+def poll_as_worker(broker: Broker, queues: Sequence[str]) -> list[Delivery]:
+    """Do what a live worker does between tasks: heartbeat, then a short fetch."""
+    broker.heartbeat()
+    return broker.fetch(queues, 1, timeout=0.05)
+
+
+def test_publish_fetch_ack(broker: Broker) -> None:
+    # Given a message whose bytes are not text
+    body = b"\x00\xffenvelope\n"
+    publish(broker, "q", body)
+    assert broker.queue_size("q") == 1
+
+    # When it is fetched and acked
+    delivery = fetch_one(broker, ["q"])
+    assert (delivery.body, delivery.queue, delivery.delivery_count) == (body, "q", 1)
+    assert broker.queue_size("q") == 0  # leased: no longer waiting
+    delivery.ack()
+
+    # Then it is gone for good
+    assert broker.fetch(["q"], 10, timeout=0) == []
+    assert broker.queue_size("q") == 0
+
+
+def test_fetch_respects_limit(broker: Broker) -> None:
+    broker.publish_many([OutgoingMessage("q", b"%d" % i) for i in range(5)])
+
+    assert len(broker.fetch(["q"], 3, timeout=1.0)) == 3
+    assert len(broker.fetch(["q"], 3, timeout=1.0)) == 2
+
+
+def test_fifo_within_one_priority(broker: Broker) -> None:
+    bodies = [b"m%d" % i for i in range(10)]
+    for body in bodies:
+        publish(broker, "q", body, priority=4)
+
+    one_by_one = [fetch_one(broker, ["q"]).body for _ in range(5)]
+    batch = [d.body for d in broker.fetch(["q"], 5, timeout=1.0)]
+
+    assert one_by_one + batch == bodies
+
+
+def test_lower_priority_number_comes_first(broker: Broker) -> None:
+    for body, priority in [(b"p5", 5), (b"p0-a", 0), (b"p9", 9), (b"p0-b", 0), (b"p3", 3)]:
+        publish(broker, "q", body, priority=priority)
+
+    order = [fetch_one(broker, ["q"]).body for _ in range(5)]
+
+    assert order == [b"p0-a", b"p0-b", b"p3", b"p5", b"p9"]
+
+
+def test_eta_hides_a_message_until_due(broker: Broker) -> None:
+    # Given a message due in 0.3 s, published before one due now
+    eta = time.time() + 0.3
+    broker.publish(OutgoingMessage("q", b"later", eta=eta))
+    publish(broker, "q", b"now")
+
+    # Then only the due one is fetched at first, though both wait in the queue
+    assert [d.body for d in broker.fetch(["q"], 10, timeout=0)] == [b"now"]
+    assert broker.queue_size("q") == 1
+
+    # And the other comes once due, not before
+    (later,) = wait_for(lambda: broker.fetch(["q"], 10, timeout=0.1), timeout=5.0)
+    assert later.body == b"later"
+    assert time.time() >= eta - 0.005  # a transport may keep millisecond precision
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_busy_queue_does_not_starve_another(broker: Broker, limit: int) -> None:
+    # Given a long backlog in one queue and two messages in another
+    broker.publish_many([OutgoingMessage("busy", b"b%d" % i) for i in range(30)])
+    broker.publish_many([OutgoingMessage("quiet", b"q%d" % i) for i in range(2)])
+
+    # When a consumer of both fetches a few times
+    got = [d for _ in range(4) for d in broker.fetch(["busy", "quiet"], limit, timeout=1.0)]
+
+    # Then the quiet queue was served too
+    assert sorted(d.body for d in got if d.queue == "quiet") == [b"q0", b"q1"]
+
+
+def test_a_lapsed_lease_is_redelivered_and_counted(make_broker: BrokerFactory) -> None:
+    # Given a consumer that leased a message and then went silent (no heartbeat)
+    dead = make_broker(lease_timeout=SHORT_LEASE)
+    alive = make_broker(lease_timeout=SHORT_LEASE)
+    publish(dead, "q", b"work")
+    stale = fetch_one(dead, ["q"])
+    assert alive.fetch(["q"], 1, timeout=0) == []
+
+    # When its lease lapses, another consumer gets the message, counted twice
+    (again,) = wait_for(lambda: poll_as_worker(alive, ["q"]), timeout=10.0)
+    assert (again.body, again.delivery_count) == (b"work", 2)
+
+    # Then the first consumer's late settle does not touch the new holder's lease
+    stale.ack()
+    assert poll_as_worker(dead, ["q"]) == []
+    again.reject(requeue=True)
+    assert alive.queue_size("q") == 1
+    assert fetch_one(alive, ["q"]).delivery_count == 2
+
+
+def test_heartbeat_keeps_a_slow_message_from_redelivery(make_broker: BrokerFactory) -> None:
+    # Given a consumer holding a message on a 1 s lease
+    holder = make_broker(lease_timeout=1.0)
+    other = make_broker(lease_timeout=1.0)
+    publish(holder, "q", b"slow")
+    held = fetch_one(holder, ["q"])
+
+    # When it heartbeats for twice the lease, nobody else gets the message
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        holder.heartbeat()
+        assert poll_as_worker(other, ["q"]) == []
+
+    # Then it can still ack it, once
+    held.ack()
+    assert other.fetch(["q"], 1, timeout=0.2) == []
+
+
+def test_reject_with_requeue_returns_without_counting(broker: Broker) -> None:
+    publish(broker, "q", b"unstarted")
+    first = fetch_one(broker, ["q"])
+
+    first.reject(requeue=True)
+
+    assert broker.queue_size("q") == 1
+    second = fetch_one(broker, ["q"])
+    assert (second.body, second.delivery_count) == (b"unstarted", 1)
+
+
+def test_reject_without_requeue_drops(broker: Broker) -> None:
+    publish(broker, "q", b"unwanted")
+
+    fetch_one(broker, ["q"]).reject()
+
+    assert broker.queue_size("q") == 0
+    assert broker.fetch(["q"], 1, timeout=0) == []
+    assert broker.dead_letters() == []
+
+
+def test_settling_twice_is_a_no_op(broker: Broker) -> None:
+    publish(broker, "q", b"once")
+    delivery = fetch_one(broker, ["q"])
+    delivery.ack()
+
+    delivery.ack()
+    delivery.reject(requeue=True)
+    delivery.dead_letter("too late")
+
+    assert broker.queue_size("q") == 0
+    assert broker.dead_letters() == []
+
+
+def test_dead_letter_then_redrive(broker: Broker) -> None:
+    # Given a message set aside as a poison pill
+    publish(broker, "q", b"poison", priority=2)
+    fetch_one(broker, ["q"]).dead_letter("boom")
+    assert broker.queue_size("q") == 0
+    (letter,) = broker.dead_letters()
+    assert (letter.queue, letter.body, letter.reason, letter.delivery_count) == (
+        "q",
+        b"poison",
+        "boom",
+        1,
+    )
+    assert abs(letter.failed_at - time.time()) < 60
+
+    # When it is re-driven
+    assert broker.redrive(letter.id) is True
+
+    # Then it is back on its queue with a fresh count, and no longer a dead letter
+    assert broker.dead_letters() == []
+    again = fetch_one(broker, ["q"])
+    assert (again.body, again.delivery_count) == (b"poison", 1)
+    assert broker.redrive(letter.id) is False
+
+
+def test_dead_letters_are_listed_oldest_first(broker: Broker) -> None:
+    for body in (b"d0", b"d1", b"d2"):
+        publish(broker, "q", body)
+        fetch_one(broker, ["q"]).dead_letter(f"reason {body!r}")
+
+    assert [letter.body for letter in broker.dead_letters()] == [b"d0", b"d1", b"d2"]
+    assert [letter.body for letter in broker.dead_letters(limit=2)] == [b"d0", b"d1"]
+
+
+def test_redrive_of_an_unknown_id_is_false(broker: Broker) -> None:
+    assert broker.redrive("no-such-dead-letter") is False
+
+
+def test_purge_removes_waiting_messages_only(broker: Broker) -> None:
+    # Given three messages in "q" (one leased, one delayed) and one in "other"
+    broker.publish_many([OutgoingMessage("q", b"a"), OutgoingMessage("q", b"b")])
+    broker.publish(OutgoingMessage("q", b"delayed", eta=time.time() + 60))
+    publish(broker, "other", b"keep")
+    leased = fetch_one(broker, ["q"])
+    assert broker.queue_size("q") == 2
+
+    # When "q" is purged
+    assert broker.purge("q") == 2
+
+    # Then only the leased message survives there, and "other" is untouched
+    assert broker.queue_size("q") == 0
+    assert broker.queue_size("other") == 1
+    leased.ack()
+    assert broker.fetch(["q"], 10, timeout=0) == []
+
+
+def test_publish_many_stores_every_message(broker: Broker) -> None:
+    broker.publish_many(
+        [
+            OutgoingMessage("a", b"a0"),
+            OutgoingMessage("b", b"b0"),
+            OutgoingMessage("a", b"a1"),
+            OutgoingMessage("a", b"a2", priority=9),
+        ]
+    )
+    broker.publish_many([])
+
+    assert (broker.queue_size("a"), broker.queue_size("b")) == (3, 1)
+    assert [fetch_one(broker, ["a"]).body for _ in range(3)] == [b"a0", b"a1", b"a2"]
+
+
+def test_fetch_times_out_promptly_with_nothing(broker: Broker) -> None:
+    started = time.monotonic()
+
+    assert broker.fetch(["empty"], 10, timeout=0.3) == []
+
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 1.5
+
+
+def test_fetch_wakes_when_a_message_arrives(make_broker: BrokerFactory) -> None:
+    # Given a consumer blocked in fetch with a long timeout
+    consumer, producer = make_broker(), make_broker()
+    result: list[tuple[list[Delivery], float]] = []
+    thread = threading.Thread(
+        target=lambda: result.append((consumer.fetch(["q"], 1, timeout=10.0), time.monotonic()))
+    )
+    thread.start()
+
+    # When another instance publishes
+    published = time.monotonic()
+    publish(producer, "q", b"hello")
+    thread.join(timeout=10.0)
+
+    # Then the fetch returns the message long before its timeout
+    ((found, returned),) = result
+    assert [d.body for d in found] == [b"hello"]
+    assert returned - published < 2.0
