@@ -14,9 +14,8 @@ daylight-saving changes:
 - fall back: each wall time fires once, at its first occurrence, so a 01:30 daily job does not run
   twice, and an hourly job does not run again when 01:00 comes round the second time.
 
-The cron arithmetic is done here rather than by ``croniter``: Celery's syntax (``sunday``,
-wrap-around ranges, AND semantics, field-naming errors) has to be parsed into sets anyway, and
-the search over those sets is short, so the core keeps ``click`` as its only dependency.
+Cron arithmetic is a short search over the parsed field sets rather than ``croniter``: Celery's
+syntax has to be parsed into sets anyway, and the core keeps ``click`` as its only dependency.
 """
 
 from __future__ import annotations
@@ -27,16 +26,17 @@ from calendar import monthrange
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import NamedTuple, Protocol
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chard._utils.clock import to_utc, utcnow
 
 __all__ = ["BaseSchedule", "crontab", "maybe_schedule", "schedstate", "schedule"]
 
 NowFun = Callable[[], datetime]
-CronSpec = int | str | Iterable[int]
+CronSpec = int | str | Iterable[int | str]
 
 _MINUTE = timedelta(minutes=1)
+_UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
 _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
            "september", "october", "november", "december")  # fmt: skip
@@ -61,9 +61,14 @@ class schedstate(NamedTuple):
 
 def _resolve_tz(tz: tzinfo | str | None, app: SupportsTimezone | None) -> tzinfo:
     zone = tz if tz is not None else getattr(app, "timezone", None)
-    if zone is None:
-        return UTC
-    return ZoneInfo(zone) if isinstance(zone, str) else zone
+    if not isinstance(zone, str):
+        return zone or UTC
+    try:
+        return ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError(
+            f"time zone {zone!r} is unknown; use an IANA name like 'Europe/Berlin'"
+        ) from None
 
 
 class BaseSchedule(ABC):
@@ -89,13 +94,17 @@ class BaseSchedule(ABC):
         """Return the time from ``now`` to the next run after ``last_run_at`` (negative if late)."""
         return self.next_after(last_run_at) - (to_utc(now) if now is not None else self.now())
 
+    @abstractmethod
+    def _key(self) -> tuple[object, ...]:
+        """What makes two schedules equal: beat compares them to notice edited entries."""
 
-def _humanize(seconds: float) -> str:
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            value = seconds / size
-            return f"{value:.2f} {unit}{'' if value == 1 else 's'}"
-    return f"{seconds:.2f} second{'' if seconds == 1 else 's'}"
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseSchedule):
+            return NotImplemented
+        return type(self) is type(other) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 class schedule(BaseSchedule):
@@ -143,7 +152,9 @@ class schedule(BaseSchedule):
     @property
     def human_seconds(self) -> str:
         """The interval for people, as Celery prints it (``"10.00 seconds"``)."""
-        return _humanize(self.seconds)
+        size, unit = next(u for u in _UNITS if self.seconds >= u[0] or u[0] == 1)
+        value = self.seconds / size
+        return f"{value:.2f} {unit}{'' if value == 1 else 's'}"
 
     def next_after(self, dt: datetime) -> datetime:
         """Return ``dt + run_every``, rounded down to the interval's unit when ``relative``."""
@@ -171,13 +182,8 @@ class schedule(BaseSchedule):
     def __repr__(self) -> str:
         return f"<freq: {self.human_seconds}>"
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, schedule):
-            return NotImplemented
-        return (self.run_every, self.relative) == (other.run_every, other.relative)
-
-    def __hash__(self) -> int:
-        return hash((self.run_every, self.relative))
+    def _key(self) -> tuple[object, ...]:
+        return (self.run_every, self.relative)
 
 
 class _Field(NamedTuple):
@@ -196,9 +202,11 @@ class _Field(NamedTuple):
             f"{self.allowed}, '*', '*/n', 'a-b', 'a-b/n' or a comma-separated list of those"
         )
 
-    def number(self, spec: object, token: str | int) -> int:
-        value = self.names.get(token) if isinstance(token, str) else None
+    def number(self, spec: object, token: object) -> int:
+        value = self.names.get(token.lower()) if isinstance(token, str) else None
         if value is None:
+            if isinstance(token, bool) or not isinstance(token, int | str):
+                raise self.error(spec, f"{token!r} is not an int or a str")
             try:
                 value = int(token)
             except ValueError:
@@ -292,7 +300,7 @@ class crontab(BaseSchedule):
         self.day_of_week = _FIELDS["day_of_week"].parse(day_of_week)
         self.day_of_month = _FIELDS["day_of_month"].parse(day_of_month)
         self.month_of_year = _FIELDS["month_of_year"].parse(month_of_year)
-        self._tz = ZoneInfo(tz) if isinstance(tz, str) else tz
+        self._tz = _resolve_tz(tz, None) if tz is not None else None
         # Reject "31 February" now rather than searching forever at run time (2000 is a leap year).
         if not any(
             d <= monthrange(2000, m)[1] for m in self.month_of_year for d in self.day_of_month
@@ -369,14 +377,6 @@ class crontab(BaseSchedule):
     def _key(self) -> tuple[object, ...]:
         sets = (self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year)
         return (*sets, str(self.tz))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, crontab):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
 
 
 def _wall_to_utc(wall: datetime, zone: tzinfo) -> datetime:

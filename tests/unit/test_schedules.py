@@ -120,6 +120,7 @@ def test_next_after_is_strict_and_minute_aligned() -> None:
         (dict(day_of_week="mon-fri"), dict(day_of_week="1-5")),
         (dict(day_of_week="fri-mon"), dict(day_of_week={5, 6, 0, 1})),
         (dict(day_of_week="Saturday,SUN"), dict(day_of_week=[6, 0])),
+        (dict(day_of_week=["Mon", "fri"]), dict(day_of_week="1,5")),
         (dict(hour="22-2"), dict(hour="22,23,0,1,2")),
         (dict(minute="*/15"), dict(minute=(0, 15, 30, 45))),
         (dict(minute="5/20"), dict(minute="5,25,45")),
@@ -266,6 +267,7 @@ class TestTimezones:
         (dict(minute=""), ["minute", "''", "cannot parse"]),
         (dict(minute=[]), ["minute", "[]", "no values"]),
         (dict(minute=1.5), ["minute", "1.5", "float"]),
+        (dict(minute=[1.5]), ["minute", "1.5", "not an int"]),
         (dict(day_of_month=31, month_of_year="feb,apr"), ["day_of_month", "31", "never occurs"]),
     ],
 )
@@ -275,6 +277,11 @@ def test_crontab_validation(kwargs: dict[str, object], fragments: list[str]) -> 
 
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_unknown_time_zone_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="time zone 'Mars/Olympus' is unknown"):
+        crontab(tz="Mars/Olympus")
 
 
 @pytest.mark.parametrize("run_every", [0, -1, 0.0, timedelta(0), timedelta(seconds=-5)])
