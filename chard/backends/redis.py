@@ -1,0 +1,170 @@
+"""Redis result backend: Celery's keys and values, and pub/sub wake-ups for waiters.
+
+Metas live at ``<prefix>celery-task-meta-<id>`` exactly as Celery's Redis backend stores
+them, and every store is ``SET`` plus ``PUBLISH`` of the same value on the key's name in
+one MULTI/EXEC, so Celery clients blocked in ``AsyncResult.get()`` wake up for chard's
+results and chard's waiters wake up for Celery's. As in Celery, a ``global_keyprefix``
+that does not end in one of ``:_-.`` gets a ``_`` appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+import redis.client
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from chard._redis import parse_redis_url
+from chard.backends.base import ResultBackend
+from chard.exceptions import BackendError
+
+logger = logging.getLogger(__name__)
+
+
+class RedisResultBackend(ResultBackend):
+    """Store metas in Redis strings; wait on their pub/sub channels instead of polling.
+
+    Thread-safe. Each waiting thread keeps one pub/sub connection, and keeps its
+    subscriptions open across calls for the same keys, so a result stored between the
+    base class's read and the next wait is never missed (see :meth:`_wait_for_change`).
+    """
+
+    has_native_wait = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        expires: float | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(url, expires=expires, options=options)
+        target = parse_redis_url(url, self.options, separate_prefix=True)
+        self._prefix = target.keyprefix
+        self._redacted = target.redacted
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+        self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        self._local = threading.local()
+        self._pubsubs_lock = threading.Lock()
+        self._pubsubs: list[redis.client.PubSub] = []
+
+    # -- primitives -----------------------------------------------------------
+    def _get(self, key: str) -> bytes | None:
+        with self._errors():
+            return cast(bytes | None, self._client.get(self._key(key)))
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with self._errors():
+            return cast(list[bytes | None], self._client.mget([self._key(k) for k in keys]))
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """SET (with expiry) and PUBLISH on the key's name, atomically, as Celery does."""
+        name = self._key(key)
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            if ttl is None:
+                pipe.set(name, value)
+            elif float(ttl).is_integer() and ttl > 0:
+                pipe.set(name, value, ex=int(ttl))
+            else:  # fractions of a second: milliseconds, at least one
+                pipe.set(name, value, px=max(1, round(ttl * 1000)))
+            pipe.publish(name, value)
+            pipe.execute()
+
+    def _delete(self, key: str) -> None:
+        with self._errors():
+            self._client.delete(self._key(key))
+
+    def _incr(self, key: str, ttl: float | None) -> int:
+        name = self._key(key)
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incr(name)
+            if ttl is not None:
+                pipe.pexpire(name, max(1, round(ttl * 1000)))
+            return int(pipe.execute()[0])
+
+    def _wait_for_change(self, keys: Sequence[str], timeout: float) -> None:
+        """Return when a store is published on one of ``keys``, or after ``timeout``.
+
+        New keys are subscribed, and this returns as soon as Redis confirms: the caller
+        then reads again, now with the subscription in place, so nothing stored before
+        the subscription is missed. Keys no longer waited for are unsubscribed.
+        """
+        pubsub = self._pubsub()
+        wanted = {self._key(k).encode() for k in keys}
+        channels = cast(dict[bytes, Any], pubsub.channels)
+        current = set(channels) - cast(set[bytes], pubsub.pending_unsubscribe_channels)
+        deadline = time.monotonic() + timeout
+        with self._errors():
+            stale = current - wanted
+            if stale:
+                pubsub.unsubscribe(*stale)  # type: ignore[no-untyped-call]  # unannotated upstream
+            new = wanted - current
+            if new:
+                pubsub.subscribe(*new)
+                self._receive(pubsub, deadline, lambda m: _confirms(m, new))
+                return
+            self._receive(pubsub, deadline, lambda m: _is_news(m, wanted))
+
+    def close(self) -> None:
+        """Close every thread's pub/sub connection and the connection pool."""
+        with self._pubsubs_lock:
+            pubsubs, self._pubsubs = self._pubsubs, []
+        for pubsub in pubsubs:
+            pubsub.close()
+        self._client.close()
+
+    # -- helpers --------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _pubsub(self) -> redis.client.PubSub:
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # unannotated upstream
+            self._local.pubsub = pubsub
+            with self._pubsubs_lock:
+                self._pubsubs.append(pubsub)
+        return cast(redis.client.PubSub, pubsub)
+
+    @staticmethod
+    def _receive(pubsub: redis.client.PubSub, deadline: float, is_done: Any) -> None:
+        """Read pub/sub messages until ``is_done(message)`` returns True or ``deadline``."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=remaining)
+            if message is not None and is_done(message):
+                return
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn redis-py errors into :class:`BackendError` naming the (redacted) URL."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendError(
+                f"cannot reach the Redis result backend at {self._redacted!r}: {exc}; is "
+                "redis-server running, and are host, port, password and db in the URL right?"
+            ) from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis result backend at {self._redacted!r} failed: {exc}") from exc
+
+
+def _is_news(message: dict[str, Any], channels: set[bytes]) -> bool:
+    return message["type"] == "message" and message["channel"] in channels
+
+
+def _confirms(message: dict[str, Any], pending: set[bytes]) -> bool:
+    """Tick off one subscribe confirmation; True once all of ``pending`` are confirmed."""
+    if message["type"] == "subscribe":
+        pending.discard(message["channel"])
+    return not pending

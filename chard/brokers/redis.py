@@ -1,0 +1,489 @@
+"""Redis broker: kombu's queue layout, with per-consumer leases instead of a visibility timeout.
+
+Keys (all behind the optional ``global_keyprefix``, like kombu):
+
+* ``<queue>``, ``<queue>\\x06\\x163``, ``…\\x06\\x166``, ``…\\x06\\x169``: kombu's ready lists
+  for priorities 0-2, 3-5, 6-8 and 9. Publishers ``LPUSH``, consumers pop from the right
+  (FIFO), so Celery clients and workers can share the queues with chard.
+* ``chard.inflight`` (hash tag → body), ``chard.inflight.meta`` (hash tag → JSON
+  ``{q, p, n, c}``: queue, priority step, delivery count, consumer) and ``chard.leases``
+  (zset tag → lease expiry): messages leased to a consumer. Every lease gets a fresh tag,
+  so settling a delivery whose lease lapsed (and was re-leased under another tag) is a
+  harmless no-op.
+* ``chard.redeliveries`` (hash sha1(body) → deliveries so far): the delivery count of a
+  message that went back to a ready list. It lives beside the body, so the envelope is
+  stored byte-for-byte as published; a Celery worker popping such a message simply
+  ignores it (the entry then lingers, a few bytes).
+* ``chard.consumers`` (zset consumer → expiry), ``chard.landing.<consumer>`` (list) and
+  ``chard.landing.src`` (hash consumer → source list): the blocking wait ``BLMOVE``\\s
+  the first message into the consumer's own landing list, so a crash between the block
+  and the lease cannot lose it; a lapsed consumer's landing list goes back to its source.
+* ``chard.delayed`` (zset member → due time, member = ``<step><queue>\\0<uuid>\\0<body>``)
+  and ``chard.delayed.counts`` (hash queue → count, for :meth:`RedisBroker.queue_size`).
+* ``chard.dead`` (zset id → failed_at) and ``chard.dead.<id>`` (hash): dead letters.
+
+Every state change that must be atomic runs as one Lua script on Redis time (``TIME``),
+so consumers' clock skew never shortens a lease. Scripts name their keys from the prefix
+argument, which is fine on a single Redis server (kombu has the same limit: no Cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from chard._redis import parse_redis_url
+from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
+from chard.exceptions import BrokerConnectionError, BrokerError
+
+logger = logging.getLogger(__name__)
+
+#: kombu's priority steps and the separator of its bucket key names.
+PRIORITY_STEPS = (0, 3, 6, 9)
+BUCKET_SEP = "\x06\x16"
+#: Longest single blocking wait: messages on lists other than the one blocked on (other
+#: queues, lower priorities) are seen within this, and an idle consumer sends 2 commands
+#: per wait.
+DEFAULT_POLL_INTERVAL = 1.0
+
+_LIB = r"""
+local prefix = ARGV[1]
+local leases, inflight, meta = prefix .. 'chard.leases', prefix .. 'chard.inflight',
+  prefix .. 'chard.inflight.meta'
+local redeliveries, delayed = prefix .. 'chard.redeliveries', prefix .. 'chard.delayed'
+local delayed_counts = prefix .. 'chard.delayed.counts'
+local consumers, landing_src = prefix .. 'chard.consumers', prefix .. 'chard.landing.src'
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function ready_key(queue, step)
+  if step == '0' then return prefix .. queue end
+  return prefix .. queue .. '\6\22' .. step
+end
+-- Back to the front of its queue, remembering how often it was delivered.
+local function restore(queue, step, body, count)
+  redis.call('RPUSH', ready_key(queue, step), body)
+  if count > 0 then redis.call('HSET', redeliveries, redis.sha1hex(body), count) end
+end
+local function drop(tag)
+  redis.call('ZREM', leases, tag)
+  redis.call('HDEL', inflight, tag)
+  redis.call('HDEL', meta, tag)
+end
+local function recover(t)
+  for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
+    local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
+    if body and info then
+      info = cjson.decode(info)
+      restore(info.q, info.p, body, info.n)
+    end
+    drop(tag)
+  end
+  for _, cid in ipairs(redis.call('ZRANGE', consumers, '-inf', t, 'BYSCORE', 'LIMIT', 0, 10)) do
+    local spec, landing = redis.call('HGET', landing_src, cid), prefix .. 'chard.landing.' .. cid
+    if spec then
+      local src = ready_key(string.sub(spec, 2), string.sub(spec, 1, 1))
+      while redis.call('LMOVE', landing, src, 'LEFT', 'RIGHT') do end
+    end
+    redis.call('DEL', landing)
+    redis.call('HDEL', landing_src, cid)
+    redis.call('ZREM', consumers, cid)
+  end
+end
+-- Move due delayed messages to the back of their ready list; return the next due time.
+local function move_due(t)
+  for _, member in ipairs(redis.call('ZRANGE', delayed, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
+    local a = string.find(member, '\0', 1, true)
+    local b = string.find(member, '\0', a + 1, true)
+    local queue = string.sub(member, 2, a - 1)
+    redis.call('LPUSH', ready_key(queue, string.sub(member, 1, 1)), string.sub(member, b + 1))
+    redis.call('ZREM', delayed, member)
+    redis.call('HINCRBY', delayed_counts, queue, -1)
+  end
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  return first[2] or ''
+end
+"""
+
+# ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec, queues...
+_FETCH = r"""
+local consumer, limit, tag_base = ARGV[2], tonumber(ARGV[4]), ARGV[5]
+local t = now()
+recover(t)
+local out = {tostring(t), move_due(t)}
+local expiry = t + tonumber(ARGV[3])
+local has_redeliveries = redis.call('EXISTS', redeliveries) == 1
+local taken = 0
+local function lease(queue, step, body)
+  taken = taken + 1
+  local tag, count = tag_base .. '.' .. taken, 1
+  if has_redeliveries then
+    local digest = redis.sha1hex(body)
+    local before = redis.call('HGET', redeliveries, digest)
+    if before then
+      count = tonumber(before) + 1
+      redis.call('HDEL', redeliveries, digest)
+    end
+  end
+  redis.call('ZADD', leases, expiry, tag)
+  redis.call('HSET', inflight, tag, body)
+  redis.call('HSET', meta, tag, cjson.encode({q = queue, p = step, n = count, c = consumer}))
+  for _, v in ipairs({tag, queue, count, body}) do out[#out + 1] = v end
+end
+if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
+  local landing = prefix .. 'chard.landing.' .. consumer
+  local body = redis.call('RPOP', landing)
+  while body do
+    lease(string.sub(ARGV[6], 2), string.sub(ARGV[6], 1, 1), body)
+    body = redis.call('RPOP', landing)
+  end
+end
+local queues = {}
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+for _, step in ipairs({'0', '3', '6', '9'}) do
+  local active = queues
+  while taken < limit and #active > 0 do  -- round-robin: one busy queue cannot fill a batch
+    local still = {}
+    for _, queue in ipairs(active) do
+      if taken >= limit then break end
+      local body = redis.call('RPOP', ready_key(queue, step))
+      if body then
+        lease(queue, step, body)
+        still[#still + 1] = queue
+      end
+    end
+    active = still
+  end
+end
+redis.call('ZADD', consumers, expiry, consumer)
+redis.call('HSET', landing_src, consumer, ARGV[7])
+return out
+"""
+
+# ARGV: prefix, consumer ('' if it never fetched), lease_timeout, tags... Returns lost tags.
+_HEARTBEAT = r"""
+local t = now()
+local expiry, lost = t + tonumber(ARGV[3]), {}
+if ARGV[2] ~= '' then redis.call('ZADD', consumers, expiry, ARGV[2]) end
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', leases, ARGV[i]) then
+    redis.call('ZADD', leases, expiry, ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+recover(t)
+move_due(t)
+return lost
+"""
+
+# ARGV: prefix, tag, mode (ack | requeue | dead), reason. Returns 1 if the lease was ours.
+_SETTLE = r"""
+local tag, mode = ARGV[2], ARGV[3]
+local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
+if not (body and info) then return 0 end
+drop(tag)
+info = cjson.decode(info)
+if mode == 'requeue' then
+  restore(info.q, info.p, body, info.n - 1)
+elseif mode == 'dead' then
+  local t = now()
+  redis.call('HSET', prefix .. 'chard.dead.' .. tag, 'queue', info.q, 'priority', info.p,
+    'body', body, 'reason', ARGV[4], 'failed_at', tostring(t), 'delivery_count', info.n)
+  redis.call('ZADD', prefix .. 'chard.dead', t, tag)
+end
+return 1
+"""
+
+# ARGV: prefix, dead letter id. Returns 1 if it existed.
+_REDRIVE = r"""
+local key = prefix .. 'chard.dead.' .. ARGV[2]
+local f = redis.call('HMGET', key, 'queue', 'priority', 'body')
+redis.call('ZREM', prefix .. 'chard.dead', ARGV[2])
+redis.call('DEL', key)
+if not f[3] then return 0 end
+redis.call('HDEL', redeliveries, redis.sha1hex(f[3]))
+redis.call('LPUSH', ready_key(f[1], f[2]), f[3])
+return 1
+"""
+
+
+def priority_step(priority: int) -> int:
+    """Return kombu's bucket for ``priority``: the largest step not above it (0-9 clamped)."""
+    clamped = min(max(int(priority), 0), 9)
+    return max(step for step in PRIORITY_STEPS if step <= clamped)
+
+
+def ready_key(queue: str, step: int) -> str:
+    """Return kombu's (unprefixed) list name for ``queue``'s priority bucket ``step``."""
+    return queue if step == 0 else f"{queue}{BUCKET_SEP}{step}"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+class RedisDelivery(Delivery):
+    """A message leased under ``tag``; settling goes through one atomic script."""
+
+    def __init__(
+        self, broker: RedisBroker, tag: str, queue: str, body: bytes, delivery_count: int
+    ) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.body = body
+        self.delivery_count = delivery_count
+        self._broker = broker
+        self._is_settled = False
+
+    def ack(self) -> None:
+        self._settle("ack")
+
+    def reject(self, requeue: bool = False) -> None:
+        self._settle("requeue" if requeue else "ack")
+
+    def dead_letter(self, reason: str) -> None:
+        self._settle("dead", reason)
+
+    def _settle(self, mode: str, reason: str = "") -> None:
+        if not self._is_settled:
+            self._broker._settle(self.tag, mode, reason)
+            self._is_settled = True
+
+    def __repr__(self) -> str:
+        return f"<RedisDelivery {self.tag} queue={self.queue!r} count={self.delivery_count}>"
+
+
+class RedisBroker(Broker):
+    """kombu-compatible Redis queues with leases owned by this instance (one consumer).
+
+    Options (``broker_transport_options``): ``global_keyprefix``, ``lease_timeout``, and
+    ``poll_interval`` (longest single blocking wait, default 1 s). Thread-safe; fetches
+    from several threads are serialised because they share one landing list.
+    """
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        target = parse_redis_url(url, self.options)
+        self._prefix = target.keyprefix
+        self._redacted = target.redacted
+        self.poll_interval = float(self.options.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        # Few, quick retries: a worker's loop retries by itself, and a caller that cannot
+        # reach Redis should hear so in about a second, not after redis-py's ten tries.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+        self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        # Script objects re-load themselves on NOSCRIPT, e.g. after a Redis restart.
+        self._fetch_script = self._client.register_script(_LIB + _FETCH)
+        self._heartbeat_script = self._client.register_script(_LIB + _HEARTBEAT)
+        self._settle_script = self._client.register_script(_LIB + _SETTLE)
+        self._redrive_script = self._client.register_script(_LIB + _REDRIVE)
+        self._consumer_id = uuid.uuid4().hex
+        self._landing = self._key(f"chard.landing.{self._consumer_id}")
+        self._fetch_lock = threading.Lock()
+        self._held_lock = threading.Lock()
+        self._held: set[str] = set()
+        self._is_registered = False
+        self._landed_spec = ""  # source of what the last blocking wait may have moved
+        self._fetches = 0
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, message: OutgoingMessage) -> None:
+        self.publish_many([message])
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store ``messages`` in one MULTI/EXEC round-trip; all or none are stored."""
+        if not messages:
+            return
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            now = time.time()
+            for message in messages:
+                step = priority_step(message.priority)
+                if message.eta is not None and message.eta > now:
+                    spec = f"{step}{message.queue}".encode()
+                    member = b"\0".join((spec, uuid.uuid4().hex.encode(), message.body))
+                    pipe.zadd(self._key("chard.delayed"), {member: message.eta})
+                    pipe.hincrby(self._key("chard.delayed.counts"), message.queue, 1)
+                else:
+                    pipe.lpush(self._key(ready_key(message.queue, step)), message.body)
+            pipe.execute()
+
+    # -- consuming ------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` messages, blocking up to ``timeout`` for the first.
+
+        Each round is one script (recover lapsed leases, move due delayed messages, lease
+        what is ready) then, if nothing came, one ``BLMOVE`` on the highest-priority list
+        of one queue (rotating), bounded by the poll interval and the next due time.
+        """
+        if limit < 1 or not queues:
+            return []
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._fetch_lock, self._errors():
+            self._fetches += 1
+            start = self._fetches % len(queues)
+            order = [*queues[start:], *queues[:start]]
+            attempt = -1
+            while True:
+                attempt += 1
+                spec = "0" + order[attempt % len(order)]
+                server_now, next_due, deliveries = self._lease(order, limit, spec)
+                if deliveries:
+                    return deliveries
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                block = min(remaining, self.poll_interval, self.lease_timeout / 2)
+                if next_due is not None:
+                    block = min(block, next_due - server_now)
+                    if block <= 0:
+                        continue  # more due messages than one script moves: go again
+                # redis-py annotates the timeout as int; Redis takes fractions of a second.
+                # 10 ms floor: a timeout of 0 would block forever.
+                wait = cast(int, max(block, 0.01))
+                moved = self._client.blmove(self._key(spec), self._landing, wait, "RIGHT", "LEFT")
+                if moved is None and time.monotonic() >= deadline:
+                    return []
+
+    def _lease(
+        self, queues: Sequence[str], limit: int, next_spec: str
+    ) -> tuple[float, float | None, list[Delivery]]:
+        tag_base = f"{self._consumer_id}.{self._fetches}.{time.monotonic_ns()}"
+        args: list[Any] = [self._prefix, self._consumer_id, self.lease_timeout, limit, tag_base]
+        raw = self._fetch_script(args=[*args, self._landed_spec, next_spec, *queues])
+        self._landed_spec = next_spec
+        self._is_registered = True
+        reply = cast(list[Any], raw)
+        next_due = float(reply[1]) if reply[1] else None
+        deliveries: list[Delivery] = []
+        for i in range(2, len(reply), 4):
+            tag, queue = reply[i].decode(), reply[i + 1].decode()
+            deliveries.append(RedisDelivery(self, tag, queue, reply[i + 3], int(reply[i + 2])))
+        if deliveries:
+            with self._held_lock:
+                self._held.update(cast(RedisDelivery, d).tag for d in deliveries)
+            logger.debug("Leased %d message(s) from %s", len(deliveries), list(queues))
+        return float(reply[0]), next_due, deliveries
+
+    def heartbeat(self) -> None:
+        """Extend this consumer's leases, recover lapsed ones, and move due delayed messages."""
+        with self._held_lock:
+            tags = list(self._held)
+        consumer = self._consumer_id if self._is_registered else ""
+        with self._errors():
+            raw = self._heartbeat_script(args=[self._prefix, consumer, self.lease_timeout, *tags])
+        lost = {tag.decode() for tag in cast(list[bytes], raw)}
+        if lost:
+            with self._held_lock:
+                self._held.difference_update(lost)
+            logger.warning(
+                "Lost the lease of %d message(s) (held past lease_timeout=%ss without a "
+                "heartbeat); they were delivered again",
+                len(lost),
+                self.lease_timeout,
+            )
+
+    def _settle(self, tag: str, mode: str, reason: str) -> None:
+        with self._errors():
+            is_ours = self._settle_script(args=[self._prefix, tag, mode, reason])
+        with self._held_lock:
+            self._held.discard(tag)
+        if not is_ours:
+            logger.debug("Settling %s (%s) was a no-op: its lease had lapsed", tag, mode)
+
+    # -- management -----------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        """Delete ``queue``'s ready and delayed messages (leased ones are untouched)."""
+        keys = [self._key(ready_key(queue, step)) for step in PRIORITY_STEPS]
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            total = sum(cast(list[int], pipe.execute())[: len(keys)])
+            # ZSCAN, not one script: a huge delayed set must not block Redis.
+            delayed = self._key("chard.delayed")
+            pattern = b"?" + _glob_escape(queue).encode() + b"\0*"
+            batch: list[bytes] = []
+            for member, _score in self._client.zscan_iter(delayed, match=pattern, count=500):
+                batch.append(cast(bytes, member))
+                if len(batch) >= 500:
+                    total += self._drop_delayed(queue, batch)
+                    batch = []
+            total += self._drop_delayed(queue, batch)
+        return total
+
+    def _drop_delayed(self, queue: str, members: list[bytes]) -> int:
+        if not members:
+            return 0
+        removed = int(self._client.zrem(self._key("chard.delayed"), *members))
+        self._client.hincrby(self._key("chard.delayed.counts"), queue, -removed)
+        return removed
+
+    def queue_size(self, queue: str) -> int:
+        """Return ready plus delayed messages of ``queue``, in one round-trip."""
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            for step in PRIORITY_STEPS:
+                pipe.llen(self._key(ready_key(queue, step)))
+            pipe.hget(self._key("chard.delayed.counts"), queue)
+            *lengths, delayed = pipe.execute()
+        return sum(cast(list[int], lengths)) + int(delayed or 0)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._errors():
+            ids = cast(list[bytes], self._client.zrange(self._key("chard.dead"), 0, limit - 1))
+            pipe = self._client.pipeline(transaction=False)
+            for dead_id in ids:
+                pipe.hgetall(self._key(f"chard.dead.{dead_id.decode()}"))
+            records = cast(list[dict[bytes, bytes]], pipe.execute())
+        letters = []
+        for dead_id, fields in zip(ids, records, strict=True):
+            if fields:  # redriven between the two reads
+                letters.append(
+                    DeadLetter(
+                        id=dead_id.decode(),
+                        queue=fields[b"queue"].decode(),
+                        body=fields[b"body"],
+                        reason=fields[b"reason"].decode(),
+                        failed_at=float(fields[b"failed_at"]),
+                        delivery_count=int(fields[b"delivery_count"]),
+                    )
+                )
+        return letters
+
+    def redrive(self, dead_letter_id: str) -> bool:
+        with self._errors():
+            return bool(self._redrive_script(args=[self._prefix, dead_letter_id]))
+
+    def close(self) -> None:
+        """Close connections; held leases lapse and are redelivered after ``lease_timeout``."""
+        self._client.close()
+
+    # -- helpers --------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn redis-py errors into chard's, naming the (redacted) URL and the fix."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerConnectionError(
+                f"cannot reach the Redis broker at {self._redacted!r}: {exc}; is redis-server "
+                "running, and are host, port, password and db in the broker URL right?"
+            ) from exc
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker at {self._redacted!r} failed: {exc}") from exc
