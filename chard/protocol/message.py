@@ -290,3 +290,15 @@ def peek(data: bytes) -> tuple[str | None, str | None]:
         return headers.get("task"), headers.get("id")
     except Exception:
         return None, None
+
+
+def with_header(data: bytes, key: str, value: Any) -> bytes:
+    """Return the envelope ``data`` with header ``key`` set to ``value``, body untouched.
+
+    Used to re-publish a message with a bookkeeping header (e.g. how many times its
+    worker process died) without decoding or re-encoding the body.
+    """
+    envelope = serializers.json_loads(data)
+    envelope.setdefault("headers", {})[key] = value
+    envelope.setdefault("properties", {})["delivery_tag"] = new_id()
+    return serializers.json_dumps(envelope)

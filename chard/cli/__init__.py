@@ -1,0 +1,1 @@
+"""The ``chard`` command line (click): thin shells over the layers below."""

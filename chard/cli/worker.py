@@ -1,0 +1,76 @@
+"""``chard worker``: start a worker node."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from chard.cli.main import AppContext, setup_logging
+
+
+def _write_pidfile(path: str) -> Path:
+    pidfile = Path(path)
+    if pidfile.exists():
+        try:
+            pid = int(pidfile.read_text().strip() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass  # stale: its process is gone
+        else:
+            raise click.ClickException(
+                f"pidfile {path!r} names running process {pid}; stop it or choose another --pidfile"
+            )
+    pidfile.write_text(f"{os.getpid()}\n")
+    return pidfile
+
+
+@click.command("worker")
+@click.option("-l", "--loglevel", default="WARNING", show_default=True, help="Log level.")
+@click.option("-c", "--concurrency", type=int, help="Pool size (default: number of CPUs).")
+@click.option(
+    "-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Execution pool."
+)
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: celery).")
+@click.option("-n", "--hostname", help="Node name; %h expands to the host name.")
+@click.option("--prefetch-multiplier", type=int, help="Messages leased ahead per pool slot.")
+@click.option("--max-tasks-per-child", type=int, help="Replace a child after N tasks.")
+@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@click.option("--pidfile", help="Write the worker's PID here.")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
+@click.pass_obj
+def command(
+    ctx: AppContext,
+    loglevel: str,
+    concurrency: int | None,
+    pool: str | None,
+    queues: str | None,
+    hostname: str | None,
+    prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+    logfile: str | None,
+    pidfile: str | None,
+    burst: bool,
+) -> None:
+    """Start a worker that runs the app's tasks."""
+    from chard.worker.worker import Worker
+
+    setup_logging(loglevel, logfile)
+    app = ctx.app
+    pid_path = _write_pidfile(pidfile) if pidfile else None
+    try:
+        worker = Worker(
+            app,
+            hostname=hostname,
+            concurrency=concurrency,
+            pool=pool,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            prefetch_multiplier=prefetch_multiplier,
+            max_tasks_per_child=max_tasks_per_child,
+            burst=burst,
+        )
+        worker.start()
+    finally:
+        if pid_path is not None:
+            pid_path.unlink(missing_ok=True)

@@ -1,0 +1,378 @@
+"""The consume loop: lease messages, check them, hand them to the pool, settle them.
+
+Two threads of the worker's main process share one condition variable:
+
+* the *fetcher* blocks on the broker and keeps up to ``prefetch`` messages leased;
+* the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
+  free pool slots and settles finished ones (ack, requeue, dead-letter).
+
+A third, the *heartbeat*, extends this worker's leases so a slow task is never
+handed to another worker, while a dead worker's leases lapse within
+``lease_timeout`` seconds.
+
+Checks made here, before a message costs a pool slot: undecodable or disallowed
+content (dead-lettered), unknown task (FAILURE + dead-lettered), too many
+deliveries (FAILURE ``WorkerLostError`` + dead-lettered: a poison pill does not
+loop), a future ETA from a client whose broker cannot delay (re-published with a
+not-before time: workers never hold future work), and expiry (REVOKED).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+from chard import states
+from chard.brokers.base import Delivery, OutgoingMessage
+from chard.exceptions import (
+    BrokerConnectionError,
+    ContentDisallowed,
+    DecodeError,
+    NotRegistered,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from chard.protocol.message import TaskMessage, peek, with_header
+from chard.worker.execute import ExecOutcome, JobPayload, is_expired
+from chard.worker.pools.base import Job, Outcome, Pool
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+#: Header counting how often a worker process died while running this message.
+LOST_HEADER = "chard_lost"
+
+
+@dataclass
+class ConsumerStats:
+    """Counters for ``inspect stats``, the banner and burst mode."""
+
+    received: int = 0
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    by_task: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Inflight:
+    delivery: Delivery
+    message: TaskMessage
+    acked_early: bool
+
+
+class Consumer:
+    """Moves messages from the broker through the pool; see the module docstring."""
+
+    def __init__(
+        self,
+        app: Celery,
+        pool: Pool,
+        queues: Sequence[str],
+        *,
+        prefetch: int,
+        burst: bool = False,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.queues = list(queues)
+        self.prefetch = max(1, prefetch)
+        self.burst = burst
+        self.stats = ConsumerStats()
+        self._cond = threading.Condition()
+        self._reserved: deque[Delivery] = deque()
+        self._done: deque[Outcome] = deque()
+        self._inflight: dict[str, _Inflight] = {}
+        self._stopping = threading.Event()
+        self._cold = False
+        self._fetch_idle = False
+        self._max_deliveries = int(app.conf.task_max_deliveries or 0)
+
+    # -- lifecycle ------------------------------------------------------------
+    def run(self) -> ConsumerStats:
+        """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
+        broker = self.app.broker
+        fetcher = threading.Thread(target=self._fetch_loop, name="chard-fetcher", daemon=True)
+        beat = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(broker.lease_timeout / 4,),
+            name="chard-heartbeat",
+            daemon=True,
+        )
+        fetcher.start()
+        beat.start()
+        try:
+            self._dispatch_loop()
+        finally:
+            self._stopping.set()
+            with self._cond:
+                self._cond.notify_all()
+            fetcher.join(timeout=5)
+            self._shutdown()
+        return self.stats
+
+    def stop(self, cold: bool = False) -> None:
+        """Ask the loop to end: warm (finish running tasks) or cold (abandon them)."""
+        self._cold = self._cold or cold
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            unstarted = list(self._reserved)
+            self._reserved.clear()
+        for delivery in unstarted:  # never started: back to the queue at once, uncounted
+            delivery.reject(requeue=True)
+        if unstarted:
+            logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
+        self.pool.stop(graceful=not self._cold)
+        with self._cond:
+            done = list(self._done)
+            self._done.clear()
+        for outcome in done:
+            self._settle(outcome)
+
+    # -- threads --------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        backoff = 1.0
+        while not self._stopping.is_set():
+            with self._cond:
+                while len(self._reserved) >= self.prefetch and not self._stopping.is_set():
+                    self._cond.wait(1.0)
+                room = self.prefetch - len(self._reserved)
+            if self._stopping.is_set():
+                return
+            try:
+                deliveries = broker.fetch(self.queues, room, timeout=1.0)
+                backoff = 1.0
+            except BrokerConnectionError as exc:
+                logger.warning("Broker connection lost: %s; retrying in %.0fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except Exception:
+                logger.exception("Unexpected error while fetching; retrying in %.0fs", backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            with self._cond:
+                self._reserved.extend(deliveries)
+                self._fetch_idle = not deliveries
+                self._cond.notify_all()
+
+    def _heartbeat_loop(self, interval: float) -> None:
+        broker = self.app.broker
+        while not self._stopping.wait(interval):
+            try:
+                broker.heartbeat()
+            except Exception as exc:  # a missed beat is survivable; leases are generous
+                logger.warning("Lease heartbeat failed: %s", exc)
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._has_work():
+                    if self._stopping.is_set() or self._drained():
+                        return
+                    self._cond.wait(1.0)
+                done = list(self._done)
+                self._done.clear()
+                ready: list[Delivery] = []
+                slots = self.pool.free_slots()
+                while self._reserved and len(ready) < slots and not self._stopping.is_set():
+                    ready.append(self._reserved.popleft())
+                if ready:
+                    self._cond.notify_all()  # the fetcher may have room again
+            for outcome in done:
+                self._settle(outcome)
+            for delivery in ready:
+                self._dispatch(delivery)
+
+    def _has_work(self) -> bool:
+        if self._done:
+            return True
+        return bool(self._reserved) and self.pool.free_slots() > 0 and not self._stopping.is_set()
+
+    def _drained(self) -> bool:
+        return self.burst and self._fetch_idle and not self._reserved and not self._inflight
+
+    def _on_done(self, outcome: Outcome) -> None:
+        with self._cond:
+            self._done.append(outcome)
+            self._cond.notify_all()
+
+    # -- per message ----------------------------------------------------------
+    def _dispatch(self, delivery: Delivery) -> None:
+        message = self._decode(delivery)
+        if message is None or not self._admit(delivery, message):
+            return
+        task = self.app.tasks[message.task]
+        acks_late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
+        if not acks_late:
+            delivery.ack()  # Celery's ack-on-start, when asked for
+        hard, soft = message.timelimit
+        hard = hard if hard is not None else task.time_limit or self.app.conf.task_time_limit
+        soft = soft if soft is not None else task.soft_time_limit
+        soft = soft if soft is not None else self.app.conf.task_soft_time_limit
+        job = Job(
+            id=message.id,
+            payload=JobPayload(delivery.body, delivery.queue, delivery.delivery_count),
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
+        self._inflight[message.id] = _Inflight(delivery, message, acked_early=not acks_late)
+        self.pool.submit(job, self._on_done)
+
+    def _decode(self, delivery: Delivery) -> TaskMessage | None:
+        try:
+            return TaskMessage.from_wire(delivery.body, self.app.accept_content)
+        except (DecodeError, ContentDisallowed) as exc:
+            name, task_id = peek(delivery.body)
+            logger.error(
+                "Moved an undecodable message to the dead-letter store (task %s[%s], queue %r): %s",
+                name,
+                task_id,
+                delivery.queue,
+                exc,
+            )
+            delivery.dead_letter(f"undecodable: {exc}")
+            self.stats.dead_lettered += 1
+            return None
+
+    def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """Run the checks that settle a message without running it; True to run it."""
+        self.stats.received += 1
+        if message.task not in self.app.tasks:
+            error = NotRegistered(message.task)
+            logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
+            self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
+            return False
+        attempts = delivery.delivery_count + int(message.extra_headers.get(LOST_HEADER, 0))
+        if self._max_deliveries and attempts > self._max_deliveries:
+            lost = WorkerLostError(
+                f"task {message.task}[{message.id}] was delivered {attempts} times and its "
+                f"worker died each time (task_max_deliveries={self._max_deliveries}); "
+                "set aside in the dead-letter store"
+            )
+            logger.error("%s", lost)
+            self._fail_and_set_aside(delivery, message, lost, str(lost))
+            return False
+        if message.eta is not None and message.eta.timestamp() > time.time() + 0.5:
+            self._defer(delivery, message)
+            return False
+        if is_expired(message):
+            logger.info("Task %s[%s] expired; not run (REVOKED)", message.task, message.id)
+            self._store(message, TaskRevokedError("expired"), states.REVOKED)
+            delivery.ack()
+            return False
+        logger.info("Task %s[%s] received", message.task, message.id)
+        return True
+
+    def _defer(self, delivery: Delivery, message: TaskMessage) -> None:
+        # A client (e.g. Celery on Redis) put a future ETA straight on the queue: hand the
+        # wait to the broker instead of holding the message here.
+        assert message.eta is not None
+        eta = message.eta if message.eta.tzinfo else message.eta.replace(tzinfo=UTC)
+        self.app.broker.publish(
+            OutgoingMessage(delivery.queue, delivery.body, message.priority, eta.timestamp())
+        )
+        delivery.ack()
+        logger.debug("Task %s[%s] deferred to its ETA %s", message.task, message.id, eta)
+
+    def _fail_and_set_aside(
+        self, delivery: Delivery, message: TaskMessage, error: BaseException, reason: str
+    ) -> None:
+        self._store(message, error, states.FAILURE)
+        delivery.dead_letter(reason)
+        self.stats.dead_lettered += 1
+
+    def _store(self, message: TaskMessage, value: Any, state: str) -> None:
+        backend = self.app.backend
+        if backend is not None and not message.ignore_result:
+            backend.store_result(message.id, value, state)
+
+    def _settle(self, outcome: Outcome) -> None:
+        inflight = self._inflight.pop(outcome.job.id, None)
+        if inflight is None:
+            return
+        delivery, message = inflight.delivery, inflight.message
+        self.stats.processed += 1
+        self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
+        if outcome.kind == "done":
+            self._settle_done(delivery, message, outcome.value, inflight.acked_early)
+        elif outcome.kind == "timeout":
+            error = TimeLimitExceeded(outcome.job.time_limit)
+            logger.error(
+                "Hard time limit (%ss) exceeded for %s[%s]; its process was killed",
+                outcome.job.time_limit,
+                message.task,
+                message.id,
+            )
+            self._store(message, error, states.FAILURE)
+            self.stats.failed += 1
+            if not inflight.acked_early:
+                delivery.ack()
+        else:
+            self._settle_lost(delivery, message, outcome, inflight.acked_early)
+
+    def _settle_done(
+        self, delivery: Delivery, message: TaskMessage, result: ExecOutcome, acked: bool
+    ) -> None:
+        if result.state == states.FAILURE:
+            self.stats.failed += 1
+        elif result.state == states.SUCCESS:
+            self.stats.succeeded += 1
+        if acked:
+            return
+        if result.action == "requeue":
+            delivery.reject(requeue=True)
+        elif result.action == "dead_letter":
+            logger.error("Task %s[%s] set aside: %s", message.task, message.id, result.reason)
+            delivery.dead_letter(result.reason or "set aside by the worker")
+            self.stats.dead_lettered += 1
+        else:
+            delivery.ack()
+
+    def _settle_lost(
+        self, delivery: Delivery, message: TaskMessage, outcome: Outcome, acked: bool
+    ) -> None:
+        if self._cold:  # we killed it ourselves: return it, uncounted
+            if not acked:
+                delivery.reject(requeue=True)
+            return
+        lost = int(message.extra_headers.get(LOST_HEADER, 0)) + 1
+        logger.error(
+            "Process %s exited with exit code %s while running %s[%s] (attempt %d)",
+            outcome.pid,
+            outcome.exitcode,
+            message.task,
+            message.id,
+            delivery.delivery_count + lost - 1,
+        )
+        redeliver = self.app.conf.task_reject_on_worker_lost and not acked
+        if redeliver:
+            # Count the death in the message itself, then put it back: at most
+            # task_max_deliveries runs in all, checked by _admit on the next delivery.
+            body = with_header(delivery.body, LOST_HEADER, lost)
+            self.app.broker.publish(OutgoingMessage(delivery.queue, body, message.priority))
+            delivery.ack()
+            return
+        error = WorkerLostError(
+            f"worker process exited (exit code {outcome.exitcode}) while running the task"
+        )
+        self._store(message, error, states.FAILURE)
+        self.stats.failed += 1
+        if not acked:
+            delivery.ack()

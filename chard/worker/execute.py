@@ -1,0 +1,145 @@
+"""Run one delivered message inside a pool process: decode, build the request, trace.
+
+This is the pool's target. It runs in a prefork child (or a thread), so it takes
+plain picklable input (:class:`JobPayload`) and returns a small picklable
+:class:`ExecOutcome` telling the consumer how to settle the message. Results and
+follow-up messages are written from here, before the consumer acks, so a crash
+between the two repeats work instead of losing it (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from chard import states
+from chard._utils.log import saferepr
+from chard.exceptions import ContentDisallowed, DecodeError, NotRegistered
+from chard.protocol.message import TaskMessage
+from chard.task import Context
+from chard.trace import trace_task
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+_app: Celery | None = None
+_hostname = "chard@localhost"
+
+
+@dataclass(frozen=True)
+class JobPayload:
+    """What a pool process needs to run one message."""
+
+    body: bytes
+    queue: str
+    delivery_count: int
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """How the consumer should settle the message after the run."""
+
+    action: Literal["ack", "requeue", "dead_letter"]
+    state: str
+    reason: str | None = None
+
+
+def configure(app: Celery, hostname: str) -> None:
+    """Set the app and node name used by :func:`run_job` (before the pool forks)."""
+    global _app, _hostname
+    _app, _hostname = app, hostname
+
+
+def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> Context:
+    """Return the ``self.request`` context of ``message``."""
+    return Context(
+        id=message.id,
+        args=message.args,
+        kwargs=message.kwargs,
+        retries=message.retries,
+        is_eager=False,
+        called_directly=False,
+        hostname=hostname,
+        delivery_info={
+            "exchange": "",
+            "routing_key": payload.queue,
+            "redelivered": payload.delivery_count > 1,
+        },
+        root_id=message.root_id or message.id,
+        parent_id=message.parent_id,
+        group=message.group,
+        group_index=message.group_index,
+        eta=message.eta,
+        expires=message.expires,
+        origin=message.origin,
+        reply_to=message.reply_to,
+        timelimit=message.timelimit,
+        callbacks=message.callbacks,
+        errbacks=message.errbacks,
+        chain=message.chain,
+        chord=message.chord,
+        headers=message.extra_headers,
+        ignore_result=message.ignore_result,
+        priority=message.priority,
+        delivery_count=payload.delivery_count,
+    )
+
+
+def run_job(payload: JobPayload) -> ExecOutcome:
+    """Decode and run one message; never raises (the pool process must survive)."""
+    app = _app
+    if app is None:
+        raise RuntimeError("chard.worker.execute.configure() was not called before the pool")
+    try:
+        message = TaskMessage.from_wire(payload.body, app.accept_content)
+    except (DecodeError, ContentDisallowed) as exc:
+        return ExecOutcome("dead_letter", states.FAILURE, f"undecodable message: {exc}")
+    task = app.tasks.get(message.task)
+    if task is None:
+        return ExecOutcome("dead_letter", states.FAILURE, str(NotRegistered(message.task)))
+    request = build_request(message, payload, _hostname)
+    track = task.track_started if task.track_started is not None else app.conf.task_track_started
+    if track and app.backend is not None and not message.ignore_result:
+        app.backend.store_result(
+            message.id, {"pid": os.getpid(), "hostname": _hostname}, states.STARTED
+        )
+    outcome = trace_task(task, request)
+    _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
+    if outcome.state == states.REJECTED and outcome.requeue:
+        return ExecOutcome("requeue", outcome.state)
+    return ExecOutcome("ack", outcome.state)
+
+
+def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -> None:
+    name, task_id = message.task, message.id
+    if state == states.SUCCESS:
+        logger.info("Task %s[%s] succeeded in %.6fs: %s", name, task_id, runtime, saferepr(value))
+    elif state == states.FAILURE:
+        logger.error(
+            "Task %s[%s] raised unexpected: %r",
+            name,
+            task_id,
+            value,
+            exc_info=(type(value), value, value.__traceback__)
+            if isinstance(value, BaseException)
+            else None,
+        )
+    elif state == states.RETRY:
+        logger.info("Task %s[%s] retry: %s", name, task_id, value)
+    else:
+        logger.info("Task %s[%s] %s", name, task_id, state.lower())
+
+
+def is_expired(message: TaskMessage, now: datetime | None = None) -> bool:
+    """Return whether ``message`` has an ``expires`` time that has passed."""
+    if message.expires is None:
+        return False
+    expires = message.expires
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return expires <= (now or datetime.now(UTC))

@@ -1,0 +1,160 @@
+"""The worker node: wiring in a straight line, signals, banner, and shutdown.
+
+``Worker.start()`` reads top to bottom: finalize the app, configure the executor,
+start the pool (forking children after the app is loaded), install signal
+handlers, print the banner, consume until told to stop, shut down. Warm shutdown
+(SIGTERM, first Ctrl-C) finishes running tasks and returns unstarted ones to the
+queue at once; cold shutdown (second Ctrl-C, SIGQUIT) kills running tasks and
+returns them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import socket
+from collections.abc import Sequence
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from chard import __version__, signals
+from chard._utils.log import redact_url
+from chard.worker import execute
+from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.pools import create_pool
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+
+def expand_hostname(template: str) -> str:
+    """Expand Celery's ``%h`` (host), ``%n`` (name part) and ``%d`` (domain) in a node name."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    return template.replace("%h", host).replace("%n", name).replace("%d", domain)
+
+
+class Worker:
+    """One worker node: a consumer feeding a pool."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        hostname: str | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        queues: Sequence[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        max_tasks_per_child: int | None = None,
+        burst: bool = False,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.hostname = expand_hostname(hostname or "chard@%h")
+        self.pool_kind = pool or conf.worker_pool
+        default_concurrency = conf.worker_concurrency or os.cpu_count() or 1
+        self.concurrency = 1 if self.pool_kind == "solo" else concurrency or default_concurrency
+        self.queues = list(queues or [conf.task_default_queue])
+        multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
+        self.prefetch = max(1, self.concurrency * max(1, int(multiplier)))
+        self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.burst = burst
+        self.consumer: Consumer | None = None
+        self._signals_seen = 0
+
+    def start(self) -> ConsumerStats:
+        """Run the worker until it is stopped; returns its counters."""
+        self.app.finalize()
+        signals.worker_init.send(sender=self)
+        execute.configure(self.app, self.hostname)
+        self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
+        pool = create_pool(
+            self.pool_kind,
+            execute.run_job,
+            self.concurrency,
+            max_tasks_per_child=self.max_tasks_per_child,
+            initializer=self._init_child,
+        )
+        self.consumer = Consumer(
+            self.app, pool, self.queues, prefetch=self.prefetch, burst=self.burst
+        )
+        pool.start()
+        self._install_signal_handlers()
+        logger.info("%s", self.banner())
+        logger.info("%s ready.", self.hostname)
+        signals.worker_ready.send(sender=self)
+        try:
+            stats = self.consumer.run()
+        finally:
+            signals.worker_shutdown.send(sender=self)
+            self.app.close()
+        logger.info(
+            "%s stopped: %d received, %d succeeded, %d failed, %d set aside",
+            self.hostname,
+            stats.received,
+            stats.succeeded,
+            stats.failed,
+            stats.dead_lettered,
+        )
+        return stats
+
+    def stop(self, cold: bool = False) -> None:
+        """Ask the worker to stop (warm by default)."""
+        if self.consumer is not None:
+            self.consumer.stop(cold=cold)
+
+    def _init_child(self) -> None:
+        # Each prefork child opens its own connections (the app reopens after fork).
+        signals.worker_process_init.send(sender=self)
+
+    def _install_signal_handlers(self) -> None:
+        def warm_then_cold(signum: int, frame: FrameType | None) -> None:
+            self._signals_seen += 1
+            if self._signals_seen == 1 and signum != signal.SIGQUIT:
+                logger.warning("worker: Warm shutdown (finishing running tasks)")
+                signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how="Warm")
+                self.stop(cold=False)
+            else:
+                logger.warning("worker: Cold shutdown (running tasks are returned to the queue)")
+                signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how="Cold")
+                self.stop(cold=True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, warm_then_cold)
+
+    def banner(self) -> str:
+        """Return the start-up banner, in Celery's shape."""
+        app, conf = self.app, self.app.conf
+        results = redact_url(app.backend_url) if app.backend_url else "disabled"
+        lines = [
+            "",
+            f" -------------- {self.hostname} v{__version__} (chard)",
+            "--- ***** ----- ",
+            f"-- ******* ---- {platform.platform()} {datetime.now():%Y-%m-%d %H:%M:%S}",
+            "- *** --- * --- ",
+            "- ** ---------- [config]",
+            f"- ** ---------- .> app:         {app.main}:{id(app):#x}",
+            f"- ** ---------- .> transport:   {redact_url(app.broker_url)}",
+            f"- ** ---------- .> results:     {results}",
+            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_kind})",
+            f"-- ******* ---- .> acks:        {'late' if conf.task_acks_late else 'early'}"
+            f" (max deliveries {conf.task_max_deliveries})",
+            "--- ***** ----- ",
+            " -------------- [queues]",
+        ]
+        lines += [f"                .> {q:<16} prefetch={self.prefetch}" for q in self.queues]
+        lines += ["", "[tasks]"] + [f"  . {name}" for name in app.tasks.user_tasks()]
+        if app.uses_embedded_default:
+            lines += [
+                "",
+                "No broker configured: using the embedded SQLite file "
+                f"{app.broker_url.removeprefix('sqlite:///')} for messages and results "
+                "(set broker_url / result_backend for Redis, RabbitMQ or PostgreSQL).",
+            ]
+        return "\n".join(lines) + "\n"
