@@ -162,8 +162,7 @@ class SQLiteResultBackend(ResultBackend):
                 isolation_level=None,
                 check_same_thread=False,  # we guarantee one thread per connection
             )
-            if conn.execute("PRAGMA journal_mode").fetchall()[0][0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            self._enable_wal(conn)
             # Results can be recomputed; skipping an fsync per commit is WAL's safe default.
             conn.execute("PRAGMA synchronous = NORMAL")
             for statement in _SCHEMA:
@@ -171,10 +170,32 @@ class SQLiteResultBackend(ResultBackend):
         except sqlite3.Error as exc:
             raise BackendError(
                 f"cannot open the SQLite result store {str(self.path)!r}: {exc}; "
-                "is the directory writable?"
+                "is the directory writable, and is no other process holding a long write?"
             ) from exc
         logger.debug("Opened SQLite result store %s in process %d", self.path, os.getpid())
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL unless it already is (the mode is stored in the file).
+
+        Leaving rollback mode needs an exclusive lock, and SQLite answers "database
+        is locked" at once, without its busy handler, when processes open a new file
+        together; so retry here until ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+                if str(mode).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+                logger.debug("Waiting to switch %s to WAL: %s", self.path, exc)
+            time.sleep(pause)  # back-off between lock attempts, not synchronisation
+            pause = min(pause * 2, 0.1)
 
     def close(self) -> None:
         """Close this process's connections; a later call opens new ones."""
