@@ -1,0 +1,1 @@
+"""The worker: consumes messages from the broker and executes tasks in a pool."""

@@ -1,0 +1,208 @@
+"""The pool interface every execution pool implements, and the helpers they share.
+
+A pool is generic: it runs ``target(payload)`` for each submitted :class:`Job` and reports an
+:class:`Outcome` through a callback. It knows nothing about tasks, messages or brokers, so the
+consumer can swap prefork, threads and solo without changing, and pools are testable alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from chard.exceptions import SoftTimeLimitExceeded
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for a pool."""
+
+    #: The task id, for logs and statistics.
+    id: str
+    #: Passed to ``target(payload)``; must be picklable for the prefork pool.
+    payload: Any  # opaque to the pool: the consumer decides what a job carries
+    #: Seconds after which :class:`~chard.exceptions.SoftTimeLimitExceeded` is raised in the target.
+    soft_time_limit: float | None = None
+    #: Seconds after which the job's process is killed (prefork only).
+    time_limit: float | None = None
+
+
+#: How a job ended: the target returned, its process died, or it hit the hard time limit.
+OutcomeKind = Literal["done", "lost", "timeout"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a submitted job, delivered to its ``on_done`` callback."""
+
+    job: Job
+    kind: OutcomeKind
+    #: The target's return value when ``kind == "done"`` (``None`` if the target raised).
+    value: Any = None  # whatever the target returns; the pool never looks at it
+    #: For ``lost``/``timeout``: the child's exit code, negative for a signal (``-9``).
+    exitcode: int | None = None
+    #: The process id (prefork) or thread ident (threads, solo) that ran the job.
+    pid: int | None = None
+
+
+OnDone = Callable[[Outcome], None]
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool, for ``inspect stats`` and the dashboard."""
+
+    kind: str
+    concurrency: int
+    busy: int
+    #: Jobs finished since start, whatever their outcome.
+    processed: int
+    #: Child process ids (prefork) or thread idents (threads, solo).
+    pids: list[int]
+
+
+class Pool(ABC):
+    """Run ``target(payload)`` for submitted jobs with bounded concurrency.
+
+    Contract shared by every implementation:
+
+    - ``on_done`` is called exactly once per submitted job, from a pool thread (solo: the thread
+      that called :meth:`submit`), never while the pool holds an internal lock, so it may call
+      :meth:`submit` again. An exception raised by ``on_done`` is logged and swallowed.
+    - The target is expected to catch task errors itself and return a value. If it raises anyway,
+      the traceback is logged and the job is reported ``done`` with ``value=None``.
+    - Methods are thread-safe, except that :meth:`stop` must not be called from ``on_done``.
+
+    Args:
+        target: Called with each job's payload; for prefork it must be reachable after fork
+            (a module-level function or any object created before :meth:`start`).
+        concurrency: How many jobs may run at once.
+        max_tasks_per_child: Replace a child process after this many jobs (prefork only).
+        initializer: Called once in each execution context before its first job (each prefork
+            child after fork, each thread, or the solo caller at :meth:`start`).
+
+    Raises:
+        ValueError: ``concurrency`` or ``max_tasks_per_child`` is below 1.
+    """
+
+    #: The name :func:`chard.worker.pools.create_pool` knows this pool by.
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        target: Callable[[Any], Any],
+        concurrency: int,
+        *,
+        max_tasks_per_child: int | None = None,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        check_concurrency(concurrency)
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be >= 1 or None, got {max_tasks_per_child}")
+        self.target = target
+        self.concurrency = concurrency
+        self.max_tasks_per_child = max_tasks_per_child
+        self.initializer = initializer
+        self._warned: set[str] = set()
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the pool's threads or processes; call once, before :meth:`submit`."""
+
+    @abstractmethod
+    def submit(self, job: Job, on_done: OnDone) -> None:
+        """Start running ``job``; return without waiting for it (solo excepted).
+
+        Raises:
+            RuntimeError: no free slot (check :meth:`free_slots` first), or the pool is not
+                running.
+        """
+
+    @abstractmethod
+    def free_slots(self) -> int:
+        """Return how many more jobs :meth:`submit` accepts right now (0 once stopping)."""
+
+    @abstractmethod
+    def resize(self, concurrency: int) -> None:
+        """Change the concurrency; when shrinking, busy workers finish their job first."""
+
+    @abstractmethod
+    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+        """Stop the pool and release its threads or processes; blocks until done.
+
+        Args:
+            graceful: Wait for running jobs (up to ``timeout`` seconds) before stopping. When
+                ``False``, or when the timeout elapses, running jobs are abandoned (prefork:
+                their children are SIGKILLed) and reported through ``on_done`` with kind
+                ``"lost"`` so the caller can requeue them.
+            timeout: Seconds to wait for running jobs in a graceful stop; ``None`` waits forever.
+        """
+
+    @abstractmethod
+    def statistics(self) -> PoolStats:
+        """Return a snapshot of the pool's state."""
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        """Log a WARNING the first time ``key`` comes up, so a busy worker does not flood logs."""
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+
+def check_concurrency(concurrency: int) -> None:
+    """Raise ValueError unless ``concurrency`` is a positive integer."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+
+
+def run_target(target: Callable[[Any], Any], job: Job) -> Any:
+    """Call ``target(job.payload)``; log and return ``None`` if it raises.
+
+    The target owns error handling (it stores task failures); an exception escaping it is a bug
+    in the target, and must not take a worker thread or child process down with it.
+    """
+    try:
+        return target(job.payload)
+    except Exception:
+        logger.exception("pool target raised for job %s; reporting it done with value None", job.id)
+        return None
+
+
+def _raise_soft_time_limit(signum: int, frame: object) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+def install_soft_limit_handler() -> None:
+    """Make SIGALRM raise SoftTimeLimitExceeded; main thread only (a signal-module rule)."""
+    signal.signal(signal.SIGALRM, _raise_soft_time_limit)
+
+
+@contextlib.contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Arm the real-time interval timer for ``seconds`` around the block, then disarm it.
+
+    Needs :func:`install_soft_limit_handler` to have run in this process. A timer firing between
+    the block's end and the disarm raises SoftTimeLimitExceeded out of this context manager;
+    callers treat it like any exception escaping the target.
+    """
+    if not seconds or seconds <= 0:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def is_main_thread() -> bool:
+    """Return whether the caller runs on the main thread, where signal handlers can be set."""
+    return threading.current_thread() is threading.main_thread()

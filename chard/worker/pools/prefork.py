@@ -1,0 +1,482 @@
+"""The prefork pool: N forked child processes, one job at a time each.
+
+Why processes: CPU-bound tasks run in parallel despite the GIL, a task that crashes or leaks
+cannot take the worker down, and a hard time limit can be enforced by killing the child.
+
+How it works. Children are forked (the app is loaded before fork, so they inherit it) and each
+gets its own duplex pipe. The parent hands a job to an idle child with one pipe send; the child
+runs ``target(payload)`` and answers with one send of the return value. One supervisor thread in
+the parent blocks on every pipe and process sentinel at once (an epoll selector, which is what
+:func:`multiprocessing.connection.wait` uses, kept registered across calls), with a timeout equal
+to the nearest hard deadline: an idle pool costs no CPU, and nothing polls.
+
+Children ignore SIGINT (the parent owns Ctrl-C and shutdown), reset the other signals the parent
+may handle, raise :class:`~chard.exceptions.SoftTimeLimitExceeded` from SIGALRM, and exit after
+``max_tasks_per_child`` jobs. A child that dies mid-job is reported ``lost``; one past its hard
+time limit is SIGKILLed and reported ``timeout``. Either way a replacement is forked.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import selectors
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Literal
+
+from chard.exceptions import SoftTimeLimitExceeded
+from chard.worker.pools.base import (
+    Job,
+    OnDone,
+    Outcome,
+    Pool,
+    PoolStats,
+    check_concurrency,
+    install_soft_limit_handler,
+    run_target,
+    soft_time_limit,
+)
+
+logger = logging.getLogger(__name__)
+
+_FORK = multiprocessing.get_context("fork")
+
+#: Pause before replacing a child that died before taking any job (typically a failing
+#: initializer); without it the pool would fork in a tight loop.
+RESPAWN_BACKOFF = 1.0
+#: Seconds stop() gives a child to exit (after being told to, or after SIGKILL) before giving up.
+EXIT_TIMEOUT = 5.0
+
+#: Signals the parent may handle (warm/cold shutdown, reload) that a child must not inherit.
+_RESET_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGCHLD")
+
+_Report = tuple[OnDone, Outcome]
+_State = Literal["new", "running", "stopping", "closing", "stopped"]
+
+
+@dataclass(eq=False)
+class _Child:
+    """The parent's record of one child process."""
+
+    process: BaseProcess
+    conn: Connection
+    pid: int
+    job: Job | None = None
+    on_done: OnDone | None = None
+    deadline: float | None = None  # time.monotonic() of the hard time limit
+    sent: int = 0  # jobs handed to this child
+    is_retiring: bool = False  # takes no new job; exits after the current one
+    is_registered: bool = False  # its pipe and sentinel are in the supervisor's selector
+    is_killed: bool = False  # SIGKILLed for its hard time limit
+    is_reaped: bool = False
+
+
+class PreforkPool(Pool):
+    """Run jobs in ``concurrency`` forked child processes; see the module docstring."""
+
+    kind = "prefork"
+
+    def __init__(
+        self,
+        target: Callable[[Any], Any],
+        concurrency: int,
+        *,
+        max_tasks_per_child: int | None = None,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            target, concurrency, max_tasks_per_child=max_tasks_per_child, initializer=initializer
+        )
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified after every supervisor round
+        self._state: _State = "new"
+        self._children: dict[int, _Child] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._next_wakeup = math.inf  # when the supervisor will wake on its own
+        self._respawn_not_before = 0.0
+        self._processed = 0
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="chard-prefork-supervisor", daemon=True
+        )
+
+    def start(self) -> None:
+        """Fork the children and start the supervisor thread."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"prefork pool cannot start in state {self._state!r}")
+            self._state = "running"
+            self._fill()
+        self._supervisor.start()
+        # The supervisor is a daemon thread, so an unstopped pool must still not leave children
+        # behind at interpreter exit.
+        atexit.register(self._stop_at_exit)
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def submit(self, job: Job, on_done: OnDone) -> None:
+        """Send ``job`` to an idle child; returns once it is written to the child's pipe."""
+        data = ForkingPickler.dumps((job.id, job.payload, job.soft_time_limit))
+        with self._lock:
+            child = self._idle_child()
+            if child is None:
+                raise RuntimeError(f"prefork pool has no free slot for job {job.id!r}")
+            child.job, child.on_done = job, on_done
+            child.sent += 1
+            if self.max_tasks_per_child is not None and child.sent >= self.max_tasks_per_child:
+                child.is_retiring = True  # it exits by itself after this job
+            should_wake = False
+            if job.time_limit is not None:
+                child.deadline = time.monotonic() + job.time_limit
+                should_wake = child.deadline < self._next_wakeup
+            try:
+                # Sent under the lock: the reaper may close this pipe the moment the lock is free.
+                child.conn.send_bytes(data)
+            except OSError as exc:  # the child just died; the supervisor reports the job lost
+                logger.debug("sending job %s to child %d failed: %r", job.id, child.pid, exc)
+        if should_wake:
+            self._wake()
+
+    def _idle_child(self) -> _Child | None:
+        if self._state != "running":
+            return None
+        busy, idle = 0, None
+        for child in self._children.values():
+            if child.job is not None:
+                busy += 1
+            elif idle is None and not child.is_retiring:
+                idle = child
+        return idle if busy < self.concurrency else None
+
+    def free_slots(self) -> int:
+        """Return how many idle children may take a job without exceeding the concurrency."""
+        with self._lock:
+            if self._state != "running":
+                return 0
+            busy = sum(c.job is not None for c in self._children.values())
+            idle = sum(c.job is None and not c.is_retiring for c in self._children.values())
+            return max(0, min(idle, self.concurrency - busy))
+
+    # -- the supervisor -----------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        try:
+            self._supervise_forever()
+        except BaseException:
+            logger.critical("prefork supervisor crashed; the pool is stuck", exc_info=True)
+            raise
+
+    def _supervise_forever(self) -> None:
+        while True:
+            with self._lock:
+                if self._state == "closing":
+                    return
+                timeout = self._prepare_wait()
+            events = self._selector.select(timeout)
+            reports: list[_Report] = []
+            with self._lock:
+                exited = []
+                for key, _ in events:
+                    if key.fileobj == self._wake_r:
+                        self._drain_wake()
+                    elif key.data[1] == "result":
+                        self._receive(key.data[0], reports)
+                    else:
+                        exited.append(key.data[0])
+                for child in exited:  # after the results: a child may answer, then exit
+                    self._reap(child, reports)
+                self._enforce_deadlines()
+                self._fill()
+                self._changed.notify_all()
+            for on_done, outcome in reports:
+                _call(on_done, outcome)
+
+    def _prepare_wait(self) -> float | None:
+        """Register new children and return how long the supervisor may block."""
+        wake_at = math.inf
+        for child in self._children.values():
+            if not child.is_registered:
+                self._selector.register(child.conn, selectors.EVENT_READ, (child, "result"))
+                sentinel = child.process.sentinel
+                self._selector.register(sentinel, selectors.EVENT_READ, (child, "exit"))
+                child.is_registered = True
+            if child.deadline is not None:
+                wake_at = min(wake_at, child.deadline)
+        if self._occupied() < self.concurrency and self._state == "running":
+            wake_at = min(wake_at, self._respawn_not_before)
+        self._next_wakeup = wake_at
+        return None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
+
+    def _receive(self, child: _Child, reports: list[_Report]) -> None:
+        try:
+            value = child.conn.recv()
+        except (EOFError, OSError):  # the child is gone; its sentinel may not be ready yet
+            self._reap(child, reports)
+            return
+        except Exception:  # the message was read whole, so the pipe is still in sync
+            logger.exception("cannot unpickle the result of a job from child %d", child.pid)
+            value = None
+        self._finish(child, "done", value, None, reports)
+        if child.is_retiring and child.sent != self.max_tasks_per_child:
+            self._send_exit(child)  # retired by resize(); a max-tasks child exits by itself
+
+    def _finish(
+        self,
+        child: _Child,
+        kind: Literal["done", "lost", "timeout"],
+        value: Any,
+        exitcode: int | None,
+        reports: list[_Report],
+    ) -> None:
+        job, on_done = child.job, child.on_done
+        child.job = child.on_done = child.deadline = None
+        if job is None or on_done is None:
+            logger.warning("child %d sent a result with no job assigned; ignoring it", child.pid)
+            return
+        self._processed += 1
+        reports.append((on_done, Outcome(job, kind, value=value, exitcode=exitcode, pid=child.pid)))
+
+    def _reap(self, child: _Child, reports: list[_Report]) -> None:
+        """Forget an exited child, reporting its job as done, lost or timed out."""
+        if child.is_reaped:
+            return
+        child.is_reaped = True
+        if child.is_registered:
+            self._selector.unregister(child.conn)
+            self._selector.unregister(child.process.sentinel)
+        if child.job is not None and child.conn.poll():
+            with contextlib.suppress(EOFError, OSError):  # it answered just before it exited
+                self._finish(child, "done", child.conn.recv(), None, reports)
+        child.process.join(EXIT_TIMEOUT)
+        if child.process.exitcode is None:
+            _kill(child)
+            child.process.join(EXIT_TIMEOUT)
+        exitcode = child.process.exitcode
+        child.conn.close()
+        if exitcode is None:  # stuck in the kernel (D state); nothing more can be done
+            logger.error("child %d did not exit after SIGKILL; leaving it behind", child.pid)
+        else:
+            child.process.close()
+        del self._children[child.pid]
+        if child.job is not None:
+            kind: Literal["lost", "timeout"] = "timeout" if child.is_killed else "lost"
+            logger.error(
+                "child %d running job %s %s (exit code %s)",
+                child.pid,
+                child.job.id,
+                "was killed at its hard time limit" if child.is_killed else "died",
+                exitcode,
+            )
+            self._finish(child, kind, None, exitcode, reports)
+        elif not child.is_retiring and self._state == "running":
+            logger.warning("idle child %d exited unexpectedly (exit code %s)", child.pid, exitcode)
+            if child.sent == 0:
+                self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for child in self._children.values():
+            if child.deadline is not None and child.deadline <= now and child.job is not None:
+                logger.error(
+                    "job %s exceeded its hard time limit of %ss; killing child %d",
+                    child.job.id,
+                    child.job.time_limit,
+                    child.pid,
+                )
+                child.deadline = None
+                child.is_killed = True
+                _kill(child)
+
+    # -- children -----------------------------------------------------------------------------
+
+    def _occupied(self) -> int:
+        """Count the slots in use: children that take jobs, plus retiring ones still busy."""
+        return sum(not c.is_retiring or c.job is not None for c in self._children.values())
+
+    def _fill(self) -> None:
+        """Fork children until the concurrency is met (not while backing off or stopping)."""
+        if self._state != "running" or time.monotonic() < self._respawn_not_before:
+            return
+        for _ in range(self.concurrency - self._occupied()):
+            try:
+                self._spawn()
+            except OSError:
+                logger.exception("cannot fork a pool child; retrying in %ss", RESPAWN_BACKOFF)
+                self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
+                return
+
+    def _spawn(self) -> None:
+        parent_conn, child_conn = _FORK.Pipe(duplex=True)
+        # The child closes every parent-side pipe end it inherits, so that each child sees EOF
+        # and exits if the parent dies.
+        inherited = [c.conn for c in self._children.values()] + [parent_conn]
+        process = _FORK.Process(
+            target=_child_main,
+            args=(child_conn, inherited, self.target, self.initializer, self.max_tasks_per_child),
+            name="chard-prefork-child",
+        )
+        process.start()
+        child_conn.close()
+        assert process.pid is not None  # set by start()
+        self._children[process.pid] = _Child(process, parent_conn, process.pid)
+        if threading.current_thread() is not self._supervisor:
+            self._wake()  # the supervisor must start watching the new child
+        logger.debug("started pool child %d", process.pid)
+
+    def _send_exit(self, child: _Child) -> None:
+        with contextlib.suppress(OSError):  # already gone; the supervisor reaps it
+            child.conn.send(None)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the supervisor anyway
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- control ------------------------------------------------------------------------------
+
+    def resize(self, concurrency: int) -> None:
+        """Fork children now, or retire surplus ones: idle first, busy after their job."""
+        check_concurrency(concurrency)
+        with self._lock:
+            self.concurrency = concurrency
+            if self._state != "running":
+                return
+            active = [c for c in self._children.values() if not c.is_retiring]
+            active.sort(key=lambda c: c.job is not None)  # idle children go first
+            for child in active[: max(0, len(active) - concurrency)]:
+                child.is_retiring = True
+                if child.job is None:
+                    self._send_exit(child)
+            self._fill()
+
+    def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
+        """Stop the pool; see :meth:`Pool.stop`.
+
+        Abandoned jobs are reported ``lost`` (exit code ``-9``) from the supervisor thread, before
+        this method returns.
+
+        Raises:
+            RuntimeError: called from an ``on_done`` callback, which runs on the supervisor thread
+                that stop() has to wait for.
+        """
+        if threading.current_thread() is self._supervisor:
+            raise RuntimeError("stop() cannot be called from on_done; call it from another thread")
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped" if self._state == "new" else self._state
+                return
+            self._state = "stopping"
+            if graceful:
+                self._changed.wait_for(self._is_idle, timeout)
+            for child in self._children.values():
+                if child.job is not None:
+                    logger.warning("abandoning job %s in child %d", child.job.id, child.pid)
+                    _kill(child)
+            self._changed.wait_for(self._is_idle, EXIT_TIMEOUT)
+            self._state = "closing"
+            self._wake()
+        self._supervisor.join()
+        self._close_children()
+
+    def _is_idle(self) -> bool:
+        return all(c.job is None for c in self._children.values())
+
+    def _close_children(self) -> None:
+        """Tell the remaining children to exit and reap them; only stop() runs this."""
+        reports: list[_Report] = []
+        for child in list(self._children.values()):
+            if child.job is None:
+                self._send_exit(child)
+        for child in list(self._children.values()):
+            self._reap(child, reports)  # a stuck child is SIGKILLed after EXIT_TIMEOUT
+        for on_done, outcome in reports:
+            _call(on_done, outcome)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._state = "stopped"
+        atexit.unregister(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        self.stop(graceful=False)
+
+    def statistics(self) -> PoolStats:
+        """Return a snapshot; ``pids`` holds the live children's process ids."""
+        with self._lock:
+            busy = sum(c.job is not None for c in self._children.values())
+            pids = sorted(self._children)
+            return PoolStats(self.kind, self.concurrency, busy, self._processed, pids)
+
+
+def _kill(child: _Child) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already exited; the sentinel reports it
+        os.kill(child.pid, signal.SIGKILL)
+
+
+def _call(on_done: OnDone, outcome: Outcome) -> None:
+    try:
+        on_done(outcome)
+    except Exception:
+        logger.exception("on_done callback failed for job %s", outcome.job.id)
+
+
+def _child_main(
+    conn: Connection,
+    inherited: list[Connection],
+    target: Callable[[Any], Any],
+    initializer: Callable[[], None] | None,
+    max_tasks: int | None,
+) -> None:
+    """Run jobs from ``conn`` until told to stop, the parent goes away, or ``max_tasks``."""
+    for other in inherited:
+        other.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in _RESET_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    install_soft_limit_handler()
+    if initializer is not None:
+        initializer()
+    done = 0
+    while max_tasks is None or done < max_tasks:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if message is None:
+            return
+        job_id, payload, soft_limit = message
+        job = Job(job_id, payload, soft_limit)
+        value: Any = None
+        try:
+            with soft_time_limit(soft_limit):
+                value = run_target(target, job)
+        except SoftTimeLimitExceeded:  # fired after the target returned, before the disarm
+            logger.debug("soft time limit of job %s fired after it returned", job_id)
+        try:
+            conn.send(value)
+        except (EOFError, OSError):
+            return
+        except Exception:  # the value cannot be pickled; the target should not return it
+            logger.exception("cannot send the result of job %s to the parent", job_id)
+            conn.send(None)
+        done += 1
