@@ -53,11 +53,12 @@ class AsyncResult(Generic[R]):
         self,
         id: str,
         app: Celery | None = None,
-        parent: AsyncResult[Any] | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
         task_name: str | None = None,
     ) -> None:
         self.id = id
         self.app: Celery = app if app is not None else _context.get_current_app()
+        #: The previous step's result in a chain (a GroupResult for a chord body).
         self.parent = parent
         self.task_name = task_name
         self._cache: dict[str, Any] | None = None
@@ -244,7 +245,7 @@ class GroupResult:
         id: str | None,
         results: Sequence[AsyncResult[Any]],
         app: Celery | None = None,
-        parent: AsyncResult[Any] | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
     ) -> None:
         self.id = id
         self.results = list(results)
@@ -337,6 +338,14 @@ class GroupResult:
         for result in self.results:
             result.forget()
 
+    def _raise_if_failed(self) -> None:
+        """Raise a failed member's error (``get(follow_parents=True)`` on a chord body)."""
+        if self.parent is not None:
+            self.parent._raise_if_failed()
+        for meta in self._metas():
+            if meta["status"] in states.PROPAGATE_STATES:
+                raise decode_exception(meta["result"], meta.get("traceback"))
+
     def __iter__(self) -> Iterator[AsyncResult[Any]]:
         return iter(self.results)
 
@@ -348,6 +357,29 @@ class GroupResult:
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+class EagerGroupResult(GroupResult):
+    """A group run inline: every member is an :class:`EagerResult`, nothing is stored."""
+
+    def _metas(self) -> list[dict[str, Any]]:
+        return [r._get_meta() for r in self.results]
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        **_ignored: Any,
+    ) -> list[Any]:
+        """Return the members' values in order (already computed)."""
+        return [r.get(propagate=propagate) for r in self.results]
+
+    join = get
+
+    def __repr__(self) -> str:
+        return f"<EagerGroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
 ResultSet = GroupResult
