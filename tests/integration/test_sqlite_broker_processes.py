@@ -1,0 +1,238 @@
+"""The SQLite broker across real processes: crash recovery, concurrency, idle cost, wake-up.
+
+Each child is a fresh ``python -c`` interpreter (no fork), running one of the
+small programs in ``CHILD`` and reporting JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard.brokers.base import OutgoingMessage
+from chard.brokers.sqlite import SQLiteBroker
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import json, sys, threading, time
+from chard.brokers import sqlite
+from chard.brokers.base import OutgoingMessage
+
+mode, url, *args = sys.argv[1:]
+
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+
+if mode == "hold":  # lease `want` messages, ack `n_ack`, keep heartbeating until killed
+    want, n_ack = int(args[0]), int(args[1])
+    broker = sqlite.SQLiteBroker(url, {"lease_timeout": 1.0})
+    held = []
+    while len(held) < want:
+        held += broker.fetch(["work"], want - len(held), 1.0)
+    for d in held[:n_ack]:
+        d.ack()
+    def beat():
+        while True:
+            broker.heartbeat()
+            time.sleep(0.2)
+    threading.Thread(target=beat, daemon=True).start()
+    report(acked=[d.body.decode() for d in held[:n_ack]],
+           held=[d.body.decode() for d in held[n_ack:]])
+    threading.Event().wait()
+
+elif mode == "produce":  # publish `n` messages, half one by one and half in batches
+    prefix, n = args[0], int(args[1])
+    broker = sqlite.SQLiteBroker(url)
+    bodies = [f"{prefix}-{i}".encode() for i in range(n)]
+    for body in bodies[: n // 2]:
+        broker.publish(OutgoingMessage("work", body))
+    rest = bodies[n // 2 :]
+    for start in range(0, len(rest), 25):
+        broker.publish_many([OutgoingMessage("work", b) for b in rest[start : start + 25]])
+
+elif mode == "consume":  # ack everything until a b"stop" message (each takes one)
+    broker = sqlite.SQLiteBroker(url)
+    seen, is_stopping = [], False
+    while not is_stopping:
+        for d in broker.fetch(["work"], 10, 1.0):
+            if d.body != b"stop":
+                seen.append([d.body.decode(), d.delivery_count])
+            elif is_stopping:
+                d.reject(requeue=True)  # another consumer's stop
+                continue
+            is_stopping = is_stopping or d.body == b"stop"
+            d.ack()
+    report(seen=seen)
+
+elif mode == "idle":  # block in an empty fetch; report the CPU it cost
+    broker = sqlite.SQLiteBroker(url)
+    broker.fetch(["warm-up"], 1, 0)
+    cpu, wall = time.process_time(), time.monotonic()
+    found = broker.fetch(["idle"], 1, float(args[0]))
+    report(cpu=time.process_time() - cpu, wall=time.monotonic() - wall, found=len(found))
+
+elif mode == "wait":  # fetch `n` times; polling all but disabled, so only a ring wakes us
+    sqlite.POLL_INTERVAL_MIN = sqlite.POLL_INTERVAL_MAX = 60.0
+    broker = sqlite.SQLiteBroker(url)
+    for i in range(int(args[0])):
+        report(waiting=i)
+        (d,) = broker.fetch(["wake"], 1, 30.0)
+        report(received_at=time.time(), body=d.body.decode())
+        d.ack()
+"""
+
+
+def spawn(mode: str, url: str, *args: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, url, *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def read_report(child: subprocess.Popen[str]) -> dict[str, Any]:
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line, f"child exited with {child.wait()} before reporting"
+    report: dict[str, Any] = json.loads(line)
+    return report
+
+
+def finish(child: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
+    """Wait for a child's exit and return its last report."""
+    out, _ = child.communicate(timeout=timeout)
+    assert child.returncode == 0, f"child failed with {child.returncode}"
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return report
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    """Collect started children; kill any still running when the test ends."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_killed_consumer_loses_nothing(url: str, children: list[subprocess.Popen[str]]) -> None:
+    # Given 200 messages, and a consumer that leased 50, acked 20 and is then SIGKILLed
+    with SQLiteBroker(url, {"lease_timeout": 1.0}) as broker:
+        all_ids = {f"m{i}" for i in range(200)}
+        broker.publish_many([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
+        children.append(victim := spawn("hold", url, 50, 20))
+        report = read_report(victim)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        acked, held = set(report["acked"]), set(report["held"])
+        assert (len(acked), len(held)) == (20, 30)
+
+        # When a second consumer drains the queue
+        counts: dict[str, list[int]] = {}
+
+        def drain() -> bool:
+            for delivery in broker.fetch(["work"], 50, 0.2):
+                counts.setdefault(delivery.body.decode(), []).append(delivery.delivery_count)
+                delivery.ack()
+            return len(counts) >= 180
+
+        wait_for(drain, timeout=20.0)
+
+    # Then each message was acked exactly once overall; the held ones came back as 2nd delivery
+    assert set(counts) | acked == all_ids
+    assert not set(counts) & acked
+    assert all(len(c) == 1 for c in counts.values())
+    assert {i for i, (c,) in counts.items() if c == 2} == held
+    assert {i for i, (c,) in counts.items() if c == 1} == all_ids - acked - held
+
+
+def test_concurrent_producers_and_consumers_lose_and_duplicate_nothing(
+    url: str, children: list[subprocess.Popen[str]]
+) -> None:
+    # Given three consumers waiting, and three producers publishing 300 messages each
+    SQLiteBroker(url).close()  # create the schema before the race starts
+    consumers = [spawn("consume", url) for _ in range(3)]
+    producers = [spawn("produce", url, f"p{n}", 300) for n in range(3)]
+    children.extend(consumers + producers)
+    for producer in producers:
+        assert producer.wait(timeout=30) == 0
+
+    # When every message is published, each consumer is told to stop (after the work)
+    with SQLiteBroker(url) as broker:
+        broker.publish_many([OutgoingMessage("work", b"stop", priority=9) for _ in consumers])
+        reports = [finish(consumer) for consumer in consumers]
+        assert broker.queue_size("work") == 0
+
+    # Then every message was delivered exactly once, and never redelivered
+    seen = Counter(body for r in reports for body, _ in r["seen"])
+    assert set(seen) == {f"p{n}-{i}" for n in range(3) for i in range(300)}
+    assert set(seen.values()) == {1}
+    assert {count for r in reports for _, count in r["seen"]} == {1}
+    assert all(r["seen"] for r in reports), "a consumer got no work at all"
+
+
+def test_an_idle_consumer_costs_almost_no_cpu(
+    url: str, children: list[subprocess.Popen[str]]
+) -> None:
+    children.append(child := spawn("idle", url, 2.0))
+
+    report = finish(child)
+
+    assert report["found"] == 0
+    assert report["wall"] >= 1.9
+    assert report["cpu"] / report["wall"] < 0.05, report
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_publish_wakes_a_waiting_consumer_at_once(
+    url: str, children: list[subprocess.Popen[str]]
+) -> None:
+    # Given a consumer in another process whose polling is all but disabled
+    children.append(child := spawn("wait", url, 3))
+    latencies = []
+    with SQLiteBroker(url) as broker:
+        for i in range(3):
+            assert read_report(child) == {"waiting": i}
+            # Once the child sleeps in the kernel, it is blocked inside fetch.
+            wait_for(lambda: _process_state(child.pid) == "S", timeout=10.0, interval=0.005)
+
+            # When a message is published
+            published = time.time()
+            broker.publish(OutgoingMessage("wake", f"w{i}".encode()))
+
+            # Then the doorbell wakes it long before any poll would
+            report = read_report(child)
+            assert report["body"] == f"w{i}"
+            latencies.append(report["received_at"] - published)
+    assert max(latencies) < 0.25, latencies
+
+
+def _process_state(pid: int) -> str:
+    """Return the scheduler state letter of ``pid`` (R running, S sleeping, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0]
