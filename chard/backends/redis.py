@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -53,7 +54,8 @@ class RedisResultBackend(ResultBackend):
         self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
         self._local = threading.local()
         self._pubsubs_lock = threading.Lock()
-        self._pubsubs: list[redis.client.PubSub] = []
+        # Weak: a finished thread's pub/sub is collected, which closes its connection.
+        self._pubsubs: weakref.WeakSet[redis.client.PubSub] = weakref.WeakSet()
 
     # -- primitives -----------------------------------------------------------
     def _get(self, key: str) -> bytes | None:
@@ -112,14 +114,18 @@ class RedisResultBackend(ResultBackend):
             new = wanted - current
             if new:
                 pubsub.subscribe(*new)
-                self._receive(pubsub, deadline, lambda m: _confirms(m, new))
+                # Confirmed even when the caller's time is nearly up: returning before
+                # Redis has the subscription would let the next read race a store.
+                confirm_by = time.monotonic() + max(timeout, 1.0)
+                self._receive(pubsub, confirm_by, lambda m: _confirms(m, new))
                 return
             self._receive(pubsub, deadline, lambda m: _is_news(m, wanted))
 
     def close(self) -> None:
         """Close every thread's pub/sub connection and the connection pool."""
         with self._pubsubs_lock:
-            pubsubs, self._pubsubs = self._pubsubs, []
+            pubsubs = list(self._pubsubs)
+            self._pubsubs.clear()
         for pubsub in pubsubs:
             pubsub.close()
         self._client.close()
@@ -134,7 +140,7 @@ class RedisResultBackend(ResultBackend):
             pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # unannotated upstream
             self._local.pubsub = pubsub
             with self._pubsubs_lock:
-                self._pubsubs.append(pubsub)
+                self._pubsubs.add(pubsub)
         return cast(redis.client.PubSub, pubsub)
 
     @staticmethod

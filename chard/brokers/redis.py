@@ -413,23 +413,15 @@ class RedisBroker(Broker):
             pipe.delete(*keys)
             total = sum(cast(list[int], pipe.execute())[: len(keys)])
             # ZSCAN, not one script: a huge delayed set must not block Redis.
-            delayed = self._key("chard.delayed")
             pattern = b"?" + _glob_escape(queue).encode() + b"\0*"
-            batch: list[bytes] = []
-            for member, _score in self._client.zscan_iter(delayed, match=pattern, count=500):
-                batch.append(cast(bytes, member))
-                if len(batch) >= 500:
-                    total += self._drop_delayed(queue, batch)
-                    batch = []
-            total += self._drop_delayed(queue, batch)
+            scan = self._client.zscan_iter(self._key("chard.delayed"), match=pattern, count=500)
+            members = [cast(bytes, member) for member, _score in scan]
+            for i in range(0, len(members), 500):
+                chunk = members[i : i + 500]
+                removed = int(self._client.zrem(self._key("chard.delayed"), *chunk))
+                self._client.hincrby(self._key("chard.delayed.counts"), queue, -removed)
+                total += removed
         return total
-
-    def _drop_delayed(self, queue: str, members: list[bytes]) -> int:
-        if not members:
-            return 0
-        removed = int(self._client.zrem(self._key("chard.delayed"), *members))
-        self._client.hincrby(self._key("chard.delayed.counts"), queue, -removed)
-        return removed
 
     def queue_size(self, queue: str) -> int:
         """Return ready plus delayed messages of ``queue``, in one round-trip."""
@@ -448,20 +440,18 @@ class RedisBroker(Broker):
             for dead_id in ids:
                 pipe.hgetall(self._key(f"chard.dead.{dead_id.decode()}"))
             records = cast(list[dict[bytes, bytes]], pipe.execute())
-        letters = []
-        for dead_id, fields in zip(ids, records, strict=True):
-            if fields:  # redriven between the two reads
-                letters.append(
-                    DeadLetter(
-                        id=dead_id.decode(),
-                        queue=fields[b"queue"].decode(),
-                        body=fields[b"body"],
-                        reason=fields[b"reason"].decode(),
-                        failed_at=float(fields[b"failed_at"]),
-                        delivery_count=int(fields[b"delivery_count"]),
-                    )
-                )
-        return letters
+        return [
+            DeadLetter(
+                id=dead_id.decode(),
+                queue=f[b"queue"].decode(),
+                body=f[b"body"],
+                reason=f[b"reason"].decode(),
+                failed_at=float(f[b"failed_at"]),
+                delivery_count=int(f[b"delivery_count"]),
+            )
+            for dead_id, f in zip(ids, records, strict=True)
+            if f  # empty: redriven between the two reads
+        ]
 
     def redrive(self, dead_letter_id: str) -> bool:
         with self._errors():

@@ -1,0 +1,344 @@
+"""Redis-specific broker behaviour: kombu's key layout, leases across processes, idle cost."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from chard.brokers.base import OutgoingMessage
+from chard.brokers.redis import RedisBroker
+from chard.exceptions import BrokerConnectionError
+from chard.protocol.message import TaskMessage
+from tests.helpers import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_url, wait_for
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+JSON = frozenset({"application/json"})
+
+#: The value of ``LPUSH celery`` captured from celery 5.7.0 (celery-protocol.md §a.2).
+CELERY_ENVELOPE = (
+    b'{"body": "W1syLCAyXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWl'
+    b'uIjogbnVsbCwgImNob3JkIjogbnVsbH1d", "content-encoding": "utf-8", "content-type": '
+    b'"application/json", "headers": {"lang": "py", "task": "tasks.add", "id": '
+    b'"11111111-2222-3333-4444-555555555555", "shadow": null, "eta": null, "expires": null, '
+    b'"group": null, "group_index": null, "retries": 0, "timelimit": [null, null], '
+    b'"root_id": "11111111-2222-3333-4444-555555555555", "parent_id": null, "argsrepr": '
+    b'"(2, 2)", "kwargsrepr": "{}", "origin": "gen11813@vm", "ignore_result": false, '
+    b'"replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}}, "properties": '
+    b'{"correlation_id": "11111111-2222-3333-4444-555555555555", "reply_to": '
+    b'"e15221c2-9982-32e4-93cd-af290632420f", "delivery_mode": 2, "delivery_info": '
+    b'{"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", '
+    b'"delivery_tag": "bc7e1934-13b7-4b18-9552-703afc87dcbf"}}'
+)
+
+
+@pytest.fixture
+def url() -> str:
+    return redis_url()
+
+
+@pytest.fixture
+def raw(url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test's db; deletes the test's prefix keys afterwards."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    yield client
+    prefix = url.split("global_keyprefix=", 1)[1]
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def prefix(url: str) -> bytes:
+    return url.split("global_keyprefix=", 1)[1].encode()
+
+
+@pytest.fixture
+def make_broker(url: str, raw: redis.Redis) -> Iterator[Callable[..., RedisBroker]]:
+    opened: list[RedisBroker] = []
+
+    def factory(**options: Any) -> RedisBroker:
+        broker = RedisBroker(url, options)
+        opened.append(broker)
+        return broker
+
+    yield factory
+    for broker in opened:
+        broker.close()
+
+
+def test_a_celery_message_pushed_raw_is_fetched_and_decodes(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a Celery client's envelope, pushed exactly as kombu does
+    raw.lpush(prefix + b"celery", CELERY_ENVELOPE)
+
+    # When a chard consumer fetches the celery queue
+    [delivery] = make_broker().fetch(["celery"], 10, timeout=1)
+
+    # Then it gets the bytes untouched, and they decode as the task Celery sent
+    assert delivery.body == CELERY_ENVELOPE
+    assert delivery.delivery_count == 1
+    message = TaskMessage.from_wire(delivery.body, JSON)
+    assert (message.task, message.id, message.args) == (
+        "tasks.add",
+        "11111111-2222-3333-4444-555555555555",
+        (2, 2),
+    )
+    delivery.ack()
+    assert raw.hlen(prefix + b"chard.inflight") == 0
+
+
+def test_a_chard_message_lands_in_the_celery_list_in_kombus_format(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    body = TaskMessage(task="tasks.add", id="abc", args=(2, 2)).to_wire("celery")
+
+    make_broker().publish(OutgoingMessage("celery", body))
+
+    assert raw.lrange(prefix + b"celery", 0, -1) == [body]
+    envelope = json.loads(body)
+    assert envelope["properties"]["delivery_info"] == {"exchange": "", "routing_key": "celery"}
+    assert envelope["properties"]["body_encoding"] == "base64"
+    assert json.loads(base64.b64decode(envelope["body"]))[:2] == [[2, 2], {}]
+
+
+def test_priorities_use_kombus_bucket_lists(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    broker = make_broker()
+    priorities = [9, 6, 3, 0, 2, 5, 8]
+    broker.publish_many([OutgoingMessage("q", f"p{p}".encode(), priority=p) for p in priorities])
+
+    buckets = {
+        key: raw.lrange(prefix + key, 0, -1)
+        for key in (b"q", b"q\x06\x163", b"q\x06\x166", b"q\x06\x169")
+    }
+    # LPUSH: the newest is on the left, the next to pop on the right.
+    assert buckets == {
+        b"q": [b"p2", b"p0"],
+        b"q\x06\x163": [b"p5", b"p3"],
+        b"q\x06\x166": [b"p8", b"p6"],
+        b"q\x06\x169": [b"p9"],
+    }
+    assert broker.queue_size("q") == 7
+    assert [d.body for d in broker.fetch(["q"], 10, timeout=0)] == [
+        b"p0",
+        b"p2",
+        b"p3",
+        b"p5",
+        b"p6",
+        b"p8",
+        b"p9",
+    ]
+
+
+def test_delayed_message_waits_in_the_zset_and_wakes_a_blocked_consumer(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    broker = make_broker()
+    eta = time.time() + 0.6
+    broker.publish(OutgoingMessage("q", b"later", eta=eta))
+    assert raw.zcard(prefix + b"chard.delayed") == 1
+    assert raw.llen(prefix + b"q") == 0
+    assert broker.queue_size("q") == 1
+    assert broker.fetch(["q"], 1, timeout=0) == []
+
+    # A consumer blocking longer than the delay gets it when due, not at its timeout.
+    [delivery] = broker.fetch(["q"], 1, timeout=5)
+
+    arrived = time.time()
+    assert delivery.body == b"later"
+    assert eta - 0.05 <= arrived < eta + 0.5
+    assert raw.zcard(prefix + b"chard.delayed") == 0
+    assert broker.queue_size("q") == 0
+
+
+def test_a_killed_consumers_lease_lapses_and_is_redelivered(
+    make_broker: Callable[..., RedisBroker], url: str
+) -> None:
+    # Given a consumer process that fetched a message and then died with SIGKILL
+    lease_timeout = 1.0
+    make_broker().publish(OutgoingMessage("q", b"work"))
+    code = (
+        "import sys\n"
+        "from chard.brokers.redis import RedisBroker\n"
+        f"b = RedisBroker(sys.argv[1], {{'lease_timeout': {lease_timeout}}})\n"
+        "[d] = b.fetch(['q'], 1, 5)\n"
+        "print(d.delivery_count, flush=True)\n"
+        "sys.stdin.read()\n"  # hold the lease until killed
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"1"
+        killed_at = time.monotonic()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdin:
+            child.stdin.close()
+        if child.stdout:
+            child.stdout.close()
+
+    # When a live consumer keeps fetching
+    survivor = make_broker(lease_timeout=lease_timeout)
+    [delivery] = wait_for(lambda: survivor.fetch(["q"], 1, timeout=0.2), timeout=5)
+
+    # Then the message comes back, counted, soon after the lease ran out
+    assert delivery.body == b"work"
+    assert delivery.delivery_count == 2
+    assert time.monotonic() - killed_at < lease_timeout + 1.0
+    delivery.ack()
+
+
+def test_a_long_held_message_with_heartbeats_is_not_redelivered(
+    make_broker: Callable[..., RedisBroker],
+) -> None:
+    holder = make_broker(lease_timeout=0.6)
+    thief = make_broker(lease_timeout=0.6)
+    holder.publish(OutgoingMessage("q", b"slow"))
+    [held] = holder.fetch(["q"], 1, timeout=1)
+
+    # For five lease periods, the holder heartbeats while another consumer keeps asking;
+    # the other consumer's blocking fetches pace the loop.
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until:
+        holder.heartbeat()
+        assert thief.fetch(["q"], 1, timeout=0.15) == []
+
+    held.ack()
+    assert thief.fetch(["q"], 1, timeout=0) == []
+    assert holder.queue_size("q") == 0
+
+
+def test_an_idle_consumer_sends_few_commands(
+    make_broker: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Count the commands the consumer's client sends while it blocks on an empty queue.
+
+    Counted client-side: the server's total_commands_processed is shared with whoever
+    else uses this Redis. Scripts and BLMOVE both go through ``execute_command``.
+    """
+    broker = make_broker()
+    broker.fetch(["q"], 1, timeout=0)  # warm up: connect and load the script
+    sent: list[str] = []
+    execute: Callable[..., Any] = broker._client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return execute(*args, **options)
+
+    monkeypatch.setattr(broker._client, "execute_command", counting)
+
+    started = time.monotonic()
+    fetches = 0
+    while time.monotonic() - started < 2.0:
+        assert broker.fetch(["q"], 10, timeout=1) == []
+        fetches += 1
+    elapsed = time.monotonic() - started
+
+    assert fetches <= 3  # each fetch really blocked for its timeout
+    assert len(sent) / elapsed <= 3.0, sent
+    assert set(sent) <= {"EVALSHA", "BLMOVE"}
+
+
+def test_a_message_blocked_on_is_not_lost_when_the_consumer_dies_before_leasing(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a consumer whose blocking wait moved a message into its landing list and
+    # which then died (simulated: we move it ourselves after its last fetch)
+    dead = make_broker(lease_timeout=0.5)
+    assert dead.fetch(["q"], 1, timeout=0) == []
+    landing = f"{prefix.decode()}chard.landing.{dead._consumer_id}"
+    raw.lpush(prefix + b"q", b"caught")
+    raw.lmove(f"{prefix.decode()}q", landing, "RIGHT", "LEFT")
+
+    # When another consumer fetches after the dead one's registration lapsed
+    live = make_broker(lease_timeout=0.5)
+    [delivery] = wait_for(lambda: live.fetch(["q"], 1, timeout=0.2), timeout=5)
+
+    # Then the message went back to its queue, never having been leased
+    assert delivery.body == b"caught"
+    assert delivery.delivery_count == 1
+    assert raw.exists(landing) == 0
+
+
+def test_scripts_reload_after_the_server_forgets_them(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis
+) -> None:
+    # Given a broker whose connection dropped and whose script cache is gone (as after a
+    # Redis restart; simulated per broker so other users of the server are unaffected)
+    broker = make_broker()
+    broker.publish(OutgoingMessage("q", b"m"))
+    raw.client_kill_filter(_id=str(broker._client.client_id()))
+    broker._fetch_script.sha = "0" * 40
+
+    [delivery] = broker.fetch(["q"], 1, timeout=1)
+
+    assert delivery.body == b"m"
+    delivery.ack()
+
+
+def test_an_unreachable_server_names_the_url_and_the_fix() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = RedisBroker(f"redis://:s3cret@127.0.0.1:{port}/9")
+
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as caught:
+        broker.publish(OutgoingMessage("q", b"m"))
+
+    message = str(caught.value)
+    assert f"redis://:**@127.0.0.1:{port}/9" in message
+    assert "s3cret" not in message
+    assert "is redis-server running" in message
+    assert time.monotonic() - started < 5
+    with pytest.raises(BrokerConnectionError):
+        broker.fetch(["q"], 1, timeout=0)
+    broker.close()
+
+
+def test_dead_letters_keep_reason_count_and_time(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    broker = make_broker()
+    broker.publish(OutgoingMessage("q", b"poison", priority=6))
+    [delivery] = broker.fetch(["q"], 1, timeout=1)
+    before = time.time()
+
+    delivery.dead_letter("too many deliveries")
+
+    [letter] = broker.dead_letters()
+    assert (letter.queue, letter.body, letter.reason, letter.delivery_count) == (
+        "q",
+        b"poison",
+        "too many deliveries",
+        1,
+    )
+    assert abs(letter.failed_at - before) < 5
+    assert broker.redrive(letter.id)
+    assert raw.lrange(prefix + b"q\x06\x166", 0, -1) == [b"poison"]
+    assert broker.dead_letters() == []
