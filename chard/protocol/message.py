@@ -19,7 +19,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from chard._utils.log import saferepr
@@ -44,12 +44,12 @@ def _iso(value: datetime | None) -> str | None:
 def _parse_iso(value: Any, name: str) -> datetime | None:
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        return value
     try:
-        return datetime.fromisoformat(str(value))
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     except ValueError:
         raise DecodeError(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
+    # Old clients send naive times; chard's instants are aware, so read those as UTC.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return {"__type__": "decimal", "__value__": str(value)}
     if isinstance(value, uuid.UUID):
-        return {"__type__": "uuid", "__value__": value.hex}
+        return {"__type__": "uuid", "__value__": {"hex": value.hex}}  # kombu >= 5.3.1
     if isinstance(value, bytes):
         try:
             return {"__type__": "bytes", "__value__": value.decode("utf-8")}
@@ -56,12 +56,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-_JSON_DECODERS: dict[str, Callable[[str], Any]] = {
+_JSON_DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": datetime.fromisoformat,
     "date": date.fromisoformat,
     "time": time.fromisoformat,
     "decimal": decimal.Decimal,
-    "uuid": lambda v: uuid.UUID(hex=v),
+    # kombu >= 5.3.1 writes {"hex": ...}; 5.3.0 wrote the bare hex string.
+    "uuid": lambda v: uuid.UUID(hex=v["hex"] if isinstance(v, dict) else v),
     "bytes": lambda v: v.encode("utf-8"),
     "base64": base64.b64decode,
 }

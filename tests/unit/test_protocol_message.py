@@ -1,0 +1,580 @@
+"""The task message: Celery protocol v2 on the wire, decoded through one choke point.
+
+Envelopes marked "captured" are verbatim what Celery 5.7.0 pushed to Redis
+(celery-protocol.md §a.2); a chard worker must decode them unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from chard import Celery
+from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
+from chard.protocol.message import TaskMessage, new_id, peek, with_header
+
+JSON = frozenset({"application/json"})
+
+#: Celery's protocol-v2 header keys, in ``as_task_v2`` order (celery-protocol.md §0.1).
+CELERY_HEADER_KEYS = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+]
+
+#: The properties kombu's virtual transports put on a task message (§0.2, no expires).
+CELERY_PROPERTY_KEYS = {
+    "correlation_id",
+    "reply_to",
+    "delivery_mode",
+    "delivery_info",
+    "priority",
+    "body_encoding",
+    "delivery_tag",
+}
+
+#: The captured bodies (too long for one line): base64 of kombu-style JSON.
+ADD_BODY = (
+    b"W1syLCAyXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjog"
+    b"bnVsbCwgImNoYWluIjogbnVsbCwgImNob3JkIjogbnVsbH1d"
+)
+COUNTDOWN_BODY = (
+    b"W1szXSwgeyJ5IjogNH0sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tz"
+    b"IjogbnVsbCwgImNoYWluIjogbnVsbCwgImNob3JkIjogbnVsbH1d"
+)
+
+#: Captured: ``add.apply_async((2, 2), task_id='1111...')`` (celery-protocol.md §a.2).
+CAPTURED_ADD = b"""{
+  "body": "@ADD_BODY@",
+  "content-encoding": "utf-8",
+  "content-type": "application/json",
+  "headers": {
+    "lang": "py", "task": "tasks.add", "id": "11111111-2222-3333-4444-555555555555",
+    "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null,
+    "retries": 0, "timelimit": [null, null],
+    "root_id": "11111111-2222-3333-4444-555555555555", "parent_id": null,
+    "argsrepr": "(2, 2)", "kwargsrepr": "{}", "origin": "gen11813@vm",
+    "ignore_result": false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}
+  },
+  "properties": {
+    "correlation_id": "11111111-2222-3333-4444-555555555555",
+    "reply_to": "e15221c2-9982-32e4-93cd-af290632420f",
+    "delivery_mode": 2,
+    "delivery_info": {"exchange": "", "routing_key": "celery"},
+    "priority": 0,
+    "body_encoding": "base64",
+    "delivery_tag": "bc7e1934-13b7-4b18-9552-703afc87dcbf"
+  }
+}""".replace(b"@ADD_BODY@", ADD_BODY)
+
+#: Captured headers/properties of ``apply_async((3,), {'y': 4}, countdown=30, expires=120,
+#: priority=6)``; the elided parts of §a.2 are filled in as Celery 5.7.0 writes them.
+CAPTURED_COUNTDOWN = b"""{
+  "body": "@COUNTDOWN_BODY@",
+  "content-encoding": "utf-8",
+  "content-type": "application/json",
+  "headers": {
+    "lang": "py", "task": "tasks.add", "id": "66666666-7777-8888-9999-000000000000",
+    "shadow": null, "eta": "2026-11-21T05:26:31.907130+00:00",
+    "expires": "2026-11-21T05:28:01.907130+00:00", "group": null, "group_index": null,
+    "retries": 0, "timelimit": [null, null],
+    "root_id": "66666666-7777-8888-9999-000000000000", "parent_id": null,
+    "argsrepr": "(3,)", "kwargsrepr": "{'y': 4}", "origin": "gen11813@vm",
+    "ignore_result": false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}
+  },
+  "properties": {
+    "correlation_id": "66666666-7777-8888-9999-000000000000",
+    "reply_to": "e15221c2-9982-32e4-93cd-af290632420f", "delivery_mode": 2,
+    "expiration": "120000", "delivery_info": {"exchange": "", "routing_key": "celery"},
+    "priority": 6, "body_encoding": "base64",
+    "delivery_tag": "0c400240-13b7-4b18-9552-703afc87dcbf"
+  }
+}""".replace(b"@COUNTDOWN_BODY@", COUNTDOWN_BODY)
+
+
+def envelope(
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    *,
+    raw_body: str | None = None,
+    content_type: str = "application/json",
+) -> bytes:
+    """Build an envelope in kombu's shape around ``body`` (JSON-encoded, base64)."""
+    if raw_body is None:
+        raw_body = base64.b64encode(json.dumps(body).encode()).decode()
+    return json.dumps(
+        {
+            "body": raw_body,
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {"task": "tasks.add", "id": "abc"} if headers is None else headers,
+            "properties": {"body_encoding": "base64", "priority": 0, "reply_to": ""},
+        }
+    ).encode()
+
+
+EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def test_to_wire_has_exactly_celerys_header_keys_in_order() -> None:
+    message = TaskMessage(task="tasks.add", id="id-1", args=(2, 2))
+
+    wire = json.loads(message.to_wire())
+
+    assert list(wire["headers"]) == CELERY_HEADER_KEYS
+    assert set(wire) == {"body", "content-encoding", "content-type", "headers", "properties"}
+    assert wire["content-type"] == "application/json"
+    assert wire["content-encoding"] == "utf-8"
+
+
+def test_to_wire_header_values_match_celerys_defaults() -> None:
+    headers = json.loads(TaskMessage(task="tasks.add", id="id-1", args=(2, 2)).to_wire())["headers"]
+
+    assert headers["lang"] == "py"
+    assert headers["task"] == "tasks.add"
+    assert headers["id"] == "id-1"
+    assert headers["root_id"] == "id-1"  # root_id defaults to the task's own id
+    assert headers["retries"] == 0
+    assert headers["timelimit"] == [None, None]
+    assert headers["argsrepr"] == "(2, 2)"
+    assert headers["kwargsrepr"] == "{}"
+    assert headers["origin"].startswith("gen")
+    assert "@" in headers["origin"]
+    assert headers["ignore_result"] is False
+    assert headers["replaced_task_nesting"] == 0
+    assert headers["stamped_headers"] is None
+    assert headers["stamps"] == {}
+    for unset in ("shadow", "eta", "expires", "group", "group_index", "parent_id"):
+        assert headers[unset] is None, unset
+
+
+def test_to_wire_properties_are_kombus() -> None:
+    message = TaskMessage(task="tasks.add", id="id-1", reply_to="oid", priority=3)
+
+    properties = json.loads(message.to_wire("hipri"))["properties"]
+
+    assert set(properties) == CELERY_PROPERTY_KEYS
+    assert properties["correlation_id"] == "id-1"
+    assert properties["reply_to"] == "oid"
+    assert properties["delivery_mode"] == 2
+    assert properties["delivery_info"] == {"exchange": "", "routing_key": "hipri"}
+    assert properties["priority"] == 3
+    assert properties["body_encoding"] == "base64"
+    assert len(properties["delivery_tag"]) == 36  # a uuid4 string, as kombu 5.x
+
+
+def test_each_encoding_gets_a_fresh_delivery_tag() -> None:
+    message = TaskMessage(task="tasks.add", id="id-1")
+
+    first = json.loads(message.to_wire())["properties"]["delivery_tag"]
+    second = json.loads(message.to_wire())["properties"]["delivery_tag"]
+
+    assert first != second
+
+
+def test_body_is_base64_of_args_kwargs_embed() -> None:
+    message = TaskMessage(task="tasks.add", id="id-1", args=(2, 2), kwargs={"z": 1})
+
+    wire = json.loads(message.to_wire())
+
+    assert json.loads(base64.b64decode(wire["body"])) == [[2, 2], {"z": 1}, EMPTY_EMBED]
+
+
+def test_headers_carry_eta_expires_as_iso_with_offset() -> None:
+    eta = datetime(2026, 11, 21, 5, 26, 31, 907130, tzinfo=UTC)
+    message = TaskMessage(task="t", id="i", eta=eta, expires=eta + timedelta(seconds=90))
+
+    headers = json.loads(message.to_wire())["headers"]
+
+    assert headers["eta"] == "2026-11-21T05:26:31.907130+00:00"
+    assert headers["expires"] == "2026-11-21T05:28:01.907130+00:00"
+
+
+def test_extra_headers_are_merged_into_the_headers() -> None:
+    message = TaskMessage(task="t", id="i", extra_headers={"x-tenant": "acme"})
+
+    headers = json.loads(message.to_wire())["headers"]
+
+    assert headers["x-tenant"] == "acme"
+    assert list(headers)[: len(CELERY_HEADER_KEYS)] == CELERY_HEADER_KEYS
+
+
+def test_new_id_is_a_uuid4_string() -> None:
+    value = new_id()
+
+    assert len(value) == 36
+    assert value[14] == "4"
+    assert new_id() != value
+
+
+# -- decoding Celery's captured envelopes -----------------------------------------------------
+
+
+def test_captured_celery_envelope_decodes() -> None:
+    message = TaskMessage.from_wire(CAPTURED_ADD, JSON)
+
+    assert message.task == "tasks.add"
+    assert message.id == "11111111-2222-3333-4444-555555555555"
+    assert message.args == (2, 2)
+    assert message.kwargs == {}
+    assert message.root_id == "11111111-2222-3333-4444-555555555555"
+    assert message.parent_id is None
+    assert message.eta is None
+    assert message.expires is None
+    assert message.retries == 0
+    assert message.timelimit == (None, None)
+    assert message.origin == "gen11813@vm"
+    assert message.reply_to == "e15221c2-9982-32e4-93cd-af290632420f"
+    assert message.priority == 0
+    assert message.ignore_result is False
+    assert message.callbacks is None
+    assert message.errbacks is None
+    assert message.chain is None
+    assert message.chord is None
+    # Known keys are consumed; nothing is left over as an "extra" header.
+    assert message.extra_headers == {}
+
+
+def test_captured_celery_countdown_envelope_decodes_to_aware_times_and_priority() -> None:
+    message = TaskMessage.from_wire(CAPTURED_COUNTDOWN, JSON)
+
+    assert message.args == (3,)
+    assert message.kwargs == {"y": 4}
+    assert message.eta == datetime(2026, 11, 21, 5, 26, 31, 907130, tzinfo=UTC)
+    assert message.expires == datetime(2026, 11, 21, 5, 28, 1, 907130, tzinfo=UTC)
+    assert message.eta is not None
+    assert message.eta.tzinfo is not None
+    assert message.expires is not None
+    assert message.expires.tzinfo is not None
+    assert message.priority == 6
+
+
+def test_round_trip_keeps_every_field() -> None:
+    eta = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    sig = {"task": "tasks.tsum", "args": [], "kwargs": {}, "options": {}, "immutable": False}
+    original = TaskMessage(
+        task="tasks.add",
+        id="id-1",
+        args=(1, "two", [3]),
+        kwargs={"k": {"nested": True}},
+        eta=eta,
+        expires=eta + timedelta(hours=1),
+        retries=2,
+        timelimit=(30.0, 20.0),
+        root_id="root",
+        parent_id="parent",
+        group="grp",
+        group_index=4,
+        shadow="alias",
+        origin="gen1@host",
+        ignore_result=True,
+        callbacks=[sig],
+        errbacks=[sig],
+        chain=[sig, sig],
+        chord=sig,
+        reply_to="oid",
+        priority=9,
+        extra_headers={"x-custom": [1, 2]},
+    )
+
+    decoded = TaskMessage.from_wire(original.to_wire(), JSON)
+
+    # The serializer comes back as the body's content type, which names the same serializer.
+    assert decoded == original.evolve(serializer="application/json")
+
+
+def test_round_trip_with_a_content_type_serializer_reencodes() -> None:
+    decoded = TaskMessage.from_wire(TaskMessage(task="t", id="i", args=(1,)).to_wire(), JSON)
+
+    again = TaskMessage.from_wire(decoded.to_wire(), JSON)
+
+    assert again.args == (1,)
+
+
+def test_older_clients_without_optional_headers_decode() -> None:
+    headers = {"lang": "py", "task": "tasks.add", "id": "abc", "retries": 1}
+
+    message = TaskMessage.from_wire(envelope([[1], {}, EMPTY_EMBED], headers), JSON)
+
+    assert message.retries == 1
+    assert message.root_id is None
+    assert message.timelimit == (None, None)
+    assert message.ignore_result is False
+
+
+def test_unknown_headers_are_kept_as_extra_headers() -> None:
+    headers = {"task": "t", "id": "i", "redelivered": True, "x-trace": "abc"}
+
+    message = TaskMessage.from_wire(envelope([[], {}, EMPTY_EMBED], headers), JSON)
+
+    assert message.extra_headers == {"redelivered": True, "x-trace": "abc"}
+
+
+def test_null_embed_is_accepted() -> None:
+    message = TaskMessage.from_wire(envelope([[], {}, None]), JSON)
+
+    assert message.callbacks is None
+    assert message.chain is None
+
+
+def test_protocol_1_dict_body_is_accepted() -> None:
+    eta = "2030-01-01T00:00:00+00:00"
+    body = {
+        "task": "tasks.add",
+        "id": "old-1",
+        "args": [1, 2],
+        "kwargs": {"z": 3},
+        "eta": eta,
+        "retries": 2,
+        "timelimit": [10, 5],
+        "callbacks": None,
+        "errbacks": None,
+    }
+
+    message = TaskMessage.from_wire(envelope(body, headers={}), JSON)
+
+    assert message.task == "tasks.add"
+    assert message.id == "old-1"
+    assert message.args == (1, 2)
+    assert message.kwargs == {"z": 3}
+    assert message.eta == datetime(2030, 1, 1, tzinfo=UTC)
+    assert message.retries == 2
+    assert message.timelimit == (10, 5)
+
+
+def test_naive_eta_from_an_old_client_is_taken_as_utc() -> None:
+    # Regression: a naive ISO time decoded to a naive datetime, which the worker cannot
+    # compare with its aware "now" (chard's API promises aware UTC instants).
+    headers = {"task": "t", "id": "i", "eta": "2030-01-01T00:00:00", "expires": None}
+
+    message = TaskMessage.from_wire(envelope([[], {}, EMPTY_EMBED], headers), JSON)
+
+    assert message.eta == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_body_without_base64_encoding_is_read_as_is() -> None:
+    data = json.dumps(
+        {
+            "body": json.dumps([[5], {}, EMPTY_EMBED]),
+            "content-type": "application/json",
+            "headers": {"task": "t", "id": "i"},
+            "properties": {},
+        }
+    ).encode()
+
+    assert TaskMessage.from_wire(data, JSON).args == (5,)
+
+
+# -- malformed input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        pytest.param(b"not json at all", "cannot decode message", id="not-json"),
+        pytest.param(b"\xff\xfe", "cannot decode message", id="not-utf8"),
+        pytest.param(b"[1, 2, 3]", "not a JSON object", id="not-an-object"),
+        pytest.param(envelope(raw_body="***not base64***"), "not valid base64", id="bad-base64"),
+        pytest.param(envelope([[1], {}]), "body is not [args, kwargs, embed]", id="two-items"),
+        pytest.param(envelope("just a string"), "body is not [args, kwargs, embed]", id="str"),
+        pytest.param(
+            envelope(raw_body=base64.b64encode(b"{nope").decode()),
+            "malformed json payload",
+            id="body-not-json",
+        ),
+        pytest.param(
+            envelope([[], {}, EMPTY_EMBED], headers={"id": "i"}), "header 'task'", id="no-task"
+        ),
+        pytest.param(
+            envelope([[], {}, EMPTY_EMBED], headers={"task": "t"}), "header 'id'", id="no-id"
+        ),
+        pytest.param(envelope(["a", {}, EMPTY_EMBED]), "args must be a list", id="args-not-a-list"),
+        pytest.param(envelope([[], [], EMPTY_EMBED]), "kwargs a dict", id="kwargs-not-a-dict"),
+        pytest.param(
+            envelope([[], {}, EMPTY_EMBED], headers={"task": "t", "id": "i", "eta": "tomorrow"}),
+            "header 'eta' is not an ISO 8601 time: 'tomorrow'",
+            id="bad-eta",
+        ),
+        pytest.param(
+            envelope([[], {}, EMPTY_EMBED], headers={"task": "t", "id": "i", "expires": 5}),
+            "header 'expires' is not an ISO 8601 time",
+            id="bad-expires",
+        ),
+    ],
+)
+def test_malformed_messages_raise_decode_error_naming_the_problem(
+    data: bytes, problem: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        TaskMessage.from_wire(data, JSON)
+
+    assert problem in str(info.value)
+    # The raw bytes travel with the error, for the dead-letter record.
+    assert info.value.data == data
+
+
+def test_missing_id_error_names_the_task() -> None:
+    data = envelope([[], {}, EMPTY_EMBED], headers={"task": "tasks.add"})
+
+    with pytest.raises(DecodeError, match=r"'tasks\.add'"):
+        TaskMessage.from_wire(data, JSON)
+
+
+# -- content types --------------------------------------------------------------------------
+
+
+def pickled_envelope() -> bytes:
+    payload = pickle.dumps([[1, 2], {}, EMPTY_EMBED])
+    return envelope(
+        raw_body=base64.b64encode(payload).decode(),
+        content_type="application/x-python-serialize",
+    )
+
+
+def test_pickle_content_is_refused_by_default() -> None:
+    with pytest.raises(ContentDisallowed, match="application/x-python-serialize"):
+        TaskMessage.from_wire(pickled_envelope(), JSON)
+
+
+def test_pickle_content_is_decoded_when_accepted() -> None:
+    accept = frozenset({"application/json", "application/x-python-serialize"})
+
+    message = TaskMessage.from_wire(pickled_envelope(), accept)
+
+    assert message.args == (1, 2)
+    assert message.serializer == "application/x-python-serialize"
+
+
+def test_a_message_encoded_with_pickle_round_trips_when_accepted() -> None:
+    message = TaskMessage(task="t", id="i", args=({1, 2},), serializer="pickle")
+
+    wire = json.loads(message.to_wire())
+
+    assert wire["content-type"] == "application/x-python-serialize"
+    assert wire["content-encoding"] == "binary"
+    decoded = TaskMessage.from_wire(
+        message.to_wire(), frozenset({"application/x-python-serialize"})
+    )
+    assert decoded.args == ({1, 2},)
+
+
+# -- arguments JSON cannot carry --------------------------------------------------------------
+
+
+def test_kombu_type_envelopes_in_arguments_round_trip() -> None:
+    import decimal
+    import uuid
+    from datetime import date, time
+
+    args = (
+        datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+        date(2030, 1, 2),
+        time(3, 4, 5),
+        decimal.Decimal("1.10"),
+        uuid.UUID("6f1c3f3e-7b5a-4a8c-9a41-5b2f0f8e6d11"),
+        b"utf-8 bytes",
+        b"\xff\x00binary",
+    )
+
+    decoded = TaskMessage.from_wire(TaskMessage(task="t", id="i", args=args).to_wire(), JSON)
+
+    assert decoded.args == args
+    assert [type(a) for a in decoded.args] == [type(a) for a in args]
+
+
+def test_unserialisable_positional_argument_is_named() -> None:
+    message = TaskMessage(task="tasks.add", id="i", args=(1, object()))
+
+    with pytest.raises(SerializationError, match=r"argument args\[1\] of type object"):
+        message.to_wire()
+
+
+def test_unserialisable_keyword_argument_is_named() -> None:
+    message = TaskMessage(task="tasks.add", id="i", kwargs={"n": 1, "conn": object()})
+
+    with pytest.raises(SerializationError) as info:
+        message.to_wire()
+
+    assert "kwargs['conn']" in str(info.value)
+    assert "'tasks.add'" in str(info.value)
+
+
+def test_delay_with_an_unserialisable_argument_fails_at_call_time() -> None:
+    app = Celery("t", broker="memory://", backend="memory://")
+
+    @app.task
+    def store(obj: object, conn: object = None) -> None:
+        """Never runs."""
+
+    class Connection:
+        pass
+
+    with pytest.raises(SerializationError, match=r"argument args\[0\] of type Connection"):
+        store.delay(Connection())
+    with pytest.raises(SerializationError, match=r"kwargs\['conn'\] of type object"):
+        store.delay(1, conn=object())
+    # Nothing half-sent reached the broker.
+    assert app.broker.queue_size("celery") == 0
+
+
+def test_unserialisable_embed_without_a_bad_argument_keeps_the_cause() -> None:
+    message = TaskMessage(task="tasks.add", id="i", args=(1,), chord={"bad": object()})
+
+    with pytest.raises(SerializationError, match=r"'tasks\.add'"):
+        message.to_wire()
+
+
+# -- envelope helpers -------------------------------------------------------------------------
+
+
+def test_peek_names_the_task_of_any_envelope() -> None:
+    assert peek(CAPTURED_ADD) == ("tasks.add", "11111111-2222-3333-4444-555555555555")
+
+
+@pytest.mark.parametrize("data", [b"garbage", b"[]", b'{"headers": 5}', b"\xff"])
+def test_peek_never_raises(data: bytes) -> None:
+    assert peek(data) == (None, None)
+
+
+def test_with_header_sets_a_header_and_keeps_the_body() -> None:
+    updated = with_header(CAPTURED_ADD, "chard_deaths", 2)
+
+    before, after = json.loads(CAPTURED_ADD), json.loads(updated)
+    assert after["headers"]["chard_deaths"] == 2
+    assert after["body"] == before["body"]
+    assert after["properties"]["delivery_tag"] != before["properties"]["delivery_tag"]
+    message = TaskMessage.from_wire(updated, JSON)
+    assert message.extra_headers == {"chard_deaths": 2}
+    assert message.args == (2, 2)
+
+
+def test_with_header_replaces_an_existing_value() -> None:
+    once = with_header(CAPTURED_ADD, "chard_deaths", 1)
+
+    twice = with_header(once, "chard_deaths", 2)
+
+    assert json.loads(twice)["headers"]["chard_deaths"] == 2
