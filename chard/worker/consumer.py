@@ -254,8 +254,9 @@ class Consumer:
     def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
         """Run the checks that settle a message without running it; True to run it."""
         self.stats.received += 1
-        if message.task not in self.app.tasks:
-            error = NotRegistered(message.task)
+        try:
+            self.app.tasks[message.task]
+        except NotRegistered as error:
             logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
             self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
             return False

@@ -99,9 +99,10 @@ def run_job(payload: JobPayload) -> ExecOutcome:
         message = TaskMessage.from_wire(payload.body, app.accept_content)
     except (DecodeError, ContentDisallowed) as exc:
         return ExecOutcome("dead_letter", states.FAILURE, f"undecodable message: {exc}")
-    task = app.tasks.get(message.task)
-    if task is None:
-        return ExecOutcome("dead_letter", states.FAILURE, str(NotRegistered(message.task)))
+    try:
+        task = app.tasks[message.task]
+    except NotRegistered as exc:
+        return ExecOutcome("dead_letter", states.FAILURE, str(exc))
     request = build_request(message, payload, _hostname)
     track = task.track_started if task.track_started is not None else app.conf.task_track_started
     if track and app.backend is not None and not message.ignore_result:
