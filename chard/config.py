@@ -7,6 +7,8 @@ mapping with attribute access; unknown keys are kept (user settings live there t
 
 from __future__ import annotations
 
+import copy
+import importlib
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -126,6 +128,9 @@ class Settings(MutableMapping[str, Any]):
 
     def __init__(self, **values: Any) -> None:
         object.__setattr__(self, "_values", {})
+        # Private copies of the defaults read so far: mutating one (``conf.beat_schedule[k] =``)
+        # must not change the default every other app sees.
+        object.__setattr__(self, "_defaults", {})
         self.update(values)
 
     def __getitem__(self, key: str) -> Any:
@@ -136,7 +141,10 @@ class Settings(MutableMapping[str, Any]):
             if os.environ.get(env_name):
                 return os.environ[env_name]
         if key in SETTINGS:
-            return SETTINGS[key].default
+            defaults: dict[str, Any] = self._defaults
+            if key not in defaults:
+                defaults[key] = copy.deepcopy(SETTINGS[key].default)
+            return defaults[key]
         raise KeyError(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -182,7 +190,7 @@ class Settings(MutableMapping[str, Any]):
         """
         if isinstance(obj, str):
             try:
-                obj = import_string(obj)
+                obj = _import_config(obj)
             except ImportError as exc:
                 raise ImproperlyConfigured(
                     f"cannot import configuration {obj!r}: {exc}; is it on sys.path?"
@@ -201,6 +209,17 @@ class Settings(MutableMapping[str, Any]):
                 self[_OLD_NAMES[name]] = get(name)
             elif name.islower():
                 self[name] = get(name)
+
+
+def _import_config(path: str) -> Any:
+    """Import ``path`` as a module (``'proj.celeryconfig'``), else as ``module.attribute``."""
+    if ":" not in path:
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise  # the module exists and imports something missing
+    return import_string(path)
 
 
 def describe_settings() -> str:
