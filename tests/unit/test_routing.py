@@ -1,0 +1,122 @@
+"""Routing: Celery's ``task_routes`` forms, resolved to options for one task name."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from chard.routing import route
+
+
+def find(routes: Any, name: str = "proj.tasks.add", **options: Any) -> dict[str, Any]:
+    return route(routes, name, (1, 2), {}, options)
+
+
+def test_no_routes_route_nothing() -> None:
+    assert find(None) == {}
+    assert find({}) == {}
+    assert find([]) == {}
+
+
+def test_exact_name_with_an_options_dict() -> None:
+    routes = {"proj.tasks.add": {"queue": "math", "priority": 3}}
+
+    assert find(routes) == {"queue": "math", "priority": 3}
+    assert find(routes, "proj.tasks.other") == {}
+
+
+def test_a_string_value_is_a_queue_name() -> None:
+    assert find({"proj.tasks.add": "math"}) == {"queue": "math"}
+
+
+def test_the_returned_options_are_a_copy() -> None:
+    routes = {"proj.tasks.add": {"queue": "math"}}
+
+    find(routes)["queue"] = "changed"
+
+    assert routes["proj.tasks.add"] == {"queue": "math"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "matches"),
+    [
+        ("proj.tasks.*", "proj.tasks.add", True),
+        ("proj.tasks.*", "proj.other.add", False),
+        ("proj.*.add", "proj.tasks.add", True),
+        ("proj.tasks.ad?", "proj.tasks.add", True),
+        ("proj.tasks.[ab]dd", "proj.tasks.add", True),
+        ("PROJ.tasks.*", "proj.tasks.add", False),  # case-sensitive, as Celery's
+    ],
+)
+def test_glob_patterns(pattern: str, name: str, matches: bool) -> None:
+    assert find({pattern: "q"}, name) == ({"queue": "q"} if matches else {})
+
+
+def test_an_exact_name_beats_an_earlier_glob() -> None:
+    routes = {"proj.tasks.*": "glob", "proj.tasks.add": "exact"}
+
+    assert find(routes) == {"queue": "exact"}
+
+
+def test_a_plain_key_is_not_a_prefix() -> None:
+    assert find({"proj.tasks": "q"}) == {}
+
+
+def test_compiled_regex_keys() -> None:
+    routes = {re.compile(r"^proj\.(tasks|jobs)\."): {"queue": "re"}}
+
+    assert find(routes, "proj.jobs.resize") == {"queue": "re"}
+    assert find(routes, "other.proj.tasks.x") == {}
+
+
+def test_callable_router_gets_celerys_arguments() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def router(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+        seen.append((name, args, kwargs, dict(options), task))
+        return {"queue": "called"}
+
+    result = route(router, "proj.tasks.add", (1,), {"x": 2}, {"countdown": 3}, task="the-task")
+
+    assert result == {"queue": "called"}
+    assert seen == [("proj.tasks.add", (1,), {"x": 2}, {"countdown": 3}, "the-task")]
+
+
+def test_callable_router_may_return_a_queue_name_or_none() -> None:
+    assert find(lambda *a, **k: "by-name") == {"queue": "by-name"}
+    assert find(lambda *a, **k: None) == {}
+
+
+def test_a_list_of_routers_is_tried_in_order() -> None:
+    routes = [
+        lambda name, *a, **k: None,  # declines
+        {"proj.other": "no"},  # does not match
+        {"proj.tasks.*": "second"},
+        {"proj.tasks.add": "third"},  # never reached
+    ]
+
+    assert find(routes) == {"queue": "second"}
+    assert find(tuple(routes)) == {"queue": "second"}
+
+
+def test_an_empty_route_lets_the_next_router_answer() -> None:
+    assert find([lambda *a, **k: {}, {"proj.tasks.add": "next"}]) == {"queue": "next"}
+
+
+@pytest.mark.parametrize("entry", [42, "proj.routers.route_task", 1.5])
+def test_an_entry_that_is_not_a_dict_or_callable_is_an_error(entry: Any) -> None:
+    with pytest.raises(TypeError, match=re.escape(f"task_routes entry {entry!r}")):
+        find([entry])
+
+
+@pytest.mark.parametrize("value", [42, ["q"], object()])
+def test_a_route_value_that_is_not_a_queue_or_dict_is_an_error(value: Any) -> None:
+    with pytest.raises(TypeError, match="a route must be a queue name or an options dict"):
+        find({"proj.tasks.add": value})
+
+
+def test_a_callable_returning_nonsense_is_an_error() -> None:
+    with pytest.raises(TypeError, match="a route must be"):
+        find(lambda *a, **k: 7)
