@@ -59,6 +59,14 @@ def take_fairly(
     return found
 
 
+def clamp_priority(priority: int) -> int:
+    """Return ``priority`` forced into 0 (most urgent) .. 9, as kombu's Redis transport does.
+
+    Clamped rather than refused: Celery code written for RabbitMQ may send up to 255.
+    """
+    return min(max(int(priority), 0), 9)
+
+
 @dataclass(eq=False)
 class _Message:
     id: int
@@ -178,13 +186,12 @@ class MemoryBroker(Broker):
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` at once: consumers see all of them or none."""
-        for m in messages:
-            if not 0 <= m.priority <= 9:
-                raise ValueError(f"priority must be 0 (highest) to 9 (lowest), got {m.priority!r}")
         store, now = self._store, self.clock.time()
         with store.cond:
             for m in messages:
-                message = _Message(next(store.ids), m.queue, m.body, m.priority, m.eta or now)
+                message = _Message(
+                    next(store.ids), m.queue, m.body, clamp_priority(m.priority), m.eta or now
+                )
                 store.messages[message.id] = message
                 store.push(message)
             store.cond.notify_all()

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers import _wake
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
-from chard.brokers.memory import take_fairly
+from chard.brokers.memory import clamp_priority, take_fairly
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class SQLiteBroker(Broker):
         if not messages:
             return
         now = self.clock.time()
-        rows = [(m.queue, _priority(m.priority), m.eta or now, m.body) for m in messages]
+        rows = [(m.queue, clamp_priority(m.priority), m.eta or now, m.body) for m in messages]
         self._write(lambda conn: conn.executemany(_INSERT, rows))
         self._ring()
 
@@ -404,11 +404,11 @@ class SQLiteBroker(Broker):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = action(conn)
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
     def _doorbell_for_wait(self) -> _wake.Doorbell | None:
@@ -433,12 +433,6 @@ class SQLiteBroker(Broker):
 #: Connections opened before a fork, kept referenced in the child so that garbage
 #: collection never closes them there (closing runs SQLite code on the parent's state).
 _INHERITED: list[sqlite3.Connection] = []
-
-
-def _priority(priority: int) -> int:
-    if not 0 <= priority <= 9:
-        raise ValueError(f"priority must be 0 (highest) to 9 (lowest), got {priority!r}")
-    return priority
 
 
 @contextmanager

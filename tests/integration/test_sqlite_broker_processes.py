@@ -21,6 +21,7 @@ import pytest
 
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.sqlite import SQLiteBroker
+from chard.exceptions import ImproperlyConfigured
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +237,74 @@ def _process_state(pid: int) -> str:
     """Return the scheduler state letter of ``pid`` (R running, S sleeping, ...)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rpartition(")")[2].split()[0]
+
+
+def test_a_forked_child_uses_its_own_connection(url: str) -> None:
+    # Given a broker the parent has used (connection open, doorbell bound)
+    with SQLiteBroker(url) as broker:
+        broker.publish_many([OutgoingMessage("q", b"for-parent"), OutgoingMessage("q", b"x")])
+        (mine,) = broker.fetch(["q"], 1, timeout=0.1)
+
+        # When a forked child uses the same object
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                (theirs,) = broker.fetch(["q"], 1, timeout=1.0)
+                theirs.ack()
+                broker.publish(OutgoingMessage("q", b"from-child"))
+                code = 0 if theirs.body == b"x" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+
+        # Then the child worked, and the parent's connection and lease are intact
+        assert os.waitstatus_to_exitcode(status) == 0
+        mine.ack()
+        assert [d.body for d in broker.fetch(["q"], 10, timeout=1.0)] == [b"from-child"]
+        assert broker.queue_size("q") == 0
+
+
+def test_relative_and_absolute_urls_create_missing_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with SQLiteBroker("sqlite:///rel/dir/broker.sqlite3") as relative:
+        assert relative.path == tmp_path / "rel" / "dir" / "broker.sqlite3"
+    with SQLiteBroker(f"sqlite:///{tmp_path}/abs/broker.sqlite3") as absolute:
+        assert str(absolute.url).startswith("sqlite:////")
+        assert absolute.path == tmp_path / "abs" / "broker.sqlite3"
+
+    assert (tmp_path / "rel" / "dir" / "broker.sqlite3").is_file()
+    assert (tmp_path / "abs" / "broker.sqlite3").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_url", "expected"),
+    [
+        (lambda tmp: f"sqlite:///{tmp}/a-file/broker.sqlite3", "a-file"),  # parent is a file
+        (lambda tmp: f"sqlite:///{tmp}/a-dir", "a-dir"),  # the database is a directory
+        (lambda tmp: "sqlite://", "no file path"),
+        (lambda tmp: "sqlite:///:memory:", "memory://"),
+    ],
+)
+def test_a_bad_location_names_the_path_and_the_fix(
+    tmp_path: Path, make_url: Any, expected: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "a-dir").mkdir()
+
+    with pytest.raises(ImproperlyConfigured, match=expected) as raised:
+        SQLiteBroker(make_url(tmp_path))
+
+    assert "; " in str(raised.value)  # the hint after the problem
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_directory_is_reported(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+
+    with pytest.raises(ImproperlyConfigured, match="not writable"):
+        SQLiteBroker(f"sqlite:///{locked}/broker.sqlite3")
