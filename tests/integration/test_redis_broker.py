@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from chard._redis import parse_redis_url
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
 from chard.exceptions import BrokerConnectionError
@@ -342,3 +343,27 @@ def test_dead_letters_keep_reason_count_and_time(
     assert broker.redrive(letter.id)
     assert raw.lrange(prefix + b"q\x06\x166", 0, -1) == [b"poison"]
     assert broker.dead_letters() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "separate", "client_url", "keyprefix"),
+    [
+        ("unix:///tmp/r.sock?db=3&global_keyprefix=p", None, False, "unix:///tmp/r.sock?db=3", "p"),
+        (
+            "rediss://:pw@h:6380/1?ssl_cert_reqs=CERT_NONE",
+            {"global_keyprefix": "app:"},
+            False,
+            "rediss://:pw@h:6380/1?ssl_cert_reqs=none",
+            "app:",
+        ),
+        ("redis://h/0?global_keyprefix=p", None, True, "redis://h/0", "p_"),  # Celery's backend
+        ("redis://h/0?global_keyprefix=p-", None, True, "redis://h/0", "p-"),
+    ],
+)
+def test_urls_are_split_into_client_url_and_key_prefix(
+    url: str, options: dict[str, str] | None, separate: bool, client_url: str, keyprefix: str
+) -> None:
+    target = parse_redis_url(url, options, separate_prefix=separate)
+
+    assert (target.client_url, target.keyprefix) == (client_url, keyprefix)
+    assert "pw" not in target.redacted
