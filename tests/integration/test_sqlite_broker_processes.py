@@ -270,11 +270,14 @@ def test_relative_and_absolute_urls_create_missing_directories(
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    with SQLiteBroker("sqlite:///rel/dir/broker.sqlite3") as relative:
-        assert relative.path == tmp_path / "rel" / "dir" / "broker.sqlite3"
-    with SQLiteBroker(f"sqlite:///{tmp_path}/abs/broker.sqlite3") as absolute:
-        assert str(absolute.url).startswith("sqlite:////")
-        assert absolute.path == tmp_path / "abs" / "broker.sqlite3"
+    relative = SQLiteBroker("sqlite:///rel/dir/broker.sqlite3")
+    absolute = SQLiteBroker(f"sqlite:///{tmp_path}/abs/broker.sqlite3")
+    relative.close()
+    absolute.close()
+
+    assert absolute.url.startswith("sqlite:////")
+    assert relative.path == tmp_path / "rel" / "dir" / "broker.sqlite3"
+    assert absolute.path == tmp_path / "abs" / "broker.sqlite3"
 
     assert (tmp_path / "rel" / "dir" / "broker.sqlite3").is_file()
     assert (tmp_path / "abs" / "broker.sqlite3").is_file()
