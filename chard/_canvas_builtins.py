@@ -43,8 +43,9 @@ def register_builtins(app: Celery) -> None:
         result = chunks_sig(task, it, n, app=app).group().apply_async()
         return [r.id for r in result.results]
 
-    for name, fn in zip(BUILTIN_NAMES, (xmap, xstarmap, chunks), strict=True):
-        app.task(name=name)(fn)
+    app.task(name="celery.map")(xmap)
+    app.task(name="celery.starmap")(xstarmap)
+    app.task(name="celery.chunks")(chunks)
 
 
 def _task_of(app: Celery, task: Mapping[str, Any]) -> Any:

@@ -4,6 +4,26 @@ A :class:`Signature` is a task name with arguments and options, plain data that
 travels on the wire as Celery's dict shape (``task``, ``args``, ``kwargs``,
 ``options``, ``subtask_type``, ``immutable``), so a signature passed as a task
 argument or stored in a message round-trips between chard and Celery.
+
+The primitives are signatures too, each stored in Celery's shape so a Celery
+worker or client can rebuild it (``Signature.from_dict`` dispatches on
+``subtask_type``):
+
+* :class:`chain` (``a | b | c``): the first task is sent with the rest in the
+  message's ``chain`` embed (reversed); each worker sends the next step.
+* :class:`group`: every member is built first and all are published in one
+  broker round-trip (``app.publish_batch``).
+* :class:`chord`: header tasks carry the body in their ``chord`` embed; the
+  worker finishing the last one sends the body (see :mod:`chard._canvas_chord`:
+  atomic counting in the result backend, no ``chord_unlock`` polling task).
+* :class:`xmap`, :class:`xstarmap`, :class:`chunks`: one message running a task
+  over many items, through the built-in tasks ``celery.map`` & co.
+
+Sending is split in two steps so that nesting costs nothing: ``freeze()`` fixes
+every task id up front (so a chain can return the last step's result before the
+worker sends it), and ``_build()`` appends the messages that start the canvas to
+an outbox that ``apply_async`` publishes at once. Eager mode (``apply()``, and
+``task_always_eager``) runs the same structure inline.
 """
 
 from __future__ import annotations
@@ -12,12 +32,26 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from chard import _context
+from chard import _context, states
 from chard._utils.log import saferepr
+from chard.exceptions import ChordError
+from chard.protocol.message import TaskMessage, new_id
+from chard.result import AsyncResult, EagerResult, GroupResult
 
 if TYPE_CHECKING:
     from chard.app import Celery
-    from chard.result import AsyncResult
+    from chard.task import Context
+
+#: Messages built while sending a canvas, published together in one batch.
+Outbox = list[tuple[TaskMessage, str]]
+#: What sending a canvas returns: one task's result, or a group's.
+Result = AsyncResult[Any] | GroupResult
+
+#: Options that belong to one message only, not to every step of a chain.
+_STEP_LOCAL = frozenset(
+    {"task_id", "parent_id", "root_id", "countdown", "eta", "expires", "chain", "chord"}
+    | {"group_id", "group_index", "link", "link_error"}
+)
 
 
 class Signature(dict[str, Any]):
@@ -67,7 +101,7 @@ class Signature(dict[str, Any]):
 
     @property
     def args(self) -> tuple[Any, ...]:
-        """Positional arguments (partial: more are prepended or appended when called)."""
+        """Positional arguments (partial: more are prepended when called, as in Celery)."""
         return tuple(self["args"])
 
     @property
@@ -87,7 +121,7 @@ class Signature(dict[str, Any]):
 
     @property
     def id(self) -> str | None:
-        """The task id, if one was set in the options."""
+        """The task id, if one was set in the options (see :meth:`freeze`)."""
         task_id = self["options"].get("task_id")
         return str(task_id) if task_id is not None else None
 
@@ -96,6 +130,11 @@ class Signature(dict[str, Any]):
         """The app to send with: the one given, else the current app."""
         return self._app if self._app is not None else _context.get_current_app()
 
+    @property
+    def type(self) -> Any:
+        """The registered task object (Celery's ``sig.type``)."""
+        return self.app.tasks[self.task]
+
     # -- building ---------------------------------------------------------------
     def clone(
         self,
@@ -103,11 +142,15 @@ class Signature(dict[str, Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        """Return a copy with arguments added (partial application) and options merged."""
+        """Return a copy with arguments added (partial application) and options merged.
+
+        New positional arguments are prepended and new keyword arguments win, as in
+        Celery (``add.s(2).delay(8)`` runs ``add(8, 2)``); immutable signatures keep theirs.
+        """
         new = copy.deepcopy(self)
         new._app = self._app
-        if args:
-            new["args"] = tuple(args) + self.args if not self.immutable else self.args
+        if args and not self.immutable:
+            new["args"] = tuple(args) + self.args
         if kwargs and not self.immutable:
             new["kwargs"] = {**self.kwargs, **kwargs}
         if options:
@@ -130,6 +173,29 @@ class Signature(dict[str, Any]):
         """Add a signature to run with this task's id when it fails."""
         self["options"].setdefault("link_error", []).append(errback)
         return errback
+
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Mapping[str, Any] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Result:
+        """Fix this task's id (and group membership) in place; return its result handle.
+
+        Idempotent: an id already set is kept, so a canvas frozen by the client and
+        sent later by a worker keeps the ids the client's result objects point at.
+        """
+        opts = self["options"]
+        if _id is not None:
+            opts["task_id"] = _id
+        task_id = opts.setdefault("task_id", new_id())
+        fields = {"group_id": group_id, "group_index": group_index, "chord": chord}
+        fields.update(root_id=root_id, parent_id=parent_id)
+        opts.update({k: v for k, v in fields.items() if v is not None})
+        return AsyncResult(task_id, app=self.app, task_name=self.task)
 
     def to_dict(self) -> dict[str, Any]:
         """Return Celery's wire shape (plain dicts and lists all the way down)."""
@@ -155,23 +221,45 @@ class Signature(dict[str, Any]):
         )
 
     # -- sending ----------------------------------------------------------------
+    def _eager(self, app: Celery) -> bool:
+        """Whether ``apply_async`` runs inline (``task_always_eager`` and a local task)."""
+        return bool(app.conf.task_always_eager) and self.task in app.tasks
+
+    def _build(
+        self,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        out: Outbox,
+    ) -> Result:
+        """Append the messages that start this canvas to ``out``; return its result handle."""
+        sig = self.clone(args, kwargs, **options)
+        result = sig.freeze()
+        app = sig.app
+        task = app.tasks.get(sig.task)
+        out.append(app.build_task_message(sig.task, sig.args, sig.kwargs, task=task, **sig.options))
+        return result
+
     def apply_async(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
-        """Send the task: extra args are prepended (unless immutable), options merged."""
-        sig = self.clone(args, kwargs, **options) if (args or kwargs or options) else self
-        app = sig.app
-        task = app.tasks.get(sig.task)
-        opts = sig.options
-        if task is not None and app.conf.task_always_eager:
-            eager: AsyncResult[Any] = task.apply(sig.args, sig.kwargs, **opts)
-            return eager
-        return app.send_task(sig.task, sig.args, sig.kwargs, task=task, **opts)
+    ) -> Any:
+        """Send: extra args are prepended (unless immutable), kwargs and options merged.
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+        Returns an :class:`AsyncResult` (a :class:`GroupResult` for a group); every
+        message of the canvas goes out in one broker round-trip.
+        """
+        app = self.app
+        if self._eager(app):
+            return self.apply(args, kwargs, **options)
+        out: Outbox = []
+        result = self._build(tuple(args or ()), kwargs, dict(options), out)
+        app.publish_batch(out)
+        return result
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
         """Send with extra arguments: ``add.s(2).delay(8)`` runs ``add(8, 2)``."""
         return self.apply_async(args, kwargs)
 
@@ -186,9 +274,32 @@ class Signature(dict[str, Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Any:
-        """Run inline as a worker would; returns an eager result."""
+        """Run inline as a worker would, links included; returns an eager result."""
         sig = self.clone(args, kwargs, **options)
-        return sig.app.tasks[sig.task].apply(sig.args, sig.kwargs, **sig.options)
+        opts = sig["options"]
+        links = _as_list(opts.pop("link", None))
+        errbacks = _as_list(opts.pop("link_error", None))
+        for key in ("chain", "chord", "group_id", "group_index"):
+            opts.pop(key, None)
+        result: EagerResult[Any] = sig.app.tasks[sig.task].apply(sig.args, sig.kwargs, **opts)
+        if result.state == states.SUCCESS:
+            for callback in links:
+                maybe_signature(callback, sig._app).apply((result.result,))
+        elif result.state in states.PROPAGATE_STATES:
+            for errback in errbacks:
+                maybe_signature(errback, sig._app).apply((result.id,))
+        return result
+
+    # -- composing --------------------------------------------------------------
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+        """``a | b``: a chain (``group | task`` becomes a chord when sent)."""
+        if isinstance(other, Signature):
+            return chain(self, other, app=self._app)
+        return NotImplemented
+
+    def __invert__(self) -> Any:
+        """``~sig``: send and wait for the result (Celery's shortcut)."""
+        return self.apply_async().get()
 
     def __repr__(self) -> str:
         parts = [saferepr(a) for a in self.args]
@@ -214,6 +325,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _partial(args: Iterable[Any] | None, sig: Signature) -> tuple[Any, ...]:
+    """A primitive's own args are partial arguments, put after the new ones."""
+    if sig.immutable:
+        return sig.args
+    return tuple(args or ()) + sig.args
+
+
+def _attach_parent(result: Result, parent: Result | None) -> None:
+    """Hang ``parent`` above the oldest ancestor of ``result`` (``res.parent`` walks a chain)."""
+    node: Result = result
+    while node.parent is not None:
+        node = node.parent
+    if node is not parent:
+        node.parent = parent
+
+
+def _failed(result: Result) -> bool:
+    if isinstance(result, GroupResult):
+        return result.failed()
+    return result.state in states.PROPAGATE_STATES
+
+
+def _app_of(sigs: Iterable[Signature], app: Celery | None) -> Celery | None:
+    return app if app is not None else next((s._app for s in sigs if s._app is not None), None)
+
+
 #: Canvas primitives by ``subtask_type``, for :meth:`Signature.from_dict`.
 _PRIMITIVES: dict[str, type[Signature]] = {}
 
@@ -227,8 +370,65 @@ def signature(
 ) -> Signature:
     """Return a signature from a task name, a task, or a signature dict."""
     if isinstance(varies, Mapping) and not isinstance(varies, str):
-        return Signature.from_dict(varies, app=app).clone()
+        sig = Signature.from_dict(varies, app=app).clone()
+        if app is not None:
+            sig._app = app
+        return sig
     return Signature(varies, args, kwargs, options=options, app=app)
 
 
 subtask = signature
+
+
+def maybe_signature(d: Any, app: Celery | None = None, clone: bool = False) -> Any:
+    """Return ``d`` as a Signature (dicts are rebuilt; None stays None)."""
+    if d is None:
+        return None
+    if isinstance(d, Signature):
+        sig = d.clone() if clone else d
+    elif isinstance(d, Mapping):
+        sig = Signature.from_dict(d, app=app)
+    else:
+        raise TypeError(f"expected a signature or a signature dict, got {d!r}")
+    if app is not None and sig._app is None:
+        sig._app = app
+    return sig
+
+
+def _signatures(tasks: tuple[Any, ...], app: Celery | None) -> list[Signature]:
+    """Accept ``f(a, b)``, ``f([a, b])`` and ``f(generator)``, as Celery does."""
+    if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
+        tasks = tuple(tasks[0])
+    return [maybe_signature(t, app) for t in tasks]
+
+
+def on_chord_part_return(app: Celery, request: Context, state: str, value: Any) -> None:
+    """Count one finished chord header task; the last one sends the body (see _canvas_chord)."""
+    from chard._canvas_chord import on_part_return
+
+    on_part_return(app, request, state, value)
+
+
+from chard._canvas_primitives import (  # noqa: E402  (the primitives subclass Signature)
+    chain,
+    chord,
+    chunks,
+    group,
+    xmap,
+    xstarmap,
+)
+
+__all__ = [
+    "ChordError",
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
+    "maybe_signature",
+    "on_chord_part_return",
+    "signature",
+    "subtask",
+    "xmap",
+    "xstarmap",
+]

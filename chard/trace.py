@@ -183,8 +183,14 @@ def _on_failure(
 
 
 def send_followups(app: Celery, request: Context, value: Any) -> None:
-    """Send what runs after a success: link callbacks, then the next step of the chain."""
-    from chard.canvas import Signature
+    """Send what runs after a success: link callbacks, the next chain step, chord counting.
+
+    The next step of a chain is the *last* element of the embed's ``chain`` list
+    (Celery sends it reversed); it is sent with the rest, so each worker in turn
+    sends one step. A chord header task reports to the chord, whose last member
+    sends the body (:func:`chard.canvas.on_chord_part_return`).
+    """
+    from chard.canvas import Signature, on_chord_part_return
 
     root_id = request.root_id or request.id
     for callback in request.callbacks or ():
@@ -196,21 +202,29 @@ def send_followups(app: Celery, request: Context, value: Any) -> None:
         step = Signature.from_dict(following, app=app)
         step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
     if request.chord:
-        from chard.canvas import on_chord_part_return
-
         on_chord_part_return(app, request, states.SUCCESS, value)
 
 
 def send_errbacks(app: Celery, request: Context, exc: BaseException) -> None:
-    """Send the error callbacks of a failed task (with the failed task's id, as Celery does)."""
-    from chard.canvas import Signature
+    """Send the error callbacks of a failed task (with the failed task's id, as Celery does).
+
+    The chain steps that will now never run get the same failure stored, so that
+    ``chain(...)().get()`` raises at once instead of waiting forever (Celery gets
+    the same effect by re-checking parents while it waits; their state is FAILURE
+    here where Celery leaves PENDING). A chord header member fails its chord.
+    """
+    from chard.canvas import Signature, on_chord_part_return
 
     for errback in request.errbacks or ():
         sig = Signature.from_dict(errback, app=app)
         sig.apply_async((request.id,), parent_id=request.id)
+    backend = app.backend
+    if backend is not None:
+        for step in request.chain or ():
+            step_id = (step.get("options") or {}).get("task_id")
+            if step_id and not step.get("subtask_type"):
+                backend.store_result(step_id, exc, states.FAILURE, None, {"parent_id": request.id})
     if request.chord:
-        from chard.canvas import on_chord_part_return
-
         on_chord_part_return(app, request, states.FAILURE, exc)
 
 

@@ -1,0 +1,121 @@
+"""Chord completion: count finished header tasks atomically; the last one sends the body.
+
+Celery counts with a Redis-only Lua script, and falls back to ``celery.chord_unlock``
+(a task that polls the header every second) on other backends. chard needs only
+the backend's atomic ``incr``, so every backend gets the same push-style join:
+
+1. The client saves the header's task ids (``save_group``, Celery's
+   ``celery-taskset-meta-<gid>`` key) *before* publishing, and embeds the body
+   with ``chord_size`` in every header message.
+2. A header task that succeeded (its result is already stored) increments a
+   per-member marker ``<gid key>.cm.<group_index>``. Only the first increment
+   (marker == 1) goes on to increment the count ``<gid key>.cn``: a redelivered
+   header task (worker lost, ``acks_late``) therefore never counts twice.
+3. The task that brings the count to ``chord_size`` claims the chord with
+   ``<gid key>.cc`` (first increment wins, so the body is sent once even if two
+   deliveries race), reads every header result in order with one ``get_many``
+   and sends the body with that list.
+4. A header failure claims the chord too and fails it: the body's result (and the
+   chain steps after it) become :class:`ChordError` naming the failed task, and the
+   body's errbacks run. Later header results are ignored.
+
+The one window this leaves: a worker dying *between* its marker and count
+increments. Its redelivery sees marker > 1 and does not count, so instead it checks
+the stored results of all members; when all succeeded it claims and sends the body
+(the claim keeps this exactly-once). Every key expires with ``result_expires``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from chard import states
+from chard.backends.base import decode_exception
+from chard.canvas import Signature, _as_list, maybe_signature
+from chard.exceptions import ChordError
+from chard.task import Context
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+    from chard.backends.base import ResultBackend
+
+logger = logging.getLogger("chard.canvas")
+
+
+def on_part_return(app: Celery, request: Context, state: str, value: Any) -> None:
+    """Record that header task ``request`` finished in ``state``; send or fail the body."""
+    backend = app.backend
+    if backend is None or not request.group or not request.chord:
+        logger.error("Chord member %s has no group or result backend; body not sent", request.id)
+        return
+    key = backend.group_key(request.group)
+    if state != states.SUCCESS:
+        if backend.incr(key + ".cc") == 1:
+            error = ChordError(f"Dependency {request.id} raised {value!r}")
+            fail_body(app, request.chord, error, request)
+        return
+    member = request.group_index if request.group_index is not None else request.id
+    if backend.incr(f"{key}.cm.{member}") == 1:
+        if backend.incr(key + ".cn") < int(request.chord.get("chord_size") or 0):
+            return
+    elif not _all_ready(backend, request.group):
+        return  # a redelivered member: counted already, and the chord is not done
+    if backend.incr(key + ".cc") != 1:
+        return  # another worker sent the body (or the chord failed)
+    _send_body(app, backend, request)
+
+
+def _all_ready(backend: ResultBackend, group_id: str) -> bool:
+    ids = backend.restore_group(group_id)
+    if not ids:
+        return False
+    return all(m["status"] in states.READY_STATES for m in backend.get_many(ids))
+
+
+def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
+    """Send the body with the header results in ``group_index`` order."""
+    chord = request.chord or {}
+    ids = backend.restore_group(str(request.group))
+    if ids is None:
+        error = ChordError(
+            f"chord {request.group} lost its member list (expired? result_expires too short)"
+        )
+        fail_body(app, chord, error, request)
+        return
+    values = []
+    for task_id, meta in zip(ids, backend.get_many(ids), strict=True):
+        if meta["status"] in states.PROPAGATE_STATES:
+            exc = decode_exception(meta["result"], meta.get("traceback"))
+            fail_body(app, chord, ChordError(f"Dependency {task_id} raised {exc!r}"), request)
+            return
+        values.append(meta["result"])
+    body = Signature.from_dict(chord, app=app)
+    body.apply_async((values,), parent_id=request.id, root_id=request.root_id or request.id)
+
+
+def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request: Context) -> None:
+    """Mark the body (and the chain steps after it) failed with ``error``; run its errbacks."""
+    body = Signature.from_dict(body_dict, app=app)
+    body_id = str(body.freeze().id)
+    opts = body["options"]
+    backend = app.backend
+    logger.warning("Chord %s failed: %s", request.group, error)
+    if backend is not None:
+        extra = {"parent_id": request.id, "group_id": opts.get("group_id")}
+        backend.store_result(body_id, error, states.FAILURE, None, extra)
+        for step in _as_list(opts.get("chain")):
+            step_id = (step.get("options") or {}).get("task_id")
+            if step_id and not step.get("subtask_type"):
+                backend.store_result(step_id, error, states.FAILURE, None, {"parent_id": body_id})
+    for errback in _as_list(opts.get("link_error")):
+        maybe_signature(errback, app).apply_async((body_id,), parent_id=body_id)
+    if opts.get("chord") and opts.get("group_id"):  # the body is itself a member of a chord
+        outer = Context(
+            id=body_id,
+            group=opts["group_id"],
+            group_index=opts.get("group_index"),
+            chord=opts["chord"],
+            root_id=request.root_id,
+        )
+        on_part_return(app, outer, states.FAILURE, error)

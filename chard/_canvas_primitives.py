@@ -1,0 +1,580 @@
+"""The canvas primitives: chain, group, chord, xmap, xstarmap and chunks.
+
+Split from :mod:`chard.canvas` for size only; import them from there. Each one is a
+:class:`~chard.canvas.Signature` in Celery's dict shape (``celery.chain`` with
+``kwargs.tasks``, ``celery.group`` with ``kwargs.tasks``, ``celery.chord`` with
+``kwargs.header``/``kwargs.body``, ``celery.map``/``celery.starmap`` with
+``kwargs.task``/``kwargs.it``, ``celery.chunks`` with ``kwargs.n`` too) and
+implements three operations: ``freeze`` (fix ids), ``_build`` (append its starting
+messages to an outbox) and ``apply`` (run inline).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from chard import states
+from chard._utils.log import saferepr
+from chard.canvas import (
+    _PRIMITIVES,
+    _STEP_LOCAL,
+    Outbox,
+    Result,
+    Signature,
+    _app_of,
+    _as_list,
+    _attach_parent,
+    _failed,
+    _partial,
+    _signatures,
+    maybe_signature,
+)
+from chard.exceptions import ChordError
+from chard.protocol.message import new_id
+from chard.result import AsyncResult, EagerGroupResult, EagerResult, GroupResult, ResultsDisabled
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+
+def _restore(sig: Signature, data: Mapping[str, Any]) -> Signature:
+    """Copy the generic fields of a primitive's dict (partial args, immutability) onto ``sig``."""
+    sig["args"] = tuple(data.get("args") or ())
+    sig["immutable"] = bool(data.get("immutable", False))
+    return sig
+
+
+class chain(Signature):  # lower-case: Celery's name
+    """Run tasks one after another, each receiving the previous result: ``a | b | c``.
+
+    Calling a chain *sends* it (``chain(...)()`` is ``apply_async``) and returns the
+    last task's result, whose ``.parent`` walks back to the first.
+    """
+
+    subtask_type = "chain"
+
+    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+        steps: list[Signature] = []
+        for sig in _signatures(tasks, app):
+            steps.extend(sig.tasks if isinstance(sig, chain) else [sig])
+        super().__init__("celery.chain", (), {"tasks": steps}, options, app=_app_of(steps, app))
+
+    @property
+    def tasks(self) -> list[Signature]:
+        """The steps, in order."""
+        steps: list[Signature] = self["kwargs"]["tasks"]
+        return steps
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
+        return _restore(cls(*tasks, app=app, **(data.get("options") or {})), data)
+
+    def link(self, callback: Signature) -> Signature:
+        """Run ``callback`` with the result of the last step."""
+        return self.tasks[-1].link(callback)
+
+    def link_error(self, errback: Signature) -> Signature:
+        """Run ``errback`` if any step fails (Celery links it to every step)."""
+        for step in self.tasks:
+            step.link_error(errback)
+        return errback
+
+    def _prepare(
+        self, args: Iterable[Any] | None, options: Mapping[str, Any]
+    ) -> tuple[list[Signature], tuple[Any, ...], dict[str, Any], list[Any]]:
+        """Return (steps, ``group | x`` upgraded; first args; first options; outer chain)."""
+        if not self.tasks:
+            raise ValueError("chain() needs at least one task, got none")
+        opts = {**self.options, **options}
+        outer = list(opts.pop("chain", None) or ())
+        steps = _upgrade([step.clone() for step in self.tasks])
+        last = steps[-1]
+        last.freeze(
+            opts.pop("task_id", None),
+            group_id=opts.pop("group_id", None),
+            chord=opts.pop("chord", None),
+            group_index=opts.pop("group_index", None),
+        )
+        for callback in _as_list(opts.pop("link", None)):
+            last.link(callback)
+        for errback in _as_list(opts.pop("link_error", None)):
+            for step in steps:
+                step.link_error(errback)
+        shared = {k: v for k, v in opts.items() if k not in _STEP_LOCAL}
+        for step in steps[1:]:
+            step.set(**shared)
+        return steps, _partial(args, self), opts, outer
+
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Mapping[str, Any] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Result:
+        """Fix every step's id; the last step takes the group membership."""
+        steps = _upgrade(self.tasks)
+        steps[-1].freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
+        return _freeze_steps(steps)[-1]
+
+    def _build(
+        self,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        out: Outbox,
+    ) -> Result:
+        steps, first_args, opts, outer = self._prepare(args, options)
+        results = _freeze_steps(steps)
+        embed = [*outer, *(step.to_dict() for step in reversed(steps[1:]))]
+        if embed:
+            opts["chain"] = embed
+        steps[0]._build(first_args, kwargs, opts, out)
+        return results[-1]
+
+    def _eager(self, app: Celery) -> bool:
+        return bool(app.conf.task_always_eager)
+
+    def apply(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Result:
+        """Run every step inline, feeding each result to the next; stop at a failure."""
+        steps, first_args, opts, _outer = self._prepare(args, options)
+        result: Result = steps[0].apply(first_args, kwargs, **opts)
+        for step in steps[1:]:
+            if _failed(result):
+                break
+            following: Result = step.apply((result.get(),))
+            _attach_parent(following, result)
+            result = following
+        return result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Send the chain (Celery: calling a chain applies it asynchronously)."""
+        return self.apply_async(args, kwargs)
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+        if isinstance(other, Signature):
+            return chain(*self.tasks, other, app=self._app)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(step) for step in self.tasks) or "chain()"
+
+
+def _upgrade(steps: list[Signature]) -> list[Signature]:
+    """Turn every group followed by another step into a chord (Celery's rule)."""
+    upgraded: list[Signature] = []
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        if isinstance(step, group) and index + 1 < len(steps):
+            upgraded.append(chord(step, steps[index + 1], app=step._app))
+            index += 2
+        else:
+            upgraded.append(step)
+            index += 1
+    return upgraded
+
+
+def _freeze_steps(steps: list[Signature]) -> list[Result]:
+    """Freeze each step and link every result's ``parent`` to the previous one."""
+    results: list[Result] = []
+    for step in steps:
+        result = step.freeze()
+        _attach_parent(result, results[-1] if results else None)
+        results.append(result)
+    return results
+
+
+class group(Signature):  # lower-case: Celery's name
+    """Run tasks in parallel; the result is a :class:`GroupResult` in member order.
+
+    Nested groups are flattened (as in Celery). Calling a group sends it, with
+    any arguments prepended to every member (partial group).
+    """
+
+    subtask_type = "group"
+
+    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+        members: list[Signature] = []
+        for sig in _signatures(tasks, app):
+            members.extend(sig.tasks if isinstance(sig, group) else [sig])
+        super().__init__("celery.group", (), {"tasks": members}, options, app=_app_of(members, app))
+
+    @property
+    def tasks(self) -> list[Signature]:
+        """The members, in order."""
+        members: list[Signature] = self["kwargs"]["tasks"]
+        return members
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
+        return _restore(cls(tasks, app=app, **(data.get("options") or {})), data)
+
+    def link_error(self, errback: Signature) -> Signature:
+        """Run ``errback`` for any member that fails."""
+        for member in self.tasks:
+            member.link_error(errback)
+        return errback
+
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Mapping[str, Any] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Result:
+        """Fix the group id (``options.task_id``, as Celery) and every member's id."""
+        opts = self["options"]
+        if _id is not None:
+            opts["task_id"] = _id
+        gid = opts.setdefault("task_id", new_id())
+        results = [
+            member.freeze(group_id=gid, group_index=index, chord=chord)
+            for index, member in enumerate(self.tasks)
+        ]
+        return GroupResult(gid, cast("list[AsyncResult[Any]]", results), app=self.app)
+
+    def _options(self, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        opts = {**self.options, **options}
+        gid = opts.pop("task_id", None) or new_id()
+        opts.pop("group_id", None)
+        opts.pop("group_index", None)
+        return gid, opts
+
+    def _build(
+        self,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        out: Outbox,
+    ) -> Result:
+        gid, opts = self._options(options)
+        rest = opts.pop("chain", None)
+        if rest:  # more steps after the group: it is a chord header now
+            body = chain(*[maybe_signature(d, self._app) for d in reversed(rest)], app=self._app)
+            return chord(self, body, app=self._app)._build(args, kwargs, opts, out)
+        partial = _partial(args, self)
+        results = [
+            member._build(partial, kwargs, {**opts, "group_id": gid, "group_index": index}, out)
+            for index, member in enumerate(self.tasks)
+        ]
+        return GroupResult(gid, cast("list[AsyncResult[Any]]", results), app=self.app)
+
+    def _eager(self, app: Celery) -> bool:
+        return bool(app.conf.task_always_eager)
+
+    def apply(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Result:
+        """Run every member inline, in order."""
+        gid, opts = self._options(options)
+        opts.pop("chain", None)
+        opts.pop("chord", None)
+        partial = _partial(args, self)
+        results = [member.apply(partial, kwargs, **opts) for member in self.tasks]
+        return EagerGroupResult(gid, cast("list[AsyncResult[Any]]", results), app=self.app)
+
+    def __call__(self, *partial_args: Any, **options: Any) -> Any:
+        """Send the group; ``partial_args`` are prepended to every member's arguments."""
+        return self.apply_async(partial_args, **options)
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+        """``group | task`` is a chord; ``group | chain`` becomes one when sent."""
+        if isinstance(other, Signature) and not isinstance(other, (group, chain)):
+            return chord(self, other, app=self._app)
+        return super().__or__(other)
+
+    def __len__(self) -> int:  # a group's length is its member count, not the dict's keys
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"group({self.tasks!r})"
+
+
+_Group = group
+
+
+class chord(Signature):  # lower-case: Celery's name
+    """Run a header group, then the body with the list of header results (in order).
+
+    A header failure fails the body with :class:`~chard.exceptions.ChordError`
+    naming the failed task, and calls the body's errbacks.
+    """
+
+    subtask_type = "chord"
+
+    def __init__(
+        self,
+        header: Any = None,
+        body: Any = None,
+        task: str = "celery.chord",
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        app: Celery | None = None,
+        **options: Any,
+    ) -> None:
+        head = header if isinstance(header, group) else group(header or (), app=app)
+        tail = maybe_signature(body, app)
+        fields = {"header": head, "body": tail, "kwargs": dict(kwargs or {})}
+        app = _app_of([head, *([tail] if tail is not None else [])], app)
+        super().__init__(task, args, fields, options, app=app)
+
+    @property
+    def header(self) -> group:
+        """The header group."""
+        head: group = self["kwargs"]["header"]
+        return head
+
+    @property
+    def body(self) -> Signature:
+        """The body (callback) signature."""
+        tail: Signature = self["kwargs"]["body"]
+        return tail
+
+    @property
+    def tasks(self) -> list[Signature]:
+        """The header's members."""
+        return self.header.tasks
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        kw = data["kwargs"]
+        header = kw["header"]
+        header = maybe_signature(header, app) if isinstance(header, Mapping) else header
+        sig = cls(header, kw.get("body"), app=app, **(data.get("options") or {}))
+        return _restore(sig, data)
+
+    def link(self, callback: Signature) -> Signature:
+        """Run ``callback`` with the body's result."""
+        return self.body.link(callback)
+
+    def link_error(self, errback: Signature) -> Signature:
+        """Run ``errback`` when the chord fails (a header task or the body)."""
+        return self.body.link_error(errback)
+
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Mapping[str, Any] | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Result:
+        """Fix the header and body ids; outer group membership goes to the body."""
+        header_result = self.header.freeze()
+        body_result = self.body.freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
+        _attach_parent(body_result, header_result)
+        return body_result
+
+    def _split(
+        self, kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]
+    ) -> tuple[group, Signature, dict[str, Any], dict[str, Any]]:
+        """Return (header, body with the outer options applied, header kwargs, header options)."""
+        kwargs = dict(kwargs or {})
+        body_arg = kwargs.pop("body", None)
+        opts = {**self.options, **options}
+        header = cast(group, self.header.clone())
+        body = maybe_signature(body_arg, self._app) if body_arg is not None else self.body
+        if body is None:
+            raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body)")
+        body = body.clone()
+        outer = list(opts.pop("chain", None) or ())
+        if outer:
+            body["options"]["chain"] = [*outer, *(body["options"].get("chain") or ())]
+        for callback in _as_list(opts.pop("link", None)):
+            body.link(callback)
+        for errback in _as_list(opts.pop("link_error", None)):
+            body.link_error(errback)
+        body.freeze(
+            opts.pop("task_id", None),
+            group_id=opts.pop("group_id", None),
+            chord=opts.pop("chord", None),
+            group_index=opts.pop("group_index", None),
+        )
+        return header, body, kwargs, opts
+
+    def _build(
+        self,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        out: Outbox,
+    ) -> Result:
+        header, body, kwargs, opts = self._split(kwargs, options)
+        app = self.app
+        backend = app.backend
+        if backend is None:
+            raise ResultsDisabled(
+                "a chord needs a result backend to count its header tasks; set one, e.g. "
+                "Celery('proj', broker=..., backend='redis://localhost:6379/0')"
+            )
+        header.freeze()
+        body_result = body.freeze()
+        if not header.tasks:  # nothing to wait for: the body runs now with no results
+            body._build(([],), None, {}, out)
+            return body_result
+        body_dict = {**body.to_dict(), "chord_size": len(header.tasks)}
+        header_result = header._build(args, kwargs, {**opts, "chord": body_dict}, out)
+        assert isinstance(header_result, GroupResult)
+        # Saved before anything is published: the worker completing the chord reads it.
+        backend.save_group(str(header_result.id), [r.id for r in header_result.results])
+        _attach_parent(body_result, header_result)
+        return body_result
+
+    def _eager(self, app: Celery) -> bool:
+        return bool(app.conf.task_always_eager)
+
+    def apply(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Result:
+        """Run the header inline, then the body with its results (ChordError on failure)."""
+        header, body, kwargs, opts = self._split(kwargs, options)
+        header_result = header.apply(args, kwargs, **opts)
+        assert isinstance(header_result, GroupResult)
+        for member in header_result.results:
+            if _failed(member):
+                error = ChordError(f"Dependency {member.id} raised {member.result!r}")
+                body_id = str(body.freeze().id)
+                for errback in _as_list(body["options"].get("link_error")):
+                    maybe_signature(errback, self._app).apply((body_id,))
+                return EagerResult(body_id, error, states.FAILURE, app=self.app)
+        result: Result = body.apply((header_result.get(),))
+        _attach_parent(result, header_result)
+        return result
+
+    def __call__(self, body: Any = None, **options: Any) -> Any:
+        """Send the chord; ``chord(header)(body)`` supplies the body late."""
+        return self.apply_async((), {"body": body} if body is not None else None, **options)
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+        """``chord | task`` appends the task to the body."""
+        if isinstance(other, Signature) and not isinstance(other, group):
+            new = self.clone()
+            assert isinstance(new, chord)
+            new["kwargs"]["body"] = chain(new.body, other, app=self._app)
+            return new
+        return super().__or__(other)
+
+    def __repr__(self) -> str:
+        return f"chord({self.header.tasks!r}, {self.body!r})"
+
+
+def _items(it: Iterable[Any]) -> list[Any]:
+    """Materialize ``it`` for the wire: ranges and iterators become lists (JSON has neither)."""
+    return [list(x) if isinstance(x, (range, Iterator)) else x for x in it]
+
+
+class xmap(Signature):  # lower-case: Celery's name
+    """Call a task for every item, all in one message (``task.map(items)``)."""
+
+    subtask_type = "xmap"
+    _task_name = "celery.map"
+
+    def __init__(
+        self, task: Any, it: Iterable[Any], app: Celery | None = None, **options: Any
+    ) -> None:
+        sig = maybe_signature(task, app)
+        fields = {"task": sig, "it": _items(it)}
+        super().__init__(self._task_name, (), fields, options, immutable=True, app=app or sig._app)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        kw = data["kwargs"]
+        return cls(kw["task"], kw["it"], app=app, **(data.get("options") or {}))
+
+    def __repr__(self) -> str:
+        kw = self["kwargs"]
+        return f"[{kw['task'].task}(x) for x in {saferepr(kw['it'])}]"
+
+
+class xstarmap(xmap):  # lower-case: Celery's name
+    """Call a task for every item, unpacking each item as arguments (``task.starmap``)."""
+
+    subtask_type = "xstarmap"
+    _task_name = "celery.starmap"
+
+    def __repr__(self) -> str:
+        kw = self["kwargs"]
+        return f"[{kw['task'].task}(*x) for x in {saferepr(kw['it'])}]"
+
+
+class chunks(Signature):  # lower-case: Celery's name
+    """Split items into chunks of ``n``; each chunk is one ``xstarmap`` message of a group."""
+
+    subtask_type = "chunks"
+
+    def __init__(
+        self, task: Any, it: Iterable[Any], n: int, app: Celery | None = None, **options: Any
+    ) -> None:
+        if int(n) < 1:
+            raise ValueError(f"chunks() size n must be >= 1, got {n!r}")
+        sig = maybe_signature(task, app)
+        fields = {"task": sig, "it": _items(it), "n": int(n)}
+        super().__init__("celery.chunks", (), fields, options, immutable=True, app=app or sig._app)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        kw = data["kwargs"]
+        return cls(kw["task"], kw["it"], kw["n"], app=app, **(data.get("options") or {}))
+
+    def group(self) -> _Group:
+        """Return the group of ``xstarmap`` signatures, one per chunk."""
+        kw = self["kwargs"]
+        items = iter(kw["it"])
+        parts = iter(lambda: list(itertools.islice(items, kw["n"])), [])
+        return _Group([xstarmap(kw["task"], part, app=self._app) for part in parts], app=self._app)
+
+    def _build(
+        self,
+        args: Iterable[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+        out: Outbox,
+    ) -> Result:
+        return self.group()._build(args, kwargs, {**self.options, **options}, out)
+
+    def _eager(self, app: Celery) -> bool:
+        return bool(app.conf.task_always_eager)
+
+    def apply(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Result:
+        """Run every chunk inline."""
+        result: Result = self.group().apply(args, kwargs, **{**self.options, **options})
+        return result
+
+    def __call__(self, **options: Any) -> Any:
+        """Send the chunks as a group; returns its GroupResult."""
+        return self.apply_async(**options)
+
+    def __repr__(self) -> str:
+        kw = self["kwargs"]
+        return f"{kw['task'].task}.chunks({saferepr(kw['it'])}, {kw['n']})"
+
+
+_PRIMITIVES.update(
+    chain=chain, group=group, chord=chord, xmap=xmap, xstarmap=xstarmap, chunks=chunks
+)
