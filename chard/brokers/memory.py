@@ -239,7 +239,11 @@ class MemoryBroker(Broker):
     def _reclaim_lapsed(self) -> None:
         """Make messages whose lease lapsed fetchable again (the holder may still settle)."""
         store, now = self._store, self.clock.time()
-        lapsed = [m for m in store.leased.values() if m.lease_expires and m.lease_expires <= now]
+        lapsed = [
+            m
+            for m in store.leased.values()
+            if m.lease_expires is not None and m.lease_expires <= now
+        ]
         for message in lapsed:
             message.lease_expires = None
             del store.leased[message.id]
@@ -273,6 +277,7 @@ class MemoryBroker(Broker):
             doomed = [m.id for m in store.messages.values() if _is_waiting_in(m, queue)]
             for message_id in doomed:
                 del store.messages[message_id]
+            store.heaps.pop(queue, None)  # what is left there is leased: no entry needed
             return len(doomed)
 
     def queue_size(self, queue: str) -> int:
