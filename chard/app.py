@@ -229,7 +229,8 @@ class Celery:
         """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name."""
         key = name or repr(sig)
         entry: dict[str, Any] = {
-            "task": sig.task if hasattr(sig, "task") else str(sig),
+            # a signature (.task), a task object (.name) or a task name
+            "task": getattr(sig, "task", None) or getattr(sig, "name", None) or str(sig),
             "schedule": schedule,
             "args": tuple(args) or tuple(getattr(sig, "args", ())),
             "kwargs": dict(kwargs or getattr(sig, "kwargs", {}) or {}),
@@ -410,7 +411,7 @@ class Celery:
             expires=expires if isinstance(expires, datetime) else None,
             retries=int(options.pop("retries", 0)),
             timelimit=(hard, soft),
-            root_id=options.pop("root_id", None) or task_id,
+            root_id=options.pop("root_id", None) or self._current_root_id() or task_id,
             parent_id=options.pop("parent_id", None) or self._current_task_id(),
             group=options.pop("group_id", None),
             group_index=options.pop("group_index", None),
@@ -426,6 +427,11 @@ class Celery:
             or (task.serializer if task and task.serializer else self.conf.task_serializer),
         )
         return message, queue
+
+    def _current_root_id(self) -> str | None:
+        """The workflow root of the task running here: a task it sends inherits it."""
+        request = _context.get_current_request()
+        return None if request is None or request.is_eager else request.root_id or request.id
 
     def _current_task_id(self) -> str | None:
         request = _context.get_current_request()

@@ -25,6 +25,18 @@ def app() -> Iterator[Celery]:
 
 
 @pytest.fixture
+def no_broker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide broker/backend URLs in the environment (the settings' fallbacks)."""
+    for name in (
+        "CHARD_BROKER_URL",
+        "CELERY_BROKER_URL",
+        "CHARD_RESULT_BACKEND",
+        "CELERY_RESULT_BACKEND",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def write_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteModules]:
     """Write ``{"pkg/__init__.py": source, ...}`` under ``tmp_path``, importable for this test.
 

@@ -9,17 +9,7 @@ from chard.config import SETTINGS, Settings, describe_settings
 from chard.exceptions import ImproperlyConfigured
 from tests.unit.conftest import WriteModules
 
-
-@pytest.fixture(autouse=True)
-def _no_broker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The environment fallbacks must not leak in from the developer's shell.
-    for name in (
-        "CHARD_BROKER_URL",
-        "CELERY_BROKER_URL",
-        "CHARD_RESULT_BACKEND",
-        "CELERY_RESULT_BACKEND",
-    ):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_broker_env")
 
 
 # -- defaults and access ------------------------------------------------------------------
