@@ -27,6 +27,7 @@ the stored results of all members; when all succeeded it claims and sends the bo
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -95,27 +96,39 @@ def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
 
 
 def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request: Context) -> None:
-    """Mark the body (and the chain steps after it) failed with ``error``; run its errbacks."""
+    """Mark the body (every step of it, and the chain after it) failed; run its errbacks.
+
+    Storing the failure on the steps that will now never run lets ``get()`` on any
+    of them raise at once instead of waiting forever.
+    """
+    from chard.canvas import chain
+
     body = Signature.from_dict(body_dict, app=app)
-    body_id = str(body.freeze().id)
-    opts = body["options"]
-    backend = app.backend
+    body.freeze()
+    steps = list(body.tasks) if isinstance(body, chain) else [body]
+    last_opts = steps[-1]["options"]
+    following = [maybe_signature(d, app) for d in _as_list(last_opts.get("chain"))]
     logger.warning("Chord %s failed: %s", request.group, error)
+    body_id = str(steps[0].id)
+    backend = app.backend
     if backend is not None:
-        extra = {"parent_id": request.id, "group_id": opts.get("group_id")}
-        backend.store_result(body_id, error, states.FAILURE, None, extra)
-        for step in _as_list(opts.get("chain")):
-            step_id = (step.get("options") or {}).get("task_id")
-            if step_id and not step.get("subtask_type"):
-                backend.store_result(step_id, error, states.FAILURE, None, {"parent_id": body_id})
-    for errback in _as_list(opts.get("link_error")):
-        maybe_signature(errback, app).apply_async((body_id,), parent_id=body_id)
-    if opts.get("chord") and opts.get("group_id"):  # the body is itself a member of a chord
+        for step in [*steps, *following]:
+            if step.subtask_type is None and step.id:
+                extra = {"parent_id": request.id, "group_id": step["options"].get("group_id")}
+                backend.store_result(step.id, error, states.FAILURE, None, extra)
+    errbacks: dict[str, Signature] = {}
+    for step in steps:
+        for errback in _as_list(step["options"].get("link_error")):
+            sig = maybe_signature(errback, app)
+            errbacks.setdefault(json.dumps(sig.to_dict(), sort_keys=True, default=str), sig)
+    for sig in errbacks.values():
+        sig.apply_async((body_id,), parent_id=body_id)
+    if last_opts.get("chord") and last_opts.get("group_id"):  # the body is a chord member
         outer = Context(
-            id=body_id,
-            group=opts["group_id"],
-            group_index=opts.get("group_index"),
-            chord=opts["chord"],
+            id=str(steps[-1].id),
+            group=last_opts["group_id"],
+            group_index=last_opts.get("group_index"),
+            chord=last_opts["chord"],
             root_id=request.root_id,
         )
         on_part_return(app, outer, states.FAILURE, error)

@@ -480,8 +480,8 @@ class chord(Signature):  # lower-case: Celery's name
 
 
 def _items(it: Iterable[Any]) -> list[Any]:
-    """Materialize ``it`` for the wire: ranges and iterators become lists (JSON has neither)."""
-    return [list(x) if isinstance(x, (range, Iterator)) else x for x in it]
+    """Materialize ``it`` as it will look after the wire: ranges, iterators, tuples -> lists."""
+    return [list(x) if isinstance(x, (range, Iterator, tuple)) else x for x in it]
 
 
 class xmap(Signature):  # lower-case: Celery's name
