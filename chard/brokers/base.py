@@ -17,7 +17,10 @@ A broker knows nothing of tasks. It moves envelope bytes (see
 * **Future work stays in the broker.** ``publish(..., eta=)`` stores a not-before
   time; the message is invisible to :meth:`Broker.fetch` until then.
 * **Priority.** 0 is the highest priority and 9 the lowest (Celery's Redis
-  convention); within one priority, first in first out.
+  convention); within one priority, first in first out. A broker may group
+  adjacent priorities into levels: the Redis broker keeps kombu's four lists
+  (0-2, 3-5, 6-8, 9) so that Celery and chard share queues, and serves each
+  level in publish order.
 
 Thread safety: a broker instance may be called from several threads of one process
 (the worker's consume loop and its heartbeat timer). It must not be shared across
