@@ -1,11 +1,23 @@
 """Beat: sends periodic tasks when their schedules come due.
 
-:mod:`chard.beat.scheduler` is the pure core (entries, ``tick(now)``, config loading); the
-service loop and schedule stores build on it.
+:mod:`chard.beat.scheduler` is the pure core (entries, ``tick(now)``, config loading);
+:mod:`chard.beat.store` keeps the editable schedule, run state, leader lease and firing claims in
+the broker's database; :mod:`chard.beat.service` is the loop that ties them together.
 """
 
 from __future__ import annotations
 
 from chard.beat.scheduler import ScheduleEntry, Scheduler, entries_from_config, entry_from_config
+from chard.beat.service import Beat
+from chard.beat.store import MemoryScheduleStore, ScheduleStore, open_schedule_store
 
-__all__ = ["ScheduleEntry", "Scheduler", "entries_from_config", "entry_from_config"]
+__all__ = [
+    "Beat",
+    "MemoryScheduleStore",
+    "ScheduleEntry",
+    "ScheduleStore",
+    "Scheduler",
+    "entries_from_config",
+    "entry_from_config",
+    "open_schedule_store",
+]

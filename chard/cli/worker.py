@@ -39,6 +39,7 @@ def _write_pidfile(path: str) -> Path:
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--pidfile", help="Write the worker's PID here.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
+@click.option("-B", "--beat", is_flag=True, help="Also run beat in this process (development).")
 @click.pass_obj
 def command(
     ctx: AppContext,
@@ -52,6 +53,7 @@ def command(
     logfile: str | None,
     pidfile: str | None,
     burst: bool,
+    beat: bool,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from chard.worker.worker import Worker
@@ -59,6 +61,7 @@ def command(
     setup_logging(loglevel, logfile)
     app = ctx.app
     pid_path = _write_pidfile(pidfile) if pidfile else None
+    stop_beat = None
     try:
         worker = Worker(
             app,
@@ -70,7 +73,13 @@ def command(
             max_tasks_per_child=max_tasks_per_child,
             burst=burst,
         )
+        if beat:  # composed here: worker and beat never import each other
+            from chard.cli.beat import start_embedded_beat
+
+            stop_beat = start_embedded_beat(app)
         worker.start()
     finally:
+        if stop_beat is not None:
+            stop_beat()
         if pid_path is not None:
             pid_path.unlink(missing_ok=True)
