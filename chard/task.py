@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from chard import _context, states
-from chard.exceptions import MaxRetriesExceededError, Retry
 from chard import result as _result
+from chard.exceptions import MaxRetriesExceededError, Retry
 from chard.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -164,8 +164,28 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task inline in this process, now (no broker, no result stored)."""
-        result: R = self.run(*args, **kwargs)
-        return result
+        outer = _context.get_current_request()
+        if outer is None:
+            result: R = self.run(*args, **kwargs)
+            return result
+        # Called from inside another task: give this call its own request (its arguments,
+        # called_directly), as Celery does, keeping the outer task's lineage for what it sends.
+        direct = Context(
+            id=outer.id,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            is_eager=outer.is_eager,
+            called_directly=True,
+            hostname=outer.hostname,
+            root_id=outer.root_id,
+            parent_id=outer.parent_id,
+        )
+        token = _context.push_request(direct)
+        try:
+            nested: R = self.run(*args, **kwargs)
+            return nested
+        finally:
+            _context.pop_request(token)
 
     # -- sending --------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -234,7 +254,13 @@ class Task(Generic[P, R]):
         if eta is None and countdown is None:
             countdown = self.default_retry_delay
         retry = Retry(exc=exc, when=countdown if eta is None else eta.timestamp())
-        if not request.is_eager:
+        if request.is_eager:
+            # apply() runs the next attempt with this request's arguments: use the new ones.
+            if args is not None:
+                request.args = tuple(args)
+            if kwargs is not None:
+                request.kwargs = dict(kwargs)
+        else:
             self.app.send_task(
                 self.name,
                 tuple(args) if args is not None else request.args,
@@ -271,7 +297,7 @@ class Task(Generic[P, R]):
         if backend is not None:
             backend.store_result(task_id, meta, state or states.PENDING)
 
-    def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:  # noqa: N802
+    def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:
         """Return the result handle for ``task_id`` of this task."""
         return _result.AsyncResult(task_id, app=self.app, task_name=self.name)
 
