@@ -1,0 +1,145 @@
+"""Canvas end to end: real ``chard -A canvasapp worker -P prefork`` processes, SQLite and Redis.
+
+Every canvas example of Celery's "Next steps" guide runs here unchanged, plus the
+nested forms, failures and a 1,000-member chord completed by two worker nodes
+(four processes) racing on the chord counter.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard import chain, chord, group
+from chard.exceptions import ChordError
+from chard.protocol.message import new_id
+from chard.result import AsyncResult, GroupResult
+from tests.integration.workers import WorkerFactory, WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent  # holds the canvasapp package
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture
+def canvasapp(transport: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The canvas test project's tasks module, configured for this test's transport."""
+    for key, value in transport.items():
+        monkeypatch.setenv(key, value)
+    from canvasapp import tasks
+    from canvasapp.celery import app
+
+    app.close()
+    app.conf.broker_url = transport["CHARD_BROKER_URL"]
+    app.conf.result_backend = transport["CHARD_RESULT_BACKEND"]
+    yield tasks
+    app.close()
+
+
+def start(workers: WorkerFactory, *args: str) -> WorkerProcess:
+    return workers.start(
+        "-P", "prefork", *args, app="canvasapp", extra_env={"PYTHONPATH": str(HERE)}
+    )
+
+
+def test_next_steps_guide_examples(canvasapp: Any, workers: WorkerFactory) -> None:
+    start(workers, "-c", "2")
+    add, mul, xsum = canvasapp.add, canvasapp.mul, canvasapp.xsum
+
+    # Signatures and partials
+    assert add.signature((2, 2), countdown=0).delay().get(timeout=10) == 4
+    assert add.s(2, 2).delay().get(timeout=10) == 4
+    assert add.s(2).delay(8).get(timeout=10) == 10
+    # Groups, full and partial
+    assert group(add.s(i, i) for i in range(10))().get(timeout=10) == list(range(0, 20, 2))
+    assert group(add.s(i) for i in range(10))(10).get(timeout=10) == list(range(10, 20))
+    # Chains, full and partial
+    assert chain(add.s(4, 4) | mul.s(8))().get(timeout=10) == 64
+    assert chain(add.s(4) | mul.s(8))(4).get(timeout=10) == 64
+    assert (add.s(4, 4) | mul.s(8))().get(timeout=10) == 64
+    # Chords, explicit and upgraded from group | task
+    assert chord((add.s(i, i) for i in range(10)), xsum.s())().get(timeout=10) == 90
+    assert (group(add.s(i, i) for i in range(10)) | xsum.s())().get(timeout=10) == 90
+    # map, starmap, chunks
+    assert ~xsum.map([range(10), range(100)]) == [45, 4950]
+    assert ~add.starmap(zip(range(10), range(10), strict=True)) == list(range(0, 20, 2))
+    chunked = add.chunks(zip(range(100), range(100), strict=True), 10)()
+    assert isinstance(chunked, GroupResult)
+    assert chunked.get(timeout=10) == [list(range(i, i + 20, 2)) for i in range(0, 200, 20)]
+    assert len(add.chunks(zip(range(10), range(10), strict=True), 2).group()().get(timeout=10)) == 5
+
+
+def test_nested_canvases(canvasapp: Any, workers: WorkerFactory) -> None:
+    start(workers, "-c", "2")
+    add, mul, xsum = canvasapp.add, canvasapp.mul, canvasapp.xsum
+    upload, apply_filter = canvasapp.upload, canvasapp.apply_filter
+
+    filters = ["blur", "sharpen", "crop"]
+    fanout = (upload.s("doc") | group(apply_filter.s(f) for f in filters))()
+    chain_in_group = group(add.s(1, 1) | mul.s(10), add.s(5, 5) | mul.s(2))()
+    group_in_chain = (add.s(1, 1) | group(mul.s(i) for i in range(4)) | xsum.s() | add.s(100))()
+    chord_of_chords = chord(
+        [chord([add.s(i, i), add.s(i, 1)], xsum.s()) for i in range(4)], xsum.s()
+    )()
+
+    assert isinstance(fanout, GroupResult)
+    assert fanout.get(timeout=10) == [f"uploaded:doc|{f}" for f in filters]
+    assert fanout.parent is not None
+    assert fanout.parent.get(timeout=10) == "uploaded:doc"
+    assert chain_in_group.get(timeout=10) == [20, 20]
+    assert group_in_chain.get(timeout=10) == 112
+    assert chord_of_chords.get(timeout=10) == sum(2 * i + i + 1 for i in range(4))
+
+    steps = (add.s(1, 1) | mul.s(3) | mul.s(10))()
+    assert steps.get(timeout=10) == 60
+    assert isinstance(steps.parent, AsyncResult)
+    assert steps.parent.get(timeout=10) == 6
+
+
+def test_links_and_failures(canvasapp: Any, workers: WorkerFactory) -> None:
+    start(workers, "-c", "2")
+    add, boom, xsum, collect = canvasapp.add, canvasapp.boom, canvasapp.xsum, canvasapp.collect
+    app = add.app
+
+    callback_id, errback_id, chord_errback_id = new_id(), new_id(), new_id()
+    add.apply_async((2, 2), link=collect.s("linked").set(task_id=callback_id))
+    failed = boom.apply_async(link_error=collect.s().set(task_id=errback_id))
+    assert app.AsyncResult(callback_id).get(timeout=10) == [4, "linked"]
+    assert app.AsyncResult(errback_id).get(timeout=10) == [failed.id]
+
+    body = xsum.s()
+    body.link_error(collect.si("chord failed").set(task_id=chord_errback_id))
+    result = chord([add.s(1, 1), boom.s(), add.s(2, 2)], body)()
+    with pytest.raises(ChordError) as info:
+        result.get(timeout=10, follow_parents=False)
+    header = result.parent
+    assert isinstance(header, GroupResult)
+    assert header.results[1].id in str(info.value)
+    assert "ValueError" in str(info.value)
+    assert app.AsyncResult(chord_errback_id).get(timeout=10) == ["chord failed"]
+
+    broken_chain = (add.s(1, 1) | boom.s() | add.s(1))()
+    with pytest.raises(ValueError, match="boom"):
+        broken_chain.get(timeout=10)
+
+
+def test_group_and_chord_of_1000_on_two_nodes(canvasapp: Any, workers: WorkerFactory) -> None:
+    start(workers, "-c", "2", "-n", "a@%h")
+    start(workers, "-c", "2", "-n", "b@%h")
+    add, xsum, noop = canvasapp.add, canvasapp.xsum, canvasapp.noop
+
+    grouped = group(noop.s(i) for i in range(1000))()
+    assert grouped.get(timeout=60) == [None] * 1000
+    assert grouped.completed_count() == 1000
+
+    result = chord((add.s(i, i) for i in range(1000)), xsum.s())()
+    assert result.get(timeout=60) == sum(range(0, 2000, 2))
+    header = result.parent
+    assert isinstance(header, GroupResult)
+    assert header.completed_count() == 1000
