@@ -10,6 +10,8 @@ redelivery) belong to the worker, not here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import logging
 import threading
 import time
@@ -55,9 +57,23 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def _call_body(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     value = task.run(*args, **kwargs)
-    if asyncio.iscoroutine(value):
-        return _event_loop().run_until_complete(value)
-    return value
+    if not asyncio.iscoroutine(value):
+        return value
+    if _loop_is_running():
+        # Eager apply() from async code: this thread's loop is busy, so run the body on a
+        # helper thread's loop, in this context (the request stays visible).
+        context = contextvars.copy_context()
+        with concurrent.futures.ThreadPoolExecutor(1, "chard-eager-async") as pool:
+            return pool.submit(context.run, asyncio.run, value).result()
+    return _event_loop().run_until_complete(value)
+
+
+def _loop_is_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _call_with_autoretry(
