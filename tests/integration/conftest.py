@@ -1,0 +1,56 @@
+"""Fixtures: a transport (embedded SQLite or Redis) per test, the test project, workers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import redis_url
+from tests.integration.workers import APPS_DIR, WorkerFactory
+
+if str(APPS_DIR) not in sys.path:
+    sys.path.insert(0, str(APPS_DIR))
+
+
+def _transport_env(kind: str, tmp_path: Path) -> dict[str, str]:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/chard.sqlite3"  # absolute path: four slashes in all
+        return {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url}
+    url = redis_url()
+    return {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def transport(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment that points the test project at one transport."""
+    return _transport_env(request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite_transport(tmp_path: Path) -> dict[str, str]:
+    """The environment for the embedded SQLite transport only."""
+    return _transport_env("sqlite", tmp_path)
+
+
+@pytest.fixture
+def itproj(transport: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The test project's app, configured for this test's transport in this process too."""
+    for key, value in transport.items():
+        monkeypatch.setenv(key, value)
+    from itproj.celery import app
+
+    app.close()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, transport: dict[str, str]) -> Iterator[WorkerFactory]:
+    """Start CLI workers for this test; all are killed at teardown."""
+    factory = WorkerFactory(tmp_path, transport)
+    yield factory
+    factory.cleanup()

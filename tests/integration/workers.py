@@ -1,0 +1,122 @@
+"""Start real ``chard`` worker processes through the CLI, and stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+APPS_DIR = Path(__file__).parent / "apps"
+CHARD = str(Path(sys.executable).with_name("chard"))
+
+
+@dataclass
+class WorkerProcess:
+    """A worker subprocess with its log file."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        """Poll the log until ``text`` appears; fail with the log if the process dies first."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"worker exited ({self.proc.returncode}) before {text!r}:\n{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not in worker log after {timeout}s:\n{self.output()}")
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker and its children (a node lost without warning)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Warm-stop (SIGTERM) and wait; SIGKILL the group if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+class WorkerFactory:
+    """Start workers for one test with the given environment; clean them all up."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.started: list[WorkerProcess] = []
+
+    def start(
+        self,
+        *args: str,
+        app: str = "itproj",
+        ready: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        log = self.tmp_path / f"worker-{len(self.started)}.log"
+        argv = [CHARD, "-A", app, "worker", "-l", "INFO", *args]
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        env["PYTHONPATH"] = os.pathsep.join([str(APPS_DIR), env.get("PYTHONPATH", "")])
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so kill_group hits only it
+            )
+        worker = WorkerProcess(proc, log, argv)
+        self.started.append(worker)
+        if ready:
+            worker.wait_for_log("ready.")
+        return worker
+
+    def cleanup(self) -> None:
+        for worker in self.started:
+            if worker.proc.poll() is None:
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait(timeout=10)
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str], cwd: Path, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``chard <args>`` to completion and return its output."""
+    full_env = {**os.environ, **env}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS_DIR), full_env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [CHARD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    return iter(path.read_text().splitlines()) if path.exists() else iter(())
