@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from chard import _context, states
@@ -98,7 +98,11 @@ class AsyncResult(Generic[R]):
     def date_done(self) -> datetime | None:
         """When the task reached a ready state (aware UTC), or None."""
         value = self._get_meta().get("date_done")
-        return datetime.fromisoformat(value) if value else None
+        if not value:
+            return None
+        done = datetime.fromisoformat(value)
+        # Celery < 5 stored naive UTC times.
+        return done if done.tzinfo is not None else done.replace(tzinfo=UTC)
 
     @property
     def name(self) -> str | None:
