@@ -1,6 +1,7 @@
 """A small app for beat's process tests, configured from environment variables.
 
-- ``BEATAPP_BROKER``: broker URL (a tmp SQLite file or a prefixed Redis URL).
+- ``CHARD_BROKER_URL``: the broker (a tmp SQLite file or a prefixed Redis URL), as for the
+  shared ``itproj`` app, so the integration fixtures' transports plug in.
 - ``BEATAPP_OUT``: file the ``beatapp.record`` task appends one JSON line to per run, with the
   run's beat slot header, so a test can count runs per slot across processes.
 - ``BEATAPP_SCHEDULE``: JSON ``{name: {"task": ..., "every": s | "cron": "m h dom mon dow",
@@ -20,7 +21,7 @@ from typing import Any
 from chard import Celery
 from chard.schedules import crontab
 
-app = Celery("beatapp", broker=os.environ.get("BEATAPP_BROKER", "sqlite:///beatapp.sqlite3"))
+app = Celery("beatapp")
 app.conf.timezone = os.environ.get("BEATAPP_TZ") or None
 
 

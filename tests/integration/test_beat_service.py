@@ -1,0 +1,292 @@
+"""Beat end to end: real ``chard beat`` / ``chard worker`` processes on a tmp broker.
+
+Every run is executed by a worker running ``beatapp.record``, which appends the run's beat slot
+header (``<entry>:<scheduled time>``) to a file, so the tests count sends per slot across
+processes, restarts and a leader's SIGKILL. Nothing sleeps to synchronise: every wait polls the
+log or the run file with a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard.beat.store_records import slot_key
+from chard.beat.store_sqlite import SQLiteScheduleStore
+from tests.helpers import redis_url, wait_for
+from tests.integration.workers import CHARD, WorkerFactory, WorkerProcess, run_cli
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent  # beatapp lives here: put on PYTHONPATH as a top-level package
+TICK = {"tick": {"task": "beatapp.record", "every": 1.0, "args": ["tick"]}}
+
+
+class Beats:
+    """Start ``chard -A beatapp beat`` processes for one test; kill leftovers by PID."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.started: list[WorkerProcess] = []
+
+    def start(self, *args: str) -> WorkerProcess:
+        log = self.tmp_path / f"beat-{len(self.started)}.log"
+        argv = [CHARD, "-A", "beatapp", "beat", "-l", "INFO", *args]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.tmp_path,
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        beat = WorkerProcess(proc, log, argv)
+        self.started.append(beat)
+        beat.wait_for_log("beat: Starting...")
+        return beat
+
+    def cleanup(self) -> None:
+        for beat in self.started:
+            if beat.proc.poll() is None:
+                os.killpg(beat.proc.pid, signal.SIGKILL)
+                beat.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The tmp SQLite broker by default; ``indirect`` parametrizing with "redis" swaps it."""
+    if getattr(request, "param", "sqlite") == "redis":
+        return redis_url()
+    return f"sqlite:///{tmp_path}/chard.sqlite3"
+
+
+@pytest.fixture
+def env(broker_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of every process: the broker, the run file, beatapp's path."""
+    return {
+        "CHARD_BROKER_URL": broker_url,
+        "CHARD_RESULT_BACKEND": broker_url,
+        "BEATAPP_OUT": str(tmp_path / "runs.jsonl"),
+        "BEATAPP_SCHEDULE": json.dumps(TICK),
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+@pytest.fixture
+def beats(tmp_path: Path, env: dict[str, str]) -> Iterator[Beats]:
+    factory = Beats(tmp_path, env)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, env: dict[str, str]) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(tmp_path, env)
+    yield factory
+    factory.cleanup()
+
+
+def start_worker(workers: WorkerFactory, env: dict[str, str], *args: str) -> WorkerProcess:
+    return workers.start("-P", "threads", "-c", "4", *args, app="beatapp", extra_env=env)
+
+
+def runs(env: dict[str, str]) -> list[dict[str, Any]]:
+    path = Path(env["BEATAPP_OUT"])
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def slots(env: dict[str, str], label: str = "tick") -> list[str]:
+    return [r["slot"] for r in runs(env) if r["label"] == label]
+
+
+def slot_time(slot: str) -> datetime:
+    return datetime.fromisoformat(slot.partition(":")[2])
+
+
+def cli(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["-A", "beatapp", "beat", *args], env, tmp_path)
+
+
+def test_beat_and_worker_run_the_schedule_and_the_handler_entry(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given beat_schedule "tick" every 1 s and add_periodic_task(1.5, ...) in on_after_configure
+    env["BEATAPP_PERIODIC"] = "1.5"
+    start_worker(workers, env)
+    beat = beats.start()
+
+    # When they run for a few seconds
+    wait_for(lambda: len(slots(env)) >= 3 and len(slots(env, "handler")) >= 2, timeout=10)
+
+    # Then both entries ran, each slot once, and the start-up summary listed them with next runs
+    all_slots = [r["slot"] for r in runs(env)]
+    assert len(all_slots) == len(set(all_slots))
+    out = beat.output()
+    assert "[schedule]" in out
+    assert "  . tick: beatapp.record <freq: 1.00 second> next " in out
+    assert "  . from-handler: beatapp.record <freq: 1.50 seconds> next " in out
+
+
+def test_a_restart_continues_from_the_stored_last_run(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given beat ran "tick" a few times and then stopped
+    start_worker(workers, env)
+    first = beats.start()
+    wait_for(lambda: len(slots(env)) >= 2, timeout=10)
+    assert first.stop() == 0
+    store = SQLiteScheduleStore(env["CHARD_BROKER_URL"])
+    ((last_run, count),) = [(e.last_run_at, e.total_run_count) for e in store.load(None)[0]]
+    assert last_run is not None
+    wait_for(lambda: len(slots(env)) == count, timeout=5)
+    sent_before = slots(env)
+
+    # When beat starts again
+    beats.start()
+    wait_for(lambda: len(slots(env)) >= count + 2, timeout=10)
+
+    # Then the first run is the slot right after the stored last run (not skipped, not one
+    # interval after the restart), sent once (no burst), and nothing was sent twice
+    after = slots(env)[len(sent_before) :]
+    assert after[0] == slot_key("tick", last_run + timedelta(seconds=1))
+    assert slot_time(after[1]) - slot_time(after[0]) >= timedelta(seconds=0.9)
+    assert len(slots(env)) == len(set(slots(env)))
+
+
+@pytest.mark.parametrize("broker_url", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+                         indirect=True)  # fmt: skip
+def test_two_beats_send_every_slot_once_when_the_leader_is_killed(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a leader and a standby beat on one broker, and a 1 s schedule
+    start_worker(workers, env)
+    leader = beats.start()
+    leader.wait_for_log("is the leader now")
+    standby = beats.start()
+    wait_for(lambda: len(slots(env)) >= 3, timeout=10)
+    assert "is the leader now" not in standby.output()
+
+    # When the leader is SIGKILLed (no chance to release its lease)
+    leader.kill_group()
+    killed_at = time.monotonic()
+    before = len(slots(env))
+    standby.wait_for_log("is the leader now", timeout=10)
+    takeover = time.monotonic() - killed_at
+    wait_for(lambda: len(slots(env)) >= before + 3, timeout=10)
+
+    # Then the standby took over within the lease, and every slot was sent exactly once
+    sent = slots(env)
+    assert Counter(sent).most_common(1)[0][1] == 1, Counter(sent).most_common(3)
+    times = sorted(slot_time(s) for s in sent)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.9  # no slot sent twice under two different keys
+    assert max(gaps) < 1.0 + 5.0 + 2.0  # one catch-up run after at most the lease timeout
+    assert takeover < 7.0
+    with capsys.disabled():
+        print(f"\nbeat takeover after SIGKILL of the leader: {takeover:.2f}s (lease 5 s)")
+
+
+def test_schedule_edits_through_the_cli_apply_without_a_restart(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a running beat with no entries
+    env["BEATAPP_SCHEDULE"] = "{}"
+    start_worker(workers, env)
+    beat = beats.start()
+
+    # When an entry is added with the CLI
+    added = cli(env, tmp_path, "schedule", "add", "live", "beatapp.record", "--every", "1",
+                "--args", '["live"]')  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    # Then the running beat sends it within seconds, and list shows it
+    wait_for(lambda: len(slots(env, "live")) >= 2, timeout=8)
+    listed = cli(env, tmp_path, "schedule", "list", "--json")
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["name"] == "live"
+    assert row["origin"] == "store"
+    assert row["enabled"] is True
+    assert row["total_run_count"] >= 2
+
+    # When it is disabled, then removed
+    assert cli(env, tmp_path, "schedule", "disable", "live").returncode == 0
+    beat.wait_for_log("beat: entry 'live' changed", timeout=5)
+    assert cli(env, tmp_path, "schedule", "remove", "live").returncode == 0
+    beat.wait_for_log("beat: entry 'live' removed", timeout=5)
+    assert cli(env, tmp_path, "schedule", "list").stdout.strip() == "(no entries)"
+
+
+def test_bad_cli_input_names_the_entry_and_the_problem(env: dict[str, str], tmp_path: Path) -> None:
+    bad_cron = cli(
+        env, tmp_path, "schedule", "add", "c", "beatapp.record", "--crontab", "61 * * * *"
+    )
+    zero = cli(env, tmp_path, "schedule", "add", "z", "beatapp.record", "--every", "0")
+    unknown = cli(env, tmp_path, "schedule", "add", "u", "beatapp.nope", "--every", "5")
+
+    assert bad_cron.returncode != 0
+    assert "'c'" in bad_cron.stderr
+    assert "minute '61'" in bad_cron.stderr
+    assert zero.returncode != 0
+    assert "'z'" in zero.stderr
+    assert "not positive" in zero.stderr
+    assert unknown.returncode == 0  # sent by name: the task may live only on workers
+    assert "'beatapp.nope' is not registered" in unknown.stdout
+
+
+def test_broken_entries_are_reported_and_the_good_ones_keep_running(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str]
+) -> None:
+    # Given a zero and a negative interval, an unknown task, and a stored crontab with minute 61
+    env["BEATAPP_SCHEDULE"] = json.dumps(
+        {
+            **TICK,
+            "zero": {"task": "beatapp.record", "every": 0},
+            "negative": {"task": "beatapp.record", "every": -1},
+            "ghost": {"task": "beatapp.nope", "every": 1.0},
+        }
+    )
+    store = SQLiteScheduleStore(env["CHARD_BROKER_URL"])
+    row = {"task": "beatapp.record", "schedule": {"crontab": {"minute": "61"}}, "origin": "store"}
+    store._write_definition("bad-cron", json.dumps(row))
+    store.close()
+    worker = start_worker(workers, env)
+
+    # When beat starts
+    beat = beats.start()
+    wait_for(lambda: len(slots(env)) >= 2, timeout=10)
+
+    # Then each problem is logged naming its entry, and the good entries run
+    out = beat.output()
+    assert "ERROR/MainProcess] beat: beat_schedule entry 'zero' has a bad schedule" in out
+    assert "ERROR/MainProcess] beat: beat_schedule entry 'negative' has a bad schedule" in out
+    assert "schedule store entry 'bad-cron' has a bad schedule: crontab minute '61'" in out
+    assert "WARNING/MainProcess] beat: entry 'ghost' sends task 'beatapp.nope'" in out
+    assert "[problems]" in out
+    worker.wait_for_log("Received unregistered task beatapp.nope")
+    assert beat.proc.poll() is None
+
+
+def test_worker_dash_b_embeds_beat(workers: WorkerFactory, env: dict[str, str]) -> None:
+    # Given `chard -A beatapp worker -B`
+    worker = start_worker(workers, env, "-B")
+
+    # When it runs, then it sends and runs the schedule itself
+    wait_for(lambda: len(slots(env)) >= 2, timeout=10)
+    assert "beat: running inside the worker (-B) is meant for development" in worker.output()
+
+    # And a warm stop stops beat too, releasing the lease
+    assert worker.stop() == 0
+    assert "released the leader lease" in worker.output()
