@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import socket
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from types import FrameType
@@ -125,6 +126,8 @@ class Worker:
                 signals.worker_shutting_down.send(sender=self.hostname, sig=signum, how="Cold")
                 self.stop(cold=True)
 
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a thread (tests, -B siblings): the owner stops us
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, warm_then_cold)
 
