@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from chard._utils.log import saferepr
 from chard.app import Celery
 from chard.exceptions import ImproperlyConfigured
 
@@ -53,6 +54,9 @@ def find_app(spec: str) -> Celery:
     try:
         found = _find(spec)
     except ModuleNotFoundError as exc:
+        module_name = spec.partition(":")[0]
+        if not exc.name or not f"{module_name}.".startswith(f"{exc.name}."):
+            raise  # the project imports something missing: show that error, not a hint
         raise AppNotFound(
             f"cannot import {spec!r}: {exc}; run chard from the directory that contains "
             f"your project (or add it to PYTHONPATH)"
@@ -66,13 +70,24 @@ def find_app(spec: str) -> Celery:
     return found
 
 
+def _find_exact(spec: str) -> Celery:
+    """Return the app ``module:attr`` names, or say why it is not one."""
+    module_name, _, attr = spec.partition(":")
+    value: Any = _import(module_name)
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise AppNotFound(f"module {module_name!r} has no attribute {attr!r}")
+        value = getattr(value, part)
+    if not isinstance(value, Celery):
+        raise AppNotFound(
+            f"{attr!r} in module {module_name!r} is {saferepr(value, 80)}, not a chard/Celery app"
+        )
+    return value
+
+
 def _find(spec: str) -> Celery | None:
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        value: Any = _import(module_name)
-        for part in attr.split("."):
-            value = getattr(value, part, None)
-        return value if isinstance(value, Celery) else None
+        return _find_exact(spec)
     module = _import_or_attribute(spec)
     if isinstance(module, Celery):
         return module
