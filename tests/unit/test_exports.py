@@ -98,7 +98,7 @@ def test_the_exports_are_the_implementations() -> None:
 
 def test_version() -> None:
     assert isinstance(chard.__version__, str)
-    assert chard.VERSION == tuple(int(p) for p in chard.__version__.split("."))
+    assert tuple(int(p) for p in chard.__version__.split(".")) == chard.VERSION
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
