@@ -268,6 +268,7 @@ def apply_eagerly(
         if outcome.state != states.RETRY:
             break
         request = Context(**{**request.__dict__, "retries": request.retries + 1})
+    _apply_eager_links(app, options, outcome, task_id)
     if outcome.state == states.FAILURE and app.conf.task_eager_propagates:
         raise outcome.value
     logger.debug(
@@ -276,3 +277,22 @@ def apply_eagerly(
     return EagerResult(
         task_id, outcome.value, outcome.state, outcome.traceback, app=app, task_name=task.name
     )
+
+
+def _apply_eager_links(
+    app: Celery, options: dict[str, Any], outcome: TraceResult, task_id: str
+) -> None:
+    """Run ``link``/``link_error`` inline after an eager run, as ``Signature.apply`` does."""
+    if outcome.state == states.SUCCESS:
+        key, argument = "link", outcome.value
+    elif outcome.state == states.FAILURE:
+        key, argument = "link_error", task_id
+    else:
+        return
+    links = options.get(key) or ()
+    if not links:
+        return
+    from chard.canvas import maybe_signature
+
+    for link in links if isinstance(links, (list, tuple)) else [links]:
+        maybe_signature(link, app=app).apply((argument,))

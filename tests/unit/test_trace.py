@@ -187,6 +187,35 @@ def test_async_def_class_task(app: Celery) -> None:
     assert task.apply((1,)).get() == 2
 
 
+def test_eager_links_run_inline(app: Celery) -> None:
+    # Regression: apply(link=...) and apply_async(link=...) under task_always_eager
+    # dropped the callbacks silently; Celery runs them (Signature.apply already did).
+    seen: list[tuple[str, Any]] = []
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def fail() -> None:
+        raise Boom("x")
+
+    @app.task
+    def on_ok(value: Any) -> None:
+        seen.append(("ok", value))
+
+    @app.task
+    def on_error(task_id: str) -> None:
+        seen.append(("error", task_id))
+
+    add.apply((1, 2), link=on_ok.s())
+    app.conf.task_always_eager = True
+    add.apply_async((2, 2), link=[on_ok.s(), on_ok.s()], link_error=on_error.s())
+    failed = fail.apply_async(link=on_ok.s(), link_error=on_error.s())
+
+    assert seen == [("ok", 3), ("ok", 4), ("ok", 4), ("error", failed.id)]
+
+
 # -- storing --------------------------------------------------------------------------------
 
 
