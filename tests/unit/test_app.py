@@ -153,7 +153,7 @@ def test_bare_decorator_keeps_the_function_usable(app: Celery) -> None:
     assert isinstance(add, Task)
     assert add(2, 3) == 5
     assert add.__doc__ == "Add two numbers."
-    assert add.__wrapped__(1, 1) == 2  # type: ignore[attr-defined]
+    assert add.__wrapped__(1, 1) == 2
     assert add.app is app
 
 
@@ -289,7 +289,7 @@ def test_shared_task_binds_to_the_current_app() -> None:
     def shout(word: str) -> str:
         return word.upper()
 
-    @shared_task(name="shared.named", ignore_result=True)
+    @shared_task(name="shared.named", ignore_result=True)  # type: ignore[untyped-decorator]
     def quiet() -> None:
         """With options."""
 
@@ -526,7 +526,7 @@ def test_serializer_option_and_task_serializer(app: Celery) -> None:
 
 
 def test_publish_signals_fire_around_sending(app: Celery) -> None:
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[str, Any, Any]] = []
 
     def before(sender: Any = None, routing_key: Any = None, **kwargs: Any) -> None:
         seen.append(("before", sender, routing_key))

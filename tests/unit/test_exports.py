@@ -103,7 +103,7 @@ def test_version() -> None:
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="module 'chard' has no attribute 'nope'"):
-        _ = chard.nope  # type: ignore[attr-defined]
+        _ = chard.nope
 
 
 def test_importing_chard_does_not_import_the_transports() -> None:

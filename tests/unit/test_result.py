@@ -176,7 +176,8 @@ def test_remote_exception_of_an_unknown_module(app: Celery, backend: ResultBacke
 
 
 def test_celerys_captured_failure_meta_decodes(app: Celery, backend: ResultBackend) -> None:
-    meta = {
+    task_id = "bbbbbbbb-0000-0000-0000-000000000002"
+    meta: dict[str, Any] = {
         "status": "FAILURE",
         "result": {
             "exc_type": "ValueError",
@@ -186,12 +187,12 @@ def test_celerys_captured_failure_meta_decodes(app: Celery, backend: ResultBacke
         "traceback": "Traceback (most recent call last):\n ... ValueError: bad input\n",
         "children": [],
         "date_done": "2026-11-21T05:26:17.594654+00:00",
-        "task_id": "bbbbbbbb-0000-0000-0000-000000000002",
+        "task_id": task_id,
     }
-    key = backend.task_key(meta["task_id"])
+    key = backend.task_key(task_id)
     backend._set(key, serializers.json_dumps(meta), None)
 
-    result = app.AsyncResult(meta["task_id"])
+    result = app.AsyncResult(task_id)
 
     with pytest.raises(ValueError, match="bad input"):
         result.get(timeout=1)
@@ -201,7 +202,7 @@ def test_celerys_captured_failure_meta_decodes(app: Celery, backend: ResultBacke
 def test_a_failed_parent_is_raised_first(app: Celery, backend: ResultBackend) -> None:
     backend.store_result("parent", Boom("upstream"), states.FAILURE)
     backend.store_result("child", 1, states.SUCCESS)
-    child = AsyncResult("child", app=app, parent=app.AsyncResult("parent"))
+    child: AsyncResult[int] = AsyncResult("child", app=app, parent=app.AsyncResult("parent"))
 
     with pytest.raises(Boom, match="upstream"):
         child.get(timeout=1)
