@@ -1,0 +1,1 @@
+"""chard vs Celery benchmarks; run ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,377 @@
+"""chard vs Celery on one Redis: enqueue, drain, end-to-end, round-trip, worker RSS and idle CPU.
+
+    .venv/bin/python -m bench            # full run: 3 interleaved rounds, medians
+    .venv/bin/python -m bench --quick    # smoke run with tiny N (chard only if Celery is missing)
+
+Both systems run the same tasks (``bench/apps``) with the same worker command line
+(``-P prefork -c 2 -l WARNING``), on the same Redis server: chard in ``--chard-db``
+(default 10) under a fresh ``bench-<uuid>`` key prefix, Celery in ``--celery-db``
+(default 11), which is flushed. Rounds interleave the systems (chard, celery, chard,
+celery ...) so drift on a shared machine hits both; the table shows the medians.
+See bench/README.md for what each row measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import procstat
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+APPS = HERE / "apps"
+BIN = Path(sys.executable).parent
+RESULTS = HERE / "results" / "latest.md"
+
+#: (key, label, unit, higher is better, target ratio chard/celery)
+ROWS: list[tuple[str, str, str, bool, float | None]] = [
+    ("enqueue_delay", "enqueue: delay()", "msg/s", True, 5.0),
+    ("enqueue_group", "enqueue: group of N", "msg/s", True, None),
+    ("drain", "drain: N queued, 2 procs", "tasks/s", True, 7.0),
+    ("e2e", "end-to-end with results", "tasks/s", True, 4.0),
+    ("rtt_p50", "round-trip p50", "ms", False, 0.5),
+    ("rtt_p90", "round-trip p90", "ms", False, None),
+    ("rtt_p99", "round-trip p99", "ms", False, None),
+    ("rss_mib", "worker peak RSS (tree)", "MiB", False, 1.0),
+    ("idle_cpu", "idle worker CPU (tree)", "% core", False, None),
+]
+
+
+@dataclass
+class Config:
+    n: int
+    group_n: int
+    e2e_n: int
+    latency_n: int
+    idle_seconds: float
+    rounds: int
+    systems: list[str]
+    redis_base: str
+    chard_db: int
+    celery_db: int
+    output: Path
+    timeout: float
+
+
+@dataclass
+class System:
+    """One side of the comparison: how to reach its Redis db and start its worker."""
+
+    name: str
+    broker_url: str
+    counter_url: str
+    counter_key: str
+    app_module: str
+    cli: str
+    reset_client: redis.Redis
+    prefix: str | None = None  # chard: delete keys under it; Celery: FLUSHDB its own db
+    logs: list[Path] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        path = os.pathsep.join([str(APPS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+        return {
+            **os.environ,
+            "PYTHONPATH": path.rstrip(os.pathsep),
+            "BENCH_BROKER_URL": self.broker_url,
+            "BENCH_COUNTER_URL": self.counter_url,
+            "BENCH_COUNTER_KEY": self.counter_key,
+        }
+
+    def reset(self) -> None:
+        """Forget every message, result and counter of this system."""
+        if self.prefix is None:
+            self.reset_client.flushdb()
+            return
+        keys = list(self.reset_client.scan_iter(match=f"{self.prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            self.reset_client.delete(*keys[i : i + 1000])
+
+    def completed(self) -> int:
+        return int(self.reset_client.get(self.counter_key) or 0)
+
+
+def _systems(cfg: Config) -> list[System]:
+    out = []
+    for name in cfg.systems:
+        if name == "chard":
+            prefix = f"bench-{uuid.uuid4().hex}"
+            url = f"{cfg.redis_base}/{cfg.chard_db}"
+            out.append(
+                System(
+                    name="chard",
+                    broker_url=f"{url}?global_keyprefix={prefix}",
+                    counter_url=url,
+                    counter_key=f"{prefix}:done",
+                    app_module="benchapp",
+                    cli=str(BIN / "chard"),
+                    reset_client=redis.Redis.from_url(url),
+                    prefix=prefix,
+                )
+            )
+        else:
+            url = f"{cfg.redis_base}/{cfg.celery_db}"
+            out.append(
+                System(
+                    name="celery",
+                    broker_url=url,
+                    counter_url=url,
+                    counter_key="bench:done",
+                    app_module="benchapp_celery",
+                    cli=str(BIN / "celery"),
+                    reset_client=redis.Redis.from_url(url),
+                )
+            )
+    return out
+
+
+def client(system: System, op: str, n: int, timeout: float) -> dict[str, Any]:
+    """Run one client measurement in a fresh process; return its JSON answer."""
+    argv = [sys.executable, "-m", "bench.client", system.name, op, str(n)]
+    proc = subprocess.run(
+        argv, env=system.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system.name} {op} client failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+class WorkerRun:
+    """A worker process started through its CLI, with a peak-RSS sampler on its tree."""
+
+    def __init__(self, system: System, log: Path) -> None:
+        self.system = system
+        argv = [system.cli, "-A", system.app_module, "worker", "-P", "prefork", "-c", "2"]
+        argv += ["-l", "WARNING"]
+        system.logs.append(log)
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            env=system.env(),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.rss = procstat.PeakRss(self.proc.pid).start()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            text = Path(self._log.name).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.system.name} worker exited ({self.proc.returncode}):\n{text}")
+
+    def stop(self) -> int:
+        """Warm-stop the worker (SIGKILL its group after 20 s); return peak RSS in KiB."""
+        peak = self.rss.stop()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return peak
+
+
+def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) -> float:
+    """Poll the completion counter; return tasks/s from the first completion seen to the last.
+
+    Timing starts at the first observed completion, so worker start-up (imports, fork,
+    Celery's mingle) is excluded for both systems alike.
+    """
+    deadline = time.monotonic() + timeout
+    first: tuple[float, int] | None = None
+    while True:
+        done = system.completed()
+        now = time.perf_counter()
+        if first is None and done > 0:
+            first = (now, done)
+        if done >= total:
+            assert first is not None
+            elapsed = now - first[0]
+            return (done - first[1]) / elapsed if elapsed > 0 else float("inf")
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{system.name}: only {done}/{total} done after {timeout}s")
+        time.sleep(0.005)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def one_round(system: System, cfg: Config, logdir: Path, index: int) -> dict[str, float]:
+    """Measure every row once for ``system``."""
+    out: dict[str, float] = {}
+    system.reset()
+    out["enqueue_group"] = client(system, "enqueue-group", cfg.group_n, cfg.timeout)["rate"]
+    system.reset()
+    sent = client(system, "enqueue-delay", cfg.n, cfg.timeout)
+    out["enqueue_delay"] = sent["rate"]
+    worker = WorkerRun(system, logdir / f"{system.name}-{index}.log")
+    try:
+        out["drain"] = wait_drained(system, worker, int(sent["sent"]), cfg.timeout)
+        out["e2e"] = client(system, "e2e", cfg.e2e_n, cfg.timeout)["rate"]
+        samples = client(system, "latency", cfg.latency_n, cfg.timeout)["samples"]
+        for q in (50, 90, 99):
+            out[f"rtt_p{q}"] = percentile(samples, q) * 1000
+        time.sleep(min(1.0, cfg.idle_seconds))  # let the last results and acks settle
+        worker.check_alive()
+        pids = procstat.tree(worker.proc.pid)
+        before = sum(procstat.cpu_seconds(p) for p in pids)
+        time.sleep(cfg.idle_seconds)
+        used = sum(procstat.cpu_seconds(p) for p in pids) - before
+        out["idle_cpu"] = used / cfg.idle_seconds * 100
+    finally:
+        out["rss_mib"] = worker.stop() / 1024
+        system.reset()
+    return out
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
+    has_celery = "celery" in medians
+    lines = [
+        "| metric | unit | chard | celery | chard/celery | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for key, label, unit, higher, target in ROWS:
+        c = medians.get("chard", {}).get(key)
+        k = medians.get("celery", {}).get(key) if has_celery else None
+        ratio = c / k if c is not None and k else None
+        goal = ""
+        if target is not None:
+            goal = f"{'≥' if higher else '≤'} {target:g}x"
+            if ratio is not None:
+                met = ratio >= target if higher else ratio <= target
+                goal += " ✓" if met else " ✗"
+        ratio_text = f"{ratio:.2f}x" if ratio is not None else "n/a"
+        lines.append(f"| {label} | {unit} | {fmt(c)} | {fmt(k)} | {ratio_text} | {goal} |")
+    return "\n".join(lines)
+
+
+def details(runs: dict[str, list[dict[str, float]]]) -> str:
+    lines = ["| system | metric | rounds |", "|---|---|---|"]
+    for name, rounds in runs.items():
+        for key, *_ in ROWS:
+            values = ", ".join(fmt(r[key]) for r in rounds if key in r)
+            lines.append(f"| {name} | {key} | {values} |")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny N, one round (smoke test)")
+    p.add_argument("-n", type=int, help="messages for enqueue and drain (default 20000)")
+    p.add_argument("--group-n", type=int, help="members of the batched send (default: -n)")
+    p.add_argument("--e2e-n", type=int, help="tasks of the end-to-end run (default 5000)")
+    p.add_argument("--latency-n", type=int, help="round-trip samples (default 1000)")
+    p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument(
+        "--systems",
+        default="chard,celery",
+        help="comma-separated: chard, celery (celery is skipped if it is not installed)",
+    )
+    p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server, no db")
+    p.add_argument("--chard-db", type=int, default=10)
+    p.add_argument("--celery-db", type=int, default=11)
+    p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per phase at most")
+    a = p.parse_args(argv)
+    quick = a.quick
+    systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    unknown = set(systems) - {"chard", "celery"}
+    if unknown:
+        p.error(f"unknown system(s) {sorted(unknown)}; choose from chard, celery")
+    if "celery" in systems and importlib.util.find_spec("celery") is None:
+        print("celery is not installed (pip install -e '.[bench]'); running chard only")
+        systems.remove("celery")
+    n = a.n or (300 if quick else 20_000)
+    return Config(
+        n=n,
+        group_n=a.group_n or n,
+        e2e_n=a.e2e_n or (100 if quick else 5_000),
+        latency_n=a.latency_n or (50 if quick else 1_000),
+        idle_seconds=a.idle_seconds or (1.0 if quick else 10.0),
+        rounds=a.rounds or (1 if quick else 3),
+        systems=systems,
+        redis_base=a.redis.rstrip("/"),
+        chard_db=a.chard_db,
+        celery_db=a.celery_db,
+        output=a.output,
+        timeout=a.timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    if cfg.celery_db == 9 or cfg.chard_db == 9:
+        raise SystemExit("db 9 belongs to the test suite; pick another --chard-db/--celery-db")
+    if cfg.celery_db == cfg.chard_db and "celery" in cfg.systems:
+        raise SystemExit("--celery-db is flushed: it must differ from --chard-db")
+    systems = _systems(cfg)
+    logdir = cfg.output.parent / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
+    for index in range(cfg.rounds):
+        for system in systems:  # interleaved: chard, celery, chard, celery ...
+            print(f"round {index + 1}/{cfg.rounds}: {system.name} ...", file=sys.stderr, flush=True)
+            result = one_round(system, cfg, logdir, index)
+            runs[system.name].append(result)
+            print("  " + json.dumps({k: round(v, 2) for k, v in result.items()}), file=sys.stderr)
+    medians = {
+        name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        for name, rounds in runs.items()
+    }
+    celery_version = ""
+    if "celery" in runs:
+        from importlib.metadata import version
+
+        celery_version = f", Celery {version('celery')}"
+    header = (
+        f"# chard vs Celery\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {platform.python_implementation()} "
+        f"{platform.python_version()}{celery_version}; {os.cpu_count()} CPUs; "
+        f"{cfg.rounds} round(s), median; N={cfg.n:,} (group {cfg.group_n:,}), "
+        f"end-to-end {cfg.e2e_n:,}, round-trip samples {cfg.latency_n:,}, "
+        f"idle window {cfg.idle_seconds:g} s; workers `-P prefork -c 2 -l WARNING`.\n"
+    )
+    text = f"{header}\n{table(medians, cfg)}\n\n## Rounds\n\n{details(runs)}\n"
+    print(text)
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    cfg.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
