@@ -1,4 +1,4 @@
-"""The prefork pool with real processes dying: crashes, time limits, recycling, cold stop, idle CPU."""
+"""The prefork pool with real processes dying: crashes, time limits, recycling, stop, idle CPU."""
 
 from __future__ import annotations
 

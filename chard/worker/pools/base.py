@@ -157,6 +157,14 @@ class Pool(ABC):
             logger.warning(message, *args)
 
 
+def call_on_done(on_done: OnDone, outcome: Outcome) -> None:
+    """Call ``on_done``, logging what it raises: a callback bug must not kill a pool thread."""
+    try:
+        on_done(outcome)
+    except Exception:
+        logger.exception("on_done callback failed for job %s", outcome.job.id)
+
+
 def check_concurrency(concurrency: int) -> None:
     """Raise ValueError unless ``concurrency`` is a positive integer."""
     if concurrency < 1:

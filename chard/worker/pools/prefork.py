@@ -40,8 +40,10 @@ from chard.worker.pools.base import (
     Job,
     OnDone,
     Outcome,
+    OutcomeKind,
     Pool,
     PoolStats,
+    call_on_done,
     check_concurrency,
     install_soft_limit_handler,
     run_target,
@@ -61,7 +63,6 @@ EXIT_TIMEOUT = 5.0
 #: Signals the parent may handle (warm/cold shutdown, reload) that a child must not inherit.
 _RESET_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGCHLD")
 
-_Report = tuple[OnDone, Outcome]
 _State = Literal["new", "running", "stopping", "closing", "stopped"]
 
 
@@ -110,6 +111,7 @@ class PreforkPool(Pool):
         self._next_wakeup = math.inf  # when the supervisor will wake on its own
         self._respawn_not_before = 0.0
         self._processed = 0
+        self._reports: list[tuple[OnDone, Outcome]] = []  # delivered once the lock is released
         self._supervisor = threading.Thread(
             target=self._supervise, name="chard-prefork-supervisor", daemon=True
         )
@@ -174,36 +176,29 @@ class PreforkPool(Pool):
     # -- the supervisor -----------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        try:
-            self._supervise_forever()
-        except BaseException:
-            logger.critical("prefork supervisor crashed; the pool is stuck", exc_info=True)
-            raise
-
-    def _supervise_forever(self) -> None:
         while True:
             with self._lock:
                 if self._state == "closing":
                     return
                 timeout = self._prepare_wait()
             events = self._selector.select(timeout)
-            reports: list[_Report] = []
             with self._lock:
                 exited = []
                 for key, _ in events:
                     if key.fileobj == self._wake_r:
                         self._drain_wake()
                     elif key.data[1] == "result":
-                        self._receive(key.data[0], reports)
+                        self._receive(key.data[0])
                     else:
                         exited.append(key.data[0])
                 for child in exited:  # after the results: a child may answer, then exit
-                    self._reap(child, reports)
+                    self._reap(child)
                 self._enforce_deadlines()
                 self._fill()
                 self._changed.notify_all()
+                reports, self._reports = self._reports, []
             for on_done, outcome in reports:
-                _call(on_done, outcome)
+                call_on_done(on_done, outcome)
 
     def _prepare_wait(self) -> float | None:
         """Register new children and return how long the supervisor may block."""
@@ -221,36 +216,29 @@ class PreforkPool(Pool):
         self._next_wakeup = wake_at
         return None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
 
-    def _receive(self, child: _Child, reports: list[_Report]) -> None:
+    def _receive(self, child: _Child) -> None:
         try:
             value = child.conn.recv()
         except (EOFError, OSError):  # the child is gone; its sentinel may not be ready yet
-            self._reap(child, reports)
+            self._reap(child)
             return
         except Exception:  # the message was read whole, so the pipe is still in sync
             logger.exception("cannot unpickle the result of a job from child %d", child.pid)
             value = None
-        self._finish(child, "done", value, None, reports)
+        self._finish(child, "done", value)
         if child.is_retiring and child.sent != self.max_tasks_per_child:
             self._send_exit(child)  # retired by resize(); a max-tasks child exits by itself
 
-    def _finish(
-        self,
-        child: _Child,
-        kind: Literal["done", "lost", "timeout"],
-        value: Any,
-        exitcode: int | None,
-        reports: list[_Report],
-    ) -> None:
+    def _finish(self, child: _Child, kind: OutcomeKind, value: Any, rc: int | None = None) -> None:
         job, on_done = child.job, child.on_done
         child.job = child.on_done = child.deadline = None
         if job is None or on_done is None:
             logger.warning("child %d sent a result with no job assigned; ignoring it", child.pid)
             return
         self._processed += 1
-        reports.append((on_done, Outcome(job, kind, value=value, exitcode=exitcode, pid=child.pid)))
+        self._reports.append((on_done, Outcome(job, kind, value, exitcode=rc, pid=child.pid)))
 
-    def _reap(self, child: _Child, reports: list[_Report]) -> None:
+    def _reap(self, child: _Child) -> None:
         """Forget an exited child, reporting its job as done, lost or timed out."""
         if child.is_reaped:
             return
@@ -260,30 +248,24 @@ class PreforkPool(Pool):
             self._selector.unregister(child.process.sentinel)
         if child.job is not None and child.conn.poll():
             with contextlib.suppress(EOFError, OSError):  # it answered just before it exited
-                self._finish(child, "done", child.conn.recv(), None, reports)
+                self._finish(child, "done", child.conn.recv())
         child.process.join(EXIT_TIMEOUT)
         if child.process.exitcode is None:
             _kill(child)
             child.process.join(EXIT_TIMEOUT)
-        exitcode = child.process.exitcode
+        code = child.process.exitcode
         child.conn.close()
-        if exitcode is None:  # stuck in the kernel (D state); nothing more can be done
+        if code is None:  # stuck in the kernel (D state); nothing more can be done
             logger.error("child %d did not exit after SIGKILL; leaving it behind", child.pid)
         else:
             child.process.close()
         del self._children[child.pid]
         if child.job is not None:
-            kind: Literal["lost", "timeout"] = "timeout" if child.is_killed else "lost"
-            logger.error(
-                "child %d running job %s %s (exit code %s)",
-                child.pid,
-                child.job.id,
-                "was killed at its hard time limit" if child.is_killed else "died",
-                exitcode,
-            )
-            self._finish(child, kind, None, exitcode, reports)
+            kind: OutcomeKind = "timeout" if child.is_killed else "lost"
+            logger.error("child %d exited (code %s) running job %s", child.pid, code, child.job.id)
+            self._finish(child, kind, None, code)
         elif not child.is_retiring and self._state == "running":
-            logger.warning("idle child %d exited unexpectedly (exit code %s)", child.pid, exitcode)
+            logger.warning("idle child %d exited unexpectedly (exit code %s)", child.pid, code)
             if child.sent == 0:
                 self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
 
@@ -291,12 +273,8 @@ class PreforkPool(Pool):
         now = time.monotonic()
         for child in self._children.values():
             if child.deadline is not None and child.deadline <= now and child.job is not None:
-                logger.error(
-                    "job %s exceeded its hard time limit of %ss; killing child %d",
-                    child.job.id,
-                    child.job.time_limit,
-                    child.pid,
-                )
+                limit = child.job.time_limit
+                logger.error("job %s hit its hard time limit (%ss); killing", child.job.id, limit)
                 child.deadline = None
                 child.is_killed = True
                 _kill(child)
@@ -346,11 +324,9 @@ class PreforkPool(Pool):
             os.write(self._wake_w, b"\0")
 
     def _drain_wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        except BlockingIOError:
-            pass
 
     # -- control ------------------------------------------------------------------------------
 
@@ -382,8 +358,9 @@ class PreforkPool(Pool):
         if threading.current_thread() is self._supervisor:
             raise RuntimeError("stop() cannot be called from on_done; call it from another thread")
         with self._lock:
+            if self._state == "new":
+                self._close_children()  # releases the selector and the wake-up pipe
             if self._state != "running":
-                self._state = "stopped" if self._state == "new" else self._state
                 return
             self._state = "stopping"
             if graceful:
@@ -403,14 +380,14 @@ class PreforkPool(Pool):
 
     def _close_children(self) -> None:
         """Tell the remaining children to exit and reap them; only stop() runs this."""
-        reports: list[_Report] = []
         for child in list(self._children.values()):
             if child.job is None:
                 self._send_exit(child)
         for child in list(self._children.values()):
-            self._reap(child, reports)  # a stuck child is SIGKILLed after EXIT_TIMEOUT
-        for on_done, outcome in reports:
-            _call(on_done, outcome)
+            self._reap(child)  # a stuck child is SIGKILLed after EXIT_TIMEOUT
+        for on_done, outcome in self._reports:
+            call_on_done(on_done, outcome)
+        self._reports.clear()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -431,13 +408,6 @@ class PreforkPool(Pool):
 def _kill(child: _Child) -> None:
     with contextlib.suppress(ProcessLookupError):  # already exited; the sentinel reports it
         os.kill(child.pid, signal.SIGKILL)
-
-
-def _call(on_done: OnDone, outcome: Outcome) -> None:
-    try:
-        on_done(outcome)
-    except Exception:
-        logger.exception("on_done callback failed for job %s", outcome.job.id)
 
 
 def _child_main(

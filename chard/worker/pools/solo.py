@@ -20,6 +20,7 @@ from chard.worker.pools.base import (
     Outcome,
     Pool,
     PoolStats,
+    call_on_done,
     install_soft_limit_handler,
     is_main_thread,
     run_target,
@@ -35,7 +36,8 @@ class SoloPool(Pool):
     ``concurrency`` must be 1. The soft time limit works when jobs are submitted from the main
     thread (it needs SIGALRM); the hard time limit is not supported, since nothing could kill the
     job without killing the worker. ``max_tasks_per_child`` is ignored, and ``initializer`` runs
-    once, in :meth:`start`.
+    once, in :meth:`start`. Since ``on_done`` runs inside :meth:`submit`, a callback that submits
+    the next job recurses; queue outcomes and submit from a loop instead.
     """
 
     kind = "solo"
@@ -81,11 +83,7 @@ class SoloPool(Pool):
                 self._is_busy = False
                 self._processed += 1
                 self._cond.notify_all()
-        outcome = Outcome(job, "done", value=value, pid=threading.get_ident())
-        try:
-            on_done(outcome)
-        except Exception:
-            logger.exception("on_done callback failed for job %s", job.id)
+        call_on_done(on_done, Outcome(job, "done", value=value, pid=threading.get_ident()))
 
     def _run(self, job: Job) -> object:
         if job.time_limit is not None:

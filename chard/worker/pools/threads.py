@@ -19,6 +19,7 @@ from chard.worker.pools.base import (
     Outcome,
     Pool,
     PoolStats,
+    call_on_done,
     check_concurrency,
     run_target,
 )
@@ -88,7 +89,7 @@ class ThreadPool(Pool):
                     self._processed += 1
                 self._idle.notify_all()
             if is_reportable:
-                _call(on_done, Outcome(job, "done", value=value, pid=ident))
+                call_on_done(on_done, Outcome(job, "done", value=value, pid=ident))
         with self._lock:
             self._threads.remove(threading.current_thread())
 
@@ -147,7 +148,7 @@ class ThreadPool(Pool):
             self._queue.put(None)
         for _, job, on_done in abandoned:
             logger.warning("abandoning job %s still running in the threads pool", job.id)
-            _call(on_done, Outcome(job, "lost"))
+            call_on_done(on_done, Outcome(job, "lost"))
         if not abandoned:
             for thread in threads:
                 thread.join()
@@ -159,10 +160,3 @@ class ThreadPool(Pool):
             return PoolStats(
                 self.kind, self.concurrency, len(self._pending), self._processed, idents
             )
-
-
-def _call(on_done: OnDone, outcome: Outcome) -> None:
-    try:
-        on_done(outcome)
-    except Exception:
-        logger.exception("on_done callback failed for job %s", outcome.job.id)
