@@ -60,8 +60,17 @@ RESPAWN_BACKOFF = 1.0
 #: Seconds stop() gives a child to exit (after being told to, or after SIGKILL) before giving up.
 EXIT_TIMEOUT = 5.0
 
-#: Signals the parent may handle (warm/cold shutdown, reload) that a child must not inherit.
-_RESET_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGCHLD")
+#: Signals the parent may handle (Ctrl-C, warm/cold shutdown, reload) that a child must not
+#: handle the parent's way. They stay blocked across fork until the child has reset them.
+_PARENT_SIGNALS = {
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+}
 
 _State = Literal["new", "running", "stopping", "closing", "stopped"]
 
@@ -307,7 +316,11 @@ class PreforkPool(Pool):
             args=(child_conn, inherited, self.target, self.initializer, self.max_tasks_per_child),
             name="chard-prefork-child",
         )
-        process.start()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_conn.close()
         assert process.pid is not None  # set by start()
         self._children[process.pid] = _Child(process, parent_conn, process.pid)
@@ -420,9 +433,9 @@ def _child_main(
     """Run jobs from ``conn`` until told to stop, the parent goes away, or ``max_tasks``."""
     for other in inherited:
         other.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in _RESET_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    for signum in _PARENT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
     install_soft_limit_handler()
     if initializer is not None:
         initializer()
