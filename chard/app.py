@@ -79,6 +79,7 @@ class Celery:
         self._conn_pid = os.getpid()
         self._lock = threading.RLock()
         self._finalized = False
+        self._pending_discovery: list[tuple[Any, str]] = []
         self.on_configure = signals.Signal("on_configure")
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
@@ -182,6 +183,9 @@ class Celery:
                 return
             self._finalized = True
         self.import_default_modules()
+        pending, self._pending_discovery = self._pending_discovery, []
+        for packages, related_name in pending:
+            self._discover(packages, related_name)
         self.on_configure.send(sender=self)
         self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
@@ -197,7 +201,21 @@ class Celery:
         related_name: str = "tasks",
         force: bool = False,
     ) -> None:
-        """Import ``<package>.tasks`` for every package (missing modules are skipped)."""
+        """Import ``<package>.tasks`` for every package (packages without one are skipped).
+
+        As in Celery, discovery waits until the app is finalized (worker or beat
+        start-up), so a Django project can call this from ``proj/celery.py`` before
+        ``django.setup()`` ran; ``force=True`` discovers now. With no packages, the
+        installed Django apps are searched.
+        """
+        if force or self._finalized:
+            self._discover(packages, related_name)
+        else:
+            self._pending_discovery.append((packages, related_name))
+
+    def _discover(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None, related_name: str
+    ) -> None:
         found = packages() if callable(packages) else packages
         if found is None:
             found = self._django_apps()

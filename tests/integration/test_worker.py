@@ -290,3 +290,21 @@ def test_queues_option_consumes_only_named_queues(itproj: Any, workers: WorkerFa
     with pytest.raises(TimeoutError):
         other.get(timeout=1.0)
     assert itproj.broker.queue_size("gamma") == 1
+
+
+def test_group_sigterm_is_a_warm_shutdown(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a running task, when SIGTERM reaches the whole process group (docker stop)
+    worker = workers.start("-c", "1")
+    from itproj.tasks import sleep_then_mark
+
+    result = sleep_then_mark.delay(1.5, str(tmp_path / "group"))
+    worker.wait_for_log(f"[{result.id}] received")
+    import os
+
+    os.killpg(worker.pid, signal.SIGTERM)
+
+    # Then the child was not killed by it: the task finished and the worker exited cleanly
+    assert worker.proc.wait(timeout=20) == 0
+    assert result.get(timeout=1) == 1.5

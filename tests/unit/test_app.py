@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -639,6 +640,7 @@ def test_autodiscover_imports_each_packages_tasks(write_modules: WriteModules) -
 
     app.autodiscover_tasks(["shop", "blog"])
     app.autodiscover_tasks(lambda: ["blog"], related_name="jobs")
+    app.finalize()  # discovery waits for it, as in Celery
 
     assert "shop.checkout" in app.tasks
     assert "blog.publish" in app.tasks
@@ -656,7 +658,7 @@ def test_autodiscover_does_not_mask_import_errors_inside_tasks(
     app = Celery("t", broker="memory://")
 
     with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed"):
-        app.autodiscover_tasks(["broken"])
+        app.autodiscover_tasks(["broken"], force=True)
 
 
 def test_autodiscover_does_not_mask_other_errors_inside_tasks(
@@ -666,7 +668,7 @@ def test_autodiscover_does_not_mask_other_errors_inside_tasks(
     app = Celery("t", broker="memory://")
 
     with pytest.raises(ZeroDivisionError):
-        app.autodiscover_tasks(["buggy"])
+        app.autodiscover_tasks(["buggy"], force=True)
 
 
 # -- results from the app ----------------------------------------------------------------------
@@ -681,3 +683,23 @@ def test_app_result_handles(app: Celery) -> None:
     assert result.state == "PENDING"
     assert group.results == [result]
     assert group.app is app
+
+
+def test_autodiscover_waits_for_finalize_unless_forced(write_modules: WriteModules) -> None:
+    # Given a package whose tasks module records that it was imported (Django's order:
+    # proj/celery.py calls autodiscover_tasks() before the apps are ready)
+    write_modules({"late/__init__.py": "", "late/tasks.py": "IMPORTED = True\n"})
+    app = Celery("t", broker="memory://", backend="memory://", set_as_current=False)
+
+    app.autodiscover_tasks(["late"])
+    assert "late.tasks" not in sys.modules
+
+    app.finalize()
+    assert "late.tasks" in sys.modules
+
+
+def test_autodiscover_force_imports_now(write_modules: WriteModules) -> None:
+    write_modules({"now_pkg/__init__.py": "", "now_pkg/tasks.py": ""})
+    app = Celery("t", broker="memory://", backend="memory://", set_as_current=False)
+    app.autodiscover_tasks(["now_pkg"], force=True)
+    assert "now_pkg.tasks" in sys.modules

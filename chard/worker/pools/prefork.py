@@ -10,7 +10,7 @@ the parent blocks on every pipe and process sentinel at once (an epoll selector,
 :func:`multiprocessing.connection.wait` uses, kept registered across calls), with a timeout equal
 to the nearest hard deadline: an idle pool costs no CPU, and nothing polls.
 
-Children ignore SIGINT (the parent owns Ctrl-C and shutdown), reset the other signals the parent
+Children ignore SIGINT and SIGTERM (the parent owns shutdown), reset the other signals the parent
 may handle, raise :class:`~chard.exceptions.SoftTimeLimitExceeded` from SIGALRM, and exit after
 ``max_tasks_per_child`` jobs. A child that dies mid-job is reported ``lost``; one past its hard
 time limit is SIGKILLed and reported ``timeout``. Either way a replacement is forked.
@@ -71,6 +71,10 @@ _PARENT_SIGNALS = {
     signal.SIGUSR2,
     signal.SIGCHLD,
 }
+
+#: Ctrl-C and a process-group SIGTERM (docker stop, systemd) reach every process; only the
+#: parent acts on them, so a warm shutdown lets running tasks finish instead of killing them.
+_CHILD_IGNORED = {signal.SIGINT, signal.SIGTERM}
 
 _State = Literal["new", "running", "stopping", "closing", "stopped"]
 
@@ -434,7 +438,7 @@ def _child_main(
     for other in inherited:
         other.close()
     for signum in _PARENT_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
     install_soft_limit_handler()
     if initializer is not None:
