@@ -337,7 +337,8 @@ class RedisBroker(Broker):
             attempt = -1
             while True:
                 attempt += 1
-                spec = "0" + order[attempt % len(order)]
+                queue = order[attempt % len(order)]
+                spec = "0" + queue  # the landing list's source: step 0 of this queue
                 server_now, next_due, deliveries = self._lease(order, limit, spec)
                 if deliveries:
                     return deliveries
@@ -352,7 +353,8 @@ class RedisBroker(Broker):
                 # redis-py annotates the timeout as int; Redis takes fractions of a second.
                 # 10 ms floor: a timeout of 0 would block forever.
                 wait = cast(int, max(block, 0.01))
-                moved = self._client.blmove(self._key(spec), self._landing, wait, "RIGHT", "LEFT")
+                source = self._key(ready_key(queue, 0))
+                moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
                 if moved is None and time.monotonic() >= deadline:
                     return []
 

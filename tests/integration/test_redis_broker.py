@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -166,6 +167,22 @@ def test_delayed_message_waits_in_the_zset_and_wakes_a_blocked_consumer(
     assert eta - 0.05 <= arrived < eta + 0.5
     assert raw.zcard(prefix + b"chard.delayed") == 0
     assert broker.queue_size("q") == 0
+
+
+def test_a_publish_wakes_a_blocked_consumer_at_once(
+    make_broker: Callable[..., RedisBroker],
+) -> None:
+    # Regression: the blocking wait named the wrong list, so a publish was only seen at
+    # the next poll (1 s later): every round-trip on an idle worker took a second.
+    consumer, producer = make_broker(poll_interval=5.0), make_broker()
+    timer = threading.Timer(0.3, lambda: producer.publish(OutgoingMessage("q", b"now")))
+    timer.start()
+    started = time.monotonic()
+    [delivery] = consumer.fetch(["q"], 1, timeout=5)
+    waited = time.monotonic() - started
+    timer.join()
+    assert delivery.body == b"now"
+    assert waited < 1.0
 
 
 def test_a_killed_consumers_lease_lapses_and_is_redelivered(
