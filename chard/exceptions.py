@@ -12,6 +12,7 @@ The tree (Celery's names kept where users catch them)::
     ├── BrokerError
     │   └── BrokerConnectionError (also ConnectionError)
     ├── BackendError
+    │   └── BackendConnectionError (also ConnectionError)
     ├── ResultTimeout (also TimeoutError)   get(timeout=) elapsed; alias ``TimeoutError``
     ├── TaskError                      raised while a task runs, on the worker
     │   ├── Retry                      control flow of ``self.retry()``
@@ -78,6 +79,10 @@ class BrokerConnectionError(BrokerError, ConnectionError):
 
 class BackendError(ChardError):
     """The result backend failed an operation."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The result backend cannot be reached (after its own retries)."""
 
 
 class ResultTimeout(ChardError, TimeoutError):
@@ -165,6 +170,7 @@ class RemoteTaskError(ChardError):
 
 
 __all__ = [
+    "BackendConnectionError",
     "BackendError",
     "BrokerConnectionError",
     "BrokerError",

@@ -13,6 +13,7 @@ Stored values are the JSON meta Celery writes under ``celery-task-meta-<id>``
 from __future__ import annotations
 
 import builtins
+import logging
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +23,10 @@ from typing import Any
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import RemoteTaskError, ResultTimeout
+from chard.exceptions import BackendConnectionError, RemoteTaskError, ResultTimeout
 from chard.protocol import serializers
+
+logger = logging.getLogger(__name__)
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
@@ -215,13 +218,27 @@ class ResultBackend(ABC):
     def wait_for_many(
         self, task_ids: Sequence[str], timeout: float | None = None, interval: float = 0.5
     ) -> list[Meta]:
-        """Block until every task in ``task_ids`` is ready; return their metas in order."""
+        """Block until every task in ``task_ids`` is ready; return their metas in order.
+
+        A lost connection (a server restart, a failover) does not end the wait: the
+        waiter keeps trying until its deadline, then raises
+        :class:`~chard.exceptions.BackendConnectionError`.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(0.005, interval)
         pending = list(task_ids)
         ready: dict[str, Meta] = {}
+        lost = False
         while True:
-            for task_id, meta in zip(pending, self.get_many(pending), strict=True):
+            try:
+                metas = self.get_many(pending)
+            except BackendConnectionError as exc:
+                lost = self._ride_out(exc, lost, deadline)
+                continue
+            if lost:
+                logger.warning("Result backend connection restored")
+                lost = False
+            for task_id, meta in zip(pending, metas, strict=True):
                 if meta["status"] in states.READY_STATES:
                     ready[task_id] = meta
             pending = [t for t in pending if t not in ready]
@@ -238,7 +255,21 @@ class ResultBackend(ABC):
             else:  # poll with back-off: fast first answers, few reads when the task is slow
                 wait = pause if remaining is None else min(pause, remaining)
                 pause = min(pause * 2, interval)
-            self._wait_for_change([self.task_key(t) for t in pending], min(wait, 1.0))
+            try:
+                self._wait_for_change([self.task_key(t) for t in pending], min(wait, 1.0))
+            except BackendConnectionError as exc:
+                lost = self._ride_out(exc, lost, deadline)
+
+    @staticmethod
+    def _ride_out(exc: BackendConnectionError, lost: bool, deadline: float | None) -> bool:
+        """Pause a waiter whose connection dropped; re-raise once its deadline has passed."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise exc
+        if not lost:
+            logger.warning("Result backend connection lost while waiting (%s); retrying", exc)
+        time.sleep(0.25 if remaining is None else min(0.25, remaining))
+        return True
 
     # -- groups -------------------------------------------------------------
     def group_key(self, group_id: str) -> str:

@@ -5,6 +5,13 @@ them, and every store is ``SET`` plus ``PUBLISH`` of the same value on the key's
 one MULTI/EXEC, so Celery clients blocked in ``AsyncResult.get()`` wake up for chard's
 results and chard's waiters wake up for Celery's. As in Celery, a ``global_keyprefix``
 that does not end in one of ``:_-.`` gets a ``_`` appended.
+
+A lost connection (a Redis restart or failover): storing a result retries per the
+``retry_policy`` transport option, with Celery's Redis backend's keys and defaults
+(``max_retries`` 20, ``interval_start`` 0, ``interval_step`` 1, ``interval_max`` 1), so
+a worker's result outlives a restart instead of failing the task that produced it; a
+waiter drops its pub/sub connection and subscribes again once Redis answers; plain reads
+fail after redis-py's few quick retries with :class:`BackendConnectionError`.
 """
 
 from __future__ import annotations
@@ -13,9 +20,9 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.client
@@ -23,10 +30,20 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from chard._redis import parse_redis_url
-from chard.backends.base import ResultBackend
-from chard.exceptions import BackendError
+from chard.backends.base import Meta, ResultBackend
+from chard.exceptions import BackendConnectionError, BackendError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Celery's Redis backend defaults for retrying a store over a lost connection.
+DEFAULT_RETRY_POLICY = {
+    "max_retries": 20,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 1,
+}
 
 
 class RedisResultBackend(ResultBackend):
@@ -52,6 +69,7 @@ class RedisResultBackend(ResultBackend):
         self._redacted = target.redacted
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
         self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
         self._local = threading.local()
         self._pubsubs_lock = threading.Lock()
         # Weak: a finished thread's pub/sub is collected, which closes its connection.
@@ -71,7 +89,8 @@ class RedisResultBackend(ResultBackend):
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         """SET (with expiry) and PUBLISH on the key's name, atomically, as Celery does."""
         name = self._key(key)
-        with self._errors():
+
+        def store() -> None:
             pipe = self._client.pipeline(transaction=True)
             if ttl is None:
                 pipe.set(name, value)
@@ -81,6 +100,28 @@ class RedisResultBackend(ResultBackend):
                 pipe.set(name, value, px=max(1, round(ttl * 1000)))
             pipe.publish(name, value)
             pipe.execute()
+
+        with self._errors():
+            store()
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Meta:
+        """Store a state as the base class does, riding out a lost connection (``retry_policy``).
+
+        Safe to repeat: the read-compare-write runs again whole, and a waiter that was
+        already woken simply reads the same value again.
+        """
+        return self._ensure(
+            lambda: super(RedisResultBackend, self).store_result(
+                task_id, result, state, traceback, extra
+            )
+        )
 
     def _delete(self, key: str) -> None:
         with self._errors():
@@ -102,6 +143,14 @@ class RedisResultBackend(ResultBackend):
         then reads again, now with the subscription in place, so nothing stored before
         the subscription is missed. Keys no longer waited for are unsubscribed.
         """
+        try:
+            self._wait_on_pubsub(keys, timeout)
+        except BackendConnectionError:
+            # Its subscriptions died with the connection: start afresh on the next wait.
+            self._drop_pubsub()
+            raise
+
+    def _wait_on_pubsub(self, keys: Sequence[str], timeout: float) -> None:
         pubsub = self._pubsub()
         wanted = {self._key(k).encode() for k in keys}
         channels = cast(dict[bytes, Any], pubsub.channels)
@@ -143,6 +192,43 @@ class RedisResultBackend(ResultBackend):
                 self._pubsubs.add(pubsub)
         return cast(redis.client.PubSub, pubsub)
 
+    def _drop_pubsub(self) -> None:
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is not None:
+            self._local.pubsub = None
+            with self._pubsubs_lock:
+                self._pubsubs.discard(pubsub)
+            pubsub.close()
+
+    def _ensure(self, operation: Callable[[], T]) -> T:
+        """Run a write that is safe to repeat, retrying a lost connection per ``retry_policy``."""
+        max_retries = int(self.retry_policy["max_retries"])
+        interval = float(self.retry_policy["interval_start"])
+        for attempt in range(max_retries + 1):
+            try:
+                with self._errors():
+                    value = operation()
+            except BackendConnectionError as exc:
+                if attempt >= max_retries:
+                    raise
+                logger.warning(
+                    "Connection to Redis lost: Retry (%d/%d) in %.2fs: %s",
+                    attempt + 1,
+                    max_retries,
+                    interval,
+                    exc,
+                )
+                time.sleep(interval)
+                interval = min(
+                    interval + float(self.retry_policy["interval_step"]),
+                    float(self.retry_policy["interval_max"]),
+                )
+                continue
+            if attempt:
+                logger.warning("Connection to Redis restored after %d retries", attempt)
+            return value
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     @staticmethod
     def _receive(pubsub: redis.client.PubSub, deadline: float, is_done: Any) -> None:
         """Read pub/sub messages until ``is_done(message)`` returns True or ``deadline``."""
@@ -157,7 +243,7 @@ class RedisResultBackend(ResultBackend):
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendError(
+            raise BackendConnectionError(
                 f"cannot reach the Redis result backend at {self._redacted!r}: {exc}; is "
                 "redis-server running, and are host, port, password and db in the URL right?"
             ) from exc

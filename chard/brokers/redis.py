@@ -118,8 +118,11 @@ end
 
 # ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec, queues...
 _FETCH = r"""
-local consumer, limit, tag_base = ARGV[2], tonumber(ARGV[4]), ARGV[5]
+local consumer, limit = ARGV[2], tonumber(ARGV[4])
 local t = now()
+-- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
+-- instead of overwriting the leases the first run took.
+local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
 recover(t)
 local out = {tostring(t), move_due(t)}
 local expiry = t + tonumber(ARGV[3])
@@ -388,7 +391,9 @@ class RedisBroker(Broker):
         lost = {tag.decode() for tag in cast(list[bytes], raw)}
         if lost:
             with self._held_lock:
+                lost &= self._held  # not those settled while the script ran
                 self._held.difference_update(lost)
+        if lost:
             logger.warning(
                 "Lost the lease of %d message(s) (held past lease_timeout=%ss without a "
                 "heartbeat); they were delivered again",
@@ -397,10 +402,12 @@ class RedisBroker(Broker):
             )
 
     def _settle(self, tag: str, mode: str, reason: str) -> None:
-        with self._errors():
-            is_ours = self._settle_script(args=[self._prefix, tag, mode, reason])
+        # Out of the held set first: a heartbeat racing this settle (or a retry of one
+        # whose reply was lost) must not report the lease as lost.
         with self._held_lock:
             self._held.discard(tag)
+        with self._errors():
+            is_ours = self._settle_script(args=[self._prefix, tag, mode, reason])
         if not is_ours:
             logger.debug("Settling %s (%s) was a no-op: its lease had lapsed", tag, mode)
 

@@ -15,6 +15,11 @@ content (dead-lettered), unknown task (FAILURE + dead-lettered), too many
 deliveries (FAILURE ``WorkerLostError`` + dead-lettered: a poison pill does not
 loop), a future ETA from a client whose broker cannot delay (re-published with a
 not-before time: workers never hold future work), and expiry (REVOKED).
+
+A lost broker connection (a Redis restart, a failover) never ends the worker: the
+fetcher backs off and reconnects, and settling a finished message is retried until the
+broker answers (or a cold stop), so finished work is acked rather than run again. Only
+if the broker comes back after a lease lapsed is the message delivered again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
@@ -133,7 +138,7 @@ class Consumer:
             unstarted = list(self._reserved)
             self._reserved.clear()
         for delivery in unstarted:  # never started: back to the queue at once, uncounted
-            delivery.reject(requeue=True)
+            self._reliably(delivery.reject, True)
         if unstarted:
             logger.info("Returned %d unstarted message(s) to the queue", len(unstarted))
         self.pool.stop(graceful=not self._cold)
@@ -147,6 +152,7 @@ class Consumer:
     def _fetch_loop(self) -> None:
         broker = self.app.broker
         backoff = 1.0
+        lost_at: float | None = None
         while not self._stopping.is_set():
             with self._cond:
                 while len(self._reserved) >= self.prefetch and not self._stopping.is_set():
@@ -157,7 +163,13 @@ class Consumer:
             try:
                 deliveries = broker.fetch(self.queues, room, timeout=1.0)
                 backoff = 1.0
+                if lost_at is not None:
+                    logger.warning(
+                        "Broker connection restored after %.1fs", time.monotonic() - lost_at
+                    )
+                    lost_at = None
             except BrokerConnectionError as exc:
+                lost_at = lost_at if lost_at is not None else time.monotonic()
                 logger.warning("Broker connection lost: %s; retrying in %.0fs", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -174,11 +186,17 @@ class Consumer:
 
     def _heartbeat_loop(self, interval: float) -> None:
         broker = self.app.broker
+        failed = False
         while not self._stopping.wait(interval):
             try:
                 broker.heartbeat()
             except Exception as exc:  # a missed beat is survivable; leases are generous
                 logger.warning("Lease heartbeat failed: %s", exc)
+                failed = True
+                continue
+            if failed:
+                logger.warning("Broker connection restored: leases extended again")
+                failed = False
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -221,7 +239,7 @@ class Consumer:
         task = self.app.tasks[message.task]
         acks_late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
         if not acks_late:
-            delivery.ack()  # Celery's ack-on-start, when asked for
+            self._reliably(delivery.ack)  # Celery's ack-on-start, when asked for
         hard, soft = message.timelimit
         hard = hard if hard is not None else task.time_limit or self.app.conf.task_time_limit
         soft = soft if soft is not None else task.soft_time_limit
@@ -247,7 +265,7 @@ class Consumer:
                 delivery.queue,
                 exc,
             )
-            delivery.dead_letter(f"undecodable: {exc}")
+            self._reliably(delivery.dead_letter, f"undecodable: {exc}")
             self.stats.dead_lettered += 1
             return None
 
@@ -276,7 +294,7 @@ class Consumer:
         if is_expired(message):
             logger.info("Task %s[%s] expired; not run (REVOKED)", message.task, message.id)
             self._store(message, TaskRevokedError("expired"), states.REVOKED)
-            delivery.ack()
+            self._reliably(delivery.ack)
             return False
         logger.info("Task %s[%s] received", message.task, message.id)
         return True
@@ -286,17 +304,16 @@ class Consumer:
         # wait to the broker instead of holding the message here.
         assert message.eta is not None
         eta = message.eta if message.eta.tzinfo else message.eta.replace(tzinfo=UTC)
-        self.app.broker.publish(
-            OutgoingMessage(delivery.queue, delivery.body, message.priority, eta.timestamp())
-        )
-        delivery.ack()
+        deferred = OutgoingMessage(delivery.queue, delivery.body, message.priority, eta.timestamp())
+        self._reliably(self.app.broker.publish, deferred)
+        self._reliably(delivery.ack)
         logger.debug("Task %s[%s] deferred to its ETA %s", message.task, message.id, eta)
 
     def _fail_and_set_aside(
         self, delivery: Delivery, message: TaskMessage, error: BaseException, reason: str
     ) -> None:
         self._store(message, error, states.FAILURE)
-        delivery.dead_letter(reason)
+        self._reliably(delivery.dead_letter, reason)
         self.stats.dead_lettered += 1
 
     def _store(self, message: TaskMessage, value: Any, state: str) -> None:
@@ -324,13 +341,18 @@ class Consumer:
             self._store(message, error, states.FAILURE)
             self.stats.failed += 1
             if not inflight.acked_early:
-                delivery.ack()
+                self._reliably(delivery.ack)
         else:
             self._settle_lost(delivery, message, outcome, inflight.acked_early)
 
     def _settle_done(
-        self, delivery: Delivery, message: TaskMessage, result: ExecOutcome, acked: bool
+        self, delivery: Delivery, message: TaskMessage, result: ExecOutcome | None, acked: bool
     ) -> None:
+        if result is None:  # the pool target raised: a bug, logged by the pool; keep the message
+            if not acked:
+                self._reliably(delivery.dead_letter, "the worker failed to run it (see its log)")
+                self.stats.dead_lettered += 1
+            return
         if result.state == states.FAILURE:
             self.stats.failed += 1
         elif result.state == states.SUCCESS:
@@ -338,20 +360,20 @@ class Consumer:
         if acked:
             return
         if result.action == "requeue":
-            delivery.reject(requeue=True)
+            self._reliably(delivery.reject, True)
         elif result.action == "dead_letter":
             logger.error("Task %s[%s] set aside: %s", message.task, message.id, result.reason)
-            delivery.dead_letter(result.reason or "set aside by the worker")
+            self._reliably(delivery.dead_letter, result.reason or "set aside by the worker")
             self.stats.dead_lettered += 1
         else:
-            delivery.ack()
+            self._reliably(delivery.ack)
 
     def _settle_lost(
         self, delivery: Delivery, message: TaskMessage, outcome: Outcome, acked: bool
     ) -> None:
         if self._cold:  # we killed it ourselves: return it, uncounted
             if not acked:
-                delivery.reject(requeue=True)
+                self._reliably(delivery.reject, True)
             return
         lost = int(message.extra_headers.get(LOST_HEADER, 0)) + 1
         logger.error(
@@ -367,8 +389,9 @@ class Consumer:
             # Count the death in the message itself, then put it back: at most
             # task_max_deliveries runs in all, checked by _admit on the next delivery.
             body = with_header(delivery.body, LOST_HEADER, lost)
-            self.app.broker.publish(OutgoingMessage(delivery.queue, body, message.priority))
-            delivery.ack()
+            again = OutgoingMessage(delivery.queue, body, message.priority)
+            self._reliably(self.app.broker.publish, again)
+            self._reliably(delivery.ack)
             return
         error = WorkerLostError(
             f"worker process exited (exit code {outcome.exitcode}) while running the task"
@@ -376,4 +399,28 @@ class Consumer:
         self._store(message, error, states.FAILURE)
         self.stats.failed += 1
         if not acked:
-            delivery.ack()
+            self._reliably(delivery.ack)
+
+    def _reliably(self, operation: Callable[..., None], *args: Any) -> None:
+        """Run a broker call, retrying a lost connection until it succeeds or a cold stop.
+
+        Settling is safe to repeat (a second ack of the same lease is a no-op). Giving
+        up would leave a finished message leased, and run it again once the lease lapsed.
+        """
+        pause, lost_at = 0.1, None
+        while True:
+            try:
+                operation(*args)
+            except BrokerConnectionError as exc:
+                if self._cold:
+                    logger.error("Broker unreachable during a cold stop: %s", exc)
+                    return
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    logger.warning("Broker connection lost: %s; retrying until it is back", exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            if lost_at is not None:
+                logger.warning("Broker connection restored after %.1fs", time.monotonic() - lost_at)
+            return

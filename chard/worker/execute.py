@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import ContentDisallowed, DecodeError, NotRegistered
+from chard.exceptions import BackendConnectionError, ContentDisallowed, DecodeError, NotRegistered
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.trace import trace_task
@@ -105,11 +105,22 @@ def run_job(payload: JobPayload) -> ExecOutcome:
         return ExecOutcome("dead_letter", states.FAILURE, str(exc))
     request = build_request(message, payload, _hostname)
     track = task.track_started if task.track_started is not None else app.conf.task_track_started
-    if track and app.backend is not None and not message.ignore_result:
-        app.backend.store_result(
-            message.id, {"pid": os.getpid(), "hostname": _hostname}, states.STARTED
+    try:
+        if track and app.backend is not None and not message.ignore_result:
+            app.backend.store_result(
+                message.id, {"pid": os.getpid(), "hostname": _hostname}, states.STARTED
+            )
+        outcome = trace_task(task, request)
+    except BackendConnectionError as exc:
+        # The backend's own retries are spent (see its retry_policy). Acking would leave
+        # the task without a result for good; run it again later instead (at-least-once).
+        logger.error(
+            "Task %s[%s] could not store its state; returned to the queue: %s",
+            message.task,
+            message.id,
+            exc,
         )
-    outcome = trace_task(task, request)
+        return ExecOutcome("requeue", states.REJECTED, str(exc))
     _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
     if outcome.state == states.REJECTED and outcome.requeue:
         return ExecOutcome("requeue", outcome.state)

@@ -1,0 +1,1 @@
+"""A project for the Redis reliability tests (broker and backend from the environment)."""
