@@ -173,7 +173,9 @@ class WorkerRun:
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             text = Path(self._log.name).read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.system.name} worker exited ({self.proc.returncode}):\n{text}")
+            raise RuntimeError(
+                f"{self.system.name} worker exited ({self.proc.returncode}):\n{text}"
+            )
 
     def stop(self) -> int:
         """Warm-stop the worker (SIGKILL its group after 20 s); return peak RSS in KiB."""

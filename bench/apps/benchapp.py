@@ -10,7 +10,9 @@ import redis
 
 from chard import Celery
 
-app = Celery("benchapp", broker=os.environ["BENCH_BROKER_URL"], backend=os.environ["BENCH_BROKER_URL"])
+app = Celery(
+    "benchapp", broker=os.environ["BENCH_BROKER_URL"], backend=os.environ["BENCH_BROKER_URL"]
+)
 
 _counter: list[redis.Redis] = []  # one client per process, opened after fork
 
