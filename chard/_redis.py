@@ -42,6 +42,11 @@ class RedisTarget:
     #: The URL with its password replaced, for log lines and error messages.
     redacted: str
 
+    @property
+    def socket_options(self) -> dict[str, Any]:
+        """Connection keywords for redis-py: TCP keepalive, which a unix socket refuses."""
+        return {} if self.client_url.startswith("unix:") else {"socket_keepalive": True}
+
 
 def parse_redis_url(
     url: str,

@@ -480,22 +480,34 @@ class Celery:
             signals.after_task_publish.send(sender=message.task, routing_key=queue)
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Publish encoded messages in one round-trip, retrying connection errors."""
+        """Publish encoded messages in one round-trip, retrying connection errors.
+
+        ``task_publish_retry_policy`` (Celery's keys): ``max_retries`` more attempts,
+        sleeping ``interval_start`` then ``interval_step`` longer each time, at most
+        ``interval_max``. A retry after a reply was lost may store a message twice
+        (at-least-once, like every retry).
+        """
         policy = dict(self.conf.task_publish_retry_policy or {})
         retries = int(policy.get("max_retries", 3)) if self.conf.task_publish_retry else 0
         interval = float(policy.get("interval_start", 0))
+        started = time.monotonic()
         for attempt in range(retries + 1):
             try:
                 self.broker.publish_many(messages)
                 return
             except BrokerConnectionError as exc:
                 if attempt >= retries:
+                    cause = exc.__cause__ if exc.__cause__ is not None else exc
                     raise BrokerConnectionError(
-                        f"cannot publish to {redact_url(self.broker_url)!r} after "
-                        f"{attempt + 1} attempts: {exc}; is the broker running and the URL "
-                        "right? (task_publish_retry_policy sets the retries)"
+                        f"cannot publish to the broker at {redact_url(self.broker_url)!r}: "
+                        f"unreachable after {attempt + 1} attempt(s) over "
+                        f"{time.monotonic() - started:.1f}s (last error: {cause}). Start the "
+                        "broker or fix broker_url; to wait longer, raise max_retries or "
+                        f"interval_max in task_publish_retry_policy (now {policy})"
                     ) from exc
-                logger.warning("Publish failed (%s); retry %d/%d", exc, attempt + 1, retries)
+                logger.warning(
+                    "Publish failed (%s); retry %d/%d in %.2fs", exc, attempt + 1, retries, interval
+                )
                 time.sleep(interval)
                 interval = min(
                     interval + float(policy.get("interval_step", 0.2)),

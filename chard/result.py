@@ -109,6 +109,31 @@ class AsyncResult(Generic[R]):
         """The task name when known (``result_extended`` or set by the caller)."""
         return self.task_name or self._get_meta().get("name")
 
+    @property
+    def args(self) -> list[Any] | None:
+        """The positional arguments it ran with (``result_extended`` only)."""
+        return cast("list[Any] | None", self._get_meta().get("args"))
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """The keyword arguments it ran with (``result_extended`` only)."""
+        return cast("dict[str, Any] | None", self._get_meta().get("kwargs"))
+
+    @property
+    def worker(self) -> str | None:
+        """The node name of the worker that ran it (``result_extended`` only)."""
+        return cast("str | None", self._get_meta().get("worker"))
+
+    @property
+    def retries(self) -> int | None:
+        """How many times it was retried (``result_extended`` only)."""
+        return cast("int | None", self._get_meta().get("retries"))
+
+    @property
+    def queue(self) -> str | None:
+        """The queue it was delivered from (``result_extended`` only)."""
+        return cast("str | None", self._get_meta().get("queue"))
+
     def ready(self) -> bool:
         """Return whether the task finished (succeeded, failed or was revoked)."""
         return self.state in states.READY_STATES

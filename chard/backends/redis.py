@@ -68,7 +68,7 @@ class RedisResultBackend(ResultBackend):
         self._prefix = target.keyprefix
         self._redacted = target.redacted
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
-        self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
         self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
         self._local = threading.local()
         self._pubsubs_lock = threading.Lock()

@@ -70,7 +70,7 @@ class RedisScheduleStore(ScheduleStore):
         self._prefix = target.keyprefix
         self._redacted = target.redacted
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
-        self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
         self._entries = self._key("chard.beat.entries")
         self._runs = self._key("chard.beat.runs")
         self._lease = self._key("chard.beat.lease")

@@ -146,8 +146,12 @@ class Broker(ABC):
         """Return up to ``limit`` dead letters, oldest first."""
 
     @abstractmethod
-    def redrive(self, dead_letter_id: str) -> bool:
-        """Put a dead letter back on its queue with a fresh delivery count; False if unknown."""
+    def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
+        """Put a dead letter back on its queue with a fresh delivery count; False if unknown.
+
+        ``body`` replaces the stored message, e.g. with the worker's own death count
+        (a header) reset, so a re-driven poison pill gets its full set of deliveries.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most brokers have something to close
         """Release connections. Unacked deliveries are left for lease expiry."""

@@ -289,7 +289,7 @@ class MemoryBroker(Broker):
         with self._store.cond:
             return [letter for _, letter in itertools.islice(self._store.dead.values(), limit)]
 
-    def redrive(self, dead_letter_id: str) -> bool:
+    def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
         store = self._store
         with store.cond:
             entry = store.dead.pop(dead_letter_id, None)
@@ -297,7 +297,11 @@ class MemoryBroker(Broker):
                 return False
             old = entry[0]
             message = _Message(
-                next(store.ids), old.queue, old.body, old.priority, self.clock.time()
+                next(store.ids),
+                old.queue,
+                old.body if body is None else body,
+                old.priority,
+                self.clock.time(),
             )
             store.messages[message.id] = message
             store.push(message)

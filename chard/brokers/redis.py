@@ -209,15 +209,18 @@ end
 return 1
 """
 
-# ARGV: prefix, dead letter id. Returns 1 if it existed.
+# ARGV: prefix, dead letter id, replacement body ('' keeps the stored one). Returns 1
+# if it existed.
 _REDRIVE = r"""
 local key = prefix .. 'chard.dead.' .. ARGV[2]
 local f = redis.call('HMGET', key, 'queue', 'priority', 'body')
 redis.call('ZREM', prefix .. 'chard.dead', ARGV[2])
 redis.call('DEL', key)
 if not f[3] then return 0 end
-redis.call('HDEL', redeliveries, redis.sha1hex(f[3]))
-redis.call('LPUSH', ready_key(f[1], f[2]), f[3])
+local body = f[3]
+if ARGV[3] ~= '' then body = ARGV[3] end
+redis.call('HDEL', redeliveries, redis.sha1hex(body))
+redis.call('LPUSH', ready_key(f[1], f[2]), body)
 return 1
 """
 
@@ -285,7 +288,7 @@ class RedisBroker(Broker):
         # Few, quick retries: a worker's loop retries by itself, and a caller that cannot
         # reach Redis should hear so in about a second, not after redis-py's ten tries.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
-        self._client = redis.Redis.from_url(target.client_url, retry=retry, socket_keepalive=True)
+        self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
         # Script objects re-load themselves on NOSCRIPT, e.g. after a Redis restart.
         self._fetch_script = self._client.register_script(_LIB + _FETCH)
         self._heartbeat_script = self._client.register_script(_LIB + _HEARTBEAT)
@@ -462,9 +465,10 @@ class RedisBroker(Broker):
             if f  # empty: redriven between the two reads
         ]
 
-    def redrive(self, dead_letter_id: str) -> bool:
+    def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
         with self._errors():
-            return bool(self._redrive_script(args=[self._prefix, dead_letter_id]))
+            args: list[str | bytes] = [self._prefix, dead_letter_id, body or b""]
+            return bool(self._redrive_script(args=args))
 
     def close(self) -> None:
         """Close connections; held leases lapse and are redelivered after ``lease_timeout``."""

@@ -307,7 +307,7 @@ class SQLiteBroker(Broker):
         rows = self._read(lambda c: c.execute(sql, (limit,)).fetchall())
         return [DeadLetter(str(i), q, bytes(b), r, f, n) for i, q, b, r, f, n in rows]
 
-    def redrive(self, dead_letter_id: str) -> bool:
+    def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
         if not dead_letter_id.isdigit():
             return False
         now = self.clock.time()
@@ -317,7 +317,9 @@ class SQLiteBroker(Broker):
                 "DELETE FROM chard_dead_letters WHERE id = ? RETURNING queue, priority, body",
                 (int(dead_letter_id),),
             ).fetchall()
-            conn.executemany(_INSERT, [(q, p, now, b) for q, p, b in rows])
+            conn.executemany(
+                _INSERT, [(q, p, now, b if body is None else body) for q, p, b in rows]
+            )
             return bool(rows)
 
         if not self._write(move):

@@ -76,9 +76,9 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_bac
 
 
 def _register_commands() -> None:
-    from chard.cli import beat, call, purge, result, settings, worker
+    from chard.cli import beat, call, deadletters, purge, result, settings, worker
 
-    for module in (worker, beat, call, result, purge, settings):
+    for module in (worker, beat, call, result, purge, settings, deadletters):
         cli.add_command(module.command)
 
 

@@ -8,6 +8,7 @@ deployment that must not lose queued work would run it; it is stopped by its PID
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,8 +23,10 @@ from typing import Any
 import pytest
 import redis
 
+from chard.brokers.base import OutgoingMessage
+from chard.exceptions import BrokerConnectionError, WorkerLostError
 from tests.helpers import wait_for
-from tests.integration.workers import WorkerFactory
+from tests.integration.workers import WorkerFactory, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -208,3 +211,314 @@ def test_redis_restart_mid_drain_loses_nothing(
         worker.stop()
     finally:
         workers.cleanup()
+
+
+# -- 2. the client's publish retry policy --------------------------------------------------
+
+FAST_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
+
+
+def test_publish_to_a_dead_redis_retries_then_names_the_url_and_the_fix(
+    relproj_on: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker URL (with a password) where nothing listens
+    port = free_port()
+    url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    app = relproj_on({"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url})
+    monkeypatch.setitem(app.conf, "task_publish_retry_policy", FAST_POLICY)
+    from relproj.tasks import record
+
+    # When a client sends a task
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as caught:
+        record.delay("/nowhere", 1)
+    elapsed = time.monotonic() - started
+
+    # Then it tried 1 + max_retries times, sleeping per the policy (0.1 s, then 0.3 s)
+    retries = [r.getMessage() for r in caplog.records if "Publish failed" in r.getMessage()]
+    assert len(retries) == 2
+    assert "retry 1/2 in 0.10s" in retries[0]
+    assert "retry 2/2 in 0.30s" in retries[1]
+    assert 0.4 <= elapsed < 15
+    # ... and the error names the redacted URL, the count, the cause and both fixes
+    message = str(caught.value)
+    print(f"\n{message}")
+    assert message.startswith(f"cannot publish to the broker at 'redis://:**@127.0.0.1:{port}/0'")
+    assert "s3cret" not in message
+    assert "unreachable after 3 attempt(s)" in message
+    assert "Connection refused" in message
+    assert "Start the broker or fix broker_url" in message
+    assert "raise max_retries or interval_max in task_publish_retry_policy" in message
+    assert isinstance(caught.value, ConnectionError)  # Celery users catch OperationalError/this
+
+
+def test_publish_succeeds_when_redis_comes_back_within_the_retry_window(
+    relproj_on: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    # Given a Redis that is down when the client publishes
+    server = RedisServer(tmp_path)
+    app = relproj_on(transport_for(server))
+    policy = {"max_retries": 40, "interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.5}
+    monkeypatch.setitem(app.conf, "task_publish_retry_policy", policy)
+    from relproj.tasks import record
+
+    marks = tmp_path / "marks"
+    sent: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            sent["result"] = record.delay(str(marks), 7)
+        except BaseException as exc:  # reported by the assertion below
+            sent["error"] = exc
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        # When the server starts while the client is retrying
+        wait_for(lambda: "Publish failed" in caplog.text, timeout=10)
+        server.start()
+        sender.join(timeout=30)
+
+        # Then the publish went through, once, and a worker runs the task
+        assert "error" not in sent, sent
+        assert app.broker.queue_size("celery") == 1
+        workers = WorkerFactory(tmp_path, transport_for(server))
+        try:
+            workers.start("-c", "1", app="relproj")
+            assert sent["result"].get(timeout=15) == 7
+        finally:
+            workers.cleanup()
+        assert run_counts(marks) == {sent["result"].id: 1}
+    finally:
+        sender.join(timeout=30)
+        server.stop()
+
+
+# -- 3. the dead-letter store from the CLI -------------------------------------------------
+
+
+def chard_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["-A", "relproj", "dead-letters", *args], env, cwd)
+
+
+def test_a_poison_pill_is_listed_and_runs_after_a_redrive(
+    transport: dict[str, str], relproj_on: Any, tmp_path: Path
+) -> None:
+    app = relproj_on(transport)
+    workers = WorkerFactory(tmp_path, transport)
+    try:
+        # Given a task that kills its worker process every time (task_max_deliveries=2)
+        worker = workers.start("-c", "1", app="relproj")
+        from relproj.tasks import poison
+
+        result = poison.delay(3)
+        with pytest.raises(WorkerLostError, match="delivered 3 times"):
+            result.get(timeout=30)
+        worker.stop()
+
+        # When an operator lists the dead letters
+        listed = chard_cli(transport, tmp_path, "list")
+        as_json = chard_cli(transport, tmp_path, "list", "--json")
+
+        # Then the poison pill is there, with its task, reason, age and delivery count
+        assert listed.returncode == 0, listed.stderr
+        print(f"\n{listed.stdout}")
+        [letter] = json.loads(as_json.stdout)
+        assert letter["queue"] == "celery"
+        assert letter["task"] == "relproj.tasks.poison"
+        assert letter["task_id"] == result.id
+        assert letter["deliveries"] == 3
+        assert "delivered 3 times and its worker died each time" in letter["reason"]
+        assert letter["age"].endswith(("s", "m"))
+        header = listed.stdout.splitlines()[0].split()
+        assert header[:4] == ["ID", "QUEUE", "TASK", "TASK"]
+        assert "DELIVERIES" in header
+        assert "REASON" in header
+        assert f"relproj.tasks.poison  {result.id}" in listed.stdout
+        assert "1 dead letter(s)." in listed.stdout
+
+        # When the fixed release is deployed and the letter re-driven
+        workers.start("-c", "1", app="relproj", extra_env={"RELPROJ_FIXED": "1"})
+        redriven = chard_cli(transport, tmp_path, "redrive", letter["id"])
+
+        # Then it runs (its death count reset: a full set of deliveries) and succeeds
+        assert redriven.returncode == 0, redriven.stderr
+        assert f"relproj.tasks.poison[{result.id}] -> queue 'celery'" in redriven.stdout
+        assert "Re-drove 1 dead letter(s)." in redriven.stdout
+        wait_for(lambda: app.AsyncResult(result.id).state == "SUCCESS", timeout=20)
+        assert app.AsyncResult(result.id).result == "fixed 3"
+        assert chard_cli(transport, tmp_path, "list").stdout.strip() == "No dead letters."
+
+        # ... and an unknown id, or no id at all, is refused with a hint
+        again = chard_cli(transport, tmp_path, "redrive", letter["id"])
+        assert again.returncode == 1
+        assert f"no dead letter with id {letter['id']}; see `dead-letters list`" in again.stderr
+        assert chard_cli(transport, tmp_path, "redrive").returncode == 2
+    finally:
+        workers.cleanup()
+
+
+def test_redrive_all(transport: dict[str, str], relproj_on: Any, tmp_path: Path) -> None:
+    # Given three undecodable messages set aside by a worker
+    app = relproj_on(transport)
+    for body in (b"\x00one", b"\x00two", b"\x00three"):
+        app.broker.publish(OutgoingMessage("side", body))
+    workers = WorkerFactory(tmp_path, transport)
+    try:
+        worker = workers.start("-c", "1", "-Q", "side", app="relproj")
+        wait_for(lambda: len(app.broker.dead_letters()) == 3, timeout=15)
+        worker.stop()
+    finally:
+        workers.cleanup()
+
+    # When all are re-driven
+    redriven = chard_cli(transport, tmp_path, "redrive", "--all")
+
+    # Then each is back on its queue, unchanged
+    assert redriven.returncode == 0, redriven.stderr
+    assert "Re-drove 3 dead letter(s)." in redriven.stdout
+    assert app.broker.dead_letters() == []
+    assert app.broker.queue_size("side") == 3
+    assert app.broker.purge("side") == 3
+
+
+# -- 4. result_extended ---------------------------------------------------------------------
+
+
+def test_extended_results_are_stored_as_celery_does(
+    private_redis: RedisServer, relproj_on: Any, tmp_path: Path
+) -> None:
+    # Given a worker for an app with result_extended=True
+    relproj_on(transport_for(private_redis))
+    workers = WorkerFactory(tmp_path, transport_for(private_redis))
+    try:
+        workers.start("-c", "1", "-n", "node7@%h", app="relproj")
+        from relproj.tasks import describe
+
+        # When a task runs
+        result = describe.apply_async((5,), {"label": "x="}, queue="celery")
+        assert result.get(timeout=15) == "x=5"
+    finally:
+        workers.cleanup()
+
+    # Then the raw value at Celery's key carries Celery's extended fields
+    client = private_redis.client()
+    try:
+        raw = client.get(f"celery-task-meta-{result.id}")
+        ttl = client.ttl(f"celery-task-meta-{result.id}")
+    finally:
+        client.close()
+    assert raw is not None
+    meta = json.loads(raw)
+    assert meta["status"] == "SUCCESS"
+    assert meta["result"] == "x=5"
+    assert meta["task_id"] == result.id
+    assert meta["name"] == "relproj.tasks.describe"
+    assert meta["args"] == [5]  # a real JSON list, not a repr
+    assert meta["kwargs"] == {"label": "x="}
+    assert meta["worker"] == f"node7@{socket.gethostname()}"
+    assert meta["retries"] == 0
+    assert meta["queue"] == "celery"
+    assert meta["date_done"]
+    assert 3500 < ttl <= 3600  # result_expires
+    # ... and the client reads them back as Celery's AsyncResult does
+    assert result.name == "relproj.tasks.describe"
+    assert result.args == [5]
+    assert result.kwargs == {"label": "x="}
+    assert result.worker == meta["worker"]
+    assert result.queue == "celery"
+    assert result.retries == 0
+
+
+# -- 5. a unix socket, end to end ---------------------------------------------------------
+
+
+def test_round_trip_over_a_unix_socket(relproj_on: Any, tmp_path: Path) -> None:
+    # Given a redis-server on a unix socket only (no TCP port)
+    server = RedisServer(tmp_path, unix=True)
+    server.start()
+    try:
+        env = transport_for(server)
+        assert env["CHARD_BROKER_URL"].startswith("unix://")
+        app = relproj_on(env)
+        workers = WorkerFactory(tmp_path, env)
+        try:
+            worker = workers.start("-c", "1", app="relproj")
+            from relproj.tasks import describe
+
+            # When a task goes through it, Then the result comes back through it too
+            assert describe.delay(3, label="u").get(timeout=15) == "u3"
+            assert "unix://" in worker.output()  # the banner's transport
+        finally:
+            workers.cleanup()
+        assert app.broker.queue_size("celery") == 0
+    finally:
+        server.stop()
+
+
+# -- 6. no busy polling ---------------------------------------------------------------------
+
+#: What an idle worker may cost its Redis, in client commands per second. Expected: one
+#: fetch script and one blocking BLMOVE per poll interval (1 s), plus a lease heartbeat
+#: script every lease_timeout / 4 (2.5 s): about 2.4 per second, whatever the concurrency.
+IDLE_COMMANDS_PER_SECOND = 4.0
+
+
+def test_an_idle_worker_blocks_on_redis(
+    private_redis: RedisServer, relproj_on: Any, tmp_path: Path
+) -> None:
+    # Given an idle prefork worker (2 children) on a Redis nobody else uses
+    relproj_on(transport_for(private_redis))
+    workers = WorkerFactory(tmp_path, transport_for(private_redis))
+    client = private_redis.client()
+    try:
+        worker = workers.start("-c", "2", app="relproj")
+        wait_for(lambda: _calls(client).get("blmove", 0) >= 1, timeout=10)  # settled in
+
+        # When we watch the server's commands for about 5 seconds
+        client.config_resetstat()
+        sent, elapsed = _client_commands(private_redis, seconds=5.0)
+        processed = int(client.info("stats")["total_commands_processed"]) - 1  # our RESETSTAT
+        calls = _calls(client)
+        assert worker.proc.poll() is None
+
+        # Then the worker sent a few commands per second, most of its time blocked;
+        # the scripts it runs cost a dozen more cheap calls server-side per fetch
+        rate = sum(sent.values()) / elapsed
+        print(
+            f"\nidle worker: {rate:.2f} client commands/s {dict(sent)}; "
+            f"{processed / elapsed:.1f}/s server-side including script calls {calls}"
+        )
+        assert rate <= IDLE_COMMANDS_PER_SECOND, sent
+        assert sent["BLMOVE"] >= 3  # it blocks, rather than polling with reads
+        assert processed / elapsed <= 25, calls
+    finally:
+        client.close()
+        workers.cleanup()
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    """Return calls per command from INFO commandstats (``cmdstat_evalsha`` -> ``evalsha``)."""
+    info = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in info.items()}
+
+
+def _client_commands(server: RedisServer, seconds: float) -> tuple[Counter[str], float]:
+    """Count the commands clients send (MONITOR, minus those scripts run) for ``seconds``."""
+    client = server.client()
+    sent: Counter[str] = Counter()
+    try:
+        with client.monitor() as monitor:
+            started = time.monotonic()
+            # An idle worker sends something every second, so next_command() returns.
+            while time.monotonic() - started < seconds:
+                command = monitor.next_command()
+                if command["client_type"] != "lua":
+                    sent[str(command["command"]).split(" ", 1)[0].upper()] += 1
+            elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    return sent, elapsed
