@@ -29,9 +29,11 @@ import redis.client
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from chard import states
 from chard._redis import parse_redis_url
 from chard.backends.base import Meta, ResultBackend
 from chard.exceptions import BackendConnectionError, BackendError
+from chard.protocol import serializers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,29 @@ DEFAULT_RETRY_POLICY = {
     "interval_step": 1,
     "interval_max": 1,
 }
+
+
+#: Store a meta unless the stored one wins, in one round-trip: SET (PX) + PUBLISH, as
+#: Celery does. ARGV: value, ttl in ms ('' = none), then the stored statuses that win
+#: over the incoming state (from the base class's policy). Returns the winner, or nil.
+_STORE = r"""
+local current = redis.call('GET', KEYS[1])
+if current and #ARGV > 2 then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' then
+    for i = 3, #ARGV do
+      if meta['status'] == ARGV[i] then return current end
+    end
+  end
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return false
+"""
 
 
 class RedisResultBackend(ResultBackend):
@@ -70,6 +95,8 @@ class RedisResultBackend(ResultBackend):
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
         self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
         self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
+        self._store_script = self._client.register_script(_STORE)
+        self._winners: dict[str, list[str]] = {}  # incoming state -> stored states that win
         self._local = threading.local()
         self._pubsubs_lock = threading.Lock()
         # Weak: a finished thread's pub/sub is collected, which closes its connection.
@@ -114,14 +141,23 @@ class RedisResultBackend(ResultBackend):
     ) -> Meta:
         """Store a state as the base class does, riding out a lost connection (``retry_policy``).
 
-        Safe to repeat: the read-compare-write runs again whole, and a waiter that was
-        already woken simply reads the same value again.
+        The read-compare-write is one script (one round-trip instead of a GET then a
+        MULTI), with the base class's precedence (:meth:`_is_final_over`) passed in as
+        the list of stored states that win. Safe to repeat: the script runs again whole,
+        and a waiter that was already woken simply reads the same value again.
         """
-        return self._ensure(
-            lambda: super(RedisResultBackend, self).store_result(
-                task_id, result, state, traceback, extra
-            )
-        )
+        meta = self.encode_meta(task_id, result, state, traceback, extra)
+        value = serializers.json_dumps(meta)
+        winners = self._winners.get(state)
+        if winners is None:
+            winners = [s for s in states.READY_STATES if self._is_final_over(s, state)]
+            self._winners[state] = winners
+        ttl = "" if self.expires is None else str(max(1, round(self.expires * 1000)))
+        keys = [self._key(self.task_key(task_id))]
+        kept = self._ensure(lambda: self._store_script(keys=keys, args=[value, ttl, *winners]))
+        if kept is None:
+            return meta
+        return self._load(cast(bytes, kept)) or meta
 
     def _delete(self, key: str) -> None:
         with self._errors():

@@ -116,6 +116,15 @@ class Broker(ABC):
         for message in messages:
             self.publish(message)
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries, in one round-trip where the transport allows.
+
+        The worker settles the jobs that finished together this way. Same guarantees as
+        :meth:`Delivery.ack` on each: settled ones and lapsed leases are no-ops.
+        """
+        for delivery in deliveries:
+            delivery.ack()
+
     @abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Lease up to ``limit`` due messages from ``queues``.

@@ -404,6 +404,38 @@ class RedisBroker(Broker):
                 self.lease_timeout,
             )
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack this consumer's deliveries in one MULTI/EXEC (other deliveries one by one).
+
+        An ack only drops the lease's records (tags are unique per lease), so unlike
+        requeue and dead-letter it needs no script: dropping a lapsed tag is a no-op.
+        """
+        mine: list[RedisDelivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, RedisDelivery) and delivery._broker is self:
+                if not delivery._is_settled:
+                    mine.append(delivery)
+            else:
+                delivery.ack()
+        if not mine:
+            return
+        tags = [d.tag for d in mine]
+        with self._held_lock:  # as in _settle: out of the held set first, back in on failure
+            self._held.difference_update(tags)
+        try:
+            with self._errors():
+                pipe = self._client.pipeline(transaction=True)
+                pipe.zrem(self._key("chard.leases"), *tags)
+                pipe.hdel(self._key("chard.inflight"), *tags)
+                pipe.hdel(self._key("chard.inflight.meta"), *tags)
+                pipe.execute()
+        except BrokerError:
+            with self._held_lock:
+                self._held.update(tags)
+            raise
+        for delivery in mine:
+            delivery._is_settled = True
+
     def _settle(self, tag: str, mode: str, reason: str) -> None:
         # Out of the held set first: a heartbeat racing this settle (or a retry of one
         # whose reply was lost) must not report the lease as lost.

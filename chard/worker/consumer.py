@@ -213,10 +213,14 @@ class Consumer:
                     ready.append(self._reserved.popleft())
                 if ready:
                     self._cond.notify_all()  # the fetcher may have room again
-            for outcome in done:
-                self._settle(outcome)
-            for delivery in ready:
+            for delivery in ready:  # first: a child that just finished is idle until then
                 self._dispatch(delivery)
+            if done:
+                acks: list[Delivery] = []
+                for outcome in done:
+                    self._settle(outcome, acks)
+                if acks:  # the children stored results and sent follow-ups before answering
+                    self._reliably(self.app.broker.ack_many, acks)
 
     def _has_work(self) -> bool:
         if self._done:
@@ -246,7 +250,7 @@ class Consumer:
         soft = soft if soft is not None else self.app.conf.task_soft_time_limit
         job = Job(
             id=message.id,
-            payload=JobPayload(delivery.body, delivery.queue, delivery.delivery_count),
+            payload=JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message),
             soft_time_limit=soft,
             time_limit=hard,
         )
@@ -321,7 +325,8 @@ class Consumer:
         if backend is not None and not message.ignore_result:
             backend.store_result(message.id, value, state)
 
-    def _settle(self, outcome: Outcome) -> None:
+    def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
+        """Settle one finished job; plain acks go to ``acks`` (one round-trip) when given."""
         inflight = self._inflight.pop(outcome.job.id, None)
         if inflight is None:
             return
@@ -329,7 +334,7 @@ class Consumer:
         self.stats.processed += 1
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
         if outcome.kind == "done":
-            self._settle_done(delivery, message, outcome.value, inflight.acked_early)
+            self._settle_done(delivery, message, outcome.value, inflight.acked_early, acks)
         elif outcome.kind == "timeout":
             error = TimeLimitExceeded(outcome.job.time_limit)
             logger.error(
@@ -346,7 +351,12 @@ class Consumer:
             self._settle_lost(delivery, message, outcome, inflight.acked_early)
 
     def _settle_done(
-        self, delivery: Delivery, message: TaskMessage, result: ExecOutcome | None, acked: bool
+        self,
+        delivery: Delivery,
+        message: TaskMessage,
+        result: ExecOutcome | None,
+        acked: bool,
+        acks: list[Delivery] | None = None,
     ) -> None:
         if result is None:  # the pool target raised: a bug, logged by the pool; keep the message
             if not acked:
@@ -365,6 +375,8 @@ class Consumer:
             logger.error("Task %s[%s] set aside: %s", message.task, message.id, result.reason)
             self._reliably(delivery.dead_letter, result.reason or "set aside by the worker")
             self.stats.dead_lettered += 1
+        elif acks is not None:
+            acks.append(delivery)
         else:
             self._reliably(delivery.ack)
 

@@ -190,6 +190,28 @@ def test_settling_twice_is_a_no_op(broker: Broker) -> None:
     assert broker.dead_letters() == []
 
 
+def test_ack_many_settles_every_delivery_once(make_broker: BrokerFactory) -> None:
+    # Given three leased messages, one of them already settled
+    broker = make_broker(lease_timeout=SHORT_LEASE)
+    for body in (b"a", b"b", b"c"):
+        publish(broker, "q", body)
+    deliveries = broker.fetch(["q"], 3, timeout=1.0)
+    assert len(deliveries) == 3
+    deliveries[0].ack()
+
+    # When they are acked together
+    broker.ack_many(deliveries)
+    broker.ack_many([])
+
+    # Then none comes back, not even after its lease would have lapsed
+    time.sleep(SHORT_LEASE + 0.2)
+    broker.heartbeat()
+    assert broker.fetch(["q"], 3, timeout=0) == []
+    assert broker.queue_size("q") == 0
+    deliveries[1].reject(requeue=True)  # settled by ack_many: a no-op
+    assert broker.queue_size("q") == 0
+
+
 def test_dead_letter_then_redrive(broker: Broker) -> None:
     # Given a message set aside as a poison pill
     publish(broker, "q", b"poison", priority=2)
