@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from chard.brokers.base import OutgoingMessage
+from chard.brokers.redis import RedisBroker
 from chard.exceptions import BrokerConnectionError, WorkerLostError
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory, run_cli
@@ -211,6 +212,30 @@ def test_redis_restart_mid_drain_loses_nothing(
         worker.stop()
     finally:
         workers.cleanup()
+
+
+def test_a_fetch_repeated_after_a_lost_reply_keeps_both_leases(
+    private_redis: RedisServer,
+) -> None:
+    """redis-py re-sends a command whose reply a restart cut off, with the same arguments.
+
+    The first run of the fetch script did lease a message; the repeat must lease the next
+    one under new tags, not overwrite the first lease (which lost that message for good).
+    """
+    broker = RedisBroker(private_redis.url)
+    client = private_redis.client()
+    try:
+        broker.publish_many([OutgoingMessage("q", b"first"), OutgoingMessage("q", b"second")])
+        args = ["", broker._consumer_id, broker.lease_timeout, 1, "same-base", "", "0q", "q"]
+
+        broker._fetch_script(args=args)
+        broker._fetch_script(args=args)  # the retry, identical arguments
+
+        assert sorted(client.hvals("chard.inflight")) == [b"first", b"second"]
+        assert client.zcard("chard.leases") == 2
+    finally:
+        client.close()
+        broker.close()
 
 
 # -- 2. the client's publish retry policy --------------------------------------------------
