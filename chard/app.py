@@ -462,10 +462,12 @@ class Celery:
     def publish_batch(self, messages: Sequence[tuple[TaskMessage, str]]) -> None:
         """Encode task messages and publish them all in one round-trip (a group's members)."""
         outgoing = []
+        before = bool(signals.before_task_publish.receivers)  # headers() only if someone looks
         for message, queue in messages:
-            signals.before_task_publish.send(
-                sender=message.task, headers=message.headers(), routing_key=queue
-            )
+            if before:
+                signals.before_task_publish.send(
+                    sender=message.task, headers=message.headers(), routing_key=queue
+                )
             outgoing.append(
                 OutgoingMessage(
                     queue=queue,
@@ -476,8 +478,9 @@ class Celery:
             )
         if outgoing:
             self.publish_many(outgoing)
-        for message, queue in messages:
-            signals.after_task_publish.send(sender=message.task, routing_key=queue)
+        if signals.after_task_publish.receivers:
+            for message, queue in messages:
+                signals.after_task_publish.send(sender=message.task, routing_key=queue)
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish encoded messages in one round-trip, retrying connection errors.

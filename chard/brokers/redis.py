@@ -308,12 +308,28 @@ class RedisBroker(Broker):
         self.publish_many([message])
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Store ``messages`` in one MULTI/EXEC round-trip; all or none are stored."""
+        """Store ``messages`` in one round-trip; all or none are stored.
+
+        Ready messages for one list (a ``delay()``, a group of one task) are one
+        ``LPUSH`` with every body, atomic by itself; anything else is one MULTI/EXEC.
+        """
         if not messages:
+            return
+        now = time.time()
+        first = messages[0]
+        step = priority_step(first.priority)
+        if all(
+            m.queue == first.queue
+            and (m.eta is None or m.eta <= now)
+            and priority_step(m.priority) == step
+            for m in messages
+        ):
+            with self._errors():
+                key = self._key(ready_key(first.queue, step))
+                self._client.lpush(key, *[m.body for m in messages])
             return
         with self._errors():
             pipe = self._client.pipeline(transaction=True)
-            now = time.time()
             for message in messages:
                 step = priority_step(message.priority)
                 if message.eta is not None and message.eta > now:
