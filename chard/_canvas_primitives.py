@@ -46,7 +46,33 @@ def _restore(sig: Signature, data: Mapping[str, Any]) -> Signature:
     return sig
 
 
-class chain(Signature):  # lower-case: Celery's name
+class _TaskList(Signature):
+    """What chain and group share: a list of signatures in ``kwargs.tasks``, Celery's shape.
+
+    A nested instance of the same kind is flattened into its parent (``a | (b | c)``
+    is one chain of three, a group of groups one group), as in Celery.
+    """
+
+    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+        flat: list[Signature] = []
+        for sig in _signatures(tasks, app):
+            flat.extend(sig.tasks if isinstance(sig, type(self)) else [sig])
+        name = f"celery.{self.subtask_type}"
+        super().__init__(name, (), {"tasks": flat}, options, app=_app_of(flat, app))
+
+    @property
+    def tasks(self) -> list[Signature]:
+        """The signatures, in order."""
+        tasks: list[Signature] = self["kwargs"]["tasks"]
+        return tasks
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+        tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
+        return _restore(cls(tasks, app=app, **(data.get("options") or {})), data)
+
+
+class chain(_TaskList):  # lower-case: Celery's name
     """Run tasks one after another, each receiving the previous result: ``a | b | c``.
 
     Calling a chain *sends* it (``chain(...)()`` is ``apply_async``) and returns the
@@ -54,23 +80,6 @@ class chain(Signature):  # lower-case: Celery's name
     """
 
     subtask_type = "chain"
-
-    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
-        steps: list[Signature] = []
-        for sig in _signatures(tasks, app):
-            steps.extend(sig.tasks if isinstance(sig, chain) else [sig])
-        super().__init__("celery.chain", (), {"tasks": steps}, options, app=_app_of(steps, app))
-
-    @property
-    def tasks(self) -> list[Signature]:
-        """The steps, in order."""
-        steps: list[Signature] = self["kwargs"]["tasks"]
-        return steps
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
-        tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
-        return _restore(cls(*tasks, app=app, **(data.get("options") or {})), data)
 
     def link(self, callback: Signature) -> Signature:
         """Run ``callback`` with the result of the last step."""
@@ -195,7 +204,7 @@ def _freeze_steps(steps: list[Signature]) -> list[Result]:
     return results
 
 
-class group(Signature):  # lower-case: Celery's name
+class group(_TaskList):  # lower-case: Celery's name
     """Run tasks in parallel; the result is a :class:`GroupResult` in member order.
 
     Nested groups are flattened (as in Celery). Calling a group sends it, with
@@ -203,23 +212,6 @@ class group(Signature):  # lower-case: Celery's name
     """
 
     subtask_type = "group"
-
-    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
-        members: list[Signature] = []
-        for sig in _signatures(tasks, app):
-            members.extend(sig.tasks if isinstance(sig, group) else [sig])
-        super().__init__("celery.group", (), {"tasks": members}, options, app=_app_of(members, app))
-
-    @property
-    def tasks(self) -> list[Signature]:
-        """The members, in order."""
-        members: list[Signature] = self["kwargs"]["tasks"]
-        return members
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
-        tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
-        return _restore(cls(tasks, app=app, **(data.get("options") or {})), data)
 
     def link_error(self, errback: Signature) -> Signature:
         """Run ``errback`` for any member that fails."""
