@@ -106,7 +106,7 @@ class Doorbell:
     """
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
         self.path = directory / f"{uuid.uuid4().hex[:16]}{SUFFIX}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

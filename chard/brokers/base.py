@@ -21,6 +21,12 @@ A broker knows nothing of tasks. It moves envelope bytes (see
   adjacent priorities into levels: the Redis broker keeps kombu's four lists
   (0-2, 3-5, 6-8, 9) so that Celery and chard share queues, and serves each
   level in publish order.
+* **Broadcast channels.** Besides queues (each message to one consumer), a broker
+  keeps a durable, bounded log per broadcast channel that every reader sees whole
+  (revocations now; remote control and events later): :meth:`Broker.broadcast`
+  appends, :meth:`Broker.broadcast_read` reads after a cursor, blocking until
+  something comes. A reader that starts late, or restarts, reads the log from
+  ``"0"`` and misses nothing still kept (the newest ``broadcast_maxlen`` entries).
 
 Thread safety: a broker instance may be called from several threads of one process
 (the worker's consume loop and its heartbeat timer). It must not be shared across
@@ -34,8 +40,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chard.exceptions import ImproperlyConfigured
+
 #: Default lease: how long a dead consumer's messages stay invisible (seconds).
 DEFAULT_LEASE_TIMEOUT = 10.0
+#: Entries a broadcast channel keeps by default (option ``broadcast_maxlen``).
+DEFAULT_BROADCAST_MAXLEN = 10_000
+#: The cursor before the oldest entry of every broadcast channel.
+BROADCAST_START = "0"
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,13 @@ class Broker(ABC):
         self.url = url
         self.options = dict(options or {})
         self.lease_timeout = float(self.options.get("lease_timeout", DEFAULT_LEASE_TIMEOUT))
+        maxlen = int(self.options.get("broadcast_maxlen", DEFAULT_BROADCAST_MAXLEN))
+        if maxlen < 1:
+            raise ImproperlyConfigured(
+                f"broadcast_maxlen must be >= 1, got {maxlen}; set it in broker_transport_options"
+            )
+        #: Entries kept per broadcast channel: older ones are dropped as new ones come.
+        self.broadcast_maxlen = maxlen
 
     @abstractmethod
     def publish(self, message: OutgoingMessage) -> None:
@@ -161,6 +180,54 @@ class Broker(ABC):
         ``body`` replaces the stored message, e.g. with the worker's own death count
         (a header) reset, so a re-driven poison pill gets its full set of deliveries.
         """
+
+    # -- broadcast channels: optional, so a third-party broker without them still runs tasks --
+    def broadcast(self, channel: str, payload: bytes) -> str:
+        """Append ``payload`` to the log of ``channel`` durably; return the entry's cursor.
+
+        Every reader of the channel sees every entry (unlike a queue). The log keeps
+        at least the newest ``broadcast_maxlen`` entries and not many more (a broker
+        may trim lazily: Redis drops whole stream nodes of up to 100 entries).
+        Thread-safe.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker has no broadcast channels.
+        """
+        raise NotImplementedError(self._no_broadcast())
+
+    def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
+        """Return ``(cursor, payload)`` of the entries of ``channel`` after cursor ``after``.
+
+        Entries come oldest first. ``after`` is ``"0"`` (:data:`BROADCAST_START`) for
+        everything kept, or a cursor returned by this method, :meth:`broadcast` or
+        :meth:`broadcast_tail` (cursors are opaque strings; pass the last one back).
+        When there is nothing newer, blocks up to ``timeout`` seconds without
+        busy-waiting and returns ``[]`` if nothing came. Thread-safe, but meant for
+        one reading thread per instance.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker has no broadcast channels.
+        """
+        raise NotImplementedError(self._no_broadcast())
+
+    def broadcast_tail(self, channel: str) -> str:
+        """Return the cursor of the newest entry of ``channel`` (``"0"`` when empty).
+
+        Reading after it gets only what is broadcast from now on.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker has no broadcast channels.
+        """
+        raise NotImplementedError(self._no_broadcast())
+
+    def _no_broadcast(self) -> str:
+        return (
+            f"the {type(self).__name__} broker has no broadcast channels, so revocations and "
+            "remote control do not reach its workers; use the sqlite, redis or memory broker"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most brokers have something to close
         """Release connections. Unacked deliveries are left for lease expiry."""

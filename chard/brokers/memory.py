@@ -11,7 +11,9 @@ consumers against one queue; the store lives as long as an instance uses it.
 
 Everything is guarded by one :class:`threading.Condition`: publishers notify
 it, and a blocked :meth:`MemoryBroker.fetch` sleeps on it until the next ETA or
-lease expiry at the latest, so waiting costs no CPU.
+lease expiry at the latest, so waiting costs no CPU. Broadcast channels are
+deques of ``(sequence, payload)`` in the same store; a blocked
+:meth:`MemoryBroker.broadcast_read` sleeps on the same condition.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -94,6 +97,8 @@ class _Store:
         # Per queue, a heap of (priority, id) of messages that may be due; entries
         # of messages since leased or deleted are skipped when popped.
         self.heaps: dict[str, list[tuple[int, int]]] = {}
+        #: Per broadcast channel, its kept entries as (sequence, payload), oldest first.
+        self.channels: dict[str, deque[tuple[int, bytes]]] = {}
 
     def push(self, message: _Message) -> None:
         heapq.heappush(self.heaps.setdefault(message.queue, []), (message.priority, message.id))
@@ -307,6 +312,53 @@ class MemoryBroker(Broker):
             store.push(message)
             store.cond.notify_all()
             return True
+
+    # -- broadcast channels ---------------------------------------------------
+    def broadcast(self, channel: str, payload: bytes) -> str:
+        store = self._store
+        with store.cond:
+            log = store.channels.setdefault(channel, deque())
+            seq = next(store.ids)
+            log.append((seq, bytes(payload)))
+            while len(log) > self.broadcast_maxlen:
+                log.popleft()
+            store.cond.notify_all()
+        return str(seq)
+
+    def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
+        start = parse_sequence_cursor(after)
+        deadline = time.monotonic() + timeout
+        store = self._store
+        with store.cond:
+            while True:
+                log = store.channels.get(channel, ())
+                found = [(str(seq), payload) for seq, payload in log if seq > start]
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                store.cond.wait(remaining)
+
+    def broadcast_tail(self, channel: str) -> str:
+        with self._store.cond:
+            log = self._store.channels.get(channel)
+            return str(log[-1][0]) if log else "0"
+
+
+def parse_sequence_cursor(cursor: str) -> int:
+    """Return the number in a broadcast cursor of a broker that counts its entries.
+
+    Raises:
+        ValueError: ``cursor`` is not one this broker returned.
+    """
+    try:
+        value = int(cursor)
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"not a broadcast cursor of this broker: {cursor!r}; pass '0' or a cursor it returned"
+        )
+    return value
 
 
 def _delete(store: _Store, message: _Message) -> None:

@@ -21,6 +21,9 @@ Keys (all behind the optional ``global_keyprefix``, like kombu):
 * ``chard.delayed`` (zset member → due time, member = ``<step><queue>\\0<uuid>\\0<body>``)
   and ``chard.delayed.counts`` (hash queue → count, for :meth:`RedisBroker.queue_size`).
 * ``chard.dead`` (zset id → failed_at) and ``chard.dead.<id>`` (hash): dead letters.
+* ``chard.bcast.<channel>`` (stream, field ``p`` = payload): a broadcast channel's log,
+  trimmed with ``XADD MAXLEN ~`` to about ``broadcast_maxlen`` entries; stream ids are
+  the cursors, and readers block in ``XREAD BLOCK``.
 
 Every state change that must be atomic runs as one Lua script on Redis time (``TIME``),
 so consumers' clock skew never shortens a lease. Scripts name their keys from the prefix
@@ -30,6 +33,7 @@ argument, which is fine on a single Redis server (kombu has the same limit: no C
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -234,6 +238,10 @@ def priority_step(priority: int) -> int:
 def ready_key(queue: str, step: int) -> str:
     """Return kombu's (unprefixed) list name for ``queue``'s priority bucket ``step``."""
     return queue if step == 0 else f"{queue}{BUCKET_SEP}{step}"
+
+
+#: A stream id as XADD makes them ("<ms>-<seq>"), or a bare number such as "0".
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 def _glob_escape(text: str) -> str:
@@ -461,6 +469,41 @@ class RedisBroker(Broker):
             is_ours = self._settle_script(args=[self._prefix, tag, mode, reason])
         if not is_ours:
             logger.debug("Settling %s (%s) was a no-op: its lease had lapsed", tag, mode)
+
+    # -- broadcast channels ---------------------------------------------------
+    def broadcast(self, channel: str, payload: bytes) -> str:
+        """``XADD`` to the channel's stream, trimming it to about ``broadcast_maxlen``."""
+        with self._errors():
+            entry = self._client.xadd(
+                self._key(f"chard.bcast.{channel}"),
+                {"p": payload},
+                maxlen=self.broadcast_maxlen,
+                approximate=True,
+            )
+        return cast(bytes, entry).decode()
+
+    def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
+        """``XREAD`` the channel's stream after ``after``, blocking up to ``timeout``."""
+        if not isinstance(after, str) or not _STREAM_ID.fullmatch(after):
+            raise ValueError(
+                f"not a broadcast cursor of this broker: {after!r}; pass '0' or a cursor it "
+                "returned"
+            )
+        # BLOCK 0 would wait forever: a positive timeout blocks at least 1 ms.
+        block = max(int(timeout * 1000), 1) if timeout > 0 else None
+        with self._errors():
+            reply = self._client.xread({self._key(f"chard.bcast.{channel}"): after}, block=block)
+        if not reply:
+            return []
+        # RESP2 shape: [[stream key, [(entry id, {field: value}), ...]]]
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], cast(Any, reply)[0][1])
+        return [(entry_id.decode(), fields[b"p"]) for entry_id, fields in entries]
+
+    def broadcast_tail(self, channel: str) -> str:
+        with self._errors():
+            newest = self._client.xrevrange(self._key(f"chard.bcast.{channel}"), count=1)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)
+        return entries[0][0].decode() if entries else "0"
 
     # -- management -----------------------------------------------------------
     def purge(self, queue: str) -> int:

@@ -20,6 +20,12 @@ between polls, sleeps on a unix-socket doorbell that every publish rings (see
 second and a new message is seen within milliseconds. Polls are read-only
 until there is something to lease, so idle consumers never take the write lock.
 
+Broadcast channels: ``chard_broadcasts`` rows (an AUTOINCREMENT id is the cursor,
+so ids are never reused after pruning), pruned to the newest ``broadcast_maxlen``
+per channel in the inserting transaction. A reader waits like a consumer, on a
+doorbell of its own in ``<db>.wake/broadcast/`` that only broadcasts ring: a
+publish does not wake it, nor a broadcast the consumers.
+
 Connections: one per instance, behind a lock (the consume thread and the
 heartbeat thread share it; SQLite serialises writers anyway). After ``fork()``
 the child opens its own; the inherited connection is never used or closed there.
@@ -41,7 +47,7 @@ from typing import Any, TypeVar
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers import _wake
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
-from chard.brokers.memory import clamp_priority, take_fairly
+from chard.brokers.memory import clamp_priority, parse_sequence_cursor, take_fairly
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -78,6 +84,13 @@ CREATE TABLE IF NOT EXISTS chard_dead_letters (
     failed_at REAL NOT NULL,
     delivery_count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chard_broadcasts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the cursor: never reused after pruning
+    channel TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chard_broadcasts_channel ON chard_broadcasts (channel, id);
 """
 # A message is waiting when it is not leased or its lease lapsed; due when also past its ETA.
 _WAITING = "(lease_expires IS NULL OR lease_expires <= :now)"
@@ -94,6 +107,13 @@ WHERE id IN (
 RETURNING id, lease_token, queue, body, delivery_count, priority
 """
 _MINE = "id = ? AND lease_token = ?"
+# Everything older than the newest :keep entries of :channel.
+_PRUNE_BROADCASTS = """
+DELETE FROM chard_broadcasts WHERE channel = :channel AND id <= (
+    SELECT id FROM chard_broadcasts WHERE channel = :channel
+    ORDER BY id DESC LIMIT 1 OFFSET :keep
+)
+"""
 
 
 def parse_sqlite_url(url: str) -> Path:
@@ -197,11 +217,13 @@ class SQLiteBroker(Broker):
         #: Lease owner written on every row this instance holds.
         self.consumer_id = uuid.uuid4().hex
         self._wake_dir = _wake.wake_dir(self.path)
+        self._broadcast_wake_dir = self._wake_dir / "broadcast"
         self._turn = 0
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = None
         self._doorbell: _wake.Doorbell | None = None
+        self._broadcast_doorbell: _wake.Doorbell | None = None
         self._is_doorbell_broken = False
         self._check_location()
         with self._connection():  # fail fast on a bad path, and create the schema
@@ -231,21 +253,10 @@ class SQLiteBroker(Broker):
             return []
         deadline = time.monotonic() + timeout
         doorbell = self._doorbell_for_wait() if timeout > 0 else None
-        if doorbell is not None:
-            doorbell.drain()  # rings from before this check add nothing
-        interval = POLL_INTERVAL_MIN
-        while True:
-            found = self._lease(queues, limit)
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
-                return list(found)
-            pause = min(interval, remaining)
-            if doorbell is not None and doorbell.wait(pause):
-                interval = POLL_INTERVAL_MIN  # a publish: look now, and soon again
-            else:
-                if doorbell is None:
-                    time.sleep(pause)
-                interval = min(interval * 2, POLL_INTERVAL_MAX)
+        found: list[SQLiteDelivery] = _wait_for(
+            lambda: self._lease(queues, limit), doorbell, deadline
+        )
+        return list(found)
 
     def _lease(self, queues: Sequence[str], limit: int) -> list[SQLiteDelivery]:
         now = self.clock.time()
@@ -286,6 +297,42 @@ class SQLiteBroker(Broker):
                 (expires, self.consumer_id),
             )
         )
+
+    # -- broadcast channels ---------------------------------------------------
+    def broadcast(self, channel: str, payload: bytes) -> str:
+        """Append ``payload`` to ``channel``'s log and prune it, then wake its readers."""
+        params = {"channel": channel, "keep": self.broadcast_maxlen}
+
+        def append(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO chard_broadcasts (channel, payload, created_at) VALUES (?, ?, ?)"
+                " RETURNING id",
+                (channel, payload, self.clock.time()),
+            ).fetchone()
+            conn.execute(_PRUNE_BROADCASTS, params)
+            return int(row[0])
+
+        cursor = self._write(append)
+        _wake.ring(self._broadcast_wake_dir)
+        return str(cursor)
+
+    def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
+        """Read ``channel`` after ``after``, waiting on the broadcast doorbell when idle."""
+        start = parse_sequence_cursor(after)
+        sql = "SELECT id, payload FROM chard_broadcasts WHERE channel = ? AND id > ? ORDER BY id"
+
+        def read() -> list[tuple[str, bytes]]:
+            rows = self._read(lambda c: c.execute(sql, (channel, start)).fetchall())
+            return [(str(i), bytes(p)) for i, p in rows]
+
+        deadline = time.monotonic() + timeout
+        doorbell = self._broadcast_doorbell_for_wait() if timeout > 0 else None
+        return _wait_for(read, doorbell, deadline)
+
+    def broadcast_tail(self, channel: str) -> str:
+        sql = "SELECT max(id) FROM chard_broadcasts WHERE channel = ?"
+        rows = self._read(lambda c: c.execute(sql, (channel,)).fetchall())
+        return str(rows[0][0] or 0)
 
     # -- administration -------------------------------------------------------
     def purge(self, queue: str) -> int:
@@ -331,9 +378,10 @@ class SQLiteBroker(Broker):
         """Close the connection and the doorbell; a later call reopens them."""
         self._check_fork()
         with self._lock:
-            if self._doorbell is not None:
-                self._doorbell.close()
-                self._doorbell = None
+            for doorbell in (self._doorbell, self._broadcast_doorbell):
+                if doorbell is not None:
+                    doorbell.close()
+            self._doorbell = self._broadcast_doorbell = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -365,9 +413,11 @@ class SQLiteBroker(Broker):
         self._lock = threading.Lock()
         if self._conn is not None:
             _INHERITED.append(self._conn)  # closing it here would corrupt the parent's locks
-        if self._doorbell is not None:
-            self._doorbell.abandon()
-        self._conn, self._doorbell, self._pid = None, None, os.getpid()
+        for doorbell in (self._doorbell, self._broadcast_doorbell):
+            if doorbell is not None:
+                doorbell.abandon()
+        self._doorbell = self._broadcast_doorbell = None
+        self._conn, self._pid = None, os.getpid()
         self.consumer_id = uuid.uuid4().hex
 
     @contextmanager
@@ -416,20 +466,59 @@ class SQLiteBroker(Broker):
     def _doorbell_for_wait(self) -> _wake.Doorbell | None:
         """Return this instance's doorbell, binding it on first use (None: poll only)."""
         self._check_fork()
-        if self._doorbell is None and not self._is_doorbell_broken:
-            try:
-                self._doorbell = _wake.Doorbell(self._wake_dir)
-            except OSError as exc:
-                self._is_doorbell_broken = True
-                logger.warning(
-                    "Cannot create a wake-up socket in %s (%s); the sqlite broker will poll",
-                    self._wake_dir,
-                    exc,
-                )
+        if self._doorbell is None:
+            self._doorbell = self._bind_doorbell(self._wake_dir)
         return self._doorbell
+
+    def _broadcast_doorbell_for_wait(self) -> _wake.Doorbell | None:
+        """Return the doorbell that broadcasts ring, binding it on first use (None: poll only)."""
+        self._check_fork()
+        if self._broadcast_doorbell is None:
+            self._broadcast_doorbell = self._bind_doorbell(self._broadcast_wake_dir)
+        return self._broadcast_doorbell
+
+    def _bind_doorbell(self, directory: Path) -> _wake.Doorbell | None:
+        if self._is_doorbell_broken:
+            return None
+        try:
+            return _wake.Doorbell(directory)
+        except OSError as exc:
+            self._is_doorbell_broken = True
+            logger.warning(
+                "Cannot create a wake-up socket in %s (%s); the sqlite broker will poll",
+                directory,
+                exc,
+            )
+            return None
 
     def _ring(self) -> None:
         _wake.ring(self._wake_dir)
+
+
+def _wait_for(
+    attempt: Callable[[], list[T]], doorbell: _wake.Doorbell | None, deadline: float
+) -> list[T]:
+    """Call ``attempt`` until it finds something or ``deadline`` passes; nap on ``doorbell``.
+
+    Between attempts the pause grows from POLL_INTERVAL_MIN to POLL_INTERVAL_MAX, and
+    a ring cuts it short (and starts the back-off again): a rung doorbell means new
+    rows, and no doorbell (none could be bound) means plain polling.
+    """
+    if doorbell is not None:
+        doorbell.drain()  # rings from before the first attempt add nothing
+    interval = POLL_INTERVAL_MIN
+    while True:
+        found = attempt()
+        remaining = deadline - time.monotonic()
+        if found or remaining <= 0:
+            return found
+        pause = min(interval, remaining)
+        if doorbell is not None and doorbell.wait(pause):
+            interval = POLL_INTERVAL_MIN  # a publish: look now, and soon again
+        else:
+            if doorbell is None:
+                time.sleep(pause)
+            interval = min(interval * 2, POLL_INTERVAL_MAX)
 
 
 #: Connections opened before a fork, kept referenced in the child so that garbage

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,15 @@ elif mode == "wait":  # fetch `n` times; polling all but disabled, so only a rin
         (d,) = broker.fetch(["wake"], 1, 30.0)
         report(received_at=time.time(), body=d.body.decode())
         d.ack()
+
+elif mode == "bcast_wait":  # broadcast_read `n` times with polling all but disabled
+    sqlite.POLL_INTERVAL_MIN = sqlite.POLL_INTERVAL_MAX = 60.0
+    broker = sqlite.SQLiteBroker(url)
+    cursor = broker.broadcast_tail("c")
+    for i in range(int(args[0])):
+        report(waiting=i)
+        ((cursor, payload),) = broker.broadcast_read("c", cursor, 30.0)
+        report(received_at=time.time(), body=payload.decode())
 """
 
 
@@ -209,27 +218,52 @@ def test_an_idle_consumer_costs_almost_no_cpu(
     assert report["cpu"] / report["wall"] < 0.05, report
 
 
+def wake_latencies(child: subprocess.Popen[str], send: Callable[[str], None]) -> list[float]:
+    """Each time ``child`` reports that it waits, ``send`` it a body once it sleeps.
+
+    Returns how long each body took to reach it (its "received_at" minus the send time).
+    """
+    latencies = []
+    for i in range(3):
+        assert read_report(child) == {"waiting": i}
+        # Once the child sleeps in the kernel, it is blocked in its wait.
+        wait_for(lambda: _process_state(child.pid) == "S", timeout=10.0, interval=0.005)
+        sent = time.time()
+        send(f"w{i}")
+        report = read_report(child)
+        assert report["body"] == f"w{i}"
+        latencies.append(report["received_at"] - sent)
+    return latencies
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_a_publish_wakes_a_waiting_consumer_at_once(
     url: str, children: list[subprocess.Popen[str]]
 ) -> None:
     # Given a consumer in another process whose polling is all but disabled
     children.append(child := spawn("wait", url, 3))
-    latencies = []
     with SQLiteBroker(url) as broker:
-        for i in range(3):
-            assert read_report(child) == {"waiting": i}
-            # Once the child sleeps in the kernel, it is blocked inside fetch.
-            wait_for(lambda: _process_state(child.pid) == "S", timeout=10.0, interval=0.005)
+        # When a message is published, three times
+        latencies = wake_latencies(
+            child, lambda body: broker.publish(OutgoingMessage("wake", body.encode()))
+        )
 
-            # When a message is published
-            published = time.time()
-            broker.publish(OutgoingMessage("wake", f"w{i}".encode()))
+    # Then the doorbell woke it each time long before any poll would
+    assert max(latencies) < 0.25, latencies
 
-            # Then the doorbell wakes it long before any poll would
-            report = read_report(child)
-            assert report["body"] == f"w{i}"
-            latencies.append(report["received_at"] - published)
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_broadcast_wakes_a_reader_in_another_process_at_once(
+    url: str, children: list[subprocess.Popen[str]]
+) -> None:
+    # Given a broadcast reader in another process whose polling is all but disabled
+    SQLiteBroker(url).close()  # the schema exists before the child reads the tail
+    children.append(child := spawn("bcast_wait", url, 3))
+    with SQLiteBroker(url) as broker:
+        # When this process broadcasts, three times
+        latencies = wake_latencies(child, lambda body: broker.broadcast("c", body.encode()))
+
+    # Then the broadcast doorbell woke the reader each time long before any poll would
     assert max(latencies) < 0.25, latencies
 
 
