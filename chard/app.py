@@ -24,6 +24,7 @@ from chard._utils.log import redact_url
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, OutgoingMessage, open_broker
 from chard.config import Settings
+from chard.control import Control
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
 from chard.protocol.message import TaskMessage, new_id
 from chard.protocol.serializers import accepted_content_types
@@ -83,6 +84,8 @@ class Celery:
         self.on_configure = signals.Signal("on_configure")
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
+        #: Remote control of the workers (``app.control.revoke(task_id)``); connects on use.
+        self.control = Control(self)
         if set_as_current:
             _context.set_current_app(self)
 

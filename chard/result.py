@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from chard import _context, states
 from chard.backends.base import ResultBackend, decode_exception
-from chard.exceptions import ImproperlyConfigured
+from chard.exceptions import ImproperlyConfigured, TaskRevokedError
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -209,6 +209,26 @@ class AsyncResult(Generic[R]):
         self._cache = None
         _require_backend(self.app).forget(self.id)
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke the task: workers discard it (state REVOKED) instead of running it.
+
+        Durable, unlike Celery's: a worker started later within 3 hours honours it
+        too. See :meth:`chard.control.Control.revoke` for ``terminate`` and ``signal``.
+
+        Raises:
+            RepliesNotSupported: ``wait=True``: chard workers cannot reply yet, so
+                nothing is sent (a ``NotImplementedError``).
+        """
+        control = self.app.control
+        control.revoke(self.id, None, terminate, signal, reply=wait, timeout=timeout)
+
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
 
@@ -261,6 +281,22 @@ class EagerResult(AsyncResult[R]):
 
     def forget(self) -> None:
         """Nothing is stored for an eager result."""
+
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Mark this result REVOKED, here only (Celery's): the task has already run.
+
+        Its value is replaced by :class:`~chard.exceptions.TaskRevokedError`, so
+        ``get()`` raises that instead of Celery's ``Exception(<value>)``.
+        """
+        assert self._cache is not None  # an eager result is always ready
+        self._cache = {**self._cache, "status": states.REVOKED, "result": TaskRevokedError()}
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
@@ -367,6 +403,31 @@ class GroupResult:
         for result in self.results:
             result.forget()
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke every member, nested groups' members included, in one revocation.
+
+        Same arguments and durability as :meth:`AsyncResult.revoke`.
+        """
+        control = self.app.control
+        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=timeout)
+
+    def _member_ids(self) -> list[str]:
+        ids: list[str] = []
+        for result in self.results:
+            member: object = result  # typed as AsyncResult, but a nested group's is a group
+            if isinstance(member, GroupResult):
+                ids.extend(member._member_ids())
+            else:
+                ids.append(result.id)
+        return ids
+
     def _raise_if_failed(self) -> None:
         """Raise a failed member's error (``get(follow_parents=True)`` on a chord body)."""
         if self.parent is not None:
@@ -406,6 +467,18 @@ class EagerGroupResult(GroupResult):
         return [r.get(propagate=propagate) for r in self.results]
 
     join = get
+
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Mark every member REVOKED, here only (see :meth:`EagerResult.revoke`)."""
+        for result in self.results:
+            result.revoke()
 
     def __repr__(self) -> str:
         return f"<EagerGroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
