@@ -91,6 +91,39 @@ def test_child_killed_mid_job_is_reported_lost_and_replaced(make_pool: Any) -> N
     assert pool.statistics().pids == [new.value]
 
 
+@pytest.mark.parametrize(
+    ("signum", "exitcode"),
+    [
+        (signal.SIGTERM, -signal.SIGKILL),  # children ignore SIGTERM and SIGINT: SIGKILL goes
+        (signal.SIGINT, -signal.SIGKILL),
+        (signal.SIGKILL, -signal.SIGKILL),
+        (signal.SIGUSR1, -signal.SIGUSR1),
+    ],
+)
+def test_terminate_signals_only_the_child_running_that_job(
+    make_pool: Any, signum: int, exitcode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two children, each running a job that would run for 30 s
+    pool = make_pool(2)
+    collector = Collector()
+    pool.submit(Job("victim", "hang"), collector)
+    pool.submit(Job("bystander", "hang"), collector)
+
+    # When one job is terminated
+    with caplog.at_level(logging.INFO, "chard.worker.pools.prefork"):
+        assert pool.terminate("victim", signum) is True
+        (outcome,) = collector.wait(1)
+
+    # Then its child died of the signal, reported lost (logged as asked for, not as a crash)
+    assert (outcome.job.id, outcome.kind, outcome.exitcode) == ("victim", "lost", exitcode)
+    (exit_record,) = [r for r in caplog.records if "exited (code" in r.getMessage()]
+    assert exit_record.levelno == logging.INFO
+    # And the other job runs on, while a new child takes the freed slot
+    assert pool.statistics().busy == 1
+    assert pool.terminate("no-such-job", signal.SIGKILL) is False
+    assert submit(pool, Job("next", "ok")).value == "ok"
+
+
 def test_child_exiting_mid_job_reports_its_exit_code(make_pool: Any) -> None:
     pool = make_pool(2)
 

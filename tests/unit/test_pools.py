@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -106,6 +107,17 @@ def run_many(pool: Pool, jobs: list[Job]) -> list[Outcome]:
         collector.wait_for_slot(pool)
         pool.submit(job, collector)
     return collector.wait(len(jobs))
+
+
+@pytest.mark.parametrize("kind", ["threads", "solo"])
+def test_in_process_pools_cannot_terminate_a_job_and_say_so(
+    kind: str, pools: list[Pool], caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = start_pool(kind, echo, 1)
+    pools.append(pool)
+
+    assert pool.terminate("job-1", signal.SIGKILL) is False
+    assert f"the {kind} pool cannot terminate job job-1" in caplog.text
 
 
 def test_create_pool_names_the_kinds_when_unknown() -> None:

@@ -80,6 +80,7 @@ class Pool(ABC):
     - The target is expected to catch task errors itself and return a value. If it raises anyway,
       the traceback is logged and the job is reported ``done`` with ``value=None``.
     - Methods are thread-safe, except that :meth:`stop` must not be called from ``on_done``.
+    - :meth:`terminate` signals a running job's process where the pool has one (prefork).
 
     Args:
         target: Called with each job's payload; for prefork it must be reachable after fork
@@ -149,6 +150,24 @@ class Pool(ABC):
     @abstractmethod
     def statistics(self) -> PoolStats:
         """Return a snapshot of the pool's state."""
+
+    def terminate(self, job_id: str, signum: int) -> bool:
+        """Send ``signum`` to the process running job ``job_id``; return whether one was sent.
+
+        Only a pool of processes can do this: this default (threads, solo) logs a
+        warning and returns False, and the job runs to its end, since a thread cannot
+        be killed. The job's outcome reaches ``on_done`` as usual: with prefork,
+        ``lost`` when the signal ended the child, ``done`` when the job finished
+        first or survived the signal. A job not running here is a no-op (False).
+        Thread-safe.
+        """
+        logger.warning(
+            "the %s pool cannot terminate job %s (a thread cannot be killed); it runs to its "
+            "end. Use the prefork pool for terminate=True",
+            self.kind,
+            job_id,
+        )
+        return False
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         """Log a WARNING the first time ``key`` comes up, so a busy worker does not flood logs."""

@@ -93,6 +93,7 @@ class _Child:
     is_retiring: bool = False  # takes no new job; exits after the current one
     is_registered: bool = False  # its pipe and sentinel are in the supervisor's selector
     is_killed: bool = False  # SIGKILLed for its hard time limit
+    is_terminated: bool = False  # signalled by terminate() during its current job
     is_reaped: bool = False
 
 
@@ -245,6 +246,7 @@ class PreforkPool(Pool):
     def _finish(self, child: _Child, kind: OutcomeKind, value: Any, rc: int | None = None) -> None:
         job, on_done = child.job, child.on_done
         child.job = child.on_done = child.deadline = None
+        child.is_terminated = False
         if job is None or on_done is None:
             logger.warning("child %d sent a result with no job assigned; ignoring it", child.pid)
             return
@@ -275,7 +277,8 @@ class PreforkPool(Pool):
         del self._children[child.pid]
         if child.job is not None:
             kind: OutcomeKind = "timeout" if child.is_killed else "lost"
-            logger.error("child %d exited (code %s) running job %s", child.pid, code, child.job.id)
+            log = logger.info if child.is_terminated else logger.error  # asked for, or a crash
+            log("child %d exited (code %s) running job %s", child.pid, code, child.job.id)
             self._finish(child, kind, None, code)
         elif not child.is_retiring and self._state == "running":
             logger.warning("idle child %d exited unexpectedly (exit code %s)", child.pid, code)
@@ -362,6 +365,27 @@ class PreforkPool(Pool):
                     self._send_exit(child)
             self._fill()
 
+    def terminate(self, job_id: str, signum: int) -> bool:
+        """Signal the child running ``job_id``; see :meth:`Pool.terminate`.
+
+        SIGTERM and SIGINT go out as SIGKILL: children ignore those two, so that a
+        SIGTERM or Ctrl-C reaching the whole process group (docker stop) is a warm
+        shutdown of the parent rather than the end of every running task. Little is
+        lost: SIGTERM's default action does not run ``finally`` blocks either; only a
+        task that installed its own SIGTERM handler would notice.
+        """
+        with self._lock:  # held while signalling: the child cannot take another job meanwhile
+            for child in self._children.values():
+                if child.job is None or child.job.id != job_id:
+                    continue
+                sent = signal.SIGKILL if signum in _CHILD_IGNORED else signum
+                logger.info("sending %s to child %d running job %s", _name(sent), child.pid, job_id)
+                child.is_terminated = True
+                with contextlib.suppress(ProcessLookupError):  # exited; the sentinel reports it
+                    os.kill(child.pid, sent)
+                return True
+        return False
+
     def stop(self, graceful: bool = True, timeout: float | None = None) -> None:
         """Stop the pool; see :meth:`Pool.stop`.
 
@@ -420,6 +444,13 @@ class PreforkPool(Pool):
             busy = sum(c.job is not None for c in self._children.values())
             pids = sorted(self._children)
             return PoolStats(self.kind, self.concurrency, busy, self._processed, pids)
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _kill(child: _Child) -> None:
