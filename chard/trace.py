@@ -234,14 +234,24 @@ def send_errbacks(app: Celery, request: Context, exc: BaseException) -> None:
     for errback in request.errbacks or ():
         sig = Signature.from_dict(errback, app=app)
         sig.apply_async((request.id,), parent_id=request.id)
-    backend = app.backend
-    if backend is not None:
-        for step in request.chain or ():
-            step_id = (step.get("options") or {}).get("task_id")
-            if step_id and not step.get("subtask_type"):
-                backend.store_result(step_id, exc, states.FAILURE, None, {"parent_id": request.id})
+    end_chain(app, request, exc, states.FAILURE)
     if request.chord:
         on_chord_part_return(app, request, states.FAILURE, exc)
+
+
+def end_chain(app: Celery, request: Context, exc: BaseException, state: str) -> None:
+    """Store ``exc`` in ``state`` for the chain steps after ``request``: they will never run.
+
+    A failed task ends its chain FAILURE; a revoked one, REVOKED. Steps that are
+    groups or chords have no single id and are left alone.
+    """
+    backend = app.backend
+    if backend is None:
+        return
+    for step in request.chain or ():
+        step_id = (step.get("options") or {}).get("task_id")
+        if step_id and not step.get("subtask_type"):
+            backend.store_result(step_id, exc, state, None, {"parent_id": request.id})
 
 
 def apply_eagerly(

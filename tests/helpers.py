@@ -31,6 +31,13 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Skip the test when ``name`` is not listening, or fail under CI=true."""
     try:

@@ -11,10 +11,12 @@ handed to another worker, while a dead worker's leases lapse within
 ``lease_timeout`` seconds.
 
 Checks made here, before a message costs a pool slot: undecodable or disallowed
-content (dead-lettered), unknown task (FAILURE + dead-lettered), too many
-deliveries (FAILURE ``WorkerLostError`` + dead-lettered: a poison pill does not
-loop), a future ETA from a client whose broker cannot delay (re-published with a
-not-before time: workers never hold future work), and expiry (REVOKED).
+content (dead-lettered), revoked (REVOKED; see :mod:`chard.worker.revocations`,
+which also terminates running tasks on request), unknown task (FAILURE +
+dead-lettered), too many deliveries (FAILURE ``WorkerLostError`` + dead-lettered:
+a poison pill does not loop), a future ETA from a client whose broker cannot delay
+(re-published with a not-before time: workers never hold future work), and expiry
+(REVOKED).
 
 A lost broker connection (a Redis restart, a failover) never ends the worker: the
 fetcher backs off and reconnects, and settling a finished message is retried until the
@@ -40,13 +42,13 @@ from chard.exceptions import (
     ContentDisallowed,
     DecodeError,
     NotRegistered,
-    TaskRevokedError,
     TimeLimitExceeded,
     WorkerLostError,
 )
 from chard.protocol.message import TaskMessage, peek, with_header
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
 from chard.worker.pools.base import Job, Outcome, Pool
+from chard.worker.revocations import Revocations
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -66,6 +68,8 @@ class ConsumerStats:
     succeeded: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    #: Revoked, expired or terminated on request: REVOKED, never run (or run no further).
+    revoked: int = 0
     by_task: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,6 +106,7 @@ class Consumer:
         self._cold = False
         self._fetch_idle = False
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
+        self.revocations = Revocations(app, pool, self._inflight, self._stopping)
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> ConsumerStats:
@@ -114,6 +119,7 @@ class Consumer:
             name="chard-heartbeat",
             daemon=True,
         )
+        self.revocations.start()  # before the first fetch, so no known revocation is missed
         fetcher.start()
         beat.start()
         try:
@@ -123,6 +129,7 @@ class Consumer:
             with self._cond:
                 self._cond.notify_all()
             fetcher.join(timeout=5)
+            self.revocations.join(timeout=5)
             self._shutdown()
         return self.stats
 
@@ -256,6 +263,7 @@ class Consumer:
         )
         self._inflight[message.id] = _Inflight(delivery, message, acked_early=not acks_late)
         self.pool.submit(job, self._on_done)
+        self.revocations.started(message.id)
 
     def _decode(self, delivery: Delivery) -> TaskMessage | None:
         try:
@@ -276,6 +284,9 @@ class Consumer:
     def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
         """Run the checks that settle a message without running it; True to run it."""
         self.stats.received += 1
+        if self.revocations.is_revoked(message.id):
+            self._discard(delivery, message, "revoked")
+            return False
         try:
             self.app.tasks[message.task]
         except NotRegistered as error:
@@ -296,9 +307,7 @@ class Consumer:
             self._defer(delivery, message)
             return False
         if is_expired(message):
-            logger.info("Task %s[%s] expired; not run (REVOKED)", message.task, message.id)
-            self._store(message, TaskRevokedError("expired"), states.REVOKED)
-            self._reliably(delivery.ack)
+            self._discard(delivery, message, "expired")
             return False
         logger.info("Task %s[%s] received", message.task, message.id)
         return True
@@ -312,6 +321,11 @@ class Consumer:
         self._reliably(self.app.broker.publish, deferred)
         self._reliably(delivery.ack)
         logger.debug("Task %s[%s] deferred to its ETA %s", message.task, message.id, eta)
+
+    def _discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
+        self.revocations.discard(delivery, message, reason)  # stores REVOKED, logs
+        self._reliably(delivery.ack)
+        self.stats.revoked += 1
 
     def _fail_and_set_aside(
         self, delivery: Delivery, message: TaskMessage, error: BaseException, reason: str
@@ -333,7 +347,9 @@ class Consumer:
         delivery, message = inflight.delivery, inflight.message
         self.stats.processed += 1
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
-        if outcome.kind == "done":
+        if outcome.kind != "done" and self.revocations.is_terminated(message.id):
+            self._discard(delivery, message, "terminated")  # killed on request: not lost
+        elif outcome.kind == "done":
             self._settle_done(delivery, message, outcome.value, inflight.acked_early, acks)
         elif outcome.kind == "timeout":
             error = TimeLimitExceeded(outcome.job.time_limit)

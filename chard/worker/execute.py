@@ -61,6 +61,11 @@ def configure(app: Celery, hostname: str) -> None:
     _app, _hostname = app, hostname
 
 
+def configured_hostname() -> str:
+    """Return the node name :func:`configure` set (for requests built outside the pool)."""
+    return _hostname
+
+
 def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> Context:
     """Return the ``self.request`` context of ``message``."""
     return Context(

@@ -26,18 +26,12 @@ import redis
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
 from chard.exceptions import BrokerConnectionError, WorkerLostError
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.integration.workers import WorkerFactory, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 REDIS_SERVER = "redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -41,6 +41,15 @@ def sleep_then_mark(seconds, marker):
 
 
 @app.task
+def block_until(gate, timeout=30):
+    """Keep a pool slot busy until the file ``gate`` exists (the test creates it)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(gate)
+
+
+@app.task
 def die_always():
     os.kill(os.getpid(), signal.SIGKILL)
 

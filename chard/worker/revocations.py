@@ -1,0 +1,270 @@
+"""Revoked task ids, worker side: kept in memory, fed by the broker's durable ``revoke`` log.
+
+When the consumer starts, :meth:`Revocations.start` reads the whole ``revoke``
+broadcast channel from its start, dropping expired entries, before the first
+message is fetched; then a daemon thread blocks on the channel for new entries
+(reconnecting with back-off when the broker drops). :meth:`Revocations.is_revoked`
+answers from memory: no broker round-trip per task. So a revocation reaches every
+worker that runs within its expiry (3 hours), including one started after it was
+sent, which Celery's in-memory broadcast cannot do.
+
+What happens to a revoked task (the consumer only calls in here):
+
+* **Not started.** When it is fetched, it is discarded instead of run: REVOKED
+  (``TaskRevokedError("revoked")``) is stored unless results are ignored, the
+  chain steps after it become REVOKED too, a chord it belongs to fails, the
+  ``task_revoked`` signal is sent, and the message is acked. A countdown or ETA
+  task is held by the broker, so this happens when it falls due. Expired tasks go
+  the same way (``"expired"``).
+* **Running, with ``terminate=True``.** The pool signals the process running it
+  (:meth:`~chard.worker.pools.base.Pool.terminate`; prefork only). When its
+  process dies, the job settles as REVOKED (``"terminated"``) and is acked: it
+  is not redelivered as a lost child. If the task finished first (or survived
+  the signal), its own outcome stands. A task admitted in the instant before
+  the revocation arrived is signalled as soon as it is started.
+* **Running, without ``terminate``.** It runs to its end, as in Celery.
+
+Memory is bounded: at most :data:`MAX_REVOKED` ids (Celery's 50,000), each
+forgotten when its revocation expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Container, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from chard import signals, states
+from chard._utils.clock import Clock, SystemClock
+from chard.brokers.base import BROADCAST_START, Delivery
+from chard.canvas import on_chord_part_return
+from chard.exceptions import BrokerConnectionError, DecodeError, NotRegistered, TaskRevokedError
+from chard.protocol.control import REVOKE_CHANNEL, Revocation
+from chard.protocol.message import TaskMessage
+from chard.trace import end_chain
+from chard.worker.execute import JobPayload, build_request, configured_hostname
+from chard.worker.pools.base import Pool
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+#: Most revoked ids kept at once (Celery's ``REVOKES_MAX``); the oldest go first.
+MAX_REVOKED = 50_000
+#: Longest single blocking read of the channel: how soon the thread sees a stop.
+READ_TIMEOUT = 1.0
+#: Longest pause between two attempts to reach a broker that is down (seconds).
+MAX_BACKOFF = 30.0
+
+
+class Revocations:
+    """The revoked task ids this worker knows of; see the module docstring.
+
+    Args:
+        app: the worker's app (its broker carries the channel, its backend the states).
+        pool: the pool to ask to terminate running tasks.
+        running: the ids of the tasks handed to the pool and not yet settled.
+        stopping: set when the consumer stops; ends the reading thread.
+        clock: the time source for expiry (tests pass a FakeClock).
+        max_ids: the most ids kept at once.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        pool: Pool,
+        running: Container[str],
+        stopping: threading.Event,
+        *,
+        clock: Clock | None = None,
+        max_ids: int = MAX_REVOKED,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self._running = running
+        self._stopping = stopping
+        self._clock: Clock = clock or SystemClock()
+        self._max_ids = max_ids
+        # task id -> (expires, signal to terminate it with or None), oldest first. Written
+        # by the reading thread under the lock; read without it (a dict get is atomic).
+        self._revoked: dict[str, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+        self._cursor = BROADCAST_START
+        self._thread: threading.Thread | None = None
+        self._is_caught_up = False  # the log read at start is in: announce what follows
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Read the whole log (retrying until the broker answers, or a stop), then follow it.
+
+        Blocks until the log is read, so that no revoked task runs for want of it.
+        """
+        if not self._read(0, once=True):
+            return
+        self._is_caught_up = True
+        if self._revoked:
+            logger.info("%d revoked task id(s) in force", len(self._revoked))
+        self._thread = threading.Thread(
+            target=self._read, args=(READ_TIMEOUT,), name="chard-revocations", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the reading thread to end (after ``stopping`` is set)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _read(self, timeout: float, once: bool = False) -> bool:
+        """Poll the log until a stop (``once``: until one poll worked); False if it never did.
+
+        Never raises: a broker that is down is retried with back-off, like the fetcher.
+        """
+        pause, failing = 1.0, False
+        while not self._stopping.is_set():
+            try:
+                self.poll(timeout)
+            except NotImplementedError as exc:
+                logger.warning("Revocations are off: %s", exc)
+                return False
+            except Exception as exc:  # the broker is down, mostly: never end the thread
+                level = logging.WARNING if isinstance(exc, BrokerConnectionError) else logging.ERROR
+                logger.log(level, "Cannot read revocations: %s; retrying in %.0fs", exc, pause)
+                failing = True
+                self._stopping.wait(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            if failing:
+                logger.warning("Reading revocations again")
+                pause, failing = 1.0, False
+            if once:
+                return True
+        return False
+
+    def poll(self, timeout: float) -> int:
+        """Read what the log holds after the last entry seen (waiting up to ``timeout``).
+
+        Returns how many entries were read. Terminates the running tasks they name
+        with ``terminate=True``.
+        """
+        entries = self.app.broker.broadcast_read(REVOKE_CHANNEL, self._cursor, timeout)
+        if entries:
+            self.apply(entry for _, entry in entries)
+            self._cursor = entries[-1][0]
+        return len(entries)
+
+    # -- the record -----------------------------------------------------------
+    def apply(self, payloads: Iterable[bytes]) -> None:
+        """Take in revocation payloads: remember their ids, terminate running ones."""
+        now = self._clock.time()
+        to_terminate: list[tuple[str, int]] = []
+        with self._lock:
+            for payload in payloads:
+                try:
+                    revocation = Revocation.from_payload(payload)
+                except DecodeError as exc:
+                    logger.warning("Ignoring a malformed revocation: %s", exc)
+                    continue
+                if revocation.is_expired(now):
+                    continue
+                signum = revocation.signum if revocation.terminate else None
+                if self._is_caught_up:
+                    logger.info("Tasks flagged as revoked: %s", _shorten(revocation.ids))
+                for task_id in revocation.ids:
+                    _, before = self._revoked.pop(task_id, (0.0, None))
+                    self._revoked[task_id] = (revocation.expires, signum or before)
+                    if signum is not None:
+                        to_terminate.append((task_id, signum))
+            self._forget_old(now)
+        for task_id, signum in to_terminate:
+            self._terminate_if_running(task_id, signum)
+
+    def _forget_old(self, now: float) -> None:
+        """Drop expired ids from the front, then the oldest beyond ``max_ids``."""
+        expired = []
+        for task_id, (expires, _) in self._revoked.items():
+            if expires > now:
+                break  # kept in arrival order, which is expiry order give or take clock skew
+            expired.append(task_id)
+        for task_id in expired:
+            del self._revoked[task_id]
+        excess = len(self._revoked) - self._max_ids
+        if excess > 0:
+            for task_id in list(self._revoked)[:excess]:
+                del self._revoked[task_id]
+            logger.warning(
+                "Forgot %d unexpired revocation(s): more than %d revoked task ids at once",
+                excess,
+                self._max_ids,
+            )
+
+    def __len__(self) -> int:
+        """Return how many revoked ids are kept (expired ones linger until the next entry)."""
+        return len(self._revoked)
+
+    def is_revoked(self, task_id: str) -> bool:
+        """Return whether ``task_id`` is revoked (from memory; the hot path calls this)."""
+        entry = self._revoked.get(task_id)
+        return entry is not None and entry[0] > self._clock.time()
+
+    def is_terminated(self, task_id: str) -> bool:
+        """Return whether ``task_id`` was revoked with ``terminate=True``."""
+        entry = self._revoked.get(task_id)
+        return entry is not None and entry[1] is not None
+
+    def started(self, task_id: str) -> None:
+        """Terminate ``task_id`` if a terminating revocation came while it was being started."""
+        entry = self._revoked.get(task_id)
+        if entry is not None and entry[1] is not None:
+            self._terminate_if_running(task_id, entry[1])
+
+    def _terminate_if_running(self, task_id: str, signum: int) -> None:
+        if task_id not in self._running:
+            return  # not here, or not started: it is discarded when fetched
+        logger.info("Terminating revoked task %s (%s)", task_id, signal.Signals(signum).name)
+        self.pool.terminate(task_id, signum)
+
+    # -- discarding -----------------------------------------------------------
+    def discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
+        """Record that ``message``'s task will not run (or ran no further): REVOKED.
+
+        ``reason`` is ``"revoked"``, ``"expired"`` or ``"terminated"``, stored as the
+        :class:`~chard.exceptions.TaskRevokedError` (Celery's reasons). The caller
+        acks the message.
+        """
+        name, task_id = message.task, message.id
+        if reason == "expired":
+            logger.info("Task %s[%s] expired; not run (REVOKED)", name, task_id)
+        elif reason == "terminated":
+            logger.info("Task %s[%s] terminated (REVOKED)", name, task_id)
+        else:
+            logger.info("Discarding revoked task %s[%s]", name, task_id)
+        app, error = self.app, TaskRevokedError(reason)
+        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
+        request = build_request(message, payload, configured_hostname())
+        if app.backend is not None and not message.ignore_result:
+            extra = {"parent_id": message.parent_id, "group_id": message.group}
+            app.backend.store_result(task_id, error, states.REVOKED, None, extra)
+        end_chain(app, request, error, states.REVOKED)
+        if message.chord:
+            on_chord_part_return(app, request, states.REVOKED, error)
+        try:
+            task = app.tasks[name]
+        except NotRegistered:
+            task = None
+        entry = self._revoked.get(task_id)
+        signals.task_revoked.send(
+            sender=task,
+            request=request,
+            terminated=reason == "terminated",
+            signum=entry[1] if entry is not None else None,
+            expired=reason == "expired",
+        )
+
+
+def _shorten(ids: Sequence[str], most: int = 10) -> str:
+    """Return ``ids`` for a log line: the first ``most`` of them, then how many more."""
+    shown = ", ".join(ids[:most])
+    return shown if len(ids) <= most else f"{shown} (and {len(ids) - most} more)"

@@ -1,0 +1,201 @@
+"""Revocation end to end: real ``chard -A itproj worker`` processes, on SQLite and Redis.
+
+Each test proves a revoked body never ran with a marker file it would have written
+(``sleep_then_mark`` appends a line per run). A busy worker is one running
+``block_until(gate)``: the test decides when its only pool slot frees up, after
+the worker has logged that it took the revocation in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard import group, states
+from chard.exceptions import TaskRevokedError
+from tests.helpers import wait_for
+from tests.integration.workers import WorkerFactory, WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def is_revoked(result: Any) -> bool:
+    return bool(result.state == states.REVOKED)
+
+
+def busy(workers: WorkerFactory, gate: Path) -> tuple[WorkerProcess, Any]:
+    """Start a one-slot worker and occupy its slot until ``gate`` is created."""
+    from itproj.tasks import block_until
+
+    worker = workers.start("-c", "1", "--prefetch-multiplier", "1")
+    blocker = block_until.delay(str(gate))
+    worker.wait_for_log(f"[{blocker.id}] received")
+    return worker, blocker
+
+
+def held_messages(app: Any) -> int:
+    """Count the messages the broker still holds, leased ones included (0: all acked)."""
+    url = app.broker_url
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT count(*) FROM chard_messages").fetchone()[0])
+    broker = app.broker  # kombu's ready list plus chard's leases (see chard.brokers.redis)
+    return int(broker._client.llen(broker._key("celery"))) + int(
+        broker._client.hlen(broker._key("chard.inflight"))
+    )
+
+
+def test_a_queued_task_revoked_behind_a_busy_worker_never_runs(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a task queued behind a busy one-slot worker
+    gate, marker = tmp_path / "gate", tmp_path / "ran"
+    worker, blocker = busy(workers, gate)
+    from itproj.tasks import add, sleep_then_mark
+
+    victim = sleep_then_mark.delay(0, str(marker))
+
+    # When it is revoked, and the worker's slot frees up once it knows
+    victim.revoke()
+    worker.wait_for_log(f"Tasks flagged as revoked: {victim.id}")
+    gate.touch()
+
+    # Then it ends REVOKED without running, and the worker goes on
+    assert blocker.get(timeout=10) is True
+    wait_for(lambda: is_revoked(victim), timeout=10)
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        victim.get(timeout=1)
+    worker.wait_for_log(f"Discarding revoked task itproj.tasks.sleep_then_mark[{victim.id}]")
+    assert add.delay(1, 2).get(timeout=10) == 3
+    assert not marker.exists()
+    wait_for(lambda: held_messages(itproj) == 0, timeout=5)  # acked, not left leased
+
+
+def test_a_revoked_countdown_task_is_discarded_when_due(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a task due in 1.5 s, held by the broker
+    worker = workers.start("-c", "1")
+    from itproj.tasks import sleep_then_mark
+
+    marker = tmp_path / "ran"
+    sent = time.monotonic()
+    victim = sleep_then_mark.apply_async((0, str(marker)), countdown=1.5)
+
+    # When it is revoked before it is due
+    victim.revoke()
+    worker.wait_for_log(f"Tasks flagged as revoked: {victim.id}")
+    assert victim.state == states.PENDING
+
+    # Then the worker discards it when it falls due and is fetched
+    wait_for(lambda: is_revoked(victim), timeout=15)
+    assert time.monotonic() - sent >= 1.4, "discarded before it was due: the broker held it"
+    worker.wait_for_log(f"Discarding revoked task itproj.tasks.sleep_then_mark[{victim.id}]")
+    assert not marker.exists()
+
+
+def test_a_revocation_sent_before_the_worker_starts_is_honoured(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a queued task revoked while no worker runs (Celery's workers would run it)
+    from itproj.tasks import add, sleep_then_mark
+
+    marker = tmp_path / "ran"
+    victim = sleep_then_mark.delay(0, str(marker))
+    victim.revoke()
+    other = add.delay(2, 2)
+
+    # When a worker starts afterwards
+    worker = workers.start("-c", "1")
+
+    # Then it read the revocation from the broker, discards the task and runs the rest
+    assert other.get(timeout=10) == 4
+    wait_for(lambda: is_revoked(victim), timeout=10)
+    assert "1 revoked task id(s) in force" in worker.output()
+    assert not marker.exists()
+
+
+def test_a_revocation_outlives_the_worker_that_saw_it(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a worker that took a revocation in while the task waited for its countdown
+    first = workers.start("-c", "1")
+    from itproj.tasks import sleep_then_mark
+
+    marker = tmp_path / "ran"
+    victim = sleep_then_mark.apply_async((0, str(marker)), countdown=2)
+    victim.revoke()
+    first.wait_for_log(f"Tasks flagged as revoked: {victim.id}")
+
+    # When that worker stops before the task is due, and another one starts
+    assert first.stop() == 0
+    second = workers.start("-c", "1")
+
+    # Then the new worker honours it
+    wait_for(lambda: is_revoked(victim), timeout=15)
+    second.wait_for_log(f"Discarding revoked task itproj.tasks.sleep_then_mark[{victim.id}]")
+    assert not marker.exists()
+
+
+def test_group_revoke_behind_a_busy_worker_revokes_every_member(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a group of five queued behind a busy worker
+    gate, marker = tmp_path / "gate", tmp_path / "ran"
+    worker, blocker = busy(workers, gate)
+    from itproj.tasks import sleep_then_mark
+
+    result = group(sleep_then_mark.s(0, str(marker)) for _ in range(5))()
+
+    # When the group result is revoked (one revocation for all), then the slot frees up
+    result.revoke()
+    worker.wait_for_log("Tasks flagged as revoked: " + ", ".join(r.id for r in result))
+    gate.touch()
+
+    # Then every member ends REVOKED, and none ran
+    assert blocker.get(timeout=10) is True
+    wait_for(lambda: all(is_revoked(r) for r in result), timeout=15)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=1)
+    assert not marker.exists()
+
+
+def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivered(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a long task running in a prefork child
+    worker = workers.start("-c", "1", "-P", "prefork")
+    from itproj.tasks import add, sleep_then_mark
+
+    marker = tmp_path / "ran"
+    long = sleep_then_mark.delay(30, str(marker))
+    worker.wait_for_log(f"[{long.id}] received")
+
+    # When it is revoked with terminate=True
+    asked = time.monotonic()
+    long.revoke(terminate=True)
+
+    # Then it ends REVOKED ("terminated") quickly, the body never finished ...
+    wait_for(lambda: is_revoked(long), timeout=10)
+    took = time.monotonic() - asked
+    assert took < 3.0, f"terminate took {took:.2f}s"
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        long.get(timeout=1)
+    worker.wait_for_log(f"Task itproj.tasks.sleep_then_mark[{long.id}] terminated (REVOKED)")
+
+    # ... the worker serves the next task (the pool replaced the child) ...
+    assert add.delay(2, 3).get(timeout=10) == 5
+
+    # ... and the message was acked, neither redelivered nor republished as a lost child
+    wait_for(lambda: held_messages(itproj) == 0, timeout=5)
+    log = worker.output()
+    assert log.count(f"[{long.id}] received") == 1
+    assert f"Discarding revoked task itproj.tasks.sleep_then_mark[{long.id}]" not in log
+    assert "while running itproj.tasks.sleep_then_mark" not in log  # not reported lost
+    assert not marker.exists()
+    print(f"revoke(terminate=True) took effect in {took * 1000:.0f} ms")
