@@ -129,8 +129,8 @@ class Consumer:
             with self._cond:
                 self._cond.notify_all()
             fetcher.join(timeout=5)
-            self.revocations.join(timeout=5)
             self._shutdown()
+            self.revocations.join(timeout=5)  # it sees the stop within its read timeout
         return self.stats
 
     def stop(self, cold: bool = False) -> None:

@@ -54,8 +54,9 @@ logger = logging.getLogger("chard.worker")
 
 #: Most revoked ids kept at once (Celery's ``REVOKES_MAX``); the oldest go first.
 MAX_REVOKED = 50_000
-#: Longest single blocking read of the channel: how soon the thread sees a stop.
-READ_TIMEOUT = 1.0
+#: Longest single blocking read of the channel: how soon the thread sees a stop. An idle
+#: worker on Redis pays one XREAD per read; a new revocation wakes the read at once.
+READ_TIMEOUT = 2.0
 #: Longest pause between two attempts to reach a broker that is down (seconds).
 MAX_BACKOFF = 30.0
 
