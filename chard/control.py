@@ -89,9 +89,4 @@ class Control:
             ids, now=time.time(), terminate=terminate, signal=signal, ttl=REVOKE_EXPIRES
         )
         self.app.broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
-        logger.debug(
-            "Revoked %d task(s)%s: %s",
-            len(ids),
-            f" (terminate with {revocation.signal})" if terminate else "",
-            ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""),
-        )
+        logger.debug("Revoked %d task(s) from %s (terminate=%s)", len(ids), ids[0], terminate)
