@@ -14,6 +14,7 @@ import pytest
 
 from chard.brokers import Broker
 from chard.brokers.base import BROADCAST_START
+from chard.exceptions import ImproperlyConfigured
 from tests.contract.conftest import BrokerFactory
 
 
@@ -159,3 +160,8 @@ def test_a_restarted_reader_reads_everything_kept(make_broker: BrokerFactory) ->
 def test_a_foreign_cursor_is_refused(broker: Broker) -> None:
     with pytest.raises(ValueError, match="not a broadcast cursor"):
         broker.broadcast_read("c", "not-a-cursor", timeout=0)
+
+
+def test_a_retention_below_one_is_refused_with_the_fix(make_broker: BrokerFactory) -> None:
+    with pytest.raises(ImproperlyConfigured, match="broadcast_maxlen must be >= 1, got 0"):
+        make_broker(broadcast_maxlen=0)
