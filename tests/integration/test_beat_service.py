@@ -25,7 +25,13 @@ import pytest
 from chard.beat.store_records import slot_key
 from chard.beat.store_sqlite import SQLiteScheduleStore
 from tests.helpers import redis_url, wait_for
-from tests.integration.workers import CHARD, WorkerFactory, WorkerProcess, run_cli
+from tests.integration.workers import (
+    CHARD,
+    WorkerFactory,
+    WorkerProcess,
+    child_pythonpath,
+    run_cli,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +87,7 @@ def env(broker_url: str, tmp_path: Path) -> dict[str, str]:
         "CHARD_RESULT_BACKEND": broker_url,
         "BEATAPP_OUT": str(tmp_path / "runs.jsonl"),
         "BEATAPP_SCHEDULE": json.dumps(TICK),
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": child_pythonpath(str(HERE)),
     }
 
 

@@ -17,6 +17,18 @@ APPS_DIR = Path(__file__).parent / "apps"
 CHARD = str(Path(sys.executable).with_name("chard"))
 
 
+def child_pythonpath(*first: str) -> str:
+    """Return the PYTHONPATH of a child process: the test apps, ``first``, then ours.
+
+    Every entry is made absolute: children run in ``tmp_path``, where a relative entry
+    (``PYTHONPATH=.``) would miss the code under test and import the installed chard.
+    Our own entries are always kept, whatever ``first`` holds, for the same reason.
+    """
+    ours = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    entries = [str(APPS_DIR), *first, *ours]
+    return os.pathsep.join(dict.fromkeys(os.path.abspath(e) for e in entries if e))
+
+
 @dataclass
 class WorkerProcess:
     """A worker subprocess with its log file."""
@@ -84,7 +96,7 @@ class WorkerFactory:
         log = self.tmp_path / f"worker-{len(self.started)}.log"
         argv = [CHARD, "-A", app, "worker", "-l", "INFO", *args]
         env = {**os.environ, **self.env, **(extra_env or {})}
-        env["PYTHONPATH"] = os.pathsep.join([str(APPS_DIR), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = child_pythonpath(*env.get("PYTHONPATH", "").split(os.pathsep))
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 argv,
@@ -112,7 +124,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``chard <args>`` to completion and return its output."""
     full_env = {**os.environ, **env}
-    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS_DIR), full_env.get("PYTHONPATH", "")])
+    full_env["PYTHONPATH"] = child_pythonpath(*full_env.get("PYTHONPATH", "").split(os.pathsep))
     return subprocess.run(
         [CHARD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
