@@ -232,6 +232,41 @@ def test_a_fetch_repeated_after_a_lost_reply_keeps_both_leases(
         broker.close()
 
 
+def test_revocations_outlive_a_redis_restart_and_are_followed_again(
+    private_redis: RedisServer, relproj_on: Any, tmp_path: Path
+) -> None:
+    # Given a worker, and a task that waits in Redis for its countdown, revoked
+    app = relproj_on(transport_for(private_redis))
+    workers = WorkerFactory(tmp_path, transport_for(private_redis))
+    marks = tmp_path / "marks"
+    try:
+        worker = workers.start("-c", "1", app="relproj")
+        # (a task run proves it reads the revoke log: "ready." comes before that)
+        assert app.send_task("relproj.tasks.describe", (1,)).get(timeout=10) == "1"
+        before = app.send_task("relproj.tasks.record", (str(marks), 1), countdown=3)
+        before.revoke()
+        worker.wait_for_log(f"Tasks flagged as revoked: {before.id}")
+
+        # When Redis restarts, the worker's revocation reader notices and comes back
+        private_redis.stop()
+        worker.wait_for_log("Cannot read revocations", timeout=20)
+        private_redis.start()
+        worker.wait_for_log("Reading revocations again", timeout=40)
+
+        # Then a revocation sent after the restart reaches it, and neither task runs
+        after = app.send_task("relproj.tasks.record", (str(marks), 2), countdown=1)
+        after.revoke()
+        worker.wait_for_log(f"Tasks flagged as revoked: {after.id}")
+        wait_for(lambda: {before.state, after.state} == {"REVOKED"}, timeout=20)
+        assert not marks.exists()
+
+        # And the revoke log itself survived: a worker started now knows both
+        newcomer = workers.start("-c", "1", app="relproj")
+        newcomer.wait_for_log("2 revoked task id(s) in force")
+    finally:
+        workers.cleanup()
+
+
 # -- 2. the client's publish retry policy --------------------------------------------------
 
 FAST_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}

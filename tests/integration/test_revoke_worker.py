@@ -27,13 +27,26 @@ def is_revoked(result: Any) -> bool:
     return bool(result.state == states.REVOKED)
 
 
+def consuming(workers: WorkerFactory, *args: str, queue: str = "celery") -> WorkerProcess:
+    """Start a worker and return once it runs a task from ``queue``.
+
+    "ready." is logged before the consumer reads the revoke log; a task run proves the
+    reader caught up, so a revocation sent from now on is announced as it arrives.
+    """
+    from itproj.tasks import add
+
+    worker = workers.start("-c", "1", "-Q", queue, *args)
+    assert add.apply_async((0, 0), queue=queue).get(timeout=10) == 0
+    return worker
+
+
 def busy(workers: WorkerFactory, gate: Path) -> tuple[WorkerProcess, Any]:
     """Start a one-slot worker and occupy its slot until ``gate`` is created."""
     from itproj.tasks import block_until
 
     worker = workers.start("-c", "1", "--prefetch-multiplier", "1")
     blocker = block_until.delay(str(gate))
-    worker.wait_for_log(f"[{blocker.id}] received")
+    worker.wait_for_log(f"[{blocker.id}] received")  # after the revoke log was read
     return worker, blocker
 
 
@@ -80,7 +93,7 @@ def test_a_revoked_countdown_task_is_discarded_when_due(
     itproj: Any, workers: WorkerFactory, tmp_path: Path
 ) -> None:
     # Given a task due in 1.5 s, held by the broker
-    worker = workers.start("-c", "1")
+    worker = consuming(workers)
     from itproj.tasks import sleep_then_mark
 
     marker = tmp_path / "ran"
@@ -123,7 +136,7 @@ def test_a_revocation_outlives_the_worker_that_saw_it(
     itproj: Any, workers: WorkerFactory, tmp_path: Path
 ) -> None:
     # Given a worker (on another queue, so it cannot take the task) that saw a revocation
-    first = workers.start("-c", "1", "-Q", "elsewhere")
+    first = consuming(workers, queue="elsewhere")
     from itproj.tasks import sleep_then_mark
 
     marker = tmp_path / "ran"
