@@ -9,6 +9,7 @@ app = Celery(
 )
 app.conf.broker_connection_retry_on_startup = True
 
+
 @app.task(ignore_result=True)
 def drain() -> None:
     """Do nothing, store nothing (enqueue and drain benchmarks)."""

@@ -21,6 +21,7 @@ from chard.exceptions import BackendConnectionError, ContentDisallowed, DecodeEr
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.trace import trace_task
+from chard.worker.pools.base import report_progress
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -94,6 +95,55 @@ def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> C
         priority=message.priority,
         delivery_count=payload.delivery_count,
     )
+
+
+def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
+    """The pool target: run one message, or a batch of them one after another.
+
+    In a batch, the results of plain tasks (nothing sent after them: no callbacks, chain
+    or chord) are held and stored together, in one backend round trip, before the pool
+    answers and so before the consumer acks; anything else first flushes what is held, so
+    stores keep their order. :func:`report_progress` records the index of the running
+    message: if the process dies, that one is lost (counted as a death) and the others
+    run again uncounted (at-least-once: the ones before it may repeat).
+    """
+    if not isinstance(payload, list):
+        return run_job(payload)
+    backend = _app.backend if _app is not None else None
+    outcomes: list[ExecOutcome] = []
+    held: list[int] = []  # indexes of outcomes whose results are held
+    for index, item in enumerate(payload):
+        report_progress(index)
+        plain = backend is not None and _is_plain(item.message)
+        if held and not plain:
+            _flush(outcomes, held)
+        if plain and backend is not None:
+            backend.hold_stores()
+            held.append(index)
+        outcomes.append(run_job(item))
+    if held:
+        _flush(outcomes, held)
+    return outcomes
+
+
+def _is_plain(message: TaskMessage | None) -> bool:
+    """Whether nothing is sent after ``message`` runs (so its result store may wait)."""
+    if message is None:
+        return False
+    return not (message.callbacks or message.errbacks or message.chain or message.chord)
+
+
+def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:
+    """Store the held results; if the backend is gone, requeue those messages instead."""
+    assert _app is not None
+    assert _app.backend is not None
+    try:
+        _app.backend.flush_stores()
+    except BackendConnectionError as exc:
+        logger.error("Could not store %d task results; returned to the queue: %s", len(held), exc)
+        for index in held:
+            outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))
+    held.clear()
 
 
 def run_job(payload: JobPayload) -> ExecOutcome:
