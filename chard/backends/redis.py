@@ -155,6 +155,15 @@ class RedisResultBackend(ResultBackend):
             if len(calls) == 1:
                 keys, args = calls[0]
                 return [self._store_script(keys=keys, args=args)]
+            try:
+                return pipelined()
+            except redis.exceptions.NoScriptError:
+                # A restarted Redis lost its scripts between the pipeline's check and its
+                # commands: load the script again and repeat (the stores are idempotent).
+                self._client.script_load(_STORE)
+                return pipelined()
+
+        def pipelined() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
                 self._store_script(keys=keys, args=args, client=pipe)

@@ -439,7 +439,7 @@ class Consumer:
         running = outcome.progress or 0
         for index, task_id in enumerate(ids):
             job = Job(task_id, None)
-            if values is not None:
+            if outcome.kind == "done":  # values is None if the target raised (a bug, logged)
                 value = values[index] if isinstance(values, list) else None
                 self._settle_one(Outcome(job, "done", value, pid=outcome.pid), acks)
             elif index == running:

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import BackendConnectionError, ContentDisallowed, DecodeError, NotRegistered
+from chard.exceptions import (
+    BackendConnectionError,
+    BackendError,
+    ContentDisallowed,
+    DecodeError,
+    NotRegistered,
+)
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.trace import trace_task
@@ -139,7 +145,7 @@ def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:
     assert _app.backend is not None
     try:
         _app.backend.flush_stores()
-    except BackendConnectionError as exc:
+    except BackendError as exc:  # its retry policy spent, or a server-side error
         logger.error("Could not store %d task results; returned to the queue: %s", len(held), exc)
         for index in held:
             outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))

@@ -10,6 +10,13 @@ the parent blocks on every pipe and process sentinel at once (an epoll selector,
 :func:`multiprocessing.connection.wait` uses, kept registered across calls), with a timeout equal
 to the nearest hard deadline: an idle pool costs no CPU, and nothing polls.
 
+Batches (:attr:`takes_batches`): a job's payload may be a list that the target runs one item
+after another (the consumer sends runs of short tasks this way: one pipe write and one answer
+for many). The target records the index of the running item with
+:func:`~chard.worker.pools.base.report_progress`, a store into a shared integer per child,
+and a lost job's :attr:`Outcome.progress` carries it, so the caller knows which item killed
+the child.
+
 Queueing ahead (``queue_ahead=k``, the worker's default when its prefetch multiplier is above
 1): a busy child may also hold up to ``k`` small jobs in its pipe, which it starts the moment
 the current one ends, without waiting for the parent to notice. On a deep queue of short tasks
