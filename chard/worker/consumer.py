@@ -275,7 +275,7 @@ class Consumer:
                     self._cond.notify_all()  # the fetcher may have room again
             for delivery in ready:  # first: a child that just finished is idle until then
                 self._admit_for_pool(delivery)
-            if slots and self._admitted and not self._stopping.is_set():
+            if slots and self._admitted:  # even if a stop came meanwhile: they were received
                 self._submit_pending(slots)
             if done:
                 acks: list[Delivery] = []
