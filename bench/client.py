@@ -26,18 +26,18 @@ def _load(system: str) -> tuple[Any, Any]:
 
 
 def enqueue_delay(mod: Any, group: Any, n: int) -> dict[str, Any]:
-    mod.count.delay()  # warm-up: connects
+    mod.drain.delay()  # warm-up: connects
     started = time.perf_counter()
     for _ in range(n):
-        mod.count.delay()
+        mod.drain.delay()
     elapsed = time.perf_counter() - started
     return {"rate": n / elapsed, "sent": n + 1}
 
 
 def enqueue_group(mod: Any, group: Any, n: int) -> dict[str, Any]:
-    mod.count.delay()  # warm-up: connects
+    mod.drain.delay()  # warm-up: connects
     started = time.perf_counter()
-    group(mod.count.s() for _ in range(n)).apply_async()
+    group(mod.drain.s() for _ in range(n)).apply_async()
     elapsed = time.perf_counter() - started
     return {"rate": n / elapsed, "sent": n + 1}
 

@@ -2,7 +2,6 @@
 
 import os
 
-import redis
 from celery import Celery
 
 app = Celery(
@@ -10,15 +9,10 @@ app = Celery(
 )
 app.conf.broker_connection_retry_on_startup = True
 
-_counter: list[redis.Redis] = []  # one client per process, opened after fork
-
 
 @app.task(ignore_result=True)
-def count() -> None:
-    """Add one to the completion counter (drain and enqueue benchmarks)."""
-    if not _counter:
-        _counter.append(redis.Redis.from_url(os.environ["BENCH_COUNTER_URL"]))
-    _counter[0].incr(os.environ["BENCH_COUNTER_KEY"])
+def drain() -> None:
+    """Do nothing, store nothing (enqueue and drain benchmarks)."""
 
 
 @app.task

@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import logging
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,7 @@ class ResultBackend(ABC):
         self.url = url
         self.expires = expires
         self.options = dict(options or {})
+        self._held = threading.local()  # .metas: this thread's stores held by hold_stores()
 
     # -- primitives ---------------------------------------------------------
     @abstractmethod
@@ -175,15 +177,53 @@ class ResultBackend(ABC):
         """Store a state for ``task_id`` unless a later state is already stored.
 
         A redelivered duplicate or a late ``STARTED`` never overwrites a ready
-        state: the meta already there wins and is returned.
+        state: the meta already there wins and is returned. While this thread holds its
+        stores (:meth:`hold_stores`), the meta is only queued and returned as is.
         """
-        key = self.task_key(task_id)
-        current = self._load(self._get(key))
-        if current is not None and self._is_final_over(current.get("status"), state):
-            return current
         meta = self.encode_meta(task_id, result, state, traceback, extra)
-        self._set(key, serializers.json_dumps(meta), self.expires)
-        return meta
+        held: list[Meta] | None = getattr(self._held, "metas", None)
+        if held is not None:
+            held.append(meta)
+            return meta
+        return self._store_metas([meta])[0]
+
+    def _store_metas(self, metas: Sequence[Meta]) -> list[Meta]:
+        """Store each meta in order (see :meth:`store_result`); return what is kept.
+
+        Backends override it to send them all in one round trip.
+        """
+        kept = []
+        for meta in metas:
+            key = self.task_key(meta["task_id"])
+            current = self._load(self._get(key))
+            if current is not None and self._is_final_over(current.get("status"), meta["status"]):
+                kept.append(current)
+                continue
+            self._set(key, serializers.json_dumps(meta), self.expires)
+            kept.append(meta)
+        return kept
+
+    def hold_stores(self) -> None:
+        """Queue this thread's :meth:`store_result` calls until :meth:`flush_stores`.
+
+        The worker runs a batch of plain tasks (no callbacks, chain or chord) this way: their
+        results go out in one round trip, before the batch's messages are acked.
+        """
+        if getattr(self._held, "metas", None) is None:
+            self._held.metas = []
+
+    def flush_stores(self) -> int:
+        """Store what :meth:`hold_stores` queued, in order, and stop holding; return how many.
+
+        Raises:
+            BackendConnectionError: the backend stayed unreachable (its retry policy spent);
+                nothing is held any more, and the caller must treat those stores as not done.
+        """
+        held: list[Meta] | None = getattr(self._held, "metas", None)
+        self._held.metas = None
+        if held:
+            self._store_metas(held)
+        return len(held or ())
 
     def get_task_meta(self, task_id: str) -> Meta:
         """Return the stored meta, or a ``PENDING`` meta for an unknown id."""

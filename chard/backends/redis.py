@@ -131,33 +131,49 @@ class RedisResultBackend(ResultBackend):
         with self._errors():
             store()
 
-    def store_result(
-        self,
-        task_id: str,
-        result: Any,
-        state: str,
-        traceback: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> Meta:
-        """Store a state as the base class does, riding out a lost connection (``retry_policy``).
+    def _store_metas(self, metas: Sequence[Meta]) -> list[Meta]:
+        """Store metas as the base class does, in one round trip, riding out a lost connection.
 
-        The read-compare-write is one script (one round-trip instead of a GET then a
-        MULTI), with the base class's precedence (:meth:`_is_final_over`) passed in as
-        the list of stored states that win. Safe to repeat: the script runs again whole,
-        and a waiter that was already woken simply reads the same value again.
+        Each read-compare-write is one script call (instead of a GET then a MULTI), with
+        the base class's precedence (:meth:`_is_final_over`) passed in as the list of stored
+        states that win; several go out in one pipeline. Safe to repeat (``retry_policy``):
+        the scripts run again whole, and a waiter that was already woken simply reads the
+        same value again.
         """
-        meta = self.encode_meta(task_id, result, state, traceback, extra)
-        value = serializers.json_dumps(meta)
-        winners = self._winners.get(state)
-        if winners is None:
-            winners = [s for s in states.READY_STATES if self._is_final_over(s, state)]
-            self._winners[state] = winners
         ttl = "" if self.expires is None else str(max(1, round(self.expires * 1000)))
-        keys = [self._key(self.task_key(task_id))]
-        kept = self._ensure(lambda: self._store_script(keys=keys, args=[value, ttl, *winners]))
-        if kept is None:
-            return meta
-        return self._load(cast(bytes, kept)) or meta
+        calls: list[tuple[list[str], list[Any]]] = []
+        for meta in metas:
+            state = meta["status"]
+            winners = self._winners.get(state)
+            if winners is None:
+                winners = [s for s in states.READY_STATES if self._is_final_over(s, state)]
+                self._winners[state] = winners
+            key = self._key(self.task_key(meta["task_id"]))
+            calls.append(([key], [serializers.json_dumps(meta), ttl, *winners]))
+
+        def store() -> list[Any]:
+            if len(calls) == 1:
+                keys, args = calls[0]
+                return [self._store_script(keys=keys, args=args)]
+            try:
+                return pipelined()
+            except redis.exceptions.NoScriptError:
+                # A restarted Redis lost its scripts between the pipeline's check and its
+                # commands: load the script again and repeat (the stores are idempotent).
+                self._client.script_load(_STORE)
+                return pipelined()
+
+        def pipelined() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                self._store_script(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+
+        kept = self._ensure(store)
+        return [
+            meta if raw is None else (self._load(cast(bytes, raw)) or meta)
+            for meta, raw in zip(metas, kept, strict=True)
+        ]
 
     def _delete(self, key: str) -> None:
         with self._errors():

@@ -1,12 +1,14 @@
 """The consume loop: lease messages, check them, hand them to the pool, settle them.
 
-Two threads of the worker's main process share one condition variable:
+Three threads of the worker's main process share one condition variable:
 
 * the *fetcher* blocks on the broker and keeps up to ``prefetch`` messages leased;
 * the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
-  free pool slots and settles finished ones (ack, requeue, dead-letter).
+  free pool slots and settles finished ones (requeue, dead-letter, or an ack to send);
+* the *acker* sends those acks, all that piled up, in one broker call, so the
+  dispatcher never waits on a broker round trip while pool slots sit idle.
 
-A third, the *heartbeat*, extends this worker's leases so a slow task is never
+A fourth, the *heartbeat*, extends this worker's leases so a slow task is never
 handed to another worker, while a dead worker's leases lapse within
 ``lease_timeout`` seconds.
 
@@ -46,6 +48,7 @@ from chard.exceptions import (
     WorkerLostError,
 )
 from chard.protocol.message import TaskMessage, peek, with_header
+from chard.worker import execute
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
 from chard.worker.pools.base import Job, Outcome, Pool
 from chard.worker.revocations import Revocations
@@ -73,11 +76,30 @@ class ConsumerStats:
     by_task: dict[str, int] = field(default_factory=dict)
 
 
+#: Most messages one pool job carries (see :meth:`Consumer._submit_pending`).
+MAX_BATCH = 64
+
+
 @dataclass
 class _Inflight:
     delivery: Delivery
     message: TaskMessage
     acked_early: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A message that passed :meth:`Consumer._admit` and waits for a pool slot."""
+
+    delivery: Delivery
+    message: TaskMessage
+    acks_late: bool
+    job: Job
+
+    @property
+    def batchable(self) -> bool:
+        """Whether it may share a pool job: only without time limits, which are per job."""
+        return self.job.time_limit is None and self.job.soft_time_limit is None
 
 
 class Consumer:
@@ -100,13 +122,17 @@ class Consumer:
         self.stats = ConsumerStats()
         self._cond = threading.Condition()
         self._reserved: deque[Delivery] = deque()
+        self._admitted: deque[_Admitted] = deque()  # dispatcher thread only
+        self._batches: dict[str, list[str]] = {}  # pool job id -> message ids
         self._done: deque[Outcome] = deque()
+        self._acks: list[Delivery] = []  # settled, waiting for the acker
         self._inflight: dict[str, _Inflight] = {}
         self._stopping = threading.Event()
         self._cold = False
         self._fetch_idle = False
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
-        self.revocations = Revocations(app, pool, self._inflight, self._stopping)
+        self.revocations = Revocations(app, pool, self._inflight, self._stopping, self._batches)
+        execute.set_revocation_check(self.revocations.check)  # before the pool forks
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> ConsumerStats:
@@ -119,9 +145,11 @@ class Consumer:
             name="chard-heartbeat",
             daemon=True,
         )
+        acker = threading.Thread(target=self._ack_loop, name="chard-acker", daemon=True)
         self.revocations.start()  # before the first fetch, so no known revocation is missed
         fetcher.start()
         beat.start()
+        acker.start()
         try:
             self._dispatch_loop()
         finally:
@@ -129,6 +157,7 @@ class Consumer:
             with self._cond:
                 self._cond.notify_all()
             fetcher.join(timeout=5)
+            acker.join()
             self._shutdown()
             self.revocations.join(timeout=5)  # it sees the stop within its read timeout
         return self.stats
@@ -142,8 +171,9 @@ class Consumer:
 
     def _shutdown(self) -> None:
         with self._cond:
-            unstarted = list(self._reserved)
+            unstarted = [a.delivery for a in self._admitted] + list(self._reserved)
             self._reserved.clear()
+            self._admitted.clear()
         for delivery in unstarted:  # never started: back to the queue at once, uncounted
             self._reliably(delivery.reject, True)
         if unstarted:
@@ -154,6 +184,7 @@ class Consumer:
             self._done.clear()
         for outcome in done:
             self._settle(outcome)
+        self._flush_acks()
 
     # -- threads --------------------------------------------------------------
     def _fetch_loop(self) -> None:
@@ -162,9 +193,9 @@ class Consumer:
         lost_at: float | None = None
         while not self._stopping.is_set():
             with self._cond:
-                while len(self._reserved) >= self.prefetch and not self._stopping.is_set():
+                while self._held() >= self.prefetch and not self._stopping.is_set():
                     self._cond.wait(1.0)
-                room = self.prefetch - len(self._reserved)
+                room = self.prefetch - self._held()
             if self._stopping.is_set():
                 return
             try:
@@ -191,6 +222,17 @@ class Consumer:
                 self._fetch_idle = not deliveries
                 self._cond.notify_all()
 
+    def _held(self) -> int:
+        """Count the leased messages that use up the prefetch window (``_cond`` held).
+
+        Waiting ones (fetched, admitted, queued in the pool behind a running job) count;
+        one running message per pool slot does not, as in Celery. So at most
+        ``prefetch + concurrency`` messages are leased at once, batches or not: the bound
+        on what a crash can make run twice.
+        """
+        running = min(len(self._inflight), self.pool.concurrency)
+        return len(self._reserved) + len(self._admitted) + len(self._inflight) - running
+
     def _heartbeat_loop(self, interval: float) -> None:
         broker = self.app.broker
         failed = False
@@ -205,6 +247,22 @@ class Consumer:
                 logger.warning("Broker connection restored: leases extended again")
                 failed = False
 
+    def _ack_loop(self) -> None:
+        """Send pending acks until the consumer stops (the rest go out in :meth:`_shutdown`)."""
+        while True:
+            with self._cond:
+                while not self._acks and not self._stopping.is_set():
+                    self._cond.wait()
+                if not self._acks:
+                    return
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        with self._cond:
+            acks, self._acks = self._acks, []
+        if acks:  # the children stored results and sent follow-ups before answering
+            self._reliably(self.app.broker.ack_many, acks)
+
     def _dispatch_loop(self) -> None:
         while True:
             with self._cond:
@@ -216,23 +274,31 @@ class Consumer:
                 self._done.clear()
                 ready: list[Delivery] = []
                 slots = self.pool.free_slots()
-                while self._reserved and len(ready) < slots and not self._stopping.is_set():
-                    ready.append(self._reserved.popleft())
+                if not self._stopping.is_set():
+                    # A pool that takes batches gets up to a prefetch window at once, split
+                    # over its free slots (see _submit_pending).
+                    limit = self.prefetch if self.pool.takes_batches else slots
+                    while self._reserved and len(ready) + len(self._admitted) < limit:
+                        ready.append(self._reserved.popleft())
                 if ready:
                     self._cond.notify_all()  # the fetcher may have room again
             for delivery in ready:  # first: a child that just finished is idle until then
-                self._dispatch(delivery)
+                self._admit_for_pool(delivery)
+            if slots and self._admitted:  # even if a stop came meanwhile: they were received
+                self._submit_pending(slots)
             if done:
                 acks: list[Delivery] = []
                 for outcome in done:
                     self._settle(outcome, acks)
-                if acks:  # the children stored results and sent follow-ups before answering
-                    self._reliably(self.app.broker.ack_many, acks)
+                with self._cond:
+                    self._acks.extend(acks)
+                    self._cond.notify_all()  # the acker has work, the fetcher may have room
 
     def _has_work(self) -> bool:
         if self._done:
             return True
-        return bool(self._reserved) and self.pool.free_slots() > 0 and not self._stopping.is_set()
+        waiting = self._reserved or self._admitted
+        return bool(waiting) and self.pool.free_slots() > 0 and not self._stopping.is_set()
 
     def _drained(self) -> bool:
         return self.burst and self._fetch_idle and not self._reserved and not self._inflight
@@ -243,14 +309,13 @@ class Consumer:
             self._cond.notify_all()
 
     # -- per message ----------------------------------------------------------
-    def _dispatch(self, delivery: Delivery) -> None:
+    def _admit_for_pool(self, delivery: Delivery) -> None:
+        """Decode and check ``delivery``; queue it for a pool slot if it is to run."""
         message = self._decode(delivery)
         if message is None or not self._admit(delivery, message):
             return
         task = self.app.tasks[message.task]
         acks_late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
-        if not acks_late:
-            self._reliably(delivery.ack)  # Celery's ack-on-start, when asked for
         hard, soft = message.timelimit
         hard = hard if hard is not None else task.time_limit or self.app.conf.task_time_limit
         soft = soft if soft is not None else task.soft_time_limit
@@ -261,9 +326,40 @@ class Consumer:
             soft_time_limit=soft,
             time_limit=hard,
         )
-        self._inflight[message.id] = _Inflight(delivery, message, acked_early=not acks_late)
-        self.pool.submit(job, self._on_done)
-        self.revocations.started(message.id)
+        self._admitted.append(_Admitted(delivery, message, acks_late, job))
+
+    def _submit_pending(self, slots: int) -> None:
+        """Submit admitted messages as at most ``slots`` pool jobs.
+
+        With a pool that takes batches (prefork), runs of messages without time limits share a
+        job, ``ceil(waiting / slots)`` at a time: one pipe write and one answer for many short
+        tasks, where one per task kept the children waiting on the parent. With an idle pool
+        and little waiting, every job is still a single message.
+        """
+        while slots > 0 and self._admitted:
+            head = self._admitted[0]
+            size = 1
+            if self.pool.takes_batches and head.batchable:
+                run = 0
+                for item in self._admitted:
+                    if not item.batchable:
+                        break
+                    run += 1
+                size = min(MAX_BATCH, -(-run // slots))
+            items = [self._admitted.popleft() for _ in range(size)]
+            for item in items:
+                if not item.acks_late:
+                    self._reliably(item.delivery.ack)  # Celery's ack-on-start, when asked for
+                self._inflight[item.message.id] = _Inflight(
+                    item.delivery, item.message, acked_early=not item.acks_late
+                )
+            if size == 1:
+                job = head.job
+            else:
+                job = Job(id=f"batch:{head.message.id}", payload=[i.job.payload for i in items])
+                self._batches[job.id] = [i.message.id for i in items]
+            self.pool.submit(job, self._on_done)
+            slots -= 1
 
     def _decode(self, delivery: Delivery) -> TaskMessage | None:
         try:
@@ -323,7 +419,8 @@ class Consumer:
         logger.debug("Task %s[%s] deferred to its ETA %s", message.task, message.id, eta)
 
     def _discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
-        self.revocations.discard(delivery, message, reason)  # stores REVOKED, logs
+        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
+        self.revocations.discard(payload, message, reason)  # stores REVOKED, logs
         self._reliably(delivery.ack)
         self.stats.revoked += 1
 
@@ -341,10 +438,39 @@ class Consumer:
 
     def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         """Settle one finished job; plain acks go to ``acks`` (one round-trip) when given."""
+        ids = self._batches.pop(outcome.job.id, None)
+        if ids is not None:
+            self._settle_batch(outcome, ids, acks)
+            return
+        self._settle_one(outcome, acks)
+
+    def _settle_batch(self, outcome: Outcome, ids: list[str], acks: list[Delivery] | None) -> None:
+        """Settle each message of a batch job as if it had been a job of its own.
+
+        If the process died, the target's progress counter holds the index of the message
+        it was running: that one is lost (a death counted against it), the others run
+        again uncounted (their results may not have been stored; see execute.run).
+        """
+        values = outcome.value if outcome.kind == "done" else None
+        running = outcome.progress or 0
+        for index, task_id in enumerate(ids):
+            job = Job(task_id, None)
+            if outcome.kind == "done":  # values is None if the target raised (a bug, logged)
+                value = values[index] if isinstance(values, list) else None
+                self._settle_one(Outcome(job, "done", value, pid=outcome.pid), acks)
+            elif index == running:
+                self._settle_one(Outcome(job, outcome.kind, None, outcome.exitcode, outcome.pid))
+            else:
+                self._settle_one(Outcome(job, "unstarted", None, outcome.exitcode, outcome.pid))
+
+    def _settle_one(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         inflight = self._inflight.pop(outcome.job.id, None)
         if inflight is None:
             return
         delivery, message = inflight.delivery, inflight.message
+        if outcome.kind == "unstarted":  # queued behind a job whose process died
+            self._return_unstarted(delivery, inflight.acked_early)
+            return
         self.stats.processed += 1
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
         if outcome.kind != "done" and self.revocations.is_terminated(message.id):
@@ -366,6 +492,17 @@ class Consumer:
         else:
             self._settle_lost(delivery, message, outcome, inflight.acked_early)
 
+    def _return_unstarted(self, delivery: Delivery, acked: bool) -> None:
+        """Run a job that never started again: here, or (stopping) on any worker, uncounted."""
+        if acked:  # acks_late=False: it was acked on dispatch; Celery would lose it as well
+            logger.warning("Task message %s was acked early and never ran", delivery.queue)
+        elif self._stopping.is_set():
+            self._reliably(delivery.reject, True)
+        else:
+            with self._cond:
+                self._reserved.appendleft(delivery)
+                self._cond.notify_all()
+
     def _settle_done(
         self,
         delivery: Delivery,
@@ -383,6 +520,8 @@ class Consumer:
             self.stats.failed += 1
         elif result.state == states.SUCCESS:
             self.stats.succeeded += 1
+        elif result.state == states.REVOKED:  # revoked after admission; the pool discarded it
+            self.stats.revoked += 1
         if acked:
             return
         if result.action == "requeue":

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import BackendConnectionError, ContentDisallowed, DecodeError, NotRegistered
+from chard.exceptions import (
+    BackendConnectionError,
+    BackendError,
+    ContentDisallowed,
+    DecodeError,
+    NotRegistered,
+)
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.trace import trace_task
+from chard.worker.pools.base import report_progress
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -29,6 +37,8 @@ logger = logging.getLogger("chard.worker")
 
 _app: Celery | None = None
 _hostname = "chard@localhost"
+#: Asked just before each message runs: True if it discarded the message as revoked.
+_revocation_check: Callable[[JobPayload, TaskMessage], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,17 @@ def configure(app: Celery, hostname: str) -> None:
     """Set the app and node name used by :func:`run_job` (before the pool forks)."""
     global _app, _hostname
     _app, _hostname = app, hostname
+
+
+def set_revocation_check(check: Callable[[JobPayload, TaskMessage], bool] | None) -> None:
+    """Set the check :func:`run_job` makes before running a message (before the pool forks).
+
+    The consumer checks for revocations when it admits a message, but a message may
+    wait in the pool after that (queued in a child, later in a batch); this catches
+    the revocations that came meanwhile (see :meth:`Revocations.check`).
+    """
+    global _revocation_check
+    _revocation_check = check
 
 
 def configured_hostname() -> str:
@@ -101,6 +122,55 @@ def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> C
     )
 
 
+def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
+    """The pool target: run one message, or a batch of them one after another.
+
+    In a batch, the results of plain tasks (nothing sent after them: no callbacks, chain
+    or chord) are held and stored together, in one backend round trip, before the pool
+    answers and so before the consumer acks; anything else first flushes what is held, so
+    stores keep their order. :func:`report_progress` records the index of the running
+    message: if the process dies, that one is lost (counted as a death) and the others
+    run again uncounted (at-least-once: the ones before it may repeat).
+    """
+    if not isinstance(payload, list):
+        return run_job(payload)
+    backend = _app.backend if _app is not None else None
+    outcomes: list[ExecOutcome] = []
+    held: list[int] = []  # indexes of outcomes whose results are held
+    for index, item in enumerate(payload):
+        report_progress(index)
+        plain = backend is not None and _is_plain(item.message)
+        if held and not plain:
+            _flush(outcomes, held)
+        if plain and backend is not None:
+            backend.hold_stores()
+            held.append(index)
+        outcomes.append(run_job(item))
+    if held:
+        _flush(outcomes, held)
+    return outcomes
+
+
+def _is_plain(message: TaskMessage | None) -> bool:
+    """Whether nothing is sent after ``message`` runs (so its result store may wait)."""
+    if message is None:
+        return False
+    return not (message.callbacks or message.errbacks or message.chain or message.chord)
+
+
+def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:
+    """Store the held results; if the backend is gone, requeue those messages instead."""
+    assert _app is not None
+    assert _app.backend is not None
+    try:
+        _app.backend.flush_stores()
+    except BackendError as exc:  # its retry policy spent, or a server-side error
+        logger.error("Could not store %d task results; returned to the queue: %s", len(held), exc)
+        for index in held:
+            outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))
+    held.clear()
+
+
 def run_job(payload: JobPayload) -> ExecOutcome:
     """Decode and run one message; never raises (the pool process must survive)."""
     app = _app
@@ -119,6 +189,8 @@ def run_job(payload: JobPayload) -> ExecOutcome:
     request = build_request(message, payload, _hostname)
     track = task.track_started if task.track_started is not None else app.conf.task_track_started
     try:
+        if _revocation_check is not None and _revocation_check(payload, message):
+            return ExecOutcome("ack", states.REVOKED)
         if track and app.backend is not None and not message.ignore_result:
             app.backend.store_result(
                 message.id, {"pid": os.getpid(), "hostname": _hostname}, states.STARTED

@@ -16,12 +16,20 @@ What happens to a revoked task (the consumer only calls in here):
   ``task_revoked`` signal is sent, and the message is acked. A countdown or ETA
   task is held by the broker, so this happens when it falls due. Expired tasks go
   the same way (``"expired"``).
+* **Admitted, not started.** The consumer hands messages to the pool ahead of
+  time (a prefork child holds a queued job, or runs a batch one message after
+  another), so a revocation can come after the check above. The pool process
+  checks again just before it runs each message (:meth:`Revocations.check`):
+  a shared counter, bumped by every revocation the worker takes in, tells a
+  prefork child when to read the log's new entries itself, so the check costs
+  one shared-memory read per task otherwise.
 * **Running, with ``terminate=True``.** The pool signals the process running it
-  (:meth:`~chard.worker.pools.base.Pool.terminate`; prefork only). When its
-  process dies, the job settles as REVOKED (``"terminated"``) and is acked: it
-  is not redelivered as a lost child. If the task finished first (or survived
-  the signal), its own outcome stands. A task admitted in the instant before
-  the revocation arrived is signalled as soon as it is started.
+  (:meth:`~chard.worker.pools.base.Pool.terminate`; prefork only), and only if
+  it runs that very task (the running message of a batch, by its progress
+  counter). When its process dies, the job settles as REVOKED
+  (``"terminated"``) and is acked: it is not redelivered as a lost child; the
+  rest of its batch runs again. If the task finished first (or survived the
+  signal), its own outcome stands.
 * **Running, without ``terminate``.** It runs to its end, as in Celery.
 
 Memory is bounded: at most :data:`MAX_REVOKED` ids (Celery's 50,000), each
@@ -31,14 +39,16 @@ forgotten when its revocation expires.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
-from collections.abc import Container, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Container, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from chard import signals, states
 from chard._utils.clock import Clock, SystemClock
-from chard.brokers.base import BROADCAST_START, Delivery
+from chard.brokers.base import BROADCAST_START
 from chard.canvas import on_chord_part_return
 from chard.exceptions import BrokerConnectionError, DecodeError, NotRegistered, TaskRevokedError
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
@@ -69,6 +79,7 @@ class Revocations:
         pool: the pool to ask to terminate running tasks.
         running: the ids of the tasks handed to the pool and not yet settled.
         stopping: set when the consumer stops; ends the reading thread.
+        batches: pool job id -> the task ids a batch job runs, in order.
         clock: the time source for expiry (tests pass a FakeClock).
         max_ids: the most ids kept at once.
     """
@@ -79,6 +90,7 @@ class Revocations:
         pool: Pool,
         running: Container[str],
         stopping: threading.Event,
+        batches: Mapping[str, Sequence[str]] | None = None,
         *,
         clock: Clock | None = None,
         max_ids: int = MAX_REVOKED,
@@ -87,6 +99,7 @@ class Revocations:
         self.pool = pool
         self._running = running
         self._stopping = stopping
+        self._batches = batches if batches is not None else {}
         self._clock: Clock = clock or SystemClock()
         self._max_ids = max_ids
         # task id -> (expires, signal to terminate it with or None), oldest first. Written
@@ -96,6 +109,11 @@ class Revocations:
         self._cursor = BROADCAST_START
         self._thread: threading.Thread | None = None
         self._is_caught_up = False  # the log read at start is in: announce what follows
+        # Bumped by every batch of new revocations, in memory shared with the pool's
+        # children (created before they fork): a child reads the log when it changes.
+        self._generation: Any = multiprocessing.RawValue("q", 0)
+        self._seen_generation = 0  # in a child: the generation its record is up to date with
+        self._pid = os.getpid()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -159,28 +177,34 @@ class Revocations:
     # -- the record -----------------------------------------------------------
     def apply(self, payloads: Iterable[bytes]) -> None:
         """Take in revocation payloads: remember their ids, terminate running ones."""
-        now = self._clock.time()
-        to_terminate: list[tuple[str, int]] = []
         with self._lock:
-            for payload in payloads:
-                try:
-                    revocation = Revocation.from_payload(payload)
-                except DecodeError as exc:
-                    logger.warning("Ignoring a malformed revocation: %s", exc)
-                    continue
-                if revocation.is_expired(now):
-                    continue
-                signum = revocation.signum if revocation.terminate else None
-                if self._is_caught_up:
-                    logger.info("Tasks flagged as revoked: %s", _shorten(revocation.ids))
-                for task_id in revocation.ids:
-                    _, before = self._revoked.pop(task_id, (0.0, None))
-                    self._revoked[task_id] = (revocation.expires, signum or before)
-                    if signum is not None:
-                        to_terminate.append((task_id, signum))
-            self._forget_old(now)
+            to_terminate = self._absorb(payloads, announce=self._is_caught_up)
+        self._generation.value += 1  # pool children: read the log before the next task
         for task_id, signum in to_terminate:
             self._terminate_if_running(task_id, signum)
+
+    def _absorb(self, payloads: Iterable[bytes], announce: bool) -> list[tuple[str, int]]:
+        """Add the ids of unexpired revocations; return those to terminate (lock held)."""
+        now = self._clock.time()
+        to_terminate: list[tuple[str, int]] = []
+        for payload in payloads:
+            try:
+                revocation = Revocation.from_payload(payload)
+            except DecodeError as exc:
+                logger.warning("Ignoring a malformed revocation: %s", exc)
+                continue
+            if revocation.is_expired(now):
+                continue
+            signum = revocation.signum if revocation.terminate else None
+            if announce:
+                logger.info("Tasks flagged as revoked: %s", _shorten(revocation.ids))
+            for task_id in revocation.ids:
+                _, before = self._revoked.pop(task_id, (0.0, None))
+                self._revoked[task_id] = (revocation.expires, signum or before)
+                if signum is not None:
+                    to_terminate.append((task_id, signum))
+        self._forget_old(now)
+        return to_terminate
 
     def _forget_old(self, now: float) -> None:
         """Drop expired ids from the front, then the oldest beyond ``max_ids``."""
@@ -215,25 +239,55 @@ class Revocations:
         entry = self._revoked.get(task_id)
         return entry is not None and entry[1] is not None
 
-    def started(self, task_id: str) -> None:
-        """Terminate ``task_id`` if a terminating revocation came while it was being started."""
-        entry = self._revoked.get(task_id)
-        if entry is not None and entry[1] is not None:
-            self._terminate_if_running(task_id, entry[1])
-
     def _terminate_if_running(self, task_id: str, signum: int) -> None:
         if task_id not in self._running:
-            return  # not here, or not started: it is discarded when fetched
+            return  # not here, or not handed to the pool: it is discarded before it runs
+        job_id, item = task_id, None
+        for batch_id, ids in dict(self._batches).items():  # a copy: the dispatcher writes it
+            if task_id in ids:
+                job_id, item = batch_id, list(ids).index(task_id)
+                break
         logger.info("Terminating revoked task %s (%s)", task_id, signal.Signals(signum).name)
-        self.pool.terminate(task_id, signum)
+        if not self.pool.terminate(job_id, signum, item):
+            logger.info("Task %s is not running yet; it will be discarded instead", task_id)
+
+    # -- in the pool process --------------------------------------------------
+    def check(self, payload: JobPayload, message: TaskMessage) -> bool:
+        """Just before ``message`` runs: discard it and return True if it was revoked.
+
+        Called by the pool target in whichever process runs the task. In a prefork
+        child, the record inherited at fork is brought up to date from the log when
+        the worker has taken in revocations since (the shared generation counter).
+        """
+        if os.getpid() != self._pid:
+            self._catch_up_in_child()
+        if not self.is_revoked(message.id):
+            return False
+        self.discard(payload, message, "revoked")
+        return True
+
+    def _catch_up_in_child(self) -> None:
+        generation = self._generation.value
+        if generation == self._seen_generation:
+            return
+        try:
+            entries = self.app.broker.broadcast_read(REVOKE_CHANNEL, self._cursor, 0)
+        except Exception as exc:  # the broker is down: run it, as if the revocation came late
+            logger.warning("Cannot read revocations before running a task: %s", exc)
+            return
+        # The child is single-threaded here, and the lock may have been held at fork time.
+        self._absorb((payload for _, payload in entries), announce=False)
+        if entries:
+            self._cursor = entries[-1][0]
+        self._seen_generation = generation
 
     # -- discarding -----------------------------------------------------------
-    def discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
+    def discard(self, payload: JobPayload, message: TaskMessage, reason: str) -> None:
         """Record that ``message``'s task will not run (or ran no further): REVOKED.
 
         ``reason`` is ``"revoked"``, ``"expired"`` or ``"terminated"``, stored as the
         :class:`~chard.exceptions.TaskRevokedError` (Celery's reasons). The caller
-        acks the message.
+        acks the message. Runs in the worker process, or in a pool process.
         """
         name, task_id = message.task, message.id
         if reason == "expired":
@@ -243,7 +297,6 @@ class Revocations:
         else:
             logger.info("Discarding revoked task %s[%s]", name, task_id)
         app, error = self.app, TaskRevokedError(reason)
-        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
         request = build_request(message, payload, configured_hostname())
         if app.backend is not None and not message.ignore_result:
             extra = {"parent_id": message.parent_id, "group_id": message.group}

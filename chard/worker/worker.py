@@ -77,10 +77,13 @@ class Worker:
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
         pool = create_pool(
             self.pool_kind,
-            execute.run_job,
+            execute.run,
             self.concurrency,
             max_tasks_per_child=self.max_tasks_per_child,
             initializer=self._init_child,
+            # A multiplier of 1 is Celery's advice for long tasks: then no job waits behind
+            # another in a child's pipe.
+            queue_ahead=1 if self.prefetch > self.concurrency else 0,
         )
         self.consumer = Consumer(
             self.app, pool, self.queues, prefetch=self.prefetch, burst=self.burst

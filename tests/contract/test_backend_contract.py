@@ -337,3 +337,38 @@ def test_exception_of_a_module_not_imported_becomes_remote_task_error(
     assert exc.remote_traceback == traceback
     assert "billing_not_imported.errors.QuotaExceeded" in str(exc)
     assert "over quota" in str(exc)
+
+
+def test_held_stores_are_written_together_on_flush(backend: ResultBackend) -> None:
+    # Given a thread that holds its stores (a worker running a batch of plain tasks)
+    first, second = new_id(), new_id()
+    backend.hold_stores()
+
+    # When it stores two results and a late STARTED for the first
+    backend.store_result(first, 1, states.SUCCESS)
+    backend.store_result(second, 2, states.SUCCESS)
+    backend.store_result(first, None, states.STARTED)
+
+    # Then nothing is visible before the flush, which writes all three in order
+    assert backend.get_task_meta(first)["status"] == states.PENDING
+    assert backend.flush_stores() == 3
+    assert [m["result"] for m in backend.get_many([first, second])] == [1, 2]
+    assert backend.get_task_meta(first)["status"] == states.SUCCESS  # precedence still holds
+    # ... and stores after the flush are written at once again
+    third = new_id()
+    backend.store_result(third, 3, states.SUCCESS)
+    assert backend.get_task_meta(third)["result"] == 3
+
+
+def test_held_stores_belong_to_the_holding_thread(backend: ResultBackend) -> None:
+    held, direct = new_id(), new_id()
+    backend.hold_stores()
+    worker = threading.Thread(target=backend.store_result, args=(direct, 9, states.SUCCESS))
+    worker.start()
+    worker.join()
+    backend.store_result(held, 8, states.SUCCESS)
+
+    assert backend.get_task_meta(direct)["result"] == 9
+    assert backend.get_task_meta(held)["status"] == states.PENDING
+    backend.flush_stores()
+    assert backend.get_task_meta(held)["result"] == 8

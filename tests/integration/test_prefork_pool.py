@@ -262,3 +262,99 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def batch_work(payload: list[Any]) -> list[Any]:
+    """A batch target: run each item through ``work``, reporting progress as execute.run does."""
+    from chard.worker.pools.base import report_progress
+
+    out = []
+    for index, item in enumerate(payload):
+        report_progress(index)
+        out.append(work(item))
+    return out
+
+
+def test_a_busy_child_takes_one_job_ahead_and_starts_it_when_free(make_pool: Any) -> None:
+    global GATE
+    GATE = _FORK.Event()
+    pool = make_pool(1, queue_ahead=1)
+    collector = Collector()
+
+    # Given one child blocked on a job, the pool still offers a slot to queue behind it
+    pool.submit(Job("first", "block"), collector)
+    assert pool.free_slots() == 1
+    pool.submit(Job("second", "pid"), collector)
+    assert pool.free_slots() == 0
+
+    # When the first job is released, the queued one runs in the same child
+    GATE.set()
+    outcomes = collector.wait(2)
+    assert [(o.job.id, o.kind) for o in outcomes] == [("first", "done"), ("second", "done")]
+    assert outcomes[1].value == outcomes[1].pid
+
+
+def test_a_job_queued_behind_a_dying_one_is_reported_unstarted(make_pool: Any) -> None:
+    pool = make_pool(1, queue_ahead=1)
+    collector = Collector()
+
+    pool.submit(Job("killer", "sigkill"), collector)
+    pool.submit(Job("innocent", "pid"), collector)
+
+    outcomes = {o.job.id: o for o in collector.wait(2)}
+    assert outcomes["killer"].kind == "lost"
+    assert outcomes["innocent"].kind == "unstarted"  # to run again, with no death counted
+
+
+def test_queued_job_hard_limit_counts_from_its_own_start(make_pool: Any) -> None:
+    global GATE
+    GATE = _FORK.Event()
+    pool = make_pool(1, queue_ahead=1)
+    collector = Collector()
+
+    # A queued job with a 1 s limit waits 1.5 s behind a blocked one: it must not be killed
+    pool.submit(Job("slow-first", "block"), collector)
+    pool.submit(Job("limited", "pid", time_limit=1.0), collector)
+    threading.Timer(1.5, GATE.set).start()
+
+    outcomes = collector.wait(2, timeout=15)
+    assert [(o.job.id, o.kind) for o in outcomes] == [("slow-first", "done"), ("limited", "done")]
+
+
+def test_a_batch_that_kills_its_child_reports_how_far_it_got() -> None:
+    pool = PreforkPool(batch_work, 1)
+    pool.start()
+    try:
+        collector = Collector()
+        pool.submit(Job("batch", ["a", "b", "sigkill", "c"]), collector)
+        [outcome] = collector.wait(1)
+        assert (outcome.kind, outcome.progress) == ("lost", 2)
+
+        pool.submit(Job("batch-ok", ["a", "b"]), collector)
+        ok = collector.wait(2)[1]
+        assert (ok.kind, ok.value, ok.progress) == ("done", ["a", "b"], None)
+    finally:
+        pool.stop(graceful=False)
+
+
+def test_terminate_spares_a_job_queued_behind_and_a_batch_neighbour() -> None:
+    # Given a child running a batch (its first message hangs) with a job queued behind it
+    pool = PreforkPool(batch_work, 1, queue_ahead=1)
+    pool.start()
+    try:
+        collector = Collector()
+        pool.submit(Job("batch", ["hang", "a"]), collector)
+        pool.submit(Job("queued", ["pid"]), collector)
+
+        # When a terminate names the queued job, or a batch message that is not running
+        assert pool.terminate("queued", signal.SIGKILL) is False
+        assert pool.terminate("batch", signal.SIGKILL, item=1) is False
+        assert collector.outcomes == []
+
+        # Then only a terminate naming the running message signals the child
+        assert pool.terminate("batch", signal.SIGKILL, item=0) is True
+        outcomes = {o.job.id: o for o in collector.wait(2)}
+        assert (outcomes["batch"].kind, outcomes["batch"].progress) == ("lost", 0)
+        assert outcomes["queued"].kind == "unstarted"  # run again elsewhere, uncounted
+    finally:
+        pool.stop(graceful=False)

@@ -211,3 +211,65 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
     assert "while running itproj.tasks.sleep_then_mark" not in log  # not reported lost
     assert not marker.exists()
     print(f"revoke(terminate=True) took effect in {took * 1000:.0f} ms")
+
+
+# -- with Celery's default prefetch a busy child holds work ahead: a batch in its pipe --------
+
+
+def test_tasks_revoked_after_reaching_a_busy_child_never_run(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a one-slot worker (prefetch multiplier 4) busy, and three tasks it admitted:
+    # they wait in the busy child's pipe, past the consumer's own check
+    gate, marker = tmp_path / "gate", tmp_path / "ran"
+    from itproj.tasks import add, block_until, sleep_then_mark
+
+    worker = workers.start("-c", "1")
+    blocker = block_until.delay(str(gate))
+    worker.wait_for_log(f"[{blocker.id}] received")
+    victims = group(sleep_then_mark.s(0, str(marker)) for _ in range(3))()
+    for victim in victims:
+        worker.wait_for_log(f"sleep_then_mark[{victim.id}] received")
+
+    # When they are revoked, and the child then gets to them
+    victims.revoke()
+    worker.wait_for_log("Tasks flagged as revoked: " + ", ".join(v.id for v in victims))
+    gate.touch()
+
+    # Then the pool process discards each instead of running it
+    assert blocker.get(timeout=10) is True
+    wait_for(lambda: all(is_revoked(v) for v in victims), timeout=15)
+    assert not marker.exists()
+    assert add.delay(1, 1).get(timeout=10) == 2
+    wait_for(lambda: held_messages(itproj) == 0, timeout=5)
+
+
+def test_terminate_ends_the_running_message_of_a_batch_and_reruns_the_rest(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a busy one-slot worker, and a long task and a short one admitted together:
+    # one batch job queued in the busy child
+    gate, progress = tmp_path / "gate", tmp_path / "progress"
+    from itproj.tasks import add, announce_then_sleep, block_until
+
+    worker = workers.start("-c", "1")
+    blocker = block_until.delay(str(gate))
+    worker.wait_for_log(f"[{blocker.id}] received")
+    long, short = group(announce_then_sleep.s(str(progress), 30), add.s(2, 2))()
+    worker.wait_for_log(f"add[{short.id}] received")
+
+    # When the batch starts, and its running (long) task is revoked with terminate
+    gate.touch()
+    wait_for(progress.exists, timeout=10)
+    long.revoke(terminate=True)
+
+    # Then only that task ends REVOKED (terminated), and the batch's other one runs again
+    wait_for(lambda: is_revoked(long), timeout=10)
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        long.get(timeout=1)
+    assert short.get(timeout=15) == 4
+    assert progress.read_text() == "started\n"
+    log = worker.output()
+    assert f"running job batch:{long.id}" in log  # the batch path was the one exercised
+    assert f"Task itproj.tasks.announce_then_sleep[{long.id}] terminated (REVOKED)" in log
+    wait_for(lambda: held_messages(itproj) == 0, timeout=5)

@@ -178,6 +178,31 @@ def test_poison_pill_fails_after_bounded_deliveries(itproj: Any, workers: Worker
     assert add.delay(2, 2).get(timeout=10) == 4
 
 
+def test_poison_pill_in_a_deep_queue_spares_its_batch_mates(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    # Given a queue of short tasks with a poison pill in the middle, queued before the
+    # worker starts, so that the prefork pool gets them in batches
+    from itproj.tasks import add, die_always
+
+    before = [add.delay(i, i) for i in range(100)]
+    pill = die_always.delay()
+    after = [add.delay(i, 1) for i in range(100)]
+
+    # When a worker drains it
+    workers.start("-c", "2")
+
+    # Then every other task succeeds, the pill alone fails after bounded deliveries, and
+    # only the pill is set aside (a death is counted against the message that was running)
+    assert [r.get(timeout=60) for r in before] == [i + i for i in range(100)]
+    assert [r.get(timeout=60) for r in after] == [i + 1 for i in range(100)]
+    with pytest.raises(WorkerLostError, match="delivered 4 times"):
+        pill.get(timeout=60)
+    wait_for(lambda: len(itproj.broker.dead_letters()) >= 1)
+    [dead] = itproj.broker.dead_letters()
+    assert pill.id.encode() in dead.body
+
+
 def test_acks_early_task_lost_with_its_process(itproj: Any, workers: WorkerFactory) -> None:
     workers.start("-c", "1")
     from itproj.tasks import early_ack_die

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from chard.brokers.memory import MemoryBroker
 from chard.exceptions import ChordError, TaskRevokedError
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
+from chard.worker import execute
 from chard.worker.pools import Job, PreforkPool
 from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
@@ -175,6 +175,11 @@ def test_start_retries_a_broker_that_is_down_until_the_worker_stops(
     app.close()
 
 
+def fetch_message(app: Celery, queue: str = "celery") -> tuple[Delivery, TaskMessage]:
+    (delivery,) = app.broker.fetch([queue], 1, timeout=1.0)
+    return delivery, TaskMessage.from_wire(delivery.body, app.accept_content)
+
+
 # -- terminating ----------------------------------------------------------------------------------
 
 
@@ -213,24 +218,59 @@ def test_a_terminating_revocation_kills_the_running_task_it_names(
     assert prefork.statistics().busy == 1
 
 
-def test_a_task_started_just_after_its_terminating_revocation_is_killed_at_once(
-    app: Celery, stopping: threading.Event, prefork: PreforkPool
+def record_run(marker: str) -> str:
+    """A task body that leaves a trace of each run."""
+    with open(marker, "a") as out:
+        out.write("ran\n")
+    return "ran"
+
+
+def test_a_task_revoked_after_it_reached_the_pool_is_discarded_by_the_pool_process(
+    tmp_path: Path, stopping: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a terminating revocation taken in just before its task reached the pool
-    send(app, ["late"], now=time.time(), terminate=True, signal="SIGUSR1")
+    # Given a worker's record and a prefork pool running the real target, on SQLite
+    # (a forked child reads the revoke log itself; a memory broker would not be shared)
+    url = f"sqlite:///{tmp_path / 'chard.sqlite3'}"
+    app = Celery("pooled", broker=url, backend=url, set_as_current=False)
+    task = app.task(name="pooled.record")(record_run)
+    for name in ("_app", "_hostname", "_revocation_check"):
+        monkeypatch.setattr(execute, name, getattr(execute, name))
+    execute.configure(app, "unit@host")
+    pool = PreforkPool(execute.run, 1)
     running: set[str] = set()
-    revocations = Revocations(app, prefork, running, stopping)
-    revocations.start()
+    revocations = Revocations(app, pool, running, stopping)  # before the fork: shared counter
+    execute.set_revocation_check(revocations.check)
+    pool.start()
+    try:
+        revocations.start()
+        marker = tmp_path / "ran"
+        result = task.delay(str(marker))
+        delivery, message = fetch_message(app)
 
-    # When the consumer hands the task to the pool anyway (admitted an instant before)
-    collector = Collector()
-    running.add("late")
-    prefork.submit(Job("late", None), collector)
-    revocations.started("late")
+        # When it is revoked after the consumer admitted it, then the pool gets it
+        app.control.revoke(result.id)
+        wait_for(lambda: revocations.is_revoked(result.id))
+        collector = Collector()
+        running.add(message.id)
+        payload = execute.JobPayload(delivery.body, delivery.queue, 1, message)
+        pool.submit(Job(message.id, payload), collector)
 
-    # Then it is signalled as soon as it started
-    (outcome,) = collector.wait(1, timeout=10)
-    assert (outcome.kind, outcome.exitcode) == ("lost", -signal.SIGUSR1)
+        # Then the child discards it instead of running it
+        (outcome,) = collector.wait(1)
+        assert outcome.kind == "done"
+        assert outcome.value.state == states.REVOKED
+        assert result.state == states.REVOKED
+        assert not marker.exists()
+        # And a task not revoked still runs there
+        other = task.delay(str(marker))
+        delivery, message = fetch_message(app)
+        payload = execute.JobPayload(delivery.body, delivery.queue, 1, message)
+        pool.submit(Job(message.id, payload), collector)
+        collector.wait(2)
+        assert other.get(timeout=5) == "ran"
+    finally:
+        pool.stop(graceful=False)
+        app.close()
 
 
 def test_a_task_not_running_here_is_not_terminated(
@@ -256,9 +296,8 @@ def test_a_task_not_running_here_is_not_terminated(
 # -- discarding -----------------------------------------------------------------------------------
 
 
-def fetch_message(app: Celery, queue: str = "celery") -> tuple[Delivery, TaskMessage]:
-    (delivery,) = app.broker.fetch([queue], 1, timeout=1.0)
-    return delivery, TaskMessage.from_wire(delivery.body, app.accept_content)
+def payload_of(delivery: Delivery, message: TaskMessage) -> execute.JobPayload:
+    return execute.JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
 
 
 def test_discarding_stores_revoked_and_ends_the_chain_after_it(
@@ -279,7 +318,7 @@ def test_discarding_stores_revoked_and_ends_the_chain_after_it(
     signals.task_revoked.connect(on_revoked)
     try:
         # When the worker discards it as revoked
-        revocations_for(app, stopping).discard(delivery, message, "revoked")
+        revocations_for(app, stopping).discard(payload_of(delivery, message), message, "revoked")
     finally:
         signals.task_revoked.disconnect(on_revoked)
 
@@ -312,7 +351,7 @@ def test_discarding_a_chord_member_fails_the_chord(app: Celery, stopping: thread
     delivery, message = fetch_message(app)
 
     # When it is discarded as revoked
-    revocations_for(app, stopping).discard(delivery, message, "revoked")
+    revocations_for(app, stopping).discard(payload_of(delivery, message), message, "revoked")
 
     # Then the chord fails at once instead of waiting forever for that member
     with pytest.raises(ChordError, match=f"Dependency {message.id} raised TaskRevokedError"):
@@ -329,7 +368,7 @@ def test_discarding_respects_ignore_result(app: Celery, stopping: threading.Even
     result = quiet.delay()
     delivery, message = fetch_message(app)
 
-    revocations_for(app, stopping).discard(delivery, message, "revoked")
+    revocations_for(app, stopping).discard(payload_of(delivery, message), message, "revoked")
 
     assert result.state == states.PENDING
 

@@ -31,6 +31,7 @@ def create_pool(
     *,
     max_tasks_per_child: int | None = None,
     initializer: Callable[[], None] | None = None,
+    queue_ahead: int = 0,
 ) -> Pool:
     """Create a pool (not yet started) by name.
 
@@ -40,6 +41,8 @@ def create_pool(
         concurrency: How many jobs may run at once (must be 1 for ``"solo"``).
         max_tasks_per_child: Replace a prefork child after this many jobs.
         initializer: Run once per child process or thread before its first job.
+        queue_ahead: Jobs a busy prefork child may hold behind its current one (see
+            :mod:`chard.worker.pools.prefork`); other pools ignore it.
 
     Raises:
         ImproperlyConfigured: ``kind`` names no pool.
@@ -50,6 +53,14 @@ def create_pool(
     except KeyError:
         choices = ", ".join(sorted(POOLS))
         raise ImproperlyConfigured(f"unknown pool {kind!r}; choose one of: {choices}") from None
+    if pool_class is PreforkPool:
+        return PreforkPool(
+            target,
+            concurrency,
+            max_tasks_per_child=max_tasks_per_child,
+            initializer=initializer,
+            queue_ahead=queue_ahead,
+        )
     return pool_class(
         target, concurrency, max_tasks_per_child=max_tasks_per_child, initializer=initializer
     )

@@ -35,8 +35,9 @@ class Job:
     time_limit: float | None = None
 
 
-#: How a job ended: the target returned, its process died, or it hit the hard time limit.
-OutcomeKind = Literal["done", "lost", "timeout"]
+#: How a job ended: the target returned, its process died, it hit the hard time limit, or it
+#: never started (it was queued behind a job whose process died; prefork ``queue_ahead`` only).
+OutcomeKind = Literal["done", "lost", "timeout", "unstarted"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Outcome:
     exitcode: int | None = None
     #: The process id (prefork) or thread ident (threads, solo) that ran the job.
     pid: int | None = None
+    #: For ``lost``: the last value the target passed to :func:`report_progress` before its
+    #: process died (prefork; 0 if it never did), e.g. how many items of a batch it finished.
+    progress: int | None = None
 
 
 OnDone = Callable[[Outcome], None]
@@ -96,6 +100,9 @@ class Pool(ABC):
 
     #: The name :func:`chard.worker.pools.create_pool` knows this pool by.
     kind: ClassVar[str]
+    #: Whether jobs may carry a list of payloads, run one after another in one process, with
+    #: :func:`report_progress` telling a lost job's outcome how far it got (prefork).
+    takes_batches: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -151,15 +158,21 @@ class Pool(ABC):
     def statistics(self) -> PoolStats:
         """Return a snapshot of the pool's state."""
 
-    def terminate(self, job_id: str, signum: int) -> bool:
+    def terminate(self, job_id: str, signum: int, item: int | None = None) -> bool:
         """Send ``signum`` to the process running job ``job_id``; return whether one was sent.
 
         Only a pool of processes can do this: this default (threads, solo) logs a
         warning and returns False, and the job runs to its end, since a thread cannot
         be killed. The job's outcome reaches ``on_done`` as usual: with prefork,
         ``lost`` when the signal ended the child, ``done`` when the job finished
-        first or survived the signal. A job not running here is a no-op (False).
-        Thread-safe.
+        first or survived the signal. A job not running here (queued behind another,
+        or gone) is a no-op (False). Thread-safe.
+
+        Args:
+            job_id: the job to end.
+            signum: the signal to send.
+            item: for a batch job, signal only while :func:`report_progress` says the
+                batch runs this item (the one message to end, not its neighbours).
         """
         logger.warning(
             "the %s pool cannot terminate job %s (a thread cannot be killed); it runs to its "
@@ -174,6 +187,25 @@ class Pool(ABC):
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
+
+
+#: Where this process's progress counter lives (set in each prefork child); None elsewhere.
+_progress: Any = None
+
+
+def set_progress_counter(counter: Any) -> None:
+    """Make :func:`report_progress` write to ``counter`` (a shared ``multiprocessing`` value)."""
+    global _progress
+    _progress = counter
+
+
+def report_progress(value: int) -> None:
+    """Record how far the current job got, for its outcome if the process dies mid-job.
+
+    A plain store into shared memory: cheap enough to call once per item of a batch.
+    """
+    if _progress is not None:
+        _progress.value = value
 
 
 def call_on_done(on_done: OnDone, outcome: Outcome) -> None:

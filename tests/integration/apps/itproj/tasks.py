@@ -50,6 +50,17 @@ def block_until(gate, timeout=30):
 
 
 @app.task
+def announce_then_sleep(path, seconds):
+    """Write ``started`` to ``path``, sleep, then append ``finished``: shows how far it got."""
+    with open(path, "w") as fh:
+        fh.write("started\n")
+    time.sleep(seconds)
+    with open(path, "a") as fh:
+        fh.write("finished\n")
+    return seconds
+
+
+@app.task
 def die_always():
     os.kill(os.getpid(), signal.SIGKILL)
 
