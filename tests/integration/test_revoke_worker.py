@@ -40,11 +40,11 @@ def consuming(workers: WorkerFactory, *args: str, queue: str = "celery") -> Work
     return worker
 
 
-def busy(workers: WorkerFactory, gate: Path) -> tuple[WorkerProcess, Any]:
-    """Start a one-slot worker and occupy its slot until ``gate`` is created."""
+def busy(workers: WorkerFactory, gate: Path, *args: str) -> tuple[WorkerProcess, Any]:
+    """Start a one-slot worker (``args`` added) and occupy its slot until ``gate`` exists."""
     from itproj.tasks import block_until
 
-    worker = workers.start("-c", "1", "--prefetch-multiplier", "1")
+    worker = workers.start("-c", "1", *args)
     blocker = block_until.delay(str(gate))
     worker.wait_for_log(f"[{blocker.id}] received")  # after the revoke log was read
     return worker, blocker
@@ -68,7 +68,7 @@ def test_a_queued_task_revoked_behind_a_busy_worker_never_runs(
 ) -> None:
     # Given a task queued behind a busy one-slot worker
     gate, marker = tmp_path / "gate", tmp_path / "ran"
-    worker, blocker = busy(workers, gate)
+    worker, blocker = busy(workers, gate, "--prefetch-multiplier", "1")
     from itproj.tasks import add, sleep_then_mark
 
     victim = sleep_then_mark.delay(0, str(marker))
@@ -159,7 +159,7 @@ def test_group_revoke_behind_a_busy_worker_revokes_every_member(
 ) -> None:
     # Given a group of five queued behind a busy worker
     gate, marker = tmp_path / "gate", tmp_path / "ran"
-    worker, blocker = busy(workers, gate)
+    worker, blocker = busy(workers, gate, "--prefetch-multiplier", "1")
     from itproj.tasks import sleep_then_mark
 
     result = group(sleep_then_mark.s(0, str(marker)) for _ in range(5))()
@@ -222,11 +222,9 @@ def test_tasks_revoked_after_reaching_a_busy_child_never_run(
     # Given a one-slot worker (prefetch multiplier 4) busy, and three tasks it admitted:
     # they wait in the busy child's pipe, past the consumer's own check
     gate, marker = tmp_path / "gate", tmp_path / "ran"
-    from itproj.tasks import add, block_until, sleep_then_mark
+    worker, blocker = busy(workers, gate)
+    from itproj.tasks import add, sleep_then_mark
 
-    worker = workers.start("-c", "1")
-    blocker = block_until.delay(str(gate))
-    worker.wait_for_log(f"[{blocker.id}] received")
     victims = group(sleep_then_mark.s(0, str(marker)) for _ in range(3))()
     for victim in victims:
         worker.wait_for_log(f"sleep_then_mark[{victim.id}] received")
@@ -250,11 +248,9 @@ def test_terminate_ends_the_running_message_of_a_batch_and_reruns_the_rest(
     # Given a busy one-slot worker, and a long task and a short one admitted together:
     # one batch job queued in the busy child
     gate, progress = tmp_path / "gate", tmp_path / "progress"
-    from itproj.tasks import add, announce_then_sleep, block_until
+    worker, _ = busy(workers, gate)
+    from itproj.tasks import add, announce_then_sleep
 
-    worker = workers.start("-c", "1")
-    blocker = block_until.delay(str(gate))
-    worker.wait_for_log(f"[{blocker.id}] received")
     long, short = group(announce_then_sleep.s(str(progress), 30), add.s(2, 2))()
     worker.wait_for_log(f"add[{short.id}] received")
 
