@@ -77,6 +77,7 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+_encode_str = json.encoder.encode_basestring  # ensure_ascii=False's string encoder
 _encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 _decoder = json.JSONDecoder(object_hook=_json_object_hook)
 
@@ -93,6 +94,8 @@ def json_text(value: Any) -> str:
     ``:``), so a document put together from :func:`json_text` pieces is byte for byte
     what :func:`json_dumps` writes for the whole.
     """
+    if type(value) is str:  # what the encoder does for a str, without its checks first
+        return _encode_str(value)
     if value is None:
         return "null"
     if value is True:
