@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
@@ -284,6 +285,9 @@ class Celery:
 
     def _connection(self, kind: str, factory: Callable[[], Any]) -> Any:
         # Connections are per process: a child after fork opens its own.
+        conn = self._connections.get(kind)
+        if conn is not None and self._conn_pid == os.getpid():
+            return conn  # the common case, without the lock (a dict read is atomic)
         with self._lock:
             if self._conn_pid != os.getpid():
                 self._connections = {}
@@ -304,6 +308,9 @@ class Celery:
     @property
     def backend(self) -> ResultBackend | None:
         """This process's result backend, or None when results are disabled."""
+        backend = self._connections.get("backend")
+        if backend is not None and self._conn_pid == os.getpid():
+            return backend  # type: ignore[no-any-return]
         url = self.backend_url
         if url is None:
             return None
@@ -372,8 +379,31 @@ class Celery:
             task=task,
             **options,
         )
-        self.publish(message, queue)
-        return AsyncResult(message.id, app=self, task_name=name)
+        backend = self._result_listener(message)
+        if backend is None:
+            self.publish(message, queue)
+            return AsyncResult(message.id, app=self, task_name=name)
+        # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
+        # then reaches a later get() without a subscribe round trip (see backend.watch).
+        backend.watch((message.id,))
+        try:
+            self.publish(message, queue)
+        except BaseException:
+            backend.unwatch((message.id,))
+            raise
+        result: AsyncResult[Any] = AsyncResult(message.id, app=self, task_name=name)
+        weakref.finalize(result, backend.unwatch, (message.id,))
+        return result
+
+    def _result_listener(self, message: TaskMessage) -> ResultBackend | None:
+        """The backend to watch ``message``'s result on, or None (no result, or sent by a task).
+
+        A task sending tasks does not watch: a worker never waits for their results
+        (``get()`` inside a task is refused), and would only pile up subscriptions.
+        """
+        if message.ignore_result or _context.get_current_request() is not None:
+            return None
+        return self.backend
 
     def build_task_message(
         self,
