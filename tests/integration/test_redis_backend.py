@@ -190,6 +190,14 @@ def test_a_result_published_before_get_needs_no_read(
     waiter.watch(["t4"])
     wait_for(lambda: subscribers(raw, meta_key(prefix, "t4")) == 1)
     writer.store_result("t4", 4, states.SUCCESS)
+    listener = waiter._listener
+
+    def heard() -> bool:  # the message has reached this process (published is not enough)
+        with listener._cond:
+            listener._drain()
+            return waiter._channel(waiter.task_key("t4")) in listener._values
+
+    wait_for(heard)
     read: list[str] = []
     real_mget = waiter._mget
     monkeypatch.setattr(waiter, "_mget", lambda keys: read.extend(keys) or real_mget(keys))
