@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
@@ -287,6 +288,9 @@ class Celery:
 
     def _connection(self, kind: str, factory: Callable[[], Any]) -> Any:
         # Connections are per process: a child after fork opens its own.
+        conn = self._connections.get(kind)
+        if conn is not None and self._conn_pid == os.getpid():
+            return conn  # the common case, without the lock (a dict read is atomic)
         with self._lock:
             if self._conn_pid != os.getpid():
                 self._connections = {}
@@ -307,6 +311,9 @@ class Celery:
     @property
     def backend(self) -> ResultBackend | None:
         """This process's result backend, or None when results are disabled."""
+        backend = self._connections.get("backend")
+        if backend is not None and self._conn_pid == os.getpid():
+            return backend  # type: ignore[no-any-return]
         url = self.backend_url
         if url is None:
             return None
@@ -375,8 +382,31 @@ class Celery:
             task=task,
             **options,
         )
-        self.publish(message, queue)
-        return AsyncResult(message.id, app=self, task_name=name)
+        backend = self._result_listener(message)
+        if backend is None:
+            self.publish(message, queue)
+            return AsyncResult(message.id, app=self, task_name=name)
+        # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
+        # then reaches a later get() without a subscribe round trip (see backend.watch).
+        backend.watch((message.id,))
+        try:
+            self.publish(message, queue)
+        except BaseException:
+            backend.unwatch((message.id,))
+            raise
+        result: AsyncResult[Any] = AsyncResult(message.id, app=self, task_name=name)
+        weakref.finalize(result, backend.unwatch, (message.id,))
+        return result
+
+    def _result_listener(self, message: TaskMessage) -> ResultBackend | None:
+        """The backend to watch ``message``'s result on, or None (no result, or sent by a task).
+
+        A task sending tasks does not watch: a worker never waits for their results
+        (``get()`` inside a task is refused), and would only pile up subscriptions.
+        """
+        if message.ignore_result or _context.get_current_request() is not None:
+            return None
+        return self.backend
 
     def build_task_message(
         self,
@@ -405,24 +435,36 @@ class Celery:
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         task_id = task_id or new_id()
-        now = datetime.now(UTC)
-        if countdown is not None:
-            eta = now + timedelta(seconds=float(countdown))
-        if isinstance(expires, (int, float)):
-            expires = now + timedelta(seconds=float(expires))
-        if isinstance(expires, timedelta):
-            expires = now + expires
-        routed = routing.route(self.conf.task_routes, name, args, kwargs, options, task)
+        if countdown is not None or expires is not None:
+            now = datetime.now(UTC)
+            if countdown is not None:
+                eta = now + timedelta(seconds=float(countdown))
+            if isinstance(expires, (int, float)):
+                expires = now + timedelta(seconds=float(expires))
+            if isinstance(expires, timedelta):
+                expires = now + expires
+        # Item access: a setting read as an attribute first fails the normal lookup (4x dearer).
+        conf = self.conf
+        routed = routing.route(conf["task_routes"], name, args, kwargs, options, task)
         queue = queue or routed.get("queue") or (task.queue if task else None)
-        queue = queue or self.conf.task_default_queue
+        queue = queue or conf["task_default_queue"]
         if priority is None:
             priority = routed.get("priority", task.priority if task else None)
         if priority is None:
-            priority = self.conf.task_default_priority
+            priority = conf["task_default_priority"]
         hard = options.pop("time_limit", None) or (task.time_limit if task else None)
         soft = options.pop("soft_time_limit", None) or (task.soft_time_limit if task else None)
         if ignore_result is None:
             ignore_result = bool(task.ignore_result) if task and task.ignore_result else False
+        # The task running here (not an eager one) is the parent, and its root is inherited.
+        request = _context.get_current_request()
+        if request is not None and request.is_eager:
+            request = None
+        root_id = options.pop("root_id", None)
+        parent_id = options.pop("parent_id", None)
+        if request is not None:
+            root_id = root_id or request.root_id or request.id
+            parent_id = parent_id or request.id
         message = TaskMessage(
             task=name,
             id=task_id,
@@ -432,8 +474,8 @@ class Celery:
             expires=expires if isinstance(expires, datetime) else None,
             retries=int(options.pop("retries", 0)),
             timelimit=(hard, soft),
-            root_id=options.pop("root_id", None) or self._current_root_id() or task_id,
-            parent_id=options.pop("parent_id", None) or self._current_task_id(),
+            root_id=root_id or task_id,
+            parent_id=parent_id,
             group=options.pop("group_id", None),
             group_index=options.pop("group_index", None),
             shadow=options.pop("shadow", None),
@@ -445,18 +487,9 @@ class Celery:
             priority=int(priority or 0),
             extra_headers=dict(headers or {}),
             serializer=serializer
-            or (task.serializer if task and task.serializer else self.conf.task_serializer),
+            or (task.serializer if task and task.serializer else conf["task_serializer"]),
         )
         return message, queue
-
-    def _current_root_id(self) -> str | None:
-        """The workflow root of the task running here: a task it sends inherits it."""
-        request = _context.get_current_request()
-        return None if request is None or request.is_eager else request.root_id or request.id
-
-    def _current_task_id(self) -> str | None:
-        request = _context.get_current_request()
-        return None if request is None or request.is_eager else request.id
 
     def publish(self, message: TaskMessage, queue: str) -> None:
         """Encode ``message`` and publish it to ``queue``, retrying per the publish policy."""
@@ -493,32 +526,40 @@ class Celery:
         ``interval_max``. A retry after a reply was lost may store a message twice
         (at-least-once, like every retry).
         """
+        try:
+            self.broker.publish_many(messages)
+        except BrokerConnectionError as exc:
+            self._publish_retrying(messages, exc)
+
+    def _publish_retrying(self, messages: Sequence[OutgoingMessage], exc: Exception) -> None:
+        """Retry a publish that failed with ``exc`` per ``task_publish_retry_policy``."""
         policy = dict(self.conf.task_publish_retry_policy or {})
         retries = int(policy.get("max_retries", 3)) if self.conf.task_publish_retry else 0
         interval = float(policy.get("interval_start", 0))
         started = time.monotonic()
-        for attempt in range(retries + 1):
+        for attempt in range(1, retries + 2):
+            if attempt > retries:
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                raise BrokerConnectionError(
+                    f"cannot publish to the broker at {redact_url(self.broker_url)!r}: "
+                    f"unreachable after {attempt} attempt(s) over "
+                    f"{time.monotonic() - started:.1f}s (last error: {cause}). Start the "
+                    "broker or fix broker_url; to wait longer, raise max_retries or "
+                    f"interval_max in task_publish_retry_policy (now {policy})"
+                ) from exc
+            logger.warning(
+                "Publish failed (%s); retry %d/%d in %.2fs", exc, attempt, retries, interval
+            )
+            time.sleep(interval)
+            interval = min(
+                interval + float(policy.get("interval_step", 0.2)),
+                float(policy.get("interval_max", 0.2)),
+            )
             try:
                 self.broker.publish_many(messages)
                 return
-            except BrokerConnectionError as exc:
-                if attempt >= retries:
-                    cause = exc.__cause__ if exc.__cause__ is not None else exc
-                    raise BrokerConnectionError(
-                        f"cannot publish to the broker at {redact_url(self.broker_url)!r}: "
-                        f"unreachable after {attempt + 1} attempt(s) over "
-                        f"{time.monotonic() - started:.1f}s (last error: {cause}). Start the "
-                        "broker or fix broker_url; to wait longer, raise max_retries or "
-                        f"interval_max in task_publish_retry_policy (now {policy})"
-                    ) from exc
-                logger.warning(
-                    "Publish failed (%s); retry %d/%d in %.2fs", exc, attempt + 1, retries, interval
-                )
-                time.sleep(interval)
-                interval = min(
-                    interval + float(policy.get("interval_step", 0.2)),
-                    float(policy.get("interval_max", 0.2)),
-                )
+            except BrokerConnectionError as again:
+                exc = again
 
     # -- results --------------------------------------------------------------
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -260,45 +260,105 @@ class ResultBackend(ABC):
     ) -> list[Meta]:
         """Block until every task in ``task_ids`` is ready; return their metas in order.
 
+        Each key is read once (after :meth:`_listen`), then only what changed is looked
+        at: a backend that reports the new values (Redis) costs O(N) for N results, one
+        that can only say "something changed" is read again in full.
+
         A lost connection (a server restart, a failover) does not end the wait: the
         waiter keeps trying until its deadline, then raises
         :class:`~chard.exceptions.BackendConnectionError`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(0.005, interval)
-        pending = list(task_ids)
+        pending = {self.task_key(t): t for t in task_ids}  # key -> id; shrinks as they finish
         ready: dict[str, Meta] = {}
         lost = False
-        while True:
-            try:
-                metas = self.get_many(pending)
-            except BackendConnectionError as exc:
-                lost = self._ride_out(exc, lost, deadline)
+        is_fresh = True  # every pending key must be read: at the start, after a lost connection
+        wait = 0.0
+        self.watch(pending.values())
+        try:
+            while True:
+                try:
+                    if is_fresh:
+                        self._take(self._listen(list(pending), deadline) or {}, pending, ready)
+                        keys = list(pending)
+                        self._take(dict(zip(keys, self._mget(keys), strict=True)), pending, ready)
+                        is_fresh = False
+                    else:
+                        changed: Mapping[str, bytes | None] | None
+                        changed = self._wait_for_values(pending.keys(), wait)
+                        if changed is None:  # the store cannot tell which: read them all
+                            keys = list(pending)
+                            changed = dict(zip(keys, self._mget(keys), strict=True))
+                        self._take(changed, pending, ready)
+                except BackendConnectionError as exc:
+                    lost = self._ride_out(exc, lost, deadline)
+                    is_fresh = True
+                    continue
+                if lost:
+                    logger.warning("Result backend connection restored")
+                    lost = False
+                if not pending:
+                    return [ready[t] for t in task_ids]
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"task {next(iter(pending.values()))!r} not ready after {timeout}s "
+                        f"({len(pending)} of {len(task_ids)} pending); "
+                        "is a worker consuming its queue?"
+                    )
+                if self.has_native_wait:
+                    wait = remaining if remaining is not None else 1.0
+                else:  # poll with back-off: fast first answers, few reads when the task is slow
+                    wait = pause if remaining is None else min(pause, remaining)
+                    pause = min(pause * 2, interval)
+                wait = min(wait, 1.0)
+        finally:
+            self.unwatch(task_ids)
+
+    def _take(
+        self, values: Mapping[str, bytes | None], pending: dict[str, str], ready: dict[str, Meta]
+    ) -> None:
+        """Move the keys whose value is a ready meta from ``pending`` to ``ready``."""
+        for key, raw in values.items():
+            task_id = pending.get(key)
+            if task_id is None:
                 continue
-            if lost:
-                logger.warning("Result backend connection restored")
-                lost = False
-            for task_id, meta in zip(pending, metas, strict=True):
-                if meta["status"] in states.READY_STATES:
-                    ready[task_id] = meta
-            pending = [t for t in pending if t not in ready]
-            if not pending:
-                return [ready[t] for t in task_ids]
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeout(
-                    f"task {pending[0]!r} not ready after {timeout}s "
-                    f"({len(pending)} of {len(task_ids)} pending); is a worker consuming its queue?"
-                )
-            if self.has_native_wait:
-                wait = remaining if remaining is not None else 1.0
-            else:  # poll with back-off: fast first answers, few reads when the task is slow
-                wait = pause if remaining is None else min(pause, remaining)
-                pause = min(pause * 2, interval)
-            try:
-                self._wait_for_change([self.task_key(t) for t in pending], min(wait, 1.0))
-            except BackendConnectionError as exc:
-                lost = self._ride_out(exc, lost, deadline)
+            meta = self._load(raw)
+            if meta is not None and meta.get("status") in states.READY_STATES:
+                ready[task_id] = meta
+                del pending[key]
+
+    # -- listening (backends that are told what changed) ----------------------
+    def watch(self, task_ids: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """Start listening for these tasks' results now (before their messages are sent).
+
+        A backend that pushes changes (Redis pub/sub) subscribes here without waiting
+        for the server, so a later wait needs no subscribe round trip. Every call is
+        paired with one :meth:`unwatch`. Never raises for a lost connection (the wait
+        sets things up again). The default does nothing.
+        """
+
+    def unwatch(self, task_ids: Iterable[str]) -> None:  # noqa: B027 - optional hook
+        """Release one :meth:`watch` of each task; never blocks or raises (finalizer-safe)."""
+
+    def _listen(self, keys: Sequence[str], deadline: float | None) -> Mapping[str, bytes] | None:
+        """Make every later change of ``keys`` visible to :meth:`_wait_for_values`.
+
+        Called before the keys are read, so that nothing stored between the read and the
+        wait is missed. Returns values already known (the caller reads only the rest), or
+        None. The default does nothing: :meth:`_wait_for_change` then wakes the caller.
+        """
+        return None
+
+    def _wait_for_values(self, keys: Collection[str], timeout: float) -> Mapping[str, bytes] | None:
+        """Wait up to ``timeout`` for changes of ``keys``; return the new values, or None.
+
+        ``{}`` means nothing changed yet; None means "something may have changed", and
+        the caller reads every key. The default waits with :meth:`_wait_for_change`.
+        """
+        self._wait_for_change(list(keys), timeout)
+        return None
 
     @staticmethod
     def _ride_out(exc: BackendConnectionError, lost: bool, deadline: float | None) -> bool:

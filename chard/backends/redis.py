@@ -10,8 +10,14 @@ A lost connection (a Redis restart or failover): storing a result retries per th
 ``retry_policy`` transport option, with Celery's Redis backend's keys and defaults
 (``max_retries`` 20, ``interval_start`` 0, ``interval_step`` 1, ``interval_max`` 1), so
 a worker's result outlives a restart instead of failing the task that produced it; a
-waiter drops its pub/sub connection and subscribes again once Redis answers; plain reads
-fail after redis-py's few quick retries with :class:`BackendConnectionError`.
+waiter drops the pub/sub connection, subscribes again once Redis answers and reads
+every key it waits for again (what was published meanwhile is gone); plain reads fail
+after redis-py's few quick retries with :class:`BackendConnectionError`.
+
+Waiting (see :mod:`chard.backends._redis_listener`): the client subscribes to a task's
+channel when it sends the task, a waiter confirms the subscription, reads the key once,
+and then takes the result from the ``PUBLISH`` that carries it: one read per result,
+whether one task or a group of thousands is waited for.
 """
 
 from __future__ import annotations
@@ -19,18 +25,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 import redis
-import redis.client
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from chard import states
 from chard._redis import parse_redis_url
+from chard._redis_lane import Lane
+from chard.backends._redis_listener import Cursor, Listener
 from chard.backends.base import Meta, ResultBackend
 from chard.exceptions import BackendConnectionError, BackendError
 from chard.protocol import serializers
@@ -74,9 +80,9 @@ return false
 class RedisResultBackend(ResultBackend):
     """Store metas in Redis strings; wait on their pub/sub channels instead of polling.
 
-    Thread-safe. Each waiting thread keeps one pub/sub connection, and keeps its
-    subscriptions open across calls for the same keys, so a result stored between the
-    base class's read and the next wait is never missed (see :meth:`_wait_for_change`).
+    Thread-safe. The process shares one pub/sub connection (:mod:`._redis_listener`):
+    :meth:`watch` subscribes when a task is sent, and a waiter confirms, reads once,
+    then takes each result from the ``PUBLISH`` that carries it.
     """
 
     has_native_wait = True
@@ -97,21 +103,20 @@ class RedisResultBackend(ResultBackend):
         self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
         self._store_script = self._client.register_script(_STORE)
         self._winners: dict[str, list[str]] = {}  # incoming state -> stored states that win
-        self._local = threading.local()
-        self._pubsubs_lock = threading.Lock()
-        # Weak: a finished thread's pub/sub is collected, which closes its connection.
-        self._pubsubs: weakref.WeakSet[redis.client.PubSub] = weakref.WeakSet()
+        self._lane = Lane(self._client)  # reads on a waiter's path: no pool checkout
+        self._listener = Listener(self._client)
+        self._local = threading.local()  # this thread's Cursor in its current wait
 
     # -- primitives -----------------------------------------------------------
     def _get(self, key: str) -> bytes | None:
         with self._errors():
-            return cast(bytes | None, self._client.get(self._key(key)))
+            return cast(bytes | None, self._lane.execute("GET", self._key(key)))
 
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         with self._errors():
-            return cast(list[bytes | None], self._client.mget([self._key(k) for k in keys]))
+            return cast(list[bytes | None], self._lane.execute("MGET", *map(self._key, keys)))
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         """SET (with expiry) and PUBLISH on the key's name, atomically, as Celery does."""
@@ -188,69 +193,52 @@ class RedisResultBackend(ResultBackend):
                 pipe.pexpire(name, max(1, round(ttl * 1000)))
             return int(pipe.execute()[0])
 
-    def _wait_for_change(self, keys: Sequence[str], timeout: float) -> None:
-        """Return when a store is published on one of ``keys``, or after ``timeout``.
-
-        New keys are subscribed, and this returns as soon as Redis confirms: the caller
-        then reads again, now with the subscription in place, so nothing stored before
-        the subscription is missed. Keys no longer waited for are unsubscribed.
-        """
+    # -- listening ----------------------------------------------------------
+    def watch(self, task_ids: Iterable[str]) -> None:
+        """Subscribe to these tasks' result channels now, without waiting for Redis."""
         try:
-            self._wait_on_pubsub(keys, timeout)
-        except BackendConnectionError:
-            # Its subscriptions died with the connection: start afresh on the next wait.
-            self._drop_pubsub()
-            raise
+            self._listener.watch([self._channel(self.task_key(t)) for t in task_ids])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The wait subscribes again (and says so if Redis stays unreachable).
+            logger.debug("Could not subscribe to results at %s yet: %s", self._redacted, exc)
 
-    def _wait_on_pubsub(self, keys: Sequence[str], timeout: float) -> None:
-        pubsub = self._pubsub()
-        wanted = {self._key(k).encode() for k in keys}
-        channels = cast(dict[bytes, Any], pubsub.channels)
-        current = set(channels) - cast(set[bytes], pubsub.pending_unsubscribe_channels)
-        deadline = time.monotonic() + timeout
+    def unwatch(self, task_ids: Iterable[str]) -> None:
+        self._listener.release([self._channel(self.task_key(t)) for t in task_ids])
+
+    def _listen(self, keys: Sequence[str], deadline: float | None) -> Mapping[str, bytes]:
+        """Wait for Redis to confirm the subscriptions; return the results heard already."""
+        remaining = 0.0 if deadline is None else deadline - time.monotonic()
+        # Confirmed even when the caller's time is nearly up: reading before Redis has
+        # the subscription would let a store slip between the read and the wait.
+        confirm_by = time.monotonic() + max(remaining, 1.0)
         with self._errors():
-            stale = current - wanted
-            if stale:
-                pubsub.unsubscribe(*stale)  # type: ignore[no-untyped-call]  # unannotated upstream
-            new = wanted - current
-            if new:
-                pubsub.subscribe(*new)
-                # Confirmed even when the caller's time is nearly up: returning before
-                # Redis has the subscription would let the next read race a store.
-                confirm_by = time.monotonic() + max(timeout, 1.0)
-                self._receive(pubsub, confirm_by, lambda m: _confirms(m, new))
-                return
-            self._receive(pubsub, deadline, lambda m: _is_news(m, wanted))
+            cursor = self._listener.confirm([self._channel(k) for k in keys], confirm_by)
+            self._local.cursor = cursor
+            return self._heard(cursor, keys, 0.0)
+
+    def _wait_for_values(self, keys: Collection[str], timeout: float) -> Mapping[str, bytes]:
+        """Return the results published on ``keys`` since the last look (``{}``: none yet)."""
+        with self._errors():
+            return self._heard(cast(Cursor, self._local.cursor), keys, timeout)
+
+    def _heard(self, cursor: Cursor, keys: Collection[str], timeout: float) -> dict[str, bytes]:
+        size = len(self._prefix)
+        heard = self._listener.wait(cursor, timeout)
+        values = {channel.decode()[size:]: value for channel, value in heard}
+        return {key: value for key, value in values.items() if key in keys}
 
     def close(self) -> None:
-        """Close every thread's pub/sub connection and the connection pool."""
-        with self._pubsubs_lock:
-            pubsubs = list(self._pubsubs)
-            self._pubsubs.clear()
-        for pubsub in pubsubs:
-            pubsub.close()
+        """Close the pub/sub connection and the connection pool."""
+        self._listener.close()
+        self._lane.close()
         self._client.close()
 
     # -- helpers --------------------------------------------------------------
     def _key(self, key: str) -> str:
         return self._prefix + key
 
-    def _pubsub(self) -> redis.client.PubSub:
-        pubsub = getattr(self._local, "pubsub", None)
-        if pubsub is None:
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # unannotated upstream
-            self._local.pubsub = pubsub
-            with self._pubsubs_lock:
-                self._pubsubs.add(pubsub)
-        return cast(redis.client.PubSub, pubsub)
-
-    def _drop_pubsub(self) -> None:
-        pubsub = getattr(self._local, "pubsub", None)
-        if pubsub is not None:
-            self._local.pubsub = None
-            with self._pubsubs_lock:
-                self._pubsubs.discard(pubsub)
-            pubsub.close()
+    def _channel(self, key: str) -> bytes:
+        return (self._prefix + key).encode()
 
     def _ensure(self, operation: Callable[[], T]) -> T:
         """Run a write that is safe to repeat, retrying a lost connection per ``retry_policy``."""
@@ -281,14 +269,6 @@ class RedisResultBackend(ResultBackend):
             return value
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    @staticmethod
-    def _receive(pubsub: redis.client.PubSub, deadline: float, is_done: Any) -> None:
-        """Read pub/sub messages until ``is_done(message)`` returns True or ``deadline``."""
-        while (remaining := deadline - time.monotonic()) > 0:
-            message = pubsub.get_message(timeout=remaining)
-            if message is not None and is_done(message):
-                return
-
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Turn redis-py errors into :class:`BackendError` naming the (redacted) URL."""
@@ -301,14 +281,3 @@ class RedisResultBackend(ResultBackend):
             ) from exc
         except redis.RedisError as exc:
             raise BackendError(f"Redis result backend at {self._redacted!r} failed: {exc}") from exc
-
-
-def _is_news(message: dict[str, Any], channels: set[bytes]) -> bool:
-    return message["type"] == "message" and message["channel"] in channels
-
-
-def _confirms(message: dict[str, Any], pending: set[bytes]) -> bool:
-    """Tick off one subscribe confirmation; True once all of ``pending`` are confirmed."""
-    if message["type"] == "subscribe":
-        pending.discard(message["channel"])
-    return not pending

@@ -46,6 +46,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from chard._redis import parse_redis_url
+from chard._redis_lane import Lane
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
 from chard.exceptions import BrokerConnectionError, BrokerError
 
@@ -229,10 +230,13 @@ return 1
 """
 
 
+#: kombu's bucket of each priority 0-9: the largest step not above it.
+_STEP_OF = tuple(max(step for step in PRIORITY_STEPS if step <= p) for p in range(10))
+
+
 def priority_step(priority: int) -> int:
     """Return kombu's bucket for ``priority``: the largest step not above it (0-9 clamped)."""
-    clamped = min(max(int(priority), 0), 9)
-    return max(step for step in PRIORITY_STEPS if step <= clamped)
+    return _STEP_OF[min(max(int(priority), 0), 9)]
 
 
 def ready_key(queue: str, step: int) -> str:
@@ -297,6 +301,8 @@ class RedisBroker(Broker):
         # reach Redis should hear so in about a second, not after redis-py's ten tries.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
         self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
+        # Publishing is a client's hot path: one connection per thread, no pool checkout.
+        self._lane = Lane(self._client)
         # Script objects re-load themselves on NOSCRIPT, e.g. after a Redis restart.
         self._fetch_script = self._client.register_script(_LIB + _FETCH)
         self._heartbeat_script = self._client.register_script(_LIB + _HEARTBEAT)
@@ -334,7 +340,7 @@ class RedisBroker(Broker):
         ):
             with self._errors():
                 key = self._key(ready_key(first.queue, step))
-                self._client.lpush(key, *[m.body for m in messages])
+                self._lane.execute("LPUSH", key, *[m.body for m in messages])
             return
         with self._errors():
             pipe = self._client.pipeline(transaction=True)
@@ -563,6 +569,7 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         """Close connections; held leases lapse and are redelivered after ``lease_timeout``."""
+        self._lane.close()
         self._client.close()
 
     # -- helpers --------------------------------------------------------------

@@ -17,7 +17,6 @@ import base64
 import binascii
 import os
 import socket
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +32,24 @@ _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
 def new_id() -> str:
-    """Return a new task id (uuid4, Celery's form)."""
-    return str(uuid.uuid4())
+    """Return a new task id: a random (version 4) UUID in Celery's string form.
+
+    What ``str(uuid.uuid4())`` returns, from the same 16 random bytes, without
+    building a ``UUID`` object (a third of the cost).
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _args_repr(args: tuple[Any, ...]) -> str:
+    return saferepr(tuple(args), 1024) if args else "()"
+
+
+def _kwargs_repr(kwargs: dict[str, Any]) -> str:
+    return saferepr(kwargs, 1024) if kwargs else "{}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -101,8 +116,8 @@ class TaskMessage:
             "timelimit": list(self.timelimit),
             "root_id": self.root_id or self.id,
             "parent_id": self.parent_id,
-            "argsrepr": saferepr(tuple(self.args), 1024),
-            "kwargsrepr": saferepr(self.kwargs, 1024),
+            "argsrepr": _args_repr(self.args),
+            "kwargsrepr": _kwargs_repr(self.kwargs),
             "origin": self.origin or _ORIGIN,
             "ignore_result": self.ignore_result,
             "replaced_task_nesting": 0,
@@ -123,17 +138,14 @@ class TaskMessage:
         }
         return [list(self.args), self.kwargs, embed]
 
-    def to_wire(self, queue: str = "celery") -> bytes:
-        """Encode as the JSON envelope kombu's Redis transport uses.
+    def envelope(self, queue: str = "celery", delivery_tag: str | None = None) -> dict[str, Any]:
+        """Return the envelope kombu's Redis transport uses, as a dict (see :meth:`to_wire`).
 
         Raises:
             SerializationError: an argument cannot be encoded; the message names it.
         """
-        try:
-            payload, content_type, encoding = serializers.dumps(self.body(), self.serializer)
-        except SerializationError as exc:
-            raise SerializationError(self._name_bad_argument(exc)) from exc.__cause__
-        envelope = {
+        payload, content_type, encoding = self._payload()
+        return {
             "body": base64.b64encode(payload).decode("ascii"),
             "content-encoding": encoding,
             "content-type": content_type,
@@ -145,10 +157,53 @@ class TaskMessage:
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": self.priority,
                 "body_encoding": "base64",
-                "delivery_tag": new_id(),
+                "delivery_tag": delivery_tag or new_id(),
             },
         }
-        return serializers.json_dumps(envelope)
+
+    def to_wire(self, queue: str = "celery", delivery_tag: str | None = None) -> bytes:
+        """Encode as the JSON envelope kombu's Redis transport uses.
+
+        The bytes are ``json_dumps(self.envelope(queue))``, written from a template that
+        encodes only the values (the send path's hot spot; a test pins the two equal).
+
+        Raises:
+            SerializationError: an argument cannot be encoded; the message names it.
+        """
+        payload, content_type, encoding = self._payload()
+        j = serializers.json_text
+        headers = self._headers_json() if not self.extra_headers else j(self.headers())
+        return (
+            f'{{"body":"{base64.b64encode(payload).decode("ascii")}",'
+            f'"content-encoding":{j(encoding)},"content-type":{j(content_type)},'
+            f'"headers":{headers},"properties":{{"correlation_id":{j(self.id)},'
+            f'"reply_to":{j(self.reply_to)},"delivery_mode":2,'
+            f'"delivery_info":{{"exchange":"","routing_key":{j(queue)}}},'
+            f'"priority":{j(self.priority)},"body_encoding":"base64",'
+            f'"delivery_tag":{j(delivery_tag or new_id())}}}}}'
+        ).encode()
+
+    def _headers_json(self) -> str:
+        """The JSON text of :meth:`headers` when there are no extra headers."""
+        j = serializers.json_text
+        hard, soft = self.timelimit
+        return (
+            f'{{"lang":"py","task":{j(self.task)},"id":{j(self.id)},"shadow":{j(self.shadow)},'
+            f'"eta":{j(_iso(self.eta))},"expires":{j(_iso(self.expires))},'
+            f'"group":{j(self.group)},"group_index":{j(self.group_index)},'
+            f'"retries":{j(self.retries)},"timelimit":[{j(hard)},{j(soft)}],'
+            f'"root_id":{j(self.root_id or self.id)},"parent_id":{j(self.parent_id)},'
+            f'"argsrepr":{j(_args_repr(self.args))},"kwargsrepr":{j(_kwargs_repr(self.kwargs))},'
+            f'"origin":{j(self.origin or _ORIGIN)},"ignore_result":{j(self.ignore_result)},'
+            '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}}'
+        )
+
+    def _payload(self) -> tuple[bytes, str, str]:
+        """Serialize the body; return ``(payload, content_type, content_encoding)``."""
+        try:
+            return serializers.dumps(self.body(), self.serializer)
+        except SerializationError as exc:
+            raise SerializationError(self._name_bad_argument(exc)) from exc.__cause__
 
     def _name_bad_argument(self, exc: SerializationError) -> str:
         """Find which argument could not be encoded, so the error can name it."""

@@ -77,6 +77,7 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+_encode_str = json.encoder.encode_basestring  # ensure_ascii=False's string encoder
 _encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 _decoder = json.JSONDecoder(object_hook=_json_object_hook)
 
@@ -84,6 +85,26 @@ _decoder = json.JSONDecoder(object_hook=_json_object_hook)
 def json_dumps(value: Any) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON, with kombu's type envelopes."""
     return _encoder.encode(value).encode("utf-8")
+
+
+def json_text(value: Any) -> str:
+    """Return the JSON text :func:`json_dumps` encodes (a ``str``, for composing documents).
+
+    The encoder writes a list or object as its members' texts joined by ``,`` (and
+    ``:``), so a document put together from :func:`json_text` pieces is byte for byte
+    what :func:`json_dumps` writes for the whole.
+    """
+    if type(value) is str:  # what the encoder does for a str, without its checks first
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:  # what the encoder writes for an int, without building one
+        return int.__repr__(value)
+    return _encoder.encode(value)
 
 
 def json_loads(data: bytes | str) -> Any:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import redis
 
-from chard import states
+from chard import Celery, states
 from chard.backends.redis import RedisResultBackend
 from chard.exceptions import BackendError
 from tests.helpers import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_url, wait_for
@@ -137,24 +140,101 @@ def test_ttl_comes_from_expires(
     assert raw.ttl(meta_key(prefix, "c")) == -1
 
 
-def test_a_store_between_read_and_wait_is_not_missed(
+@pytest.mark.parametrize("when", ["before-watch", "before-confirm", "before-read", "after-read"])
+def test_a_store_at_any_step_of_a_wait_is_seen_at_once(
     make_backend: Callable[..., RedisResultBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
 ) -> None:
-    # Given a waiter that has read "pending" and subscribed (the first wait only subscribes)
-    backend = make_backend()
-    key = backend.task_key("t3")
-    assert backend.get_task_meta("t3")["status"] == states.PENDING
-    started = time.monotonic()
-    backend._wait_for_change([key], timeout=2)
-    assert time.monotonic() - started < 0.5
+    # Given a waiter, and a writer that stores the result at one step of the wait
+    waiter, writer = make_backend(), make_backend()
 
-    # When the result is stored before the waiter waits again
-    make_backend().store_result("t3", 3, states.SUCCESS)
+    def store() -> None:
+        writer.store_result("t3", 3, states.SUCCESS)
 
-    # Then the next wait returns at once instead of sleeping out its timeout
+    if when == "before-watch":
+        store()
+    elif when == "before-confirm":  # SUBSCRIBE sent, Redis's reply not read yet
+        waiter.watch(["t3"])
+        store()
+    else:
+        real_mget = waiter._mget
+
+        def mget(keys: Sequence[str]) -> list[bytes | None]:
+            if when == "before-read":
+                store()
+            values = real_mget(keys)
+            if when == "after-read":
+                store()
+            return values
+
+        monkeypatch.setattr(waiter, "_mget", mget)
+
+    # When it waits with a long timeout
     started = time.monotonic()
-    backend._wait_for_change([key], timeout=2)
-    assert time.monotonic() - started < 0.5
+    meta = waiter.wait_for("t3", timeout=10)
+
+    # Then it has the result at once, by the read or by the published message
+    assert meta["result"] == 3
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_result_published_before_get_needs_no_read(
+    make_backend: Callable[..., RedisResultBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    raw: redis.Redis,
+    prefix: str,
+) -> None:
+    # Given a task watched when it was sent, whose result was published since
+    waiter, writer = make_backend(), make_backend()
+    waiter.watch(["t4"])
+    wait_for(lambda: subscribers(raw, meta_key(prefix, "t4")) == 1)
+    writer.store_result("t4", 4, states.SUCCESS)
+    listener = waiter._listener
+
+    def heard() -> bool:  # the message has reached this process (published is not enough)
+        with listener._cond:
+            listener._drain()
+            return waiter._channel(waiter.task_key("t4")) in listener._values
+
+    wait_for(heard)
+    read: list[str] = []
+    real_mget = waiter._mget
+    monkeypatch.setattr(waiter, "_mget", lambda keys: read.extend(keys) or real_mget(keys))
+
+    # When the caller waits for it
+    meta = waiter.wait_for("t4", timeout=5)
+
+    # Then the value comes from the message: no key is read
+    assert meta["result"] == 4
+    assert read == []
+
+
+def test_waiting_for_n_results_reads_each_key_once(
+    make_backend: Callable[..., RedisResultBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 300 tasks whose results are stored one by one while the waiter waits
+    waiter, writer = make_backend(), make_backend()
+    ids = [f"many-{i}" for i in range(300)]
+    read: list[str] = []
+    real_mget = waiter._mget
+    monkeypatch.setattr(waiter, "_mget", lambda keys: read.extend(keys) or real_mget(keys))
+
+    def store_all() -> None:
+        for n, task_id in enumerate(ids):
+            writer.store_result(task_id, n, states.SUCCESS)
+
+    # When the waiter collects them all
+    writer_thread = threading.Thread(target=store_all)
+    writer_thread.start()
+    metas = waiter.wait_for_many(ids, timeout=30)
+    writer_thread.join(timeout=10)
+
+    # Then it has them in order, and read each key at most once (O(N), not once per
+    # wake-up; a result already heard by then is not read at all)
+    assert [m["result"] for m in metas] == list(range(300))
+    assert len(read) == len(set(read))
+    assert set(read) <= {waiter.task_key(t) for t in ids}
 
 
 def test_incr_counts_and_expires(
@@ -178,3 +258,117 @@ def test_an_unreachable_server_raises_backend_error_naming_the_url() -> None:
     assert f"redis://:**@127.0.0.1:{port}/9" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     backend.close()
+
+
+# -- the process's result listener: watched at send, one connection, loss and fork ----------
+
+
+def listener_client_id(raw: redis.Redis, backend: RedisResultBackend) -> str:
+    """The server's id of the backend's pub/sub connection (found by its local address)."""
+    host, port = backend._listener._conn._sock.getsockname()[:2]
+    return next(str(c["id"]) for c in raw.client_list() if c["addr"] == f"{host}:{port}")
+
+
+def test_delay_subscribes_before_publishing_and_releases_when_done(
+    raw: redis.Redis, prefix: str, make_backend: Callable[..., RedisResultBackend]
+) -> None:
+    # Given an app whose broker and backend are Redis, and no worker
+    url = redis_url(prefix)
+    app = Celery("watching", broker=url, backend=url, set_as_current=False)
+    add = app.task(name="watching.add")(lambda x, y: x + y)
+    quiet = app.task(name="watching.quiet", ignore_result=True)(lambda: None)
+    try:
+        # When a task is sent, its result channel is subscribed at once (a quiet one's is not)
+        result = add.delay(2, 2)
+        silent = quiet.delay()
+        channel = meta_key(prefix, result.id)
+        wait_for(lambda: subscribers(raw, channel) == 1)
+        assert subscribers(raw, meta_key(prefix, silent.id)) == 0
+
+        # Then the stored result reaches get(), also from another thread (aget)
+        make_backend().store_result(result.id, 4, states.SUCCESS)
+        assert asyncio.run(result.aget(timeout=5)) == 4
+        assert result.get(timeout=5) == 4
+
+        # And once the handle is gone, the next send unsubscribes the channel
+        del result
+        gc.collect()
+        add.delay(1, 1)
+        wait_for(lambda: subscribers(raw, channel) == 0)
+    finally:
+        app.close()
+
+
+def test_a_waiter_whose_connection_is_killed_subscribes_and_reads_again(
+    make_backend: Callable[..., RedisResultBackend], raw: redis.Redis, prefix: str
+) -> None:
+    # Given a waiter blocked on a result, subscribed
+    waiter, writer = make_backend(), make_backend()
+    got: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: got.update(meta=waiter.wait_for("k1", timeout=20)))
+    thread.start()
+    wait_for(lambda: subscribers(raw, meta_key(prefix, "k1")) == 1)
+
+    # When its connection is killed and the result is stored while it is down
+    raw.client_kill_filter(_id=listener_client_id(raw, waiter))
+    writer.store_result("k1", "after the loss", states.SUCCESS)
+    started = time.monotonic()
+    thread.join(timeout=15)
+
+    # Then the waiter still gets it (no message reached it: it read the key again)
+    assert got["meta"]["result"] == "after the loss"
+    assert time.monotonic() - started < 5
+
+
+def test_waiters_on_many_threads_share_one_connection(
+    make_backend: Callable[..., RedisResultBackend],
+) -> None:
+    waiter, writer = make_backend(), make_backend()
+    got: dict[int, Any] = {}
+    barrier = threading.Barrier(9)
+
+    def wait(n: int) -> None:
+        waiter.watch([f"th-{n}"])
+        barrier.wait()
+        got[n] = waiter.wait_for(f"th-{n}", timeout=20)["result"]
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for n in reversed(range(8)):
+        writer.store_result(f"th-{n}", n * 10, states.SUCCESS)
+    for thread in threads:
+        thread.join(timeout=20)
+
+    assert got == {n: n * 10 for n in range(8)}
+    assert waiter._listener._conn is not None  # one connection served all eight
+
+
+def test_a_forked_child_listens_on_its_own_connection_and_the_parents_survives(
+    make_backend: Callable[..., RedisResultBackend], raw: redis.Redis, prefix: str
+) -> None:
+    # Given a backend whose listener is subscribed in the parent
+    waiter, writer = make_backend(), make_backend()
+    waiter.watch(["parent-task"])
+    wait_for(lambda: subscribers(raw, meta_key(prefix, "parent-task")) == 1)
+    parent_conn = listener_client_id(raw, waiter)
+    writer.store_result("child-task", "for the child", states.SUCCESS)
+
+    # When a forked child waits through the very same backend object and exits
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            meta = waiter.wait_for("child-task", timeout=10)
+            mine = listener_client_id(raw, waiter)
+            code = 0 if meta["result"] == "for the child" and mine != parent_conn else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    # Then the child used a connection of its own, and the parent's still hears its result
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert listener_client_id(raw, waiter) == parent_conn
+    writer.store_result("parent-task", "for the parent", states.SUCCESS)
+    assert waiter.wait_for("parent-task", timeout=10)["result"] == "for the parent"

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from chard import Celery
 from chard._redis import parse_redis_url
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
@@ -384,3 +385,131 @@ def test_urls_are_split_into_client_url_and_key_prefix(
 
     assert (target.client_url, target.keyprefix) == (client_url, keyprefix)
     assert "pw" not in target.redacted
+
+
+# -- the publishing lane: one connection per thread, fork- and error-safe ------------------
+
+
+def lane_client_id(broker: RedisBroker) -> int:
+    """The server's id of this thread's publishing connection (changes if it reconnects)."""
+    return int(broker._lane.execute("CLIENT", "ID"))
+
+
+def test_delays_from_many_threads_are_each_stored_once_in_each_threads_order(
+    url: str, raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given one app shared by 8 threads, each sending 150 tasks as fast as it can
+    app = Celery("lanes", broker=url, set_as_current=False)
+    task = app.task(name="lanes.work")(lambda thread, i: None)
+    barrier = threading.Barrier(8)
+    sent: dict[int, list[str]] = {}
+
+    def send(thread: int) -> None:
+        barrier.wait()
+        sent[thread] = [task.delay(thread, i).id for i in range(150)]
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    app.close()
+
+    # Then every message is stored exactly once, intact, and each thread's in its order
+    bodies = raw.lrange(prefix + b"celery", 0, -1)[::-1]  # LPUSH: the oldest is at the right
+    messages = [TaskMessage.from_wire(body, JSON) for body in bodies]
+    assert len(messages) == 8 * 150
+    assert sorted(m.id for m in messages) == sorted(i for ids in sent.values() for i in ids)
+    for n in range(8):
+        mine = [m for m in messages if m.args[0] == n]
+        assert [m.args[1] for m in mine] == list(range(150))
+        assert [m.id for m in mine] == sent[n]
+
+
+def test_each_thread_publishes_on_a_connection_of_its_own(
+    make_broker: Callable[..., RedisBroker],
+) -> None:
+    broker = make_broker()
+    seen: list[int] = []
+    other = threading.Thread(
+        target=lambda: seen.extend([lane_client_id(broker), lane_client_id(broker)])
+    )
+    other.start()
+    other.join(timeout=10)
+
+    mine = [lane_client_id(broker), lane_client_id(broker)]
+
+    assert mine[0] == mine[1]  # kept, not checked out of a pool anew
+    assert seen[0] == seen[1]
+    assert mine[0] != seen[0]
+
+
+def test_a_forked_child_publishes_on_its_own_connection_and_the_parents_survives(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a broker whose publishing connection is open in the parent
+    broker = make_broker()
+    broker.publish(OutgoingMessage("q", b"parent-1"))
+    before = lane_client_id(broker)
+
+    # When a forked child publishes through the very same broker object and exits
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            broker.publish(OutgoingMessage("q", b"child"))
+            code = 0 if lane_client_id(broker) != before else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    # Then the child used a connection of its own, and the parent's is still the same one
+    assert os.waitstatus_to_exitcode(status) == 0
+    broker.publish(OutgoingMessage("q", b"parent-2"))
+    assert lane_client_id(broker) == before
+    assert raw.lrange(prefix + b"q", 0, -1) == [b"parent-2", b"child", b"parent-1"]
+
+
+def test_a_publishing_connection_killed_by_the_server_is_reopened(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    broker = make_broker()
+    broker.publish(OutgoingMessage("q", b"1"))
+    first = lane_client_id(broker)
+
+    raw.client_kill_filter(_id=str(first))
+    broker.publish(OutgoingMessage("q", b"2"))
+
+    assert raw.lrange(prefix + b"q", 0, -1) == [b"2", b"1"]
+    assert lane_client_id(broker) != first
+
+
+def test_a_reply_abandoned_after_a_timeout_is_never_read_as_a_later_ones(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a lane whose reads time out after 50 ms
+    broker = make_broker()
+    broker._client.connection_pool.connection_kwargs["socket_timeout"] = 0.05
+
+    # When a command's reply comes only after the timeout (every retry times out too)
+    with pytest.raises(redis.TimeoutError):
+        broker._lane.execute("BLPOP", prefix + b"empty", "0.2")
+
+    # Then the next commands read their own replies, not the late one
+    assert broker._lane.execute("PING") == b"PONG"
+    broker.publish(OutgoingMessage("q", b"after"))
+    assert raw.lrange(prefix + b"q", 0, -1) == [b"after"]
+
+
+def test_close_closes_every_threads_publishing_connection(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis
+) -> None:
+    broker = make_broker()
+    ids = [lane_client_id(broker)]
+    other = threading.Thread(target=lambda: ids.append(lane_client_id(broker)))
+    other.start()
+    other.join(timeout=10)
+
+    broker.close()
+
+    assert not {int(c["id"]) for c in raw.client_list()} & set(ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from chard import Celery
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
 from chard.protocol.message import TaskMessage, new_id, peek, with_header
+from chard.protocol.serializers import json_dumps
 
 JSON = frozenset({"application/json"})
 
@@ -231,6 +233,92 @@ def test_new_id_is_a_uuid4_string() -> None:
     assert new_id() != value
 
 
+def test_new_id_is_what_str_of_a_uuid4_looks_like() -> None:
+    for _ in range(2000):
+        value = new_id()
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+#: A message with every field set (not a default), for round trips and exact encodings.
+_SIG = {"task": "tasks.tsum", "args": [], "kwargs": {}, "options": {}, "immutable": False}
+FULL_MESSAGE = TaskMessage(
+    task="tasks.add",
+    id="id-1",
+    args=(1, "two", [3]),
+    kwargs={"k": {"nested": True}},
+    eta=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+    expires=datetime(2030, 1, 2, 4, 4, 5, tzinfo=UTC),
+    retries=2,
+    timelimit=(30.0, 20.0),
+    root_id="root",
+    parent_id="parent",
+    group="grp",
+    group_index=4,
+    shadow="alias",
+    origin="gen1@host",
+    ignore_result=True,
+    callbacks=[_SIG],
+    errbacks=[_SIG],
+    chain=[_SIG, _SIG],
+    chord=_SIG,
+    reply_to="oid",
+    priority=9,
+    extra_headers={"x-custom": [1, 2]},
+)
+
+#: One message of every shape the template must write exactly as the dict would be encoded.
+WIRE_VARIANTS: list[TaskMessage] = [
+    TaskMessage(task="tasks.noop", id="1"),
+    TaskMessage(task="tasks.add", id="2", args=(2, 2), kwargs={"z": [1, {"y": None}]}),
+    TaskMessage(
+        task='t\u00e9"quoted\\',
+        id="i\u2603",
+        args=("\u00e9\u4e2d\n", 1.5, -(2**70), True, None),
+        kwargs={"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "\u00fc": b"raw"},
+    ),
+    FULL_MESSAGE,
+    FULL_MESSAGE.evolve(extra_headers={}, timelimit=(10, 5.5)),
+    TaskMessage(task="t", id="4", extra_headers={"x-tenant": "acme", "retries": 9}),
+    TaskMessage(task="t", id="5", extra_headers={"stamped_headers": ["a"], "stamps": {"a": 1}}),
+    TaskMessage(task="t", id="6", args=(object.__name__,), serializer="pickle"),
+    TaskMessage(task="t", id="7", args=(1,), serializer="application/json"),
+]
+
+
+@pytest.mark.parametrize("message", WIRE_VARIANTS, ids=lambda m: m.id)
+@pytest.mark.parametrize("queue", ["celery", 'h\u00e9 "q"'])
+def test_to_wire_writes_exactly_the_encoded_envelope(message: TaskMessage, queue: str) -> None:
+    tag = new_id()
+
+    assert message.to_wire(queue, tag) == json_dumps(message.envelope(queue, tag))
+
+
+def test_to_wire_of_a_plain_delay_is_byte_for_byte_kombus_layout() -> None:
+    message = TaskMessage(task="benchapp.noop", id="ab-1", origin="gen7@vm")
+
+    wire = message.to_wire("celery", "tag-1")
+
+    body = base64.b64encode(
+        b'[[],{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
+    ).decode()
+    assert (
+        wire
+        == (
+            f'{{"body":"{body}","content-encoding":"utf-8","content-type":"application/json",'
+            '"headers":{"lang":"py","task":"benchapp.noop","id":"ab-1","shadow":null,"eta":null,'
+            '"expires":null,"group":null,"group_index":null,"retries":0,'
+            '"timelimit":[null,null],"root_id":"ab-1","parent_id":null,"argsrepr":"()",'
+            '"kwargsrepr":"{}","origin":"gen7@vm","ignore_result":false,'
+            '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
+            '"properties":{"correlation_id":"ab-1","reply_to":"","delivery_mode":2,'
+            '"delivery_info":{"exchange":"","routing_key":"celery"},"priority":0,'
+            '"body_encoding":"base64","delivery_tag":"tag-1"}}'
+        ).encode()
+    )
+
+
 # -- decoding Celery's captured envelopes -----------------------------------------------------
 
 
@@ -274,33 +362,7 @@ def test_captured_celery_countdown_envelope_decodes_to_aware_times_and_priority(
 
 
 def test_round_trip_keeps_every_field() -> None:
-    eta = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    sig = {"task": "tasks.tsum", "args": [], "kwargs": {}, "options": {}, "immutable": False}
-    original = TaskMessage(
-        task="tasks.add",
-        id="id-1",
-        args=(1, "two", [3]),
-        kwargs={"k": {"nested": True}},
-        eta=eta,
-        expires=eta + timedelta(hours=1),
-        retries=2,
-        timelimit=(30.0, 20.0),
-        root_id="root",
-        parent_id="parent",
-        group="grp",
-        group_index=4,
-        shadow="alias",
-        origin="gen1@host",
-        ignore_result=True,
-        callbacks=[sig],
-        errbacks=[sig],
-        chain=[sig, sig],
-        chord=sig,
-        reply_to="oid",
-        priority=9,
-        extra_headers={"x-custom": [1, 2]},
-    )
-
+    original = FULL_MESSAGE
     decoded = TaskMessage.from_wire(original.to_wire(), JSON)
 
     # The serializer comes back as the body's content type, which names the same serializer.

@@ -7,6 +7,7 @@ import json
 import pickle
 import uuid
 from datetime import UTC, date, datetime, time, timedelta, timezone
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -172,3 +173,27 @@ def test_accept_content_maps_names_and_content_types() -> None:
 def test_accept_content_with_an_unknown_name_fails() -> None:
     with pytest.raises(SerializationError, match="'nope'"):
         serializers.accepted_content_types(["nope"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -(2**80),
+        1.5,
+        float("1e300"),
+        "",
+        'caf\u00e9 "\\\n\u2603',
+        [],
+        [None, [True]],
+        {"a": {"b": [1, "x"]}},
+        datetime(2026, 1, 2, tzinfo=UTC),
+        b"bytes",
+        HTTPStatus.OK,  # an int subclass: the encoder writes the plain number
+    ],
+)
+def test_json_text_is_the_text_json_dumps_encodes(value: Any) -> None:
+    assert serializers.json_text(value).encode() == serializers.json_dumps(value)
