@@ -152,10 +152,20 @@ def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcom
 
 
 def _is_plain(message: TaskMessage | None) -> bool:
-    """Whether nothing is sent after ``message`` runs (so its result store may wait)."""
-    if message is None:
+    """Whether ``message``'s stores may wait for the end of its batch.
+
+    Not if anything is sent after it runs (callbacks, chain, chord: they may read its
+    result), nor if it tracks STARTED (that state must be visible while it runs).
+    """
+    if message is None or _app is None:
         return False
-    return not (message.callbacks or message.errbacks or message.chain or message.chord)
+    if message.callbacks or message.errbacks or message.chain or message.chord:
+        return False
+    task = _app.tasks.get(message.task)
+    if task is None:
+        return False
+    track = task.track_started
+    return not (track if track is not None else _app.conf.task_track_started)
 
 
 def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:

@@ -135,6 +135,21 @@ def test_track_started_and_custom_state(itproj: Any, workers: WorkerFactory) -> 
     assert prog.get(timeout=10) == "done"
 
 
+def test_started_is_visible_for_tasks_run_in_a_batch(itproj: Any, workers: WorkerFactory) -> None:
+    # Given tracked tasks queued before the worker starts (so they reach it in batches)
+    from itproj.tasks import slow
+
+    results = [slow.delay(0.3) for _ in range(8)]
+
+    # When one worker process runs them one after another
+    workers.start("-c", "1")
+
+    # Then each shows STARTED while it runs (its state is not held for the batch's end)
+    for result in results[:3]:
+        wait_for(lambda r=result: r.state == states.STARTED, timeout=10)
+        assert result.get(timeout=10) == 0.3
+
+
 def test_unknown_id_is_pending(itproj: Any) -> None:
     result = itproj.AsyncResult("never-sent")
     assert result.state == states.PENDING
