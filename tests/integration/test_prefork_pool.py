@@ -358,3 +358,25 @@ def test_terminate_spares_a_job_queued_behind_and_a_batch_neighbour() -> None:
         assert outcomes["queued"].kind == "unstarted"  # run again elsewhere, uncounted
     finally:
         pool.stop(graceful=False)
+
+
+def test_a_big_job_waits_in_the_pool_for_a_free_child(make_pool: Any) -> None:
+    global GATE
+    GATE = _FORK.Event()
+    pool = make_pool(1, queue_ahead=1)
+    collector = Collector()
+
+    # Given a busy child, and a job too big to queue in its pipe
+    pool.submit(Job("first", "block"), collector)
+    assert pool.free_slots() == 1
+    big = "x" * (prefork_module.AHEAD_MAX_BYTES * 2)
+
+    # When the free slot is used for it, submit accepts it (it waits in the pool)
+    pool.submit(Job("big", big), collector)
+    assert pool.free_slots() == 0
+
+    # Then it runs as soon as the child is free
+    GATE.set()
+    outcomes = collector.wait(2)
+    assert [(o.job.id, o.kind) for o in outcomes] == [("first", "done"), ("big", "done")]
+    assert outcomes[1].value == big

@@ -218,6 +218,20 @@ def test_poison_pill_in_a_deep_queue_spares_its_batch_mates(
     assert pill.id.encode() in dead.body
 
 
+def test_large_batches_with_a_deep_prefetch(itproj: Any, workers: WorkerFactory) -> None:
+    # Given a wide prefetch window, so batches outgrow what may queue behind a busy child
+    from itproj.tasks import add
+
+    results = [add.delay(i, 1) for i in range(600)]
+
+    # When a worker drains them
+    worker = workers.start("-c", "2", "--prefetch-multiplier", "32")
+
+    # Then all complete and the worker stays up
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(600)]
+    assert worker.proc.poll() is None
+
+
 def test_acks_early_task_lost_with_its_process(itproj: Any, workers: WorkerFactory) -> None:
     workers.start("-c", "1")
     from itproj.tasks import early_ack_die

@@ -161,6 +161,7 @@ class PreforkPool(Pool):
         self._changed = threading.Condition(self._lock)  # notified after every supervisor round
         self._state: _State = "new"
         self._children: dict[int, _Child] = {}
+        self._waiting: deque[_Entry] = deque()  # accepted, too big to queue behind a busy child
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -191,17 +192,30 @@ class PreforkPool(Pool):
     def submit(self, job: Job, on_done: OnDone) -> None:
         """Send ``job`` to an idle child (or queue it behind a busy one; see the module docstring).
 
-        Returns once the job is written to the child's pipe.
+        Returns once the job is written to the child's pipe, or, for a job too big to queue
+        behind a busy child, once it waits in the pool for the first child to free up (it
+        still used a slot that :meth:`free_slots` offered).
         """
         data = ForkingPickler.dumps((job.id, job.payload, job.soft_time_limit))
         entry = _Entry(job, on_done, data)
         with self._lock:
             child = self._child_for(entry)
             if child is None:
-                raise RuntimeError(f"prefork pool has no free slot for job {job.id!r}")
+                if self._free_slots() <= 0:
+                    raise RuntimeError(f"prefork pool has no free slot for job {job.id!r}")
+                self._waiting.append(entry)
+                return
             should_wake = self._send(child, entry)
         if should_wake:
             self._wake()
+
+    def _place_waiting(self) -> None:
+        """Send waiting jobs to children that can take them now (lock held)."""
+        while self._waiting:
+            child = self._child_for(self._waiting[0])
+            if child is None:
+                return
+            self._send(child, self._waiting.popleft())
 
     def _send(self, child: _Child, entry: _Entry) -> bool:
         """Write ``entry`` to ``child`` (lock held); True if the supervisor must re-plan."""
@@ -250,13 +264,16 @@ class PreforkPool(Pool):
     def free_slots(self) -> int:
         """Return how many jobs may be submitted now: idle children plus room to queue ahead."""
         with self._lock:
-            if self._state != "running":
-                return 0
-            active = [c for c in self._children.values() if not c.is_retiring]
-            busy = sum(bool(c.entries) for c in self._children.values())
-            idle = sum(not c.entries for c in active)
-            room = sum(max(0, 1 + self.queue_ahead - len(c.entries)) for c in active if c.entries)
-            return max(0, min(idle, self.concurrency - busy)) + room
+            return self._free_slots()
+
+    def _free_slots(self) -> int:
+        if self._state != "running":
+            return 0
+        active = [c for c in self._children.values() if not c.is_retiring]
+        busy = sum(bool(c.entries) for c in self._children.values())
+        idle = sum(not c.entries for c in active)
+        room = sum(max(0, 1 + self.queue_ahead - len(c.entries)) for c in active if c.entries)
+        return max(0, min(idle, self.concurrency - busy) + room - len(self._waiting))
 
     # -- the supervisor -----------------------------------------------------------------------
 
@@ -280,6 +297,7 @@ class PreforkPool(Pool):
                     self._reap(child)
                 self._enforce_deadlines()
                 self._fill()
+                self._place_waiting()
                 self._changed.notify_all()
                 reports, self._reports = self._reports, []
             for on_done, outcome in reports:
@@ -498,6 +516,10 @@ class PreforkPool(Pool):
             if self._state != "running":
                 return
             self._state = "stopping"
+            for entry in self._waiting:  # never reached a child
+                self._reports.append((entry.on_done, Outcome(entry.job, "unstarted")))
+            self._waiting.clear()
+            self._wake()  # the supervisor delivers those reports
             if graceful:
                 self._changed.wait_for(self._is_idle, timeout)
             for child in self._children.values():
