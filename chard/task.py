@@ -139,6 +139,15 @@ class Task(Generic[P, R]):
         """Attach the task to ``app`` (done by ``app.task`` and ``register_task``)."""
         self._app = app
 
+    def option(self, name: str) -> Any:
+        """Return this task's ``name`` option, or the app's ``task_<name>`` setting if unset.
+
+        Celery's precedence for options such as ``acks_late``, ``track_started`` and
+        ``ignore_result``: the task's own value wins, ``None`` defers to the app.
+        """
+        value = getattr(self, name)
+        return value if value is not None else self.app.conf[f"task_{name}"]
+
     @property
     def request(self) -> Context:
         """The invocation context of the running task (empty when called directly)."""

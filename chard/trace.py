@@ -102,8 +102,7 @@ def _call_with_autoretry(
 def _should_store(task: Task[Any, Any], request: Context, app: Celery) -> bool:
     if app.backend is None or request.ignore_result:
         return False
-    ignore = task.ignore_result
-    return not (ignore if ignore is not None else app.conf.task_ignore_result)
+    return not task.option("ignore_result")
 
 
 def _extra_meta(task: Task[Any, Any], request: Context, app: Celery) -> dict[str, Any]:

@@ -315,7 +315,7 @@ class Consumer:
         if message is None or not self._admit(delivery, message):
             return
         task = self.app.tasks[message.task]
-        acks_late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
+        acks_late = task.option("acks_late")
         hard, soft = message.timelimit
         hard = hard if hard is not None else task.time_limit or self.app.conf.task_time_limit
         soft = soft if soft is not None else task.soft_time_limit
@@ -469,7 +469,7 @@ class Consumer:
             return
         delivery, message = inflight.delivery, inflight.message
         if outcome.kind == "unstarted":  # queued behind a job whose process died
-            self._return_unstarted(delivery, inflight.acked_early)
+            self._return_unstarted(delivery, message, inflight.acked_early)
             return
         self.stats.processed += 1
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
@@ -492,10 +492,15 @@ class Consumer:
         else:
             self._settle_lost(delivery, message, outcome, inflight.acked_early)
 
-    def _return_unstarted(self, delivery: Delivery, acked: bool) -> None:
+    def _return_unstarted(self, delivery: Delivery, message: TaskMessage, acked: bool) -> None:
         """Run a job that never started again: here, or (stopping) on any worker, uncounted."""
         if acked:  # acks_late=False: it was acked on dispatch; Celery would lose it as well
-            logger.warning("Task message %s was acked early and never ran", delivery.queue)
+            logger.warning(
+                "Task %s[%s] was acked early (acks_late=False) and its process died before "
+                "it started: it will not run",
+                message.task,
+                message.id,
+            )
         elif self._stopping.is_set():
             self._reliably(delivery.reject, True)
         else:

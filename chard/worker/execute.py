@@ -164,8 +164,7 @@ def _is_plain(message: TaskMessage | None) -> bool:
     task = _app.tasks.get(message.task)
     if task is None:
         return False
-    track = task.track_started
-    return not (track if track is not None else _app.conf.task_track_started)
+    return not task.option("track_started")
 
 
 def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:
@@ -197,7 +196,7 @@ def run_job(payload: JobPayload) -> ExecOutcome:
     except NotRegistered as exc:
         return ExecOutcome("dead_letter", states.FAILURE, str(exc))
     request = build_request(message, payload, _hostname)
-    track = task.track_started if task.track_started is not None else app.conf.task_track_started
+    track = task.option("track_started")
     try:
         if _revocation_check is not None and _revocation_check(payload, message):
             return ExecOutcome("ack", states.REVOKED)
