@@ -35,6 +35,7 @@ Thread safety: a broker instance may be called from several threads of one proce
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,10 @@ class Broker(ABC):
             )
         #: Entries kept per broadcast channel: older ones are dropped as new ones come.
         self.broadcast_maxlen = maxlen
+        #: The identity this instance's leases are held under: unique per instance, so
+        #: two processes (or two instances in one) never share leases. A supervisor that
+        #: saw the process of an instance die passes it to :meth:`take_over`.
+        self.consumer_id = uuid.uuid4().hex
 
     @abstractmethod
     def publish(self, message: OutgoingMessage) -> None:

@@ -22,7 +22,6 @@ import heapq
 import itertools
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -181,8 +180,6 @@ class MemoryBroker(Broker):
     ) -> None:
         super().__init__(url, options)
         self.clock: Clock = clock or SystemClock()
-        #: Lease owner of the messages this instance holds.
-        self.consumer_id = uuid.uuid4().hex
         self._store = _open_store(url)
         self._turn = 0
 

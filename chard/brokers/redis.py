@@ -308,8 +308,7 @@ class RedisBroker(Broker):
         self._heartbeat_script = self._client.register_script(_LIB + _HEARTBEAT)
         self._settle_script = self._client.register_script(_LIB + _SETTLE)
         self._redrive_script = self._client.register_script(_LIB + _REDRIVE)
-        self._consumer_id = uuid.uuid4().hex
-        self._landing = self._key(f"chard.landing.{self._consumer_id}")
+        self._landing = self._key(f"chard.landing.{self.consumer_id}")
         self._fetch_lock = threading.Lock()
         self._held_lock = threading.Lock()
         self._held: set[str] = set()
@@ -397,8 +396,8 @@ class RedisBroker(Broker):
     def _lease(
         self, queues: Sequence[str], limit: int, next_spec: str
     ) -> tuple[float, float | None, list[Delivery]]:
-        tag_base = f"{self._consumer_id}.{self._fetches}.{time.monotonic_ns()}"
-        args: list[Any] = [self._prefix, self._consumer_id, self.lease_timeout, limit, tag_base]
+        tag_base = f"{self.consumer_id}.{self._fetches}.{time.monotonic_ns()}"
+        args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
         raw = self._fetch_script(args=[*args, self._landed_spec, next_spec, *queues])
         self._landed_spec = next_spec
         self._is_registered = True
@@ -418,7 +417,7 @@ class RedisBroker(Broker):
         """Extend this consumer's leases, recover lapsed ones, and move due delayed messages."""
         with self._held_lock:
             tags = list(self._held)
-        consumer = self._consumer_id if self._is_registered else ""
+        consumer = self.consumer_id if self._is_registered else ""
         with self._errors():
             raw = self._heartbeat_script(args=[self._prefix, consumer, self.lease_timeout, *tags])
         lost = {tag.decode() for tag in cast(list[bytes], raw)}

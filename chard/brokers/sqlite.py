@@ -214,8 +214,6 @@ class SQLiteBroker(Broker):
         # Resolved once, so a later chdir() or a forked child opens the same file.
         self.path = parse_sqlite_url(url)
         self.busy_timeout = float(self.options.get("busy_timeout", DEFAULT_BUSY_TIMEOUT))
-        #: Lease owner written on every row this instance holds.
-        self.consumer_id = uuid.uuid4().hex
         self._wake_dir = _wake.wake_dir(self.path)
         self._broadcast_wake_dir = self._wake_dir / "broadcast"
         self._turn = 0

@@ -290,7 +290,7 @@ def test_a_message_blocked_on_is_not_lost_when_the_consumer_dies_before_leasing(
     # which then died (simulated: we move it ourselves after its last fetch)
     dead = make_broker(lease_timeout=0.5)
     assert dead.fetch(["q"], 1, timeout=0) == []
-    landing = f"{prefix.decode()}chard.landing.{dead._consumer_id}"
+    landing = f"{prefix.decode()}chard.landing.{dead.consumer_id}"
     raw.lpush(prefix + b"q", b"caught")
     raw.lmove(f"{prefix.decode()}q", landing, "RIGHT", "LEFT")
 
