@@ -6,7 +6,8 @@ A broker knows nothing of tasks. It moves envelope bytes (see
 * **At-least-once.** A fetched message is *leased* to this broker instance (one
   consumer). It leaves the queue only on :meth:`Delivery.ack` or
   :meth:`Delivery.dead_letter`. If the consumer dies, its leases lapse after
-  ``lease_timeout`` seconds and the messages are delivered again.
+  ``lease_timeout`` seconds and the messages are delivered again, unless a
+  supervisor that saw it die takes them over at once (:meth:`Broker.take_over`).
 * **Slow is not dead.** While the consumer lives, :meth:`Broker.heartbeat` (called
   by the worker every ``lease_timeout / 4`` seconds or so) extends every lease it
   holds, so a long task is never handed to a second worker (Celery's Redis
@@ -35,6 +36,7 @@ Thread safety: a broker instance may be called from several threads of one proce
 
 from __future__ import annotations
 
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chard.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 #: Default lease: how long a dead consumer's messages stay invisible (seconds).
 DEFAULT_LEASE_TIMEOUT = 10.0
@@ -165,6 +169,56 @@ class Broker(ABC):
 
         Called periodically by the worker while it lives. Idempotent.
         """
+
+    def take_over(self, consumer_id: str) -> list[Delivery]:
+        """Lease to this instance every message that consumer ``consumer_id`` holds; return them.
+
+        For a consumer known to be dead (its supervisor saw the process exit), so that its
+        messages can be settled at once instead of lapsing after ``lease_timeout``. Each one
+        it still holds, lapsed or not, gets a fresh lease here (a new tag, expiring
+        ``lease_timeout`` from now) with its body, queue, priority and ``delivery_count``
+        unchanged, because the same delivery goes on: the caller, who knows which message
+        was running, decides its fate (``reject(requeue=True)`` returns an unstarted one
+        uncounted; ``ack`` or ``dead_letter`` the one that killed it). A message another
+        consumer took back after a lapse is not taken: it is that consumer's now (Redis
+        takes lapsed leases back on any consumer's fetch or heartbeat).
+
+        The returned deliveries are this instance's, like fetched ones: :meth:`heartbeat`
+        extends them and settling them works as usual, while settling the dead consumer's
+        own deliveries (a late call through them) becomes a no-op.
+
+        Atomic. An unknown consumer, one that holds nothing, or a second call gets
+        ``[]``. Order is unspecified. Thread-safe. Never pass a consumer that may still
+        be running: its messages would run twice.
+
+        Args:
+            consumer_id: the dead instance's :attr:`consumer_id`.
+
+        Raises:
+            ValueError: ``consumer_id`` is this instance's own.
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker cannot take leases over; a dead consumer's
+                messages then come back when their leases lapse.
+        """
+        if consumer_id == self.consumer_id:
+            raise ValueError(
+                f"cannot take over this instance's own leases ({consumer_id!r}); pass the "
+                "consumer_id of a dead broker instance"
+            )
+        taken = self._take_over(consumer_id)
+        if taken:
+            logger.warning(
+                "Took over %d message(s) leased to dead consumer %s", len(taken), consumer_id
+            )
+        return taken
+
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        """Lease ``consumer_id``'s messages to this instance, atomically; see :meth:`take_over`."""
+        raise NotImplementedError(
+            f"the {type(self).__name__} broker cannot take over the leases of consumer "
+            f"{consumer_id!r}; a dead worker process's messages are redelivered when their "
+            f"leases lapse (lease_timeout={self.lease_timeout:g} s)"
+        )
 
     @abstractmethod
     def purge(self, queue: str) -> int:

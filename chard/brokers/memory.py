@@ -272,6 +272,18 @@ class MemoryBroker(Broker):
                     message.lease_expires = expires
                     store.leased[message.id] = message
 
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        """Re-lease ``consumer_id``'s messages under new tokens, so its deliveries go stale."""
+        store = self._store
+        with store.cond:
+            expires = self.clock.time() + self.lease_timeout
+            taken = [m for m in store.messages.values() if m.owner == consumer_id]
+            for message in taken:
+                message.owner, message.token = self.consumer_id, next(store.ids)
+                message.lease_expires = expires
+                store.leased[message.id] = message
+            return [MemoryDelivery(self, m) for m in taken]
+
     def purge(self, queue: str) -> int:
         store = self._store
         with store.cond:

@@ -7,9 +7,9 @@ Keys (all behind the optional ``global_keyprefix``, like kombu):
   (FIFO), so Celery clients and workers can share the queues with chard.
 * ``chard.inflight`` (hash tag → body), ``chard.inflight.meta`` (hash tag → JSON
   ``{q, p, n, c}``: queue, priority step, delivery count, consumer) and ``chard.leases``
-  (zset tag → lease expiry): messages leased to a consumer. Every lease gets a fresh tag,
-  so settling a delivery whose lease lapsed (and was re-leased under another tag) is a
-  harmless no-op.
+  (zset tag → lease expiry): messages leased to a consumer. Every lease gets a fresh tag
+  that starts with the consumer's id, so settling a delivery whose lease lapsed (and was
+  re-leased under another tag, or taken over) is a harmless no-op.
 * ``chard.redeliveries`` (hash sha1(body) → deliveries so far): the delivery count of a
   message that went back to a ready list. It lives beside the body, so the envelope is
   stored byte-for-byte as published; a Celery worker popping such a message simply
@@ -17,7 +17,8 @@ Keys (all behind the optional ``global_keyprefix``, like kombu):
 * ``chard.consumers`` (zset consumer → expiry), ``chard.landing.<consumer>`` (list) and
   ``chard.landing.src`` (hash consumer → source list): the blocking wait ``BLMOVE``\\s
   the first message into the consumer's own landing list, so a crash between the block
-  and the lease cannot lose it; a lapsed consumer's landing list goes back to its source.
+  and the lease cannot lose it; a lapsed or taken-over consumer's landing list goes back
+  to its source.
 * ``chard.delayed`` (zset member → due time, member = ``<step><queue>\\0<uuid>\\0<body>``)
   and ``chard.delayed.counts`` (hash queue → count, for :meth:`RedisBroker.queue_size`).
 * ``chard.dead`` (zset id → failed_at) and ``chard.dead.<id>`` (hash): dead letters.
@@ -81,10 +82,27 @@ local function restore(queue, step, body, count)
   redis.call('RPUSH', ready_key(queue, step), body)
   if count > 0 then redis.call('HSET', redeliveries, redis.sha1hex(body), count) end
 end
+-- Lease body to consumer under tag until expiry.
+local function hold(tag, expiry, body, queue, step, count, consumer)
+  redis.call('ZADD', leases, expiry, tag)
+  redis.call('HSET', inflight, tag, body)
+  redis.call('HSET', meta, tag, cjson.encode({q = queue, p = step, n = count, c = consumer}))
+end
 local function drop(tag)
   redis.call('ZREM', leases, tag)
   redis.call('HDEL', inflight, tag)
   redis.call('HDEL', meta, tag)
+end
+-- Forget consumer cid; what its blocking wait moved but no fetch leased goes back uncounted.
+local function release_landing(cid)
+  local spec, landing = redis.call('HGET', landing_src, cid), prefix .. 'chard.landing.' .. cid
+  if spec then
+    local src = ready_key(string.sub(spec, 2), string.sub(spec, 1, 1))
+    while redis.call('LMOVE', landing, src, 'LEFT', 'RIGHT') do end
+  end
+  redis.call('DEL', landing)
+  redis.call('HDEL', landing_src, cid)
+  redis.call('ZREM', consumers, cid)
 end
 local function recover(t)
   for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
@@ -96,14 +114,7 @@ local function recover(t)
     drop(tag)
   end
   for _, cid in ipairs(redis.call('ZRANGE', consumers, '-inf', t, 'BYSCORE', 'LIMIT', 0, 10)) do
-    local spec, landing = redis.call('HGET', landing_src, cid), prefix .. 'chard.landing.' .. cid
-    if spec then
-      local src = ready_key(string.sub(spec, 2), string.sub(spec, 1, 1))
-      while redis.call('LMOVE', landing, src, 'LEFT', 'RIGHT') do end
-    end
-    redis.call('DEL', landing)
-    redis.call('HDEL', landing_src, cid)
-    redis.call('ZREM', consumers, cid)
+    release_landing(cid)
   end
 end
 -- Move due delayed messages to the back of their ready list; return the next due time.
@@ -144,9 +155,7 @@ local function lease(queue, step, body)
       redis.call('HDEL', redeliveries, digest)
     end
   end
-  redis.call('ZADD', leases, expiry, tag)
-  redis.call('HSET', inflight, tag, body)
-  redis.call('HSET', meta, tag, cjson.encode({q = queue, p = step, n = count, c = consumer}))
+  hold(tag, expiry, body, queue, step, count, consumer)
   for _, v in ipairs({tag, queue, count, body}) do out[#out + 1] = v end
 end
 if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
@@ -194,6 +203,31 @@ end
 recover(t)
 move_due(t)
 return lost
+"""
+
+# ARGV: prefix, dead consumer, this consumer, lease_timeout, tag_base. Returns tag, queue,
+# count, body of each message taken.
+_TAKE_OVER = r"""
+local dead, consumer = ARGV[2], ARGV[3]
+local t = now()
+local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
+local expiry, out, taken, mark = t + tonumber(ARGV[4]), {}, 0, dead .. '.'
+for _, old in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+  -- Tags start with their consumer's id (RedisBroker._tag_base): decode only the dead one's.
+  if string.sub(old, 1, #mark) == mark then
+    local body, info = redis.call('HGET', inflight, old), redis.call('HGET', meta, old)
+    info = info and cjson.decode(info)
+    if body and info and info.c == dead then
+      drop(old)  -- the old tag goes: settling through it is a no-op from now on
+      taken = taken + 1
+      local tag = tag_base .. '.' .. taken
+      hold(tag, expiry, body, info.q, info.p, info.n, consumer)
+      for _, v in ipairs({tag, info.q, info.n, body}) do out[#out + 1] = v end
+    end
+  end
+end
+release_landing(dead)
+return out
 """
 
 # ARGV: prefix, tag, mode (ack | requeue | dead), reason. Returns 1 if the lease was ours.
@@ -307,6 +341,7 @@ class RedisBroker(Broker):
         self._fetch_script = self._client.register_script(_LIB + _FETCH)
         self._heartbeat_script = self._client.register_script(_LIB + _HEARTBEAT)
         self._settle_script = self._client.register_script(_LIB + _SETTLE)
+        self._take_over_script = self._client.register_script(_LIB + _TAKE_OVER)
         self._redrive_script = self._client.register_script(_LIB + _REDRIVE)
         self._landing = self._key(f"chard.landing.{self.consumer_id}")
         self._fetch_lock = threading.Lock()
@@ -396,22 +431,44 @@ class RedisBroker(Broker):
     def _lease(
         self, queues: Sequence[str], limit: int, next_spec: str
     ) -> tuple[float, float | None, list[Delivery]]:
-        tag_base = f"{self.consumer_id}.{self._fetches}.{time.monotonic_ns()}"
+        tag_base = self._tag_base(str(self._fetches))
         args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
         raw = self._fetch_script(args=[*args, self._landed_spec, next_spec, *queues])
         self._landed_spec = next_spec
         self._is_registered = True
         reply = cast(list[Any], raw)
         next_due = float(reply[1]) if reply[1] else None
+        deliveries = self._hold(reply[2:])
+        if deliveries:
+            logger.debug("Leased %d message(s) from %s", len(deliveries), list(queues))
+        return float(reply[0]), next_due, deliveries
+
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        """Re-lease ``consumer_id``'s leases under new tags in one script.
+
+        The script also returns what that consumer's blocking wait had moved into its
+        landing list, not yet leased, to the queue it came from, uncounted (as recovery
+        does for a consumer whose registration lapsed), and forgets the consumer.
+        """
+        args: list[Any] = [self._prefix, consumer_id, self.consumer_id, self.lease_timeout]
+        with self._errors():
+            raw = self._take_over_script(args=[*args, self._tag_base("takeover")])
+        return self._hold(cast(list[Any], raw))
+
+    def _tag_base(self, kind: str) -> str:
+        """Start tags with the consumer id: take-over finds a consumer's leases by it."""
+        return f"{self.consumer_id}.{kind}.{time.monotonic_ns()}"
+
+    def _hold(self, reply: Sequence[Any]) -> list[Delivery]:
+        """Turn a script's ``tag, queue, count, body, ...`` into deliveries heartbeats extend."""
         deliveries: list[Delivery] = []
-        for i in range(2, len(reply), 4):
+        for i in range(0, len(reply), 4):
             tag, queue = reply[i].decode(), reply[i + 1].decode()
             deliveries.append(RedisDelivery(self, tag, queue, reply[i + 3], int(reply[i + 2])))
         if deliveries:
             with self._held_lock:
                 self._held.update(cast(RedisDelivery, d).tag for d in deliveries)
-            logger.debug("Leased %d message(s) from %s", len(deliveries), list(queues))
-        return float(reply[0]), next_due, deliveries
+        return deliveries
 
     def heartbeat(self) -> None:
         """Extend this consumer's leases, recover lapsed ones, and move due delayed messages."""

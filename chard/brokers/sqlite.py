@@ -107,6 +107,13 @@ WHERE id IN (
 RETURNING id, lease_token, queue, body, delivery_count, priority
 """
 _MINE = "id = ? AND lease_token = ?"
+# A new token: the dead consumer's deliveries no longer match. Lapsed rows still name it.
+_TAKE_OVER = """
+UPDATE chard_messages
+SET lease_owner = :owner, lease_token = random(), lease_expires = :expires
+WHERE lease_owner = :dead
+RETURNING id, lease_token, queue, body, delivery_count, priority
+"""
 # Everything older than the newest :keep entries of :channel.
 _PRUNE_BROADCASTS = """
 DELETE FROM chard_broadcasts WHERE channel = :channel AND id <= (
@@ -295,6 +302,16 @@ class SQLiteBroker(Broker):
                 (expires, self.consumer_id),
             )
         )
+
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        """Re-lease the rows ``consumer_id`` owns, in one ``UPDATE ... RETURNING``."""
+        params = {
+            "dead": consumer_id,
+            "owner": self.consumer_id,
+            "expires": self.clock.time() + self.lease_timeout,
+        }
+        rows = self._write(lambda conn: conn.execute(_TAKE_OVER, params).fetchall())
+        return [SQLiteDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
 
     # -- broadcast channels ---------------------------------------------------
     def broadcast(self, channel: str, payload: bytes) -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from chard.brokers import Broker, Delivery
 from chard.brokers.base import OutgoingMessage
+from chard.brokers.memory import MemoryBroker
 from tests.contract.conftest import BrokerFactory
 from tests.helpers import wait_for
 
@@ -309,3 +310,136 @@ def test_fetch_wakes_when_a_message_arrives(make_broker: BrokerFactory) -> None:
     ((found, returned),) = result
     assert [d.body for d in found] == [b"hello"]
     assert returned - published < 2.0
+
+
+# -- take_over: a supervisor settles a dead consumer's messages at once ------------------------
+
+
+def test_take_over_leases_a_dead_consumers_messages_to_the_caller(
+    make_broker: BrokerFactory,
+) -> None:
+    # Given a consumer holding three messages of two queues and three priorities, then dying
+    dead, heir = make_broker(), make_broker()
+    publish(dead, "a", b"a0", priority=0)
+    publish(dead, "a", b"a9", priority=9)
+    publish(dead, "b", b"b3", priority=3)
+    stale = dead.fetch(["a", "b"], 3, timeout=1.0)
+    assert len(stale) == 3
+
+    # When another instance takes them over
+    taken = {d.body: d for d in heir.take_over(dead.consumer_id)}
+
+    # Then it holds the same messages, the same deliveries going on
+    assert sorted((d.body, d.queue, d.delivery_count) for d in taken.values()) == [
+        (b"a0", "a", 1),
+        (b"a9", "a", 1),
+        (b"b3", "b", 1),
+    ]
+
+    # And a late settle through the dead consumer's deliveries touches none of them
+    dead.ack_many(stale[:2])
+    stale[2].reject(requeue=True)
+    dead.heartbeat()
+    assert (heir.queue_size("a"), heir.queue_size("b")) == (0, 0)
+    assert heir.fetch(["a", "b"], 10, timeout=0) == []
+
+    # When the heir requeues the one that never started and acks the others
+    taken[b"a9"].reject(requeue=True)
+    heir.ack_many([taken[b"a0"], taken[b"b3"]])
+    publish(heir, "a", b"a5", priority=5)
+
+    # Then that one comes back uncounted, behind more urgent work (its priority kept)
+    again = [fetch_one(heir, ["a", "b"]) for _ in range(2)]
+    assert [(d.body, d.delivery_count) for d in again] == [(b"a5", 1), (b"a9", 1)]
+    assert heir.fetch(["a", "b"], 10, timeout=0) == []
+    assert heir.dead_letters() == []
+
+
+def test_a_taken_over_lease_lives_on_the_heirs_heartbeat(make_broker: BrokerFactory) -> None:
+    # Given a message taken over from a dead consumer, everyone on short leases
+    dead, heir, other = (make_broker(lease_timeout=SHORT_LEASE) for _ in range(3))
+    publish(dead, "q", b"slow")
+    fetch_one(dead, ["q"])
+    (held,) = heir.take_over(dead.consumer_id)
+
+    # When the heir heartbeats for well past the dead consumer's lease, nobody else gets it
+    deadline = time.monotonic() + 4 * SHORT_LEASE
+    while time.monotonic() < deadline:
+        heir.heartbeat()
+        assert poll_as_worker(other, ["q"]) == []
+
+    # Then the heir settles it, once
+    held.ack()
+    assert poll_as_worker(other, ["q"]) == []
+    assert heir.queue_size("q") == 0
+
+
+def test_take_over_of_an_unknown_or_empty_consumer_returns_nothing(
+    make_broker: BrokerFactory,
+) -> None:
+    dead, heir = make_broker(), make_broker()
+    assert heir.take_over("no-such-consumer") == []
+    assert heir.take_over(dead.consumer_id) == []  # never fetched
+
+    # Given a consumer that acked one message and holds another
+    publish(dead, "q", b"done")
+    fetch_one(dead, ["q"]).ack()
+    publish(dead, "q", b"held")
+    fetch_one(dead, ["q"])
+
+    # Then only the held one is taken, and only by the first take-over
+    assert [d.body for d in heir.take_over(dead.consumer_id)] == [b"held"]
+    assert heir.take_over(dead.consumer_id) == []
+    assert make_broker().take_over(dead.consumer_id) == []
+
+
+def test_take_over_of_this_instances_own_id_is_refused(broker: Broker) -> None:
+    with pytest.raises(ValueError, match="own leases"):
+        broker.take_over(broker.consumer_id)
+
+
+def test_take_over_includes_a_lapsed_lease_nobody_took_back(make_broker: BrokerFactory) -> None:
+    # Given a dead consumer's lease that lapsed while no other consumer fetched
+    dead, heir = make_broker(lease_timeout=SHORT_LEASE), make_broker(lease_timeout=SHORT_LEASE)
+    publish(dead, "q", b"late")
+    fetch_one(dead, ["q"])
+    time.sleep(SHORT_LEASE + 0.2)
+
+    # When it is taken over, the message is the heir's, still on its first delivery
+    (taken,) = heir.take_over(dead.consumer_id)
+    assert (taken.body, taken.delivery_count) == (b"late", 1)
+
+    # Then nobody else can fetch it
+    assert heir.queue_size("q") == 0
+    assert make_broker().fetch(["q"], 1, timeout=0) == []
+
+
+def test_take_over_leaves_what_another_consumer_took_back_after_a_lapse(
+    make_broker: BrokerFactory,
+) -> None:
+    # Given a message whose lease lapsed and which another consumer then leased again
+    dead, other, heir = (make_broker(lease_timeout=SHORT_LEASE) for _ in range(3))
+    publish(dead, "q", b"work")
+    stale = fetch_one(dead, ["q"])
+    (again,) = wait_for(lambda: poll_as_worker(other, ["q"]), timeout=10.0)
+    assert again.delivery_count == 2
+
+    # When the first consumer is taken over, nothing comes: the message is the other's now
+    assert heir.take_over(dead.consumer_id) == []
+    stale.ack()
+
+    # Then when the other dies too, its lease is taken with the count it had
+    (taken,) = heir.take_over(other.consumer_id)
+    assert (taken.body, taken.delivery_count) == (b"work", 2)
+    again.ack()  # too late: a no-op
+    taken.reject(requeue=True)
+    assert fetch_one(heir, ["q"]).delivery_count == 2
+
+
+def test_a_broker_without_take_over_says_leases_lapse_instead() -> None:
+    # The interface's default, for a third-party broker that has no take-over.
+    class NoTakeOver(MemoryBroker):
+        _take_over = Broker._take_over
+
+    with pytest.raises(NotImplementedError, match=r"NoTakeOver broker .* when their leases lapse"):
+        NoTakeOver().take_over("gone")
