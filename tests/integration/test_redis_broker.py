@@ -304,6 +304,37 @@ def test_a_message_blocked_on_is_not_lost_when_the_consumer_dies_before_leasing(
     assert raw.exists(landing) == 0
 
 
+def test_take_over_returns_a_dead_consumers_landing_list_uncounted(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a dead consumer holding one lease, whose blocking wait had also moved a message
+    # into its landing list (simulated: we move it ourselves after its last fetch)
+    dead = make_broker()
+    dead.publish(OutgoingMessage("q", b"held", priority=9))
+    [_] = dead.fetch(["q"], 1, timeout=1)
+    landing = f"{prefix.decode()}chard.landing.{dead.consumer_id}"
+    raw.lpush(prefix + b"q", b"caught")
+    raw.lmove(f"{prefix.decode()}q", landing, "RIGHT", "LEFT")
+
+    # When another consumer takes it over, long before its 10 s registration would lapse
+    heir = make_broker()
+    [taken] = heir.take_over(dead.consumer_id)
+
+    # Then the landed message is back on its queue, uncounted, and the consumer is forgotten
+    assert taken.body == b"held"
+    assert raw.lrange(prefix + b"q", 0, -1) == [b"caught"]
+    assert raw.exists(landing) == 0
+    assert raw.zscore(prefix + b"chard.consumers", dead.consumer_id) is None
+    assert not raw.hexists(prefix + b"chard.landing.src", dead.consumer_id)
+    [caught] = heir.fetch(["q"], 1, timeout=0)
+    assert (caught.body, caught.delivery_count) == (b"caught", 1)
+
+    # And the taken lease kept its priority: a requeue puts it back in kombu's list for 9
+    taken.reject(requeue=True)
+    assert raw.lrange(prefix + b"q\x06\x169", 0, -1) == [b"held"]
+    caught.ack()
+
+
 def test_scripts_reload_after_the_server_forgets_them(
     make_broker: Callable[..., RedisBroker], raw: redis.Redis
 ) -> None:

@@ -38,7 +38,8 @@ def report(**fields):
 
 if mode == "hold":  # lease `want` messages, ack `n_ack`, keep heartbeating until killed
     want, n_ack = int(args[0]), int(args[1])
-    broker = sqlite.SQLiteBroker(url, {"lease_timeout": 1.0})
+    lease = float(args[2]) if len(args) > 2 else 1.0
+    broker = sqlite.SQLiteBroker(url, {"lease_timeout": lease})
     held = []
     while len(held) < want:
         held += broker.fetch(["work"], want - len(held), 1.0)
@@ -50,7 +51,7 @@ if mode == "hold":  # lease `want` messages, ack `n_ack`, keep heartbeating unti
             time.sleep(0.2)
     threading.Thread(target=beat, daemon=True).start()
     report(acked=[d.body.decode() for d in held[:n_ack]],
-           held=[d.body.decode() for d in held[n_ack:]])
+           held=[d.body.decode() for d in held[n_ack:]], consumer=broker.consumer_id)
     threading.Event().wait()
 
 elif mode == "produce":  # publish `n` messages, half one by one and half in batches
@@ -179,6 +180,34 @@ def test_killed_consumer_loses_nothing(url: str, children: list[subprocess.Popen
     assert all(len(c) == 1 for c in counts.values())
     assert {i for i, (c,) in counts.items() if c == 2} == held
     assert {i for i, (c,) in counts.items() if c == 1} == all_ids - acked - held
+
+
+def test_a_killed_consumers_leases_are_taken_over_at_once(
+    url: str, children: list[subprocess.Popen[str]]
+) -> None:
+    # Given 10 messages, and a consumer on a 60 s lease that leased 5, acked 2 and is SIGKILLed
+    with SQLiteBroker(url) as supervisor:
+        all_ids = {f"m{i}" for i in range(10)}
+        supervisor.publish_many([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
+        children.append(victim := spawn("hold", url, 5, 2, 60.0))
+        report = read_report(victim)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+        # When its supervisor takes its leases over
+        taken = supervisor.take_over(report["consumer"])
+
+        # Then it holds the unacked ones at once, as their first delivery still
+        assert sorted(d.body.decode() for d in taken) == sorted(report["held"])
+        assert {d.delivery_count for d in taken} == {1}
+
+        # And requeued, they are fetched with the rest, none counted twice
+        for delivery in taken:
+            delivery.reject(requeue=True)
+        rest = supervisor.fetch(["work"], 10, 0)
+        assert sorted(d.body.decode() for d in rest) == sorted(all_ids - set(report["acked"]))
+        assert {d.delivery_count for d in rest} == {1}
+        supervisor.ack_many(rest)
 
 
 def test_concurrent_producers_and_consumers_lose_and_duplicate_nothing(
