@@ -207,7 +207,7 @@ class Broker(ABC):
             )
         taken = self._take_over(consumer_id)
         if taken:
-            logger.warning(
+            logger.info(
                 "Took over %d message(s) leased to dead consumer %s", len(taken), consumer_id
             )
         return taken

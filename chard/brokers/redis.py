@@ -93,14 +93,18 @@ local function drop(tag)
   redis.call('HDEL', inflight, tag)
   redis.call('HDEL', meta, tag)
 end
--- Forget consumer cid; what its blocking wait moved but no fetch leased goes back uncounted.
-local function release_landing(cid)
+-- What consumer cid's blocking wait moved but no fetch leased goes back, uncounted.
+local function return_landing(cid)
   local spec, landing = redis.call('HGET', landing_src, cid), prefix .. 'chard.landing.' .. cid
   if spec then
     local src = ready_key(string.sub(spec, 2), string.sub(spec, 1, 1))
     while redis.call('LMOVE', landing, src, 'LEFT', 'RIGHT') do end
   end
-  redis.call('DEL', landing)
+end
+-- Forget a lapsed consumer cid, returning its landing list first.
+local function release_landing(cid)
+  return_landing(cid)
+  redis.call('DEL', prefix .. 'chard.landing.' .. cid)
   redis.call('HDEL', landing_src, cid)
   redis.call('ZREM', consumers, cid)
 end
@@ -226,7 +230,9 @@ for _, old in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
     end
   end
 end
-release_landing(dead)
+-- Its registration stays until it lapses: should Redis only now serve a blocking wait
+-- the dead process left, what lands is returned by recover() then, not stranded.
+return_landing(dead)
 return out
 """
 
@@ -448,7 +454,9 @@ class RedisBroker(Broker):
 
         The script also returns what that consumer's blocking wait had moved into its
         landing list, not yet leased, to the queue it came from, uncounted (as recovery
-        does for a consumer whose registration lapsed), and forgets the consumer.
+        does for a consumer whose registration lapsed). The registration itself is left
+        to lapse, so that anything a blocking wait of the dead process still moves (Redis
+        may serve it before noticing the closed connection) is recovered then.
         """
         args: list[Any] = [self._prefix, consumer_id, self.consumer_id, self.lease_timeout]
         with self._errors():

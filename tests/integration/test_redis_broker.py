@@ -324,8 +324,8 @@ def test_take_over_returns_a_dead_consumers_landing_list_uncounted(
     assert taken.body == b"held"
     assert raw.lrange(prefix + b"q", 0, -1) == [b"caught"]
     assert raw.exists(landing) == 0
-    assert raw.zscore(prefix + b"chard.consumers", dead.consumer_id) is None
-    assert not raw.hexists(prefix + b"chard.landing.src", dead.consumer_id)
+    # Still registered until it lapses, so a wait Redis serves late is recovered then
+    assert raw.zscore(prefix + b"chard.consumers", dead.consumer_id) is not None
     [caught] = heir.fetch(["q"], 1, timeout=0)
     assert (caught.body, caught.delivery_count) == (b"caught", 1)
 
