@@ -1,6 +1,8 @@
 """The consume loop: lease messages, check them, hand them to the pool, settle them.
 
-Three threads of the worker's main process share one condition variable:
+A consumer runs in each prefork child (see :mod:`chard.worker.supervisor`), or in the
+worker's main process for the threads and solo pools. Three of its threads share one
+condition variable:
 
 * the *fetcher* blocks on the broker and keeps up to ``prefetch`` messages leased;
 * the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
@@ -44,12 +46,12 @@ from chard.exceptions import (
     ContentDisallowed,
     DecodeError,
     NotRegistered,
-    TimeLimitExceeded,
     WorkerLostError,
 )
-from chard.protocol.message import TaskMessage, peek, with_header
+from chard.protocol.message import TaskMessage, peek
 from chard.worker import execute
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
+from chard.worker.lost import deaths, reliably, settle_lost, settle_timeout, store_state
 from chard.worker.pools.base import Job, Outcome, Pool
 from chard.worker.revocations import Revocations
 
@@ -57,9 +59,6 @@ if TYPE_CHECKING:
     from chard.app import Celery
 
 logger = logging.getLogger("chard.worker")
-
-#: Header counting how often a worker process died while running this message.
-LOST_HEADER = "chard_lost"
 
 
 @dataclass
@@ -113,6 +112,7 @@ class Consumer:
         *,
         prefetch: int,
         burst: bool = False,
+        revocations: Revocations | None = None,
     ) -> None:
         self.app = app
         self.pool = pool
@@ -131,8 +131,12 @@ class Consumer:
         self._cold = False
         self._fetch_idle = False
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
-        self.revocations = Revocations(app, pool, self._inflight, self._stopping, self._batches)
-        execute.set_revocation_check(self.revocations.check)  # before the pool forks
+        # A prefork child is given the record its parent follows (see Revocations).
+        self._owns_revocations = revocations is None
+        if revocations is None:  # (not `or`: an empty record is falsy)
+            revocations = Revocations(app, self._terminate, self._stopping)
+        self.revocations = revocations
+        execute.set_revocation_check(self.revocations.check)
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> ConsumerStats:
@@ -146,7 +150,8 @@ class Consumer:
             daemon=True,
         )
         acker = threading.Thread(target=self._ack_loop, name="chard-acker", daemon=True)
-        self.revocations.start()  # before the first fetch, so no known revocation is missed
+        if self._owns_revocations:  # before the first fetch: no known revocation is missed
+            self.revocations.start()
         fetcher.start()
         beat.start()
         acker.start()
@@ -159,7 +164,8 @@ class Consumer:
             fetcher.join(timeout=5)
             acker.join()
             self._shutdown()
-            self.revocations.join(timeout=5)  # it sees the stop within its read timeout
+            if self._owns_revocations:
+                self.revocations.join(timeout=5)  # it sees the stop within its read timeout
         return self.stats
 
     def stop(self, cold: bool = False) -> None:
@@ -282,17 +288,17 @@ class Consumer:
                         ready.append(self._reserved.popleft())
                 if ready:
                     self._cond.notify_all()  # the fetcher may have room again
-            for delivery in ready:  # first: a child that just finished is idle until then
-                self._admit_for_pool(delivery)
-            if slots and self._admitted:  # even if a stop came meanwhile: they were received
-                self._submit_pending(slots)
-            if done:
+            if done:  # first: an inline pool's next job may run long, and these are finished
                 acks: list[Delivery] = []
                 for outcome in done:
                     self._settle(outcome, acks)
                 with self._cond:
                     self._acks.extend(acks)
                     self._cond.notify_all()  # the acker has work, the fetcher may have room
+            for delivery in ready:
+                self._admit_for_pool(delivery)
+            if slots and self._admitted:  # even if a stop came meanwhile: they were received
+                self._submit_pending(slots)
 
     def _has_work(self) -> bool:
         if self._done:
@@ -331,10 +337,10 @@ class Consumer:
     def _submit_pending(self, slots: int) -> None:
         """Submit admitted messages as at most ``slots`` pool jobs.
 
-        With a pool that takes batches (prefork), runs of messages without time limits share a
-        job, ``ceil(waiting / slots)`` at a time: one pipe write and one answer for many short
-        tasks, where one per task kept the children waiting on the parent. With an idle pool
-        and little waiting, every job is still a single message.
+        With a pool that takes batches (a prefork child's), runs of messages without time
+        limits share a job, ``ceil(waiting / slots)`` at a time, so that quick tasks store
+        their results in one backend round trip (see :func:`execute.run`). With little
+        waiting, every job is still a single message.
         """
         while slots > 0 and self._admitted:
             head = self._admitted[0]
@@ -389,7 +395,7 @@ class Consumer:
             logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
             self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
             return False
-        attempts = delivery.delivery_count + int(message.extra_headers.get(LOST_HEADER, 0))
+        attempts = delivery.delivery_count + deaths(message)
         if self._max_deliveries and attempts > self._max_deliveries:
             lost = WorkerLostError(
                 f"task {message.task}[{message.id}] was delivered {attempts} times and its "
@@ -432,9 +438,7 @@ class Consumer:
         self.stats.dead_lettered += 1
 
     def _store(self, message: TaskMessage, value: Any, state: str) -> None:
-        backend = self.app.backend
-        if backend is not None and not message.ignore_result:
-            backend.store_result(message.id, value, state)
+        store_state(self.app, message.id, value, state, not message.ignore_result)
 
     def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         """Settle one finished job; plain acks go to ``acks`` (one round-trip) when given."""
@@ -445,68 +449,48 @@ class Consumer:
         self._settle_one(outcome, acks)
 
     def _settle_batch(self, outcome: Outcome, ids: list[str], acks: list[Delivery] | None) -> None:
-        """Settle each message of a batch job as if it had been a job of its own.
-
-        If the process died, the target's progress counter holds the index of the message
-        it was running: that one is lost (a death counted against it), the others run
-        again uncounted (their results may not have been stored; see execute.run).
-        """
+        """Settle each message of a finished batch job as if it had been a job of its own."""
         values = outcome.value if outcome.kind == "done" else None
-        running = outcome.progress or 0
         for index, task_id in enumerate(ids):
-            job = Job(task_id, None)
-            if outcome.kind == "done":  # values is None if the target raised (a bug, logged)
-                value = values[index] if isinstance(values, list) else None
-                self._settle_one(Outcome(job, "done", value, pid=outcome.pid), acks)
-            elif index == running:
-                self._settle_one(Outcome(job, outcome.kind, None, outcome.exitcode, outcome.pid))
-            else:
-                self._settle_one(Outcome(job, "unstarted", None, outcome.exitcode, outcome.pid))
+            # values is None if the target raised (a bug, logged by the pool)
+            value = values[index] if isinstance(values, list) else None
+            done = Outcome(Job(task_id, None), outcome.kind, value, pid=outcome.pid)
+            self._settle_one(done, acks)
 
     def _settle_one(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         inflight = self._inflight.pop(outcome.job.id, None)
         if inflight is None:
             return
         delivery, message = inflight.delivery, inflight.message
-        if outcome.kind == "unstarted":  # queued behind a job whose process died
-            self._return_unstarted(delivery, message, inflight.acked_early)
-            return
         self.stats.processed += 1
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
-        if outcome.kind != "done" and self.revocations.is_terminated(message.id):
-            self._discard(delivery, message, "terminated")  # killed on request: not lost
-        elif outcome.kind == "done":
+        held = None if inflight.acked_early else delivery
+        if outcome.kind == "done":
             self._settle_done(delivery, message, outcome.value, inflight.acked_early, acks)
+        elif self._cold:  # we abandoned it ourselves: return it, uncounted
+            if held is not None:
+                self._reliably(held.reject, True)
         elif outcome.kind == "timeout":
-            error = TimeLimitExceeded(outcome.job.time_limit)
-            logger.error(
-                "Hard time limit (%ss) exceeded for %s[%s]; its process was killed",
+            stores = not message.ignore_result
+            settle_timeout(
+                self.app,
+                held,
+                message.id,
+                message.task,
                 outcome.job.time_limit,
-                message.task,
-                message.id,
+                stores=stores,
+                give_up=self._is_cold,
             )
-            self._store(message, error, states.FAILURE)
             self.stats.failed += 1
-            if not inflight.acked_early:
-                self._reliably(delivery.ack)
         else:
-            self._settle_lost(delivery, message, outcome, inflight.acked_early)
-
-    def _return_unstarted(self, delivery: Delivery, message: TaskMessage, acked: bool) -> None:
-        """Run a job that never started again: here, or (stopping) on any worker, uncounted."""
-        if acked:  # acks_late=False: it was acked on dispatch; Celery would lose it as well
-            logger.warning(
-                "Task %s[%s] was acked early (acks_late=False) and its process died before "
-                "it started: it will not run",
-                message.task,
-                message.id,
+            settle_lost(
+                self.app,
+                held,
+                message,
+                exitcode=outcome.exitcode,
+                pid=outcome.pid,
+                give_up=self._is_cold,
             )
-        elif self._stopping.is_set():
-            self._reliably(delivery.reject, True)
-        else:
-            with self._cond:
-                self._reserved.appendleft(delivery)
-                self._cond.notify_all()
 
     def _settle_done(
         self,
@@ -540,59 +524,15 @@ class Consumer:
         else:
             self._reliably(delivery.ack)
 
-    def _settle_lost(
-        self, delivery: Delivery, message: TaskMessage, outcome: Outcome, acked: bool
-    ) -> None:
-        if self._cold:  # we killed it ourselves: return it, uncounted
-            if not acked:
-                self._reliably(delivery.reject, True)
-            return
-        lost = int(message.extra_headers.get(LOST_HEADER, 0)) + 1
-        logger.error(
-            "Process %s exited with exit code %s while running %s[%s] (attempt %d)",
-            outcome.pid,
-            outcome.exitcode,
-            message.task,
-            message.id,
-            delivery.delivery_count + lost - 1,
-        )
-        redeliver = self.app.conf.task_reject_on_worker_lost and not acked
-        if redeliver:
-            # Count the death in the message itself, then put it back: at most
-            # task_max_deliveries runs in all, checked by _admit on the next delivery.
-            body = with_header(delivery.body, LOST_HEADER, lost)
-            again = OutgoingMessage(delivery.queue, body, message.priority)
-            self._reliably(self.app.broker.publish, again)
-            self._reliably(delivery.ack)
-            return
-        error = WorkerLostError(
-            f"worker process exited (exit code {outcome.exitcode}) while running the task"
-        )
-        self._store(message, error, states.FAILURE)
-        self.stats.failed += 1
-        if not acked:
-            self._reliably(delivery.ack)
-
     def _reliably(self, operation: Callable[..., None], *args: Any) -> None:
-        """Run a broker call, retrying a lost connection until it succeeds or a cold stop.
+        """Run a settling broker call until it succeeds; see :func:`~chard.worker.lost.reliably`."""
+        reliably(operation, *args, give_up=self._is_cold)
 
-        Settling is safe to repeat (a second ack of the same lease is a no-op). Giving
-        up would leave a finished message leased, and run it again once the lease lapsed.
-        """
-        pause, lost_at = 0.1, None
-        while True:
-            try:
-                operation(*args)
-            except BrokerConnectionError as exc:
-                if self._cold:
-                    logger.error("Broker unreachable during a cold stop: %s", exc)
-                    return
-                if lost_at is None:
-                    lost_at = time.monotonic()
-                    logger.warning("Broker connection lost: %s; retrying until it is back", exc)
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
-                continue
-            if lost_at is not None:
-                logger.warning("Broker connection restored after %.1fs", time.monotonic() - lost_at)
-            return
+    def _is_cold(self) -> bool:
+        return self._cold
+
+    def _terminate(self, task_id: str, signum: int) -> bool:
+        """Ask the pool to end the running task ``task_id`` (see :class:`Revocations`)."""
+        if task_id not in self._inflight:
+            return False  # not here, or not handed to the pool: discarded before it runs
+        return self.pool.terminate(task_id, signum)

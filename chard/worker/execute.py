@@ -1,16 +1,19 @@
 """Run one delivered message inside a pool process: decode, build the request, trace.
 
-This is the pool's target. It runs in a prefork child (or a thread), so it takes
-plain picklable input (:class:`JobPayload`) and returns a small picklable
-:class:`ExecOutcome` telling the consumer how to settle the message. Results and
-follow-up messages are written from here, before the consumer acks, so a crash
-between the two repeats work instead of losing it (at-least-once).
+This is the pool's target, run in a prefork child or a pool thread. It takes a
+:class:`JobPayload` and returns a small :class:`ExecOutcome` telling the consumer
+how to settle the message. Results and follow-up messages are written from here,
+before the consumer acks, so a crash between the two repeats work instead of
+losing it (at-least-once). In a prefork child, the task about to run is written
+to the child's slot first (:mod:`chard.worker.slot`), so that if the child dies
+its supervisor counts the death against that message alone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +31,7 @@ from chard.exceptions import (
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.trace import trace_task
-from chard.worker.pools.base import report_progress
+from chard.worker import slot as slots
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -125,12 +128,15 @@ def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> C
 def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
     """The pool target: run one message, or a batch of them one after another.
 
-    In a batch, the results of plain tasks (nothing sent after them: no callbacks, chain
-    or chord) are held and stored together, in one backend round trip, before the pool
-    answers and so before the consumer acks; anything else first flushes what is held, so
-    stores keep their order. :func:`report_progress` records the index of the running
-    message: if the process dies, that one is lost (counted as a death) and the others
-    run again uncounted (at-least-once: the ones before it may repeat).
+    In a batch, the results of quick plain tasks (nothing sent after them: no callbacks,
+    chain or chord; and a task that has so far run in under :data:`QUICK` seconds here)
+    are held and stored together, in one backend round trip, before the pool answers and
+    so before the consumer acks. Anything else first flushes what is held: stores keep
+    their order, and a result never waits long behind a slow neighbour (a task that is
+    usually quick and once runs long is the exception: up to a batch of results then
+    wait for it). If the process dies, the message it was running is lost (counted as a
+    death) and the others of the batch run again uncounted (at-least-once: the ones
+    before it may repeat).
     """
     if not isinstance(payload, list):
         return run_job(payload)
@@ -138,17 +144,29 @@ def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcom
     outcomes: list[ExecOutcome] = []
     held: list[int] = []  # indexes of outcomes whose results are held
     for index, item in enumerate(payload):
-        report_progress(index)
-        plain = backend is not None and _is_plain(item.message)
-        if held and not plain:
+        name = item.message.task if item.message is not None else ""
+        hold = backend is not None and _is_plain(item.message) and _is_quick(name)
+        if held and not hold:
             _flush(outcomes, held)
-        if plain and backend is not None:
+        if hold and backend is not None:
             backend.hold_stores()
             held.append(index)
+        started = time.perf_counter()
         outcomes.append(run_job(item))
+        _runtimes[name] = time.perf_counter() - started
     if held:
         _flush(outcomes, held)
     return outcomes
+
+
+#: Longest run (seconds) of a task whose result may wait for the rest of its batch.
+QUICK = 0.001
+#: The latest runtime of each task name in this process (first run: unknown, not quick).
+_runtimes: dict[str, float] = {}
+
+
+def _is_quick(name: str) -> bool:
+    return _runtimes.get(name, QUICK) < QUICK
 
 
 def _is_plain(message: TaskMessage | None) -> bool:
@@ -197,6 +215,9 @@ def run_job(payload: JobPayload) -> ExecOutcome:
         return ExecOutcome("dead_letter", states.FAILURE, str(exc))
     request = build_request(message, payload, _hostname)
     track = task.option("track_started")
+    slot = slots.current()
+    if slot is not None:
+        slot.begin(message.id, message.task, app.backend is not None and not message.ignore_result)
     try:
         if _revocation_check is not None and _revocation_check(payload, message):
             return ExecOutcome("ack", states.REVOKED)

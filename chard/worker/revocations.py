@@ -16,20 +16,19 @@ What happens to a revoked task (the consumer only calls in here):
   ``task_revoked`` signal is sent, and the message is acked. A countdown or ETA
   task is held by the broker, so this happens when it falls due. Expired tasks go
   the same way (``"expired"``).
-* **Admitted, not started.** The consumer hands messages to the pool ahead of
-  time (a prefork child holds a queued job, or runs a batch one message after
-  another), so a revocation can come after the check above. The pool process
-  checks again just before it runs each message (:meth:`Revocations.check`):
-  a shared counter, bumped by every revocation the worker takes in, tells a
-  prefork child when to read the log's new entries itself, so the check costs
-  one shared-memory read per task otherwise.
-* **Running, with ``terminate=True``.** The pool signals the process running it
-  (:meth:`~chard.worker.pools.base.Pool.terminate`; prefork only), and only if
-  it runs that very task (the running message of a batch, by its progress
-  counter). When its process dies, the job settles as REVOKED
-  (``"terminated"``) and is acked: it is not redelivered as a lost child; the
-  rest of its batch runs again. If the task finished first (or survived the
-  signal), its own outcome stands.
+* **Admitted, not started.** A consumer leases messages ahead of time (its
+  prefetch window, run as a batch one message after another), so a revocation
+  can come after the check above. The process about to run the message checks
+  again just before (:meth:`Revocations.check`). In a prefork node, the parent
+  follows the log; a shared counter, bumped by every revocation it takes in,
+  tells each child when to read the log's new entries itself, so the check costs
+  one shared-memory read per task otherwise, and an idle node reads the log once.
+* **Running, with ``terminate=True``.** The ``terminate`` callback ends it: the
+  prefork supervisor kills the child running that very task (its slot says
+  which, :mod:`chard.worker.slot`), settles it REVOKED (``"terminated"``) and
+  acks it: it is not redelivered as a lost task; the child's other leased
+  messages run again. If the task finished first, its own outcome stands.
+  Threads cannot be killed: that pool logs a warning and the task runs on.
 * **Running, without ``terminate``.** It runs to its end, as in Celery.
 
 Memory is bounded: at most :data:`MAX_REVOKED` ids (Celery's 50,000), each
@@ -43,7 +42,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chard import signals, states
@@ -55,7 +54,6 @@ from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
 from chard.trace import end_chain
 from chard.worker.execute import JobPayload, build_request, configured_hostname
-from chard.worker.pools.base import Pool
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -76,10 +74,10 @@ class Revocations:
 
     Args:
         app: the worker's app (its broker carries the channel, its backend the states).
-        pool: the pool to ask to terminate running tasks.
-        running: the ids of the tasks handed to the pool and not yet settled.
-        stopping: set when the consumer stops; ends the reading thread.
-        batches: pool job id -> the task ids a batch job runs, in order.
+        terminate: called with ``(task_id, signum)`` for each revocation with
+            ``terminate=True``; ends that task if it runs here, and returns whether it
+            did. The consumer asks its pool; the prefork supervisor kills the child.
+        stopping: set when the worker stops; ends the reading thread.
         clock: the time source for expiry (tests pass a FakeClock).
         max_ids: the most ids kept at once.
     """
@@ -87,19 +85,15 @@ class Revocations:
     def __init__(
         self,
         app: Celery,
-        pool: Pool,
-        running: Container[str],
+        terminate: Callable[[str, int], bool] | None,
         stopping: threading.Event,
-        batches: Mapping[str, Sequence[str]] | None = None,
         *,
         clock: Clock | None = None,
         max_ids: int = MAX_REVOKED,
     ) -> None:
         self.app = app
-        self.pool = pool
-        self._running = running
+        self._terminate = terminate
         self._stopping = stopping
-        self._batches = batches if batches is not None else {}
         self._clock: Clock = clock or SystemClock()
         self._max_ids = max_ids
         # task id -> (expires, signal to terminate it with or None), oldest first. Written
@@ -109,7 +103,7 @@ class Revocations:
         self._cursor = BROADCAST_START
         self._thread: threading.Thread | None = None
         self._is_caught_up = False  # the log read at start is in: announce what follows
-        # Bumped by every batch of new revocations, in memory shared with the pool's
+        # Bumped by every batch of new revocations, in memory shared with the prefork
         # children (created before they fork): a child reads the log when it changes.
         self._generation: Any = multiprocessing.RawValue("q", 0)
         self._seen_generation = 0  # in a child: the generation its record is up to date with
@@ -179,7 +173,7 @@ class Revocations:
         """Take in revocation payloads: remember their ids, terminate running ones."""
         with self._lock:
             to_terminate = self._absorb(payloads, announce=self._is_caught_up)
-        self._generation.value += 1  # pool children: read the log before the next task
+        self._generation.value += 1  # prefork children: read the log before the next task
         for task_id, signum in to_terminate:
             self._terminate_if_running(task_id, signum)
 
@@ -240,16 +234,11 @@ class Revocations:
         return entry is not None and entry[1] is not None
 
     def _terminate_if_running(self, task_id: str, signum: int) -> None:
-        if task_id not in self._running:
-            return  # not here, or not handed to the pool: it is discarded before it runs
-        job_id, item = task_id, None
-        for batch_id, ids in dict(self._batches).items():  # a copy: the dispatcher writes it
-            if task_id in ids:
-                job_id, item = batch_id, list(ids).index(task_id)
-                break
+        if self._terminate is None:
+            return
         logger.info("Terminating revoked task %s (%s)", task_id, signal.Signals(signum).name)
-        if not self.pool.terminate(job_id, signum, item):
-            logger.info("Task %s is not running yet; it will be discarded instead", task_id)
+        if not self._terminate(task_id, signum):
+            logger.info("Task %s is not running here; it will be discarded instead", task_id)
 
     # -- in the pool process --------------------------------------------------
     def check(self, payload: JobPayload, message: TaskMessage) -> bool:

@@ -1,11 +1,13 @@
 """The worker node: wiring in a straight line, signals, banner, and shutdown.
 
 ``Worker.start()`` reads top to bottom: finalize the app, configure the executor,
-start the pool (forking children after the app is loaded), install signal
-handlers, print the banner, consume until told to stop, shut down. Warm shutdown
-(SIGTERM, first Ctrl-C) finishes running tasks and returns unstarted ones to the
-queue at once; cold shutdown (second Ctrl-C, SIGQUIT) kills running tasks and
-returns them too.
+install signal handlers, print the banner, consume until told to stop, shut down.
+With the prefork pool (the default) the consuming is done by child processes,
+forked once the app is loaded, under a :class:`~chard.worker.supervisor.Supervisor`;
+with threads or solo, by a :class:`~chard.worker.consumer.Consumer` in this process.
+Warm shutdown (SIGTERM, first Ctrl-C) finishes running tasks and returns unstarted
+ones to the queue at once; cold shutdown (second Ctrl-C, SIGQUIT) kills running
+tasks (prefork) and returns them too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import platform
 import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,7 +27,8 @@ from chard import __version__, signals
 from chard._utils.log import redact_url
 from chard.worker import execute
 from chard.worker.consumer import Consumer, ConsumerStats
-from chard.worker.pools import create_pool
+from chard.worker.pools import PREFORK, create_pool
+from chard.worker.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -67,6 +70,7 @@ class Worker:
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.burst = burst
         self.consumer: Consumer | None = None
+        self.supervisor: Supervisor | None = None
         self._signals_seen = 0
 
     def start(self) -> ConsumerStats:
@@ -75,26 +79,13 @@ class Worker:
         signals.worker_init.send(sender=self)
         execute.configure(self.app, self.hostname)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
-        pool = create_pool(
-            self.pool_kind,
-            execute.run,
-            self.concurrency,
-            max_tasks_per_child=self.max_tasks_per_child,
-            initializer=self._init_child,
-            # A multiplier of 1 is Celery's advice for long tasks: then no job waits behind
-            # another in a child's pipe.
-            queue_ahead=1 if self.prefetch > self.concurrency else 0,
-        )
-        self.consumer = Consumer(
-            self.app, pool, self.queues, prefetch=self.prefetch, burst=self.burst
-        )
-        pool.start()
+        run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         self._install_signal_handlers()
         logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         try:
-            stats = self.consumer.run()
+            stats = run()
         finally:
             signals.worker_shutdown.send(sender=self)
             self.app.close()
@@ -108,8 +99,38 @@ class Worker:
         )
         return stats
 
+    def _prefork(self) -> Callable[[], ConsumerStats]:
+        """Prepare the consumer processes (forked when the returned callable runs)."""
+        spec = ChildSpec(
+            app=self.app,
+            queues=self.queues,
+            prefetch=max(1, self.prefetch // self.concurrency),
+            max_tasks_per_child=self.max_tasks_per_child,
+            burst=self.burst,
+            initializer=self._init_child,
+        )
+        self.supervisor = Supervisor(spec, self.concurrency)
+        return self.supervisor.run
+
+    def _in_process(self) -> Callable[[], ConsumerStats]:
+        """Prepare one consumer feeding a pool of threads (or solo) in this process."""
+        pool = create_pool(
+            self.pool_kind,
+            execute.run,
+            self.concurrency,
+            max_tasks_per_child=self.max_tasks_per_child,
+            initializer=self._init_child,
+        )
+        self.consumer = Consumer(
+            self.app, pool, self.queues, prefetch=self.prefetch, burst=self.burst
+        )
+        pool.start()
+        return self.consumer.run
+
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
+        if self.supervisor is not None:
+            self.supervisor.stop(cold=cold)
         if self.consumer is not None:
             self.consumer.stop(cold=cold)
 

@@ -8,6 +8,7 @@ the worker has logged that it took the revocation in.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -213,28 +214,27 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
     print(f"revoke(terminate=True) took effect in {took * 1000:.0f} ms")
 
 
-# -- with Celery's default prefetch a busy child holds work ahead: a batch in its pipe --------
+# -- with Celery's default prefetch a busy child holds work ahead, run later as a batch -----
 
 
-def test_tasks_revoked_after_reaching_a_busy_child_never_run(
+def test_tasks_revoked_after_a_busy_child_leased_them_never_run(
     itproj: Any, workers: WorkerFactory, tmp_path: Path
 ) -> None:
-    # Given a one-slot worker (prefetch multiplier 4) busy, and three tasks it admitted:
-    # they wait in the busy child's pipe, past the consumer's own check
+    # Given a one-slot worker (prefetch multiplier 4) busy, and three tasks it leased
+    # ahead: the child consumes them as one batch once its running task ends
     gate, marker = tmp_path / "gate", tmp_path / "ran"
     worker, blocker = busy(workers, gate)
     from itproj.tasks import add, sleep_then_mark
 
     victims = group(sleep_then_mark.s(0, str(marker)) for _ in range(3))()
-    for victim in victims:
-        worker.wait_for_log(f"sleep_then_mark[{victim.id}] received")
+    wait_for(lambda: itproj.broker.queue_size("celery") == 0, timeout=10)  # all leased
 
     # When they are revoked, and the child then gets to them
     victims.revoke()
     worker.wait_for_log("Tasks flagged as revoked: " + ", ".join(v.id for v in victims))
     gate.touch()
 
-    # Then the pool process discards each instead of running it
+    # Then the child discards each instead of running it
     assert blocker.get(timeout=10) is True
     wait_for(lambda: all(is_revoked(v) for v in victims), timeout=15)
     assert not marker.exists()
@@ -245,14 +245,14 @@ def test_tasks_revoked_after_reaching_a_busy_child_never_run(
 def test_terminate_ends_the_running_message_of_a_batch_and_reruns_the_rest(
     itproj: Any, workers: WorkerFactory, tmp_path: Path
 ) -> None:
-    # Given a busy one-slot worker, and a long task and a short one admitted together:
-    # one batch job queued in the busy child
+    # Given a busy one-slot worker, and a long task and a short one it leased ahead:
+    # the child runs them as one batch once its running task ends
     gate, progress = tmp_path / "gate", tmp_path / "progress"
     worker, _ = busy(workers, gate)
     from itproj.tasks import add, announce_then_sleep
 
     long, short = group(announce_then_sleep.s(str(progress), 30), add.s(2, 2))()
-    worker.wait_for_log(f"add[{short.id}] received")
+    wait_for(lambda: itproj.broker.queue_size("celery") == 0, timeout=10)  # both leased
 
     # When the batch starts, and its running (long) task is revoked with terminate
     gate.touch()
@@ -266,6 +266,8 @@ def test_terminate_ends_the_running_message_of_a_batch_and_reruns_the_rest(
     assert short.get(timeout=15) == 4
     assert progress.read_text() == "started\n"
     log = worker.output()
-    assert f"running job batch:{long.id}" in log  # the batch path was the one exercised
+    assert f"add[{short.id}] received" in log  # admitted with the long one: one batch
+    assert f"running {long.id}" in log  # the supervisor killed the child running it
+    assert re.search(r"Returned \d message\(s\) held by worker process", log)  # short
     assert f"Task itproj.tasks.announce_then_sleep[{long.id}] terminated (REVOKED)" in log
     wait_for(lambda: held_messages(itproj) == 0, timeout=5)

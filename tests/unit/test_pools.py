@@ -1,12 +1,12 @@
-"""Execution pools: results, concurrency, resize, stop and statistics for every pool kind.
+"""Execution pools of one process: results, concurrency, resize, stop and statistics.
 
-Tests that kill processes or wait on time limits live in tests/integration/test_prefork_pool.py.
+The prefork node (child processes that consume, killed for hard time limits) is tested
+through real workers in tests/integration/test_prefork_supervisor.py.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -20,8 +20,7 @@ from chard.worker.pools import Job, Outcome, Pool, PoolStats, create_pool
 from chard.worker.pools.solo import SoloPool
 from tests.helpers import wait_for
 
-_FORK = multiprocessing.get_context("fork")
-#: Set by a test before its pool starts; prefork children inherit it through fork.
+#: Set by a test before its pool starts.
 BARRIER: Any = None
 #: Jobs that block wait on this until the test sets it (an Event, threading or multiprocessing).
 GATE: Any = None
@@ -121,7 +120,9 @@ def test_in_process_pools_cannot_terminate_a_job_and_say_so(
 
 
 def test_create_pool_names_the_kinds_when_unknown() -> None:
-    with pytest.raises(ImproperlyConfigured, match="unknown pool 'gevent'; choose one of: prefork"):
+    with pytest.raises(
+        ImproperlyConfigured, match="unknown pool 'gevent'; choose one of: prefork, solo, threads"
+    ):
         create_pool("gevent", echo, 1)
 
 
@@ -136,7 +137,7 @@ def test_solo_pool_refuses_more_than_one_slot() -> None:
         create_pool("solo", echo, 4)
 
 
-@pytest.mark.parametrize(("kind", "concurrency"), [("solo", 1), ("threads", 4), ("prefork", 2)])
+@pytest.mark.parametrize(("kind", "concurrency"), [("solo", 1), ("threads", 4)])
 def test_many_jobs_return_their_values(kind: str, concurrency: int, pools: list[Pool]) -> None:
     # Given a started pool
     pool = start_pool(kind, echo, concurrency)
@@ -151,22 +152,11 @@ def test_many_jobs_return_their_values(kind: str, concurrency: int, pools: list[
     assert pool.statistics().processed == 200
 
 
-def test_prefork_spreads_jobs_across_children(pools: list[Pool]) -> None:
-    pool = start_pool("prefork", whoami, 2)
-    pools.append(pool)
-
-    outcomes = run_many(pool, [Job(str(i), "pid") for i in range(50)])
-
-    assert {o.value for o in outcomes} <= set(pool.statistics().pids)
-    assert all(o.pid == o.value for o in outcomes)
-    assert os.getpid() not in {o.value for o in outcomes}
-
-
-@pytest.mark.parametrize("kind", ["threads", "prefork"])
+@pytest.mark.parametrize("kind", ["threads"])
 def test_concurrency_is_honoured(kind: str, pools: list[Pool]) -> None:
     global BARRIER
     # Given a pool of 3 and a barrier that only opens when 3 jobs run at once
-    BARRIER = _FORK.Barrier(3) if kind == "prefork" else threading.Barrier(3)
+    BARRIER = threading.Barrier(3)
     pool = start_pool(kind, meet, 3)
     pools.append(pool)
     collector = Collector()
@@ -183,7 +173,7 @@ def test_concurrency_is_honoured(kind: str, pools: list[Pool]) -> None:
     wait_for(lambda: pool.free_slots() == 3)
 
 
-@pytest.mark.parametrize("kind", ["solo", "threads", "prefork"])
+@pytest.mark.parametrize("kind", ["solo", "threads"])
 def test_target_that_raises_reports_done_with_none(
     kind: str, pools: list[Pool], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,17 +185,14 @@ def test_target_that_raises_reports_done_with_none(
 
     [outcome] = collector.wait(1)
     assert (outcome.kind, outcome.value) == ("done", None)
-    # The pool still works afterwards (for prefork: the same child survived)
+    # The pool still works afterwards
     pool.submit(Job("bad-again", 2), collector)
     second = collector.wait(2)[1]
     assert second.kind == "done"
-    if kind != "prefork":  # the child logs to its own stderr, not to this caplog
-        assert "pool target raised for job bad" in caplog.text
-    else:
-        assert second.pid == outcome.pid
+    assert "pool target raised for job bad" in caplog.text
 
 
-@pytest.mark.parametrize("kind", ["threads", "prefork"])
+@pytest.mark.parametrize("kind", ["threads"])
 def test_resize_grows_and_shrinks(kind: str, pools: list[Pool]) -> None:
     pool = start_pool(kind, echo, 2)
     pools.append(pool)
@@ -222,11 +209,11 @@ def test_resize_grows_and_shrinks(kind: str, pools: list[Pool]) -> None:
     assert len(run_many(pool, [Job(str(i), i) for i in range(5)])) == 5
 
 
-@pytest.mark.parametrize("kind", ["threads", "prefork"])
+@pytest.mark.parametrize("kind", ["threads"])
 def test_shrinking_lets_busy_workers_finish(kind: str, pools: list[Pool]) -> None:
     global GATE
     # Given two busy workers
-    GATE = _FORK.Event() if kind == "prefork" else threading.Event()
+    GATE = threading.Event()
     pool = start_pool(kind, block, 2)
     pools.append(pool)
     collector = Collector()
@@ -243,7 +230,7 @@ def test_shrinking_lets_busy_workers_finish(kind: str, pools: list[Pool]) -> Non
     wait_for(lambda: pool.free_slots() == 1 and len(pool.statistics().pids) == 1)
 
 
-@pytest.mark.parametrize("kind", ["solo", "threads", "prefork"])
+@pytest.mark.parametrize("kind", ["solo", "threads"])
 def test_submit_from_on_done(kind: str, pools: list[Pool]) -> None:
     pool = start_pool(kind, echo, 1)
     pools.append(pool)
@@ -259,10 +246,10 @@ def test_submit_from_on_done(kind: str, pools: list[Pool]) -> None:
     assert [o.value for o in collector.wait(4)] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("kind", ["threads", "prefork"])
+@pytest.mark.parametrize("kind", ["threads"])
 def test_graceful_stop_waits_for_running_jobs(kind: str) -> None:
     global GATE
-    GATE = _FORK.Event() if kind == "prefork" else threading.Event()
+    GATE = threading.Event()
     pool = start_pool(kind, block, 2)
     collector = Collector()
     pool.submit(Job("slow", "slow"), collector)
@@ -311,7 +298,7 @@ def test_graceful_stop_timeout_abandons_jobs() -> None:
     GATE.set()
 
 
-@pytest.mark.parametrize("kind", ["solo", "threads", "prefork"])
+@pytest.mark.parametrize("kind", ["solo", "threads"])
 def test_submit_after_stop_raises(kind: str) -> None:
     pool = start_pool(kind, echo, 1)
     pool.stop()
@@ -322,12 +309,11 @@ def test_submit_after_stop_raises(kind: str) -> None:
     pool.stop()  # idempotent
 
 
-@pytest.mark.parametrize(("kind", "is_process"), [("threads", False), ("prefork", True)])
-def test_initializer_runs_in_each_worker(kind: str, is_process: bool, pools: list[Pool]) -> None:
-    pool = start_pool(kind, initialized_by, 2, initializer=record_initializer)
+def test_initializer_runs_in_each_thread(pools: list[Pool]) -> None:
+    pool = start_pool("threads", initialized_by, 2, initializer=record_initializer)
     pools.append(pool)
 
-    outcomes = run_many(pool, [Job(str(i), "pid" if is_process else "thread") for i in range(20)])
+    outcomes = run_many(pool, [Job(str(i), "thread") for i in range(20)])
 
     assert all(o.value is True for o in outcomes)
 
@@ -390,10 +376,10 @@ def test_threads_warn_once_about_time_limits(
     assert caplog.text.count("does not support time limits") == 1
 
 
-@pytest.mark.parametrize("kind", ["threads", "prefork"])
+@pytest.mark.parametrize("kind", ["threads"])
 def test_statistics_count_busy_and_processed(kind: str, pools: list[Pool]) -> None:
     global GATE
-    GATE = _FORK.Event() if kind == "prefork" else threading.Event()
+    GATE = threading.Event()
     pool = start_pool(kind, block, 2)
     pools.append(pool)
     collector = Collector()

@@ -7,6 +7,7 @@ with the real pools; the CLI worker tests are in tests/integration/test_revoke_w
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,12 +24,11 @@ from chard.exceptions import ChordError, TaskRevokedError
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
 from chard.worker import execute
-from chard.worker.pools import Job, PreforkPool
-from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
 from chard.worker.worker import Worker
 from tests.helpers import free_port, wait_for
-from tests.unit.test_pools import Collector
+
+_FORK = multiprocessing.get_context("fork")
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def stopping() -> Iterator[threading.Event]:
 def revocations_for(
     app: Celery, stopping: threading.Event, clock: FakeClock | None = None, **kwargs: Any
 ) -> Revocations:
-    return Revocations(app, SoloPool(lambda p: p, 1), set(), stopping, clock=clock, **kwargs)
+    return Revocations(app, None, stopping, clock=clock, **kwargs)
 
 
 def send(app: Celery, ids: list[str], now: float, ttl: float = 60.0, **kwargs: Any) -> None:
@@ -183,39 +183,30 @@ def fetch_message(app: Celery, queue: str = "celery") -> tuple[Delivery, TaskMes
 # -- terminating ----------------------------------------------------------------------------------
 
 
-def hang(payload: Any) -> None:
-    """A job that runs until killed (module level: prefork children inherit it)."""
-    threading.Event().wait(30)
-
-
-@pytest.fixture
-def prefork() -> Iterator[PreforkPool]:
-    pool = PreforkPool(hang, 2)
-    pool.start()
-    yield pool
-    pool.stop(graceful=False)
-
-
-def test_a_terminating_revocation_kills_the_running_task_it_names(
-    app: Celery, stopping: threading.Event, prefork: PreforkPool
+def test_a_terminating_revocation_asks_to_end_the_task_it_names(
+    app: Celery, stopping: threading.Event, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given two tasks running in the pool
-    running: set[str] = set()
-    revocations = Revocations(app, prefork, running, stopping)
+    # Given a record whose terminate callback ends only the task "victim"
+    asked: list[tuple[str, int]] = []
+
+    def terminate(task_id: str, signum: int) -> bool:
+        asked.append((task_id, signum))
+        return task_id == "victim"
+
+    revocations = Revocations(app, terminate, stopping)
     revocations.start()
-    collector = Collector()
-    for task_id in ("victim", "bystander"):
-        running.add(task_id)
-        prefork.submit(Job(task_id, None), collector)
 
-    # When one is revoked with terminate=True (SIGTERM, which pool children ignore)
-    app.control.revoke("victim", terminate=True)
+    # When two tasks are revoked with terminate=True and one without
+    caplog.set_level(logging.INFO, logger="chard.worker")
+    app.control.revoke(["victim", "elsewhere"], terminate=True)
+    app.control.revoke("gentle")
+    wait_for(lambda: revocations.is_revoked("gentle"))
 
-    # Then its child is killed (SIGKILL stands in), and the other task runs on
-    (outcome,) = collector.wait(1, timeout=10)
-    assert (outcome.job.id, outcome.kind, outcome.exitcode) == ("victim", "lost", -signal.SIGKILL)
+    # Then terminate was asked for the two (with SIGTERM, Celery's default), not the third
+    assert asked == [("victim", signal.SIGTERM), ("elsewhere", signal.SIGTERM)]
     assert revocations.is_terminated("victim")
-    assert prefork.statistics().busy == 1
+    assert not revocations.is_terminated("gentle")
+    assert "Task elsewhere is not running here; it will be discarded instead" in caplog.text
 
 
 def record_run(marker: str) -> str:
@@ -225,72 +216,60 @@ def record_run(marker: str) -> str:
     return "ran"
 
 
-def test_a_task_revoked_after_it_reached_the_pool_is_discarded_by_the_pool_process(
+def run_in_child(payload: execute.JobPayload) -> str:
+    """Run the pool target in a forked process, as a prefork child would; return the state."""
+    reader, writer = _FORK.Pipe(duplex=False)
+
+    def target() -> None:
+        outcome = execute.run(payload)
+        assert isinstance(outcome, execute.ExecOutcome)
+        writer.send(outcome.state)
+
+    child = _FORK.Process(target=target)
+    child.start()
+    try:
+        assert reader.poll(10), "the child did not answer"
+        return str(reader.recv())
+    finally:
+        child.join(10)
+
+
+def test_a_task_revoked_after_the_fork_is_discarded_by_the_child_process(
     tmp_path: Path, stopping: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a worker's record and a prefork pool running the real target, on SQLite
-    # (a forked child reads the revoke log itself; a memory broker would not be shared)
+    # Given a worker's record made before the fork, on SQLite (a forked child reads the
+    # revoke log itself; a memory broker would not be shared)
     url = f"sqlite:///{tmp_path / 'chard.sqlite3'}"
     app = Celery("pooled", broker=url, backend=url, set_as_current=False)
     task = app.task(name="pooled.record")(record_run)
     for name in ("_app", "_hostname", "_revocation_check"):
         monkeypatch.setattr(execute, name, getattr(execute, name))
     execute.configure(app, "unit@host")
-    pool = PreforkPool(execute.run, 1)
-    running: set[str] = set()
-    revocations = Revocations(app, pool, running, stopping)  # before the fork: shared counter
+    revocations = Revocations(app, None, stopping)
     execute.set_revocation_check(revocations.check)
-    pool.start()
     try:
         revocations.start()
         marker = tmp_path / "ran"
         result = task.delay(str(marker))
         delivery, message = fetch_message(app)
 
-        # When it is revoked after the consumer admitted it, then the pool gets it
+        # When it is revoked after it was admitted, then a child process runs it
         app.control.revoke(result.id)
         wait_for(lambda: revocations.is_revoked(result.id))
-        collector = Collector()
-        running.add(message.id)
-        payload = execute.JobPayload(delivery.body, delivery.queue, 1, message)
-        pool.submit(Job(message.id, payload), collector)
+        state = run_in_child(execute.JobPayload(delivery.body, delivery.queue, 1, message))
 
         # Then the child discards it instead of running it
-        (outcome,) = collector.wait(1)
-        assert outcome.kind == "done"
-        assert outcome.value.state == states.REVOKED
+        assert state == states.REVOKED
         assert result.state == states.REVOKED
         assert not marker.exists()
         # And a task not revoked still runs there
         other = task.delay(str(marker))
         delivery, message = fetch_message(app)
         payload = execute.JobPayload(delivery.body, delivery.queue, 1, message)
-        pool.submit(Job(message.id, payload), collector)
-        collector.wait(2)
+        assert run_in_child(payload) == states.SUCCESS
         assert other.get(timeout=5) == "ran"
     finally:
-        pool.stop(graceful=False)
         app.close()
-
-
-def test_a_task_not_running_here_is_not_terminated(
-    app: Celery, stopping: threading.Event, prefork: PreforkPool
-) -> None:
-    # Given a task running here under another id
-    collector = Collector()
-    running = {"mine"}
-    prefork.submit(Job("mine", None), collector)
-    revocations = Revocations(app, prefork, running, stopping)
-    revocations.start()
-
-    # When a task this worker does not run is revoked with terminate
-    app.control.revoke("elsewhere", terminate=True)
-    wait_for(lambda: revocations.is_terminated("elsewhere"))
-
-    # Then nothing here was signalled
-    assert prefork.terminate("elsewhere", signal.SIGKILL) is False
-    assert collector.outcomes == []
-    assert prefork.statistics().busy == 1
 
 
 # -- discarding -----------------------------------------------------------------------------------

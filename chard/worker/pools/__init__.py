@@ -12,16 +12,19 @@ from typing import Any
 
 from chard.exceptions import ImproperlyConfigured
 from chard.worker.pools.base import Job, OnDone, Outcome, OutcomeKind, Pool, PoolStats
-from chard.worker.pools.prefork import PreforkPool
 from chard.worker.pools.solo import SoloPool
 from chard.worker.pools.threads import ThreadPool
 
-#: Every pool, by the name ``--pool`` accepts.
+#: The pools that run inside one consumer process, by the name ``--pool`` accepts.
 POOLS: dict[str, type[Pool]] = {
-    PreforkPool.kind: PreforkPool,
     ThreadPool.kind: ThreadPool,
     SoloPool.kind: SoloPool,
 }
+#: ``--pool prefork`` (the default) is not a pool of this process but a node of consumer
+#: processes (:mod:`chard.worker.supervisor`), each running its jobs inline.
+PREFORK = "prefork"
+#: Every name ``--pool`` accepts.
+KINDS = (PREFORK, *sorted(POOLS))
 
 
 def create_pool(
@@ -31,50 +34,40 @@ def create_pool(
     *,
     max_tasks_per_child: int | None = None,
     initializer: Callable[[], None] | None = None,
-    queue_ahead: int = 0,
 ) -> Pool:
     """Create a pool (not yet started) by name.
 
     Args:
-        kind: ``"prefork"``, ``"threads"`` or ``"solo"``.
+        kind: ``"threads"`` or ``"solo"``.
         target: Called with each job's payload; see :class:`Pool`.
         concurrency: How many jobs may run at once (must be 1 for ``"solo"``).
-        max_tasks_per_child: Replace a prefork child after this many jobs.
-        initializer: Run once per child process or thread before its first job.
-        queue_ahead: Jobs a busy prefork child may hold behind its current one (see
-            :mod:`chard.worker.pools.prefork`); other pools ignore it.
+        max_tasks_per_child: See :class:`Pool`.
+        initializer: Run once per thread (solo: in ``start``) before its first job.
 
     Raises:
-        ImproperlyConfigured: ``kind`` names no pool.
+        ImproperlyConfigured: ``kind`` names no pool of this process.
         ValueError: ``concurrency`` does not suit the pool.
     """
     try:
         pool_class = POOLS[kind]
     except KeyError:
-        choices = ", ".join(sorted(POOLS))
+        choices = ", ".join(KINDS)
         raise ImproperlyConfigured(f"unknown pool {kind!r}; choose one of: {choices}") from None
-    if pool_class is PreforkPool:
-        return PreforkPool(
-            target,
-            concurrency,
-            max_tasks_per_child=max_tasks_per_child,
-            initializer=initializer,
-            queue_ahead=queue_ahead,
-        )
     return pool_class(
         target, concurrency, max_tasks_per_child=max_tasks_per_child, initializer=initializer
     )
 
 
 __all__ = [
+    "KINDS",
     "POOLS",
+    "PREFORK",
     "Job",
     "OnDone",
     "Outcome",
     "OutcomeKind",
     "Pool",
     "PoolStats",
-    "PreforkPool",
     "SoloPool",
     "ThreadPool",
     "create_pool",

@@ -2,7 +2,8 @@
 
 A pool is generic: it runs ``target(payload)`` for each submitted :class:`Job` and reports an
 :class:`Outcome` through a callback. It knows nothing about tasks, messages or brokers, so the
-consumer can swap prefork, threads and solo without changing, and pools are testable alone.
+consumer can swap threads, solo and a prefork child's inline pool without changing, and pools
+are testable alone.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ class Job:
 
     #: The task id, for logs and statistics.
     id: str
-    #: Passed to ``target(payload)``; must be picklable for the prefork pool.
+    #: Passed to ``target(payload)``.
     payload: Any  # opaque to the pool: the consumer decides what a job carries
     #: Seconds after which :class:`~chard.exceptions.SoftTimeLimitExceeded` is raised in the target.
     soft_time_limit: float | None = None
-    #: Seconds after which the job's process is killed (prefork only).
+    #: Seconds after which the job's process is killed (a prefork child's pool only).
     time_limit: float | None = None
 
 
-#: How a job ended: the target returned, its process died, it hit the hard time limit, or it
-#: never started (it was queued behind a job whose process died; prefork ``queue_ahead`` only).
-OutcomeKind = Literal["done", "lost", "timeout", "unstarted"]
+#: How a job ended: the target returned, it was abandoned (a cold stop of the threads pool),
+#: or it hit the hard time limit.
+OutcomeKind = Literal["done", "lost", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,8 @@ class Outcome:
     value: Any = None  # whatever the target returns; the pool never looks at it
     #: For ``lost``/``timeout``: the child's exit code, negative for a signal (``-9``).
     exitcode: int | None = None
-    #: The process id (prefork) or thread ident (threads, solo) that ran the job.
+    #: The process id or thread ident that ran the job.
     pid: int | None = None
-    #: For ``lost``: the last value the target passed to :func:`report_progress` before its
-    #: process died (prefork; 0 if it never did), e.g. how many items of a batch it finished.
-    progress: int | None = None
 
 
 OnDone = Callable[[Outcome], None]
@@ -69,7 +67,7 @@ class PoolStats:
     busy: int
     #: Jobs finished since start, whatever their outcome.
     processed: int
-    #: Child process ids (prefork) or thread idents (threads, solo).
+    #: Process ids or thread idents.
     pids: list[int]
 
 
@@ -84,15 +82,15 @@ class Pool(ABC):
     - The target is expected to catch task errors itself and return a value. If it raises anyway,
       the traceback is logged and the job is reported ``done`` with ``value=None``.
     - Methods are thread-safe, except that :meth:`stop` must not be called from ``on_done``.
-    - :meth:`terminate` signals a running job's process where the pool has one (prefork).
+    - :meth:`terminate` ends a running job where the pool can (none here: see its docstring).
 
     Args:
-        target: Called with each job's payload; for prefork it must be reachable after fork
-            (a module-level function or any object created before :meth:`start`).
+        target: Called with each job's payload.
         concurrency: How many jobs may run at once.
-        max_tasks_per_child: Replace a child process after this many jobs (prefork only).
-        initializer: Called once in each execution context before its first job (each prefork
-            child after fork, each thread, or the solo caller at :meth:`start`).
+        max_tasks_per_child: Kept for the pools' common signature; a prefork node recycles
+            its child processes itself (:mod:`chard.worker.supervisor`).
+        initializer: Called once in each execution context before its first job (each
+            thread, or the solo caller at :meth:`start`).
 
     Raises:
         ValueError: ``concurrency`` or ``max_tasks_per_child`` is below 1.
@@ -100,8 +98,8 @@ class Pool(ABC):
 
     #: The name :func:`chard.worker.pools.create_pool` knows this pool by.
     kind: ClassVar[str]
-    #: Whether jobs may carry a list of payloads, run one after another in one process, with
-    #: :func:`report_progress` telling a lost job's outcome how far it got (prefork).
+    #: Whether a job may carry a list of payloads, run one after another (a prefork child's
+    #: pool: one batch of short tasks stores its results in one backend round trip).
     takes_batches: ClassVar[bool] = False
 
     def __init__(
@@ -148,9 +146,9 @@ class Pool(ABC):
 
         Args:
             graceful: Wait for running jobs (up to ``timeout`` seconds) before stopping. When
-                ``False``, or when the timeout elapses, running jobs are abandoned (prefork:
-                their children are SIGKILLed) and reported through ``on_done`` with kind
-                ``"lost"`` so the caller can requeue them.
+                ``False``, or when the timeout elapses, running jobs are abandoned (threads)
+                and reported through ``on_done`` with kind ``"lost"`` so the caller can
+                requeue them.
             timeout: Seconds to wait for running jobs in a graceful stop; ``None`` waits forever.
         """
 
@@ -158,21 +156,12 @@ class Pool(ABC):
     def statistics(self) -> PoolStats:
         """Return a snapshot of the pool's state."""
 
-    def terminate(self, job_id: str, signum: int, item: int | None = None) -> bool:
-        """Send ``signum`` to the process running job ``job_id``; return whether one was sent.
+    def terminate(self, job_id: str, signum: int) -> bool:
+        """End the running job ``job_id`` with ``signum``; return whether it was ended.
 
-        Only a pool of processes can do this: this default (threads, solo) logs a
-        warning and returns False, and the job runs to its end, since a thread cannot
-        be killed. The job's outcome reaches ``on_done`` as usual: with prefork,
-        ``lost`` when the signal ended the child, ``done`` when the job finished
-        first or survived the signal. A job not running here (queued behind another,
-        or gone) is a no-op (False). Thread-safe.
-
-        Args:
-            job_id: the job to end.
-            signum: the signal to send.
-            item: for a batch job, signal only while :func:`report_progress` says the
-                batch runs this item (the one message to end, not its neighbours).
+        A thread cannot be killed, so this default logs a warning and returns False:
+        the job runs to its end. A prefork node terminates a task by killing the child
+        process running it (:mod:`chard.worker.supervisor`), outside any pool.
         """
         logger.warning(
             "the %s pool cannot terminate job %s (a thread cannot be killed); it runs to its "
@@ -187,25 +176,6 @@ class Pool(ABC):
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
-
-
-#: Where this process's progress counter lives (set in each prefork child); None elsewhere.
-_progress: Any = None
-
-
-def set_progress_counter(counter: Any) -> None:
-    """Make :func:`report_progress` write to ``counter`` (a shared ``multiprocessing`` value)."""
-    global _progress
-    _progress = counter
-
-
-def report_progress(value: int) -> None:
-    """Record how far the current job got, for its outcome if the process dies mid-job.
-
-    A plain store into shared memory: cheap enough to call once per item of a batch.
-    """
-    if _progress is not None:
-        _progress.value = value
 
 
 def call_on_done(on_done: OnDone, outcome: Outcome) -> None:

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from chard.exceptions import SoftTimeLimitExceeded
 from chard.worker.pools.base import (
@@ -41,6 +41,9 @@ class SoloPool(Pool):
     """
 
     kind = "solo"
+    #: Whether something outside this process kills a job past its hard time limit (a
+    #: prefork child's pool: its supervisor does); if not, limits are ignored with a warning.
+    enforces_hard_limits: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -86,7 +89,7 @@ class SoloPool(Pool):
         call_on_done(on_done, Outcome(job, "done", value=value, pid=threading.get_ident()))
 
     def _run(self, job: Job) -> object:
-        if job.time_limit is not None:
+        if job.time_limit is not None and not self.enforces_hard_limits:
             self._warn_once(
                 "hard", "the solo pool does not support hard time limits; ignoring them"
             )

@@ -141,3 +141,9 @@ def progress(self):
     self.update_state(state="PROGRESS", meta={"current": 50, "total": 100})
     time.sleep(0.5)
     return "done"
+
+
+@app.task
+def pid():
+    """Return the id of the process that ran it."""
+    return os.getpid()

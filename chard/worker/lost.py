@@ -1,0 +1,129 @@
+"""Settling a message whose process died, or was killed, while it ran.
+
+Used by the consumer (a thread pool's cold stop) and by the prefork supervisor
+(a child that crashed, hit its hard time limit, or was terminated). Also home to
+:func:`reliably`, the retry loop every broker call that settles a message goes
+through, so that a Redis restart never turns finished work into repeated work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chard import states
+from chard.brokers.base import Delivery, OutgoingMessage
+from chard.exceptions import BrokerConnectionError, TimeLimitExceeded, WorkerLostError
+from chard.protocol.message import TaskMessage, with_header
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+#: Header counting how often a worker process died while running this message.
+LOST_HEADER = "chard_lost"
+
+
+def deaths(message: TaskMessage) -> int:
+    """Return how often a worker process died running ``message`` (its own header)."""
+    return int(message.extra_headers.get(LOST_HEADER, 0))
+
+
+def reliably(operation: Callable[..., Any], *args: Any, give_up: Callable[[], bool]) -> Any:
+    """Run a broker call, retrying a lost connection until it succeeds or ``give_up()``.
+
+    Settling is safe to repeat (a second ack of the same lease is a no-op). Giving up
+    would leave a finished message leased, and run it again once the lease lapsed; so
+    only a cold stop gives up (returning None).
+    """
+    pause, lost_at = 0.1, None
+    while True:
+        try:
+            result = operation(*args)
+        except BrokerConnectionError as exc:
+            if give_up():
+                logger.error("Broker unreachable during a cold stop: %s", exc)
+                return None
+            if lost_at is None:
+                lost_at = time.monotonic()
+                logger.warning("Broker connection lost: %s; retrying until it is back", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            continue
+        if lost_at is not None:
+            logger.warning("Broker connection restored after %.1fs", time.monotonic() - lost_at)
+        return result
+
+
+def store_state(app: Celery, task_id: str, value: Any, state: str, stores: bool = True) -> None:
+    """Store ``state`` for ``task_id`` unless there is no backend or results are ignored."""
+    if stores and app.backend is not None:
+        app.backend.store_result(task_id, value, state)
+
+
+def settle_lost(
+    app: Celery,
+    delivery: Delivery | None,
+    message: TaskMessage,
+    *,
+    exitcode: int | None,
+    pid: int | None,
+    give_up: Callable[[], bool],
+) -> None:
+    """Settle ``message``, whose process died running it.
+
+    With ``task_reject_on_worker_lost`` (the default) and a lease still held, the death
+    is counted in the message itself (a header) and it goes back to its queue: at most
+    ``task_max_deliveries`` runs in all, checked when it is next received, so a poison
+    pill ends. Otherwise (or when it was acked on start, ``delivery`` None) it is
+    FAILURE with :class:`~chard.exceptions.WorkerLostError`.
+    """
+    lost = deaths(message) + 1
+    attempt = lost + (delivery.delivery_count - 1 if delivery is not None else 0)
+    logger.error(
+        "Process %s exited with exit code %s while running %s[%s] (attempt %d)",
+        pid,
+        exitcode,
+        message.task,
+        message.id,
+        attempt,
+    )
+    if delivery is not None and app.conf.task_reject_on_worker_lost:
+        body = with_header(delivery.body, LOST_HEADER, lost)
+        again = OutgoingMessage(delivery.queue, body, message.priority)
+        reliably(app.broker.publish, again, give_up=give_up)
+        reliably(delivery.ack, give_up=give_up)
+        return
+    error = WorkerLostError(f"worker process exited (exit code {exitcode}) while running the task")
+    store_state(app, message.id, error, states.FAILURE, not message.ignore_result)
+    if delivery is not None:
+        reliably(delivery.ack, give_up=give_up)
+
+
+def settle_timeout(
+    app: Celery,
+    delivery: Delivery | None,
+    task_id: str,
+    name: str,
+    time_limit: float | None,
+    *,
+    stores: bool,
+    give_up: Callable[[], bool],
+) -> None:
+    """Settle a task whose process was killed at its hard time limit: FAILURE, not retried.
+
+    As in Celery: :class:`~chard.exceptions.TimeLimitExceeded` is stored and the
+    message acked (``delivery`` is None when it was acked on start).
+    """
+    logger.error(
+        "Hard time limit (%ss) exceeded for %s[%s]; its process was killed",
+        time_limit,
+        name,
+        task_id,
+    )
+    store_state(app, task_id, TimeLimitExceeded(time_limit), states.FAILURE, stores)
+    if delivery is not None:
+        reliably(delivery.ack, give_up=give_up)

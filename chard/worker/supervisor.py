@@ -1,0 +1,504 @@
+"""The prefork node: child processes that each consume, under a parent that supervises.
+
+Why. A message's whole path (fetch, decode, run, store, ack) is Python, and a
+process runs Python one thread at a time. When the parent consumed for every child
+and handed each message down a pipe, its one interpreter was the node's ceiling:
+measured on a drain of no-op tasks, 185 µs of parent CPU per task while the
+children sat idle. So each child here is a whole :class:`Consumer`, with its own
+broker connection, leases, prefetch window, acker and heartbeat, running its jobs
+inline (:class:`ChildPool`); a message crosses no pipe, and the node scales with
+its processes.
+
+What the parent still does, never touching a message while all goes well:
+
+* forks the children once the app is loaded, and replaces one that exits
+  (``max_tasks_per_child``, a crash), backing off when children die at start;
+* enforces hard time limits: a child writes its running job's deadline into its
+  :class:`~chard.worker.slot.Slot` and pokes the parent, which kills it when the
+  deadline passes;
+* follows the revocation log, which the children catch up from before each task,
+  and terminates a revoked task by killing the child whose slot says it runs it;
+* takes over a dead child's leases at once (:meth:`Broker.take_over`) instead of
+  waiting ``lease_timeout`` for them to lapse: the message it was running is settled
+  (a death counted against it, its hard time limit, or REVOKED when terminated), the
+  others go back to their queue uncounted and run elsewhere within milliseconds;
+* shuts down: warm (SIGTERM to each child: it finishes its task and returns what it
+  prefetched) or cold (SIGKILL; all they held goes back to the queue, uncounted).
+
+Children ignore SIGINT and SIGQUIT (the parent owns Ctrl-C and cold stops) and take
+SIGTERM as a warm stop, so a process-group SIGTERM (docker stop) is a warm shutdown.
+If the parent dies, each child sees its pipe close and stops warm by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from chard import states
+from chard.brokers.base import Delivery
+from chard.exceptions import ChardError, TaskRevokedError, WorkerLostError
+from chard.protocol.message import TaskMessage
+from chard.worker import execute
+from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.execute import JobPayload
+from chard.worker.lost import reliably, settle_lost, settle_timeout, store_state
+from chard.worker.pools.base import Job
+from chard.worker.pools.solo import SoloPool
+from chard.worker.revocations import Revocations
+from chard.worker.slot import STAT_FIELDS, Running, Slot, set_current
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+
+logger = logging.getLogger("chard.worker")
+
+_FORK = multiprocessing.get_context("fork")
+
+#: Pause before replacing a child that died before it could consume (a failing
+#: ``worker_process_init`` handler, a broker it cannot reach): no fork loop.
+RESPAWN_BACKOFF = 1.0
+#: Signals the parent handles (Ctrl-C, warm and cold stops) that a child must not handle
+#: the parent's way; blocked across fork until the child has set its own.
+_PARENT_SIGNALS = {
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+}
+_CHILD_IGNORED = {signal.SIGINT, signal.SIGQUIT}
+#: Why the parent killed a child: its settle of the running message depends on it.
+KillReason = Literal["timeout", "terminated", "cold"]
+
+
+class ChildPool(SoloPool):
+    """The pool inside a prefork child: jobs run inline, batches allowed, the slot kept.
+
+    Hard time limits are enforced from outside (the supervisor kills the child), so
+    none is ignored here; ``terminate`` is the supervisor's too.
+    """
+
+    kind = "prefork"
+    takes_batches = True
+    enforces_hard_limits: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        target: Callable[[Any], Any],
+        slot: Slot,
+        poke: Callable[[], None],
+        max_tasks: int | None = None,
+    ) -> None:
+        super().__init__(target)
+        self.slot = slot
+        self._poke = poke
+        self._max_tasks = max_tasks
+        self._tasks = 0
+        #: Called once ``max_tasks`` messages ran: the child then stops, to be replaced.
+        self.on_retire: Callable[[], None] | None = None
+
+    def _run(self, job: Job) -> object:
+        if job.time_limit:
+            self.slot.set_limit(job.time_limit)
+            self._poke()  # the parent must learn the new deadline
+        try:
+            return super()._run(job)
+        finally:
+            self.slot.end()
+            self._tasks += len(job.payload) if isinstance(job.payload, list) else 1
+            if self._max_tasks and self._tasks >= self._max_tasks and self.on_retire:
+                self.on_retire()
+
+    def terminate(self, job_id: str, signum: int) -> bool:
+        """Decline: the supervisor terminates a task by killing this whole process."""
+        return False
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What every child consumer is made of (fixed before the first fork)."""
+
+    app: Celery
+    queues: Sequence[str]
+    #: Messages each child leases ahead: the prefetch multiplier (Celery's per-process window).
+    prefetch: int
+    max_tasks_per_child: int | None
+    burst: bool
+    initializer: Callable[[], None] | None
+
+
+@dataclass(eq=False)
+class _Child:
+    process: BaseProcess
+    slot: Slot
+    index: int
+    kill_reason: KillReason | None = None
+    #: The task a terminate signal was sent for (the child may outlive a mild signal).
+    terminated_task: str | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None  # set once started
+        return self.process.pid
+
+
+class Supervisor:
+    """Keep ``concurrency`` consumer processes running; see the module docstring."""
+
+    def __init__(self, spec: ChildSpec, concurrency: int) -> None:
+        self.spec = spec
+        self.app = spec.app
+        self.concurrency = concurrency
+        self.stats = ConsumerStats()
+        self._slots = [Slot() for _ in range(concurrency)]  # shared memory: before any fork
+        self._children: dict[int, _Child] = {}
+        self._lock = threading.Lock()  # the children map: main loop and revocations thread
+        self._stopping = threading.Event()
+        self._cold = False
+        self._signalled: set[str] = set()  # "warm", "cold": what the children were sent
+        self._respawn_not_before = 0.0
+        self._no_respawn: set[int] = set()  # burst mode: slots whose child drained its queues
+        self._wake_r, self._wake_w = os.pipe()  # signal handlers and children poke the loop
+        self._life_r, self._life_w = os.pipe()  # children read EOF once the parent is gone
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self.revocations = Revocations(self.app, self._terminate, self._stopping)
+        self._warned_take_over = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> ConsumerStats:
+        """Fork the children and supervise them until they have all stopped."""
+        self.revocations.start()  # before the first fork: children start with the record
+        try:
+            self._fill()
+            self._loop()
+        finally:
+            self._stopping.set()
+            for child in list(self._children.values()):  # only if the loop itself failed
+                _kill(child.pid)
+                self._reap(child)
+            self.revocations.join(timeout=5)
+            for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
+                os.close(fd)
+        return self.stats
+
+    def stop(self, cold: bool = False) -> None:
+        """Ask the node to stop, warm or cold; safe to call from a signal handler."""
+        self._cold = self._cold or cold
+        self._stopping.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
+            os.write(self._wake_w, b"\0")
+
+    def _loop(self) -> None:
+        while True:
+            if self._stopping.is_set():
+                self._signal_stop()
+            with self._lock:
+                live = list(self._children.values())
+            if not live and (self._stopping.is_set() or len(self._no_respawn) == self.concurrency):
+                return
+            ready = wait([c.process.sentinel for c in live] + [self._wake_r], self._timeout(live))
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+            for child in live:
+                if child.process.sentinel in ready:
+                    self._reap(child)
+            self._enforce_deadlines()
+            self._fill()
+
+    def _timeout(self, live: list[_Child]) -> float | None:
+        """How long the loop may block: until the nearest deadline or respawn, else forever."""
+        wake_at = min((d for c in live if (d := c.slot.deadline) is not None), default=None)
+        if len(live) + len(self._no_respawn) < self.concurrency and not self._stopping.is_set():
+            respawn = self._respawn_not_before
+            wake_at = respawn if wake_at is None else min(wake_at, respawn)
+        return None if wake_at is None else max(0.0, wake_at - time.monotonic())
+
+    def _signal_stop(self) -> None:
+        how = "cold" if self._cold else "warm"
+        if how in self._signalled:
+            return
+        self._signalled.add(how)
+        with self._lock:
+            live = list(self._children.values())
+        for child in live:
+            if how == "cold":
+                child.kill_reason = "cold"
+                _kill(child.pid)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    # -- children -----------------------------------------------------------------------------
+    def _fill(self) -> None:
+        if self._stopping.is_set() or time.monotonic() < self._respawn_not_before:
+            return
+        for index in range(self.concurrency):
+            if index not in self._children and index not in self._no_respawn:
+                try:
+                    self._spawn(index)
+                except OSError:
+                    logger.exception("Cannot fork a worker process; retry in %ss", RESPAWN_BACKOFF)
+                    self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
+                    return
+
+    def _spawn(self, index: int) -> None:
+        slot = self._slots[index]
+        slot.reset()
+        process = _FORK.Process(
+            target=_child_main,
+            args=(self.spec, slot, self.revocations, self._wake_w, self._life_r),
+            kwargs={"close": (self._wake_r, self._life_w)},
+            name=f"chard-worker-{index + 1}",
+        )
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        with self._lock:
+            self._children[index] = _Child(process, slot, index)
+        logger.debug("started worker process %s", process.pid)
+
+    def _reap(self, child: _Child) -> None:
+        """Forget an exited child; settle what it held if it did not stop cleanly."""
+        child.process.join()
+        code = child.process.exitcode
+        with self._lock:
+            self._children.pop(child.index, None)
+        self._add_stats(child.slot.stats())
+        if code == 0 and child.kill_reason is None:  # a clean stop settles everything itself
+            if child.slot.retired:
+                logger.info("Worker process %d ran its max tasks; replacing it", child.pid)
+            elif self.spec.burst:
+                self._no_respawn.add(child.index)
+            elif not self._stopping.is_set():
+                logger.warning("Worker process %d stopped unexpectedly; replacing it", child.pid)
+            child.process.close()
+            return
+        running = child.slot.running()
+        if not child.slot.consumer_id and not self._stopping.is_set():
+            logger.error("Worker process %d exited (code %s) while starting", child.pid, code)
+            self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
+        self._recover(child, running, code)
+        child.process.close()
+
+    def _add_stats(self, values: dict[str, int]) -> None:
+        for name in STAT_FIELDS:
+            setattr(self.stats, name, getattr(self.stats, name) + values[name])
+
+    # -- a dead child's messages --------------------------------------------------------------
+    def _recover(self, child: _Child, running: Running | None, code: int | None) -> None:
+        """Take over the dead child's leases: settle its running message, return the rest."""
+        deliveries = self._take_over(child.slot.consumer_id)
+        settled = False
+        for delivery in deliveries:
+            message = self._decode(delivery)
+            if message is not None and running is not None and message.id == running.task_id:
+                self._settle_running(child, running, code, delivery, message)
+                settled = True
+            else:  # leased ahead, never started (or its outcome not yet acked): run it again
+                self._reliably(delivery.reject, True)
+        if running is not None and not settled:  # acked on start (acks_late=False)
+            self._settle_running(child, running, code, None, None)
+        returned = len(deliveries) - settled
+        if returned:
+            logger.info(
+                "Returned %d message(s) held by worker process %d to the queue", returned, child.pid
+            )
+
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        if not consumer_id:
+            return []  # it died before its first fetch: it held nothing
+        try:
+            taken: list[Delivery] = reliably(
+                self.app.broker.take_over, consumer_id, give_up=lambda: False
+            )
+            return taken
+        except NotImplementedError as exc:
+            if not self._warned_take_over:
+                self._warned_take_over = True
+                logger.warning("%s", exc)
+            return []
+
+    def _decode(self, delivery: Delivery) -> TaskMessage | None:
+        try:
+            return TaskMessage.from_wire(delivery.body, self.app.accept_content)
+        except ChardError:
+            return None  # returned to the queue: the next consumer dead-letters it, with a log
+
+    def _settle_running(
+        self,
+        child: _Child,
+        running: Running,
+        code: int | None,
+        delivery: Delivery | None,
+        message: TaskMessage | None,
+    ) -> None:
+        """Settle the message the child was running when it died (``delivery`` None: acked)."""
+        if child.kill_reason == "cold":  # we abandoned it ourselves: back, uncounted
+            if delivery is not None:
+                self._reliably(delivery.reject, True)
+            return
+        self.stats.processed += 1
+        if child.kill_reason == "terminated" and child.terminated_task == running.task_id:
+            self.stats.revoked += 1
+            if delivery is not None and message is not None:
+                count = delivery.delivery_count
+                payload = JobPayload(delivery.body, delivery.queue, count, message)
+                self.revocations.discard(payload, message, "terminated")
+                self._reliably(delivery.ack)
+            else:
+                revoked = TaskRevokedError("terminated")
+                store_state(
+                    self.app, running.task_id, revoked, states.REVOKED, running.stores_result
+                )
+            return
+        self.stats.failed += 1
+        if child.kill_reason == "timeout":
+            settle_timeout(
+                self.app,
+                delivery,
+                running.task_id,
+                running.name,
+                child.slot.limit,
+                stores=running.stores_result,
+                give_up=self._is_cold,
+            )
+        elif message is not None:
+            settle_lost(
+                self.app, delivery, message, exitcode=code, pid=child.pid, give_up=self._is_cold
+            )
+        else:
+            logger.error(
+                "Process %s exited with exit code %s while running %s[%s], acked on start",
+                child.pid,
+                code,
+                running.name,
+                running.task_id,
+            )
+            error = WorkerLostError(
+                f"worker process exited (exit code {code}) while running the task"
+            )
+            store_state(self.app, running.task_id, error, states.FAILURE, running.stores_result)
+
+    def _reliably(self, operation: Callable[..., Any], *args: Any) -> None:
+        reliably(operation, *args, give_up=self._is_cold)
+
+    def _is_cold(self) -> bool:
+        return self._cold
+
+    # -- killing ------------------------------------------------------------------------------
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            live = list(self._children.values())
+        for child in live:
+            deadline = child.slot.deadline
+            if deadline is not None and deadline <= now and child.kill_reason is None:
+                child.kill_reason = "timeout"
+                _kill(child.pid)
+
+    def _terminate(self, task_id: str, signum: int) -> bool:
+        """Kill the child running ``task_id`` (the revocations thread calls this)."""
+        with self._lock:
+            live = list(self._children.values())
+        for child in live:
+            running = child.slot.running()
+            if running is None or running.task_id != task_id:
+                continue
+            # SIGTERM is a child's warm stop and SIGINT/SIGQUIT are ignored: those end the
+            # task the only sure way. Another signal is sent as asked (the task may catch it).
+            sent = signal.SIGKILL if signum in (*_CHILD_IGNORED, signal.SIGTERM) else signum
+            child.terminated_task = task_id
+            child.kill_reason = "terminated" if sent == signal.SIGKILL else child.kill_reason
+            logger.info("Sending %s to process %d running %s", _name(sent), child.pid, task_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, sent)
+            return True
+        return False
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already exited; its sentinel says so
+        os.kill(pid, signal.SIGKILL)
+
+
+# -- in the child -----------------------------------------------------------------------------
+def _child_main(
+    spec: ChildSpec,
+    slot: Slot,
+    revocations: Revocations,
+    wake_fd: int,
+    life_fd: int,
+    close: tuple[int, ...] = (),
+) -> None:
+    """Consume until a warm stop, the parent's death, ``max_tasks_per_child`` or (burst) no work."""
+    for fd in close:  # the parent's ends: a child must not keep its own pipe alive
+        os.close(fd)
+    set_current(slot)
+    for signum in _PARENT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
+    if spec.initializer is not None:
+        spec.initializer()
+    app = spec.app
+    slot.announce(app.broker.consumer_id)  # opens this process's broker: before any lease
+
+    def poke() -> None:
+        with contextlib.suppress(OSError):
+            os.write(wake_fd, b"\0")
+
+    pool = ChildPool(execute.run, slot, poke, spec.max_tasks_per_child)
+    consumer = Consumer(
+        app, pool, spec.queues, prefetch=spec.prefetch, burst=spec.burst, revocations=revocations
+    )
+
+    def retire() -> None:
+        slot.mark_retired()
+        consumer.stop()
+
+    pool.on_retire = retire
+    signal.signal(signal.SIGTERM, lambda signum, frame: consumer.stop())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
+    watcher = threading.Thread(
+        target=_watch_parent, args=(life_fd, consumer), name="chard-parent-watch", daemon=True
+    )
+    watcher.start()
+    pool.start()
+    stats = consumer.run()
+    slot.save_stats({name: getattr(stats, name) for name in STAT_FIELDS})
+    app.close()
+
+
+def _watch_parent(life_fd: int, consumer: Consumer) -> None:
+    """Stop the consumer warm when the parent is gone (its end of the pipe closed)."""
+    with contextlib.suppress(OSError):
+        while os.read(life_fd, 1):
+            pass
+    logger.warning("The worker's main process is gone; stopping after the running task")
+    consumer.stop()

@@ -1,0 +1,112 @@
+"""The prefork node through real CLI workers: children that consume, a parent that supervises.
+
+What the parent alone can do, tested end to end on SQLite and Redis: take over a dead
+child's leases at once (not after ``lease_timeout``), replace children (crash,
+``--max-tasks-per-child``), and let children outlive neither a warm stop nor the
+parent itself. Time limits, poison pills, terminate and warm/cold stops are in
+test_worker.py and test_revoke_worker.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import wait_for
+from tests.integration.workers import WorkerFactory
+
+#: The brokers' default lease: what recovery would take without the take-over.
+LEASE_TIMEOUT = 10.0
+
+
+def children_of(pid: int) -> set[int]:
+    """Return the ids of the live child processes of ``pid`` (from /proc)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(entry))
+    return out
+
+
+def test_a_dead_childs_prefetched_tasks_run_again_at_once(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given one child holding a running task and prefetched ones behind it
+    worker = workers.start("-c", "1", "--prefetch-multiplier", "8")
+    from itproj.tasks import add, announce_then_sleep
+
+    started = tmp_path / "started"
+    running = announce_then_sleep.delay(str(started), 30)
+    queued = [add.delay(i, i) for i in range(5)]
+    wait_for(lambda: started.exists(), timeout=10)
+    wait_for(lambda: itproj.broker.queue_size("celery") == 0, timeout=10)  # all leased
+    (child,) = children_of(worker.pid)
+
+    # When the child is SIGKILLed
+    killed_at = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+
+    # Then its prefetched tasks run in the replacement well within the lease they held
+    assert [r.get(timeout=LEASE_TIMEOUT / 2) for r in queued] == [2 * i for i in range(5)]
+    assert time.monotonic() - killed_at < LEASE_TIMEOUT / 2
+    # And the running one is redelivered with its death counted (it runs again)
+    worker.wait_for_log(f"while running itproj.tasks.announce_then_sleep[{running.id}]")
+    wait_for(lambda: len(children_of(worker.pid) - {child}) == 1, timeout=10)
+    assert "Returned 5 message(s) held by worker process" in worker.output()
+
+
+def test_children_are_recycled_after_max_tasks(itproj: Any, workers: WorkerFactory) -> None:
+    # Given a worker whose children run at most 3 tasks each
+    workers.start("-c", "1", "--max-tasks-per-child", "3", "--prefetch-multiplier", "1")
+    from itproj.tasks import pid
+
+    # When 9 tasks run one after another
+    pids = [pid.delay().get(timeout=10) for _ in range(9)]
+
+    # Then three processes ran three tasks each, in turn
+    assert len(set(pids)) == 3
+    assert [pids[i] for i in (0, 3, 6)] == [pids[i] for i in (2, 5, 8)]
+
+
+def test_children_stop_by_themselves_when_the_parent_dies(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a worker whose child runs a task
+    worker = workers.start("-c", "1")
+    from itproj.tasks import announce_then_sleep
+
+    path = tmp_path / "progress"
+    announce_then_sleep.delay(str(path), 1.0)
+    wait_for(lambda: path.exists(), timeout=10)
+    (child,) = children_of(worker.pid)
+
+    # When the parent alone is SIGKILLed
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.proc.wait(timeout=10)
+
+    # Then the child finishes its task and exits, rather than consuming as an orphan
+    wait_for(lambda: not Path(f"/proc/{child}").exists(), timeout=15)
+    assert path.read_text() == "started\nfinished\n"
+
+
+def test_an_idle_child_killed_from_outside_is_replaced(itproj: Any, workers: WorkerFactory) -> None:
+    worker = workers.start("-c", "2")
+    from itproj.tasks import add
+
+    wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=10)
+    victim = min(children_of(worker.pid))
+
+    os.kill(victim, signal.SIGKILL)
+
+    wait_for(lambda: len(children_of(worker.pid) - {victim}) == 2, timeout=10)
+    assert [add.delay(i, 1).get(timeout=10) for i in range(4)] == [1, 2, 3, 4]
