@@ -81,7 +81,7 @@ _PARENT_SIGNALS = {
 }
 _CHILD_IGNORED = {signal.SIGINT, signal.SIGQUIT}
 #: Why the parent killed a child: its settle of the running message depends on it.
-KillReason = Literal["timeout", "terminated", "cold"]
+KillReason = Literal["timeout", "cold"]
 
 
 class ChildPool(SoloPool):
@@ -359,7 +359,7 @@ class Supervisor:
                 self._reliably(delivery.reject, True)
             return
         self.stats.processed += 1
-        if child.kill_reason == "terminated" and child.terminated_task == running.task_id:
+        if child.terminated_task == running.task_id:  # signalled for this very task
             self.stats.revoked += 1
             if delivery is not None and message is not None:
                 count = delivery.delivery_count
@@ -429,7 +429,6 @@ class Supervisor:
             # task the only sure way. Another signal is sent as asked (the task may catch it).
             sent = signal.SIGKILL if signum in (*_CHILD_IGNORED, signal.SIGTERM) else signum
             child.terminated_task = task_id
-            child.kill_reason = "terminated" if sent == signal.SIGKILL else child.kill_reason
             logger.info("Sending %s to process %d running %s", _name(sent), child.pid, task_id)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, sent)

@@ -110,3 +110,25 @@ def test_an_idle_child_killed_from_outside_is_replaced(itproj: Any, workers: Wor
 
     wait_for(lambda: len(children_of(worker.pid) - {victim}) == 2, timeout=10)
     assert [add.delay(i, 1).get(timeout=10) for i in range(4)] == [1, 2, 3, 4]
+
+
+def test_terminate_with_a_signal_the_child_does_not_handle_ends_the_task_revoked(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a task running in a child
+    worker = workers.start("-c", "1")
+    from itproj.tasks import add, announce_then_sleep
+
+    progress = tmp_path / "progress"
+    running = announce_then_sleep.delay(str(progress), 30)
+    wait_for(progress.exists, timeout=10)
+
+    # When it is revoked with terminate and SIGUSR1 (sent as asked: its default ends a child)
+    running.revoke(terminate=True, signal="SIGUSR1")
+
+    # Then it ends REVOKED, is not counted as a lost task, and the worker goes on
+    wait_for(lambda: running.state == "REVOKED", timeout=10)
+    assert "Sending SIGUSR1 to process" in worker.output()
+    assert f"while running itproj.tasks.announce_then_sleep[{running.id}]" not in worker.output()
+    assert add.delay(1, 1).get(timeout=10) == 2
+    assert progress.read_text() == "started\n"
