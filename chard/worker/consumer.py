@@ -51,7 +51,7 @@ from chard.exceptions import (
 from chard.protocol.message import TaskMessage, peek
 from chard.worker import execute
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
-from chard.worker.lost import deaths, reliably, settle_lost, settle_timeout, store_state
+from chard.worker.lost import deaths, reliably, settle_lost, store_state
 from chard.worker.pools.base import Job, Outcome, Pool
 from chard.worker.revocations import Revocations
 
@@ -470,18 +470,6 @@ class Consumer:
         elif self._cold:  # we abandoned it ourselves: return it, uncounted
             if held is not None:
                 self._reliably(held.reject, True)
-        elif outcome.kind == "timeout":
-            stores = not message.ignore_result
-            settle_timeout(
-                self.app,
-                held,
-                message.id,
-                message.task,
-                outcome.job.time_limit,
-                stores=stores,
-                give_up=self._is_cold,
-            )
-            self.stats.failed += 1
         else:
             settle_lost(
                 self.app,

@@ -226,7 +226,8 @@ class Supervisor:
 
     def _timeout(self, live: list[_Child]) -> float | None:
         """How long the loop may block: until the nearest deadline or respawn, else forever."""
-        wake_at = min((d for c in live if (d := c.slot.deadline) is not None), default=None)
+        deadlines = (c.slot.deadline for c in live if c.kill_reason is None)  # not killed yet
+        wake_at = min((d for d in deadlines if d is not None), default=None)
         if len(live) + len(self._no_respawn) < self.concurrency and not self._stopping.is_set():
             respawn = self._respawn_not_before
             wake_at = respawn if wake_at is None else min(wake_at, respawn)

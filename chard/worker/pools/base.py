@@ -36,9 +36,9 @@ class Job:
     time_limit: float | None = None
 
 
-#: How a job ended: the target returned, it was abandoned (a cold stop of the threads pool),
-#: or it hit the hard time limit.
-OutcomeKind = Literal["done", "lost", "timeout"]
+#: How a job ended: the target returned, or it was abandoned (a cold stop of the threads
+#: pool; a prefork child's death is settled by its supervisor, not through a pool).
+OutcomeKind = Literal["done", "lost"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Outcome:
     kind: OutcomeKind
     #: The target's return value when ``kind == "done"`` (``None`` if the target raised).
     value: Any = None  # whatever the target returns; the pool never looks at it
-    #: For ``lost``/``timeout``: the child's exit code, negative for a signal (``-9``).
+    #: For ``lost``: the exit code of the job's process, if it had one of its own.
     exitcode: int | None = None
     #: The process id or thread ident that ran the job.
     pid: int | None = None
