@@ -73,7 +73,7 @@ class Celery:
             self.config_from_object(config_source, namespace=namespace)
         self.Task: type[Task[Any, Any]] = task_cls or Task
         self._tasks = TaskRegistry()
-        from chard._canvas_builtins import register_builtins
+        from chard.canvas.maps import register_builtins
 
         register_builtins(self)  # celery.map / celery.starmap / celery.chunks, as Celery has
         self._shared_seen = 0

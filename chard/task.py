@@ -225,7 +225,7 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> EagerResult[R]:
         """Run the task inline, as a worker would, and return an already-ready result."""
-        from chard.trace import apply_eagerly
+        from chard.execution.trace import apply_eagerly
 
         return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
 

@@ -28,9 +28,9 @@ from chard.exceptions import (
     DecodeError,
     NotRegistered,
 )
+from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
 from chard.task import Context
-from chard.trace import trace_task
 from chard.worker import slot as slots
 
 if TYPE_CHECKING:

@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any
 from chard import signals, states
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers.base import BROADCAST_START
-from chard.canvas import on_chord_part_return
 from chard.exceptions import BrokerConnectionError, DecodeError, NotRegistered, TaskRevokedError
+from chard.execution.chord import on_part_return as on_chord_part_return
+from chard.execution.trace import end_chain
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
-from chard.trace import end_chain
 from chard.worker.execute import JobPayload, build_request, configured_hostname
 
 if TYPE_CHECKING:

@@ -547,8 +547,8 @@ def test_publish_signals_fire_around_sending(app: Celery) -> None:
 
 
 def test_tasks_sent_from_a_running_task_inherit_parent_and_root(app: Celery) -> None:
+    from chard.execution.trace import trace_task
     from chard.task import Context
-    from chard.trace import trace_task
 
     @app.task
     def child() -> None:

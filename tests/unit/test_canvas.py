@@ -23,10 +23,10 @@ from chard.backends.base import ResultBackend
 from chard.brokers.base import Delivery
 from chard.canvas import Signature
 from chard.exceptions import ChordError
+from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
 from chard.result import GroupResult
 from chard.task import Context
-from chard.trace import trace_task
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import chard.exceptions
 from chard import Celery, Task, states
 from chard.backends.base import ResultBackend
 from chard.exceptions import RemoteTaskError, ResultTimeout, TaskRevokedError
+from chard.execution.trace import trace_task
 from chard.protocol import serializers
 from chard.result import AsyncResult, GroupResult
 from chard.task import Context
-from chard.trace import trace_task
 
 
 class Boom(Exception):

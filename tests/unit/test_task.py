@@ -14,9 +14,9 @@ import pytest
 
 from chard import Celery, Task, signals, states
 from chard.exceptions import MaxRetriesExceededError, Retry
+from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
 from chard.task import Context, exponential_backoff
-from chard.trace import trace_task
 
 
 def worker_request(task_id: str = "task-1", **fields: Any) -> Context:

@@ -205,7 +205,8 @@ def send_followups(app: Celery, request: Context, value: Any) -> None:
     sends one step. A chord header task reports to the chord, whose last member
     sends the body (:func:`chard.canvas.on_chord_part_return`).
     """
-    from chard.canvas import Signature, on_chord_part_return
+    from chard.canvas.signature import Signature
+    from chard.execution.chord import on_part_return as on_chord_part_return
 
     root_id = request.root_id or request.id
     for callback in request.callbacks or ():
@@ -228,7 +229,8 @@ def send_errbacks(app: Celery, request: Context, exc: BaseException) -> None:
     the same effect by re-checking parents while it waits; their state is FAILURE
     here where Celery leaves PENDING). A chord header member fails its chord.
     """
-    from chard.canvas import Signature, on_chord_part_return
+    from chard.canvas.signature import Signature
+    from chard.execution.chord import on_part_return as on_chord_part_return
 
     for errback in request.errbacks or ():
         sig = Signature.from_dict(errback, app=app)
@@ -301,7 +303,7 @@ def _apply_eager_links(
     links = options.get(key) or ()
     if not links:
         return
-    from chard.canvas import maybe_signature
+    from chard.canvas.signature import maybe_signature
 
     for link in links if isinstance(links, (list, tuple)) else [links]:
         maybe_signature(link, app=app).apply((argument,))

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from chard import states
 from chard.backends.base import decode_exception
-from chard.canvas import Signature, _as_list, maybe_signature
+from chard.canvas.primitives import chain
+from chard.canvas.signature import Signature, _as_list, maybe_signature
 from chard.exceptions import ChordError
 from chard.task import Context
 
@@ -101,8 +102,6 @@ def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request
     Storing the failure on the steps that will now never run lets ``get()`` on any
     of them raise at once instead of waiting forever.
     """
-    from chard.canvas import chain
-
     body = Signature.from_dict(body_dict, app=app)
     body.freeze()
     steps = list(body.tasks) if isinstance(body, chain) else [body]

@@ -1,23 +1,14 @@
-"""Canvas: signatures and the workflow primitives built from them.
+"""Signatures: a task invocation as data, and the helpers every primitive shares.
 
 A :class:`Signature` is a task name with arguments and options, plain data that
 travels on the wire as Celery's dict shape (``task``, ``args``, ``kwargs``,
 ``options``, ``subtask_type``, ``immutable``), so a signature passed as a task
 argument or stored in a message round-trips between chard and Celery.
 
-The primitives are signatures too, each stored in Celery's shape so a Celery
-worker or client can rebuild it (``Signature.from_dict`` dispatches on
-``subtask_type``):
-
-* :class:`chain` (``a | b | c``): the first task is sent with the rest in the
-  message's ``chain`` embed (reversed); each worker sends the next step.
-* :class:`group`: every member is built first and all are published in one
-  broker round-trip (``app.publish_batch``).
-* :class:`chord`: header tasks carry the body in their ``chord`` embed; the
-  worker finishing the last one sends the body (see :mod:`chard._canvas_chord`:
-  atomic counting in the result backend, no ``chord_unlock`` polling task).
-* :class:`xmap`, :class:`xstarmap`, :class:`chunks`: one message running a task
-  over many items, through the built-in tasks ``celery.map`` & co.
+The primitives (:mod:`chard.canvas.primitives`, :mod:`chard.canvas.maps`) are
+signatures too, stored in Celery's shape so a Celery worker or client can rebuild
+them: each registers its ``subtask_type`` here (:func:`register`), which
+``Signature.from_dict`` and ``a | b`` look up, so this module never imports them.
 
 Sending is split in two steps so that nesting costs nothing: ``freeze()`` fixes
 every task id up front (so a chain can return the last step's result before the
@@ -34,13 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from chard import _context, states
 from chard._utils.log import saferepr
-from chard.exceptions import ChordError
 from chard.protocol.message import TaskMessage, new_id
 from chard.result import AsyncResult, EagerResult, GroupResult
 
 if TYPE_CHECKING:
     from chard.app import Celery
-    from chard.task import Context
 
 #: Messages built while sending a canvas, published together in one batch.
 Outbox = list[tuple[TaskMessage, str]]
@@ -294,7 +283,7 @@ class Signature(dict[str, Any]):
     def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
         """``a | b``: a chain (``group | task`` becomes a chord when sent)."""
         if isinstance(other, Signature):
-            return chain(self, other, app=self._app)
+            return _PRIMITIVES["chain"](self, other, app=self._app)
         return NotImplemented
 
     def __invert__(self) -> Any:
@@ -357,8 +346,19 @@ def _app_of(sigs: Iterable[Signature], app: Celery | None) -> Celery | None:
     return app if app is not None else next((s._app for s in sigs if s._app is not None), None)
 
 
-#: Canvas primitives by ``subtask_type``, for :meth:`Signature.from_dict`.
+#: Canvas primitives by ``subtask_type``, for :meth:`Signature.from_dict` and ``|``.
 _PRIMITIVES: dict[str, type[Signature]] = {}
+
+
+def register(*kinds: type[Signature]) -> None:
+    """Make primitives known by their ``subtask_type`` (Celery's ``Signature.register_type``).
+
+    The primitives subclass :class:`Signature` and so import this module; registering
+    them here, instead of importing them back, keeps the import graph one-way.
+    """
+    for kind in kinds:
+        assert kind.subtask_type is not None, kind
+        _PRIMITIVES[kind.subtask_type] = kind
 
 
 def signature(
@@ -400,35 +400,3 @@ def _signatures(tasks: tuple[Any, ...], app: Celery | None) -> list[Signature]:
     if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
         tasks = tuple(tasks[0])
     return [maybe_signature(t, app) for t in tasks]
-
-
-def on_chord_part_return(app: Celery, request: Context, state: str, value: Any) -> None:
-    """Count one finished chord header task; the last one sends the body (see _canvas_chord)."""
-    from chard._canvas_chord import on_part_return
-
-    on_part_return(app, request, state, value)
-
-
-from chard._canvas_primitives import (  # noqa: E402  (the primitives subclass Signature)
-    chain,
-    chord,
-    chunks,
-    group,
-    xmap,
-    xstarmap,
-)
-
-__all__ = [
-    "ChordError",
-    "Signature",
-    "chain",
-    "chord",
-    "chunks",
-    "group",
-    "maybe_signature",
-    "on_chord_part_return",
-    "signature",
-    "subtask",
-    "xmap",
-    "xstarmap",
-]

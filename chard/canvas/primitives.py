@@ -1,24 +1,20 @@
-"""The canvas primitives: chain, group, chord, xmap, xstarmap and chunks.
+"""The workflow primitives: chain, group and chord.
 
-Split from :mod:`chard.canvas` for size only; import them from there. Each one is a
+Import them from :mod:`chard.canvas`. Each one is a
 :class:`~chard.canvas.Signature` in Celery's dict shape (``celery.chain`` with
 ``kwargs.tasks``, ``celery.group`` with ``kwargs.tasks``, ``celery.chord`` with
-``kwargs.header``/``kwargs.body``, ``celery.map``/``celery.starmap`` with
-``kwargs.task``/``kwargs.it``, ``celery.chunks`` with ``kwargs.n`` too) and
-implements three operations: ``freeze`` (fix ids), ``_build`` (append its starting
-messages to an outbox) and ``apply`` (run inline).
+``kwargs.header``/``kwargs.body``) and implements three operations: ``freeze``
+(fix ids), ``_build`` (append its starting messages to an outbox) and ``apply``
+(run inline).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from chard import states
-from chard._utils.log import saferepr
-from chard.canvas import (
-    _PRIMITIVES,
+from chard.canvas.signature import (
     _STEP_LOCAL,
     Outbox,
     Result,
@@ -30,6 +26,7 @@ from chard.canvas import (
     _partial,
     _signatures,
     maybe_signature,
+    register,
 )
 from chard.exceptions import ChordError
 from chard.protocol.message import new_id
@@ -471,102 +468,4 @@ class chord(Signature):  # lower-case: Celery's name
         return f"chord({self.header.tasks!r}, {self.body!r})"
 
 
-def _items(it: Iterable[Any]) -> list[Any]:
-    """Materialize ``it`` as it will look after the wire: ranges, iterators, tuples -> lists."""
-    return [list(x) if isinstance(x, (range, Iterator, tuple)) else x for x in it]
-
-
-class xmap(Signature):  # lower-case: Celery's name
-    """Call a task for every item, all in one message (``task.map(items)``)."""
-
-    subtask_type = "xmap"
-    _task_name = "celery.map"
-
-    def __init__(
-        self, task: Any, it: Iterable[Any], app: Celery | None = None, **options: Any
-    ) -> None:
-        sig = maybe_signature(task, app)
-        fields = {"task": sig, "it": _items(it)}
-        super().__init__(self._task_name, (), fields, options, immutable=True, app=app or sig._app)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
-        kw = data["kwargs"]
-        return cls(kw["task"], kw["it"], app=app, **(data.get("options") or {}))
-
-    def __repr__(self) -> str:
-        kw = self["kwargs"]
-        return f"[{kw['task'].task}(x) for x in {saferepr(kw['it'])}]"
-
-
-class xstarmap(xmap):  # lower-case: Celery's name
-    """Call a task for every item, unpacking each item as arguments (``task.starmap``)."""
-
-    subtask_type = "xstarmap"
-    _task_name = "celery.starmap"
-
-    def __repr__(self) -> str:
-        kw = self["kwargs"]
-        return f"[{kw['task'].task}(*x) for x in {saferepr(kw['it'])}]"
-
-
-class chunks(Signature):  # lower-case: Celery's name
-    """Split items into chunks of ``n``; each chunk is one ``xstarmap`` message of a group."""
-
-    subtask_type = "chunks"
-
-    def __init__(
-        self, task: Any, it: Iterable[Any], n: int, app: Celery | None = None, **options: Any
-    ) -> None:
-        if int(n) < 1:
-            raise ValueError(f"chunks() size n must be >= 1, got {n!r}")
-        sig = maybe_signature(task, app)
-        fields = {"task": sig, "it": _items(it), "n": int(n)}
-        super().__init__("celery.chunks", (), fields, options, immutable=True, app=app or sig._app)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
-        kw = data["kwargs"]
-        return cls(kw["task"], kw["it"], kw["n"], app=app, **(data.get("options") or {}))
-
-    def group(self) -> _Group:
-        """Return the group of ``xstarmap`` signatures, one per chunk."""
-        kw = self["kwargs"]
-        items = iter(kw["it"])
-        parts = iter(lambda: list(itertools.islice(items, kw["n"])), [])
-        return _Group([xstarmap(kw["task"], part, app=self._app) for part in parts], app=self._app)
-
-    def _build(
-        self,
-        args: Iterable[Any],
-        kwargs: Mapping[str, Any] | None,
-        options: dict[str, Any],
-        out: Outbox,
-    ) -> Result:
-        return self.group()._build(args, kwargs, {**self.options, **options}, out)
-
-    def _eager(self, app: Celery) -> bool:
-        return bool(app.conf.task_always_eager)
-
-    def apply(
-        self,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Result:
-        """Run every chunk inline."""
-        result: Result = self.group().apply(args, kwargs, **{**self.options, **options})
-        return result
-
-    def __call__(self, **options: Any) -> Any:
-        """Send the chunks as a group; returns its GroupResult."""
-        return self.apply_async(**options)
-
-    def __repr__(self) -> str:
-        kw = self["kwargs"]
-        return f"{kw['task'].task}.chunks({saferepr(kw['it'])}, {kw['n']})"
-
-
-_PRIMITIVES.update(
-    chain=chain, group=group, chord=chord, xmap=xmap, xstarmap=xstarmap, chunks=chunks
-)
+register(chain, group, chord)
