@@ -7,6 +7,7 @@ The tree (Celery's names kept where users catch them)::
     ├── NoCurrentApp                  shared_task used before any app exists
     ├── NotRegistered (also KeyError) task name unknown to the registry
     ├── SerializationError            cannot encode an argument or result
+    │   └── EncodeError               a task's return value cannot be stored (kombu's name)
     ├── ContentDisallowed             payload content type not in accept_content
     ├── DecodeError                   a message on the wire is malformed
     ├── BrokerError
@@ -55,6 +56,14 @@ class NotRegistered(ChardError, KeyError):
 
 class SerializationError(ChardError):
     """A value cannot be encoded with the chosen serializer."""
+
+
+class EncodeError(SerializationError):
+    """A task's return value cannot be encoded by the result serializer.
+
+    Stored as the task's FAILURE (Celery stores kombu's ``EncodeError`` the same way),
+    instead of the task waiting forever for a result that was never written.
+    """
 
 
 class ContentDisallowed(ChardError):
@@ -178,6 +187,7 @@ __all__ = [
     "ChordError",
     "ContentDisallowed",
     "DecodeError",
+    "EncodeError",
     "Ignore",
     "ImproperlyConfigured",
     "MaxRetriesExceededError",

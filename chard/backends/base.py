@@ -24,7 +24,7 @@ from typing import Any
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import BackendConnectionError, RemoteTaskError, ResultTimeout
+from chard.exceptions import BackendConnectionError, EncodeError, RemoteTaskError, ResultTimeout
 from chard.protocol import serializers
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ def decode_exception(value: Any, traceback: str | None = None) -> BaseException:
             pass
     message = ", ".join(str(a) for a in args)
     return RemoteTaskError(module_name, type_name, message, traceback)
+
+
+def _encoded(meta: Meta) -> bytes:
+    """Return ``meta`` as JSON; a result the encoder cannot take is an :class:`EncodeError`."""
+    try:
+        return serializers.json_dumps(meta)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        kind = type(meta.get("result")).__name__
+        raise EncodeError(f"cannot encode a result of type {kind!r} as JSON: {exc}") from exc
 
 
 class ResultBackend(ABC):
@@ -181,25 +190,26 @@ class ResultBackend(ABC):
         stores (:meth:`hold_stores`), the meta is only queued and returned as is.
         """
         meta = self.encode_meta(task_id, result, state, traceback, extra)
-        held: list[Meta] | None = getattr(self._held, "metas", None)
+        item = (meta, _encoded(meta))  # encoded here, so a bad value fails this store alone
+        held: list[tuple[Meta, bytes]] | None = getattr(self._held, "metas", None)
         if held is not None:
-            held.append(meta)
+            held.append(item)
             return meta
-        return self._store_metas([meta])[0]
+        return self._store_metas([item])[0]
 
-    def _store_metas(self, metas: Sequence[Meta]) -> list[Meta]:
-        """Store each meta in order (see :meth:`store_result`); return what is kept.
+    def _store_metas(self, metas: Sequence[tuple[Meta, bytes]]) -> list[Meta]:
+        """Store each ``(meta, its JSON)`` in order (see :meth:`store_result`); return what is kept.
 
         Backends override it to send them all in one round trip.
         """
         kept = []
-        for meta in metas:
+        for meta, data in metas:
             key = self.task_key(meta["task_id"])
             current = self._load(self._get(key))
             if current is not None and self._is_final_over(current.get("status"), meta["status"]):
                 kept.append(current)
                 continue
-            self._set(key, serializers.json_dumps(meta), self.expires)
+            self._set(key, data, self.expires)
             kept.append(meta)
         return kept
 
@@ -219,7 +229,7 @@ class ResultBackend(ABC):
             BackendConnectionError: the backend stayed unreachable (its retry policy spent);
                 nothing is held any more, and the caller must treat those stores as not done.
         """
-        held: list[Meta] | None = getattr(self._held, "metas", None)
+        held: list[tuple[Meta, bytes]] | None = getattr(self._held, "metas", None)
         self._held.metas = None
         if held:
             self._store_metas(held)

@@ -39,7 +39,6 @@ from chard._redis_lane import Lane
 from chard.backends._redis_listener import Cursor, Listener
 from chard.backends.base import Meta, ResultBackend
 from chard.exceptions import BackendConnectionError, BackendError
-from chard.protocol import serializers
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ class RedisResultBackend(ResultBackend):
         with self._errors():
             store()
 
-    def _store_metas(self, metas: Sequence[Meta]) -> list[Meta]:
+    def _store_metas(self, metas: Sequence[tuple[Meta, bytes]]) -> list[Meta]:
         """Store metas as the base class does, in one round trip, riding out a lost connection.
 
         Each read-compare-write is one script call (instead of a GET then a MULTI), with
@@ -147,14 +146,14 @@ class RedisResultBackend(ResultBackend):
         """
         ttl = "" if self.expires is None else str(max(1, round(self.expires * 1000)))
         calls: list[tuple[list[str], list[Any]]] = []
-        for meta in metas:
+        for meta, data in metas:
             state = meta["status"]
             winners = self._winners.get(state)
             if winners is None:
                 winners = [s for s in states.READY_STATES if self._is_final_over(s, state)]
                 self._winners[state] = winners
             key = self._key(self.task_key(meta["task_id"]))
-            calls.append(([key], [serializers.json_dumps(meta), ttl, *winners]))
+            calls.append(([key], [data, ttl, *winners]))
 
         def store() -> list[Any]:
             if len(calls) == 1:
@@ -177,7 +176,7 @@ class RedisResultBackend(ResultBackend):
         kept = self._ensure(store)
         return [
             meta if raw is None else (self._load(cast(bytes, raw)) or meta)
-            for meta, raw in zip(metas, kept, strict=True)
+            for (meta, _), raw in zip(metas, kept, strict=True)
         ]
 
     def _delete(self, key: str) -> None:

@@ -1,10 +1,10 @@
-"""Run one task body and record its outcome: the single path for eager calls and workers.
+"""Run one task body: the single path for eager calls and workers.
 
 ``trace_task`` sets the request context, calls the body (``async def`` bodies on
-this thread's event loop), turns the outcome into a state (SUCCESS, FAILURE, RETRY
-...), stores it, calls the class hooks and signals, and sends follow-up work
-(links, the next step of a chain). Message concerns (decoding, expiry, acks,
-redelivery) belong to the worker, not here.
+this thread's event loop), applies ``autoretry_for``, and turns what happened into
+a state (SUCCESS, FAILURE, RETRY ...). A terminal state is handed to
+:mod:`chard.execution.outcome`, which stores it and sends the follow-up work.
+Message concerns (decoding, expiry, acks, redelivery) belong to the worker, not here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from chard import _context, signals, states
 from chard._utils.log import saferepr
 from chard.exceptions import Ignore, Reject, Retry
+from chard.execution import outcome
 from chard.protocol.message import new_id
 from chard.result import EagerResult
 from chard.task import Context, Task, exponential_backoff
@@ -99,69 +100,60 @@ def _call_with_autoretry(
         raise  # unreachable: retry() raises; keeps type checkers informed
 
 
-def _should_store(task: Task[Any, Any], request: Context, app: Celery) -> bool:
-    if app.backend is None or request.ignore_result:
-        return False
-    return not task.option("ignore_result")
-
-
-def _extra_meta(task: Task[Any, Any], request: Context, app: Celery) -> dict[str, Any]:
-    extra: dict[str, Any] = {"parent_id": request.parent_id, "group_id": request.group}
-    if app.conf.result_extended:
-        extra.update(
-            name=task.name,
-            args=list(request.args),
-            kwargs=request.kwargs,
-            worker=request.hostname,
-            retries=request.retries,
-            queue=request.delivery_info.get("routing_key"),
-        )
-    return extra
-
-
 def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) -> TraceResult:
-    """Run ``task`` for ``request`` and record the outcome; never raises for task errors."""
+    """Run ``task`` for ``request`` and record the outcome; never raises for task errors.
+
+    A terminal outcome (SUCCESS, FAILURE) is recorded by :mod:`chard.execution.outcome`,
+    with the task's ``on_success``/``on_failure`` hook; RETRY, IGNORED and REJECTED are
+    not terminal and end here.
+    """
     app = task.app
     task_id = request.id or ""
     args, kwargs = request.args, request.kwargs
-    should_store = store and _should_store(task, request, app)
-    extra = _extra_meta(task, request, app) if should_store else {}
+    should_store = store and outcome.stores_result(app, task, request)
+    extra = outcome.extra_meta(app, task, request) if should_store else {}
     token = _context.push_request(request)
     signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     started = time.perf_counter()
+
+    def hook(state: str, value: Any, trace: str | None) -> None:
+        if state == states.SUCCESS:
+            task.on_success(value, task_id, args, kwargs)
+        else:
+            task.on_failure(value, task_id, args, kwargs, trace)
+
     try:
         task.before_start(task_id, args, kwargs)
         value = _call_with_autoretry(task, request, args, kwargs)
     except Retry as retry:
-        outcome = _on_retry(task, request, retry, should_store, extra)
+        result = _on_retry(task, request, retry, should_store, extra)
     except Ignore:
-        outcome = TraceResult(states.IGNORED)
+        result = TraceResult(states.IGNORED)
     except Reject as reject:
-        outcome = TraceResult(states.REJECTED, reject.reason, requeue=reject.requeue)
+        result = TraceResult(states.REJECTED, reject.reason, requeue=reject.requeue)
     except Exception as exc:
-        outcome = _on_failure(task, request, exc, should_store, extra)
+        trace = "".join(tb.format_exception(exc))
+        outcome.failed(app, task, request, exc, trace, store=should_store, extra=extra, hook=hook)
+        result = TraceResult(states.FAILURE, exc, trace)
     else:
-        outcome = TraceResult(states.SUCCESS, value)
-        if should_store:
-            app.backend.store_result(task_id, value, states.SUCCESS, None, extra)  # type: ignore[union-attr]
-        task.on_success(value, task_id, args, kwargs)
-        signals.task_success.send(sender=task, result=value)
-        if not request.is_eager:
-            send_followups(app, request, value)
+        ended = outcome.succeeded(
+            app, task, request, value, store=should_store, extra=extra, hook=hook
+        )
+        result = TraceResult(*ended)
     finally:
         _context.pop_request(token)
     runtime = time.perf_counter() - started
-    task.after_return(outcome.state, outcome.value, task_id, args, kwargs, None)
+    task.after_return(result.state, result.value, task_id, args, kwargs, None)
     signals.task_postrun.send(
         sender=task,
         task_id=task_id,
         task=task,
         args=args,
         kwargs=kwargs,
-        retval=outcome.value,
-        state=outcome.state,
+        retval=result.value,
+        state=result.state,
     )
-    return TraceResult(outcome.state, outcome.value, outcome.traceback, runtime, outcome.requeue)
+    return TraceResult(result.state, result.value, result.traceback, runtime, result.requeue)
 
 
 def _on_retry(
@@ -174,85 +166,6 @@ def _on_retry(
     task.on_retry(reason, request.id or "", request.args, request.kwargs, trace)
     signals.task_retry.send(sender=task, request=request, reason=reason, einfo=trace)
     return TraceResult(states.RETRY, reason, trace)
-
-
-def _on_failure(
-    task: Task[Any, Any], request: Context, exc: Exception, store: bool, extra: dict[str, Any]
-) -> TraceResult:
-    trace = "".join(tb.format_exception(exc))
-    if store:
-        task.app.backend.store_result(request.id or "", exc, states.FAILURE, trace, extra)  # type: ignore[union-attr]
-    task.on_failure(exc, request.id or "", request.args, request.kwargs, trace)
-    signals.task_failure.send(
-        sender=task,
-        task_id=request.id,
-        exception=exc,
-        args=request.args,
-        kwargs=request.kwargs,
-        traceback=trace,
-        einfo=trace,
-    )
-    if not request.is_eager:
-        send_errbacks(task.app, request, exc)
-    return TraceResult(states.FAILURE, exc, trace)
-
-
-def send_followups(app: Celery, request: Context, value: Any) -> None:
-    """Send what runs after a success: link callbacks, the next chain step, chord counting.
-
-    The next step of a chain is the *last* element of the embed's ``chain`` list
-    (Celery sends it reversed); it is sent with the rest, so each worker in turn
-    sends one step. A chord header task reports to the chord, whose last member
-    sends the body (:func:`chard.canvas.on_chord_part_return`).
-    """
-    from chard.canvas.signature import Signature
-    from chard.execution.chord import on_part_return as on_chord_part_return
-
-    root_id = request.root_id or request.id
-    for callback in request.callbacks or ():
-        Signature.from_dict(callback, app=app).apply_async(
-            (value,), parent_id=request.id, root_id=root_id
-        )
-    if request.chain:
-        *rest, following = request.chain
-        step = Signature.from_dict(following, app=app)
-        step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
-    if request.chord:
-        on_chord_part_return(app, request, states.SUCCESS, value)
-
-
-def send_errbacks(app: Celery, request: Context, exc: BaseException) -> None:
-    """Send the error callbacks of a failed task (with the failed task's id, as Celery does).
-
-    The chain steps that will now never run get the same failure stored, so that
-    ``chain(...)().get()`` raises at once instead of waiting forever (Celery gets
-    the same effect by re-checking parents while it waits; their state is FAILURE
-    here where Celery leaves PENDING). A chord header member fails its chord.
-    """
-    from chard.canvas.signature import Signature
-    from chard.execution.chord import on_part_return as on_chord_part_return
-
-    for errback in request.errbacks or ():
-        sig = Signature.from_dict(errback, app=app)
-        sig.apply_async((request.id,), parent_id=request.id)
-    end_chain(app, request, exc, states.FAILURE)
-    if request.chord:
-        on_chord_part_return(app, request, states.FAILURE, exc)
-
-
-def end_chain(app: Celery, request: Context, exc: BaseException, state: str) -> None:
-    """Store ``exc`` in ``state`` for the chain steps after ``request``: they will never run.
-
-    A failed task ends its chain FAILURE; a revoked one, REVOKED. Steps that are
-    groups or chords have no single id and are left alone.
-    """
-    backend = app.backend
-    if backend is None:
-        return
-    for step in request.chain or ():
-        step_id = (step.get("options") or {}).get("task_id")
-        if step_id and not step.get("subtask_type"):
-            backend.store_result(step_id, exc, state, None, {"parent_id": request.id})
 
 
 def apply_eagerly(

@@ -347,6 +347,64 @@ def peek(data: bytes) -> tuple[str | None, str | None]:
         return None, None
 
 
+def salvage(data: bytes, accept: frozenset[str]) -> TaskMessage | None:
+    """Return what can still be read of a message :meth:`TaskMessage.from_wire` refused.
+
+    The task's name and id, its group and lineage headers when they have the right
+    types, and the workflow embed (``callbacks``, ``errbacks``, ``chain``, ``chord``)
+    when the body still decodes; arguments are left out. None if not even the id can
+    be read. Never raises. The worker uses it to record the FAILURE of an undecodable
+    message and end its workflow, instead of leaving every waiter PENDING.
+    """
+    try:
+        envelope = serializers.json_loads(data)
+        headers = envelope.get("headers") or {}
+    except Exception:
+        return None
+    name, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return None
+
+    def text(key: str) -> str | None:
+        value = headers.get(key)
+        return value if isinstance(value, str) else None
+
+    index = headers.get("group_index")
+    return TaskMessage(
+        task=name if isinstance(name, str) and name else "?",
+        id=task_id,
+        root_id=text("root_id"),
+        parent_id=text("parent_id"),
+        group=text("group"),
+        group_index=index if type(index) is int else None,
+        ignore_result=headers.get("ignore_result") is True,
+        **_salvage_embed(envelope, accept),
+    )
+
+
+def _salvage_embed(envelope: dict[str, Any], accept: frozenset[str]) -> dict[str, Any]:
+    """The workflow fields of a body that still decodes, each only if it has its type."""
+    try:
+        raw = envelope.get("body", "")
+        if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+            raw = base64.b64decode(raw, validate=True)
+        payload = raw.encode("utf-8") if isinstance(raw, str) else raw
+        body = serializers.loads(payload, envelope.get("content-type", "application/json"), accept)
+        embed = body[2] if isinstance(body, (list, tuple)) and len(body) == 3 else None
+    except Exception:
+        return {}
+    if not isinstance(embed, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for key in ("callbacks", "errbacks", "chain"):
+        value = embed.get(key)
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            found[key] = value
+    if isinstance(embed.get("chord"), dict):
+        found["chord"] = embed["chord"]
+    return found
+
+
 def with_header(data: bytes, key: str, value: Any) -> bytes:
     """Return the envelope ``data`` with header ``key`` set to ``value``, body untouched.
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from chard import states
+from chard import signals, states
 from chard.brokers.base import Delivery, OutgoingMessage
 from chard.exceptions import (
     BrokerConnectionError,
@@ -48,10 +48,10 @@ from chard.exceptions import (
     NotRegistered,
     WorkerLostError,
 )
-from chard.protocol.message import TaskMessage, peek
+from chard.protocol.message import TaskMessage, peek, salvage
 from chard.worker import execute
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
-from chard.worker.lost import deaths, reliably, settle_lost, store_state
+from chard.worker.lost import deaths, record_failure, reliably, settle_lost
 from chard.worker.pools.base import Job, Outcome, Pool
 from chard.worker.revocations import Revocations
 
@@ -381,6 +381,10 @@ class Consumer:
             )
             self._reliably(delivery.dead_letter, f"undecodable: {exc}")
             self.stats.dead_lettered += 1
+            salvaged = salvage(delivery.body, self.app.accept_content)
+            if salvaged is not None:  # its id is readable: waiters and workflows can end
+                error = DecodeError(f"the worker could not decode the message: {exc}")
+                self._record_failure(delivery, salvaged, error)
             return None
 
     def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
@@ -393,6 +397,9 @@ class Consumer:
             self.app.tasks[message.task]
         except NotRegistered as error:
             logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
+            signals.task_unknown.send(
+                sender=None, name=message.task, id=message.id, message=message, exc=error
+            )
             self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
             return False
         attempts = delivery.delivery_count + deaths(message)
@@ -433,12 +440,16 @@ class Consumer:
     def _fail_and_set_aside(
         self, delivery: Delivery, message: TaskMessage, error: BaseException, reason: str
     ) -> None:
-        self._store(message, error, states.FAILURE)
+        self._record_failure(delivery, message, error)
         self._reliably(delivery.dead_letter, reason)
         self.stats.dead_lettered += 1
 
-    def _store(self, message: TaskMessage, value: Any, state: str) -> None:
-        store_state(self.app, message.id, value, state, not message.ignore_result)
+    def _record_failure(
+        self, delivery: Delivery, message: TaskMessage, error: BaseException
+    ) -> None:
+        record_failure(
+            self.app, message, error, queue=delivery.queue, delivery_count=delivery.delivery_count
+        )
 
     def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         """Settle one finished job; plain acks go to ``acks`` (one round-trip) when given."""
@@ -489,8 +500,10 @@ class Consumer:
         acks: list[Delivery] | None = None,
     ) -> None:
         if result is None:  # the pool target raised: a bug, logged by the pool; keep the message
+            error = WorkerLostError("the worker failed to run the task (see its log)")
+            self._record_failure(delivery, message, error)
             if not acked:
-                self._reliably(delivery.dead_letter, "the worker failed to run it (see its log)")
+                self._reliably(delivery.dead_letter, str(error))
                 self.stats.dead_lettered += 1
             return
         if result.state == states.FAILURE:

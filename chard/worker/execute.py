@@ -217,7 +217,10 @@ def run_job(payload: JobPayload) -> ExecOutcome:
     track = task.option("track_started")
     slot = slots.current()
     if slot is not None:
-        slot.begin(message.id, message.task, app.backend is not None and not message.ignore_result)
+        body = payload.body if _in_workflow(message) else None
+        slot.begin(
+            message.id, message.task, app.backend is not None and not message.ignore_result, body
+        )
     try:
         if _revocation_check is not None and _revocation_check(payload, message):
             return ExecOutcome("ack", states.REVOKED)
@@ -240,6 +243,11 @@ def run_job(payload: JobPayload) -> ExecOutcome:
     if outcome.state == states.REJECTED and outcome.requeue:
         return ExecOutcome("requeue", outcome.state)
     return ExecOutcome("ack", outcome.state)
+
+
+def _in_workflow(message: TaskMessage) -> bool:
+    """Whether anything must happen to others when ``message``'s task ends (see the slot)."""
+    return bool(message.chain or message.chord or message.errbacks or message.group)
 
 
 def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -> None:

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chard import states
 from chard.brokers.base import Delivery, OutgoingMessage
 from chard.exceptions import BrokerConnectionError, TimeLimitExceeded, WorkerLostError
+from chard.execution import outcome
 from chard.protocol.message import TaskMessage, with_header
+from chard.worker.execute import JobPayload, build_request, configured_hostname
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -58,10 +59,26 @@ def reliably(operation: Callable[..., Any], *args: Any, give_up: Callable[[], bo
         return result
 
 
-def store_state(app: Celery, task_id: str, value: Any, state: str, stores: bool = True) -> None:
-    """Store ``state`` for ``task_id`` unless there is no backend or results are ignored."""
-    if stores and app.backend is not None:
-        app.backend.store_result(task_id, value, state)
+def record_failure(
+    app: Celery,
+    message: TaskMessage,
+    error: BaseException,
+    *,
+    queue: str = "",
+    delivery_count: int = 1,
+) -> None:
+    """Record that ``message``'s task ended in FAILURE without its body returning.
+
+    For every way a worker ends a task itself (its process died, its hard time limit,
+    an unregistered name, too many deliveries, an undecodable message): the state is
+    stored and its workflow ended by :func:`chard.execution.outcome.failed`.
+    """
+    payload = JobPayload(b"", queue, delivery_count, message)
+    request = build_request(message, payload, configured_hostname())
+    task = app.tasks.get(message.task)
+    store = outcome.stores_result(app, task, request)
+    extra = outcome.extra_meta(app, task, request) if store else None
+    outcome.failed(app, task, request, error, store=store, name=message.task, extra=extra)
 
 
 def settle_lost(
@@ -98,32 +115,40 @@ def settle_lost(
         reliably(delivery.ack, give_up=give_up)
         return
     error = WorkerLostError(f"worker process exited (exit code {exitcode}) while running the task")
-    store_state(app, message.id, error, states.FAILURE, not message.ignore_result)
-    if delivery is not None:
-        reliably(delivery.ack, give_up=give_up)
+    _fail(app, delivery, message, error, give_up)
 
 
 def settle_timeout(
     app: Celery,
     delivery: Delivery | None,
-    task_id: str,
-    name: str,
+    message: TaskMessage,
     time_limit: float | None,
     *,
-    stores: bool,
     give_up: Callable[[], bool],
 ) -> None:
     """Settle a task whose process was killed at its hard time limit: FAILURE, not retried.
 
-    As in Celery: :class:`~chard.exceptions.TimeLimitExceeded` is stored and the
-    message acked (``delivery`` is None when it was acked on start).
+    As in Celery: :class:`~chard.exceptions.TimeLimitExceeded` is stored, the workflow
+    ended, and the message acked (``delivery`` is None when it was acked on start).
     """
     logger.error(
         "Hard time limit (%ss) exceeded for %s[%s]; its process was killed",
         time_limit,
-        name,
-        task_id,
+        message.task,
+        message.id,
     )
-    store_state(app, task_id, TimeLimitExceeded(time_limit), states.FAILURE, stores)
+    _fail(app, delivery, message, TimeLimitExceeded(time_limit), give_up)
+
+
+def _fail(
+    app: Celery,
+    delivery: Delivery | None,
+    message: TaskMessage,
+    error: BaseException,
+    give_up: Callable[[], bool],
+) -> None:
+    queue = delivery.queue if delivery is not None else ""
+    count = delivery.delivery_count if delivery is not None else 1
+    record_failure(app, message, error, queue=queue, delivery_count=count)
     if delivery is not None:
         reliably(delivery.ack, give_up=give_up)

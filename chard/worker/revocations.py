@@ -45,12 +45,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from chard import signals, states
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers.base import BROADCAST_START
-from chard.exceptions import BrokerConnectionError, DecodeError, NotRegistered, TaskRevokedError
-from chard.execution.chord import on_part_return as on_chord_part_return
-from chard.execution.trace import end_chain
+from chard.exceptions import BrokerConnectionError, DecodeError
+from chard.execution import outcome
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
 from chard.worker.execute import JobPayload, build_request, configured_hostname
@@ -285,25 +283,18 @@ class Revocations:
             logger.info("Task %s[%s] terminated (REVOKED)", name, task_id)
         else:
             logger.info("Discarding revoked task %s[%s]", name, task_id)
-        app, error = self.app, TaskRevokedError(reason)
+        app = self.app
         request = build_request(message, payload, configured_hostname())
-        if app.backend is not None and not message.ignore_result:
-            extra = {"parent_id": message.parent_id, "group_id": message.group}
-            app.backend.store_result(task_id, error, states.REVOKED, None, extra)
-        end_chain(app, request, error, states.REVOKED)
-        if message.chord:
-            on_chord_part_return(app, request, states.REVOKED, error)
-        try:
-            task = app.tasks[name]
-        except NotRegistered:
-            task = None
+        task = app.tasks.get(name)
         entry = self._revoked.get(task_id)
-        signals.task_revoked.send(
-            sender=task,
-            request=request,
-            terminated=reason == "terminated",
+        outcome.revoked(
+            app,
+            task,
+            request,
+            reason,
+            store=outcome.stores_result(app, task, request),
+            name=name,
             signum=entry[1] if entry is not None else None,
-            expired=reason == "expired",
         )
 
 

@@ -7,8 +7,9 @@ facts that died with it, so the child keeps them here, in a :class:`Slot` of sha
 memory made before the fork:
 
 * the broker consumer id its leases are held under, to take them over at once;
-* the task running now (id, name, whether its result is stored), to count a death
-  against that one message only, or to settle it as timed out or terminated;
+* the task running now (id, name, whether its result is stored, and the message
+  itself when it belongs to a workflow), to count a death against that one message
+  only, or to settle it as timed out or terminated, and end its workflow;
 * the running job's hard deadline, which the parent enforces by killing the child
   (``time.monotonic()`` is one clock for every process of the machine).
 
@@ -30,6 +31,9 @@ _FORK = multiprocessing.get_context("fork")
 #: Room for ``flag, task id, task name`` (joined by :data:`_SEP`); long names are cut.
 _INFO_BYTES = 512
 _CONSUMER_BYTES = 128
+#: Room for the running message's body when it belongs to a workflow (see :meth:`Slot.begin`).
+#: Shared memory is touched only as far as it is written, so the room costs nothing idle.
+_BODY_BYTES = 256 * 1024
 #: Joins the fields of the running record: a ``c_char`` array reads up to its first NUL.
 _SEP = "\x1f"
 #: Reads of a record being written before taking it as it is (its writer died mid-write).
@@ -60,18 +64,33 @@ class Slot:
         self._info: Any = _FORK.RawArray(ctypes.c_char, _INFO_BYTES)
         self._consumer: Any = _FORK.RawArray(ctypes.c_char, _CONSUMER_BYTES)
         self._stats: Any = _FORK.RawArray(ctypes.c_int64, len(STAT_FIELDS))
+        self._body: Any = _FORK.RawArray(ctypes.c_char, _BODY_BYTES)
+        self._body_len: Any = _FORK.RawValue(ctypes.c_int64, 0)
 
     # -- written by the child -------------------------------------------------------------
     def announce(self, consumer_id: str) -> None:
         """Record the broker consumer id the child leases under (before its first fetch)."""
         self._consumer.value = consumer_id.encode()[: _CONSUMER_BYTES - 1]
 
-    def begin(self, task_id: str, name: str, stores_result: bool) -> None:
-        """Record that the child now runs ``task_id`` (called just before the task body)."""
+    def begin(
+        self, task_id: str, name: str, stores_result: bool, body: bytes | None = None
+    ) -> None:
+        """Record that the child now runs ``task_id`` (called just before the task body).
+
+        ``body`` is the message, kept for a task that belongs to a workflow: if the child
+        dies and the message was acked on start, the parent still has the chain, chord
+        and errbacks to end (a body over the room is not kept; the lease then is the
+        only copy).
+        """
         info = _SEP.join((str(int(stores_result)), task_id, name)).encode()[: _INFO_BYTES - 1]
         seq = self._seq
         seq.value += 1
         self._info.value = info
+        if body is not None and len(body) <= _BODY_BYTES:
+            self._body[: len(body)] = body
+            self._body_len.value = len(body)
+        else:
+            self._body_len.value = 0
         seq.value += 1
 
     def set_limit(self, seconds: float) -> None:
@@ -89,6 +108,7 @@ class Slot:
         seq.value += 1
         self._deadline.value = 0.0
         self._info.value = b""
+        self._body_len.value = 0
         seq.value += 1
 
     def save_stats(self, values: dict[str, int]) -> None:
@@ -130,6 +150,11 @@ class Slot:
         flag, task_id, name = [*info.decode(errors="replace").split(_SEP), "", ""][:3]
         return Running(task_id, name, flag == "1")
 
+    def running_body(self) -> bytes | None:
+        """Return the running message's body if :meth:`begin` kept it (read after a death)."""
+        size = int(self._body_len.value)
+        return bytes(self._body[:size]) if size > 0 else None
+
     def stats(self) -> dict[str, int]:
         """The counters the child saved when it stopped (zeros if it died first)."""
         return {name: int(self._stats[i]) for i, name in enumerate(STAT_FIELDS)}
@@ -142,6 +167,7 @@ class Slot:
         self._retired.value = False
         self._info.value = b""
         self._consumer.value = b""
+        self._body_len.value = 0
         for index in range(len(STAT_FIELDS)):
             self._stats[index] = 0
 

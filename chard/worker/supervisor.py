@@ -45,14 +45,13 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from chard import states
 from chard.brokers.base import Delivery
-from chard.exceptions import ChardError, TaskRevokedError, WorkerLostError
-from chard.protocol.message import TaskMessage
+from chard.exceptions import ChardError, WorkerLostError
+from chard.protocol.message import TaskMessage, peek, salvage
 from chard.worker import execute
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import JobPayload
-from chard.worker.lost import reliably, settle_lost, settle_timeout, store_state
+from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
@@ -312,14 +311,19 @@ class Supervisor:
         deliveries = self._take_over(child.slot.consumer_id)
         settled = False
         for delivery in deliveries:
-            message = self._decode(delivery)
-            if message is not None and running is not None and message.id == running.task_id:
-                self._settle_running(child, running, code, delivery, message)
-                settled = True
-            else:  # leased ahead, never started (or its outcome not yet acked): run it again
+            is_running = running is not None and peek(delivery.body)[1] == running.task_id
+            if not is_running:  # leased ahead, never started (or not yet acked): run it again
                 self._reliably(delivery.reject, True)
+                continue
+            assert running is not None
+            message = self._decode(delivery)
+            if message is None:  # it killed the child and cannot be read: never again
+                self._set_aside(delivery, running, code)
+            else:
+                self._settle_running(child, running, code, delivery, message)
+            settled = True
         if running is not None and not settled:  # acked on start (acks_late=False)
-            self._settle_running(child, running, code, None, None)
+            self._settle_running(child, running, code, None, self._acked_message(child, running))
         returned = len(deliveries) - settled
         if returned:
             logger.info(
@@ -344,7 +348,30 @@ class Supervisor:
         try:
             return TaskMessage.from_wire(delivery.body, self.app.accept_content)
         except ChardError:
-            return None  # returned to the queue: the next consumer dead-letters it, with a log
+            return None
+
+    def _acked_message(self, child: _Child, running: Running) -> TaskMessage:
+        """The message a child acked on start: kept in its slot if it is in a workflow."""
+        body = child.slot.running_body()
+        if body is not None:
+            with contextlib.suppress(ChardError):
+                return TaskMessage.from_wire(body, self.app.accept_content)
+        return TaskMessage(running.name, running.task_id, ignore_result=not running.stores_result)
+
+    def _set_aside(self, delivery: Delivery, running: Running, code: int | None) -> None:
+        """Dead-letter a message its child died on and that cannot be decoded here either.
+
+        Returning it uncounted would kill a child per delivery forever; it is FAILURE
+        with what can still be read of it, and kept in the dead-letter store.
+        """
+        self.stats.processed += 1
+        self.stats.dead_lettered += 1
+        reason = f"worker process exited (exit code {code}) on an undecodable message"
+        logger.error("Task %s[%s]: %s; set aside", running.name, running.task_id, reason)
+        message = salvage(delivery.body, self.app.accept_content)
+        if message is not None:
+            record_failure(self.app, message, WorkerLostError(reason), queue=delivery.queue)
+        self._reliably(delivery.dead_letter, reason)
 
     def _settle_running(
         self,
@@ -352,7 +379,7 @@ class Supervisor:
         running: Running,
         code: int | None,
         delivery: Delivery | None,
-        message: TaskMessage | None,
+        message: TaskMessage,
     ) -> None:
         """Settle the message the child was running when it died (``delivery`` None: acked)."""
         if child.kill_reason == "cold":  # we abandoned it ourselves: back, uncounted
@@ -362,44 +389,21 @@ class Supervisor:
         self.stats.processed += 1
         if child.terminated_task == running.task_id:  # signalled for this very task
             self.stats.revoked += 1
-            if delivery is not None and message is not None:
-                count = delivery.delivery_count
-                payload = JobPayload(delivery.body, delivery.queue, count, message)
-                self.revocations.discard(payload, message, "terminated")
+            queue = delivery.queue if delivery is not None else ""
+            count = delivery.delivery_count if delivery is not None else 1
+            body = delivery.body if delivery is not None else b""
+            self.revocations.discard(JobPayload(body, queue, count, message), message, "terminated")
+            if delivery is not None:
                 self._reliably(delivery.ack)
-            else:
-                revoked = TaskRevokedError("terminated")
-                store_state(
-                    self.app, running.task_id, revoked, states.REVOKED, running.stores_result
-                )
             return
         self.stats.failed += 1
         if child.kill_reason == "timeout":
-            settle_timeout(
-                self.app,
-                delivery,
-                running.task_id,
-                running.name,
-                child.slot.limit,
-                stores=running.stores_result,
-                give_up=self._is_cold,
-            )
-        elif message is not None:
+            limit = child.slot.limit
+            settle_timeout(self.app, delivery, message, limit, give_up=self._is_cold)
+        else:
             settle_lost(
                 self.app, delivery, message, exitcode=code, pid=child.pid, give_up=self._is_cold
             )
-        else:
-            logger.error(
-                "Process %s exited with exit code %s while running %s[%s], acked on start",
-                child.pid,
-                code,
-                running.name,
-                running.task_id,
-            )
-            error = WorkerLostError(
-                f"worker process exited (exit code {code}) while running the task"
-            )
-            store_state(self.app, running.task_id, error, states.FAILURE, running.stores_result)
 
     def _reliably(self, operation: Callable[..., Any], *args: Any) -> None:
         reliably(operation, *args, give_up=self._is_cold)

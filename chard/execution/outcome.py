@@ -1,0 +1,262 @@
+"""How a task ended: the one place that records a terminal state and ends its workflows.
+
+Whatever ends a task -- its body returned or raised (:mod:`.trace`), it was revoked
+or expired, its process died past ``task_max_deliveries`` or hit its hard time
+limit, its name is not registered, its message cannot be decoded, its return value
+cannot be encoded -- the worker calls one of :func:`succeeded`, :func:`failed` or
+:func:`revoked`. Each does the same steps in the same order:
+
+1. store the terminal state (unless results are ignored); a value the result
+   serializer cannot encode turns a success into a FAILURE with
+   :class:`~chard.exceptions.EncodeError`, stored instead;
+2. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
+3. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once;
+4. end or continue every workflow the task belongs to: on success the links, the
+   next chain step and the chord count; otherwise the ``link_error`` callbacks (on
+   FAILURE), the chain steps that will now never run (stored FAILURE or REVOKED,
+   naming this step), and the chord, which fails with :class:`ChordError`.
+
+Because no other code stores a terminal state or sends follow-ups, no way of ending
+can forget one of them, and ``get()`` on any result of a workflow raises within
+moments of the cause instead of waiting forever. The worker's own paths (revocation,
+lost processes, time limits, setting a message aside) call these functions and never
+import the canvas themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chard import signals, states
+from chard.canvas.signature import Signature
+from chard.exceptions import ChordError, EncodeError, SerializationError, TaskRevokedError
+from chard.execution.chord import fail_body, on_part_return
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+    from chard.task import Context, Task
+
+logger = logging.getLogger("chard.task")
+
+#: A task class hook to call once the state is stored: ``(state, value, traceback)``.
+Hook = Callable[[str, Any, "str | None"], None]
+
+
+def stores_result(app: Celery, task: Task[Any, Any] | None, request: Context) -> bool:
+    """Return whether ``request``'s states go to the result backend.
+
+    Not without a backend, nor when the message or the task (or the app's
+    ``task_ignore_result``) ignores results; an unregistered task stores unless its
+    message says not to.
+    """
+    if app.backend is None or request.ignore_result:
+        return False
+    if task is None:
+        return not app.conf.task_ignore_result
+    return not task.option("ignore_result")
+
+
+def extra_meta(app: Celery, task: Task[Any, Any] | None, request: Context) -> dict[str, Any]:
+    """Return the meta stored beside the state: the parent and group, and more if extended."""
+    extra: dict[str, Any] = {"parent_id": request.parent_id, "group_id": request.group}
+    if app.conf.result_extended:
+        extra.update(
+            name=task.name if task is not None else None,
+            args=list(request.args),
+            kwargs=request.kwargs,
+            worker=request.hostname,
+            retries=request.retries,
+            queue=request.delivery_info.get("routing_key"),
+        )
+    return extra
+
+
+def succeeded(
+    app: Celery,
+    task: Task[Any, Any],
+    request: Context,
+    value: Any,
+    *,
+    store: bool,
+    extra: dict[str, Any] | None = None,
+    hook: Hook | None = None,
+) -> tuple[str, Any, str | None]:
+    """Record that ``task`` returned ``value``; send what runs next.
+
+    Returns:
+        ``(state, value, traceback)`` as recorded: SUCCESS, or FAILURE with an
+        :class:`EncodeError` when the value cannot be stored.
+    """
+    if store:
+        try:
+            _store(app, request, value, states.SUCCESS, None, extra)
+        except SerializationError as exc:
+            error = _unencodable(task.name, request, value, exc)
+            trace = "".join(tb.format_exception(error))
+            failed(app, task, request, error, trace, store=store, extra=extra, hook=hook)
+            return states.FAILURE, error, trace
+    if hook is not None:
+        hook(states.SUCCESS, value, None)
+    signals.task_success.send(sender=task, result=value)
+    if not request.is_eager:
+        _send_next(app, task.name, request, value)
+    return states.SUCCESS, value, None
+
+
+def failed(
+    app: Celery,
+    task: Task[Any, Any] | None,
+    request: Context,
+    exc: BaseException,
+    traceback: str | None = None,
+    *,
+    store: bool,
+    name: str | None = None,
+    extra: dict[str, Any] | None = None,
+    hook: Hook | None = None,
+) -> None:
+    """Record that the task failed with ``exc``; end every workflow it belongs to.
+
+    ``task`` is None when the name is not registered (``name`` then says which).
+    """
+    name = task.name if task is not None else (name or "?")
+    if store:
+        _store(app, request, exc, states.FAILURE, traceback, extra)
+    if hook is not None:
+        hook(states.FAILURE, exc, traceback)
+    signals.task_failure.send(
+        sender=task,
+        task_id=request.id,
+        exception=exc,
+        args=request.args,
+        kwargs=request.kwargs,
+        traceback=traceback,
+        einfo=traceback,
+    )
+    if request.is_eager:
+        return
+    for errback in request.errbacks or ():
+        # Celery calls an errback with the failed task's id.
+        Signature.from_dict(errback, app=app).apply_async((request.id,), parent_id=request.id)
+    why = f"chain step {name}[{request.id}] failed:\n{traceback or repr(exc)}"
+    _end_chain(app, request, exc, states.FAILURE, why)
+    if request.chord:
+        on_part_return(app, request, states.FAILURE, exc)
+
+
+def revoked(
+    app: Celery,
+    task: Task[Any, Any] | None,
+    request: Context,
+    reason: str,
+    *,
+    store: bool,
+    name: str | None = None,
+    signum: int | None = None,
+) -> None:
+    """Record that the task will not run, or ran no further: REVOKED, for ``reason``.
+
+    ``reason`` is Celery's: ``"revoked"``, ``"expired"`` or ``"terminated"``. As in
+    Celery, revoking is not failing: no ``link_error`` callbacks run.
+    """
+    name = task.name if task is not None else (name or "?")
+    error = TaskRevokedError(reason)
+    if store:
+        extra = {"parent_id": request.parent_id, "group_id": request.group}
+        _store(app, request, error, states.REVOKED, None, extra)
+    signals.task_revoked.send(
+        sender=task,
+        request=request,
+        terminated=reason == "terminated",
+        signum=signum,
+        expired=reason == "expired",
+    )
+    step = TaskRevokedError(f"chain step {name}[{request.id}] was {reason}; this step never ran")
+    _end_chain(app, request, step, states.REVOKED, None)
+    if request.chord:
+        on_part_return(app, request, states.REVOKED, error)
+
+
+def _store(
+    app: Celery,
+    request: Context,
+    value: Any,
+    state: str,
+    traceback: str | None,
+    extra: dict[str, Any] | None,
+) -> None:
+    assert app.backend is not None
+    app.backend.store_result(request.id or "", value, state, traceback, extra)
+
+
+def _unencodable(name: str, request: Context, value: Any, exc: Exception) -> EncodeError:
+    logger.error(
+        "Task %s[%s] returned a value of type %s that cannot be stored: %s",
+        name,
+        request.id,
+        type(value).__name__,
+        exc,
+    )
+    return EncodeError(
+        f"task {name!r} returned a value of type {type(value).__name__!r} that the result "
+        f"serializer cannot encode ({exc}); return plain data (str, int, float, bool, None, "
+        "list, dict), or pick a result_serializer that can encode it"
+    )
+
+
+def _send_next(app: Celery, name: str, request: Context, value: Any) -> None:
+    """Send what runs after a success: link callbacks, the next chain step, chord counting.
+
+    The next step of a chain is the *last* element of the embed's ``chain`` list
+    (Celery sends it reversed); it is sent with the rest, so each worker in turn
+    sends one step. A chord header task reports to the chord, whose last member
+    sends the body (:mod:`chard.execution.chord`).
+    """
+    root_id = request.root_id or request.id
+    for callback in request.callbacks or ():
+        Signature.from_dict(callback, app=app).apply_async(
+            (value,), parent_id=request.id, root_id=root_id
+        )
+    if request.chain:
+        *rest, following = request.chain
+        step = Signature.from_dict(following, app=app)
+        step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
+    if request.chord:
+        on_part_return(app, request, states.SUCCESS, value)
+
+
+def _end_chain(
+    app: Celery, request: Context, exc: BaseException, state: str, traceback: str | None
+) -> None:
+    """Store ``exc`` in ``state`` for the chain steps after ``request``: they will never run.
+
+    A failed step stores its own exception in every later step (so ``except
+    ZeroDivisionError`` around ``chain(...)().get()`` works as in Celery), with a
+    traceback naming the step that failed; a revoked one stores REVOKED. A step that
+    is a group or chord has no single id: its members are ended through their own
+    chord or left PENDING (a group has no state of its own).
+    """
+    backend = app.backend
+    if backend is None:
+        return
+    for step in request.chain or ():
+        options = step.get("options") or {}
+        step_id = options.get("task_id")
+        if step_id and not step.get("subtask_type"):
+            backend.store_result(step_id, exc, state, traceback, {"parent_id": request.id})
+            continue
+        if step.get("subtask_type") == "chord":
+            _fail_chord_step(app, step, exc, request)
+
+
+def _fail_chord_step(
+    app: Celery, step: dict[str, Any], exc: BaseException, request: Context
+) -> None:
+    """A chord later in a failed chain never runs: end its body, so its result raises."""
+    body = (step.get("kwargs") or {}).get("body")
+    if body:
+        error = ChordError(f"Dependency {request.id} raised {exc!r}")
+        fail_body(app, body, error, request)
