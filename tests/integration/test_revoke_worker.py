@@ -183,11 +183,13 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
 ) -> None:
     # Given a long task running in a prefork child
     worker = workers.start("-c", "1", "-P", "prefork")
-    from itproj.tasks import add, sleep_then_mark
+    from itproj.tasks import add, announce_then_sleep
 
-    marker = tmp_path / "ran"
-    long = sleep_then_mark.delay(30, str(marker))
-    worker.wait_for_log(f"[{long.id}] received")
+    progress = tmp_path / "progress"
+    long = announce_then_sleep.delay(str(progress), 30)
+    # Its body has started: "received" alone is not enough, since a revocation that
+    # arrives before the body starts discards it ("revoked") instead of terminating it.
+    wait_for(lambda: progress.exists(), timeout=15)
 
     # When it is revoked with terminate=True
     asked = time.monotonic()
@@ -199,7 +201,7 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
     assert took < 3.0, f"terminate took {took:.2f}s"
     with pytest.raises(TaskRevokedError, match="terminated"):
         long.get(timeout=1)
-    worker.wait_for_log(f"Task itproj.tasks.sleep_then_mark[{long.id}] terminated (REVOKED)")
+    worker.wait_for_log(f"Task itproj.tasks.announce_then_sleep[{long.id}] terminated (REVOKED)")
 
     # ... the worker serves the next task (the pool replaced the child) ...
     assert add.delay(2, 3).get(timeout=10) == 5
@@ -208,9 +210,9 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
     wait_for(lambda: held_messages(itproj) == 0, timeout=5)
     log = worker.output()
     assert log.count(f"[{long.id}] received") == 1
-    assert f"Discarding revoked task itproj.tasks.sleep_then_mark[{long.id}]" not in log
-    assert "while running itproj.tasks.sleep_then_mark" not in log  # not reported lost
-    assert not marker.exists()
+    assert f"Discarding revoked task itproj.tasks.announce_then_sleep[{long.id}]" not in log
+    assert "while running itproj.tasks.announce_then_sleep" not in log  # not reported lost
+    assert progress.read_text() == "started\n"  # it never finished
     print(f"revoke(terminate=True) took effect in {took * 1000:.0f} ms")
 
 
