@@ -1,4 +1,4 @@
-"""A project whose tasks end in every way a task can end (tests/integration/test_workflow_ends.py)."""
+"""A project whose tasks end in every way a task can (tests/integration/test_workflow_ends.py)."""
 
 import os
 
