@@ -254,7 +254,11 @@ class group(_TaskList):  # lower-case: Celery's name
         rest = opts.pop("chain", None)
         if rest:  # more steps after the group: it is a chord header now
             body = chain(*[maybe_signature(d, self._app) for d in reversed(rest)], app=self._app)
-            return chord(self, body, app=self._app)._build(args, kwargs, opts, out)
+            # The header is this group without its own 'chain' option (a group sent as a
+            # chain step carries it): else building the header would make a chord again.
+            header = self.clone()
+            header["options"].pop("chain", None)
+            return chord(header, body, app=self._app)._build(args, kwargs, opts, out)
         partial = _partial(args, self)
         results = [
             member._build(partial, kwargs, {**opts, "group_id": gid, "group_index": index}, out)

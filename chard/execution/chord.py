@@ -93,7 +93,11 @@ def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
             return
         values.append(meta["result"])
     body = Signature.from_dict(chord, app=app)
-    body.apply_async((values,), parent_id=request.id, root_id=request.root_id or request.id)
+    try:
+        body.apply_async((values,), parent_id=request.id, root_id=request.root_id or request.id)
+    except Exception as exc:  # e.g. a header result the body's message cannot encode
+        logger.error("Chord %s could not send its body: %r", request.group, exc, exc_info=True)
+        fail_body(app, chord, ChordError(f"chord body could not be sent: {exc!r}"), request)
 
 
 def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request: Context) -> None:

@@ -223,7 +223,18 @@ def _send_next(app: Celery, name: str, request: Context, value: Any) -> None:
     if request.chain:
         *rest, following = request.chain
         step = Signature.from_dict(following, app=app)
-        step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
+        try:
+            step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
+        except Exception as exc:  # e.g. the value cannot be encoded as the next step's argument
+            logger.error(
+                "Task %s[%s] succeeded, but its chain's next step could not be sent: %r",
+                name,
+                request.id,
+                exc,
+                exc_info=True,
+            )
+            why = f"chain step {name}[{request.id}] could not send this step: {exc!r}"
+            _end_chain(app, request, exc, states.FAILURE, why)
     if request.chord:
         on_part_return(app, request, states.SUCCESS, value)
 

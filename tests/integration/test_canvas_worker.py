@@ -143,3 +143,17 @@ def test_group_and_chord_of_1000_on_two_nodes(canvasapp: Any, workers: WorkerFac
     header = result.parent
     assert isinstance(header, GroupResult)
     assert header.completed_count() == 1000
+
+
+def test_a_group_followed_by_a_group_in_a_chain(canvasapp: Any, workers: WorkerFactory) -> None:
+    # Celery's canvas tests: a group then a group (or a chord) in one chain; it hit a
+    # RecursionError in the worker sending the chord body and stayed PENDING (issue 10)
+    start(workers, "-c", "2")
+    add, xsum = canvasapp.add, canvasapp.xsum
+
+    two_groups = chain(group(add.s(1, 1), add.s(2, 2)), group(xsum.s(), xsum.s()), xsum.s())
+    assert two_groups.apply_async().get(timeout=30) == 12
+    group_then_chord = chain(
+        group(add.s(1, 1), add.s(2, 2)), chord([xsum.s(), xsum.s()], xsum.s()), add.s(1)
+    )
+    assert group_then_chord.apply_async().get(timeout=30) == 13

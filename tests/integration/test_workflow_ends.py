@@ -24,6 +24,7 @@ from chard.exceptions import (
     DecodeError,
     EncodeError,
     NotRegistered,
+    SerializationError,
     TaskRevokedError,
     TimeLimitExceeded,
     WorkerLostError,
@@ -167,6 +168,10 @@ def test_an_unencodable_result_is_failure_and_ends_its_workflows(
     with pytest.raises(EncodeError):
         last.get(timeout=END)
     assert_chord_failed(joined, EncodeError, "EncodeError")
+    # ... and when its result is ignored, the next step cannot be sent: the chain ends
+    ignored = chain(endsapp.unencodable_ignored.s(), add.s(1)).apply_async()
+    with pytest.raises(SerializationError):
+        ignored.get(timeout=END)
     # ... and the worker goes on
     assert add.delay(2, 3).get(timeout=END) == 5
 

@@ -55,3 +55,9 @@ def errback(task_id):
 def die_acked_early(*args):
     """Acked on start (Celery's default), then its process exits: no lease is left."""
     os._exit(1)
+
+
+@app.task(ignore_result=True)
+def unencodable_ignored(*args):
+    """Nothing stored, but the chain's next step cannot carry this value as its argument."""
+    return object()
