@@ -26,7 +26,8 @@ from chard._utils.log import redact_url
 from chard.app import Celery
 from chard.beat.scheduler import entries_from_config, entry_from_config
 from chard.beat.service import DEFAULT_LEASE_TIMEOUT, Beat, PlannedRun
-from chard.beat.store import ScheduleStore, open_schedule_store
+from chard.beat.store import ScheduleStore
+from chard.beat.stores import open_schedule_store
 from chard.cli.main import AppContext, setup_logging
 from chard.cli.worker import _write_pidfile
 from chard.exceptions import ChardError
