@@ -587,11 +587,16 @@ class Celery:
 
     # -- running ----------------------------------------------------------------
     def start(self, argv: Sequence[str] | None = None) -> None:
-        """Run the ``chard`` command line with this app (``if __name__ == '__main__'``)."""
-        from chard._utils.imports import import_string
+        """Run the ``chard`` command line with this app (``if __name__ == '__main__'``).
 
-        main = import_string("chard.cli.main:run_with_app")
-        main(self, list(argv) if argv is not None else None)
+        The command line is a layer above the library, so it is not imported by name: it
+        is found through the entry point it installs (``chard.command_line``, see
+        ``pyproject.toml``), as the ``chard`` console script is.
+        """
+        from chard._utils.imports import load_entry_point
+
+        run_with_app = load_entry_point("chard.command_line", "run_with_app")
+        run_with_app(self, list(argv) if argv is not None else None)
 
     def worker_main(self, argv: Sequence[str] | None = None) -> None:
         """Run a worker from argv (Celery's ``app.worker_main(['worker', ...])``)."""
