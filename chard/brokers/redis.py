@@ -46,7 +46,7 @@ from chard._redis.client import RedisErrors, open_client
 from chard._redis.lane import Lane
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
-from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
+from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, clamp_priority
 from chard.exceptions import BrokerConnectionError, BrokerError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ _STEP_OF = tuple(max(step for step in PRIORITY_STEPS if step <= p) for p in rang
 
 def priority_step(priority: int) -> int:
     """Return kombu's bucket for ``priority``: the largest step not above it (0-9 clamped)."""
-    return _STEP_OF[min(max(int(priority), 0), 9)]
+    return _STEP_OF[clamp_priority(priority)]
 
 
 def ready_key(queue: str, step: int) -> str:

@@ -47,8 +47,15 @@ from typing import Any, TypeVar
 from chard._sqlite import parse_sqlite_url
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers import _wake
-from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
-from chard.brokers.memory import clamp_priority, parse_sequence_cursor, take_fairly
+from chard.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    clamp_priority,
+    parse_sequence_cursor,
+    take_fairly,
+)
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
