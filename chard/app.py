@@ -27,6 +27,7 @@ from chard.brokers import Broker, OutgoingMessage, open_broker
 from chard.config import Settings
 from chard.control import Control
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
+from chard.execution.trace import apply_eagerly
 from chard.protocol.message import TaskMessage, new_id
 from chard.protocol.serializers import accepted_content_types
 from chard.registry import TaskRegistry
@@ -587,15 +588,34 @@ class Celery:
 
     # -- running ----------------------------------------------------------------
     def start(self, argv: Sequence[str] | None = None) -> None:
-        """Run the ``chard`` command line with this app (``if __name__ == '__main__'``)."""
-        from chard._utils.imports import import_string
+        """Run the ``chard`` command line with this app (``if __name__ == '__main__'``).
 
-        main = import_string("chard.cli.main:run_with_app")
-        main(self, list(argv) if argv is not None else None)
+        The command line is a layer above the library, so it is not imported by name: it
+        is found through the entry point it installs (``chard.command_line``, see
+        ``pyproject.toml``), as the ``chard`` console script is.
+        """
+        from chard._utils.imports import load_entry_point
+
+        run_with_app = load_entry_point("chard.command_line", "run_with_app")
+        run_with_app(self, list(argv) if argv is not None else None)
 
     def worker_main(self, argv: Sequence[str] | None = None) -> None:
         """Run a worker from argv (Celery's ``app.worker_main(['worker', ...])``)."""
         self.start(argv)
+
+    def _apply_eagerly(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> _result.EagerResult[Any]:
+        """Run ``task`` inline for ``Task.apply()``.
+
+        Here rather than in :mod:`chard.task`: running a body is :mod:`chard.execution`'s,
+        a layer above ``Task`` (it imports it), and the app is where the layers meet.
+        """
+        return apply_eagerly(task, args, kwargs, options)
 
     def __repr__(self) -> str:
         return f"<Celery {self.main} at {id(self):#x}>"

@@ -225,9 +225,8 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> EagerResult[R]:
         """Run the task inline, as a worker would, and return an already-ready result."""
-        from chard.execution.trace import apply_eagerly
-
-        return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
+        # Through the app: running a body is chard.execution's, which imports this module.
+        return self.app._apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), options)
 
     # -- inside a task --------------------------------------------------------
     def retry(

@@ -1,8 +1,14 @@
-"""Resolve ``"package.module:attribute"`` strings, for the CLI and configuration only."""
+"""Resolve ``"package.module:attribute"`` strings and installed entry points.
+
+``import_string`` is for the CLI and configuration only (user-given paths such as ``-A``);
+the library itself names no module of a higher layer, and finds what such a layer
+provides through the entry points it installs (``load_entry_point``).
+"""
 
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import Any
 
 
@@ -26,3 +32,19 @@ def import_string(path: str) -> Any:
         except AttributeError:
             raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def load_entry_point(group: str, name: str) -> Any:
+    """Load the object an installed distribution registers as ``name`` in ``group``.
+
+    Raises:
+        ImportError: nothing installed registers it; the message names the group and the fix.
+    """
+    found = metadata.entry_points(group=group, name=name)
+    if not found:
+        raise ImportError(
+            f"no entry point {name!r} in group {group!r} is installed; install chard "
+            "(pip install chard, or pip install -e . in a checkout) so its metadata exists"
+        )
+    # Several only when two copies of a distribution are installed: any one of them will do.
+    return next(iter(found)).load()

@@ -14,7 +14,7 @@ waiter drops the pub/sub connection, subscribes again once Redis answers and rea
 every key it waits for again (what was published meanwhile is gone); plain reads fail
 after redis-py's few quick retries with :class:`BackendConnectionError`.
 
-Waiting (see :mod:`chard.backends._redis_listener`): the client subscribes to a task's
+Waiting (see :mod:`chard._redis.listener`): the client subscribes to a task's
 channel when it sends the task, a waiter confirms the subscription, reads the key once,
 and then takes the result from the ``PUBLISH`` that carries it: one read per result,
 whether one task or a group of thousands is waited for.
@@ -25,18 +25,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
-
 from chard import states
-from chard._redis import parse_redis_url
-from chard._redis_lane import Lane
-from chard.backends._redis_listener import Cursor, Listener
+from chard._redis.client import RedisErrors, ScriptCall, open_client, run_scripts
+from chard._redis.lane import Lane
+from chard._redis.listener import Cursor, Listener
+from chard._redis.url import parse_redis_url
 from chard.backends.base import Meta, ResultBackend
 from chard.exceptions import BackendConnectionError, BackendError
 
@@ -79,7 +75,7 @@ return false
 class RedisResultBackend(ResultBackend):
     """Store metas in Redis strings; wait on their pub/sub channels instead of polling.
 
-    Thread-safe. The process shares one pub/sub connection (:mod:`._redis_listener`):
+    Thread-safe. The process shares one pub/sub connection (:mod:`chard._redis.listener`):
     :meth:`watch` subscribes when a task is sent, and a waiter confirms, reads once,
     then takes each result from the ``PUBLISH`` that carries it.
     """
@@ -96,9 +92,14 @@ class RedisResultBackend(ResultBackend):
         super().__init__(url, expires=expires, options=options)
         target = parse_redis_url(url, self.options, separate_prefix=True)
         self._prefix = target.keyprefix
-        self._redacted = target.redacted
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
-        self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
+        self._errors = RedisErrors(
+            "Redis result backend",
+            target.redacted,
+            unreachable=BackendConnectionError,
+            failed=BackendError,
+            url_name="result backend URL",
+        )
+        self._client = open_client(target)
         self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
         self._store_script = self._client.register_script(_STORE)
         self._winners: dict[str, list[str]] = {}  # incoming state -> stored states that win
@@ -145,7 +146,7 @@ class RedisResultBackend(ResultBackend):
         same value again.
         """
         ttl = "" if self.expires is None else str(max(1, round(self.expires * 1000)))
-        calls: list[tuple[list[str], list[Any]]] = []
+        calls: list[ScriptCall] = []
         for meta, data in metas:
             state = meta["status"]
             winners = self._winners.get(state)
@@ -155,25 +156,7 @@ class RedisResultBackend(ResultBackend):
             key = self._key(self.task_key(meta["task_id"]))
             calls.append(([key], [data, ttl, *winners]))
 
-        def store() -> list[Any]:
-            if len(calls) == 1:
-                keys, args = calls[0]
-                return [self._store_script(keys=keys, args=args)]
-            try:
-                return pipelined()
-            except redis.exceptions.NoScriptError:
-                # A restarted Redis lost its scripts between the pipeline's check and its
-                # commands: load the script again and repeat (the stores are idempotent).
-                self._client.script_load(_STORE)
-                return pipelined()
-
-        def pipelined() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args in calls:
-                self._store_script(keys=keys, args=args, client=pipe)
-            return pipe.execute()
-
-        kept = self._ensure(store)
+        kept = self._ensure(lambda: run_scripts(self._client, self._store_script, calls))
         return [
             meta if raw is None else (self._load(cast(bytes, raw)) or meta)
             for (meta, _), raw in zip(metas, kept, strict=True)
@@ -196,10 +179,11 @@ class RedisResultBackend(ResultBackend):
     def watch(self, task_ids: Iterable[str]) -> None:
         """Subscribe to these tasks' result channels now, without waiting for Redis."""
         try:
-            self._listener.watch([self._channel(self.task_key(t)) for t in task_ids])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            with self._errors():
+                self._listener.watch([self._channel(self.task_key(t)) for t in task_ids])
+        except BackendConnectionError as exc:
             # The wait subscribes again (and says so if Redis stays unreachable).
-            logger.debug("Could not subscribe to results at %s yet: %s", self._redacted, exc)
+            logger.debug("Could not subscribe to results yet: %s", exc)
 
     def unwatch(self, task_ids: Iterable[str]) -> None:
         self._listener.release([self._channel(self.task_key(t)) for t in task_ids])
@@ -267,16 +251,3 @@ class RedisResultBackend(ResultBackend):
                 logger.warning("Connection to Redis restored after %d retries", attempt)
             return value
         raise AssertionError("unreachable: the last attempt returns or raises")
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn redis-py errors into :class:`BackendError` naming the (redacted) URL."""
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendConnectionError(
-                f"cannot reach the Redis result backend at {self._redacted!r}: {exc}; is "
-                "redis-server running, and are host, port, password and db in the URL right?"
-            ) from exc
-        except redis.RedisError as exc:
-            raise BackendError(f"Redis result backend at {self._redacted!r} failed: {exc}") from exc

@@ -25,11 +25,11 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from chard._sqlite import parse_sqlite_url
 from chard.backends.base import ResultBackend
-from chard.exceptions import BackendError, ImproperlyConfigured
+from chard.exceptions import BackendError
 
 logger = logging.getLogger(__name__)
 
@@ -75,30 +75,6 @@ _PURGE = f"DELETE FROM {TABLE} WHERE expires_at IS NOT NULL AND expires_at <= ?"
 _INHERITED: list[sqlite3.Connection] = []
 
 
-def parse_sqlite_url(url: str) -> Path:
-    """Return the database path of ``sqlite:///relative`` or ``sqlite:////absolute``.
-
-    Raises:
-        ImproperlyConfigured: not a sqlite URL, no path, or ``:memory:``.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != "sqlite" or not sep:
-        raise ImproperlyConfigured(f"not a sqlite URL: {url!r}; use 'sqlite:///chard.sqlite3'")
-    path = rest.partition("?")[0]
-    if not path.startswith("/") or path == "/":
-        raise ImproperlyConfigured(
-            f"sqlite URL {url!r} has no file path; use 'sqlite:///relative.sqlite3' "
-            "or 'sqlite:////absolute/path.sqlite3'"
-        )
-    path = path[1:]  # the third slash ends the (empty) host; what follows is the path
-    if path in (":memory:", "") or path.startswith("file::memory:"):
-        raise ImproperlyConfigured(
-            f"sqlite URL {url!r} names an in-memory database, which each thread would see "
-            "empty; use 'memory://' for an in-process backend"
-        )
-    return Path(path).resolve()
-
-
 class _Handle:
     """One thread's connection, tagged with the process that opened it."""
 
@@ -126,7 +102,7 @@ class SQLiteResultBackend(ResultBackend):
     ) -> None:
         super().__init__(url, expires=expires, options=options)
         # Resolved once, so a later chdir() or a forked child opens the same file.
-        self.path = parse_sqlite_url(url)
+        self.path = parse_sqlite_url(url, should_ignore_query=True)
         self.busy_timeout = float(self.options.get("busy_timeout", DEFAULT_BUSY_TIMEOUT))
         self.purge_interval = float(self.options.get("purge_interval", DEFAULT_PURGE_INTERVAL))
         self._local = threading.local()

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 from chard._utils.clock import Clock, SystemClock
 from chard.beat.scheduler import DEFAULT_MAX_INTERVAL, ScheduleEntry, Scheduler, entries_from_config
-from chard.beat.store import ScheduleStore, open_schedule_store, slot_key
+from chard.beat.store import ScheduleStore, slot_key
+from chard.beat.stores import open_schedule_store
 from chard.exceptions import ChardError
 
 if TYPE_CHECKING:

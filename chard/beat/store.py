@@ -16,16 +16,15 @@ without talking to each other:
   lease lapsed) compute the same key for the same slot, and only one claim succeeds.
 
 :class:`ScheduleStore` holds the policy (serialising entries, merging config with the store);
-the SQLite, Redis and memory subclasses implement a handful of primitives. The memory store is
-complete and backs the contract tests and ``memory://`` apps.
+the SQLite, Redis and memory subclasses (``store_sqlite``, ``store_redis``, ``store_memory``)
+implement a handful of primitives, and :func:`chard.beat.stores.open_schedule_store` picks one by
+the broker's URL. This module imports none of them: they import it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -47,11 +46,9 @@ if TYPE_CHECKING:
     from chard.app import Celery
 
 __all__ = [
-    "MemoryScheduleStore",
     "ScheduleStore",
     "entry_from_record",
     "entry_to_record",
-    "open_schedule_store",
     "slot_key",
 ]
 
@@ -229,99 +226,3 @@ class ScheduleStore(ABC):
     def claim_firing(self, name: str, scheduled_at: datetime) -> bool:
         """Claim the run of ``name`` scheduled at ``scheduled_at``; only one caller ever wins."""
         return self._claim(slot_key(name, scheduled_at), FIRING_RETENTION)
-
-
-class MemoryScheduleStore(ScheduleStore):
-    """The whole contract in process memory: for tests and ``memory://`` apps."""
-
-    def __init__(self, clock: Clock | None = None) -> None:
-        super().__init__(clock)
-        self._lock = threading.Lock()
-        self._definitions: dict[str, str] = {}
-        self._runs: dict[str, tuple[int, int]] = {}
-        self._lease: tuple[str, float] | None = None
-        self._claims: dict[str, float] = {}
-
-    def _read_definitions(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._definitions)
-
-    def _write_definition(self, name: str, text: str) -> None:
-        with self._lock:
-            self._definitions[name] = text
-
-    def _delete_definition(self, name: str) -> bool:
-        with self._lock:
-            self._runs.pop(name, None)
-            return self._definitions.pop(name, None) is not None
-
-    def _read_runs(self) -> dict[str, tuple[int, int]]:
-        with self._lock:
-            return dict(self._runs)
-
-    def _write_run(self, name: str, at_us: int, count: int) -> None:
-        with self._lock:
-            old_at, old_count = self._runs.get(name, (at_us, count))
-            self._runs[name] = (max(old_at, at_us), max(old_count, count))
-
-    def _acquire_lease(self, owner: str, timeout: float) -> bool:
-        now = self.clock.time()
-        with self._lock:
-            if self._lease is None or self._lease[0] == owner or self._lease[1] <= now:
-                self._lease = (owner, now + timeout)
-                return True
-            return False
-
-    def _release_lease(self, owner: str) -> None:
-        with self._lock:
-            if self._lease is not None and self._lease[0] == owner:
-                self._lease = None
-
-    def _claim(self, key: str, ttl: float) -> bool:
-        now = self.clock.time()
-        with self._lock:
-            self._claims = {k: t for k, t in self._claims.items() if t > now}
-            if key in self._claims:
-                return False
-            self._claims[key] = now + ttl
-            return True
-
-
-#: One memory store per app, so beat and the Python API see the same state in a test.
-_MEMORY_STORES: weakref.WeakKeyDictionary[Celery, MemoryScheduleStore] = weakref.WeakKeyDictionary()
-_MEMORY_LOCK = threading.Lock()
-
-
-def open_schedule_store(app: Celery, path: str | None = None) -> ScheduleStore:
-    """Return the schedule store for ``app``, chosen by its broker URL.
-
-    ``sqlite://`` (the embedded default) uses the broker's file, ``redis://``/``rediss://``/
-    ``unix://`` the broker's Redis (and its ``global_keyprefix``), ``memory://`` a store shared
-    by everything in this process that uses ``app``. ``path`` (``beat -s``) forces a SQLite file,
-    which then guards only the beats of one machine.
-
-    Raises:
-        ImproperlyConfigured: the broker's scheme has no schedule store yet.
-    """
-    from chard.exceptions import ImproperlyConfigured
-
-    url = app.broker_url
-    scheme = url.partition("://")[0].lower()
-    if path is not None or scheme == "sqlite":
-        from chard.beat.store_sqlite import SQLiteScheduleStore
-
-        return SQLiteScheduleStore(path if path is not None else url)
-    if scheme in ("redis", "rediss", "unix"):
-        from chard.beat.store_redis import RedisScheduleStore
-
-        return RedisScheduleStore(url, app.conf.broker_transport_options)
-    if scheme == "memory":
-        with _MEMORY_LOCK:
-            store = _MEMORY_STORES.get(app)
-            if store is None:
-                store = _MEMORY_STORES[app] = MemoryScheduleStore()
-            return store
-    raise ImproperlyConfigured(
-        f"beat has no schedule store for broker scheme {scheme!r}; use a sqlite:// or redis:// "
-        "broker, or pass -s/--schedule path/to/beat.sqlite3 for a local SQLite store"
-    )

@@ -9,15 +9,11 @@ expiry runs on the Redis server's clock (beats on different hosts need no clock 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, cast
 
-import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
-
-from chard._redis import parse_redis_url
+from chard._redis.client import RedisErrors, open_client
+from chard._redis.url import parse_redis_url
 from chard._utils.clock import Clock
 from chard.beat.store import ScheduleStore
 from chard.exceptions import BrokerConnectionError, BrokerError
@@ -69,8 +65,14 @@ class RedisScheduleStore(ScheduleStore):
         target = parse_redis_url(url, options)
         self._prefix = target.keyprefix
         self._redacted = target.redacted
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
-        self._client = redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
+        self._errors = RedisErrors(
+            "Redis schedule store",
+            target.redacted,
+            unreachable=BrokerConnectionError,
+            failed=BrokerError,
+            url_name="broker URL",
+        )
+        self._client = open_client(target)
         self._entries = self._key("chard.beat.entries")
         self._runs = self._key("chard.beat.runs")
         self._lease = self._key("chard.beat.lease")
@@ -134,16 +136,3 @@ class RedisScheduleStore(ScheduleStore):
 
     def _key(self, name: str) -> str:
         return self._prefix + name
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn redis-py errors into chard's, naming the (redacted) URL."""
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerConnectionError(
-                f"beat cannot reach the Redis schedule store at {self._redacted!r}: {exc}; "
-                "is redis-server running, and is the broker URL right?"
-            ) from exc
-        except redis.RedisError as exc:
-            raise BrokerError(f"Redis schedule store at {self._redacted!r} failed: {exc}") from exc

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chard._sqlite import parse_sqlite_url
 from chard._utils.clock import Clock
 from chard.beat.store import ScheduleStore
-from chard.brokers.sqlite import parse_sqlite_url
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)

@@ -39,13 +39,15 @@ from __future__ import annotations
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from chard.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Default lease: how long a dead consumer's messages stay invisible (seconds).
 DEFAULT_LEASE_TIMEOUT = 10.0
@@ -296,3 +298,58 @@ class Broker(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- policy the implementations share ----------------------------------------
+
+
+def take_fairly(
+    queues: Sequence[str], limit: int, turn: int, take: Callable[[str, int], list[T]]
+) -> list[T]:
+    """Collect up to ``limit`` items from ``queues`` without letting one starve the rest.
+
+    The queues are rotated by ``turn`` (callers count their fetches), so none is
+    always first. Each queue then gets an equal share of ``limit`` (rounded up),
+    and what is left goes to the queues that had more. ``take(queue, n)``
+    returns at most ``n`` items.
+    """
+    start = turn % len(queues)
+    ordered = [*queues[start:], *queues[:start]]
+    share = -(-limit // len(ordered))
+    found: list[T] = []
+    has_more: list[str] = []
+    for queue in ordered:
+        got = take(queue, min(share, limit - len(found)))
+        found.extend(got)
+        if len(got) == share:
+            has_more.append(queue)
+    for queue in has_more:
+        if len(found) >= limit:
+            break
+        found.extend(take(queue, limit - len(found)))
+    return found
+
+
+def clamp_priority(priority: int) -> int:
+    """Return ``priority`` forced into 0 (most urgent) .. 9, as kombu's Redis transport does.
+
+    Clamped rather than refused: Celery code written for RabbitMQ may send up to 255.
+    """
+    return min(max(int(priority), 0), 9)
+
+
+def parse_sequence_cursor(cursor: str) -> int:
+    """Return the number in a broadcast cursor of a broker that counts its entries.
+
+    Raises:
+        ValueError: ``cursor`` is not one this broker returned.
+    """
+    try:
+        value = int(cursor)
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"not a broadcast cursor of this broker: {cursor!r}; pass '0' or a cursor it returned"
+        )
+    return value

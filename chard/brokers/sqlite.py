@@ -44,10 +44,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chard._sqlite import parse_sqlite_url
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers import _wake
-from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage
-from chard.brokers.memory import clamp_priority, parse_sequence_cursor, take_fairly
+from chard.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    clamp_priority,
+    parse_sequence_cursor,
+    take_fairly,
+)
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -121,33 +129,6 @@ DELETE FROM chard_broadcasts WHERE channel = :channel AND id <= (
     ORDER BY id DESC LIMIT 1 OFFSET :keep
 )
 """
-
-
-def parse_sqlite_url(url: str) -> Path:
-    """Return the file of ``sqlite:///relative/path`` or ``sqlite:////absolute/path``.
-
-    Raises:
-        ImproperlyConfigured: no path, a query string, or an in-memory database.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() != "sqlite" or not sep:
-        raise ImproperlyConfigured(f"not a sqlite URL: {url!r}; use 'sqlite:///chard.sqlite3'")
-    if "?" in rest:
-        raise ImproperlyConfigured(
-            f"sqlite broker URL {url!r} has a query string; pass settings as broker options"
-        )
-    path = rest[1:] if rest.startswith("/") else ""  # the third slash ends the empty host
-    if not path:
-        raise ImproperlyConfigured(
-            f"sqlite broker URL {url!r} has no file path; use 'sqlite:///relative.sqlite3' "
-            "or 'sqlite:////absolute/path.sqlite3'"
-        )
-    if path == ":memory:" or path.startswith("file:"):
-        raise ImproperlyConfigured(
-            f"sqlite broker URL {url!r} names an in-memory database, which other processes "
-            "cannot see; use 'memory://' for an in-process broker"
-        )
-    return Path(path).resolve()
 
 
 class SQLiteDelivery(Delivery):

@@ -26,9 +26,10 @@ from chard._utils.log import redact_url
 from chard.app import Celery
 from chard.beat.scheduler import entries_from_config, entry_from_config
 from chard.beat.service import DEFAULT_LEASE_TIMEOUT, Beat, PlannedRun
-from chard.beat.store import ScheduleStore, open_schedule_store
-from chard.cli.main import AppContext, setup_logging
-from chard.cli.worker import _write_pidfile
+from chard.beat.store import ScheduleStore
+from chard.beat.stores import open_schedule_store
+from chard.cli.context import AppContext
+from chard.cli.process import setup_logging, write_pidfile
 from chard.exceptions import ChardError
 from chard.schedules import BaseSchedule, crontab
 
@@ -130,7 +131,7 @@ def command(
     setup_logging(loglevel, logfile)
     ctx: AppContext = click_ctx.obj
     app = ctx.app
-    pid_path = _write_pidfile(pidfile) if pidfile else None
+    pid_path = write_pidfile(pidfile) if pidfile else None
     try:
         store = open_schedule_store(app, schedule_path)
         beat = Beat(app, store=store, max_interval=max_interval, lease_timeout=lease_timeout)

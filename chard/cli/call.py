@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from chard.cli.main import AppContext
+from chard.cli.context import AppContext
 
 
 def _json(value: str | None, what: str, kind: type) -> Any:

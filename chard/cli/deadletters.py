@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from chard.brokers.base import DeadLetter
-from chard.cli.main import AppContext
+from chard.cli.context import AppContext
 from chard.exceptions import ChardError
 from chard.protocol import serializers
 from chard.protocol.message import with_header

@@ -1,8 +1,11 @@
-"""``chard [-A app] <command>``: the entry point, global options and logging set-up."""
+"""``chard [-A app] <command>``: the entry point and global options; it registers the commands.
+
+The top of the CLI: it imports every command module, and none of them imports it (what
+they share is in :mod:`chard.cli.context` and :mod:`chard.cli.process`).
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,56 +14,8 @@ import click
 
 from chard import __version__
 from chard.app import Celery
-from chard.cli.appfinder import find_app
-from chard.exceptions import ChardError
-
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
-
-
-def setup_logging(loglevel: str, logfile: str | None = None) -> None:
-    """Configure the root logger the way Celery's worker does (the library never does)."""
-    level = logging.getLevelName(loglevel.upper())
-    if not isinstance(level, int):
-        raise click.BadParameter(f"unknown log level {loglevel!r}; use DEBUG, INFO, WARNING, ...")
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-class AppContext:
-    """What every command gets: the app, found lazily from ``-A``."""
-
-    def __init__(self, spec: str | None, broker: str | None, backend: str | None) -> None:
-        self.spec = spec
-        self.broker = broker
-        self.backend = backend
-        self._app: Celery | None = None
-
-    @property
-    def app(self) -> Celery:
-        if self._app is None:
-            if self.spec is None:
-                raise click.UsageError("no app given; pass -A/--app, e.g. chard -A proj worker")
-            try:
-                self._app = find_app(self.spec)
-            except ChardError as exc:
-                raise click.ClickException(str(exc)) from exc
-            self._apply_overrides(self._app)
-        return self._app
-
-    def use(self, app: Celery) -> None:
-        self._app = app
-        self._apply_overrides(app)
-
-    def _apply_overrides(self, app: Celery) -> None:
-        if self.broker:
-            app.conf.broker_url = self.broker
-        if self.backend:
-            app.conf.result_backend = self.backend
+from chard.cli import beat, call, deadletters, purge, result, settings, worker
+from chard.cli.context import AppContext
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,14 +30,8 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_bac
         ctx.obj = AppContext(app_spec, broker, result_backend)
 
 
-def _register_commands() -> None:
-    from chard.cli import beat, call, deadletters, purge, result, settings, worker
-
-    for module in (worker, beat, call, result, purge, settings, deadletters):
-        cli.add_command(module.command)
-
-
-_register_commands()
+for _module in (worker, beat, call, result, purge, settings, deadletters):
+    cli.add_command(_module.command)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from chard.cli.main import AppContext
+from chard.cli.context import AppContext
 
 
 def known_queues(ctx: AppContext) -> list[str]:

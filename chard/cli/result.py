@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from chard import states
-from chard.cli.main import AppContext
+from chard.cli.context import AppContext
 from chard.exceptions import ChardError
 
 

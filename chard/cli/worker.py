@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
-from chard.cli.main import AppContext, setup_logging
-
-
-def _write_pidfile(path: str) -> Path:
-    pidfile = Path(path)
-    if pidfile.exists():
-        try:
-            pid = int(pidfile.read_text().strip() or 0)
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass  # stale: its process is gone
-        else:
-            raise click.ClickException(
-                f"pidfile {path!r} names running process {pid}; stop it or choose another --pidfile"
-            )
-    pidfile.write_text(f"{os.getpid()}\n")
-    return pidfile
+from chard.cli.beat import start_embedded_beat
+from chard.cli.context import AppContext
+from chard.cli.process import setup_logging, write_pidfile
 
 
 @click.command("worker")
@@ -60,7 +43,7 @@ def command(
 
     setup_logging(loglevel, logfile)
     app = ctx.app
-    pid_path = _write_pidfile(pidfile) if pidfile else None
+    pid_path = write_pidfile(pidfile) if pidfile else None
     stop_beat = None
     try:
         worker = Worker(
@@ -73,9 +56,7 @@ def command(
             max_tasks_per_child=max_tasks_per_child,
             burst=burst,
         )
-        if beat:  # composed here: worker and beat never import each other
-            from chard.cli.beat import start_embedded_beat
-
+        if beat:  # composed here: chard.worker and chard.beat never import each other
             stop_beat = start_embedded_beat(app)
         worker.start()
     finally:

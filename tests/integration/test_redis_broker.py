@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from chard import Celery
-from chard._redis import parse_redis_url
+from chard._redis.url import parse_redis_url
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
 from chard.exceptions import BrokerConnectionError

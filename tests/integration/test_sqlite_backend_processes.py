@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from chard import states
+from chard._sqlite import parse_sqlite_url
 from chard.backends import open_backend
-from chard.backends.sqlite import TABLE, SQLiteResultBackend, parse_sqlite_url
-from chard.exceptions import ImproperlyConfigured
+from chard.backends.sqlite import TABLE, SQLiteResultBackend
 from tests.helpers import wait_for
 
 JOIN_TIMEOUT = 30.0
@@ -164,23 +164,3 @@ def test_backend_reopens_after_close(url: str) -> None:
 
     assert backend.get_task_meta("t-1")["result"] == 1
     backend.close()
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("sqlite:///relative.sqlite3", Path("relative.sqlite3").resolve()),
-        ("sqlite:////abs/path.sqlite3", Path("/abs/path.sqlite3")),
-        ("SQLITE:////abs/path.sqlite3?mode=x", Path("/abs/path.sqlite3")),
-    ],
-)
-def test_parse_sqlite_url(url: str, expected: Path) -> None:
-    assert parse_sqlite_url(url) == expected
-
-
-@pytest.mark.parametrize(
-    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "redis://localhost", "chard.sqlite3"]
-)
-def test_parse_sqlite_url_refuses(url: str) -> None:
-    with pytest.raises(ImproperlyConfigured, match="sqlite"):
-        parse_sqlite_url(url)

@@ -20,8 +20,8 @@ from chard import Celery
 from chard._utils.clock import FakeClock
 from chard.beat import Beat, MemoryScheduleStore, ScheduleEntry, ScheduleStore
 from chard.beat.service import SLOT_HEADER
-from chard.beat.store import open_schedule_store
 from chard.beat.store_records import from_micros, slot_key, to_micros
+from chard.beat.stores import open_schedule_store
 from chard.protocol.message import TaskMessage
 from chard.schedules import crontab, schedule
 from tests.helpers import redis_url, wait_for

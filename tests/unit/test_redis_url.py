@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from chard._redis import parse_redis_url
+from chard._redis.url import parse_redis_url
 from chard.backends.redis import RedisResultBackend
 from chard.brokers.redis import RedisBroker
 from chard.exceptions import ImproperlyConfigured

@@ -4,7 +4,7 @@ The broker and the result backend share one URL syntax (``redis://[:password@]ho
 ``rediss://…`` for TLS, ``unix:///path?db=N``), plus options redis-py does not know:
 ``global_keyprefix`` in the query string or in the transport options, as kombu and
 Celery accept it. This module strips those, normalises Celery's spelling of the TLS
-options, and leaves the client itself to the one module that imports ``redis``.
+options, and leaves the client itself to :mod:`chard._redis.client`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""The redis-py client chard's Redis users share: one retry policy, one error translation.
+
+The broker, the result backend and beat's schedule store used to build their clients
+and map redis-py's exceptions each in their own words. They agree on both, so both live
+here: a caller gets :func:`open_client` for the connection and a :class:`RedisErrors`
+for the exceptions, and never imports ``redis`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from chard._redis.url import RedisTarget
+from chard.exceptions import ChardError
+
+#: One script call of :func:`run_scripts`: its keys and its arguments.
+ScriptCall = tuple[Sequence[str], Sequence[Any]]
+
+
+def open_client(target: RedisTarget) -> redis.Redis:
+    """Return a client for ``target`` that retries a lost connection a few times, quickly.
+
+    Few, quick retries: a worker's loop retries by itself, and a caller that cannot reach
+    Redis should hear so in about a second, not after redis-py's ten tries. Whoever must
+    ride out a longer outage (the result backend's stores) retries around this.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+    return redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
+
+
+class RedisErrors:
+    """Turn redis-py errors into chard's, naming the (redacted) URL and the fix.
+
+    ``with errors():`` around any command: a lost or refused connection (and a timeout)
+    becomes ``unreachable``, any other redis-py error ``failed``. Stateless, so one
+    instance serves every thread.
+
+    Args:
+        what: What the caller is, for the message: ``"Redis broker"``.
+        redacted: The URL with its password hidden (:attr:`RedisTarget.redacted`).
+        unreachable: The exception for a connection that cannot be made or was lost.
+        failed: The exception for any other error Redis or redis-py reports.
+        url_name: Which setting holds the URL, for the hint: ``"broker URL"``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        redacted: str,
+        *,
+        unreachable: type[ChardError],
+        failed: type[ChardError],
+        url_name: str,
+    ) -> None:
+        self.what = what
+        self.redacted = redacted
+        self.unreachable = unreachable
+        self.failed = failed
+        self.url_name = url_name
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self.unreachable(
+                f"cannot reach the {self.what} at {self.redacted!r}: {exc}; is redis-server "
+                f"running, and are host, port, password and db in the {self.url_name} right?"
+            ) from exc
+        except redis.RedisError as exc:
+            raise self.failed(f"{self.what} at {self.redacted!r} failed: {exc}") from exc
+
+
+def run_scripts(client: redis.Redis, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run ``script`` once per call, several in one pipeline; return the replies in order.
+
+    A restarted Redis has forgotten its scripts. One call re-loads by itself (redis-py's
+    :class:`Script` does); a pipeline checks before it sends, and if Redis restarts
+    between the check and the commands, the script is loaded again and the whole
+    pipeline runs once more. So each call must be safe to repeat.
+    """
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [script(keys=keys, args=args)]
+
+    def pipelined() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+
+    try:
+        return pipelined()
+    except redis.exceptions.NoScriptError:
+        client.script_load(script.script)
+        return pipelined()

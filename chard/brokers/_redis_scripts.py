@@ -1,0 +1,226 @@
+"""The Redis broker's Lua scripts: every state change that must be atomic, on Redis time.
+
+The keys they touch are described in :mod:`chard.brokers.redis`, which runs them. Each
+script starts with the shared library ``_LIB`` (key names from the prefix argument, the
+lease and landing-list helpers); ``ARGV[1]`` is always the key prefix. They run on the
+server's clock (``TIME``), so consumers' clock skew never shortens a lease.
+
+Kept apart from the Python side because it is a language of its own and reads best whole.
+"""
+
+from __future__ import annotations
+
+_LIB = r"""
+local prefix = ARGV[1]
+local leases, inflight, meta = prefix .. 'chard.leases', prefix .. 'chard.inflight',
+  prefix .. 'chard.inflight.meta'
+local redeliveries, delayed = prefix .. 'chard.redeliveries', prefix .. 'chard.delayed'
+local delayed_counts = prefix .. 'chard.delayed.counts'
+local consumers, landing_src = prefix .. 'chard.consumers', prefix .. 'chard.landing.src'
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function ready_key(queue, step)
+  if step == '0' then return prefix .. queue end
+  return prefix .. queue .. '\6\22' .. step
+end
+-- Back to the front of its queue, remembering how often it was delivered.
+local function restore(queue, step, body, count)
+  redis.call('RPUSH', ready_key(queue, step), body)
+  if count > 0 then redis.call('HSET', redeliveries, redis.sha1hex(body), count) end
+end
+-- Lease body to consumer under tag until expiry.
+local function hold(tag, expiry, body, queue, step, count, consumer)
+  redis.call('ZADD', leases, expiry, tag)
+  redis.call('HSET', inflight, tag, body)
+  redis.call('HSET', meta, tag, cjson.encode({q = queue, p = step, n = count, c = consumer}))
+end
+local function drop(tag)
+  redis.call('ZREM', leases, tag)
+  redis.call('HDEL', inflight, tag)
+  redis.call('HDEL', meta, tag)
+end
+-- What consumer cid's blocking wait moved but no fetch leased goes back, uncounted.
+local function return_landing(cid)
+  local spec, landing = redis.call('HGET', landing_src, cid), prefix .. 'chard.landing.' .. cid
+  if spec then
+    local src = ready_key(string.sub(spec, 2), string.sub(spec, 1, 1))
+    while redis.call('LMOVE', landing, src, 'LEFT', 'RIGHT') do end
+  end
+end
+-- Forget a lapsed consumer cid, returning its landing list first.
+local function release_landing(cid)
+  return_landing(cid)
+  redis.call('DEL', prefix .. 'chard.landing.' .. cid)
+  redis.call('HDEL', landing_src, cid)
+  redis.call('ZREM', consumers, cid)
+end
+local function recover(t)
+  for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
+    local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
+    if body and info then
+      info = cjson.decode(info)
+      restore(info.q, info.p, body, info.n)
+    end
+    drop(tag)
+  end
+  for _, cid in ipairs(redis.call('ZRANGE', consumers, '-inf', t, 'BYSCORE', 'LIMIT', 0, 10)) do
+    release_landing(cid)
+  end
+end
+-- Move due delayed messages to the back of their ready list; return the next due time.
+local function move_due(t)
+  for _, member in ipairs(redis.call('ZRANGE', delayed, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
+    local a = string.find(member, '\0', 1, true)
+    local b = string.find(member, '\0', a + 1, true)
+    local queue = string.sub(member, 2, a - 1)
+    redis.call('LPUSH', ready_key(queue, string.sub(member, 1, 1)), string.sub(member, b + 1))
+    redis.call('ZREM', delayed, member)
+    redis.call('HINCRBY', delayed_counts, queue, -1)
+  end
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  return first[2] or ''
+end
+"""
+
+# ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec, queues...
+_FETCH = r"""
+local consumer, limit = ARGV[2], tonumber(ARGV[4])
+local t = now()
+-- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
+-- instead of overwriting the leases the first run took.
+local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
+recover(t)
+local out = {tostring(t), move_due(t)}
+local expiry = t + tonumber(ARGV[3])
+local has_redeliveries = redis.call('EXISTS', redeliveries) == 1
+local taken = 0
+local function lease(queue, step, body)
+  taken = taken + 1
+  local tag, count = tag_base .. '.' .. taken, 1
+  if has_redeliveries then
+    local digest = redis.sha1hex(body)
+    local before = redis.call('HGET', redeliveries, digest)
+    if before then
+      count = tonumber(before) + 1
+      redis.call('HDEL', redeliveries, digest)
+    end
+  end
+  hold(tag, expiry, body, queue, step, count, consumer)
+  for _, v in ipairs({tag, queue, count, body}) do out[#out + 1] = v end
+end
+if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
+  local landing = prefix .. 'chard.landing.' .. consumer
+  local body = redis.call('RPOP', landing)
+  while body do
+    lease(string.sub(ARGV[6], 2), string.sub(ARGV[6], 1, 1), body)
+    body = redis.call('RPOP', landing)
+  end
+end
+local queues = {}
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+for _, step in ipairs({'0', '3', '6', '9'}) do
+  local active = queues
+  while taken < limit and #active > 0 do  -- round-robin: one busy queue cannot fill a batch
+    local still = {}
+    for _, queue in ipairs(active) do
+      if taken >= limit then break end
+      local body = redis.call('RPOP', ready_key(queue, step))
+      if body then
+        lease(queue, step, body)
+        still[#still + 1] = queue
+      end
+    end
+    active = still
+  end
+end
+redis.call('ZADD', consumers, expiry, consumer)
+redis.call('HSET', landing_src, consumer, ARGV[7])
+return out
+"""
+
+# ARGV: prefix, consumer ('' if it never fetched), lease_timeout, tags... Returns lost tags.
+_HEARTBEAT = r"""
+local t = now()
+local expiry, lost = t + tonumber(ARGV[3]), {}
+if ARGV[2] ~= '' then redis.call('ZADD', consumers, expiry, ARGV[2]) end
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', leases, ARGV[i]) then
+    redis.call('ZADD', leases, expiry, ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+recover(t)
+move_due(t)
+return lost
+"""
+
+# ARGV: prefix, dead consumer, this consumer, lease_timeout, tag_base. Returns tag, queue,
+# count, body of each message taken.
+_TAKE_OVER = r"""
+local dead, consumer = ARGV[2], ARGV[3]
+local t = now()
+local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
+local expiry, out, taken, mark = t + tonumber(ARGV[4]), {}, 0, dead .. '.'
+for _, old in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+  -- Tags start with their consumer's id (RedisBroker._tag_base): decode only the dead one's.
+  if string.sub(old, 1, #mark) == mark then
+    local body, info = redis.call('HGET', inflight, old), redis.call('HGET', meta, old)
+    info = info and cjson.decode(info)
+    if body and info and info.c == dead then
+      drop(old)  -- the old tag goes: settling through it is a no-op from now on
+      taken = taken + 1
+      local tag = tag_base .. '.' .. taken
+      hold(tag, expiry, body, info.q, info.p, info.n, consumer)
+      for _, v in ipairs({tag, info.q, info.n, body}) do out[#out + 1] = v end
+    end
+  end
+end
+-- Its registration stays until it lapses: should Redis only now serve a blocking wait
+-- the dead process left, what lands is returned by recover() then, not stranded.
+return_landing(dead)
+return out
+"""
+
+# ARGV: prefix, tag, mode (ack | requeue | dead), reason. Returns 1 if the lease was ours.
+_SETTLE = r"""
+local tag, mode = ARGV[2], ARGV[3]
+local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
+if not (body and info) then return 0 end
+drop(tag)
+info = cjson.decode(info)
+if mode == 'requeue' then
+  restore(info.q, info.p, body, info.n - 1)
+elseif mode == 'dead' then
+  local t = now()
+  redis.call('HSET', prefix .. 'chard.dead.' .. tag, 'queue', info.q, 'priority', info.p,
+    'body', body, 'reason', ARGV[4], 'failed_at', tostring(t), 'delivery_count', info.n)
+  redis.call('ZADD', prefix .. 'chard.dead', t, tag)
+end
+return 1
+"""
+
+# ARGV: prefix, dead letter id, replacement body ('' keeps the stored one). Returns 1
+# if it existed.
+_REDRIVE = r"""
+local key = prefix .. 'chard.dead.' .. ARGV[2]
+local f = redis.call('HMGET', key, 'queue', 'priority', 'body')
+redis.call('ZREM', prefix .. 'chard.dead', ARGV[2])
+redis.call('DEL', key)
+if not f[3] then return 0 end
+local body = f[3]
+if ARGV[3] ~= '' then body = ARGV[3] end
+redis.call('HDEL', redeliveries, redis.sha1hex(body))
+redis.call('LPUSH', ready_key(f[1], f[2]), body)
+return 1
+"""
+
+#: The scripts as registered: each with the library in front.
+FETCH = _LIB + _FETCH
+HEARTBEAT = _LIB + _HEARTBEAT
+TAKE_OVER = _LIB + _TAKE_OVER
+SETTLE = _LIB + _SETTLE
+REDRIVE = _LIB + _REDRIVE

@@ -1,0 +1,45 @@
+"""What every command gets as its click object: the app, found lazily from ``-A``.
+
+Below every command module and below :mod:`chard.cli.main`, which registers them: the
+commands import this, never ``main``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from chard.app import Celery
+from chard.cli.appfinder import find_app
+from chard.exceptions import ChardError
+
+
+class AppContext:
+    """What every command gets: the app, found lazily from ``-A``."""
+
+    def __init__(self, spec: str | None, broker: str | None, backend: str | None) -> None:
+        self.spec = spec
+        self.broker = broker
+        self.backend = backend
+        self._app: Celery | None = None
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            if self.spec is None:
+                raise click.UsageError("no app given; pass -A/--app, e.g. chard -A proj worker")
+            try:
+                self._app = find_app(self.spec)
+            except ChardError as exc:
+                raise click.ClickException(str(exc)) from exc
+            self._apply_overrides(self._app)
+        return self._app
+
+    def use(self, app: Celery) -> None:
+        self._app = app
+        self._apply_overrides(app)
+
+    def _apply_overrides(self, app: Celery) -> None:
+        if self.broker:
+            app.conf.broker_url = self.broker
+        if self.backend:
+            app.conf.result_backend = self.backend

@@ -1,0 +1,51 @@
+"""What a long-running command sets up for its process: logging and the pidfile.
+
+Shared by ``chard worker`` and ``chard beat``; only the CLI configures logging (the
+library never adds handlers), so this lives here and nowhere below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def setup_logging(loglevel: str, logfile: str | None = None) -> None:
+    """Configure the root logger the way Celery's worker does (the library never does)."""
+    level = logging.getLevelName(loglevel.upper())
+    if not isinstance(level, int):
+        raise click.BadParameter(f"unknown log level {loglevel!r}; use DEBUG, INFO, WARNING, ...")
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def write_pidfile(path: str) -> Path:
+    """Write this process's id to ``path`` unless a running process already holds it.
+
+    Raises:
+        click.ClickException: ``path`` names a process that is still running.
+    """
+    pidfile = Path(path)
+    if pidfile.exists():
+        try:
+            pid = int(pidfile.read_text().strip() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass  # stale: its process is gone
+        else:
+            raise click.ClickException(
+                f"pidfile {path!r} names running process {pid}; stop it or choose another --pidfile"
+            )
+    pidfile.write_text(f"{os.getpid()}\n")
+    return pidfile
