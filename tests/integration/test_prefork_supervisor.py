@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chard.brokers.base import OutgoingMessage
+from chard.protocol.message import TaskMessage, new_id, with_header
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory
 
@@ -132,3 +134,33 @@ def test_terminate_with_a_signal_the_child_does_not_handle_ends_the_task_revoked
     assert f"while running itproj.tasks.announce_then_sleep[{running.id}]" not in worker.output()
     assert add.delay(1, 1).get(timeout=10) == 2
     assert progress.read_text() == "started\n"
+
+
+def test_a_message_with_a_bad_timelimit_is_dead_lettered_once_and_kills_no_child(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    """Regression (fault suite): ``timelimit=["a", "b"]`` killed the child that took it.
+
+    The TypeError came from setting the child's deadline, outside the guarded run; the
+    message went back to the queue uncounted and killed the next child, for ever.
+    """
+    # Given a two-child worker
+    worker = workers.start("-c", "2")
+    wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=10)
+    children = children_of(worker.pid)
+    from itproj.tasks import add
+
+    # When a raw message whose timelimit holds strings is published
+    good = TaskMessage("itproj.tasks.add", new_id(), (1, 2)).to_wire()
+    bad = with_header(good, "timelimit", ["a", "b"])
+    itproj.broker.publish(OutgoingMessage("celery", bad))
+
+    # Then it is dead-lettered, named in the log, and the worker goes on
+    worker.wait_for_log("header 'timelimit' must be [hard, soft] seconds")
+    assert [add.delay(i, i).get(timeout=10) for i in range(4)] == [0, 2, 4, 6]
+    letters = [d for d in itproj.broker.dead_letters() if d.body == bad]
+    assert len(letters) == 1
+    assert worker.output().count("Moved an undecodable message to the dead-letter store") == 1
+    # And no child died: the same two processes still run
+    assert children_of(worker.pid) == children
+    assert "exited" not in worker.output()
