@@ -144,18 +144,3 @@ class Slot:
         self._consumer.value = b""
         for index in range(len(STAT_FIELDS)):
             self._stats[index] = 0
-
-
-#: This process's slot, when it is a prefork child; None anywhere else.
-_current: Slot | None = None
-
-
-def set_current(slot: Slot | None) -> None:
-    """Make ``slot`` the one :func:`current` returns (each prefork child, after fork)."""
-    global _current
-    _current = slot
-
-
-def current() -> Slot | None:
-    """Return this process's slot (a prefork child), or None (threads, solo, clients)."""
-    return _current

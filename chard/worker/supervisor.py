@@ -49,14 +49,13 @@ from chard import states
 from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, TaskRevokedError, WorkerLostError
 from chard.protocol.message import TaskMessage
-from chard.worker import execute
 from chard.worker.consumer import Consumer, ConsumerStats
-from chard.worker.execute import JobPayload
+from chard.worker.execute import Executor, JobPayload
 from chard.worker.lost import reliably, settle_lost, settle_timeout, store_state
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
-from chard.worker.slot import STAT_FIELDS, Running, Slot, set_current
+from chard.worker.slot import STAT_FIELDS, Running, Slot
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -132,6 +131,8 @@ class ChildSpec:
     """What every child consumer is made of (fixed before the first fork)."""
 
     app: Celery
+    #: The node name (``-n``): ``self.request.hostname`` of every task.
+    hostname: str
     queues: Sequence[str]
     #: Messages each child leases ahead: the prefetch multiplier (Celery's per-process window).
     prefetch: int
@@ -175,7 +176,9 @@ class Supervisor:
         self._life_r, self._life_w = os.pipe()  # children read EOF once the parent is gone
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
-        self.revocations = Revocations(self.app, self._terminate, self._stopping)
+        self.revocations = Revocations(
+            self.app, self._terminate, self._stopping, hostname=spec.hostname
+        )
         self._warned_take_over = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -461,7 +464,6 @@ def _child_main(
     """Consume until a warm stop, the parent's death, ``max_tasks_per_child`` or (burst) no work."""
     for fd in close:  # the parent's ends: a child must not keep its own pipe alive
         os.close(fd)
-    set_current(slot)
     for signum in _PARENT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
     if spec.initializer is not None:
@@ -473,9 +475,16 @@ def _child_main(
         with contextlib.suppress(OSError):
             os.write(wake_fd, b"\0")
 
-    pool = ChildPool(execute.run, slot, poke, spec.max_tasks_per_child)
+    executor = Executor(app, spec.hostname, revocations.check, slot=slot)
+    pool = ChildPool(executor.run, slot, poke, spec.max_tasks_per_child)
     consumer = Consumer(
-        app, pool, spec.queues, prefetch=spec.prefetch, burst=spec.burst, revocations=revocations
+        app,
+        pool,
+        spec.queues,
+        prefetch=spec.prefetch,
+        burst=spec.burst,
+        hostname=spec.hostname,
+        revocations=revocations,
     )
 
     def retire() -> None:
