@@ -225,6 +225,22 @@ class ResultBackend(ABC):
             self._store_metas(held)
         return len(held or ())
 
+    def held_stores(self) -> Sequence[Meta]:
+        """Return the metas this thread holds (see :meth:`hold_stores`), oldest first."""
+        held: list[Meta] | None = getattr(self._held, "metas", None)
+        return held or ()
+
+    def store_metas(self, metas: Sequence[Meta]) -> list[Meta]:
+        """Store metas built elsewhere, in order, as :meth:`store_result` would; return the kept.
+
+        For results a worker process held when it died (its supervisor stores them). In one
+        round trip where the backend can.
+
+        Raises:
+            BackendConnectionError: the backend stayed unreachable (its retry policy spent).
+        """
+        return self._store_metas(metas) if metas else []
+
     def get_task_meta(self, task_id: str) -> Meta:
         """Return the stored meta, or a ``PENDING`` meta for an unknown id."""
         meta = self._load(self._get(self.task_key(task_id)))

@@ -23,11 +23,14 @@ from chard import states
 from chard._utils.log import saferepr
 from chard.exceptions import BackendConnectionError, BackendError, NotRegistered
 from chard.execution.trace import trace_task
+from chard.protocol import serializers
 from chard.protocol.message import TaskMessage
 from chard.task import Context
+from chard.worker.slot import digest
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.backends.base import ResultBackend
     from chard.worker.slot import Slot
 
 logger = logging.getLogger("chard.worker")
@@ -134,6 +137,7 @@ class Executor:
         self.slot = slot
         #: The latest runtime of each task name here (first run: unknown, not quick).
         self._runtimes: dict[str, float] = {}
+        self._seen = 0  # how many of the backend's held metas are copied to the slot
 
     def run(self, payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
         """The pool target: run one message, or a batch of them one after another.
@@ -144,12 +148,18 @@ class Executor:
         so before the consumer acks. Anything else first flushes what is held: stores keep
         their order, and a result never waits long behind a slow neighbour (a task that is
         usually quick and once runs long is the exception: up to a batch of results then
-        wait for it). If the process dies, the message it was running is lost (counted as a
-        death) and the others of the batch run again uncounted (at-least-once: the ones
-        before it may repeat).
+        wait for it).
+
+        In a prefork child, each message's end is written to the slot before the next one
+        starts (:meth:`Slot.finish`, :meth:`Slot.hold`: a few stores to shared memory): if
+        the process dies, its supervisor stores the held results and acks the finished
+        messages, counts a death against the one it was running, and returns the others
+        to the queue uncounted. So a crash runs again at most the task that was running.
         """
         if not isinstance(payload, list):
-            return self.run_job(payload)
+            outcome = self.run_job(payload)
+            self._finish(payload, outcome)
+            return outcome
         backend = self.app.backend
         outcomes: list[ExecOutcome] = []
         held: list[int] = []  # indexes of outcomes whose results are held
@@ -162,11 +172,43 @@ class Executor:
                 backend.hold_stores()
                 held.append(index)
             started = time.perf_counter()
-            outcomes.append(self.run_job(item))
+            outcome = self.run_job(item)
             self._runtimes[name] = time.perf_counter() - started
+            outcomes.append(outcome)
+            if hold and backend is not None:
+                self._hold(item, outcomes, held, backend)
+            else:
+                self._finish(item, outcome)
         if held:
             self._flush(outcomes, held)
         return outcomes
+
+    def _finish(self, payload: JobPayload, outcome: ExecOutcome) -> None:
+        """Tell the slot the message's run is over, and if only its ack is left, which one."""
+        if self.slot is not None:
+            self.slot.finish(digest(payload.body) if outcome.action == "ack" else None)
+
+    def _hold(
+        self,
+        payload: JobPayload,
+        outcomes: list[ExecOutcome],
+        held: list[int],
+        backend: ResultBackend,
+    ) -> None:
+        """Like :meth:`_finish` for a message whose results are held: copy them to the slot.
+
+        What does not fit is stored now, with everything held before it.
+        """
+        if self.slot is None:
+            return
+        metas, lines = backend.held_stores(), b""
+        if len(metas) > self._seen:  # (none for an ignore_result task)
+            lines = b"".join(serializers.json_dumps(m) + b"\n" for m in metas[self._seen :])
+            self._seen = len(metas)
+        done = digest(payload.body) if outcomes[-1].action == "ack" else None
+        if not self.slot.hold(lines, done):
+            self._flush(outcomes, held)
+            self._finish(payload, outcomes[-1])
 
     def _is_quick(self, name: str) -> bool:
         return self._runtimes.get(name, QUICK) < QUICK
@@ -188,15 +230,21 @@ class Executor:
         """Store the held results; if the backend is gone, requeue those messages instead."""
         backend = self.app.backend
         assert backend is not None  # results are held only with a backend
+        stored = False
         try:
             backend.flush_stores()
+            stored = True
         except BackendError as exc:  # its retry policy spent, or a server-side error
             logger.error(
                 "Could not store %d task results; returned to the queue: %s", len(held), exc
             )
             for index in held:
                 outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))
-        held.clear()
+        finally:
+            held.clear()
+            self._seen = 0
+            if self.slot is not None:
+                self.slot.release(stored)
 
     def run_job(self, payload: JobPayload) -> ExecOutcome:
         """Run one message; never raises for what the task does (the process must survive)."""

@@ -51,6 +51,7 @@ from chard.exceptions import ChardError, TaskRevokedError, WorkerLostError
 from chard.protocol.message import TaskMessage
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor, JobPayload
+from chard.worker.finished import settle_finished
 from chard.worker.lost import reliably, settle_lost, settle_timeout, store_state
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
@@ -313,6 +314,10 @@ class Supervisor:
     def _recover(self, child: _Child, running: Running | None, code: int | None) -> None:
         """Take over the dead child's leases: settle its running message, return the rest."""
         deliveries = self._take_over(child.slot.consumer_id)
+        # Finished, only the ack not sent: ack them (storing the results it held) first.
+        deliveries = settle_finished(
+            self.app, child.slot.finished(), deliveries, give_up=self._is_cold
+        )
         settled = False
         for delivery in deliveries:
             message = self._decode(delivery)
