@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from chard import states
 from chard._utils.log import saferepr
@@ -234,6 +234,23 @@ class ResultBackend(ABC):
         if held:
             self._store_metas(held)
         return len(held or ())
+
+    def held_stores(self) -> Sequence[bytes]:
+        """Return the metas this thread holds (see :meth:`hold_stores`) as JSON, oldest first."""
+        held: list[tuple[Meta, bytes]] | None = getattr(self._held, "metas", None)
+        return [data for _, data in held or ()]
+
+    def store_metas(self, encoded: Sequence[bytes]) -> list[Meta]:
+        """Store metas encoded elsewhere (JSON), in order, as :meth:`store_result` would.
+
+        For results a worker process held when it died (its supervisor stores them). In one
+        round trip where the backend can. Returns what is kept.
+
+        Raises:
+            BackendConnectionError: the backend stayed unreachable (its retry policy spent).
+        """
+        items = [(cast(Meta, serializers.json_loads(data)), data) for data in encoded]
+        return self._store_metas(items) if items else []
 
     def get_task_meta(self, task_id: str) -> Meta:
         """Return the stored meta, or a ``PENDING`` meta for an unknown id."""

@@ -8,7 +8,8 @@ native frames differ (AMQP) converts at its edge.
 
 :meth:`TaskMessage.from_wire` is the single decode choke point: any failure
 becomes :class:`~chard.exceptions.DecodeError` (or ``ContentDisallowed``), which
-the worker dead-letters instead of crashing.
+the worker dead-letters instead of crashing. That includes a field of the wrong
+type (:mod:`chard.protocol.fields`): past this point, worker code trusts the types.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ import binascii
 import os
 import socket
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from chard._utils.log import saferepr
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
-from chard.protocol import serializers
+from chard.protocol import fields, serializers
 
 #: Signature dicts as they travel in the body's ``embed`` part.
 SignatureDict = dict[str, Any]
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+#: Headers of chard's own that the worker reads as counts (``chard.worker.lost.LOST_HEADER``:
+#: how often a worker process died running the message); kept among the extra headers.
+_COUNT_HEADERS = ("chard_lost",)
 
 
 def new_id() -> str:
@@ -54,17 +58,6 @@ def _kwargs_repr(kwargs: dict[str, Any]) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _parse_iso(value: Any, name: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except ValueError:
-        raise DecodeError(f"header {name!r} is not an ISO 8601 time: {value!r}") from None
-    # Old clients send naive times; chard's instants are aware, so read those as UTC.
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,17 +239,21 @@ class TaskMessage:
 
     @classmethod
     def _from_envelope(cls, envelope: dict[str, Any], accept: frozenset[str]) -> TaskMessage:
-        headers = dict(envelope.get("headers") or {})
-        properties = envelope.get("properties") or {}
+        headers = dict(fields.table(envelope.get("headers"), "message headers"))
+        properties = fields.table(envelope.get("properties"), "message properties")
         content_type = envelope.get("content-type", "application/json")
+        if not isinstance(content_type, str):
+            raise DecodeError(f"envelope 'content-type' must be a string, got {content_type!r}")
         raw = envelope.get("body", "")
+        if not isinstance(raw, str):
+            raise DecodeError(f"envelope 'body' must be a string, got {saferepr(raw)}")
         if properties.get("body_encoding") == "base64":
             try:
                 payload = base64.b64decode(raw, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise DecodeError(f"body is not valid base64: {exc}") from exc
         else:
-            payload = raw.encode("utf-8") if isinstance(raw, str) else raw
+            payload = raw.encode("utf-8")
         try:
             body = serializers.loads(payload, content_type, accept)
         except SerializationError as exc:
@@ -266,7 +263,7 @@ class TaskMessage:
         if not isinstance(body, (list, tuple)) or len(body) != 3:
             raise DecodeError("body is not [args, kwargs, embed] (Celery protocol v2)")
         args, kwargs, embed = body
-        return cls._build(headers, properties, args, kwargs, embed or {}, content_type)
+        return cls._build(headers, properties, args, kwargs, embed, content_type)
 
     @classmethod
     def _from_protocol_v1(
@@ -274,13 +271,14 @@ class TaskMessage:
     ) -> TaskMessage:
         """Accept the old protocol-1 dict body that very old Celery clients send."""
         headers = {k: body.get(k) for k in ("task", "id", "eta", "expires", "retries", "group")}
-        headers["timelimit"] = body.get("timelimit") or [None, None]
+        headers["timelimit"] = body.get("timelimit")
         embed = {"callbacks": body.get("callbacks"), "errbacks": body.get("errbacks")}
+        args = body.get("args")
         return cls._build(
             headers,
             properties,
-            body.get("args") or [],
-            body.get("kwargs") or {},
+            [] if args is None else args,
+            body.get("kwargs"),
             embed,
             content_type,
         )
@@ -292,44 +290,59 @@ class TaskMessage:
         properties: dict[str, Any],
         args: Any,
         kwargs: Any,
-        embed: dict[str, Any],
+        embed: Any,
         content_type: str,
     ) -> TaskMessage:
+        """Build the message from its decoded parts, checking the type of every field read.
+
+        Raises:
+            DecodeError: a field is missing or has the wrong type; the message names the
+                field, the value and what it must be (see :mod:`chard.protocol.fields`).
+        """
         name, task_id = headers.pop("task", None), headers.pop("id", None)
         if not isinstance(name, str) or not name:
-            raise DecodeError("header 'task' (the task name) is missing")
+            raise DecodeError(
+                f"header 'task' must be a task name (a non-empty string), got {saferepr(name)}"
+            )
         if not isinstance(task_id, str) or not task_id:
-            raise DecodeError(f"header 'id' is missing for task {name!r}")
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-            raise DecodeError(f"task {name!r}[{task_id}]: args must be a list, kwargs a dict")
-        hard, soft = ([*list(headers.pop("timelimit", None) or [None, None]), None, None])[:2]
+            raise DecodeError(
+                f"header 'id' of task {name!r} must be a task id (a non-empty string), "
+                f"got {saferepr(task_id)}"
+            )
+        fields.encodable(name, "header 'task'")
+        fields.encodable(task_id, "header 'id'")
+        embed = fields.table(embed, "body embed")
         for known in ("lang", "argsrepr", "kwargsrepr", "replaced_task_nesting"):
             headers.pop(known, None)
         if headers.get("stamped_headers") is None and not headers.get("stamps"):
             headers.pop("stamped_headers", None)
             headers.pop("stamps", None)
+        for counted in _COUNT_HEADERS:
+            if counted in headers:
+                fields.count(headers[counted], f"header {counted!r}")
+        pop = headers.pop
         return cls(
             task=name,
             id=task_id,
-            args=tuple(args),
-            kwargs=kwargs,
-            eta=_parse_iso(headers.pop("eta", None), "eta"),
-            expires=_parse_iso(headers.pop("expires", None), "expires"),
-            retries=int(headers.pop("retries", 0) or 0),
-            timelimit=(hard, soft),
-            root_id=headers.pop("root_id", None),
-            parent_id=headers.pop("parent_id", None),
-            group=headers.pop("group", None),
-            group_index=headers.pop("group_index", None),
-            shadow=headers.pop("shadow", None),
-            origin=headers.pop("origin", None),
-            ignore_result=bool(headers.pop("ignore_result", False)),
-            callbacks=embed.get("callbacks"),
-            errbacks=embed.get("errbacks"),
-            chain=embed.get("chain"),
-            chord=embed.get("chord"),
-            reply_to=properties.get("reply_to") or "",
-            priority=int(properties.get("priority") or 0),
+            args=fields.sequence(args, "body args"),
+            kwargs=fields.mapping(kwargs, "body kwargs"),
+            eta=fields.instant(pop("eta", None), "header 'eta'"),
+            expires=fields.instant(pop("expires", None), "header 'expires'"),
+            retries=fields.count(pop("retries", None), "header 'retries'"),
+            timelimit=fields.time_limits(pop("timelimit", None), "header 'timelimit'"),
+            root_id=fields.optional_str(pop("root_id", None), "header 'root_id'"),
+            parent_id=fields.optional_str(pop("parent_id", None), "header 'parent_id'"),
+            group=fields.optional_str(pop("group", None), "header 'group'"),
+            group_index=fields.optional_index(pop("group_index", None), "header 'group_index'"),
+            shadow=fields.optional_str(pop("shadow", None), "header 'shadow'"),
+            origin=fields.optional_str(pop("origin", None), "header 'origin'"),
+            ignore_result=fields.flag(pop("ignore_result", None), "header 'ignore_result'"),
+            callbacks=fields.signatures(embed.get("callbacks"), "embed 'callbacks'"),
+            errbacks=fields.signatures(embed.get("errbacks"), "embed 'errbacks'"),
+            chain=fields.signatures(embed.get("chain"), "embed 'chain'"),
+            chord=fields.signature(embed.get("chord"), "embed 'chord'"),
+            reply_to=fields.optional_str(properties.get("reply_to"), "property 'reply_to'") or "",
+            priority=fields.priority(properties.get("priority"), "property 'priority'"),
             extra_headers=headers,
             serializer=content_type,
         )

@@ -49,7 +49,6 @@ from chard.exceptions import (
     WorkerLostError,
 )
 from chard.protocol.message import TaskMessage, peek, salvage
-from chard.worker import execute
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
 from chard.worker.lost import deaths, record_failure, reliably, settle_lost
 from chard.worker.pools.base import Job, Outcome, Pool
@@ -112,6 +111,7 @@ class Consumer:
         *,
         prefetch: int,
         burst: bool = False,
+        hostname: str,
         revocations: Revocations | None = None,
     ) -> None:
         self.app = app
@@ -134,9 +134,8 @@ class Consumer:
         # A prefork child is given the record its parent follows (see Revocations).
         self._owns_revocations = revocations is None
         if revocations is None:  # (not `or`: an empty record is falsy)
-            revocations = Revocations(app, self._terminate, self._stopping)
+            revocations = Revocations(app, self._terminate, self._stopping, hostname=hostname)
         self.revocations = revocations
-        execute.set_revocation_check(self.revocations.check)
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> ConsumerStats:
@@ -339,7 +338,7 @@ class Consumer:
 
         With a pool that takes batches (a prefork child's), runs of messages without time
         limits share a job, ``ceil(waiting / slots)`` at a time, so that quick tasks store
-        their results in one backend round trip (see :func:`execute.run`). With little
+        their results in one backend round trip (see :meth:`Executor.run`). With little
         waiting, every job is still a single message.
         """
         while slots > 0 and self._admitted:
@@ -448,7 +447,12 @@ class Consumer:
         self, delivery: Delivery, message: TaskMessage, error: BaseException
     ) -> None:
         record_failure(
-            self.app, message, error, queue=delivery.queue, delivery_count=delivery.delivery_count
+            self.app,
+            message,
+            error,
+            queue=delivery.queue,
+            delivery_count=delivery.delivery_count,
+            hostname=self.revocations.hostname,
         )
 
     def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:

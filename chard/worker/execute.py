@@ -1,12 +1,12 @@
-"""Run one delivered message inside a pool process: decode, build the request, trace.
+"""Run delivered messages inside a pool process: build the request, trace, report.
 
-This is the pool's target, run in a prefork child or a pool thread. It takes a
-:class:`JobPayload` and returns a small :class:`ExecOutcome` telling the consumer
-how to settle the message. Results and follow-up messages are written from here,
-before the consumer acks, so a crash between the two repeats work instead of
-losing it (at-least-once). In a prefork child, the task about to run is written
-to the child's slot first (:mod:`chard.worker.slot`), so that if the child dies
-its supervisor counts the death against that message alone.
+:meth:`Executor.run` is the pool's target, run in a prefork child or a pool thread.
+It takes a :class:`JobPayload` (or a batch) and returns a small :class:`ExecOutcome`
+telling the consumer how to settle the message. Results and follow-up messages
+are written from here, before the consumer acks, so a crash between the two
+repeats work instead of losing it (at-least-once). In a prefork child, the task
+about to run is written to the child's slot first (:mod:`chard.worker.slot`), so
+that if the child dies its supervisor counts the death against that message alone.
 """
 
 from __future__ import annotations
@@ -21,27 +21,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import (
-    BackendConnectionError,
-    BackendError,
-    ContentDisallowed,
-    DecodeError,
-    NotRegistered,
-)
+from chard.exceptions import BackendConnectionError, BackendError, NotRegistered
 from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
 from chard.task import Context
-from chard.worker import slot as slots
+from chard.worker.slot import digest
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.backends.base import ResultBackend
+    from chard.worker.slot import Slot
 
 logger = logging.getLogger("chard.worker")
 
-_app: Celery | None = None
-_hostname = "chard@localhost"
-#: Asked just before each message runs: True if it discarded the message as revoked.
-_revocation_check: Callable[[JobPayload, TaskMessage], bool] | None = None
+#: Longest run (seconds) of a task whose result may wait for the rest of its batch.
+QUICK = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +44,17 @@ class JobPayload:
 
     The consumer has already decoded the envelope to check it, so it passes the
     :class:`TaskMessage` along (pickled: about a third of the cost of decoding the
-    envelope again); ``body`` is decoded only when ``message`` is None.
+    envelope again); ``body`` travels for whoever settles the message.
     """
 
     body: bytes
     queue: str
     delivery_count: int
-    message: TaskMessage | None = None
+    message: TaskMessage
+
+
+#: Checks, just before a message runs, whether it was revoked (and if so discards it).
+RevocationCheck = Callable[[JobPayload, TaskMessage], bool]
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,6 @@ class ExecOutcome:
     action: Literal["ack", "requeue", "dead_letter"]
     state: str
     reason: str | None = None
-
-
-def configure(app: Celery, hostname: str) -> None:
-    """Set the app and node name used by :func:`run_job` (before the pool forks)."""
-    global _app, _hostname
-    _app, _hostname = app, hostname
-
-
-def set_revocation_check(check: Callable[[JobPayload, TaskMessage], bool] | None) -> None:
-    """Set the check :func:`run_job` makes before running a message (before the pool forks).
-
-    The consumer checks for revocations when it admits a message, but a message may
-    wait in the pool after that (queued in a child, later in a batch); this catches
-    the revocations that came meanwhile (see :meth:`Revocations.check`).
-    """
-    global _revocation_check
-    _revocation_check = check
-
-
-def configured_hostname() -> str:
-    """Return the node name :func:`configure` set (for requests built outside the pool)."""
-    return _hostname
 
 
 def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> Context:
@@ -125,129 +101,185 @@ def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> C
     )
 
 
-def run(payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
-    """The pool target: run one message, or a batch of them one after another.
+class Executor:
+    """Runs delivered messages where the pool runs them; :meth:`run` is the pool's target.
 
-    In a batch, the results of quick plain tasks (nothing sent after them: no callbacks,
-    chain or chord; and a task that has so far run in under :data:`QUICK` seconds here)
-    are held and stored together, in one backend round trip, before the pool answers and
-    so before the consumer acks. Anything else first flushes what is held: stores keep
-    their order, and a result never waits long behind a slow neighbour (a task that is
-    usually quick and once runs long is the exception: up to a batch of results then
-    wait for it). If the process dies, the message it was running is lost (counted as a
-    death) and the others of the batch run again uncounted (at-least-once: the ones
-    before it may repeat).
+    One per process that runs tasks: the worker's (threads, solo) or each prefork
+    child's, built before its pool starts and handed to it, so that nothing a run needs
+    is a module global (a test, or two workers in one process, each get their own).
+
+    Args:
+        app: the worker's app (its tasks, backend and broker).
+        hostname: the node name, for ``self.request.hostname`` and STARTED metas.
+        revocation_check: asked just before each message runs; True if it discarded the
+            message as revoked. The consumer checks when it admits a message, but a
+            message may wait in the pool after that (queued in a child, later in a
+            batch); this catches the revocations that came meanwhile (see
+            :meth:`Revocations.check`). Settable until the pool starts, for a consumer
+            that makes its own record.
+        slot: a prefork child's shared record (:mod:`chard.worker.slot`), where the task
+            about to run is written first, so that if the child dies its supervisor
+            counts the death against that message alone; None elsewhere.
     """
-    if not isinstance(payload, list):
-        return run_job(payload)
-    backend = _app.backend if _app is not None else None
-    outcomes: list[ExecOutcome] = []
-    held: list[int] = []  # indexes of outcomes whose results are held
-    for index, item in enumerate(payload):
-        name = item.message.task if item.message is not None else ""
-        hold = backend is not None and _is_plain(item.message) and _is_quick(name)
-        if held and not hold:
-            _flush(outcomes, held)
-        if hold and backend is not None:
-            backend.hold_stores()
-            held.append(index)
-        started = time.perf_counter()
-        outcomes.append(run_job(item))
-        _runtimes[name] = time.perf_counter() - started
-    if held:
-        _flush(outcomes, held)
-    return outcomes
 
+    def __init__(
+        self,
+        app: Celery,
+        hostname: str,
+        revocation_check: RevocationCheck | None = None,
+        *,
+        slot: Slot | None = None,
+    ) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.revocation_check = revocation_check
+        self.slot = slot
+        #: The latest runtime of each task name here (first run: unknown, not quick).
+        self._runtimes: dict[str, float] = {}
+        self._seen = 0  # how many of the backend's held metas are copied to the slot
 
-#: Longest run (seconds) of a task whose result may wait for the rest of its batch.
-QUICK = 0.001
-#: The latest runtime of each task name in this process (first run: unknown, not quick).
-_runtimes: dict[str, float] = {}
+    def run(self, payload: JobPayload | list[JobPayload]) -> ExecOutcome | list[ExecOutcome]:
+        """The pool target: run one message, or a batch of them one after another.
 
+        In a batch, the results of quick plain tasks (nothing sent after them: no callbacks,
+        chain or chord; and a task that has so far run in under :data:`QUICK` seconds here)
+        are held and stored together, in one backend round trip, before the pool answers and
+        so before the consumer acks. Anything else first flushes what is held: stores keep
+        their order, and a result never waits long behind a slow neighbour (a task that is
+        usually quick and once runs long is the exception: up to a batch of results then
+        wait for it).
 
-def _is_quick(name: str) -> bool:
-    return _runtimes.get(name, QUICK) < QUICK
+        In a prefork child, each message's end is written to the slot before the next one
+        starts (:meth:`Slot.finish`, :meth:`Slot.hold`: a few stores to shared memory): if
+        the process dies, its supervisor stores the held results and acks the finished
+        messages, counts a death against the one it was running, and returns the others
+        to the queue uncounted. So a crash runs again at most the task that was running.
+        """
+        if not isinstance(payload, list):
+            outcome = self.run_job(payload)
+            self._finish(payload, outcome)
+            return outcome
+        backend = self.app.backend
+        outcomes: list[ExecOutcome] = []
+        held: list[int] = []  # indexes of outcomes whose results are held
+        for index, item in enumerate(payload):
+            name = item.message.task
+            hold = backend is not None and self._is_plain(item.message) and self._is_quick(name)
+            if held and not hold:
+                self._flush(outcomes, held)
+            if hold and backend is not None:
+                backend.hold_stores()
+                held.append(index)
+            started = time.perf_counter()
+            outcome = self.run_job(item)
+            self._runtimes[name] = time.perf_counter() - started
+            outcomes.append(outcome)
+            if hold and backend is not None:
+                self._hold(item, outcomes, held, backend)
+            else:
+                self._finish(item, outcome)
+        if held:
+            self._flush(outcomes, held)
+        return outcomes
 
+    def _finish(self, payload: JobPayload, outcome: ExecOutcome) -> None:
+        """Tell the slot the message's run is over, and if only its ack is left, which one."""
+        if self.slot is not None:
+            self.slot.finish(digest(payload.body) if outcome.action == "ack" else None)
 
-def _is_plain(message: TaskMessage | None) -> bool:
-    """Whether ``message``'s stores may wait for the end of its batch.
+    def _hold(
+        self,
+        payload: JobPayload,
+        outcomes: list[ExecOutcome],
+        held: list[int],
+        backend: ResultBackend,
+    ) -> None:
+        """Like :meth:`_finish` for a message whose results are held: copy them to the slot.
 
-    Not if anything is sent after it runs (callbacks, chain, chord: they may read its
-    result), nor if it tracks STARTED (that state must be visible while it runs).
-    """
-    if message is None or _app is None:
-        return False
-    if message.callbacks or message.errbacks or message.chain or message.chord:
-        return False
-    task = _app.tasks.get(message.task)
-    if task is None:
-        return False
-    return not task.option("track_started")
+        What does not fit is stored now, with everything held before it.
+        """
+        if self.slot is None:
+            return
+        metas, lines = backend.held_stores(), b""
+        if len(metas) > self._seen:  # (none for an ignore_result task)
+            lines = b"".join(data + b"\n" for data in metas[self._seen :])
+            self._seen = len(metas)
+        done = digest(payload.body) if outcomes[-1].action == "ack" else None
+        if not self.slot.hold(lines, done):
+            self._flush(outcomes, held)
+            self._finish(payload, outcomes[-1])
 
+    def _is_quick(self, name: str) -> bool:
+        return self._runtimes.get(name, QUICK) < QUICK
 
-def _flush(outcomes: list[ExecOutcome], held: list[int]) -> None:
-    """Store the held results; if the backend is gone, requeue those messages instead."""
-    assert _app is not None
-    assert _app.backend is not None
-    try:
-        _app.backend.flush_stores()
-    except BackendError as exc:  # its retry policy spent, or a server-side error
-        logger.error("Could not store %d task results; returned to the queue: %s", len(held), exc)
-        for index in held:
-            outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))
-    held.clear()
+    def _is_plain(self, message: TaskMessage) -> bool:
+        """Whether ``message``'s stores may wait for the end of its batch.
 
+        Not if anything is sent after it runs (callbacks, chain, chord: they may read its
+        result), nor if it tracks STARTED (that state must be visible while it runs).
+        """
+        if message.callbacks or message.errbacks or message.chain or message.chord:
+            return False
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            return False
+        return not task.option("track_started")
 
-def run_job(payload: JobPayload) -> ExecOutcome:
-    """Decode and run one message; never raises (the pool process must survive)."""
-    app = _app
-    if app is None:
-        raise RuntimeError("chard.worker.execute.configure() was not called before the pool")
-    message = payload.message
-    if message is None:
+    def _flush(self, outcomes: list[ExecOutcome], held: list[int]) -> None:
+        """Store the held results; if the backend is gone, requeue those messages instead."""
+        backend = self.app.backend
+        assert backend is not None  # results are held only with a backend
+        stored = False
         try:
-            message = TaskMessage.from_wire(payload.body, app.accept_content)
-        except (DecodeError, ContentDisallowed) as exc:
-            return ExecOutcome("dead_letter", states.FAILURE, f"undecodable message: {exc}")
-    try:
-        task = app.tasks[message.task]
-    except NotRegistered as exc:
-        return ExecOutcome("dead_letter", states.FAILURE, str(exc))
-    request = build_request(message, payload, _hostname)
-    track = task.option("track_started")
-    slot = slots.current()
-    if slot is not None:
-        body = payload.body if _in_workflow(message) else None
-        slot.begin(
-            message.id, message.task, app.backend is not None and not message.ignore_result, body
-        )
-    try:
-        if _revocation_check is not None and _revocation_check(payload, message):
-            return ExecOutcome("ack", states.REVOKED)
-        if track and app.backend is not None and not message.ignore_result:
-            app.backend.store_result(
-                message.id, {"pid": os.getpid(), "hostname": _hostname}, states.STARTED
+            backend.flush_stores()
+            stored = True
+        except BackendError as exc:  # its retry policy spent, or a server-side error
+            logger.error(
+                "Could not store %d task results; returned to the queue: %s", len(held), exc
             )
-        outcome = trace_task(task, request)
-    except BackendConnectionError as exc:
-        # The backend's own retries are spent (see its retry_policy). Acking would leave
-        # the task without a result for good; run it again later instead (at-least-once).
-        logger.error(
-            "Task %s[%s] could not store its state; returned to the queue: %s",
-            message.task,
-            message.id,
-            exc,
-        )
-        return ExecOutcome("requeue", states.REJECTED, str(exc))
-    _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
-    if outcome.state == states.REJECTED and outcome.requeue:
-        return ExecOutcome("requeue", outcome.state)
-    return ExecOutcome("ack", outcome.state)
+            for index in held:
+                outcomes[index] = ExecOutcome("requeue", states.REJECTED, str(exc))
+        finally:
+            held.clear()
+            self._seen = 0
+            if self.slot is not None:
+                self.slot.release(stored)
 
-
-def _in_workflow(message: TaskMessage) -> bool:
-    """Whether anything must happen to others when ``message``'s task ends (see the slot)."""
-    return bool(message.chain or message.chord or message.errbacks or message.group)
+    def run_job(self, payload: JobPayload) -> ExecOutcome:
+        """Run one message; never raises for what the task does (the process must survive)."""
+        app, message = self.app, payload.message
+        try:
+            task = app.tasks[message.task]
+        except NotRegistered as exc:  # the consumer checked; a registry changed since
+            return ExecOutcome("dead_letter", states.FAILURE, str(exc))
+        request = build_request(message, payload, self.hostname)
+        track = task.option("track_started")
+        if self.slot is not None:
+            stores = app.backend is not None and not message.ignore_result
+            body = payload.body if _in_workflow(message) else None
+            self.slot.begin(message.id, message.task, stores, body)
+        try:
+            if self.revocation_check is not None and self.revocation_check(payload, message):
+                return ExecOutcome("ack", states.REVOKED)
+            if track and app.backend is not None and not message.ignore_result:
+                app.backend.store_result(
+                    message.id, {"pid": os.getpid(), "hostname": self.hostname}, states.STARTED
+                )
+            outcome = trace_task(task, request)
+        except BackendConnectionError as exc:
+            # The backend's own retries are spent (see its retry_policy). Acking would leave
+            # the task without a result for good; run it again later instead (at-least-once).
+            logger.error(
+                "Task %s[%s] could not store its state; returned to the queue: %s",
+                message.task,
+                message.id,
+                exc,
+            )
+            return ExecOutcome("requeue", states.REJECTED, str(exc))
+        _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
+        if outcome.state == states.REJECTED and outcome.requeue:
+            return ExecOutcome("requeue", outcome.state)
+        return ExecOutcome("ack", outcome.state)
 
 
 def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -> None:
@@ -270,6 +302,11 @@ def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -
         logger.info("Task %s[%s] retry: %s", name, task_id, value)
     else:
         logger.info("Task %s[%s] %s", name, task_id, state.lower())
+
+
+def _in_workflow(message: TaskMessage) -> bool:
+    """Whether anything must happen to others when ``message``'s task ends (see the slot)."""
+    return bool(message.chain or message.chord or message.errbacks or message.group)
 
 
 def is_expired(message: TaskMessage, now: datetime | None = None) -> bool:

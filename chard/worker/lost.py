@@ -17,7 +17,7 @@ from chard.brokers.base import Delivery, OutgoingMessage
 from chard.exceptions import BrokerConnectionError, TimeLimitExceeded, WorkerLostError
 from chard.execution import outcome
 from chard.protocol.message import TaskMessage, with_header
-from chard.worker.execute import JobPayload, build_request, configured_hostname
+from chard.worker.execute import JobPayload, build_request
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -66,6 +66,7 @@ def record_failure(
     *,
     queue: str = "",
     delivery_count: int = 1,
+    hostname: str | None = None,
 ) -> None:
     """Record that ``message``'s task ended in FAILURE without its body returning.
 
@@ -74,7 +75,7 @@ def record_failure(
     stored and its workflow ended by :func:`chard.execution.outcome.failed`.
     """
     payload = JobPayload(b"", queue, delivery_count, message)
-    request = build_request(message, payload, configured_hostname())
+    request = build_request(message, payload, hostname or "")
     task = app.tasks.get(message.task)
     store = outcome.stores_result(app, task, request)
     extra = outcome.extra_meta(app, task, request) if store else None

@@ -51,7 +51,7 @@ from chard.exceptions import BrokerConnectionError, DecodeError
 from chard.execution import outcome
 from chard.protocol.control import REVOKE_CHANNEL, Revocation
 from chard.protocol.message import TaskMessage
-from chard.worker.execute import JobPayload, build_request, configured_hostname
+from chard.worker.execute import JobPayload, build_request
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -76,6 +76,7 @@ class Revocations:
             ``terminate=True``; ends that task if it runs here, and returns whether it
             did. The consumer asks its pool; the prefork supervisor kills the child.
         stopping: set when the worker stops; ends the reading thread.
+        hostname: the node name, for the request of a discarded task.
         clock: the time source for expiry (tests pass a FakeClock).
         max_ids: the most ids kept at once.
     """
@@ -86,12 +87,14 @@ class Revocations:
         terminate: Callable[[str, int], bool] | None,
         stopping: threading.Event,
         *,
+        hostname: str,
         clock: Clock | None = None,
         max_ids: int = MAX_REVOKED,
     ) -> None:
         self.app = app
         self._terminate = terminate
         self._stopping = stopping
+        self.hostname = hostname
         self._clock: Clock = clock or SystemClock()
         self._max_ids = max_ids
         # task id -> (expires, signal to terminate it with or None), oldest first. Written
@@ -284,7 +287,7 @@ class Revocations:
         else:
             logger.info("Discarding revoked task %s[%s]", name, task_id)
         app = self.app
-        request = build_request(message, payload, configured_hostname())
+        request = build_request(message, payload, self.hostname)
         task = app.tasks.get(name)
         entry = self._revoked.get(task_id)
         outcome.revoked(

@@ -2,7 +2,7 @@
 
 Each prefork child is a whole consumer (see :mod:`chard.worker.supervisor`): it leases
 messages under its own broker consumer id, runs them, settles them. When it dies, or
-must be killed (hard time limit, ``revoke(terminate=True)``), the parent needs three
+must be killed (hard time limit, ``revoke(terminate=True)``), the parent needs the
 facts that died with it, so the child keeps them here, in a :class:`Slot` of shared
 memory made before the fork:
 
@@ -11,7 +11,12 @@ memory made before the fork:
   itself when it belongs to a workflow), to count a death against that one message
   only, or to settle it as timed out or terminated, and end its workflow;
 * the running job's hard deadline, which the parent enforces by killing the child
-  (``time.monotonic()`` is one clock for every process of the machine).
+  (``time.monotonic()`` is one clock for every process of the machine);
+* the messages whose work it finished but has not acked yet (:meth:`Slot.finish`),
+  with the results it holds for one backend round trip at the end of a batch
+  (:meth:`Slot.hold`), so that the parent stores those results and acks those
+  messages instead of running them again: only the task running when the child
+  died runs again (:mod:`chard.worker.finished`).
 
 Writes are a few stores into shared memory (no system call), cheap enough for every
 task. A sequence number makes them a seqlock: odd while the child writes, so the
@@ -40,6 +45,36 @@ _SEP = "\x1f"
 _READ_TRIES = 10_000
 #: Counters a child leaves behind when it stops: see :data:`chard.worker.consumer.ConsumerStats`.
 STAT_FIELDS = ("received", "processed", "succeeded", "failed", "dead_lettered", "revoked")
+#: Finished messages remembered (the newest): more than a child holds unacked at once
+#: (its prefetch window, a batch, and the acks of one broker round trip).
+DONE_SLOTS = 1024
+#: Room for the results held during a batch (JSON metas) and for their messages: a batch
+#: is at most 64 messages; a result that does not fit is stored at once instead.
+HELD_BYTES = 64 * 1024
+PENDING_SLOTS = 128
+
+
+def digest(body: bytes) -> int:
+    """Return the identity of a message in a slot's record: the hash of its envelope.
+
+    An envelope is unique per publish (kombu and chard give each a fresh
+    ``delivery_tag``), the same bytes when redelivered or taken over. The parent and
+    its forked children share the hash seed, so both compute the same value; a miss
+    (a differing seed) only means a finished message runs again.
+    """
+    return hash(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a dead child had finished but not acked, as its slot says (see :meth:`Slot.finish`)."""
+
+    #: Digests of messages whose work is done and recorded (results stored or ignored).
+    done: frozenset[int]
+    #: Digests of messages that ran, whose results are among ``metas``, not yet stored.
+    pending: frozenset[int]
+    #: The held result metas (JSON), to store before those messages are acked.
+    metas: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +101,19 @@ class Slot:
         self._stats: Any = _FORK.RawArray(ctypes.c_int64, len(STAT_FIELDS))
         self._body: Any = _FORK.RawArray(ctypes.c_char, _BODY_BYTES)
         self._body_len: Any = _FORK.RawValue(ctypes.c_int64, 0)
+        self._body_view = memoryview(self._body).cast("B")
+        self._done: Any = _FORK.RawArray(ctypes.c_int64, DONE_SLOTS)  # a ring of digests
+        self._done_count: Any = _FORK.RawValue(ctypes.c_uint64, 0)  # ever written
+        self._pending: Any = _FORK.RawArray(ctypes.c_int64, PENDING_SLOTS)
+        self._pending_count: Any = _FORK.RawValue(ctypes.c_uint64, 0)
+        self._held: Any = _FORK.RawArray(ctypes.c_char, HELD_BYTES)
+        self._held_len: Any = _FORK.RawValue(ctypes.c_uint64, 0)
+        # Copied through a memoryview, never ctypes.memmove: a ctypes call releases the GIL,
+        # and the child's fetcher and acker threads then take it for a switch interval.
+        self._held_view = memoryview(self._held).cast("B")
+        # The writer's own copies of the three counters above (only the child writes them,
+        # every task: a Python int is read for a fraction of a shared value's cost).
+        self._done_n = self._pending_n = self._held_n = 0
 
     # -- written by the child -------------------------------------------------------------
     def announce(self, consumer_id: str) -> None:
@@ -87,11 +135,65 @@ class Slot:
         seq.value += 1
         self._info.value = info
         if body is not None and len(body) <= _BODY_BYTES:
-            self._body[: len(body)] = body
+            self._body_view[: len(body)] = body
             self._body_len.value = len(body)
         else:
             self._body_len.value = 0
         seq.value += 1
+
+    def finish(self, done: int | None = None) -> None:
+        """Record that the running task is over; ``done``: its message's :func:`digest`.
+
+        Pass ``done`` when the message's work is complete (its results stored or not
+        wanted, its follow-ups sent) and only its ack is left: should the child die
+        before the ack, its supervisor acks it instead of running it again. Written
+        after the running record is cleared, so a death between the two runs the task
+        again uncounted, never counts a finished task as lost.
+        """
+        self._clear_running()
+        if done is not None:
+            self._add_done(done)
+
+    def hold(self, metas: bytes, done: int | None = None) -> bool:
+        """Like :meth:`finish`, for a task whose results are held for the batch's flush.
+
+        ``metas`` are the JSON lines of the results it queued; should the child die
+        before :meth:`release`, its supervisor stores them, then acks the message
+        ``done`` names. Returns False, recording nothing, if they do not fit: the caller
+        then stores what is held at once (and calls :meth:`release`, then :meth:`finish`).
+        """
+        used, count, size = self._held_n, self._pending_n, len(metas)
+        if used + size > HELD_BYTES or count >= PENDING_SLOTS:
+            return False
+        if size:
+            self._held_view[used : used + size] = metas
+            self._held_n = self._held_len.value = used + size
+        self._clear_running()
+        if done is not None:
+            self._pending[count] = done
+            self._pending_n = self._pending_count.value = count + 1
+        return True
+
+    def release(self, stored: bool) -> None:
+        """Forget the held results: ``stored`` (their messages are then done) or given up."""
+        if stored:
+            for index in range(self._pending_n):
+                self._add_done(self._pending[index])
+        if self._pending_n:
+            self._pending_n = self._pending_count.value = 0
+        if self._held_n:
+            self._held_n = self._held_len.value = 0
+
+    def _clear_running(self) -> None:
+        seq = self._seq
+        seq.value += 1
+        self._info.value = b""
+        seq.value += 1
+
+    def _add_done(self, done: int) -> None:
+        count = self._done_n
+        self._done[count % DONE_SLOTS] = done
+        self._done_n = self._done_count.value = count + 1
 
     def set_limit(self, seconds: float) -> None:
         """Record that the job starting now must be killed after ``seconds`` (hard limit)."""
@@ -104,12 +206,8 @@ class Slot:
 
     def end(self) -> None:
         """Record that the child runs nothing (the job is over, its outcome in hand)."""
-        seq = self._seq
-        seq.value += 1
         self._deadline.value = 0.0
-        self._info.value = b""
-        self._body_len.value = 0
-        seq.value += 1
+        self._clear_running()
 
     def save_stats(self, values: dict[str, int]) -> None:
         """Leave the child's counters for the parent's summary (when the child stops)."""
@@ -153,7 +251,17 @@ class Slot:
     def running_body(self) -> bytes | None:
         """Return the running message's body if :meth:`begin` kept it (read after a death)."""
         size = int(self._body_len.value)
-        return bytes(self._body[:size]) if size > 0 else None
+        return bytes(self._body_view[:size]) if size > 0 else None
+
+    def finished(self) -> Finished:
+        """Return what the child had finished but not acked (read once it is dead)."""
+        count = self._done_count.value
+        done = frozenset(
+            self._done[i % DONE_SLOTS] for i in range(max(0, count - DONE_SLOTS), count)
+        )
+        pending = frozenset(self._pending[: min(self._pending_count.value, PENDING_SLOTS)])
+        held = bytes(self._held_view[: min(self._held_len.value, HELD_BYTES)])
+        return Finished(done, pending, tuple(held.splitlines()))
 
     def stats(self) -> dict[str, int]:
         """The counters the child saved when it stopped (zeros if it died first)."""
@@ -170,18 +278,5 @@ class Slot:
         self._body_len.value = 0
         for index in range(len(STAT_FIELDS)):
             self._stats[index] = 0
-
-
-#: This process's slot, when it is a prefork child; None anywhere else.
-_current: Slot | None = None
-
-
-def set_current(slot: Slot | None) -> None:
-    """Make ``slot`` the one :func:`current` returns (each prefork child, after fork)."""
-    global _current
-    _current = slot
-
-
-def current() -> Slot | None:
-    """Return this process's slot (a prefork child), or None (threads, solo, clients)."""
-    return _current
+        self._done_count.value = self._pending_count.value = self._held_len.value = 0
+        self._done_n = self._pending_n = self._held_n = 0

@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, WorkerLostError
 from chard.protocol.message import TaskMessage, peek, salvage
-from chard.worker import execute
 from chard.worker.consumer import Consumer, ConsumerStats
-from chard.worker.execute import JobPayload
+from chard.worker.execute import Executor, JobPayload
+from chard.worker.finished import settle_finished
 from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
-from chard.worker.slot import STAT_FIELDS, Running, Slot, set_current
+from chard.worker.slot import STAT_FIELDS, Running, Slot
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -131,6 +131,8 @@ class ChildSpec:
     """What every child consumer is made of (fixed before the first fork)."""
 
     app: Celery
+    #: The node name (``-n``): ``self.request.hostname`` of every task.
+    hostname: str
     queues: Sequence[str]
     #: Messages each child leases ahead: the prefetch multiplier (Celery's per-process window).
     prefetch: int
@@ -174,7 +176,9 @@ class Supervisor:
         self._life_r, self._life_w = os.pipe()  # children read EOF once the parent is gone
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
-        self.revocations = Revocations(self.app, self._terminate, self._stopping)
+        self.revocations = Revocations(
+            self.app, self._terminate, self._stopping, hostname=spec.hostname
+        )
         self._warned_take_over = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -309,6 +313,10 @@ class Supervisor:
     def _recover(self, child: _Child, running: Running | None, code: int | None) -> None:
         """Take over the dead child's leases: settle its running message, return the rest."""
         deliveries = self._take_over(child.slot.consumer_id)
+        # Finished, only the ack not sent: ack them (storing the results it held) first.
+        deliveries = settle_finished(
+            self.app, child.slot.finished(), deliveries, give_up=self._is_cold
+        )
         settled = False
         for delivery in deliveries:
             is_running = running is not None and peek(delivery.body)[1] == running.task_id
@@ -465,7 +473,6 @@ def _child_main(
     """Consume until a warm stop, the parent's death, ``max_tasks_per_child`` or (burst) no work."""
     for fd in close:  # the parent's ends: a child must not keep its own pipe alive
         os.close(fd)
-    set_current(slot)
     for signum in _PARENT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
     if spec.initializer is not None:
@@ -477,9 +484,16 @@ def _child_main(
         with contextlib.suppress(OSError):
             os.write(wake_fd, b"\0")
 
-    pool = ChildPool(execute.run, slot, poke, spec.max_tasks_per_child)
+    executor = Executor(app, spec.hostname, revocations.check, slot=slot)
+    pool = ChildPool(executor.run, slot, poke, spec.max_tasks_per_child)
     consumer = Consumer(
-        app, pool, spec.queues, prefetch=spec.prefetch, burst=spec.burst, revocations=revocations
+        app,
+        pool,
+        spec.queues,
+        prefetch=spec.prefetch,
+        burst=spec.burst,
+        hostname=spec.hostname,
+        revocations=revocations,
     )
 
     def retire() -> None:

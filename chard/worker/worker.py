@@ -1,6 +1,7 @@
 """The worker node: wiring in a straight line, signals, banner, and shutdown.
 
-``Worker.start()`` reads top to bottom: finalize the app, configure the executor,
+``Worker.start()`` reads top to bottom: finalize the app, connect the broker,
+prepare the consumers (each with its :class:`~chard.worker.execute.Executor`),
 install signal handlers, print the banner, consume until told to stop, shut down.
 With the prefork pool (the default) the consuming is done by child processes,
 forked once the app is loaded, under a :class:`~chard.worker.supervisor.Supervisor`;
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
-from chard.worker import execute
 from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.execute import Executor
 from chard.worker.pools import PREFORK, create_pool
 from chard.worker.supervisor import ChildSpec, Supervisor
 
@@ -77,7 +78,6 @@ class Worker:
         """Run the worker until it is stopped; returns its counters."""
         self.app.finalize()
         signals.worker_init.send(sender=self)
-        execute.configure(self.app, self.hostname)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         self._install_signal_handlers()
@@ -103,6 +103,7 @@ class Worker:
         """Prepare the consumer processes (forked when the returned callable runs)."""
         spec = ChildSpec(
             app=self.app,
+            hostname=self.hostname,
             queues=self.queues,
             prefetch=max(1, self.prefetch // self.concurrency),
             max_tasks_per_child=self.max_tasks_per_child,
@@ -114,16 +115,24 @@ class Worker:
 
     def _in_process(self) -> Callable[[], ConsumerStats]:
         """Prepare one consumer feeding a pool of threads (or solo) in this process."""
+        executor = Executor(self.app, self.hostname)
         pool = create_pool(
             self.pool_kind,
-            execute.run,
+            executor.run,
             self.concurrency,
             max_tasks_per_child=self.max_tasks_per_child,
             initializer=self._init_child,
         )
         self.consumer = Consumer(
-            self.app, pool, self.queues, prefetch=self.prefetch, burst=self.burst
+            self.app,
+            pool,
+            self.queues,
+            prefetch=self.prefetch,
+            burst=self.burst,
+            hostname=self.hostname,
         )
+        # This consumer keeps its process's revocation record (it terminates through its pool).
+        executor.revocation_check = self.consumer.revocations.check
         pool.start()
         return self.consumer.run
 

@@ -10,13 +10,17 @@ test_worker.py and test_revoke_worker.py.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from chard.brokers.base import OutgoingMessage
+from chard.protocol.message import TaskMessage, new_id, with_header
 from tests.helpers import wait_for
-from tests.integration.workers import WorkerFactory
+from tests.integration.workers import WorkerFactory, iter_lines
 
 #: The brokers' default lease: what recovery would take without the take-over.
 LEASE_TIMEOUT = 10.0
@@ -132,3 +136,76 @@ def test_terminate_with_a_signal_the_child_does_not_handle_ends_the_task_revoked
     assert f"while running itproj.tasks.announce_then_sleep[{running.id}]" not in worker.output()
     assert add.delay(1, 1).get(timeout=10) == 2
     assert progress.read_text() == "started\n"
+
+
+def test_a_message_with_a_bad_timelimit_is_dead_lettered_once_and_kills_no_child(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    """Regression (fault suite): ``timelimit=["a", "b"]`` killed the child that took it.
+
+    The TypeError came from setting the child's deadline, outside the guarded run; the
+    message went back to the queue uncounted and killed the next child, for ever.
+    """
+    # Given a two-child worker
+    worker = workers.start("-c", "2")
+    wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=10)
+    children = children_of(worker.pid)
+    from itproj.tasks import add
+
+    # When a raw message whose timelimit holds strings is published
+    good = TaskMessage("itproj.tasks.add", new_id(), (1, 2)).to_wire()
+    bad = with_header(good, "timelimit", ["a", "b"])
+    itproj.broker.publish(OutgoingMessage("celery", bad))
+
+    # Then it is dead-lettered, named in the log, and the worker goes on
+    worker.wait_for_log("header 'timelimit' must be [hard, soft] seconds")
+    assert [add.delay(i, i).get(timeout=10) for i in range(4)] == [0, 2, 4, 6]
+    letters = [d for d in itproj.broker.dead_letters() if d.body == bad]
+    assert len(letters) == 1
+    assert worker.output().count("Moved an undecodable message to the dead-letter store") == 1
+    # And no child died: the same two processes still run
+    assert children_of(worker.pid) == children
+    assert "exited" not in worker.output()
+
+
+def test_sigkilled_children_rerun_at_most_the_task_each_was_running(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    """Regression: a child stored and acked a batch of quick tasks only after the batch.
+
+    So a SIGKILL made every task of the batch that had finished before it run again (23-39
+    re-runs for 20 kills in the fault suite). Only the one running may run again now.
+    """
+    # Given a two-child worker draining rounds of short tasks that each note their run
+    worker = workers.start("-c", "2")
+    from itproj.tasks import record
+
+    marks = tmp_path / "marks"
+    rounds, per_round = 15, 200
+    results = []
+    kills = 0
+    for _ in range(rounds):
+        done = len(list(iter_lines(marks)))
+        results += [record.delay(str(marks)) for _ in range(per_round)]
+        # When a child is SIGKILLed while the round drains
+        wait_for(lambda done=done: len(list(iter_lines(marks))) >= done + per_round // 4, 30)
+        children = children_of(worker.pid)
+        victim = random.choice(sorted(children))
+        os.kill(victim, signal.SIGKILL)
+        kills += 1
+        wait_for(lambda victim=victim: len(children_of(worker.pid) - {victim}) == 2, timeout=15)
+    ids = {r.id for r in results}
+    wait_for(lambda: ids <= set(iter_lines(marks)), timeout=60)
+    # (everything left over, e.g. returned by the warm stop, runs in a burst worker)
+    assert worker.stop() == 0
+    workers.start("-c", "1", "--burst", ready=False).proc.wait(timeout=60)
+
+    # Then every task ran, and at most one task per kill ran twice
+    runs = Counter(iter_lines(marks))
+    assert set(runs) == ids
+    duplicates = sum(runs.values()) - len(ids)
+    print(f"{kills} kills, {duplicates} duplicate runs")
+    assert duplicates <= kills
+    # And every result was stored
+    metas = itproj.backend.get_many([r.id for r in results])
+    assert {m["status"] for m in metas} == {"SUCCESS"}

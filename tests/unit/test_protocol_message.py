@@ -475,15 +475,17 @@ def test_body_without_base64_encoding_is_read_as_is() -> None:
             envelope([[], {}, EMPTY_EMBED], headers={"task": "t"}), "header 'id'", id="no-id"
         ),
         pytest.param(envelope(["a", {}, EMPTY_EMBED]), "args must be a list", id="args-not-a-list"),
-        pytest.param(envelope([[], [], EMPTY_EMBED]), "kwargs a dict", id="kwargs-not-a-dict"),
+        pytest.param(
+            envelope([[], [], EMPTY_EMBED]), "kwargs must be an object", id="kwargs-not-a-dict"
+        ),
         pytest.param(
             envelope([[], {}, EMPTY_EMBED], headers={"task": "t", "id": "i", "eta": "tomorrow"}),
-            "header 'eta' is not an ISO 8601 time: 'tomorrow'",
+            "header 'eta' must be an ISO 8601 time or null, got 'tomorrow'",
             id="bad-eta",
         ),
         pytest.param(
             envelope([[], {}, EMPTY_EMBED], headers={"task": "t", "id": "i", "expires": 5}),
-            "header 'expires' is not an ISO 8601 time",
+            "header 'expires' must be an ISO 8601 time or null, got 5",
             id="bad-expires",
         ),
     ],
@@ -497,6 +499,272 @@ def test_malformed_messages_raise_decode_error_naming_the_problem(
     assert problem in str(info.value)
     # The raw bytes travel with the error, for the dead-letter record.
     assert info.value.data == data
+
+
+def with_headers(**changes: Any) -> bytes:
+    """A valid protocol-v2 envelope with ``changes`` applied to Celery's captured headers."""
+    headers = json.loads(CAPTURED_ADD)["headers"]
+    return envelope([[2, 2], {}, EMPTY_EMBED], {**headers, **changes})
+
+
+def with_embed(**changes: Any) -> bytes:
+    return envelope([[], {}, {**EMPTY_EMBED, **changes}])
+
+
+SIG = {"task": "tasks.add", "args": [1], "kwargs": {}, "options": {}, "subtask_type": None}
+
+
+# Regression (fault suite): timelimit=["a", "b"] decoded, then raised TypeError in a prefork
+# child setting its deadline, outside the guarded run: the child died and the message went
+# back uncounted, for ever. Every field the worker reads is now checked at decode time.
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        pytest.param(
+            with_headers(timelimit=["a", "b"]),
+            "header 'timelimit' must be [hard, soft] seconds (non-negative numbers or null), "
+            "got ['a', 'b']",
+            id="timelimit-strings",
+        ),
+        pytest.param(
+            with_headers(timelimit="fast"),
+            "header 'timelimit' must be [hard, soft] seconds (non-negative numbers or null), "
+            "got 'fast'",
+            id="timelimit-a-string",
+        ),
+        pytest.param(with_headers(timelimit=[1]), "got [1]", id="timelimit-one-item"),
+        pytest.param(with_headers(timelimit=[1, 2, 3]), "got [1, 2, 3]", id="timelimit-three"),
+        pytest.param(with_headers(timelimit=[-1, None]), "got [-1, None]", id="timelimit-negative"),
+        pytest.param(with_headers(timelimit=[True, None]), "got [True, None]", id="timelimit-bool"),
+        pytest.param(
+            envelope([[], {}, EMPTY_EMBED], raw_body=None, headers=None).replace(
+                b'"id": "abc"', b'"id": "abc", "timelimit": [NaN, null]'
+            ),
+            "got [nan, None]",
+            id="timelimit-nan",
+        ),
+        pytest.param(
+            with_headers(eta="yesterday"),
+            "header 'eta' must be an ISO 8601 time or null, got 'yesterday'",
+            id="eta-words",
+        ),
+        pytest.param(
+            with_headers(eta=20300101),
+            "header 'eta' must be an ISO 8601 time or null, got 20300101",
+            id="eta-a-number",
+        ),
+        pytest.param(
+            with_headers(expires=[]),
+            "header 'expires' must be an ISO 8601 time or null, got []",
+            id="expires-a-list",
+        ),
+        pytest.param(
+            with_headers(retries="x"),
+            "header 'retries' must be a non-negative integer, got 'x'",
+            id="retries-a-string",
+        ),
+        pytest.param(with_headers(retries=-1), "header 'retries' must be", id="retries-negative"),
+        pytest.param(with_headers(retries=1.5), "header 'retries' must be", id="retries-a-float"),
+        pytest.param(
+            with_headers(group_index="0"),
+            "header 'group_index' must be a non-negative integer, got '0'",
+            id="group-index-a-string",
+        ),
+        pytest.param(
+            with_headers(root_id=7), "header 'root_id' must be a string or null, got 7", id="root"
+        ),
+        pytest.param(with_headers(parent_id=[]), "header 'parent_id' must be", id="parent"),
+        pytest.param(with_headers(group={}), "header 'group' must be", id="group"),
+        pytest.param(with_headers(shadow=1), "header 'shadow' must be", id="shadow"),
+        pytest.param(with_headers(origin=1), "header 'origin' must be", id="origin"),
+        pytest.param(
+            with_headers(ignore_result="no"),
+            "header 'ignore_result' must be true, false or null, got 'no'",
+            id="ignore-result-a-string",
+        ),
+        pytest.param(
+            with_headers(chard_lost="twice"),
+            "header 'chard_lost' must be a non-negative integer, got 'twice'",
+            id="deaths-a-string",
+        ),
+        pytest.param(
+            with_headers(task=["tasks.add"]),
+            "header 'task' must be a task name (a non-empty string), got ['tasks.add']",
+            id="task-a-list",
+        ),
+        pytest.param(
+            with_headers(id=5),
+            "header 'id' of task 'tasks.add' must be a task id (a non-empty string), got 5",
+            id="id-a-number",
+        ),
+        pytest.param(
+            with_headers(id="\ud800"),
+            "header 'id' must be valid unicode text, got '\\ud800'",
+            id="id-a-lone-surrogate",
+        ),
+        pytest.param(
+            envelope([{"a": 1}, {}, EMPTY_EMBED]),
+            "body args must be a list, got {'a': 1}",
+            id="args-an-object",
+        ),
+        pytest.param(
+            envelope([[], {}, ["callbacks"]]),
+            "body embed must be an object, got ['callbacks']",
+            id="embed-a-list",
+        ),
+        pytest.param(
+            with_embed(callbacks=SIG),
+            "embed 'callbacks' must be a list of signatures or null, got {",
+            id="callbacks-not-a-list",
+        ),
+        pytest.param(
+            with_embed(errbacks=["tasks.add"]),
+            "embed 'errbacks'[0] must be a signature (an object with a string 'task'), "
+            "got 'tasks.add'",
+            id="errbacks-of-strings",
+        ),
+        pytest.param(
+            with_embed(chain=[{**SIG, "options": []}]),
+            "embed 'chain'[0] must be a signature whose 'options' is an object",
+            id="chain-step-options-a-list",
+        ),
+        pytest.param(
+            with_embed(chord=[SIG]),
+            "embed 'chord' must be a signature (an object with a string 'task')",
+            id="chord-a-list",
+        ),
+        pytest.param(
+            with_embed(chord={**SIG, "chord_size": "3"}),
+            "embed 'chord' must be a signature whose 'chord_size' is an integer",
+            id="chord-size-a-string",
+        ),
+        pytest.param(
+            json.dumps({**json.loads(CAPTURED_ADD), "headers": ["task", "id"]}).encode(),
+            "message headers must be an object, got ['task', 'id']",
+            id="headers-a-list",
+        ),
+        pytest.param(
+            json.dumps({**json.loads(CAPTURED_ADD), "properties": "x"}).encode(),
+            "message properties must be an object, got 'x'",
+            id="properties-a-string",
+        ),
+        pytest.param(
+            json.dumps({**json.loads(CAPTURED_ADD), "body": 12}).encode(),
+            "envelope 'body' must be a string, got 12",
+            id="body-a-number",
+        ),
+        pytest.param(
+            json.dumps({**json.loads(CAPTURED_ADD), "content-type": None}).encode(),
+            "envelope 'content-type' must be a string, got None",
+            id="content-type-null",
+        ),
+    ],
+)
+def test_a_header_or_field_of_the_wrong_type_is_a_decode_error_naming_it(
+    data: bytes, error: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        TaskMessage.from_wire(data, JSON)
+
+    assert error in str(info.value)
+    assert info.value.data == data
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", "high"),
+        ("priority", -1),
+        ("priority", 256),
+        ("priority", 1.5),
+        ("reply_to", 5),
+    ],
+)
+def test_a_property_of_the_wrong_type_is_a_decode_error_naming_it(field: str, value: Any) -> None:
+    wire = json.loads(CAPTURED_ADD)
+    wire["properties"][field] = value
+
+    with pytest.raises(DecodeError, match=rf"^property '{field}' must be .*, got "):
+        TaskMessage.from_wire(json.dumps(wire).encode(), JSON)
+
+
+def test_a_long_bad_value_is_cut_in_the_error() -> None:
+    with pytest.raises(DecodeError) as info:
+        TaskMessage.from_wire(with_headers(retries="x" * 10_000), JSON)
+
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        pytest.param({"timelimit": [None, None]}, (None, None), id="nulls"),
+        pytest.param({"timelimit": [10, 5]}, (10, 5), id="ints"),
+        pytest.param({"timelimit": [2.5, 1.25]}, (2.5, 1.25), id="floats"),
+        pytest.param({"timelimit": [30, None]}, (30, None), id="hard-only"),
+        pytest.param({"timelimit": [None, 0.5]}, (None, 0.5), id="soft-only"),
+        pytest.param({"timelimit": None}, (None, None), id="null"),
+    ],
+)
+def test_time_limits_celery_sends_decode(changes: dict[str, Any], expected: Any) -> None:
+    assert TaskMessage.from_wire(with_headers(**changes), JSON).timelimit == expected
+
+
+def test_every_field_celery_sets_decodes() -> None:
+    # Given the headers of a chord member's retry, as Celery writes them
+    data = with_headers(
+        eta="2026-11-21T05:26:31.907130+00:00",
+        expires="2026-11-21T05:28:01.907130+00:00",
+        group="g-1",
+        group_index=2,
+        retries=3,
+        parent_id="p-1",
+        shadow="alias",
+        ignore_result=True,
+        stamped_headers=["on"],
+        stamps={"on": "x"},
+        redelivered=True,
+        chard_lost=1,
+    )
+
+    message = TaskMessage.from_wire(data, JSON)
+
+    assert (message.group, message.group_index, message.retries) == ("g-1", 2, 3)
+    assert (message.parent_id, message.shadow, message.ignore_result) == ("p-1", "alias", True)
+    assert message.eta == datetime(2026, 11, 21, 5, 26, 31, 907130, tzinfo=UTC)
+    assert message.extra_headers == {
+        "stamped_headers": ["on"],
+        "stamps": {"on": "x"},
+        "redelivered": True,
+        "chard_lost": 1,
+    }
+
+
+def test_kombu_datetime_envelopes_in_times_decode() -> None:
+    eta = {"__type__": "datetime", "__value__": "2030-01-01T00:00:00+00:00"}
+
+    message = TaskMessage.from_wire(with_headers(eta=eta), JSON)
+
+    assert message.eta == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_embedded_signatures_celery_sends_decode() -> None:
+    chord_body = {**SIG, "options": {"task_id": "b", "group_id": "g"}, "chord_size": 3}
+    group = {"task": "celery.group", "args": [], "kwargs": {"tasks": [SIG]}, "options": {}}
+    data = with_embed(callbacks=[SIG], errbacks=[SIG], chain=[group, SIG], chord=chord_body)
+
+    message = TaskMessage.from_wire(data, JSON)
+
+    assert message.callbacks == [SIG]
+    assert message.chain == [group, SIG]
+    assert message.chord == chord_body
+
+
+def test_the_death_count_header_is_the_workers() -> None:
+    from chard.protocol.message import _COUNT_HEADERS
+    from chard.worker.lost import LOST_HEADER
+
+    assert LOST_HEADER in _COUNT_HEADERS
 
 
 def test_missing_id_error_names_the_task() -> None:
@@ -529,6 +797,18 @@ def test_pickle_content_is_decoded_when_accepted() -> None:
 
     assert message.args == (1, 2)
     assert message.serializer == "application/x-python-serialize"
+
+
+def test_keyword_arguments_with_keys_that_are_not_strings_are_a_decode_error() -> None:
+    # (JSON keys are always strings; pickle and msgpack bodies can carry others)
+    accept = frozenset({"application/json", "application/x-python-serialize"})
+    data = envelope(
+        raw_body=base64.b64encode(pickle.dumps([[], {1: "x"}, EMPTY_EMBED])).decode(),
+        content_type="application/x-python-serialize",
+    )
+
+    with pytest.raises(DecodeError, match=r"^body kwargs must be an object with string keys"):
+        TaskMessage.from_wire(data, accept)
 
 
 def test_a_message_encoded_with_pickle_round_trips_when_accepted() -> None:

@@ -41,7 +41,7 @@ def stopping() -> Iterator[threading.Event]:
 def revocations_for(
     app: Celery, stopping: threading.Event, clock: FakeClock | None = None, **kwargs: Any
 ) -> Revocations:
-    return Revocations(app, None, stopping, clock=clock, **kwargs)
+    return Revocations(app, None, stopping, hostname="unit@host", clock=clock, **kwargs)
 
 
 def send(app: Celery, ids: list[str], now: float, ttl: float = 60.0, **kwargs: Any) -> None:
@@ -193,7 +193,7 @@ def test_a_terminating_revocation_asks_to_end_the_task_it_names(
         asked.append((task_id, signum))
         return task_id == "victim"
 
-    revocations = Revocations(app, terminate, stopping)
+    revocations = Revocations(app, terminate, stopping, hostname="unit@host")
     revocations.start()
 
     # When two tasks are revoked with terminate=True and one without
@@ -216,12 +216,12 @@ def record_run(marker: str) -> str:
     return "ran"
 
 
-def run_in_child(payload: execute.JobPayload) -> str:
+def run_in_child(executor: execute.Executor, payload: execute.JobPayload) -> str:
     """Run the pool target in a forked process, as a prefork child would; return the state."""
     reader, writer = _FORK.Pipe(duplex=False)
 
     def target() -> None:
-        outcome = execute.run(payload)
+        outcome = executor.run(payload)
         assert isinstance(outcome, execute.ExecOutcome)
         writer.send(outcome.state)
 
@@ -235,18 +235,15 @@ def run_in_child(payload: execute.JobPayload) -> str:
 
 
 def test_a_task_revoked_after_the_fork_is_discarded_by_the_child_process(
-    tmp_path: Path, stopping: threading.Event, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stopping: threading.Event
 ) -> None:
     # Given a worker's record made before the fork, on SQLite (a forked child reads the
     # revoke log itself; a memory broker would not be shared)
     url = f"sqlite:///{tmp_path / 'chard.sqlite3'}"
     app = Celery("pooled", broker=url, backend=url, set_as_current=False)
     task = app.task(name="pooled.record")(record_run)
-    for name in ("_app", "_hostname", "_revocation_check"):
-        monkeypatch.setattr(execute, name, getattr(execute, name))
-    execute.configure(app, "unit@host")
-    revocations = Revocations(app, None, stopping)
-    execute.set_revocation_check(revocations.check)
+    revocations = Revocations(app, None, stopping, hostname="unit@host")
+    executor = execute.Executor(app, "unit@host", revocations.check)
     try:
         revocations.start()
         marker = tmp_path / "ran"
@@ -256,7 +253,9 @@ def test_a_task_revoked_after_the_fork_is_discarded_by_the_child_process(
         # When it is revoked after it was admitted, then a child process runs it
         app.control.revoke(result.id)
         wait_for(lambda: revocations.is_revoked(result.id))
-        state = run_in_child(execute.JobPayload(delivery.body, delivery.queue, 1, message))
+        state = run_in_child(
+            executor, execute.JobPayload(delivery.body, delivery.queue, 1, message)
+        )
 
         # Then the child discards it instead of running it
         assert state == states.REVOKED
@@ -266,7 +265,7 @@ def test_a_task_revoked_after_the_fork_is_discarded_by_the_child_process(
         other = task.delay(str(marker))
         delivery, message = fetch_message(app)
         payload = execute.JobPayload(delivery.body, delivery.queue, 1, message)
-        assert run_in_child(payload) == states.SUCCESS
+        assert run_in_child(executor, payload) == states.SUCCESS
         assert other.get(timeout=5) == "ran"
     finally:
         app.close()
