@@ -96,7 +96,14 @@ class _Admitted:
 
     @property
     def batchable(self) -> bool:
-        """Whether it may share a pool job: only without time limits, which are per job."""
+        """Whether it may share a pool job: only without time limits, which are per job.
+
+        Nor when it is acked on start (``acks_late=False``): it is acked as its job is
+        submitted, so in a batch it would be acked before the tasks ahead of it ran,
+        and lost if one of them killed the process.
+        """
+        if not self.acks_late:
+            return False
         return self.job.time_limit is None and self.job.soft_time_limit is None
 
 
