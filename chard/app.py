@@ -386,7 +386,7 @@ class Celery:
         backend = self._result_listener(message)
         if backend is None:
             self.publish(message, queue)
-            return AsyncResult(message.id, app=self, task_name=name)
+            return AsyncResult(message.id, app=self, task_name=name, ignored=message.ignore_result)
         # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
         # then reaches a later get() without a subscribe round trip (see backend.watch).
         backend.watch((message.id,))
@@ -455,8 +455,9 @@ class Celery:
             priority = conf["task_default_priority"]
         hard = options.pop("time_limit", None) or (task.time_limit if task else None)
         soft = options.pop("soft_time_limit", None) or (task.soft_time_limit if task else None)
-        if ignore_result is None:
-            ignore_result = bool(task.ignore_result) if task and task.ignore_result else False
+        if ignore_result is None:  # Celery's precedence: the call, the task, the app
+            own = task.ignore_result if task is not None else None
+            ignore_result = bool(own if own is not None else conf["task_ignore_result"])
         # The task running here (not an eager one) is the parent, and its root is inherited.
         request = _context.get_current_request()
         if request is not None and request.is_eager:

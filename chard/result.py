@@ -55,9 +55,13 @@ class AsyncResult(Generic[R]):
         app: Celery | None = None,
         parent: AsyncResult[Any] | GroupResult | None = None,
         task_name: str | None = None,
+        ignored: bool = False,
     ) -> None:
         self.id = id
         self.app: Celery = app if app is not None else _context.get_current_app()
+        #: Sent with ``ignore_result``: no state will be stored, so ``get()`` returns None
+        #: at once (Celery's ``AsyncResult.ignored``) instead of waiting forever.
+        self.ignored = ignored
         #: The previous step's result in a chain (a GroupResult for a chord body).
         self.parent = parent
         self.task_name = task_name
@@ -168,11 +172,15 @@ class AsyncResult(Generic[R]):
             propagate: re-raise the task's exception (default); with False, return it.
             interval: longest pause between reads when the backend cannot notify.
 
+        Returns None at once for a task sent with ``ignore_result`` (nothing is stored).
+
         Raises:
             ResultTimeout: (also ``TimeoutError``) the timeout passed first.
             ResultsDisabled: (a ``NotImplementedError``) the app has no result backend.
         """
         _refuse_wait_inside_task(disable_sync_subtasks)
+        if self.ignored:
+            return cast("R", None)
         backend = _require_backend(self.app)
         if follow_parents and propagate and self.parent is not None:
             self.parent._raise_if_failed()

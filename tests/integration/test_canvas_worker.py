@@ -18,7 +18,7 @@ from chard import chain, chord, group
 from chard.exceptions import ChordError
 from chard.protocol.message import new_id
 from chard.result import AsyncResult, GroupResult
-from tests.integration.workers import WorkerFactory, WorkerProcess
+from tests.integration.workers import WorkerFactory, WorkerProcess, project_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +30,7 @@ if str(HERE) not in sys.path:
 @pytest.fixture
 def canvasapp(transport: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The canvas test project's tasks module, configured for this test's transport."""
-    for key, value in transport.items():
-        monkeypatch.setenv(key, value)
-    from canvasapp import tasks
-    from canvasapp.celery import app
-
-    app.close()
-    app.conf.broker_url = transport["CHARD_BROKER_URL"]
-    app.conf.result_backend = transport["CHARD_RESULT_BACKEND"]
-    yield tasks
-    app.close()
+    yield from project_tasks("canvasapp", transport, monkeypatch)
 
 
 def start(workers: WorkerFactory, *args: str) -> WorkerProcess:

@@ -32,7 +32,7 @@ from chard.exceptions import (
 from chard.protocol.message import TaskMessage, new_id, with_header
 from chard.result import AsyncResult
 from tests.helpers import wait_for
-from tests.integration.workers import WorkerFactory, WorkerProcess, iter_lines
+from tests.integration.workers import WorkerFactory, WorkerProcess, iter_lines, project_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +43,7 @@ END = 60
 @pytest.fixture
 def endsapp(transport: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The test project's tasks module, configured for this test's transport."""
-    for key, value in transport.items():
-        monkeypatch.setenv(key, value)
-    from endsapp import tasks
-    from endsapp.celery import app
-
-    app.close()
-    app.conf.broker_url = transport["CHARD_BROKER_URL"]
-    app.conf.result_backend = transport["CHARD_RESULT_BACKEND"]
-    yield tasks
-    app.close()
+    yield from project_tasks("endsapp", transport, monkeypatch)
 
 
 @pytest.fixture
@@ -224,3 +215,29 @@ def test_exceptions_retries_and_expiry_end_their_workflows(
         expired.get(timeout=END)
     assert expired.state == states.REVOKED
     assert_chord_failed(expired_member, TaskRevokedError, "expired")
+
+
+def test_get_on_a_task_whose_result_is_ignored_returns_none_at_once(
+    endsapp: Any, workers: WorkerFactory, ends_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given tasks whose results are ignored: by the task, by the call, by the app
+    start(workers, ends_log)
+    app, add, quiet = endsapp.app, endsapp.add, endsapp.quiet
+
+    by_task = quiet.delay("task")
+    by_call = quiet.apply_async(("call",), ignore_result=True)
+    by_call_add = add.apply_async((1, 2), ignore_result=True)
+    monkeypatch.setitem(app.conf, "task_ignore_result", True)
+    by_app = add.delay(2, 2)
+    monkeypatch.setitem(app.conf, "task_ignore_result", False)
+
+    # Then get() returns None without waiting (Celery's 'ignored'), as Celery does ...
+    for result in (by_task, by_call, by_call_add, by_app):
+        assert result.ignored
+        assert result.get(timeout=0.5) is None
+    # ... while the tasks still run, and store nothing
+    wait_for(lambda: len(lines(ends_log, "quiet ")) == 2, timeout=END)
+    assert add.delay(1, 1).get(timeout=END) == 2  # the worker has run what came before
+    assert app.backend.get_task_meta(by_call_add.id)["status"] == states.PENDING
+    assert app.backend.get_task_meta(by_app.id)["status"] == states.PENDING
+    assert not add.delay(3, 3).ignored

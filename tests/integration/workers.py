@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +134,18 @@ def run_cli(
 
 def iter_lines(path: Path) -> Iterator[str]:
     return iter(path.read_text().splitlines()) if path.exists() else iter(())
+
+
+def project_tasks(
+    package: str, transport: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Yield test project ``package``'s tasks module, its app pointed at ``transport``."""
+    for key, value in transport.items():
+        monkeypatch.setenv(key, value)
+    tasks = importlib.import_module(f"{package}.tasks")
+    app = importlib.import_module(f"{package}.celery").app
+    app.close()
+    app.conf.broker_url = transport["CHARD_BROKER_URL"]
+    app.conf.result_backend = transport["CHARD_RESULT_BACKEND"]
+    yield tasks
+    app.close()

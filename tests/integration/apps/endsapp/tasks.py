@@ -61,3 +61,10 @@ def die_acked_early(*args):
 def unencodable_ignored(*args):
     """Nothing stored, but the chain's next step cannot carry this value as its argument."""
     return object()
+
+
+@app.task(ignore_result=True)
+def quiet(tag):
+    """Store nothing; note the run so the test knows it happened."""
+    note(f"quiet {tag}")
+    return tag
