@@ -14,6 +14,7 @@ import pytest
 from chard import states
 from chard.brokers.base import OutgoingMessage
 from chard.exceptions import (
+    DecodeError,
     NotRegistered,
     RemoteTaskError,
     TaskRevokedError,
@@ -329,9 +330,11 @@ def test_disallowed_content_type_is_refused(itproj: Any, workers: WorkerFactory)
     envelope["body"] = base64.b64encode(pickle.dumps([[1, 2], {}, {}])).decode()
     itproj.broker.publish(OutgoingMessage("celery", json.dumps(envelope).encode()))
 
-    # Then it is set aside with a log line, never executed
+    # Then it is set aside with a log line, never executed (never unpickled), and its
+    # result says why instead of staying PENDING (issue 10)
     worker.wait_for_log("refusing to decode content type")
-    assert itproj.AsyncResult("pickled-1").state == states.PENDING
+    with pytest.raises(DecodeError, match="content type"):
+        itproj.AsyncResult("pickled-1").get(timeout=10)
     assert "pickled-1] succeeded" not in worker.output()
 
 
