@@ -17,7 +17,7 @@ import pytest
 
 from chard import Celery
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
-from chard.protocol.message import TaskMessage, new_id, peek, with_header
+from chard.protocol.message import TaskMessage, new_id, peek, salvage, with_header
 from chard.protocol.serializers import json_dumps
 
 JSON = frozenset({"application/json"})
@@ -920,3 +920,32 @@ def test_with_header_replaces_an_existing_value() -> None:
     twice = with_header(once, "chard_deaths", 2)
 
     assert json.loads(twice)["headers"]["chard_deaths"] == 2
+
+
+def test_salvage_reads_the_id_lineage_and_workflow_of_a_message_from_wire_refuses() -> None:
+    # Given a message with a chain whose 'eta' header is not a time
+    step = {"task": "t.next", "args": [], "kwargs": {}, "options": {"task_id": "n1"}}
+    good = TaskMessage("t.add", "id-1", (1,), group="g1", group_index=2, chain=[step])
+    data = with_header(good.to_wire(), "eta", "yesterday")
+    with pytest.raises(DecodeError, match="eta"):
+        TaskMessage.from_wire(data, frozenset({"application/json"}))
+
+    # Then salvage still reads who it was and what follows it, but not its arguments
+    found = salvage(data, frozenset({"application/json"}))
+    assert found is not None
+    assert (found.task, found.id, found.group, found.group_index) == ("t.add", "id-1", "g1", 2)
+    assert found.chain == [step]
+    assert found.args == ()
+
+
+def test_salvage_gives_up_without_a_readable_id_and_never_decodes_a_refused_body() -> None:
+    assert salvage(b"not json", frozenset({"application/json"})) is None
+    no_id = with_header(TaskMessage("t.add", "x").to_wire(), "id", 42)
+    assert salvage(no_id, frozenset({"application/json"})) is None
+    # A body in a content type that is not accepted is not decoded: no embed
+    envelope = json.loads(TaskMessage("t.add", "id-2").to_wire())
+    envelope["content-type"] = "application/x-python-serialize"
+    found = salvage(json.dumps(envelope).encode(), frozenset({"application/json"}))
+    assert found is not None
+    assert found.id == "id-2"
+    assert found.chain is None

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from chard import Celery, Task, signals, states
-from chard.exceptions import Ignore, Reject
+from chard.exceptions import EncodeError, Ignore, Reject
 from chard.result import EagerResult
 
 
@@ -502,3 +502,29 @@ def test_the_request_is_gone_after_the_task(app: Celery) -> None:
     whoami.apply()
 
     assert whoami.request.id is None
+
+
+def test_an_unencodable_return_value_is_failure_with_encode_error_once(
+    app: Celery, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    # Given a task whose value the JSON result serializer cannot encode, results stored
+    app.conf.task_store_eager_result = True
+
+    @app.task
+    def junk() -> object:
+        return object()
+
+    # When it runs
+    result = junk.apply()
+
+    # Then it is FAILURE with an EncodeError naming the task and the type, stored too
+    assert result.state == states.FAILURE
+    assert isinstance(result.result, EncodeError)
+    assert f"{junk.name!r}" in str(result.result)
+    assert "'object'" in str(result.result)
+    assert app.backend is not None
+    assert app.backend.get_task_meta(result.id)["status"] == states.FAILURE
+    # ... and task_failure fired once, task_success never
+    names = [name for name, _ in received]
+    assert names.count("task_failure") == 1
+    assert "task_success" not in names
