@@ -66,6 +66,8 @@ elif mode == "produce":  # publish `n` messages, half one by one and half in bat
 
 elif mode == "consume":  # ack everything until a b"stop" message (each takes one)
     broker = sqlite.SQLiteBroker(url)
+    broker.fetch(["work"], 1, 0)  # warm: connected, schema read
+    report(ready=True)
     seen, is_stopping = [], False
     while not is_stopping:
         for d in broker.fetch(["work"], 10, 1.0):
@@ -216,8 +218,13 @@ def test_concurrent_producers_and_consumers_lose_and_duplicate_nothing(
     # Given three consumers waiting, and three producers publishing 300 messages each
     SQLiteBroker(url).close()  # create the schema before the race starts
     consumers = [spawn("consume", url) for _ in range(3)]
+    children.extend(consumers)
+    # Each consumer is up before anything is sent: a consumer still starting on a busy
+    # machine would otherwise find the work taken, and the fairness check below fail
+    for consumer in consumers:
+        assert read_report(consumer) == {"ready": True}
     producers = [spawn("produce", url, f"p{n}", 300) for n in range(3)]
-    children.extend(consumers + producers)
+    children.extend(producers)
     for producer in producers:
         assert producer.wait(timeout=30) == 0
 
