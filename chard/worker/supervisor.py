@@ -501,7 +501,14 @@ def _child_main(
         consumer.stop()
 
     pool.on_retire = retire
-    signal.signal(signal.SIGTERM, lambda signum, frame: consumer.stop())
+    # The handler only writes a byte: it runs on the main thread between any two
+    # bytecodes, possibly while that thread holds the consumer's locks (or is inside
+    # stop() for an earlier SIGTERM), so taking them here could deadlock the child.
+    stop_r, stop_w = os.pipe()
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.write(stop_w, b"t"))
+    threading.Thread(
+        target=_stop_on_signal, args=(stop_r, consumer), name="chard-sigterm", daemon=True
+    ).start()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
     watcher = threading.Thread(
         target=_watch_parent, args=(life_fd, consumer), name="chard-parent-watch", daemon=True
@@ -511,6 +518,13 @@ def _child_main(
     stats = consumer.run()
     slot.save_stats({name: getattr(stats, name) for name in STAT_FIELDS})
     app.close()
+
+
+def _stop_on_signal(stop_fd: int, consumer: Consumer) -> None:
+    """Stop the consumer warm on each SIGTERM byte (see the handler in :func:`_child_main`)."""
+    with contextlib.suppress(OSError):
+        while os.read(stop_fd, 1):
+            consumer.stop()
 
 
 def _watch_parent(life_fd: int, consumer: Consumer) -> None:
