@@ -8,31 +8,32 @@ explicit "current app" contextvar that ``shared_task`` reads.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
 from zoneinfo import ZoneInfo
 
-from chard import _context, routing, signals
+from chard import _context, discovery, sending, shared, signals
 from chard import result as _result
-from chard._utils.log import redact_url
 from chard.backends import ResultBackend, open_backend
-from chard.brokers import Broker, OutgoingMessage, open_broker
+from chard.brokers import Broker, open_broker
 from chard.config import Settings
 from chard.control import Control
-from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
+from chard.exceptions import ImproperlyConfigured
 from chard.execution.trace import apply_eagerly
-from chard.protocol.message import TaskMessage, new_id
+from chard.protocol.message import TaskMessage
 from chard.protocol.serializers import accepted_content_types
 from chard.registry import TaskRegistry
 from chard.result import AsyncResult
+from chard.sending import RoutedMessage, SendOptions, build_message
+from chard.shared import shared_task
 from chard.task import Task
+
+__all__ = ["DEFAULT_SQLITE_URL", "Celery", "Chard", "shared_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ R = TypeVar("R")
 
 #: Where the embedded default keeps broker and results when nothing is configured.
 DEFAULT_SQLITE_URL = "sqlite:///chard.sqlite3"
-
-#: Tasks declared with ``shared_task``, added to every app's registry.
-_shared_tasks: list[Task[Any, Any]] = []
 
 
 class Celery:
@@ -171,10 +169,11 @@ class Celery:
     @property
     def tasks(self) -> TaskRegistry:
         """The registry; shared tasks declared so far are included."""
-        if self._shared_seen != len(_shared_tasks):
-            for shared in _shared_tasks[self._shared_seen :]:
-                self._tasks.setdefault(shared.name, shared)
-            self._shared_seen = len(_shared_tasks)
+        declared = shared.declared
+        if self._shared_seen != len(declared):
+            for task in declared[self._shared_seen :]:
+                self._tasks.setdefault(task.name, task)
+            self._shared_seen = len(declared)
         return self._tasks
 
     def finalize(self) -> None:
@@ -190,19 +189,18 @@ class Celery:
         self.import_default_modules()
         pending, self._pending_discovery = self._pending_discovery, []
         for packages, related_name in pending:
-            self._discover(packages, related_name)
+            discovery.discover(packages, related_name)
         self.on_configure.send(sender=self)
         self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
 
     def import_default_modules(self) -> None:
         """Import every module in ``include`` and ``imports``."""
-        for name in [*(self.conf.include or ()), *(self.conf.imports or ())]:
-            importlib.import_module(name)
+        discovery.import_modules([*(self.conf.include or ()), *(self.conf.imports or ())])
 
     def autodiscover_tasks(
         self,
-        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        packages: discovery.Packages = None,
         related_name: str = "tasks",
         force: bool = False,
     ) -> None:
@@ -214,31 +212,9 @@ class Celery:
         installed Django apps are searched.
         """
         if force or self._finalized:
-            self._discover(packages, related_name)
+            discovery.discover(packages, related_name)
         else:
             self._pending_discovery.append((packages, related_name))
-
-    def _discover(
-        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None, related_name: str
-    ) -> None:
-        found = packages() if callable(packages) else packages
-        if found is None:
-            found = self._django_apps()
-        for package in found:
-            module_name = f"{package}.{related_name}" if related_name else package
-            try:
-                importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name not in (module_name, package):
-                    raise  # the tasks module exists but imports something missing
-
-    @staticmethod
-    def _django_apps() -> list[str]:
-        try:
-            from django.apps import apps  # type: ignore[import-not-found]
-        except ImportError:
-            return []
-        return [config.name for config in apps.get_app_configs()]
 
     def add_periodic_task(
         self,
@@ -351,47 +327,33 @@ class Celery:
         countdown: float | None = None,
         eta: datetime | None = None,
         task_id: str | None = None,
-        expires: float | datetime | timedelta | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        serializer: str | None = None,
         *,
         task: Task[Any, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send task ``name`` by name (no import of the task needed); return its result.
 
+        Options are ``apply_async``'s (see :class:`~chard.sending.SendOptions`); the
+        positional order is Celery's.
+
         Raises:
             SerializationError: an argument cannot be encoded (names the argument).
             BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
         """
-        message, queue = self.build_task_message(
-            name,
-            args,
-            kwargs,
-            countdown,
-            eta,
-            task_id,
-            expires,
-            queue,
-            priority,
-            headers,
-            ignore_result,
-            serializer,
-            task=task,
-            **options,
+        send = SendOptions.of(options, countdown=countdown, eta=eta, task_id=task_id)
+        routed = build_message(
+            self, name, args, kwargs, send, task if task is not None else self.tasks.get(name)
         )
+        message = routed.message
         backend = self._result_listener(message)
         if backend is None:
-            self.publish(message, queue)
+            self.publish(routed)
             return AsyncResult(message.id, app=self, task_name=name, ignored=message.ignore_result)
         # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
         # then reaches a later get() without a subscribe round trip (see backend.watch).
         backend.watch((message.id,))
         try:
-            self.publish(message, queue)
+            self.publish(routed)
         except BaseException:
             backend.unwatch((message.id,))
             raise
@@ -409,159 +371,14 @@ class Celery:
             return None
         return self.backend
 
-    def build_task_message(
-        self,
-        name: str,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        task_id: str | None = None,
-        expires: float | datetime | timedelta | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, Any] | None = None,
-        ignore_result: bool | None = None,
-        serializer: str | None = None,
-        *,
-        task: Task[Any, Any] | None = None,
-        **options: Any,
-    ) -> tuple[TaskMessage, str]:
-        """Build the message :meth:`send_task` would publish and its queue, without publishing.
+    def publish(self, messages: RoutedMessage | Sequence[RoutedMessage]) -> None:
+        """Encode built messages and publish them in one broker round-trip.
 
-        The canvas builds every member of a group this way and sends them all with
-        one :meth:`publish_batch` (one broker round-trip instead of one per task).
+        The one way out to the broker: ``send_task`` publishes one message, a canvas
+        all of its messages at once. Connection errors are retried per
+        ``task_publish_retry_policy``.
         """
-        task = task if task is not None else self.tasks.get(name)
-        args = tuple(args or ())
-        kwargs = dict(kwargs or {})
-        task_id = task_id or new_id()
-        if countdown is not None or expires is not None:
-            now = datetime.now(UTC)
-            if countdown is not None:
-                eta = now + timedelta(seconds=float(countdown))
-            if isinstance(expires, (int, float)):
-                expires = now + timedelta(seconds=float(expires))
-            if isinstance(expires, timedelta):
-                expires = now + expires
-        # Item access: a setting read as an attribute first fails the normal lookup (4x dearer).
-        conf = self.conf
-        routed = routing.route(conf["task_routes"], name, args, kwargs, options, task)
-        queue = queue or routed.get("queue") or (task.queue if task else None)
-        queue = queue or conf["task_default_queue"]
-        if priority is None:
-            priority = routed.get("priority", task.priority if task else None)
-        if priority is None:
-            priority = conf["task_default_priority"]
-        hard = options.pop("time_limit", None) or (task.time_limit if task else None)
-        soft = options.pop("soft_time_limit", None) or (task.soft_time_limit if task else None)
-        if ignore_result is None:  # Celery's precedence: the call, the task, the app
-            own = task.ignore_result if task is not None else None
-            ignore_result = bool(own if own is not None else conf["task_ignore_result"])
-        # The task running here (not an eager one) is the parent, and its root is inherited.
-        request = _context.get_current_request()
-        if request is not None and request.is_eager:
-            request = None
-        root_id = options.pop("root_id", None)
-        parent_id = options.pop("parent_id", None)
-        if request is not None:
-            root_id = root_id or request.root_id or request.id
-            parent_id = parent_id or request.id
-        message = TaskMessage(
-            task=name,
-            id=task_id,
-            args=args,
-            kwargs=kwargs,
-            eta=eta,
-            expires=expires if isinstance(expires, datetime) else None,
-            retries=int(options.pop("retries", 0)),
-            timelimit=(hard, soft),
-            root_id=root_id or task_id,
-            parent_id=parent_id,
-            group=options.pop("group_id", None),
-            group_index=options.pop("group_index", None),
-            shadow=options.pop("shadow", None),
-            ignore_result=ignore_result,
-            callbacks=_sig_dicts(options.pop("link", None)),
-            errbacks=_sig_dicts(options.pop("link_error", None)),
-            chain=_sig_dicts(options.pop("chain", None)),
-            chord=_sig_dict(options.pop("chord", None)),
-            priority=int(priority or 0),
-            extra_headers=dict(headers or {}),
-            serializer=serializer
-            or (task.serializer if task and task.serializer else conf["task_serializer"]),
-        )
-        return message, queue
-
-    def publish(self, message: TaskMessage, queue: str) -> None:
-        """Encode ``message`` and publish it to ``queue``, retrying per the publish policy."""
-        self.publish_batch([(message, queue)])
-
-    def publish_batch(self, messages: Sequence[tuple[TaskMessage, str]]) -> None:
-        """Encode task messages and publish them all in one round-trip (a group's members)."""
-        outgoing = []
-        before = bool(signals.before_task_publish.receivers)  # headers() only if someone looks
-        for message, queue in messages:
-            if before:
-                signals.before_task_publish.send(
-                    sender=message.task, headers=message.headers(), routing_key=queue
-                )
-            outgoing.append(
-                OutgoingMessage(
-                    queue=queue,
-                    body=message.to_wire(queue),
-                    priority=message.priority,
-                    eta=message.eta.timestamp() if message.eta is not None else None,
-                )
-            )
-        if outgoing:
-            self.publish_many(outgoing)
-        if signals.after_task_publish.receivers:
-            for message, queue in messages:
-                signals.after_task_publish.send(sender=message.task, routing_key=queue)
-
-    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Publish encoded messages in one round-trip, retrying connection errors.
-
-        ``task_publish_retry_policy`` (Celery's keys): ``max_retries`` more attempts,
-        sleeping ``interval_start`` then ``interval_step`` longer each time, at most
-        ``interval_max``. A retry after a reply was lost may store a message twice
-        (at-least-once, like every retry).
-        """
-        try:
-            self.broker.publish_many(messages)
-        except BrokerConnectionError as exc:
-            self._publish_retrying(messages, exc)
-
-    def _publish_retrying(self, messages: Sequence[OutgoingMessage], exc: Exception) -> None:
-        """Retry a publish that failed with ``exc`` per ``task_publish_retry_policy``."""
-        policy = dict(self.conf.task_publish_retry_policy or {})
-        retries = int(policy.get("max_retries", 3)) if self.conf.task_publish_retry else 0
-        interval = float(policy.get("interval_start", 0))
-        started = time.monotonic()
-        for attempt in range(1, retries + 2):
-            if attempt > retries:
-                cause = exc.__cause__ if exc.__cause__ is not None else exc
-                raise BrokerConnectionError(
-                    f"cannot publish to the broker at {redact_url(self.broker_url)!r}: "
-                    f"unreachable after {attempt} attempt(s) over "
-                    f"{time.monotonic() - started:.1f}s (last error: {cause}). Start the "
-                    "broker or fix broker_url; to wait longer, raise max_retries or "
-                    f"interval_max in task_publish_retry_policy (now {policy})"
-                ) from exc
-            logger.warning(
-                "Publish failed (%s); retry %d/%d in %.2fs", exc, attempt, retries, interval
-            )
-            time.sleep(interval)
-            interval = min(
-                interval + float(policy.get("interval_step", 0.2)),
-                float(policy.get("interval_max", 0.2)),
-            )
-            try:
-                self.broker.publish_many(messages)
-                return
-            except BrokerConnectionError as again:
-                exc = again
+        sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
 
     # -- results --------------------------------------------------------------
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:
@@ -622,39 +439,5 @@ class Celery:
         return f"<Celery {self.main} at {id(self):#x}>"
 
 
-def _sig_dict(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    to_dict = getattr(value, "to_dict", None)
-    return to_dict() if callable(to_dict) else dict(value)
-
-
-def _sig_dicts(value: Any) -> list[dict[str, Any]] | None:
-    if value is None:
-        return None
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return [d for d in (_sig_dict(v) for v in items) if d is not None] or None
-
-
 #: The name Celery code imports; chard's own name for the same class.
 Chard = Celery
-
-
-def shared_task(*args: Any, **options: Any) -> Any:
-    """Declare a task for whichever app is current (no app import, no circular import).
-
-    Usable bare (``@shared_task``) or with options (``@shared_task(bind=True)``).
-    """
-
-    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
-        base: type[Task[Any, Any]] = options.pop("base", None) or Task
-        task = base(func, app=None, **options)
-        _shared_tasks.append(task)
-        app = _context.peek_current_app()
-        if app is not None:
-            app.tasks.setdefault(task.name, task)
-        return task
-
-    if len(args) == 1 and callable(args[0]) and not options:
-        return decorate(args[0])
-    return decorate

@@ -133,18 +133,24 @@ class Broker(ABC):
         #: saw the process of an instance die passes it to :meth:`take_over`.
         self.consumer_id = uuid.uuid4().hex
 
-    @abstractmethod
-    def publish(self, message: OutgoingMessage) -> None:
-        """Store one message durably before returning.
+    def publish(self, messages: OutgoingMessage | Sequence[OutgoingMessage]) -> None:
+        """Store one message, or several in one round-trip, durably before returning.
+
+        Several are stored all or none, and consumers see them together: a group's
+        members go out this way. The one entry point, so that every transport is
+        batched the same way; a transport implements :meth:`_publish`.
 
         Raises:
             BrokerConnectionError: the broker cannot be reached.
         """
+        if isinstance(messages, OutgoingMessage):
+            messages = (messages,)
+        if messages:
+            self._publish(messages)
 
-    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Store several messages, in one round-trip where the transport allows."""
-        for message in messages:
-            self.publish(message)
+    @abstractmethod
+    def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store a non-empty sequence of messages, all or none, in one round-trip."""
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack several deliveries, in one round-trip where the transport allows.

@@ -154,10 +154,7 @@ class MemoryBroker(Broker):
         self._store = _open_store(url)
         self._turn = 0
 
-    def publish(self, message: OutgoingMessage) -> None:
-        self.publish_many([message])
-
-    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` at once: consumers see all of them or none."""
         store, now = self._store, self.clock.time()
         with store.cond:

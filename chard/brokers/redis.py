@@ -151,17 +151,12 @@ class RedisBroker(Broker):
         self._fetches = 0
 
     # -- publishing -----------------------------------------------------------
-    def publish(self, message: OutgoingMessage) -> None:
-        self.publish_many([message])
-
-    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` in one round-trip; all or none are stored.
 
         Ready messages for one list (a ``delay()``, a group of one task) are one
         ``LPUSH`` with every body, atomic by itself; anything else is one MULTI/EXEC.
         """
-        if not messages:
-            return
         now = time.time()
         first = messages[0]
         step = priority_step(first.priority)

@@ -216,13 +216,8 @@ class SQLiteBroker(Broker):
             pass
 
     # -- publishing -----------------------------------------------------------
-    def publish(self, message: OutgoingMessage) -> None:
-        self.publish_many([message])
-
-    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` in one transaction, then wake waiting consumers once."""
-        if not messages:
-            return
         now = self.clock.time()
         rows = [(m.queue, clamp_priority(m.priority), m.eta or now, m.body) for m in messages]
         self._write(lambda conn: conn.executemany(_INSERT, rows))

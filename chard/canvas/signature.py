@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from chard import _context, states
 from chard._utils.log import saferepr
-from chard.protocol.message import TaskMessage, new_id
+from chard.protocol.message import new_id
 from chard.result import AsyncResult, EagerResult, GroupResult
+from chard.sending import RoutedMessage, SendOptions, build_message
 
 if TYPE_CHECKING:
     from chard.app import Celery
 
 #: Messages built while sending a canvas, published together in one batch.
-Outbox = list[tuple[TaskMessage, str]]
+Outbox = list[RoutedMessage]
 #: What sending a canvas returns: one task's result, or a group's.
 Result = AsyncResult[Any] | GroupResult
 
@@ -224,9 +225,10 @@ class Signature(dict[str, Any]):
         """Append the messages that start this canvas to ``out``; return its result handle."""
         sig = self.clone(args, kwargs, **options)
         result = sig.freeze()
-        app = sig.app
-        task = app.tasks.get(sig.task)
-        out.append(app.build_task_message(sig.task, sig.args, sig.kwargs, task=task, **sig.options))
+        app, task = sig.app, sig.app.tasks.get(sig.task)
+        out.append(
+            build_message(app, sig.task, sig.args, sig.kwargs, SendOptions.of(sig.options), task)
+        )
         return result
 
     def apply_async(
@@ -245,7 +247,7 @@ class Signature(dict[str, Any]):
             return self.apply(args, kwargs, **options)
         out: Outbox = []
         result = self._build(tuple(args or ()), kwargs, dict(options), out)
-        app.publish_batch(out)
+        app.publish(out)
         return result
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:

@@ -62,7 +62,7 @@ def test_publish_fetch_ack(broker: Broker) -> None:
 
 
 def test_fetch_respects_limit(broker: Broker) -> None:
-    broker.publish_many([OutgoingMessage("q", b"%d" % i) for i in range(5)])
+    broker.publish([OutgoingMessage("q", b"%d" % i) for i in range(5)])
 
     assert len(broker.fetch(["q"], 3, timeout=1.0)) == 3
     assert len(broker.fetch(["q"], 3, timeout=1.0)) == 2
@@ -109,8 +109,8 @@ def test_eta_hides_a_message_until_due(broker: Broker) -> None:
 @pytest.mark.parametrize("limit", [1, 3])
 def test_a_busy_queue_does_not_starve_another(broker: Broker, limit: int) -> None:
     # Given a long backlog in one queue and two messages in another
-    broker.publish_many([OutgoingMessage("busy", b"b%d" % i) for i in range(30)])
-    broker.publish_many([OutgoingMessage("quiet", b"q%d" % i) for i in range(2)])
+    broker.publish([OutgoingMessage("busy", b"b%d" % i) for i in range(30)])
+    broker.publish([OutgoingMessage("quiet", b"q%d" % i) for i in range(2)])
 
     # When a consumer of both fetches a few times
     got = [d for _ in range(4) for d in broker.fetch(["busy", "quiet"], limit, timeout=1.0)]
@@ -252,7 +252,7 @@ def test_redrive_of_an_unknown_id_is_false(broker: Broker) -> None:
 
 def test_purge_removes_waiting_messages_only(broker: Broker) -> None:
     # Given three messages in "q" (one leased, one delayed) and one in "other"
-    broker.publish_many([OutgoingMessage("q", b"a"), OutgoingMessage("q", b"b")])
+    broker.publish([OutgoingMessage("q", b"a"), OutgoingMessage("q", b"b")])
     broker.publish(OutgoingMessage("q", b"delayed", eta=time.time() + 60))
     publish(broker, "other", b"keep")
     leased = fetch_one(broker, ["q"])
@@ -268,8 +268,8 @@ def test_purge_removes_waiting_messages_only(broker: Broker) -> None:
     assert broker.fetch(["q"], 10, timeout=0) == []
 
 
-def test_publish_many_stores_every_message(broker: Broker) -> None:
-    broker.publish_many(
+def test_publish_of_a_sequence_stores_every_message(broker: Broker) -> None:
+    broker.publish(
         [
             OutgoingMessage("a", b"a0"),
             OutgoingMessage("b", b"b0"),
@@ -277,7 +277,7 @@ def test_publish_many_stores_every_message(broker: Broker) -> None:
             OutgoingMessage("a", b"a2", priority=9),
         ]
     )
-    broker.publish_many([])
+    broker.publish([])
 
     assert (broker.queue_size("a"), broker.queue_size("b")) == (3, 1)
     assert [fetch_one(broker, ["a"]).body for _ in range(3)] == [b"a0", b"a1", b"a2"]

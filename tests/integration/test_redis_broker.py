@@ -124,7 +124,7 @@ def test_priorities_use_kombus_bucket_lists(
 ) -> None:
     broker = make_broker()
     priorities = [9, 6, 3, 0, 2, 5, 8]
-    broker.publish_many([OutgoingMessage("q", f"p{p}".encode(), priority=p) for p in priorities])
+    broker.publish([OutgoingMessage("q", f"p{p}".encode(), priority=p) for p in priorities])
 
     buckets = {
         key: raw.lrange(prefix + key, 0, -1)

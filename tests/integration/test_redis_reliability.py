@@ -26,6 +26,7 @@ import redis
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
 from chard.exceptions import BrokerConnectionError, WorkerLostError
+from chard.sending import SendOptions, build_message
 from tests.helpers import free_port, wait_for
 from tests.integration.workers import WorkerFactory, run_cli
 
@@ -146,9 +147,10 @@ def test_redis_restart_mid_drain_loses_nothing(
         worker = workers.start("-c", "2", app="relproj")
         marks = tmp_path / "marks"
         batch = [
-            app.build_task_message("relproj.tasks.record", (str(marks), i)) for i in range(2000)
+            build_message(app, "relproj.tasks.record", (str(marks), i), None, SendOptions())
+            for i in range(2000)
         ]
-        app.publish_batch(batch)
+        app.publish(batch)
         ids = [message.id for message, _queue in batch]
         # ... and a client blocked on the last result (pub/sub) across the restart
         waited: dict[str, Any] = {}
@@ -226,7 +228,7 @@ def test_a_fetch_repeated_after_a_lost_reply_keeps_both_leases(
     broker = RedisBroker(private_redis.url)
     client = private_redis.client()
     try:
-        broker.publish_many([OutgoingMessage("q", b"first"), OutgoingMessage("q", b"second")])
+        broker.publish([OutgoingMessage("q", b"first"), OutgoingMessage("q", b"second")])
         args = ["", broker.consumer_id, broker.lease_timeout, 1, "same-base", "", "0q", "q"]
 
         broker._fetch_script(args=args)

@@ -62,7 +62,7 @@ elif mode == "produce":  # publish `n` messages, half one by one and half in bat
         broker.publish(OutgoingMessage("work", body))
     rest = bodies[n // 2 :]
     for start in range(0, len(rest), 25):
-        broker.publish_many([OutgoingMessage("work", b) for b in rest[start : start + 25]])
+        broker.publish([OutgoingMessage("work", b) for b in rest[start : start + 25]])
 
 elif mode == "consume":  # ack everything until a b"stop" message (each takes one)
     broker = sqlite.SQLiteBroker(url)
@@ -157,7 +157,7 @@ def test_killed_consumer_loses_nothing(url: str, children: list[subprocess.Popen
     # Given 200 messages, and a consumer that leased 50, acked 20 and is then SIGKILLed
     with SQLiteBroker(url, {"lease_timeout": 1.0}) as broker:
         all_ids = {f"m{i}" for i in range(200)}
-        broker.publish_many([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
+        broker.publish([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
         children.append(victim := spawn("hold", url, 50, 20))
         report = read_report(victim)
         victim.send_signal(signal.SIGKILL)
@@ -190,7 +190,7 @@ def test_a_killed_consumers_leases_are_taken_over_at_once(
     # Given 10 messages, and a consumer on a 60 s lease that leased 5, acked 2 and is SIGKILLed
     with SQLiteBroker(url) as supervisor:
         all_ids = {f"m{i}" for i in range(10)}
-        supervisor.publish_many([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
+        supervisor.publish([OutgoingMessage("work", i.encode()) for i in sorted(all_ids)])
         children.append(victim := spawn("hold", url, 5, 2, 60.0))
         report = read_report(victim)
         victim.send_signal(signal.SIGKILL)
@@ -230,7 +230,7 @@ def test_concurrent_producers_and_consumers_lose_and_duplicate_nothing(
 
     # When every message is published, each consumer is told to stop (after the work)
     with SQLiteBroker(url) as broker:
-        broker.publish_many([OutgoingMessage("work", b"stop", priority=9) for _ in consumers])
+        broker.publish([OutgoingMessage("work", b"stop", priority=9) for _ in consumers])
         reports = [finish(consumer) for consumer in consumers]
         assert broker.queue_size("work") == 0
 
@@ -312,7 +312,7 @@ def _process_state(pid: int) -> str:
 def test_a_forked_child_uses_its_own_connection(url: str) -> None:
     # Given a broker the parent has used (connection open, doorbell bound)
     with SQLiteBroker(url) as broker:
-        broker.publish_many([OutgoingMessage("q", b"for-parent"), OutgoingMessage("q", b"x")])
+        broker.publish([OutgoingMessage("q", b"for-parent"), OutgoingMessage("q", b"x")])
         (mine,) = broker.fetch(["q"], 1, timeout=0.1)
 
         # When a forked child uses the same object

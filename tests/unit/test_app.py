@@ -486,6 +486,36 @@ def test_priority_task_id_headers_and_ignore_result(app: Celery) -> None:
     assert raw["headers"]["ignore_result"] is True
 
 
+def test_send_task_takes_celerys_positional_order(app: Celery) -> None:
+    # Celery: send_task(name, args, kwargs, countdown, eta, task_id, ...)
+    eta = datetime.now(UTC) - timedelta(seconds=1)  # due now, so it can be fetched
+    result = app.send_task("x", (1,), {"k": 2}, None, eta, "positional-id")
+
+    message, _raw = fetch(app)
+    assert (message.id, message.args, message.kwargs, message.eta) == (
+        "positional-id",
+        (1,),
+        {"k": 2},
+        eta,
+    )
+    assert result.id == "positional-id"
+
+
+def test_options_chard_does_not_read_reach_the_router_and_are_not_lost(app: Celery) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def router(name: str, args: Any, kwargs: Any, options: dict[str, Any], **kw: Any) -> Any:
+        seen.append(dict(options))
+        return {"queue": options["exchange"]}
+
+    app.conf.task_routes = [router]
+    app.send_task("x", exchange="media", routing_key="media.video", retry=False)
+
+    assert seen == [{"exchange": "media", "routing_key": "media.video", "retry": False}]
+    message, _raw = fetch(app, queue="media")
+    assert message.task == "x"
+
+
 def test_task_level_priority_ignore_result_and_time_limits(app: Celery) -> None:
     @app.task(priority=2, ignore_result=True, time_limit=30, soft_time_limit=20)
     def job() -> None:

@@ -325,13 +325,13 @@ def test_sent_canvases_run_like_the_guide(app: Celery) -> None:
 def test_group_is_published_in_one_round_trip(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
     add = t(app, "add")
     calls: list[int] = []
-    original = app.broker.publish_many
+    original = app.broker._publish
 
     def counting(messages: list[Any]) -> None:
         calls.append(len(messages))
         original(messages)
 
-    monkeypatch.setattr(app.broker, "publish_many", counting)
+    monkeypatch.setattr(app.broker, "_publish", counting)
     result = group(add.s(i, i) for i in range(50))()
     chord([add.s(i, i) for i in range(20)], t(app, "xsum").s())()
     assert calls == [50, 20]

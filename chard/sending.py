@@ -1,0 +1,244 @@
+"""The send path: from ``apply_async``'s options to encoded messages on the broker.
+
+Every send takes the same hops — ``delay -> apply_async -> send_task ->``
+:func:`build_message` ``->`` :func:`publish` ``-> Broker.publish`` — and a canvas
+takes the last three for all its messages at once (one broker round-trip for a
+group). The options are read once, into :class:`SendOptions`, instead of being
+repeated as a long keyword list at every hop.
+
+This module sits below the task and canvas layers: it takes the app and the task
+as arguments and imports neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from chard import _context, routing, signals
+from chard._utils.log import redact_url
+from chard.brokers import Broker, OutgoingMessage
+from chard.exceptions import BrokerConnectionError
+from chard.protocol.message import SignatureDict, TaskMessage, new_id
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+    from chard.task import Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SendOptions:
+    """The options of one send (Celery's ``apply_async`` keywords), read once.
+
+    Options chard does not read (``exchange``, ``routing_key``, ``retry``, ...) are
+    kept in :attr:`other`: Celery accepts them, and a ``task_routes`` router sees them.
+    """
+
+    countdown: float | None = None
+    eta: datetime | None = None
+    task_id: str | None = None
+    expires: float | datetime | timedelta | None = None
+    queue: str | None = None
+    priority: int | None = None
+    headers: Mapping[str, Any] | None = None
+    ignore_result: bool | None = None
+    serializer: str | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    retries: int = 0
+    # Where the message sits in a workflow (set by retries and the canvas).
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    shadow: str | None = None
+    link: Any = None
+    link_error: Any = None
+    chain: Any = None
+    chord: Any = None
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any], **named: Any) -> SendOptions:
+        """Split ``options`` (plus ``named``, the keywords a caller took positionally)."""
+        known: dict[str, Any] = {k: v for k, v in named.items() if v is not None}
+        other: dict[str, Any] = {}
+        for key, value in options.items():
+            (known if key in _FIELDS else other)[key] = value
+        return cls(**known, other=other)
+
+
+_FIELDS = frozenset(f.name for f in fields(SendOptions)) - {"other"}
+
+
+class RoutedMessage(NamedTuple):
+    """A built task message and the queue it goes to."""
+
+    message: TaskMessage
+    queue: str
+
+
+def build_message(
+    app: Celery,
+    name: str,
+    args: Iterable[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    options: SendOptions,
+    task: Task[Any, Any] | None = None,
+) -> RoutedMessage:
+    """Build the message for one send of task ``name`` and pick its queue.
+
+    Precedence as in Celery: the call's options, then ``task_routes``, then the
+    task's attributes, then the app's defaults. The task running in this process
+    (a worker's, not an eager one) becomes the parent, and its root is inherited.
+    """
+    args = tuple(args or ())
+    kwargs = dict(kwargs or {})
+    task_id = options.task_id or new_id()
+    eta, expires = options.eta, options.expires
+    if options.countdown is not None or expires is not None:
+        now = datetime.now(UTC)
+        if options.countdown is not None:
+            eta = now + timedelta(seconds=float(options.countdown))
+        if isinstance(expires, (int, float)):
+            expires = now + timedelta(seconds=float(expires))
+        elif isinstance(expires, timedelta):
+            expires = now + expires
+    # Item access: a setting read as an attribute first fails the normal lookup (4x dearer).
+    conf = app.conf
+    routed = routing.route(conf["task_routes"], name, args, kwargs, options.other, task)
+    queue = options.queue or routed.get("queue") or (task.queue if task else None)
+    priority = options.priority
+    if priority is None:
+        priority = routed.get("priority", task.priority if task else None)
+    if priority is None:
+        priority = conf["task_default_priority"]
+    hard = options.time_limit or (task.time_limit if task else None)
+    soft = options.soft_time_limit or (task.soft_time_limit if task else None)
+    ignore_result = options.ignore_result
+    if ignore_result is None:  # Celery's precedence: the call, the task, the app
+        own = task.ignore_result if task is not None else None
+        ignore_result = bool(own if own is not None else conf["task_ignore_result"])
+    root_id, parent_id = options.root_id, options.parent_id
+    request = _context.get_current_request()
+    if request is not None and not request.is_eager:
+        root_id = root_id or request.root_id or request.id
+        parent_id = parent_id or request.id
+    message = TaskMessage(
+        task=name,
+        id=task_id,
+        args=args,
+        kwargs=kwargs,
+        eta=eta,
+        expires=expires if isinstance(expires, datetime) else None,
+        retries=int(options.retries),
+        timelimit=(hard, soft),
+        root_id=root_id or task_id,
+        parent_id=parent_id,
+        group=options.group_id,
+        group_index=options.group_index,
+        shadow=options.shadow,
+        ignore_result=ignore_result,
+        callbacks=_sig_dicts(options.link),
+        errbacks=_sig_dicts(options.link_error),
+        chain=_sig_dicts(options.chain),
+        chord=_sig_dict(options.chord),
+        priority=int(priority or 0),
+        extra_headers=dict(options.headers or {}),
+        serializer=options.serializer
+        or (task.serializer if task and task.serializer else conf["task_serializer"]),
+    )
+    return RoutedMessage(message, queue or conf["task_default_queue"])
+
+
+def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
+    """Encode ``messages`` and store them in one broker round-trip; send the signals.
+
+    Raises:
+        SerializationError: a message cannot be encoded (nothing is published).
+        BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
+    """
+    before = bool(signals.before_task_publish.receivers)  # headers() only if someone looks
+    outgoing = []
+    for message, queue in messages:
+        if before:
+            signals.before_task_publish.send(
+                sender=message.task, headers=message.headers(), routing_key=queue
+            )
+        outgoing.append(
+            OutgoingMessage(
+                queue=queue,
+                body=message.to_wire(queue),
+                priority=message.priority,
+                eta=message.eta.timestamp() if message.eta is not None else None,
+            )
+        )
+    if not outgoing:
+        return
+    broker = app.broker
+    try:
+        broker.publish(outgoing)
+    except BrokerConnectionError as exc:
+        publish_retrying(broker, outgoing, exc, app.conf)
+    if signals.after_task_publish.receivers:
+        for message, queue in messages:
+            signals.after_task_publish.send(sender=message.task, routing_key=queue)
+
+
+def publish_retrying(
+    broker: Broker, messages: Sequence[OutgoingMessage], exc: Exception, conf: Any
+) -> None:
+    """Retry a publish that failed with ``exc``, per ``task_publish_retry_policy``.
+
+    Celery's keys: ``max_retries`` more attempts, sleeping ``interval_start`` then
+    ``interval_step`` longer each time, at most ``interval_max``. A retry after a reply
+    was lost may store a message twice (at-least-once, like every retry).
+
+    Raises:
+        BrokerConnectionError: still unreachable after the last attempt, saying how to fix it.
+    """
+    policy = dict(conf.task_publish_retry_policy or {})
+    retries = int(policy.get("max_retries", 3)) if conf.task_publish_retry else 0
+    interval = float(policy.get("interval_start", 0))
+    started = time.monotonic()
+    for attempt in range(1, retries + 2):
+        if attempt > retries:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            raise BrokerConnectionError(
+                f"cannot publish to the broker at {redact_url(broker.url)!r}: "
+                f"unreachable after {attempt} attempt(s) over "
+                f"{time.monotonic() - started:.1f}s (last error: {cause}). Start the "
+                "broker or fix broker_url; to wait longer, raise max_retries or "
+                f"interval_max in task_publish_retry_policy (now {policy})"
+            ) from exc
+        logger.warning("Publish failed (%s); retry %d/%d in %.2fs", exc, attempt, retries, interval)
+        time.sleep(interval)
+        interval = min(
+            interval + float(policy.get("interval_step", 0.2)),
+            float(policy.get("interval_max", 0.2)),
+        )
+        try:
+            broker.publish(messages)
+            return
+        except BrokerConnectionError as again:
+            exc = again
+
+
+def _sig_dict(value: Any) -> SignatureDict | None:
+    if value is None:
+        return None
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else dict(value)
+
+
+def _sig_dicts(value: Any) -> list[SignatureDict] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [d for d in (_sig_dict(v) for v in items) if d is not None] or None
