@@ -86,6 +86,9 @@ class Celery:
         self.on_configure = signals.Signal("on_configure")
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
+        # add_periodic_task calls made before configuration, applied when it is final (Celery).
+        self._pending_periodic: list[tuple[str, dict[str, Any], bool]] = []
+        self.conf.call_on_first_read(self._configure)
         #: Remote control of the workers (``app.control.revoke(task_id)``); connects on use.
         self.control = Control(self)
         if set_as_current:
@@ -146,7 +149,8 @@ class Celery:
         def decorate(func: Callable[P, R]) -> Task[P, R]:
             base: type[Task[Any, Any]] = options.pop("base", None) or self.Task
             name = options.pop("name", None) or self._default_name(func)
-            annotations = (self.conf.task_annotations or {}).get(name, {})
+            # peek: decorating is not a read (Celery's is lazy), so handlers fire later.
+            annotations = (self.conf.peek("task_annotations") or {}).get(name, {})
             task: Task[P, R] = base(func, app=self, name=name, **{**options, **annotations})
             self._tasks.register(task)
             return task
@@ -177,22 +181,34 @@ class Celery:
             self._shared_seen = len(_shared_tasks)
         return self._tasks
 
-    def finalize(self) -> None:
-        """Import configured modules and run on_after_configure / on_after_finalize once.
+    def _configure(self) -> None:
+        """Finalize configuration: called once, by the first read of ``app.conf`` (Celery's).
 
-        Called by the worker and beat at start-up (and safe to call again), so that
-        ``@app.on_after_configure.connect`` handlers see every task defined by then.
+        Sends ``on_configure``, applies ``add_periodic_task`` calls made before, then sends
+        ``on_after_configure``: whoever reads ``app.conf.beat_schedule`` sees their entries.
+        It imports nothing; importing task modules waits for :meth:`finalize`.
+        """
+        self.on_configure.send(sender=self)
+        pending, self._pending_periodic = self._pending_periodic, []
+        for key, entry, is_named in pending:
+            self._add_periodic_entry(key, entry, is_named)
+        self.on_after_configure.send(sender=self, source=self.conf)
+
+    def finalize(self) -> None:
+        """Finalize configuration, import configured modules, run on_after_finalize once.
+
+        Called by the worker and beat at start-up (and safe to call again). Configuration
+        (``on_after_configure``) is usually final already: any read of ``app.conf`` does it.
         """
         with self._lock:
             if self._finalized:
                 return
             self._finalized = True
+        self.conf.configure()
         self.import_default_modules()
         pending, self._pending_discovery = self._pending_discovery, []
         for packages, related_name in pending:
             self._discover(packages, related_name)
-        self.on_configure.send(sender=self)
-        self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
 
     def import_default_modules(self) -> None:
@@ -249,20 +265,47 @@ class Celery:
         name: str | None = None,
         **options: Any,
     ) -> str:
-        """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name."""
-        key = name or repr(sig)
+        """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name.
+
+        ``sig`` is a signature, a task or a task name; ``args`` are prepended to its own and
+        ``kwargs`` merged, as Celery's ``sig.clone(args, kwargs)``. Without ``name`` the key
+        is the signature's repr, so adding the same signature again replaces the earlier
+        entry (with a warning, as Celery 5.3+). Before configuration is final the entry waits
+        and is added just before ``on_after_configure`` (Celery's order).
+        """
+        from chard.canvas import Signature, signature
+
+        if isinstance(sig, Signature):
+            call = sig.clone(args, kwargs)
+        else:
+            call = signature(getattr(sig, "name", sig), args, kwargs, app=self)
+        key = name or repr(call)
         entry: dict[str, Any] = {
-            # a signature (.task), a task object (.name) or a task name
-            "task": getattr(sig, "task", None) or getattr(sig, "name", None) or str(sig),
+            "task": call.task,
             "schedule": schedule,
-            "args": tuple(args) or tuple(getattr(sig, "args", ())),
-            "kwargs": dict(kwargs or getattr(sig, "kwargs", {}) or {}),
-            "options": {**dict(getattr(sig, "options", {}) or {}), **options},
+            "args": tuple(call.args),
+            "kwargs": dict(call.kwargs),
+            "options": {**dict(call.options), **options},
         }
+        if self.conf.is_configured:
+            self._add_periodic_entry(key, entry, name is not None)
+        else:
+            self._pending_periodic.append((key, entry, name is not None))
+        return key
+
+    def _add_periodic_entry(self, key: str, entry: dict[str, Any], is_named: bool) -> None:
         schedule_map = dict(self.conf.beat_schedule or {})
+        earlier = schedule_map.get(key)
+        if earlier is not None and not is_named:
+            logger.warning(
+                "add_periodic_task: %r on schedule %r replaces the entry of the same "
+                "signature on schedule %r; pass name= to add_periodic_task to keep both",
+                key,
+                entry["schedule"],
+                earlier.get("schedule") if isinstance(earlier, Mapping) else earlier,
+            )
         schedule_map[key] = entry
         self.conf.beat_schedule = schedule_map
-        return key
 
     # -- connections ----------------------------------------------------------
     @property
