@@ -154,6 +154,19 @@ def test_the_lease_has_one_owner_until_released_or_lapsed(store: ScheduleStore) 
     assert store.acquire_lease("b", 30.0) is False
 
 
+def test_the_lease_holder_is_readable_while_held(store: ScheduleStore) -> None:
+    assert store.lease_holder() is None
+
+    store.acquire_lease("host-a:1:x", 30.0)
+    holder = store.lease_holder()
+
+    assert holder is not None
+    assert holder.owner == "host-a:1:x"
+    assert 25.0 < holder.expires_in <= 30.0
+    store.release_lease("host-a:1:x")
+    assert store.lease_holder() is None
+
+
 def test_a_firing_is_claimed_once(store: ScheduleStore) -> None:
     assert store.claim_firing("a", T0) is True
     assert store.claim_firing("a", T0) is False
