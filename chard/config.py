@@ -95,7 +95,14 @@ SETTINGS: dict[str, Setting] = {
     "enable_utc": Setting(True, "Keep internal times in UTC"),
     "beat_schedule": Setting({}, "Periodic tasks: {name: {task, schedule, args, kwargs, options}}"),
     "beat_max_loop_interval": Setting(300.0, "Longest beat sleep between schedule checks"),
-    "beat_schedule_filename": Setting("celerybeat-schedule", "Local beat state file"),
+    "beat_schedule_filename": Setting(
+        "celerybeat-schedule",
+        "Celery's beat state file (-s): its path is checked; chard keeps run state in the broker",
+    ),
+    "beat_scheduler": Setting(
+        "celery.beat:PersistentScheduler",
+        "Beat scheduler class; Celery's built-in names only (chard's schedule lives in the broker)",
+    ),
     # -- modules ---------------------------------------------------------------
     "imports": Setting((), "Modules to import when the worker starts"),
     "include": Setting((), "Same as imports (Celery(include=...))"),

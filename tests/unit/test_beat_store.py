@@ -22,6 +22,7 @@ from chard.beat import Beat, MemoryScheduleStore, ScheduleEntry, ScheduleStore
 from chard.beat.service import SLOT_HEADER
 from chard.beat.store_records import from_micros, slot_key, to_micros
 from chard.beat.stores import open_schedule_store
+from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from chard.schedules import crontab, schedule
 from tests.helpers import redis_url, wait_for
@@ -202,7 +203,19 @@ def test_open_schedule_store_follows_the_broker(tmp_path: Path) -> None:
 
     assert "b.sqlite3" in repr(open_schedule_store(sqlite_app))
     assert open_schedule_store(memory_app) is open_schedule_store(memory_app)
-    assert "x.db" in repr(open_schedule_store(memory_app, str(tmp_path / "x.db")))
+
+
+def test_a_broker_without_a_store_is_refused_not_replaced_by_a_local_file() -> None:
+    app = Celery("a", broker="amqp://guest:secret@rabbit//", set_as_current=False)
+
+    with pytest.raises(ImproperlyConfigured) as caught:
+        open_schedule_store(app)
+
+    message = str(caught.value)
+    assert "leader lease" in message
+    assert "secret" not in message
+    assert "sqlite://" in message
+    assert "redis://" in message
 
 
 # -- the service, driven by a fake clock ----------------------------------------------------------
