@@ -225,11 +225,19 @@ class Settings(MutableMapping[str, Any]):
         self[name] = value
 
     def setdefault(self, key: str, default: Any = None) -> Any:
-        """Set ``key`` to ``default`` unless the user set it; return its value (not a read)."""
+        """Return ``key``'s value, setting it to ``default`` first if unset.
+
+        Before configuration is final this is not a read, as in Celery: ``default`` is set
+        unless the user set ``key`` (a built-in default does not count yet). Afterwards it is
+        the usual mapping ``setdefault``: a setting with a built-in default keeps it.
+        """
         values: dict[str, Any] = self._values
-        if key not in values:
-            values[key] = default
-        return values[key]
+        if key in values:
+            return values[key]
+        if self.is_configured:
+            return super().setdefault(key, default)
+        values[key] = default
+        return default
 
     # -- configuration on first read -----------------------------------------------------
     def call_on_first_read(self, hook: Callable[[], None]) -> None:

@@ -44,6 +44,8 @@ def test_the_first_read_calls_the_hook_once_and_writes_do_not() -> None:
     assert conf.task_serializer == "json"
     assert calls == ["configured"]
     assert conf.is_configured
+    assert conf.setdefault("my_flag", 2) == 1
+    assert conf.setdefault("task_serializer", "msgpack") == "json"  # final: defaults count
 
 
 def test_reads_inside_the_hook_see_the_settings_and_do_not_recurse() -> None:
