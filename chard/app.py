@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
 from zoneinfo import ZoneInfo
 
-from chard import _context, discovery, sending, shared, signals
+from chard import _context, discovery, periodic, sending, shared, signals
 from chard import result as _result
+from chard._utils.perprocess import PerProcess
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
 from chard.config import Settings
@@ -76,14 +77,16 @@ class Celery:
 
         register_builtins(self)  # celery.map / celery.starmap / celery.chunks, as Celery has
         self._shared_seen = 0
-        self._connections: dict[str, Any] = {}
-        self._conn_pid = os.getpid()
+        self._connections = PerProcess()
         self._lock = threading.RLock()
         self._finalized = False
         self._pending_discovery: list[tuple[Any, str]] = []
         self.on_configure = signals.Signal("on_configure")
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
+        # add_periodic_task calls made before configuration, applied when it is final (Celery).
+        self._pending_periodic: list[tuple[str, dict[str, Any], bool]] = []
+        self.conf.call_on_first_read(self._configure)
         #: Remote control of the workers (``app.control.revoke(task_id)``); connects on use.
         self.control = Control(self)
         if set_as_current:
@@ -144,7 +147,8 @@ class Celery:
         def decorate(func: Callable[P, R]) -> Task[P, R]:
             base: type[Task[Any, Any]] = options.pop("base", None) or self.Task
             name = options.pop("name", None) or self._default_name(func)
-            annotations = (self.conf.task_annotations or {}).get(name, {})
+            # peek: decorating is not a read (Celery's is lazy), so handlers fire later.
+            annotations = (self.conf.peek("task_annotations") or {}).get(name, {})
             task: Task[P, R] = base(func, app=self, name=name, **{**options, **annotations})
             self._tasks.register(task)
             return task
@@ -176,22 +180,34 @@ class Celery:
             self._shared_seen = len(declared)
         return self._tasks
 
-    def finalize(self) -> None:
-        """Import configured modules and run on_after_configure / on_after_finalize once.
+    def _configure(self) -> None:
+        """Finalize configuration: called once, by the first read of ``app.conf`` (Celery's).
 
-        Called by the worker and beat at start-up (and safe to call again), so that
-        ``@app.on_after_configure.connect`` handlers see every task defined by then.
+        Sends ``on_configure``, applies ``add_periodic_task`` calls made before, then sends
+        ``on_after_configure``: whoever reads ``app.conf.beat_schedule`` sees their entries.
+        It imports nothing; importing task modules waits for :meth:`finalize`.
+        """
+        self.on_configure.send(sender=self)
+        pending, self._pending_periodic = self._pending_periodic, []
+        for key, entry, is_named in pending:
+            periodic.add(self.conf, key, entry, is_named)
+        self.on_after_configure.send(sender=self, source=self.conf)
+
+    def finalize(self) -> None:
+        """Finalize configuration, import configured modules, run on_after_finalize once.
+
+        Called by the worker and beat at start-up (and safe to call again). Configuration
+        (``on_after_configure``) is usually final already: any read of ``app.conf`` does it.
         """
         with self._lock:
             if self._finalized:
                 return
             self._finalized = True
+        self.conf.configure()
         self.import_default_modules()
         pending, self._pending_discovery = self._pending_discovery, []
         for packages, related_name in pending:
             discovery.discover(packages, related_name)
-        self.on_configure.send(sender=self)
-        self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
 
     def import_default_modules(self) -> None:
@@ -225,19 +241,17 @@ class Celery:
         name: str | None = None,
         **options: Any,
     ) -> str:
-        """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name."""
-        key = name or repr(sig)
-        entry: dict[str, Any] = {
-            # a signature (.task), a task object (.name) or a task name
-            "task": getattr(sig, "task", None) or getattr(sig, "name", None) or str(sig),
-            "schedule": schedule,
-            "args": tuple(args) or tuple(getattr(sig, "args", ())),
-            "kwargs": dict(kwargs or getattr(sig, "kwargs", {}) or {}),
-            "options": {**dict(getattr(sig, "options", {}) or {}), **options},
-        }
-        schedule_map = dict(self.conf.beat_schedule or {})
-        schedule_map[key] = entry
-        self.conf.beat_schedule = schedule_map
+        """Add an entry to ``beat_schedule`` (Celery's API); returns the entry name.
+
+        See :func:`chard.periodic.entry` for how the entry is built and keyed. Before
+        configuration is final the entry waits and is added just before
+        ``on_after_configure`` (Celery's order).
+        """
+        key, entry = periodic.entry(self, schedule, sig, args, kwargs, name, options)
+        if self.conf.is_configured:
+            periodic.add(self.conf, key, entry, name is not None)
+        else:
+            self._pending_periodic.append((key, entry, name is not None))
         return key
 
     # -- connections ----------------------------------------------------------
@@ -263,24 +277,10 @@ class Celery:
         """Whether the app runs on the SQLite default because nothing was configured."""
         return not self.conf.broker_url
 
-    def _connection(self, kind: str, factory: Callable[[], Any]) -> Any:
-        # Connections are per process: a child after fork opens its own.
-        conn = self._connections.get(kind)
-        if conn is not None and self._conn_pid == os.getpid():
-            return conn  # the common case, without the lock (a dict read is atomic)
-        with self._lock:
-            if self._conn_pid != os.getpid():
-                self._connections = {}
-                self._conn_pid = os.getpid()
-            conn = self._connections.get(kind)
-            if conn is None:
-                conn = self._connections[kind] = factory()
-            return conn
-
     @property
     def broker(self) -> Broker:
         """This process's broker connection (opened on first use)."""
-        return self._connection(  # type: ignore[no-any-return]
+        return self._connections.get(  # type: ignore[no-any-return]
             "broker",
             lambda: open_broker(self.broker_url, self.conf.broker_transport_options),
         )
@@ -288,8 +288,8 @@ class Celery:
     @property
     def backend(self) -> ResultBackend | None:
         """This process's result backend, or None when results are disabled."""
-        backend = self._connections.get("backend")
-        if backend is not None and self._conn_pid == os.getpid():
+        backend = self._connections.peek("backend")
+        if backend is not None:
             return backend  # type: ignore[no-any-return]
         url = self.backend_url
         if url is None:
@@ -297,7 +297,7 @@ class Celery:
         expires = self.conf.result_expires
         if isinstance(expires, timedelta):
             expires = expires.total_seconds()
-        return self._connection(  # type: ignore[no-any-return]
+        return self._connections.get(  # type: ignore[no-any-return]
             "backend",
             lambda: open_backend(
                 url,
@@ -313,10 +313,7 @@ class Celery:
 
     def close(self) -> None:
         """Close this process's broker and backend connections."""
-        with self._lock:
-            for conn in self._connections.values():
-                conn.close()
-            self._connections = {}
+        self._connections.close()
 
     # -- sending --------------------------------------------------------------
     def send_task(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import importlib
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,14 @@ SETTINGS: dict[str, Setting] = {
     "enable_utc": Setting(True, "Keep internal times in UTC"),
     "beat_schedule": Setting({}, "Periodic tasks: {name: {task, schedule, args, kwargs, options}}"),
     "beat_max_loop_interval": Setting(300.0, "Longest beat sleep between schedule checks"),
-    "beat_schedule_filename": Setting("celerybeat-schedule", "Local beat state file"),
+    "beat_schedule_filename": Setting(
+        "celerybeat-schedule",
+        "Celery's beat state file (-s): its path is checked; chard keeps run state in the broker",
+    ),
+    "beat_scheduler": Setting(
+        "celery.beat:PersistentScheduler",
+        "Beat scheduler class; Celery's built-in names only (chard's schedule lives in the broker)",
+    ),
     # -- modules ---------------------------------------------------------------
     "imports": Setting((), "Modules to import when the worker starts"),
     "include": Setting((), "Same as imports (Celery(include=...))"),
@@ -123,20 +131,59 @@ _OLD_NAMES = {
 }
 
 
+class _Unconfigured:
+    """``Settings._live`` until the first read: any lookup runs the configure hook first.
+
+    The hot path (``send_task`` reads ``conf[...]`` about ten times per send) then costs
+    nothing extra once configured: ``Settings._live`` becomes the plain dict of values, and
+    the first ``key in live`` after construction is what fires the hook.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __contains__(self, key: object) -> bool:
+        self._settings.configure()
+        return key in self._settings._values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings._values[key]
+
+
 class Settings(MutableMapping[str, Any]):
-    """``app.conf``: defaults overlaid with what the user set; attribute and key access."""
+    """``app.conf``: defaults overlaid with what the user set; attribute and key access.
+
+    As in Celery, the first *read* finalizes configuration: it calls the hook given to
+    :meth:`call_on_first_read` once (the app sends ``on_configure`` and ``on_after_configure``
+    there), so a setting read anywhere already includes what those handlers added. Writes,
+    ``in``, ``setdefault`` and :meth:`peek` do not count as reads, so configuring code and the
+    library's own import-time lookups never fire the hook early.
+    """
 
     def __init__(self, **values: Any) -> None:
         object.__setattr__(self, "_values", {})
+        # What reads look in: the values themselves, or an _Unconfigured until the hook ran.
+        object.__setattr__(self, "_live", self._values)
+        object.__setattr__(self, "_on_first_read", None)
+        object.__setattr__(self, "_configure_lock", threading.RLock())
+        object.__setattr__(self, "_is_configuring", False)
         # Private copies of the defaults read so far: mutating one (``conf.beat_schedule[k] =``)
         # must not change the default every other app sees.
         object.__setattr__(self, "_defaults", {})
         self.update(values)
 
     def __getitem__(self, key: str) -> Any:
-        values: dict[str, Any] = self._values
+        values: dict[str, Any] = self._live
         if key in values:
             return values[key]
+        # Inline for the hot path: a default read before (and not shadowed by the environment).
+        defaults: dict[str, Any] = self._defaults
+        if key in defaults and key not in _ENV_FALLBACK:
+            return defaults[key]
+        return self._fallback(key)
+
+    def _fallback(self, key: str) -> Any:
+        """Return ``key`` from the environment or the defaults (it is not set in the values)."""
         for env_name in _ENV_FALLBACK.get(key, ()):
             if os.environ.get(env_name):
                 return os.environ[env_name]
@@ -153,10 +200,15 @@ class Settings(MutableMapping[str, Any]):
     def __delitem__(self, key: str) -> None:
         del self._values[key]
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._values or key in SETTINGS  # not a read: Celery's is lazy too
+
     def __iter__(self) -> Iterator[str]:
+        self.configure()
         return iter({**dict.fromkeys(SETTINGS), **self._values})
 
     def __len__(self) -> int:
+        self.configure()
         return len({**dict.fromkeys(SETTINGS), **self._values})
 
     def __getattr__(self, name: str) -> Any:
@@ -172,12 +224,70 @@ class Settings(MutableMapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """Return ``key``'s value, setting it to ``default`` first if unset.
+
+        Before configuration is final this is not a read, as in Celery: ``default`` is set
+        unless the user set ``key`` (a built-in default does not count yet). Afterwards it is
+        the usual mapping ``setdefault``: a setting with a built-in default keeps it.
+        """
+        values: dict[str, Any] = self._values
+        if key in values:
+            return values[key]
+        if self.is_configured:
+            return super().setdefault(key, default)
+        values[key] = default
+        return default
+
+    # -- configuration on first read -----------------------------------------------------
+    def call_on_first_read(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once, before the first setting is read (Celery's ``_load_config``).
+
+        Reads made while ``hook`` runs see the settings as they are (they do not call it
+        again); a read from another thread meanwhile waits for it to finish.
+        """
+        with self._configure_lock:
+            object.__setattr__(self, "_on_first_read", hook)
+            object.__setattr__(self, "_live", _Unconfigured(self))
+
+    def configure(self) -> None:
+        """Call the first-read hook now if it has not run yet; a no-op afterwards."""
+        if self._on_first_read is None:
+            return
+        with self._configure_lock:
+            hook: Callable[[], None] | None = self._on_first_read
+            if hook is None or self._is_configuring:
+                return  # another thread ran it, or this thread is running it now
+            object.__setattr__(self, "_is_configuring", True)
+            try:
+                hook()
+            finally:
+                object.__setattr__(self, "_on_first_read", None)
+                object.__setattr__(self, "_live", self._values)
+                object.__setattr__(self, "_is_configuring", False)
+
+    @property
+    def is_configured(self) -> bool:
+        """Whether the first-read hook has started (or there is none): reads are final now."""
+        return self._on_first_read is None or bool(self._is_configuring)
+
+    def peek(self, key: str, default: Any = None) -> Any:
+        """Return setting ``key`` without finalizing configuration (for library code at import)."""
+        if key in self._values:
+            return self._values[key]
+        try:
+            return self._fallback(key)
+        except KeyError:
+            return default
+
     def is_set(self, key: str) -> bool:
         """Return whether ``key`` was given by the user (or the environment)."""
+        self.configure()
         return key in self._values or any(os.environ.get(e) for e in _ENV_FALLBACK.get(key, ()))
 
     def changes(self) -> dict[str, Any]:
         """Return only what the user set, for display."""
+        self.configure()
         return dict(self._values)
 
     def load_object(self, obj: Any, namespace: str | None = None) -> None:

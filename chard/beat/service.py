@@ -2,9 +2,11 @@
 
 One loop iteration (:meth:`Beat.run_once`) is:
 
-1. **Lead.** Take or renew the leader lease in the schedule store. A standby beat does nothing
+1. **Lead.** Take or renew the leader lease in the schedule store, which is always the broker's
+   (whatever ``-s`` says): beats on any host contend for one lease. A standby beat does nothing
    else; it takes over within ``lease_timeout`` (plus one loop) of the leader dying, and at once
-   when the leader stops cleanly and releases the lease.
+   when the leader stops cleanly and releases the lease. A leader whose lease may have run out
+   (counted from before its last renewal) renews it before it sends anything.
 2. **Reload** every ``reload_interval`` (and on becoming leader): definitions edited with
    ``chard beat schedule ...`` take effect without a restart, and the run state written by the
    previous leader is where the new one continues.
@@ -19,6 +21,10 @@ Delivery is at most once per slot: a beat killed between the claim and the send 
 run, which is the price of never sending twice. A run missed while no beat was up is sent once
 when beat comes back, then the schedule resumes (Celery's behaviour).
 
+At start-up a broker that cannot be reached is retried with back-off
+(``broker_connection_retry_on_startup``, ``broker_connection_max_retries``), logged with the
+URL's password hidden; beat sends nothing until it holds the lease.
+
 Entries naming a task this process has not registered are sent by name, as Celery does (a task
 may be imported only by workers), with a warning naming the entry.
 """
@@ -30,15 +36,19 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chard._utils.clock import Clock, SystemClock
+from chard._utils.log import redact_url
+from chard.beat.compat import check_scheduler, check_state_file
 from chard.beat.scheduler import DEFAULT_MAX_INTERVAL, ScheduleEntry, Scheduler, entries_from_config
-from chard.beat.store import ScheduleStore, slot_key
+from chard.beat.store import LeaseHolder, ScheduleStore, slot_key
 from chard.beat.stores import open_schedule_store
-from chard.exceptions import ChardError
+from chard.exceptions import BrokerConnectionError, ChardError
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -53,6 +63,8 @@ SLOT_HEADER = "chard_beat_slot"
 DEFAULT_RELOAD_INTERVAL = 1.0
 #: Seconds a leader's lease lasts unless renewed; a standby takes over this long after a crash.
 DEFAULT_LEASE_TIMEOUT = 5.0
+#: Start-up retries against an unreachable broker wait 1 s, then twice as long, up to this.
+MAX_STARTUP_BACKOFF = 10.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,13 @@ class Beat:
         reload_interval: Seconds between store reloads.
         lease_timeout: Seconds the leader lease lasts without renewal.
         owner: This beat's lease owner id (default: host, pid and a random part).
+        scheduler: Celery's scheduler class name (default ``beat_scheduler``); only Celery's
+            built-in names are accepted (see :mod:`chard.beat.compat`).
+        schedule_filename: Celery's local state file (default ``beat_schedule_filename``):
+            checked at :meth:`setup`, never used; run state lives in the broker.
+
+    Raises:
+        ImproperlyConfigured: ``scheduler`` names a class chard does not have.
     """
 
     def __init__(
@@ -89,14 +108,20 @@ class Beat:
         reload_interval: float = DEFAULT_RELOAD_INTERVAL,
         lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
         owner: str | None = None,
+        scheduler: object = None,
+        schedule_filename: str | os.PathLike[str] | None = None,
     ) -> None:
         if lease_timeout <= reload_interval:
             raise ValueError(
                 f"lease_timeout {lease_timeout!r} must exceed reload_interval {reload_interval!r}"
                 "; the leader renews its lease once per reload at least"
             )
+        check_scheduler(scheduler if scheduler is not None else app.conf.beat_scheduler)
         self.app = app
         self.store = store
+        self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
+        #: The checked state file (after setup); see :mod:`chard.beat.compat`.
+        self.state_file: Path | None = None
         self.clock: Clock = clock or SystemClock()
         configured = app.conf.get("beat_max_loop_interval") or DEFAULT_MAX_INTERVAL
         self.max_interval = float(max_interval or configured)
@@ -112,25 +137,36 @@ class Beat:
         self._reported: set[str] = set()
         self._warned_tasks: set[tuple[str, str]] = set()
         self._next_reload = 0.0
+        self._lease_until = 0.0  # monotonic; counted from before the renewal that set it
+        self._seen_leader: str | None = None
         self._is_setup = False
         self._stopped = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------
     def setup(self) -> list[str]:
-        """Finalize the app, sync its schedule into the store and load; return the problems.
+        """Check the state file, finalize the app, then sync, load and try to lead; return problems.
 
         Finalizing runs ``on_after_configure`` handlers, so ``add_periodic_task`` calls made
         there (even before the task they name was defined) are in ``beat_schedule`` by now.
+        An unreachable broker is retried with back-off until it answers or :meth:`stop`.
+
+        Raises:
+            ImproperlyConfigured: the state file's path is unusable, or the broker has no store.
+            BrokerConnectionError: the broker stayed unreachable past the start-up retries.
         """
+        self.state_file = check_state_file(self.schedule_filename)
         self.app.finalize()
         entries, errors = entries_from_config(self.app.conf.beat_schedule or {}, app=self.app)
         self._config = {e.name: e for e in entries}
-        if self.store is None:
-            self.store = open_schedule_store(self.app)
-        errors += self.store.sync_config(entries, app_tz=self._app_tz())
-        self._config_errors = errors
-        self._reload()
-        self._is_setup = True
+
+        def connect() -> None:
+            if self.store is None:
+                self.store = open_schedule_store(self.app)
+            self._config_errors = errors + self.store.sync_config(entries, app_tz=self._app_tz())
+            self._reload()
+            self._lead()
+
+        self._is_setup = self._until_reachable(connect)
         return self.errors
 
     def run(self) -> None:
@@ -138,7 +174,7 @@ class Beat:
         if not self._is_setup:
             self.setup()
         try:
-            while not self._stopped.is_set():
+            while self._is_setup and not self._stopped.is_set():  # not set up: stopped in setup
                 self._stopped.wait(self.run_once())
         finally:
             self._shutdown()
@@ -159,6 +195,8 @@ class Beat:
             self._lead()
             if self.clock.monotonic() >= self._next_reload:
                 self._reload()
+            if self.is_leader and self.clock.monotonic() >= self._lease_until:
+                self._lead()  # the reload outlasted the lease: renew before sending, or stand by
             if not self.is_leader:
                 return self.reload_interval
             sleep = self._tick(datetime.fromtimestamp(self.clock.time(), UTC))
@@ -167,6 +205,16 @@ class Beat:
             self.is_leader = False  # not sure we still lead: renew before sending again
             return self.reload_interval
         return min(sleep, self.reload_interval, self.lease_timeout / 3)
+
+    @property
+    def is_setup(self) -> bool:
+        """Whether :meth:`setup` reached the broker (False if it was stopped while waiting)."""
+        return self._is_setup
+
+    def leader(self) -> LeaseHolder | None:
+        """Return who holds the leader lease now (this beat or another), or None."""
+        assert self.store is not None, "call setup() first"
+        return self.store.lease_holder()
 
     def planned(self) -> list[PlannedRun]:
         """Describe every entry and its next run, for the start-up summary."""
@@ -180,12 +228,55 @@ class Beat:
     def _lead(self) -> None:
         assert self.store is not None, "call setup() first"
         was_leader = self.is_leader
+        asked_at = self.clock.monotonic()
         self.is_leader = self.store.acquire_lease(self.owner, self.lease_timeout)
-        if self.is_leader and not was_leader:
-            logger.info("beat: %s is the leader now; sending due tasks", self.owner)
-            self._next_reload = 0.0  # continue from the previous leader's run state
-        elif was_leader and not self.is_leader:
+        if self.is_leader:
+            self._lease_until = asked_at + self.lease_timeout
+            self._seen_leader = self.owner
+            if not was_leader:
+                logger.info("beat: %s is the leader now; sending due tasks", self.owner)
+                self._next_reload = 0.0  # continue from the previous leader's run state
+            return
+        if was_leader:
             logger.warning("beat: %s lost the leader lease; standing by", self.owner)
+        holder = self.store.lease_holder()
+        if holder is not None and holder.owner != self._seen_leader:
+            logger.info(
+                "beat: %s stands by; %s leads (a standby takes over within %.1fs of it stopping)",
+                self.owner,
+                holder.owner,
+                self.lease_timeout,
+            )
+        self._seen_leader = holder.owner if holder is not None else None
+
+    def _until_reachable(self, step: Callable[[], None]) -> bool:
+        """Run ``step`` until the broker answers, with back-off; False if stopped meanwhile."""
+        conf = self.app.conf
+        limit = int(conf.broker_connection_max_retries or 0)  # 0 or None: retry forever
+        pause, attempt = 1.0, 0
+        while True:
+            try:
+                step()
+                return True
+            except BrokerConnectionError as exc:
+                attempt += 1
+                url = redact_url(self.app.broker_url)
+                if not conf.broker_connection_retry_on_startup or (limit and attempt > limit):
+                    raise BrokerConnectionError(
+                        f"beat cannot reach the broker at {url!r} after {attempt} attempt(s): "
+                        f"{exc}; start it or fix broker_url"
+                    ) from exc
+                logger.warning(
+                    "beat: cannot reach the broker at %s (attempt %d): %s; sending nothing, "
+                    "retrying in %.0fs",
+                    url,
+                    attempt,
+                    exc,
+                    pause,
+                )
+            if self._stopped.wait(pause):
+                return False
+            pause = min(pause * 2, MAX_STARTUP_BACKOFF)
 
     def _reload(self) -> None:
         assert self.store is not None, "call setup() first"

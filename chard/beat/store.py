@@ -1,7 +1,9 @@
 """Schedule stores: beat's shared, editable state in the broker's database.
 
-A store holds four things, so that beat processes and the ``chard beat schedule`` command agree
-without talking to each other:
+The store always lives in the broker (never in a local file such as ``beat -s``): the lease and
+the claims can only pick one sender if every beat, on any host, reaches the same ones. A store
+holds four things, so that beat processes and the ``chard beat schedule`` command agree without
+talking to each other:
 
 - **definitions**: entry name -> JSON (task, schedule, args, kwargs, options, ``enabled`` and
   ``origin``). ``origin`` is ``"config"`` for entries synced from ``beat_schedule`` /
@@ -19,6 +21,12 @@ without talking to each other:
 the SQLite, Redis and memory subclasses (``store_sqlite``, ``store_redis``, ``store_memory``)
 implement a handful of primitives, and :func:`chard.beat.stores.open_schedule_store` picks one by
 the broker's URL. This module imports none of them: they import it.
+
+A new broker kind plugs in with one subclass over its own database and one line in ``stores``:
+PostgreSQL as SQLite's tables (``INSERT ... ON CONFLICT``, expiry on the server's ``now()``).
+RabbitMQ has no key-value store, so it needs primitives of its own (an exclusive queue is a
+natural lease: the broker frees it when the holder's connection dies). Until a kind has a store,
+beat refuses its broker with a clear error; it never falls back to a local file.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
     from chard.app import Celery
 
 __all__ = [
+    "LeaseHolder",
     "ScheduleStore",
     "entry_from_record",
     "entry_to_record",
@@ -53,6 +62,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds the leader lease, and for how long without renewing it."""
+
+    owner: str  # host:pid:random, as Beat.owner
+    expires_in: float  # seconds
 
 
 class ScheduleStore(ABC):
@@ -95,6 +112,10 @@ class ScheduleStore(ABC):
     @abstractmethod
     def _release_lease(self, owner: str) -> None:
         """Give the lease up if ``owner`` holds it."""
+
+    @abstractmethod
+    def _read_lease(self) -> tuple[str, float] | None:
+        """Return the lease's (owner, seconds left), or None if nobody holds it."""
 
     @abstractmethod
     def _claim(self, key: str, ttl: float) -> bool:
@@ -218,6 +239,11 @@ class ScheduleStore(ABC):
     def acquire_lease(self, owner: str, timeout: float) -> bool:
         """Take or extend the leader lease for ``timeout`` seconds; True while ``owner`` leads."""
         return self._acquire_lease(owner, timeout)
+
+    def lease_holder(self) -> LeaseHolder | None:
+        """Return who leads now (for the start-up summary and logs), or None if nobody does."""
+        held = self._read_lease()
+        return LeaseHolder(held[0], max(0.0, held[1])) if held is not None else None
 
     def release_lease(self, owner: str) -> None:
         """Give the lease up so a standby takes over at once (no-op if ``owner`` lost it)."""

@@ -58,6 +58,13 @@ class MemoryScheduleStore(ScheduleStore):
             if self._lease is not None and self._lease[0] == owner:
                 self._lease = None
 
+    def _read_lease(self) -> tuple[str, float] | None:
+        now = self.clock.time()
+        with self._lock:
+            if self._lease is None or self._lease[1] <= now:
+                return None
+            return self._lease[0], self._lease[1] - now
+
     def _claim(self, key: str, ttl: float) -> bool:
         now = self.clock.time()
         with self._lock:

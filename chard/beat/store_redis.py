@@ -123,6 +123,16 @@ class RedisScheduleStore(ScheduleStore):
         with self._errors():
             self._release_script(keys=[self._lease], args=[owner])
 
+    def _read_lease(self) -> tuple[str, float] | None:
+        with self._errors():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._lease)
+            pipe.pttl(self._lease)
+            owner, millis = pipe.execute()
+        if owner is None or millis is None or millis < 0:
+            return None
+        return owner.decode(), millis / 1000.0
+
     def _claim(self, key: str, ttl: float) -> bool:
         with self._errors():
             added = self._client.set(

@@ -58,7 +58,7 @@ class SQLiteScheduleStore(ScheduleStore):
     """Beat's state in a SQLite file (WAL): for the beats and editors of one machine.
 
     Args:
-        target: A ``sqlite:///`` URL (the broker's) or a plain file path (``beat -s``).
+        target: The broker's ``sqlite:///`` URL (or a plain path to its file, for tools).
         clock: Wall-clock source for lease and firing expiry.
     """
 
@@ -112,6 +112,13 @@ class SQLiteScheduleStore(ScheduleStore):
     def _release_lease(self, owner: str) -> None:
         sql = "DELETE FROM chard_beat_lease WHERE id = 1 AND owner = ?"
         self._write(lambda conn: conn.execute(sql, (owner,)))
+
+    def _read_lease(self) -> tuple[str, float] | None:
+        now = self.clock.time()
+        rows = self._read("SELECT owner, expires FROM chard_beat_lease WHERE id = 1")
+        if not rows or float(rows[0][1]) <= now:
+            return None
+        return str(rows[0][0]), float(rows[0][1]) - now
 
     def _claim(self, key: str, ttl: float) -> bool:
         now = self.clock.time()

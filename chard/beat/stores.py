@@ -1,7 +1,10 @@
 """Pick beat's schedule store by the broker's URL: the one module that knows every kind.
 
-The base class (:mod:`chard.beat.store`) sits below its implementations and imports none of
-them; this factory sits above them all. The Redis store is imported lazily, so that beat on
+The store is always the broker's (its SQLite file, its Redis, with its key prefix), whatever
+local files beat is given: the leader lease and the firing claims only pick one sender if every
+beat reaches the same ones. A broker kind without a store is refused, never replaced by a local
+file. The base class (:mod:`chard.beat.store`) sits below its implementations and imports none
+of them; this factory sits above them all. The Redis store is imported lazily, so that beat on
 the SQLite default never needs the ``redis`` extra.
 """
 
@@ -11,6 +14,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from chard._utils.log import redact_url
 from chard.beat.store import ScheduleStore
 from chard.beat.store_memory import MemoryScheduleStore
 from chard.beat.store_sqlite import SQLiteScheduleStore
@@ -19,26 +23,28 @@ from chard.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from chard.app import Celery
 
+#: Broker URL schemes that have a schedule store (a new kind adds its scheme and a branch).
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
+
 #: One memory store per app, so beat and the Python API see the same state in a test.
 _MEMORY_STORES: weakref.WeakKeyDictionary[Celery, MemoryScheduleStore] = weakref.WeakKeyDictionary()
 _MEMORY_LOCK = threading.Lock()
 
 
-def open_schedule_store(app: Celery, path: str | None = None) -> ScheduleStore:
-    """Return the schedule store for ``app``, chosen by its broker URL.
+def open_schedule_store(app: Celery) -> ScheduleStore:
+    """Return the schedule store in ``app``'s broker, chosen by its URL.
 
     ``sqlite://`` (the embedded default) uses the broker's file, ``redis://``/``rediss://``/
     ``unix://`` the broker's Redis (and its ``global_keyprefix``), ``memory://`` a store shared
-    by everything in this process that uses ``app``. ``path`` (``beat -s``) forces a SQLite file,
-    which then guards only the beats of one machine.
+    by everything in this process that uses ``app``.
 
     Raises:
         ImproperlyConfigured: the broker's scheme has no schedule store yet.
     """
     url = app.broker_url
     scheme = url.partition("://")[0].lower()
-    if path is not None or scheme == "sqlite":
-        return SQLiteScheduleStore(path if path is not None else url)
+    if scheme == "sqlite":
+        return SQLiteScheduleStore(url)
     if scheme in ("redis", "rediss", "unix"):
         from chard.beat.store_redis import RedisScheduleStore  # needs the redis extra
 
@@ -50,6 +56,7 @@ def open_schedule_store(app: Celery, path: str | None = None) -> ScheduleStore:
                 store = _MEMORY_STORES[app] = MemoryScheduleStore()
             return store
     raise ImproperlyConfigured(
-        f"beat has no schedule store for broker scheme {scheme!r}; use a sqlite:// or redis:// "
-        "broker, or pass -s/--schedule path/to/beat.sqlite3 for a local SQLite store"
+        f"beat cannot keep its leader lease in broker {redact_url(url)!r} (scheme {scheme!r} has "
+        f"no schedule store yet; supported: {', '.join(s + '://' for s in STORE_SCHEMES)}); "
+        "run beat against a sqlite:// or redis:// broker"
     )

@@ -1,9 +1,11 @@
 """``chard beat``: run the periodic-task scheduler, and edit its schedule while it runs.
 
-``chard -A proj beat -l INFO`` runs beat as its own process. Several may run against one broker:
-a leader lease picks the one that sends, and idempotent firing claims make sure no run is sent
-twice even if two briefly overlap. ``chard -A proj worker -B`` embeds beat in a worker (for
-development; it is safe with several workers, since the lease still picks one).
+``chard -A proj beat -l INFO`` runs beat as its own process. Several may run against one broker,
+on any hosts: a leader lease in the broker picks the one that sends, and idempotent firing claims
+(also in the broker) make sure no run is sent twice even if two briefly overlap. ``-s`` is
+Celery's local state file: checked, never used, and it never decides who leads (see
+:mod:`chard.beat.compat`). ``chard -A proj worker -B`` embeds beat in a worker (for development;
+it is safe with several workers, since the lease still picks one).
 
 ``chard -A proj beat schedule add|list|remove|enable|disable`` edits the schedule store; running
 beats pick the change up within a second or two.
@@ -60,27 +62,51 @@ def summary_lines(beat: Beat) -> list[str]:
     return lines
 
 
+def leader_line(beat: Beat) -> str:
+    """Say which process leads: this beat, another one (this one stands by), or none yet."""
+    holder = beat.leader()
+    if holder is None:
+        return "nobody yet (this beat takes the lease on its next loop)"
+    if holder.owner == beat.owner:
+        return f"this beat ({beat.owner}) sends the due tasks"
+    return (
+        f"{holder.owner}; this beat stands by and takes over within "
+        f"{beat.lease_timeout:.1f}s of it stopping"
+    )
+
+
 def banner(beat: Beat) -> str:
-    """Return Celery-shaped start-up text: configuration, then every entry's next run."""
+    """Return Celery-shaped start-up text: configuration, who leads, every entry's next run."""
     app = beat.app
     lines = [
         f"chard beat v{__version__} is starting.",
         f"LocalTime -> {datetime.now(app.timezone):%Y-%m-%d %H:%M:%S %Z}",
         "Configuration ->",
         f"    . broker -> {redact_url(app.broker_url)}",
-        f"    . store -> {beat.store!r}",
+        f"    . store -> {beat.store!r} (schedule, run state, leader lease, firing claims)",
+        f"    . state file -> {beat.state_file} (checked, not used: run state is in the broker)",
         f"    . timezone -> {app.timezone}",
         f"    . maxinterval -> {beat.max_interval:.2f} seconds",
         f"    . lease -> {beat.lease_timeout:.1f}s as {beat.owner}",
+        f"    . leader -> {leader_line(beat)}",
+        "    . HA -> run more 'chard beat' processes against this broker, on any host: one "
+        "sends, the others stand by",
         *summary_lines(beat),
     ]
     return "\n".join(lines) + "\n"
 
 
-def start_embedded_beat(app: Celery) -> Callable[[], None]:
-    """Start beat in a thread of this process (``worker -B``); return the function that stops it."""
-    beat = Beat(app)
+def start_embedded_beat(
+    app: Celery, *, schedule_filename: str | None = None, scheduler: str | None = None
+) -> Callable[[], None]:
+    """Start beat in a thread of this process (``worker -B``); return the function that stops it.
+
+    Raises:
+        ImproperlyConfigured: a bad ``-s`` path or ``--scheduler`` (before anything starts).
+    """
+    beat = Beat(app, schedule_filename=schedule_filename, scheduler=scheduler)
     beat.setup()
+    logger.info("beat: leader -> %s", leader_line(beat))
     for line in summary_lines(beat):
         logger.info("beat: %s", line)
     logger.warning(
@@ -104,7 +130,13 @@ def start_embedded_beat(app: Celery) -> Callable[[], None]:
     "-s",
     "--schedule",
     "schedule_path",
-    help="SQLite file for the schedule store (default: the broker's own database).",
+    help="Celery's local state file (default: beat_schedule_filename, celerybeat-schedule). "
+    "chard checks the path but keeps run state, the lease and the claims in the broker.",
+)
+@click.option(
+    "-S",
+    "--scheduler",
+    help="Scheduler class: Celery's built-in names (celery.beat:PersistentScheduler) only.",
 )
 @click.option("--max-interval", type=float, help="Longest sleep between schedule checks (s).")
 @click.option(
@@ -121,11 +153,11 @@ def command(
     logfile: str | None,
     pidfile: str | None,
     schedule_path: str | None,
+    scheduler: str | None,
     max_interval: float | None,
     lease_timeout: float,
 ) -> None:
     """Run the periodic task scheduler (or edit its schedule: see 'beat schedule')."""
-    click_ctx.meta["chard.beat.schedule_path"] = schedule_path
     if click_ctx.invoked_subcommand is not None:
         return
     setup_logging(loglevel, logfile)
@@ -133,12 +165,19 @@ def command(
     app = ctx.app
     pid_path = write_pidfile(pidfile) if pidfile else None
     try:
-        store = open_schedule_store(app, schedule_path)
-        beat = Beat(app, store=store, max_interval=max_interval, lease_timeout=lease_timeout)
-        beat.setup()
-        click.echo(banner(beat), nl=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        beat = Beat(
+            app,
+            max_interval=max_interval,
+            lease_timeout=lease_timeout,
+            scheduler=scheduler,
+            schedule_filename=schedule_path,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):  # also while waiting for the broker
             signal.signal(sig, lambda signum, frame: beat.stop())
+        beat.setup()
+        if not beat.is_setup:
+            return  # stopped before the broker answered
+        click.echo(banner(beat), nl=False)
         logger.info("beat: Starting...")
         beat.run()
     except (ChardError, ValueError) as exc:
@@ -153,7 +192,7 @@ def command(
 def _store(click_ctx: click.Context) -> tuple[Celery, ScheduleStore]:
     app: Celery = click_ctx.find_object(AppContext).app  # type: ignore[union-attr]
     try:
-        return app, open_schedule_store(app, click_ctx.meta.get("chard.beat.schedule_path"))
+        return app, open_schedule_store(app)
     except ChardError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -7,6 +7,7 @@ import click
 from chard.cli.beat import start_embedded_beat
 from chard.cli.context import AppContext
 from chard.cli.process import setup_logging, write_pidfile
+from chard.exceptions import ChardError
 
 
 @click.command("worker")
@@ -23,6 +24,14 @@ from chard.cli.process import setup_logging, write_pidfile
 @click.option("--pidfile", help="Write the worker's PID here.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this process (development).")
+@click.option(
+    "-s",
+    "--schedule-filename",
+    "--schedule",
+    "schedule_filename",
+    help="With -B: Celery's beat state file (checked; run state is in the broker).",
+)
+@click.option("-S", "--scheduler", help="With -B: Celery's scheduler name (built-in ones only).")
 @click.pass_obj
 def command(
     ctx: AppContext,
@@ -37,6 +46,8 @@ def command(
     pidfile: str | None,
     burst: bool,
     beat: bool,
+    schedule_filename: str | None,
+    scheduler: str | None,
 ) -> None:
     """Start a worker that runs the app's tasks."""
     from chard.worker.worker import Worker
@@ -57,7 +68,12 @@ def command(
             burst=burst,
         )
         if beat:  # composed here: chard.worker and chard.beat never import each other
-            stop_beat = start_embedded_beat(app)
+            try:
+                stop_beat = start_embedded_beat(
+                    app, schedule_filename=schedule_filename, scheduler=scheduler
+                )
+            except ChardError as exc:
+                raise click.ClickException(str(exc)) from exc
         worker.start()
     finally:
         if stop_beat is not None:

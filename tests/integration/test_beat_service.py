@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import pytest
 
 from chard.beat.store_records import slot_key
 from chard.beat.store_sqlite import SQLiteScheduleStore
-from tests.helpers import redis_url, wait_for
+from tests.helpers import free_port, redis_url, wait_for
 from tests.integration.workers import (
     CHARD,
     WorkerFactory,
@@ -47,21 +49,29 @@ class Beats:
         self.env = env
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str) -> WorkerProcess:
+    def start(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        ready: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start a beat (in ``cwd``: another "host"); wait for its loop unless ``ready=False``."""
         log = self.tmp_path / f"beat-{len(self.started)}.log"
         argv = [CHARD, "-A", "beatapp", "beat", "-l", "INFO", *args]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 argv,
-                cwd=self.tmp_path,
-                env={**os.environ, **self.env},
+                cwd=cwd or self.tmp_path,
+                env={**os.environ, **self.env, **(extra_env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         beat = WorkerProcess(proc, log, argv)
         self.started.append(beat)
-        beat.wait_for_log("beat: Starting...")
+        if ready:
+            beat.wait_for_log("beat: Starting...")
         return beat
 
     def cleanup(self) -> None:
@@ -174,33 +184,66 @@ def test_a_restart_continues_from_the_stored_last_run(
 
 @pytest.mark.parametrize("broker_url", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)],
                          indirect=True)  # fmt: skip
-def test_two_beats_send_every_slot_once_when_the_leader_is_killed(
-    beats: Beats, workers: WorkerFactory, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+def test_beats_on_separate_hosts_send_every_slot_once_and_survive_the_leader_kill(
+    beats: Beats,
+    workers: WorkerFactory,
+    env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Given a leader and a standby beat on one broker, and a 1 s schedule
+    """Issue 13: each beat in its own directory with its own ``-s celerybeat-schedule``."""
+    # Given three beats, each started in its own directory as on three hosts, as Celery's
+    # deployment docs pass -s, on one broker, and a 1 s schedule
+    hosts = [tmp_path / f"host-{name}" for name in "abc"]
+    for host in hosts:
+        host.mkdir()
     start_worker(workers, env)
-    leader = beats.start()
+    leader = beats.start("-s", "celerybeat-schedule", cwd=hosts[0])
     leader.wait_for_log("is the leader now")
-    standby = beats.start()
-    wait_for(lambda: len(slots(env)) >= 3, timeout=10)
-    assert "is the leader now" not in standby.output()
+    standbys = [beats.start("-s", "celerybeat-schedule", cwd=host) for host in hosts[1:]]
+    wait_for(lambda: len(slots(env)) >= 4, timeout=15)
 
-    # When the leader is SIGKILLed (no chance to release its lease)
+    # Then one leads and says so; the others stand by, and say who leads
+    assert "    . leader -> this beat (" in leader.output()
+    for standby in standbys:
+        out = standby.output()
+        assert "is the leader now" not in out
+        assert "this beat stands by and takes over within 5.0s" in out
+    assert "sends, the others stand by" in leader.output()  # the HA line
+
+    # When the leader is SIGKILLed (no chance to release its lease) just after a run it sent
+    # was recorded, which is far from its next claim-and-send (the one at-most-once window)
+    seen = len(slots(env))
+    wait_for(lambda: len(slots(env)) > seen, timeout=5)
     leader.kill_group()
     killed_at = time.monotonic()
-    before = len(slots(env))
-    standby.wait_for_log("is the leader now", timeout=10)
-    takeover = time.monotonic() - killed_at
-    wait_for(lambda: len(slots(env)) >= before + 3, timeout=10)
+    before = slots(env)
 
-    # Then the standby took over within the lease, and every slot was sent exactly once
+    def new_leader() -> WorkerProcess | None:
+        led = [b for b in standbys if "is the leader now" in b.output()]
+        return led[0] if led else None
+
+    took_over = wait_for(new_leader, timeout=10)
+    takeover = time.monotonic() - killed_at
+    wait_for(lambda: len(slots(env)) >= len(before) + 3, timeout=10)
+
+    # Then exactly one standby took over within the lease, every slot was sent once, no
+    # second rhythm appeared (slots of two beats' own run state would interleave), and the
+    # slot right after the leader's last one was sent (late, not skipped) before the rhythm
+    # resumed from the take-over
+    assert [b for b in standbys if "is the leader now" in b.output()] == [took_over]
     sent = slots(env)
     assert Counter(sent).most_common(1)[0][1] == 1, Counter(sent).most_common(3)
     times = sorted(slot_time(s) for s in sent)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.9  # no slot sent twice under two different keys
-    assert max(gaps) < 1.0 + 5.0 + 2.0  # one catch-up run after at most the lease timeout
+    assert min(gaps) >= 0.9, gaps
+    last_of_leader = max(slot_time(s) for s in before)
+    first_of_standby = min(t for t in times if t > last_of_leader)
+    assert (first_of_standby - last_of_leader).total_seconds() < 2.0, gaps
+    assert max(gaps) < 1.0 + 5.0 + 2.0, gaps
     assert takeover < 7.0
+    # And -s named only Celery's state file: no beat wrote anything in its directory
+    assert [list(host.iterdir()) for host in hosts] == [[], [], []]
     with capsys.disabled():
         print(f"\nbeat takeover after SIGKILL of the leader: {takeover:.2f}s (lease 5 s)")
 
@@ -285,14 +328,105 @@ def test_broken_entries_are_reported_and_the_good_ones_keep_running(
     assert beat.proc.poll() is None
 
 
-def test_worker_dash_b_embeds_beat(workers: WorkerFactory, env: dict[str, str]) -> None:
-    # Given `chard -A beatapp worker -B`
-    worker = start_worker(workers, env, "-B")
+def test_worker_dash_b_embeds_beat(
+    workers: WorkerFactory, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given `chard -A beatapp worker -B` with Celery's -s and --scheduler options
+    worker = start_worker(
+        workers, env, "-B", "-s", "celerybeat-schedule", "-S", "celery.beat:PersistentScheduler"
+    )
 
-    # When it runs, then it sends and runs the schedule itself
+    # When it runs, then it sends and runs the schedule itself, and says it leads
     wait_for(lambda: len(slots(env)) >= 2, timeout=10)
     assert "beat: running inside the worker (-B) is meant for development" in worker.output()
+    assert "beat: leader -> this beat (" in worker.output()
+    assert not (tmp_path / "celerybeat-schedule").exists()
 
     # And a warm stop stops beat too, releasing the lease
     assert worker.stop() == 0
     assert "released the leader lease" in worker.output()
+
+
+def test_bad_state_file_or_scheduler_stops_beat_at_once_with_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given -s into a missing directory, into one nobody may write (/sys refuses even root),
+    # and a scheduler class chard does not have
+    missing = cli(env, tmp_path, "-s", "nope/celerybeat-schedule")
+    unwritable = cli(env, tmp_path, "-s", "/sys/celerybeat-schedule")
+    django = cli(env, tmp_path, "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler")
+    worker = run_cli(
+        ["-A", "beatapp", "worker", "-B", "-s", "nope/celerybeat-schedule"], env, tmp_path
+    )
+
+    # Then each exits non-zero with one line naming the value and the fix, and sent nothing
+    for done, expected in [
+        (missing, "does not exist"),
+        (unwritable, "is not writable"),
+        (django, "'chard -A proj beat schedule add|remove|enable|disable'"),
+        (worker, "does not exist"),
+    ]:
+        assert done.returncode != 0, done
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert expected in lines[0]
+    assert runs(env) == []
+
+
+@pytest.mark.redis
+def test_an_unreachable_broker_is_retried_with_back_off_until_it_answers(
+    beats: Beats, tmp_path: Path, env: dict[str, str]
+) -> None:
+    # Given beat started against a password-protected Redis that is not running yet
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: this test starts its own server")
+    port = free_port()
+    env["CHARD_BROKER_URL"] = f"redis://:s3cr3t-pw@127.0.0.1:{port}/0"
+    env["CHARD_RESULT_BACKEND"] = env["CHARD_BROKER_URL"]
+    beat = beats.start(ready=False)
+    beat.wait_for_log("(attempt 2)", timeout=15)
+
+    # When the server comes up
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass",
+         "s3cr3t-pw", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        beat.wait_for_log("is the leader now", timeout=20)
+        beat.wait_for_log("Sending due task tick", timeout=10)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    # Then it retried with growing pauses, logged the URL without its password, and sent
+    # nothing before it held the lease
+    out = beat.output()
+    assert "beat: cannot reach the broker at redis://:**@127.0.0.1" in out
+    assert "retrying in 1s" in out
+    assert "retrying in 2s" in out
+    assert "s3cr3t-pw" not in out
+    assert out.index("is the leader now") < out.index("Sending due task")
+
+
+def test_reading_app_conf_in_a_fresh_process_shows_the_handler_entries(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given beatapp, whose on_after_configure handler adds "from-handler"
+    env["BEATAPP_PERIODIC"] = "2.5"
+    code = "import beatapp; print(sorted(beatapp.app.conf.beat_schedule))"
+
+    # When a plain process imports it and reads app.conf (no beat, no worker, no finalize)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    # Then the handler has run: its entry is there beside the configured one
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['from-handler', 'tick']"

@@ -22,6 +22,7 @@ from chard.beat import Beat, MemoryScheduleStore, ScheduleEntry, ScheduleStore
 from chard.beat.service import SLOT_HEADER
 from chard.beat.store_records import from_micros, slot_key, to_micros
 from chard.beat.stores import open_schedule_store
+from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from chard.schedules import crontab, schedule
 from tests.helpers import redis_url, wait_for
@@ -154,6 +155,19 @@ def test_the_lease_has_one_owner_until_released_or_lapsed(store: ScheduleStore) 
     assert store.acquire_lease("b", 30.0) is False
 
 
+def test_the_lease_holder_is_readable_while_held(store: ScheduleStore) -> None:
+    assert store.lease_holder() is None
+
+    store.acquire_lease("host-a:1:x", 30.0)
+    holder = store.lease_holder()
+
+    assert holder is not None
+    assert holder.owner == "host-a:1:x"
+    assert 25.0 < holder.expires_in <= 30.0
+    store.release_lease("host-a:1:x")
+    assert store.lease_holder() is None
+
+
 def test_a_firing_is_claimed_once(store: ScheduleStore) -> None:
     assert store.claim_firing("a", T0) is True
     assert store.claim_firing("a", T0) is False
@@ -189,7 +203,19 @@ def test_open_schedule_store_follows_the_broker(tmp_path: Path) -> None:
 
     assert "b.sqlite3" in repr(open_schedule_store(sqlite_app))
     assert open_schedule_store(memory_app) is open_schedule_store(memory_app)
-    assert "x.db" in repr(open_schedule_store(memory_app, str(tmp_path / "x.db")))
+
+
+def test_a_broker_without_a_store_is_refused_not_replaced_by_a_local_file() -> None:
+    app = Celery("a", broker="amqp://guest:secret@rabbit//", set_as_current=False)
+
+    with pytest.raises(ImproperlyConfigured) as caught:
+        open_schedule_store(app)
+
+    message = str(caught.value)
+    assert "leader lease" in message
+    assert "secret" not in message
+    assert "sqlite://" in message
+    assert "redis://" in message
 
 
 # -- the service, driven by a fake clock ----------------------------------------------------------
