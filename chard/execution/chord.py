@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chard import states
@@ -100,6 +101,20 @@ def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
         fail_body(app, chord, ChordError(f"chord body could not be sent: {exc!r}"), request)
 
 
+def task_ids(sig: Mapping[str, Any]) -> list[str]:
+    """Every task id a signature would run: its own, a group's or chain's members', a
+    chord's header and body. Ids not frozen yet are left out (nobody can wait on them).
+    """
+    kind, kwargs = sig.get("subtask_type"), sig.get("kwargs") or {}
+    if kind in ("group", "chain"):
+        return [task_id for member in kwargs.get("tasks") or () for task_id in task_ids(member)]
+    if kind == "chord":
+        parts = [kwargs.get("header"), kwargs.get("body")]
+        return [task_id for part in parts if part for task_id in task_ids(part)]
+    task_id = (sig.get("options") or {}).get("task_id")
+    return [str(task_id)] if task_id else []
+
+
 def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request: Context) -> None:
     """Mark the body (every step of it, and the chain after it) failed; run its errbacks.
 
@@ -116,9 +131,9 @@ def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request
     backend = app.backend
     if backend is not None:
         for step in [*steps, *following]:
-            if step.subtask_type is None and step.id:
-                extra = {"parent_id": request.id, "group_id": step["options"].get("group_id")}
-                backend.store_result(step.id, error, states.FAILURE, None, extra)
+            extra = {"parent_id": request.id, "group_id": step["options"].get("group_id")}
+            for task_id in task_ids(step):
+                backend.store_result(task_id, error, states.FAILURE, None, extra)
     errbacks: dict[str, Signature] = {}
     for step in steps:
         for errback in _as_list(step["options"].get("link_error")):

@@ -9,12 +9,17 @@ cannot be encoded -- the worker calls one of :func:`succeeded`, :func:`failed` o
 1. store the terminal state (unless results are ignored); a value the result
    serializer cannot encode turns a success into a FAILURE with
    :class:`~chard.exceptions.EncodeError`, stored instead;
-2. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
-3. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once;
-4. end or continue every workflow the task belongs to: on success the links, the
+2. end or continue every workflow the task belongs to: on success the links, the
    next chain step and the chord count; otherwise the ``link_error`` callbacks (on
    FAILURE), the chain steps that will now never run (stored FAILURE or REVOKED,
-   naming this step), and the chord, which fails with :class:`ChordError`.
+   naming this step), and the chord, which fails with :class:`ChordError`;
+3. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
+4. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once.
+
+After the store, each step is guarded on its own (:func:`_guarded`): a follow-up that
+cannot be sent, or a hook that raises, is logged and the other steps still happen.
+So user code in a hook can never take a workflow's end with it, nor end the task
+twice, nor reach the worker's loop. As in Celery, the follow-ups go before the hook.
 
 Because no other code stores a terminal state or sends follow-ups, no way of ending
 can forget one of them, and ``get()`` on any result of a workflow raises within
@@ -33,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from chard import signals, states
 from chard.canvas.signature import Signature
 from chard.exceptions import ChordError, EncodeError, SerializationError, TaskRevokedError
-from chard.execution.chord import fail_body, on_part_return
+from chard.execution.chord import fail_body, on_part_return, task_ids
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -98,11 +103,11 @@ def succeeded(
             trace = "".join(tb.format_exception(error))
             failed(app, task, request, error, trace, store=store, extra=extra, hook=hook)
             return states.FAILURE, error, trace
-    if hook is not None:
-        hook(states.SUCCESS, value, None)
-    signals.task_success.send(sender=task, result=value)
     if not request.is_eager:
         _send_next(app, task.name, request, value)
+    if hook is not None:
+        _guarded(task.name, request, "on_success", hook, states.SUCCESS, value, None)
+    signals.task_success.send(sender=task, result=value)
     return states.SUCCESS, value, None
 
 
@@ -125,8 +130,16 @@ def failed(
     name = task.name if task is not None else (name or "?")
     if store:
         _store(app, request, exc, states.FAILURE, traceback, extra)
+    if not request.is_eager:
+        for errback in request.errbacks or ():
+            # Celery calls an errback with the failed task's id.
+            _guarded(name, request, "link_error", _send, app, request, errback, (request.id,))
+        why = f"chain step {name}[{request.id}] failed:\n{traceback or repr(exc)}"
+        _guarded(name, request, "chain end", _end_chain, app, request, exc, states.FAILURE, why)
+        if request.chord:
+            _guarded(name, request, "chord", on_part_return, app, request, states.FAILURE, exc)
     if hook is not None:
-        hook(states.FAILURE, exc, traceback)
+        _guarded(name, request, "on_failure", hook, states.FAILURE, exc, traceback)
     signals.task_failure.send(
         sender=task,
         task_id=request.id,
@@ -136,15 +149,6 @@ def failed(
         traceback=traceback,
         einfo=traceback,
     )
-    if request.is_eager:
-        return
-    for errback in request.errbacks or ():
-        # Celery calls an errback with the failed task's id.
-        Signature.from_dict(errback, app=app).apply_async((request.id,), parent_id=request.id)
-    why = f"chain step {name}[{request.id}] failed:\n{traceback or repr(exc)}"
-    _end_chain(app, request, exc, states.FAILURE, why)
-    if request.chord:
-        on_part_return(app, request, states.FAILURE, exc)
 
 
 def revoked(
@@ -165,8 +169,11 @@ def revoked(
     name = task.name if task is not None else (name or "?")
     error = TaskRevokedError(reason)
     if store:
-        extra = {"parent_id": request.parent_id, "group_id": request.group}
-        _store(app, request, error, states.REVOKED, None, extra)
+        _store(app, request, error, states.REVOKED, None, extra_meta(app, task, request))
+    step = TaskRevokedError(f"chain step {name}[{request.id}] was {reason}; this step never ran")
+    _guarded(name, request, "chain end", _end_chain, app, request, step, states.REVOKED, None)
+    if request.chord:
+        _guarded(name, request, "chord", on_part_return, app, request, states.REVOKED, error)
     signals.task_revoked.send(
         sender=task,
         request=request,
@@ -174,10 +181,6 @@ def revoked(
         signum=signum,
         expired=reason == "expired",
     )
-    step = TaskRevokedError(f"chain step {name}[{request.id}] was {reason}; this step never ran")
-    _end_chain(app, request, step, states.REVOKED, None)
-    if request.chord:
-        on_part_return(app, request, states.REVOKED, error)
 
 
 def _store(
@@ -215,16 +218,12 @@ def _send_next(app: Celery, name: str, request: Context, value: Any) -> None:
     sends one step. A chord header task reports to the chord, whose last member
     sends the body (:mod:`chard.execution.chord`).
     """
-    root_id = request.root_id or request.id
     for callback in request.callbacks or ():
-        Signature.from_dict(callback, app=app).apply_async(
-            (value,), parent_id=request.id, root_id=root_id
-        )
+        _guarded(name, request, "link", _send, app, request, callback, (value,))
     if request.chain:
         *rest, following = request.chain
-        step = Signature.from_dict(following, app=app)
         try:
-            step.apply_async((value,), chain=rest or None, parent_id=request.id, root_id=root_id)
+            _send(app, request, following, (value,), chain=rest or None)
         except Exception as exc:  # e.g. the value cannot be encoded as the next step's argument
             logger.error(
                 "Task %s[%s] succeeded, but its chain's next step could not be sent: %r",
@@ -234,9 +233,34 @@ def _send_next(app: Celery, name: str, request: Context, value: Any) -> None:
                 exc_info=True,
             )
             why = f"chain step {name}[{request.id}] could not send this step: {exc!r}"
-            _end_chain(app, request, exc, states.FAILURE, why)
+            _guarded(name, request, "chain end", _end_chain, app, request, exc, states.FAILURE, why)
     if request.chord:
-        on_part_return(app, request, states.SUCCESS, value)
+        _guarded(name, request, "chord", on_part_return, app, request, states.SUCCESS, value)
+
+
+def _send(
+    app: Celery, request: Context, sig: dict[str, Any], args: tuple[Any, ...], **options: Any
+) -> None:
+    """Send a follow-up (a link, an errback, the next chain step) as a child of this task."""
+    Signature.from_dict(sig, app=app).apply_async(
+        args, parent_id=request.id, root_id=request.root_id or request.id, **options
+    )
+
+
+def _guarded(name: str, request: Context, what: str, step: Callable[..., Any], *args: Any) -> None:
+    """Run one step of an end; log what it raises instead of raising (see the module doc)."""
+    try:
+        step(*args)
+    except Exception as exc:
+        logger.error(
+            "Task %s[%s]: its %s raised %r; the task's end is recorded and the other "
+            "follow-ups still run",
+            name,
+            request.id,
+            what,
+            exc,
+            exc_info=True,
+        )
 
 
 def _end_chain(
@@ -246,27 +270,30 @@ def _end_chain(
 
     A failed step stores its own exception in every later step (so ``except
     ZeroDivisionError`` around ``chain(...)().get()`` works as in Celery), with a
-    traceback naming the step that failed; a revoked one stores REVOKED. A step that
-    is a group or chord has no single id: its members are ended through their own
-    chord or left PENDING (a group has no state of its own).
+    traceback naming the step that failed; a revoked one stores REVOKED. A group
+    step ends each of its members; a chord step its header members and its body
+    (with :class:`ChordError`, and the body's errbacks).
     """
     backend = app.backend
     if backend is None:
         return
     for step in request.chain or ():
-        options = step.get("options") or {}
-        step_id = options.get("task_id")
-        if step_id and not step.get("subtask_type"):
-            backend.store_result(step_id, exc, state, traceback, {"parent_id": request.id})
-            continue
         if step.get("subtask_type") == "chord":
             _fail_chord_step(app, step, exc, request)
+            continue
+        for step_id in task_ids(step):  # a task's own id, or every member of a group
+            backend.store_result(step_id, exc, state, traceback, {"parent_id": request.id})
 
 
 def _fail_chord_step(
     app: Celery, step: dict[str, Any], exc: BaseException, request: Context
 ) -> None:
-    """A chord later in a failed chain never runs: end its body, so its result raises."""
+    """A chord later in a failed chain never runs: end its header and body, so both raise."""
+    header = (step.get("kwargs") or {}).get("header")
+    backend = app.backend
+    if header and backend is not None:
+        for member_id in task_ids(header):
+            backend.store_result(member_id, exc, states.FAILURE, None, {"parent_id": request.id})
     body = (step.get("kwargs") or {}).get("body")
     if body:
         error = ChordError(f"Dependency {request.id} raised {exc!r}")

@@ -143,7 +143,10 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
     finally:
         _context.pop_request(token)
     runtime = time.perf_counter() - started
-    task.after_return(result.state, result.value, task_id, args, kwargs, None)
+    try:
+        task.after_return(result.state, result.value, task_id, args, kwargs, None)
+    except Exception as exc:  # the end is recorded: a hook must not undo it, nor the worker
+        logger.error("Task %s[%s]: after_return raised %r", task.name, task_id, exc, exc_info=True)
     signals.task_postrun.send(
         sender=task,
         task_id=task_id,

@@ -374,6 +374,8 @@ def salvage(data: bytes, accept: frozenset[str]) -> TaskMessage | None:
         headers = envelope.get("headers") or {}
     except Exception:
         return None
+    if not isinstance(headers, dict):
+        return None
     name, task_id = headers.get("task"), headers.get("id")
     if not isinstance(task_id, str) or not task_id:
         return None
@@ -409,12 +411,18 @@ def _salvage_embed(envelope: dict[str, Any], accept: frozenset[str]) -> dict[str
     if not isinstance(embed, dict):
         return {}
     found: dict[str, Any] = {}
-    for key in ("callbacks", "errbacks", "chain"):
-        value = embed.get(key)
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            found[key] = value
-    if isinstance(embed.get("chord"), dict):
-        found["chord"] = embed["chord"]
+    # The same checks as a decoded message's (a signature needs its task name), so what
+    # is salvaged can be sent or ended like any workflow.
+    for key, check in (
+        ("callbacks", fields.signatures),
+        ("errbacks", fields.signatures),
+        ("chain", fields.signatures),
+        ("chord", fields.signature),
+    ):
+        try:
+            found[key] = check(embed.get(key), key)
+        except DecodeError:
+            continue
     return found
 
 

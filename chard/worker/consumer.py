@@ -439,7 +439,12 @@ class Consumer:
 
     def _discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
         payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
-        self.revocations.discard(payload, message, reason)  # stores REVOKED, logs
+        try:
+            self.revocations.discard(payload, message, reason)  # stores REVOKED, logs
+        except Exception as exc:  # e.g. the backend refused the store: still discard it
+            logger.exception(
+                "Task %s[%s] %s; recording that failed: %r", message.task, message.id, reason, exc
+            )
         self._reliably(delivery.ack)
         self.stats.revoked += 1
 

@@ -162,24 +162,26 @@ class Executor:
         backend = self.app.backend
         outcomes: list[ExecOutcome] = []
         held: list[int] = []  # indexes of outcomes whose results are held
-        for index, item in enumerate(payload):
-            name = item.message.task
-            hold = backend is not None and self._is_plain(item.message) and self._is_quick(name)
-            if held and not hold:
+        try:
+            for index, item in enumerate(payload):
+                name = item.message.task
+                hold = backend is not None and self._is_plain(item.message) and self._is_quick(name)
+                if held and not hold:
+                    self._flush(outcomes, held)
+                if hold and backend is not None:
+                    backend.hold_stores()
+                    held.append(index)
+                started = time.perf_counter()
+                outcome = self.run_job(item)
+                self._runtimes[name] = time.perf_counter() - started
+                outcomes.append(outcome)
+                if hold and backend is not None:
+                    self._hold(item, outcomes, held, backend)
+                else:
+                    self._finish(item, outcome)
+        finally:  # even if something escaped: held results are stored, hold mode ends
+            if held:
                 self._flush(outcomes, held)
-            if hold and backend is not None:
-                backend.hold_stores()
-                held.append(index)
-            started = time.perf_counter()
-            outcome = self.run_job(item)
-            self._runtimes[name] = time.perf_counter() - started
-            outcomes.append(outcome)
-            if hold and backend is not None:
-                self._hold(item, outcomes, held, backend)
-            else:
-                self._finish(item, outcome)
-        if held:
-            self._flush(outcomes, held)
         return outcomes
 
     def _finish(self, payload: JobPayload, outcome: ExecOutcome) -> None:
@@ -276,6 +278,12 @@ class Executor:
                 exc,
             )
             return ExecOutcome("requeue", states.REJECTED, str(exc))
+        except Exception as exc:
+            # Not the task's doing (trace_task records those, and guards every hook and
+            # follow-up): a backend that refused a store, or a bug here. Set the message
+            # aside, so it is neither lost nor run again in a loop; it can be re-driven.
+            logger.exception("Task %s[%s]: internal error: %r", message.task, message.id, exc)
+            return ExecOutcome("dead_letter", states.FAILURE, f"internal error: {exc!r}")
         _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
         if outcome.state == states.REJECTED and outcome.requeue:
             return ExecOutcome("requeue", outcome.state)

@@ -73,13 +73,26 @@ def record_failure(
     For every way a worker ends a task itself (its process died, its hard time limit,
     an unregistered name, too many deliveries, an undecodable message): the state is
     stored and its workflow ended by :func:`chard.execution.outcome.failed`.
+
+    Never raises: its callers are the worker's loops (a consumer's, the supervisor's),
+    which must go on; if the store itself fails (the backend refused it), that is
+    logged, and the caller still settles the message.
     """
     payload = JobPayload(b"", queue, delivery_count, message)
     request = build_request(message, payload, hostname or "")
     task = app.tasks.get(message.task)
-    store = outcome.stores_result(app, task, request)
-    extra = outcome.extra_meta(app, task, request) if store else None
-    outcome.failed(app, task, request, error, store=store, name=message.task, extra=extra)
+    try:
+        store = outcome.stores_result(app, task, request)
+        extra = outcome.extra_meta(app, task, request) if store else None
+        outcome.failed(app, task, request, error, store=store, name=message.task, extra=extra)
+    except Exception as exc:
+        logger.exception(
+            "Task %s[%s] failed (%r), and recording it failed: %r",
+            message.task,
+            message.id,
+            error,
+            exc,
+        )
 
 
 def settle_lost(

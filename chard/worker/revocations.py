@@ -277,7 +277,8 @@ class Revocations:
 
         ``reason`` is ``"revoked"``, ``"expired"`` or ``"terminated"``, stored as the
         :class:`~chard.exceptions.TaskRevokedError` (Celery's reasons). The caller
-        acks the message. Runs in the worker process, or in a pool process.
+        acks the message. Runs in the worker process, or in a pool process. Never
+        raises: a store the backend refuses is logged.
         """
         name, task_id = message.task, message.id
         if reason == "expired":
@@ -290,15 +291,20 @@ class Revocations:
         request = build_request(message, payload, self.hostname)
         task = app.tasks.get(name)
         entry = self._revoked.get(task_id)
-        outcome.revoked(
-            app,
-            task,
-            request,
-            reason,
-            store=outcome.stores_result(app, task, request),
-            name=name,
-            signum=entry[1] if entry is not None else None,
-        )
+        try:
+            outcome.revoked(
+                app,
+                task,
+                request,
+                reason,
+                store=outcome.stores_result(app, task, request),
+                name=name,
+                signum=entry[1] if entry is not None else None,
+            )
+        except Exception as exc:  # the backend refused the store: the loop must go on
+            logger.exception(
+                "Task %s[%s] %s, and recording it failed: %r", name, task_id, reason, exc
+            )
 
 
 def _shorten(ids: Sequence[str], most: int = 10) -> str:
