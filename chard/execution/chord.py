@@ -119,7 +119,7 @@ def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request
             if step.subtask_type is None and step.id:
                 extra = {"parent_id": request.id, "group_id": step["options"].get("group_id")}
                 backend.store_result(step.id, error, states.FAILURE, None, extra)
-    errbacks: dict[str, Signature] = {}
+    errbacks: dict[str, Signature[Any]] = {}
     for step in steps:
         for errback in _as_list(step["options"].get("link_error")):
             sig = maybe_signature(errback, app)
