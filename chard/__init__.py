@@ -8,7 +8,7 @@ Switch from Celery by changing the import::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chard import states
 from chard._context import get_current_app
@@ -17,6 +17,11 @@ from chard.canvas import Signature, signature, subtask
 from chard.exceptions import ChardError
 from chard.result import AsyncResult, EagerResult, GroupResult, ResultSet
 from chard.task import Task
+
+if TYPE_CHECKING:
+    # Loaded lazily at runtime (``__getattr__`` below); imported here so that type
+    # checkers see the real classes, not ``Any``.
+    from chard.canvas import chain, chord, chunks, group, maybe_signature, xmap, xstarmap
 
 __version__ = "0.1.0"
 VERSION = tuple(int(p) for p in __version__.split("."))

@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 from zoneinfo import ZoneInfo
 
 from chard import _context, discovery, periodic, sending, shared, signals
@@ -135,11 +135,26 @@ class Celery:
         return datetime.now(self.timezone)
 
     # -- tasks ----------------------------------------------------------------
+    # The overloads type the result: bare, with options, and bind=True, whose function
+    # takes the task as its first argument, which is not part of what callers pass.
+    # shared_task has the same four.
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(self, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(
+        self, /, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self, /, *, bind: Literal[False] = False, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self, /, *, bind: bool, **options: Any
+    ) -> Callable[[Callable[..., R]], Task[..., R]]: ...
 
     def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""

@@ -8,7 +8,7 @@ to import the project's app: the circular import Celery's docs warn about.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from chard import _context
 from chard.task import Task
@@ -20,12 +20,26 @@ R = TypeVar("R")
 declared: list[Task[Any, Any]] = []
 
 
+# The same overloads as Celery.task: bare, with options, and bind=True (the task itself
+# is the function's first argument, not one that callers pass).
 @overload
 def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @overload
-def shared_task(**options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def shared_task(
+    *, bind: Literal[True], **options: Any
+) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+
+@overload
+def shared_task(
+    *, bind: Literal[False] = False, **options: Any
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+@overload
+def shared_task(*, bind: bool, **options: Any) -> Callable[[Callable[..., R]], Task[..., R]]: ...
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

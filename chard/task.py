@@ -21,6 +21,7 @@ from chard.exceptions import MaxRetriesExceededError, Retry
 from chard.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
+    from chard import canvas
     from chard.app import Celery
     from chard.canvas import Signature
 
@@ -350,12 +351,15 @@ class Task(Generic[P, R]):
         """Called after the task finished, whatever the outcome."""
 
     # -- canvas ---------------------------------------------------------------
+    # A signature carries the task's result type but not its parameters: its arguments
+    # may be partial (``add.s(2)``, completed by a chain's previous result), so mypy
+    # checks them only when the task is called or sent directly.
     def signature(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> Signature:
+    ) -> Signature[R]:
         """Return a signature of this task with these arguments and options."""
         from chard.canvas import Signature
 
@@ -363,28 +367,31 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """Return a signature of this task (partial arguments allowed)."""
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """Return an immutable signature: the parent's result is not prepended."""
         return self.signature(args, kwargs, immutable=True)
 
-    def map(self, it: Iterable[Any]) -> Signature:
+    def map(self, it: Iterable[Any]) -> Signature[list[R]]:
         """Return a signature that calls this task for every item (one message)."""
         from chard.canvas import xmap
 
         return xmap(self.s(), it)
 
-    def starmap(self, it: Iterable[Any]) -> Signature:
+    def starmap(self, it: Iterable[Any]) -> Signature[list[R]]:
         """Like :meth:`map` with each item unpacked as the arguments."""
         from chard.canvas import xstarmap
 
         return xstarmap(self.s(), it)
 
-    def chunks(self, it: Iterable[Any], n: int) -> Signature:
-        """Split ``it`` into ``n``-sized chunks, each one message running :meth:`starmap`."""
+    def chunks(self, it: Iterable[Any], n: int) -> canvas.chunks:
+        """Split ``it`` into ``n``-sized chunks, each one message running :meth:`starmap`.
+
+        Sending it returns a :class:`~chard.result.GroupResult` (one member per chunk).
+        """
         from chard.canvas import chunks
 
         return chunks(self.s(), it, n)

@@ -22,6 +22,7 @@ from chard.canvas.signature import Outbox, Result, Signature, maybe_signature, r
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.result import GroupResult
 
 
 def _items(it: Iterable[Any]) -> list[Any]:
@@ -29,7 +30,7 @@ def _items(it: Iterable[Any]) -> list[Any]:
     return [list(x) if isinstance(x, (range, Iterator, tuple)) else x for x in it]
 
 
-class xmap(Signature):  # lower-case: Celery's name
+class xmap(Signature[list[Any]]):  # lower-case: Celery's name
     """Call a task for every item, all in one message (``task.map(items)``)."""
 
     subtask_type = "xmap"
@@ -43,7 +44,7 @@ class xmap(Signature):  # lower-case: Celery's name
         super().__init__(self._task_name, (), fields, options, immutable=True, app=app or sig._app)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
         kw = data["kwargs"]
         return cls(kw["task"], kw["it"], app=app, **(data.get("options") or {}))
 
@@ -63,10 +64,22 @@ class xstarmap(xmap):  # lower-case: Celery's name
         return f"[{kw['task'].task}(*x) for x in {saferepr(kw['it'])}]"
 
 
-class chunks(Signature):  # lower-case: Celery's name
+class chunks(Signature[Any]):  # lower-case: Celery's name
     """Split items into chunks of ``n``; each chunk is one ``xstarmap`` message of a group."""
 
     subtask_type = "chunks"
+
+    if TYPE_CHECKING:
+        # Sending chunks sends a group (one member per chunk): a GroupResult, not an
+        # AsyncResult, though chunks is a Signature at runtime (Celery's shape).
+        def apply_async(  # type: ignore[override]
+            self,
+            args: Iterable[Any] | None = None,
+            kwargs: Mapping[str, Any] | None = None,
+            **options: Any,
+        ) -> GroupResult: ...
+
+        def delay(self, *args: Any, **kwargs: Any) -> GroupResult: ...  # type: ignore[override]
 
     def __init__(
         self, task: Any, it: Iterable[Any], n: int, app: Celery | None = None, **options: Any
@@ -78,7 +91,7 @@ class chunks(Signature):  # lower-case: Celery's name
         super().__init__("celery.chunks", (), fields, options, immutable=True, app=app or sig._app)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
         kw = data["kwargs"]
         return cls(kw["task"], kw["it"], kw["n"], app=app, **(data.get("options") or {}))
 
@@ -111,7 +124,7 @@ class chunks(Signature):  # lower-case: Celery's name
         result: Result = self.group().apply(args, kwargs, **{**self.options, **options})
         return result
 
-    def __call__(self, **options: Any) -> Any:
+    def __call__(self, **options: Any) -> GroupResult:
         """Send the chunks as a group; returns its GroupResult."""
         return self.apply_async(**options)
 

@@ -11,7 +11,7 @@ Import them from :mod:`chard.canvas`. Each one is a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from chard import states
 from chard.canvas.signature import (
@@ -35,15 +35,18 @@ from chard.result import AsyncResult, EagerGroupResult, EagerResult, GroupResult
 if TYPE_CHECKING:
     from chard.app import Celery
 
+R = TypeVar("R")
+S = TypeVar("S")
 
-def _restore(sig: Signature, data: Mapping[str, Any]) -> Signature:
+
+def _restore(sig: Signature[Any], data: Mapping[str, Any]) -> Signature[Any]:
     """Copy the generic fields of a primitive's dict (partial args, immutability) onto ``sig``."""
     sig["args"] = tuple(data.get("args") or ())
     sig["immutable"] = bool(data.get("immutable", False))
     return sig
 
 
-class _TaskList(Signature):
+class _TaskList(Signature[Any]):
     """What chain and group share: a list of signatures in ``kwargs.tasks``, Celery's shape.
 
     A nested instance of the same kind is flattened into its parent (``a | (b | c)``
@@ -51,20 +54,20 @@ class _TaskList(Signature):
     """
 
     def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
-        flat: list[Signature] = []
+        flat: list[Signature[Any]] = []
         for sig in _signatures(tasks, app):
             flat.extend(sig.tasks if isinstance(sig, type(self)) else [sig])
         name = f"celery.{self.subtask_type}"
         super().__init__(name, (), {"tasks": flat}, options, app=_app_of(flat, app))
 
     @property
-    def tasks(self) -> list[Signature]:
+    def tasks(self) -> list[Signature[Any]]:
         """The signatures, in order."""
-        tasks: list[Signature] = self["kwargs"]["tasks"]
+        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
         return tasks
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
         tasks = [maybe_signature(t, app) for t in data["kwargs"]["tasks"]]
         return _restore(cls(tasks, app=app, **(data.get("options") or {})), data)
 
@@ -73,16 +76,18 @@ class chain(_TaskList):  # lower-case: Celery's name
     """Run tasks one after another, each receiving the previous result: ``a | b | c``.
 
     Calling a chain *sends* it (``chain(...)()`` is ``apply_async``) and returns the
-    last task's result, whose ``.parent`` walks back to the first.
+    last task's result, whose ``.parent`` walks back to the first. Its type says
+    ``AsyncResult[Any]``: the steps' types are not tracked, and a chain whose last
+    step is a group returns that group's GroupResult.
     """
 
     subtask_type = "chain"
 
-    def link(self, callback: Signature) -> Signature:
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Run ``callback`` with the result of the last step."""
         return self.tasks[-1].link(callback)
 
-    def link_error(self, errback: Signature) -> Signature:
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Run ``errback`` if any step fails (Celery links it to every step)."""
         for step in self.tasks:
             step.link_error(errback)
@@ -90,7 +95,7 @@ class chain(_TaskList):  # lower-case: Celery's name
 
     def _prepare(
         self, args: Iterable[Any] | None, options: Mapping[str, Any]
-    ) -> tuple[list[Signature], tuple[Any, ...], dict[str, Any], list[Any]]:
+    ) -> tuple[list[Signature[Any]], tuple[Any, ...], dict[str, Any], list[Any]]:
         """Return (steps, ``group | x`` upgraded; first args; first options; outer chain)."""
         if not self.tasks:
             raise ValueError("chain() needs at least one task, got none")
@@ -163,11 +168,11 @@ class chain(_TaskList):  # lower-case: Celery's name
             result = following
         return result
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         """Send the chain (Celery: calling a chain applies it asynchronously)."""
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
         if isinstance(other, Signature):
             return chain(*self.tasks, other, app=self._app)
         return NotImplemented
@@ -176,9 +181,9 @@ class chain(_TaskList):  # lower-case: Celery's name
         return " | ".join(repr(step) for step in self.tasks) or "chain()"
 
 
-def _upgrade(steps: list[Signature]) -> list[Signature]:
+def _upgrade(steps: list[Signature[Any]]) -> list[Signature[Any]]:
     """Turn every group followed by another step into a chord (Celery's rule)."""
-    upgraded: list[Signature] = []
+    upgraded: list[Signature[Any]] = []
     index = 0
     while index < len(steps):
         step = steps[index]
@@ -191,7 +196,7 @@ def _upgrade(steps: list[Signature]) -> list[Signature]:
     return upgraded
 
 
-def _freeze_steps(steps: list[Signature]) -> list[Result]:
+def _freeze_steps(steps: list[Signature[Any]]) -> list[Result]:
     """Freeze each step and link every result's ``parent`` to the previous one."""
     results: list[Result] = []
     for step in steps:
@@ -210,7 +215,19 @@ class group(_TaskList):  # lower-case: Celery's name
 
     subtask_type = "group"
 
-    def link_error(self, errback: Signature) -> Signature:
+    if TYPE_CHECKING:
+        # Sending a group returns a GroupResult, not an AsyncResult; a group is still a
+        # Signature at runtime (Celery's shape), so only the declared types change here.
+        def apply_async(  # type: ignore[override]
+            self,
+            args: Iterable[Any] | None = None,
+            kwargs: Mapping[str, Any] | None = None,
+            **options: Any,
+        ) -> GroupResult: ...
+
+        def delay(self, *args: Any, **kwargs: Any) -> GroupResult: ...  # type: ignore[override]
+
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Run ``errback`` for any member that fails."""
         for member in self.tasks:
             member.link_error(errback)
@@ -283,11 +300,11 @@ class group(_TaskList):  # lower-case: Celery's name
         results = [member.apply(partial, kwargs, **opts) for member in self.tasks]
         return EagerGroupResult(gid, cast("list[AsyncResult[Any]]", results), app=self.app)
 
-    def __call__(self, *partial_args: Any, **options: Any) -> Any:
+    def __call__(self, *partial_args: Any, **options: Any) -> GroupResult:
         """Send the group; ``partial_args`` are prepended to every member's arguments."""
         return self.apply_async(partial_args, **options)
 
-    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
         """``group | task`` is a chord; ``group | chain`` becomes one when sent."""
         if isinstance(other, Signature) and not isinstance(other, (group, chain)):
             return chord(self, other, app=self._app)
@@ -303,14 +320,43 @@ class group(_TaskList):  # lower-case: Celery's name
 _Group = group
 
 
-class chord(Signature):  # lower-case: Celery's name
+class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
     """Run a header group, then the body with the list of header results (in order).
 
     A header failure fails the body with :class:`~chard.exceptions.ChordError`
     naming the failed task, and calls the body's errbacks.
+
+    ``R`` is the body's result type, for type checkers: ``chord(header, xsum.s())``
+    is a ``chord[int]`` whose ``apply_async()`` is an ``AsyncResult[int]``. (A body
+    that is itself a group is ``Signature[Any]``, so the chord's result is
+    ``AsyncResult[Any]`` though it is a GroupResult at runtime.)
     """
 
     subtask_type = "chord"
+
+    @overload
+    def __init__(
+        self: chord[R],
+        header: Any,
+        body: Signature[R],
+        task: str = "celery.chord",
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        app: Celery | None = None,
+        **options: Any,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: chord[Any],
+        header: Any = None,
+        body: Any = None,
+        task: str = "celery.chord",
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        app: Celery | None = None,
+        **options: Any,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -335,29 +381,29 @@ class chord(Signature):  # lower-case: Celery's name
         return head
 
     @property
-    def body(self) -> Signature:
+    def body(self) -> Signature[Any]:
         """The body (callback) signature."""
-        tail: Signature = self["kwargs"]["body"]
+        tail: Signature[Any] = self["kwargs"]["body"]
         return tail
 
     @property
-    def tasks(self) -> list[Signature]:
+    def tasks(self) -> list[Signature[Any]]:
         """The header's members."""
         return self.header.tasks
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
         kw = data["kwargs"]
         header = kw["header"]
         header = maybe_signature(header, app) if isinstance(header, Mapping) else header
         sig = cls(header, kw.get("body"), app=app, **(data.get("options") or {}))
         return _restore(sig, data)
 
-    def link(self, callback: Signature) -> Signature:
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Run ``callback`` with the body's result."""
         return self.body.link(callback)
 
-    def link_error(self, errback: Signature) -> Signature:
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Run ``errback`` when the chord fails (a header task or the body)."""
         return self.body.link_error(errback)
 
@@ -376,14 +422,25 @@ class chord(Signature):  # lower-case: Celery's name
         _attach_parent(body_result, header_result)
         return body_result
 
+    if TYPE_CHECKING:
+        # The chord's result is its body's (the base class says Signature[Any]).
+        def apply_async(
+            self,
+            args: Iterable[Any] | None = None,
+            kwargs: Mapping[str, Any] | None = None,
+            **options: Any,
+        ) -> AsyncResult[R]: ...
+
+        def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]: ...
+
     def _split(
         self, kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]
-    ) -> tuple[group, Signature, dict[str, Any], dict[str, Any]]:
+    ) -> tuple[group, Signature[Any], dict[str, Any], dict[str, Any]]:
         """Return (header, body with the outer options applied, header kwargs, header options)."""
         kwargs = dict(kwargs or {})
         body_arg = kwargs.pop("body", None)
         opts = {**self.options, **options}
-        header = cast(group, self.header.clone())
+        header = self.header.clone()
         body = maybe_signature(body_arg, self._app) if body_arg is not None else self.body
         if body is None:
             raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body)")
@@ -455,11 +512,20 @@ class chord(Signature):  # lower-case: Celery's name
         _attach_parent(result, header_result)
         return result
 
-    def __call__(self, body: Any = None, **options: Any) -> Any:
+    @overload
+    def __call__(self, body: Signature[S], **options: Any) -> AsyncResult[S]: ...
+
+    @overload
+    def __call__(self, body: None = None, **options: Any) -> AsyncResult[R]: ...
+
+    @overload
+    def __call__(self, body: Mapping[str, Any], **options: Any) -> AsyncResult[Any]: ...
+
+    def __call__(self, body: Any = None, **options: Any) -> AsyncResult[Any]:
         """Send the chord; ``chord(header)(body)`` supplies the body late."""
         return self.apply_async((), {"body": body} if body is not None else None, **options)
 
-    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
         """``chord | task`` appends the task to the body."""
         if isinstance(other, Signature) and not isinstance(other, group):
             new = self.clone()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, overload
 
 from chard import _context, states
 from chard._utils.log import saferepr
@@ -31,6 +31,9 @@ from chard.sending import RoutedMessage, SendOptions, build_message
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.task import Task
+
+R = TypeVar("R")
 
 #: Messages built while sending a canvas, published together in one batch.
 Outbox = list[RoutedMessage]
@@ -44,20 +47,57 @@ _STEP_LOCAL = frozenset(
 )
 
 
-class Signature(dict[str, Any]):
+class Signature(dict[str, Any], Generic[R]):
     """A task invocation as data: ``add.s(2, 2)``.
 
     It subclasses ``dict`` only so that ``json.dumps(sig)`` and kombu-style
     serializers see Celery's shape, as Celery users expect; the API is the
     attributes and methods below, and the dict is kept in sync by them.
+
+    ``R`` is the task's return type, for type checkers only (``add.s(1, 2)`` is a
+    ``Signature[int]``, so its ``delay()`` is an ``AsyncResult[int]``); ``Generic``
+    adds no state and no ``__new__``, so the dict, pickling and ``from_dict`` are
+    unchanged. The primitives are ``Signature[Any]``: a group or a chord is not one
+    task's value.
     """
 
     #: The registered name of the primitive for ``from_dict`` (None: a plain task).
     subtask_type: str | None = None
 
+    # Two overloads so that a signature of a task object carries its result type, and
+    # one built from a name is Signature[Any] (not an unsolved type that mypy asks
+    # the caller to annotate).
+    @overload
+    def __init__(
+        self: Signature[R],
+        task: Task[Any, R],
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        subtask_type: str | None = None,
+        immutable: bool = False,
+        app: Celery | None = None,
+        **extra_options: Any,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Signature[Any],
+        task: str | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        subtask_type: str | None = None,
+        immutable: bool = False,
+        app: Celery | None = None,
+        **extra_options: Any,
+    ) -> None: ...
+
     def __init__(
         self,
-        task: str | Any = None,
+        task: str | Task[Any, Any] | None = None,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
@@ -131,7 +171,7 @@ class Signature(dict[str, Any]):
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> Signature:
+    ) -> Self:
         """Return a copy with arguments added (partial application) and options merged.
 
         New positional arguments are prepended and new keyword arguments win, as in
@@ -147,19 +187,19 @@ class Signature(dict[str, Any]):
             new["options"] = {**self.options, **options}
         return new
 
-    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+    def set(self, immutable: bool | None = None, **options: Any) -> Self:
         """Set options in place (``sig.set(queue='hipri')``); returns the signature."""
         if immutable is not None:
             self["immutable"] = immutable
         self["options"].update(options)
         return self
 
-    def link(self, callback: Signature) -> Signature:
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Add a signature to run with this task's result when it succeeds."""
         self["options"].setdefault("link", []).append(callback)
         return callback
 
-    def link_error(self, errback: Signature) -> Signature:
+    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Add a signature to run with this task's id when it fails."""
         self["options"].setdefault("link_error", []).append(errback)
         return errback
@@ -193,7 +233,7 @@ class Signature(dict[str, Any]):
         return plain
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature:
+    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
         """Rebuild a signature (or canvas primitive) from its dict shape."""
         if isinstance(data, Signature):
             return data
@@ -236,28 +276,32 @@ class Signature(dict[str, Any]):
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> AsyncResult[R]:
         """Send: extra args are prepended (unless immutable), kwargs and options merged.
 
-        Returns an :class:`AsyncResult` (a :class:`GroupResult` for a group); every
-        message of the canvas goes out in one broker round-trip.
+        Returns an :class:`AsyncResult` (a :class:`GroupResult` for a group, whose
+        class declares that type); every message of the canvas goes out in one broker
+        round-trip.
         """
         app = self.app
         if self._eager(app):
-            return self.apply(args, kwargs, **options)
+            eager: AsyncResult[R] = self.apply(args, kwargs, **options)
+            return eager
         out: Outbox = []
         result = self._build(tuple(args or ()), kwargs, dict(options), out)
         app.publish(out)
-        return result
+        # One task's result here; a group or chunks (GroupResult) redeclares the type.
+        return cast("AsyncResult[R]", result)
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """Send with extra arguments: ``add.s(2).delay(8)`` runs ``add(8, 2)``."""
         return self.apply_async(args, kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Call the task inline with the signature's arguments (Celery's behaviour)."""
         sig = self.clone(args, kwargs)
-        return sig.app.tasks[sig.task](*sig.args, **sig.kwargs)
+        value: R = sig.app.tasks[sig.task](*sig.args, **sig.kwargs)
+        return value
 
     def apply(
         self,
@@ -282,13 +326,23 @@ class Signature(dict[str, Any]):
         return result
 
     # -- composing --------------------------------------------------------------
-    def __or__(self, other: Any) -> Signature:  # type: ignore[override]  # dict's | is merge
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
         """``a | b``: a chain (``group | task`` becomes a chord when sent)."""
         if isinstance(other, Signature):
-            return _PRIMITIVES["chain"](self, other, app=self._app)
+            # chain(*tasks, app=...) is the primitive's own constructor, not Signature's.
+            make_chain: Any = _PRIMITIVES["chain"]
+            linked: Signature[Any] = make_chain(self, other, app=self._app)
+            return linked
         return NotImplemented
 
-    def __invert__(self) -> Any:
+    if TYPE_CHECKING:
+        # Declared, not defined: at runtime dict's own ``__ror__`` still merges
+        # ``{...} | sig``. Without this, mypy takes ``sig | other_sig`` to dict's
+        # ``__ror__`` (a dict) whenever the right side is a subtype of the left, such as
+        # ``Signature[int]`` after ``Signature[Any]``; Python calls ``__or__`` there.
+        def __ror__(self, value: dict[Any, Any], /) -> dict[Any, Any]: ...
+
+    def __invert__(self) -> R:
         """``~sig``: send and wait for the result (Celery's shortcut)."""
         return self.apply_async().get()
 
@@ -297,7 +351,7 @@ class Signature(dict[str, Any]):
         parts += [f"{k}={saferepr(v)}" for k, v in self.kwargs.items()]
         return f"{self.task}({', '.join(parts)})"
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         new = type(self).__new__(type(self))
         dict.update(new, copy.deepcopy(dict(self), memo))
         new._app = self._app
@@ -322,7 +376,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _partial(args: Iterable[Any] | None, sig: Signature) -> tuple[Any, ...]:
+def _partial(args: Iterable[Any] | None, sig: Signature[Any]) -> tuple[Any, ...]:
     """A primitive's own args are partial arguments, put after the new ones."""
     if sig.immutable:
         return sig.args
@@ -344,15 +398,15 @@ def _failed(result: Result) -> bool:
     return result.state in states.PROPAGATE_STATES
 
 
-def _app_of(sigs: Iterable[Signature], app: Celery | None) -> Celery | None:
+def _app_of(sigs: Iterable[Signature[Any]], app: Celery | None) -> Celery | None:
     return app if app is not None else next((s._app for s in sigs if s._app is not None), None)
 
 
 #: Canvas primitives by ``subtask_type``, for :meth:`Signature.from_dict` and ``|``.
-_PRIMITIVES: dict[str, type[Signature]] = {}
+_PRIMITIVES: dict[str, type[Signature[Any]]] = {}
 
 
-def register(*kinds: type[Signature]) -> None:
+def register(*kinds: type[Signature[Any]]) -> None:
     """Make primitives known by their ``subtask_type`` (Celery's ``Signature.register_type``).
 
     The primitives subclass :class:`Signature` and so import this module; registering
@@ -369,7 +423,7 @@ def signature(
     kwargs: Mapping[str, Any] | None = None,
     app: Celery | None = None,
     **options: Any,
-) -> Signature:
+) -> Signature[Any]:
     """Return a signature from a task name, a task, or a signature dict."""
     if isinstance(varies, Mapping) and not isinstance(varies, str):
         sig = Signature.from_dict(varies, app=app).clone()
@@ -397,7 +451,7 @@ def maybe_signature(d: Any, app: Celery | None = None, clone: bool = False) -> A
     return sig
 
 
-def _signatures(tasks: tuple[Any, ...], app: Celery | None) -> list[Signature]:
+def _signatures(tasks: tuple[Any, ...], app: Celery | None) -> list[Signature[Any]]:
     """Accept ``f(a, b)``, ``f([a, b])`` and ``f(generator)``, as Celery does."""
     if len(tasks) == 1 and not isinstance(tasks[0], Mapping) and isinstance(tasks[0], Iterable):
         tasks = tuple(tasks[0])

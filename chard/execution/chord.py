@@ -134,7 +134,7 @@ def fail_body(app: Celery, body_dict: dict[str, Any], error: ChordError, request
             extra = {"parent_id": request.id, "group_id": step["options"].get("group_id")}
             for task_id in task_ids(step):
                 backend.store_result(task_id, error, states.FAILURE, None, extra)
-    errbacks: dict[str, Signature] = {}
+    errbacks: dict[str, Signature[Any]] = {}
     for step in steps:
         for errback in _as_list(step["options"].get("link_error")):
             sig = maybe_signature(errback, app)

@@ -81,7 +81,7 @@ def test_a_member_whose_process_dies_ends_its_chain_and_chord(
 
     # When it is a chain's first step (with an errback) and a chord's member
     last = chain(die.s(1).set(link_error=[errback.s()]), add.s(1)).apply_async()
-    assert last.parent is not None
+    assert isinstance(last.parent, AsyncResult)
     dying = last.parent.id
     joined = chord([add.s(1, 1), die.s(2)], xsum.s()).apply_async()
 

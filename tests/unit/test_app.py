@@ -290,7 +290,7 @@ def test_shared_task_binds_to_the_current_app() -> None:
     def shout(word: str) -> str:
         return word.upper()
 
-    @shared_task(name="shared.named", ignore_result=True)  # type: ignore[untyped-decorator]
+    @shared_task(name="shared.named", ignore_result=True)
     def quiet() -> None:
         """With options."""
 

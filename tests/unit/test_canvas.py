@@ -25,7 +25,7 @@ from chard.canvas import Signature
 from chard.exceptions import ChordError
 from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
-from chard.result import GroupResult
+from chard.result import AsyncResult, GroupResult
 from chard.task import Context
 
 
@@ -151,7 +151,7 @@ def test_link_and_link_error_are_stored_as_signatures(app: Celery) -> None:
     assert wire["options"]["link_error"][0]["immutable"] is True
 
 
-def make_canvases(app: Celery) -> list[Signature]:
+def make_canvases(app: Celery) -> list[Signature[Any]]:
     add, mul, xsum = t(app, "add"), t(app, "mul"), t(app, "xsum")
     return [
         add.s(1, 2),
@@ -183,6 +183,37 @@ def test_every_primitive_round_trips_through_json_and_pickle(app: Celery) -> Non
         "xstarmap",
         "chunks",
     ]
+
+
+def test_subscripted_signature_is_the_same_dict_at_runtime(app: Celery) -> None:
+    # Signature and chord are Generic for type checkers; subscripting them at runtime
+    # (an annotation without the __future__ import, Signature[int](...)) changes nothing.
+    sig = Signature[int]("proj.tasks.add", (1, 2), app=app)
+    assert type(sig) is Signature
+    assert sig == Signature("proj.tasks.add", (1, 2))
+    assert isinstance(sig, dict)
+    assert pickle.loads(pickle.dumps(sig)) == sig
+    assert Signature.from_dict(json.loads(json.dumps(sig))) == sig
+    assert type(chord[int]([t(app, "add").s(1, 1)], t(app, "xsum").s())) is chord
+
+
+def test_sending_returns_the_result_classes_the_types_declare(app: Celery) -> None:
+    # tests/typing/check_canvas.py declares these types; the runtime must agree.
+    add, xsum = t(app, "add"), t(app, "xsum")
+    assert type(add.s(1, 2).delay()) is AsyncResult
+    assert type(chain(add.s(1, 2), add.s(3))()) is AsyncResult
+    assert type(chord([add.s(1, 1)])(xsum.s())) is AsyncResult
+    assert type(chord([add.s(1, 1)], xsum.s()).apply_async()) is AsyncResult
+    parts = add.chunks([(1, 2), (3, 4)], 1)
+    for sent in (
+        group(add.s(1, 2)).apply_async(),
+        group(add.s(1, 2))(),
+        group(add.s(1, 2)).delay(),
+    ):
+        assert type(sent) is GroupResult
+    for sent in (parts.apply_async(), parts.delay(), parts()):
+        assert type(sent) is GroupResult
+        assert len(sent.results) == 2
 
 
 def test_celery_shaped_dicts(app: Celery) -> None:
