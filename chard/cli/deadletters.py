@@ -18,11 +18,8 @@ from chard.brokers.base import DeadLetter
 from chard.cli.context import AppContext
 from chard.exceptions import ChardError
 from chard.protocol import serializers
-from chard.protocol.message import with_header
+from chard.protocol.message import LOST_HEADER, with_header
 
-#: The header in which workers count their own deaths (chard.worker.consumer.LOST_HEADER;
-#: not imported, so that listing does not load the worker).
-LOST_HEADER = "chard_lost"
 #: Dead letters read at most per command.
 MAX_LETTERS = 100_000
 

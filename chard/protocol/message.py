@@ -30,9 +30,11 @@ from chard.protocol import fields, serializers
 SignatureDict = dict[str, Any]
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
-#: Headers of chard's own that the worker reads as counts (``chard.worker.lost.LOST_HEADER``:
-#: how often a worker process died running the message); kept among the extra headers.
-_COUNT_HEADERS = ("chard_lost",)
+#: Header of chard's own counting how often a worker process died running the message
+#: (written by the worker, reset by ``chard dead-letters``); kept among the extra headers.
+LOST_HEADER = "chard_lost"
+#: Headers of chard's own that the worker reads as counts.
+_COUNT_HEADERS = (LOST_HEADER,)
 
 
 def new_id() -> str:

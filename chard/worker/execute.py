@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from chard import states
 from chard._utils.log import saferepr
 from chard.exceptions import BackendConnectionError, BackendError, NotRegistered
+from chard.execution import outcome
 from chard.execution.trace import trace_task
 from chard.protocol.message import TaskMessage
 from chard.task import Context
@@ -250,16 +251,18 @@ class Executor:
     def run_job(self, payload: JobPayload) -> ExecOutcome:
         """Run one message; never raises for what the task does (the process must survive)."""
         app, message = self.app, payload.message
+        request = build_request(message, payload, self.hostname)
         try:
             task = app.tasks[message.task]
         except NotRegistered as exc:  # the consumer checked; a registry changed since
+            store = outcome.stores_result(app, None, request)
+            outcome.failed(app, None, request, exc, store=store, name=message.task)
             return ExecOutcome("dead_letter", states.FAILURE, str(exc))
-        request = build_request(message, payload, self.hostname)
         track = task.option("track_started")
         if self.slot is not None:
             stores = app.backend is not None and not message.ignore_result
             body = payload.body if _in_workflow(message) else None
-            self.slot.begin(message.id, message.task, stores, body)
+            self.slot.begin(message.id, message.task, stores, body, digest(payload.body))
         try:
             if self.revocation_check is not None and self.revocation_check(payload, message):
                 return ExecOutcome("ack", states.REVOKED)
@@ -267,7 +270,7 @@ class Executor:
                 app.backend.store_result(
                     message.id, {"pid": os.getpid(), "hostname": self.hostname}, states.STARTED
                 )
-            outcome = trace_task(task, request)
+            traced = trace_task(task, request)
         except BackendConnectionError as exc:
             # The backend's own retries are spent (see its retry_policy). Acking would leave
             # the task without a result for good; run it again later instead (at-least-once).
@@ -284,10 +287,10 @@ class Executor:
             # aside, so it is neither lost nor run again in a loop; it can be re-driven.
             logger.exception("Task %s[%s]: internal error: %r", message.task, message.id, exc)
             return ExecOutcome("dead_letter", states.FAILURE, f"internal error: {exc!r}")
-        _log_outcome(message, outcome.state, outcome.value, outcome.runtime)
-        if outcome.state == states.REJECTED and outcome.requeue:
-            return ExecOutcome("requeue", outcome.state)
-        return ExecOutcome("ack", outcome.state)
+        _log_outcome(message, traced.state, traced.value, traced.runtime)
+        if traced.state == states.REJECTED and traced.requeue:
+            return ExecOutcome("requeue", traced.state)
+        return ExecOutcome("ack", traced.state)
 
 
 def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -> None:

@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING, Any
 from chard.brokers.base import Delivery, OutgoingMessage
 from chard.exceptions import BrokerConnectionError, TimeLimitExceeded, WorkerLostError
 from chard.execution import outcome
-from chard.protocol.message import TaskMessage, with_header
+from chard.protocol.message import LOST_HEADER, TaskMessage, with_header
 from chard.worker.execute import JobPayload, build_request
 
 if TYPE_CHECKING:
     from chard.app import Celery
 
 logger = logging.getLogger("chard.worker")
-
-#: Header counting how often a worker process died while running this message.
-LOST_HEADER = "chard_lost"
 
 
 def deaths(message: TaskMessage) -> int:

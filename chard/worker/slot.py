@@ -86,6 +86,9 @@ class Running:
     #: Whether the task's state goes to the result backend (a backend is set and the
     #: message does not ignore results): where a death is recorded when no lease is left.
     stores_result: bool
+    #: The message's :func:`digest`, which identifies it among the dead child's leases
+    #: whatever its task id holds (an id can be longer than the record, or hold a NUL).
+    key: int = 0
 
 
 class Slot:
@@ -101,6 +104,7 @@ class Slot:
         self._stats: Any = _FORK.RawArray(ctypes.c_int64, len(STAT_FIELDS))
         self._body: Any = _FORK.RawArray(ctypes.c_char, _BODY_BYTES)
         self._body_len: Any = _FORK.RawValue(ctypes.c_int64, 0)
+        self._key: Any = _FORK.RawValue(ctypes.c_int64, 0)
         self._body_view = memoryview(self._body).cast("B")
         self._done: Any = _FORK.RawArray(ctypes.c_int64, DONE_SLOTS)  # a ring of digests
         self._done_count: Any = _FORK.RawValue(ctypes.c_uint64, 0)  # ever written
@@ -121,9 +125,17 @@ class Slot:
         self._consumer.value = consumer_id.encode()[: _CONSUMER_BYTES - 1]
 
     def begin(
-        self, task_id: str, name: str, stores_result: bool, body: bytes | None = None
+        self,
+        task_id: str,
+        name: str,
+        stores_result: bool,
+        body: bytes | None = None,
+        key: int = 0,
     ) -> None:
         """Record that the child now runs ``task_id`` (called just before the task body).
+
+        ``key`` is the message's :func:`digest`: how the supervisor finds the message
+        among the dead child's leases.
 
         ``body`` is the message, kept for a task that belongs to a workflow: if the child
         dies and the message was acked on start, the parent still has the chain, chord
@@ -134,6 +146,7 @@ class Slot:
         seq = self._seq
         seq.value += 1
         self._info.value = info
+        self._key.value = key
         if body is not None and len(body) <= _BODY_BYTES:
             self._body_view[: len(body)] = body
             self._body_len.value = len(body)
@@ -240,13 +253,13 @@ class Slot:
         """Return what the child runs now (or ran when it died), None if idle."""
         for _ in range(_READ_TRIES):  # a child that died mid-write leaves seq odd: stop trying
             before = self._seq.value
-            info = bytes(self._info.value)
+            info, key = bytes(self._info.value), int(self._key.value)
             if before % 2 == 0 and self._seq.value == before:
                 break  # a consistent record; else the child is mid-write (a few stores)
         if not info:
             return None
         flag, task_id, name = [*info.decode(errors="replace").split(_SEP), "", ""][:3]
-        return Running(task_id, name, flag == "1")
+        return Running(task_id, name, flag == "1", key)
 
     def running_body(self) -> bytes | None:
         """Return the running message's body if :meth:`begin` kept it (read after a death)."""

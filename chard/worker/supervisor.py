@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, WorkerLostError
-from chard.protocol.message import TaskMessage, peek, salvage
+from chard.protocol.message import TaskMessage, salvage
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor, JobPayload
 from chard.worker.finished import settle_finished
@@ -55,7 +55,7 @@ from chard.worker.lost import record_failure, reliably, settle_lost, settle_time
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
-from chard.worker.slot import STAT_FIELDS, Running, Slot
+from chard.worker.slot import STAT_FIELDS, Running, Slot, digest
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -319,7 +319,7 @@ class Supervisor:
         )
         settled = False
         for delivery in deliveries:
-            is_running = running is not None and peek(delivery.body)[1] == running.task_id
+            is_running = running is not None and digest(delivery.body) == running.key
             if not is_running:  # leased ahead, never started (or not yet acked): run it again
                 self._reliably(delivery.reject, True)
                 continue

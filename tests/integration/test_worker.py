@@ -179,12 +179,16 @@ def test_child_death_is_redelivered_then_succeeds(
     assert die_once.delay(str(tmp_path / "died")).get(timeout=20) == "survived"
 
 
-def test_poison_pill_fails_after_bounded_deliveries(itproj: Any, workers: WorkerFactory) -> None:
+# A task id longer than a slot's record: the supervisor still knows which message it was.
+@pytest.mark.parametrize("task_id", [None, "long-" + "x" * 600], ids=["plain-id", "long-id"])
+def test_poison_pill_fails_after_bounded_deliveries(
+    itproj: Any, workers: WorkerFactory, task_id: str | None
+) -> None:
     worker = workers.start("-c", "2")
     from itproj.tasks import add, die_always
 
     # When a task kills its own process every time
-    result = die_always.delay()
+    result = die_always.apply_async(task_id=task_id)
 
     # Then it ends FAILURE (WorkerLostError) after task_max_deliveries=3, set aside
     with pytest.raises(WorkerLostError, match="delivered 4 times"):

@@ -761,8 +761,7 @@ def test_embedded_signatures_celery_sends_decode() -> None:
 
 
 def test_the_death_count_header_is_the_workers() -> None:
-    from chard.protocol.message import _COUNT_HEADERS
-    from chard.worker.lost import LOST_HEADER
+    from chard.protocol.message import _COUNT_HEADERS, LOST_HEADER
 
     assert LOST_HEADER in _COUNT_HEADERS
 
