@@ -1,4 +1,4 @@
-"""What a long-running command sets up for its process: logging and the pidfile.
+"""What a long-running command sets up for its process: logging, the pidfile, readiness.
 
 Shared by ``chard worker`` and ``chard beat``; only the CLI configures logging (the
 library never adds handlers), so this lives here and nowhere below.
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from chard import signals
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
@@ -49,3 +51,37 @@ def write_pidfile(path: str) -> Path:
             )
     pidfile.write_text(f"{os.getpid()}\n")
     return pidfile
+
+
+#: Set by ``chard multi`` for each node it starts: the write end of a pipe it reads.
+READY_FD_ENV = "CHARD_READY_FD"
+
+
+def notify_ready_on(worker: object) -> None:
+    """Tell ``chard multi`` (if it started this node) when ``worker`` is ready.
+
+    ``chard multi start`` passes a pipe's write end in ``CHARD_READY_FD``; the node
+    writes ``ready`` to it once it consumes, and closes it. If the node dies first, the
+    pipe closes unwritten: multi tells the two apart without reading the log's level.
+    The pipe is closed before the prefork children are forked, so none holds it open.
+    """
+    value = os.environ.pop(READY_FD_ENV, None)
+    if not value:
+        return
+    try:
+        fd = int(value)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        return  # not ours to use: started by hand with a stale environment
+    os.set_inheritable(fd, False)
+
+    def ready(sender: object = None, **kwargs: object) -> None:
+        signals.worker_ready.disconnect(ready, sender=worker)
+        try:
+            os.write(fd, b"ready\n")
+        except OSError:
+            pass  # multi gave up waiting: nothing to tell
+        finally:
+            os.close(fd)
+
+    signals.worker_ready.connect(ready, sender=worker)
