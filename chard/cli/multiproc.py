@@ -100,6 +100,7 @@ def start(node: Node, env: dict[str, str], timeout: float = START_TIMEOUT) -> St
     if problem is not None:
         return Started(False, reason=problem)
     log = logfile(node)
+    offset = log.stat().st_size if log.exists() else 0  # what earlier runs wrote
     read_end, write_end = os.pipe()
     try:
         os.set_inheritable(write_end, True)  # the node's; the read end closes on exec
@@ -121,12 +122,12 @@ def start(node: Node, env: dict[str, str], timeout: float = START_TIMEOUT) -> St
     finally:
         os.close(write_end)
     try:
-        return _wait_ready(pid, read_end, log, timeout)
+        return _wait_ready(pid, read_end, log, offset, timeout)
     finally:
         os.close(read_end)
 
 
-def _wait_ready(pid: int, read_end: int, log: Path, timeout: float) -> Started:
+def _wait_ready(pid: int, read_end: int, log: Path, offset: int, timeout: float) -> Started:
     deadline = time.monotonic() + timeout
     received = b""
     while True:
@@ -136,7 +137,7 @@ def _wait_ready(pid: int, read_end: int, log: Path, timeout: float) -> Started:
                 False,
                 pid,
                 f"not up after {timeout:.0f}s (process {pid} still starting; see its log)",
-                tail(log),
+                tail(log, offset),
             )
         ready, _, _ = select.select([read_end], [], [], min(remaining, 0.5))
         if ready:
@@ -145,11 +146,11 @@ def _wait_ready(pid: int, read_end: int, log: Path, timeout: float) -> Started:
             if b"ready" in received:
                 return Started(True, pid)
             if not chunk:  # closed unwritten: the node stopped before it was up
-                return Started(False, pid, _exit_reason(pid, wait=True), tail(log))
+                return Started(False, pid, _exit_reason(pid, wait=True), tail(log, offset))
         else:
             reason = _exit_reason(pid, wait=False)
             if reason:
-                return Started(False, pid, reason, tail(log))
+                return Started(False, pid, reason, tail(log, offset))
 
 
 def _exit_reason(pid: int, *, wait: bool) -> str:
@@ -169,12 +170,12 @@ def _exit_reason(pid: int, *, wait: bool) -> str:
         time.sleep(0.05)  # a process that closed its pipe is exiting: poll its end briefly
 
 
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """Return the last ``lines`` lines of ``path`` (none if it cannot be read)."""
+def tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """Return the last ``lines`` lines of ``path`` written past ``offset`` (this start's)."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
+            fh.seek(max(offset, fh.tell() - 64 * 1024))
             text = fh.read().decode(errors="replace")
     except OSError:
         return []

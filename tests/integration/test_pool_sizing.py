@@ -1,0 +1,91 @@
+"""Sizing a prefork node while it runs (issue 12): ``--autoscale`` and ``--max-memory-per-child``.
+
+Children are counted from /proc; every wait is for the event itself, with a deadline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import wait_for
+from tests.integration.test_prefork_supervisor import children_of
+from tests.integration.workers import WorkerFactory, run_cli
+
+
+def test_autoscale_grows_under_a_burst_and_shrinks_after_it(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a node that may run 1 to 4 children, with a one-second cool-down
+    worker = workers.start(
+        "--autoscale=4,1",
+        "--prefetch-multiplier",
+        "1",
+        extra_env={"AUTOSCALE_KEEPALIVE": "1"},
+    )
+    assert "concurrency: {min=1, max=4} (prefork)" in worker.output()
+    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=20)
+    from itproj.tasks import block_until
+
+    # When a burst of tasks waits, longer than one child can run
+    gate = tmp_path / "gate"
+    results = [block_until.delay(str(gate), 60) for _ in range(8)]
+
+    # Then the pool grows to its max, and logs why
+    wait_for(lambda: len(children_of(worker.pid)) == 4, timeout=30)
+    worker.wait_for_log("Autoscale: scaling up")
+
+    # When the burst is over
+    gate.touch()
+    assert [r.get(timeout=60) for r in results] == [True] * 8
+
+    # Then after the cool-down the pool shrinks back to its min, retiring children warmly
+    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=30)
+    worker.wait_for_log("Autoscale: scaling down to 1 processes")
+    assert "retired (the pool shrank)" in worker.output()
+    assert "exited (code" not in worker.output()
+
+
+def test_a_child_over_its_memory_limit_is_replaced_after_its_task(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    # Given one child that may use 200 MiB
+    worker = workers.start("-c", "1", "--max-memory-per-child", str(200 * 1024))
+    from itproj.tasks import hog, pid
+
+    first = pid.delay().get(timeout=20)
+    assert pid.delay().get(timeout=20) == first  # under the limit: kept
+
+    # When a task leaves it holding more than that
+    assert hog.delay(300).get(timeout=30) == first
+
+    # Then the child is replaced, and the next task runs in the new one
+    worker.wait_for_log("over max_memory_per_child (204800 KiB)")
+    worker.wait_for_log("went over its memory limit; replaced")
+    wait_for(lambda: children_of(worker.pid) and first not in children_of(worker.pid), timeout=20)
+    assert pid.delay().get(timeout=20) != first
+
+
+def test_bad_sizing_options_get_one_line_naming_the_value(
+    sqlite_transport: dict[str, str], tmp_path: Path
+) -> None:
+    cases = {
+        "8": "Error: malformed autoscale value '8'; give max,min processes",
+        "2,8": "Error: autoscale value '2,8' needs max >= min",
+        "a,b": "Error: malformed autoscale value 'a,b'",
+    }
+    for value, message in cases.items():
+        done = run_cli(
+            ["-A", "itproj", "worker", f"--autoscale={value}"], sqlite_transport, tmp_path
+        )
+        assert done.returncode != 0
+        assert done.stderr.strip().startswith(message), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+    for pool, message in {
+        "bogus": "Error: unknown pool 'bogus'; choose one of: prefork, gevent, solo, threads",
+        "eventlet": "Error: the eventlet pool is not supported: eventlet is deprecated",
+    }.items():
+        done = run_cli(["-A", "itproj", "worker", "-P", pool], sqlite_transport, tmp_path)
+        assert done.returncode != 0
+        assert done.stderr.strip().startswith(message), done.stderr
