@@ -79,7 +79,7 @@ class Worker:
                 "the gevent pool needs the process monkey-patched before the app is loaded; "
                 "pass -P gevent to chard worker instead of setting worker_pool"
             )
-        self.autoscale = self._autoscale_bounds(autoscale or conf.get("worker_autoscale"))
+        self.autoscale = self._autoscale_bounds(autoscale or conf.worker_autoscale)
         default_concurrency = conf.worker_concurrency or os.cpu_count() or 1
         if self.autoscale is not None:  # start small (Celery starts at min), grow on demand
             default_concurrency = concurrency = max(1, self.autoscale[1])
@@ -88,7 +88,7 @@ class Worker:
         multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.prefetch = max(1, self.concurrency * max(1, int(multiplier)))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
-        self.max_memory_per_child = max_memory_per_child or conf.get("worker_max_memory_per_child")
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.burst = burst
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from chard import Celery
+from chard.exceptions import ImproperlyConfigured
 from chard.worker.autoscale import Autoscaler, parse_autoscale
+from chard.worker.worker import Worker
 
 
 class FakePool:
@@ -119,3 +122,27 @@ def test_parse_autoscale(value: str | tuple[int, int], bounds: tuple[int, int]) 
 def test_malformed_autoscale_names_the_value(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_autoscale(value)
+
+
+def test_the_settings_size_a_node_as_the_options_do(app: Celery) -> None:
+    app.conf.update(worker_autoscale=(6, 2), worker_max_memory_per_child=512_000)
+
+    worker = Worker(app)
+
+    assert (worker.autoscale, worker.concurrency, worker.max_memory_per_child) == (
+        (6, 2),
+        2,
+        512_000,
+    )
+    assert ".> concurrency: {min=2, max=6} (prefork)" in worker.banner()
+
+
+def test_a_bad_autoscale_setting_or_pool_names_the_value(app: Celery) -> None:
+    app.conf.worker_autoscale = "8"
+    with pytest.raises(ImproperlyConfigured, match="malformed autoscale value '8'"):
+        Worker(app)
+    app.conf.worker_autoscale = None
+    with pytest.raises(ImproperlyConfigured, match="unknown pool 'bogus'"):
+        Worker(app, pool="bogus")
+    with pytest.raises(ImproperlyConfigured, match="--autoscale needs the prefork pool"):
+        Worker(app, pool="threads", autoscale="4,2")
