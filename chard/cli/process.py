@@ -23,9 +23,14 @@ def setup_logging(loglevel: str, logfile: str | None = None) -> None:
     level = logging.getLevelName(loglevel.upper())
     if not isinstance(level, int):
         raise click.BadParameter(f"unknown log level {loglevel!r}; use DEBUG, INFO, WARNING, ...")
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
+    try:
+        handler: logging.Handler = (
+            logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot open logfile {logfile!r}: {exc.strerror}; fix its directory or --logfile"
+        ) from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -49,7 +54,12 @@ def write_pidfile(path: str) -> Path:
             raise click.ClickException(
                 f"pidfile {path!r} names running process {pid}; stop it or choose another --pidfile"
             )
-    pidfile.write_text(f"{os.getpid()}\n")
+    try:
+        pidfile.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write pidfile {path!r}: {exc.strerror}; fix its directory or --pidfile"
+        ) from None
     return pidfile
 
 

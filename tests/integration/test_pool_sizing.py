@@ -66,7 +66,7 @@ def test_a_child_over_its_memory_limit_is_replaced_after_its_task(
     assert pid.delay().get(timeout=20) != first
 
 
-def test_bad_sizing_options_get_one_line_naming_the_value(
+def test_bad_worker_options_get_one_line_naming_the_value(
     sqlite_transport: dict[str, str], tmp_path: Path
 ) -> None:
     cases = {
@@ -89,3 +89,17 @@ def test_bad_sizing_options_get_one_line_naming_the_value(
         done = run_cli(["-A", "itproj", "worker", "-P", pool], sqlite_transport, tmp_path)
         assert done.returncode != 0
         assert done.stderr.strip().startswith(message), done.stderr
+
+    missing = tmp_path / "no" / "such"
+    for option, kind in (
+        ("--pidfile", "cannot write pidfile"),
+        ("--logfile", "cannot open logfile"),
+    ):
+        done = run_cli(
+            ["-A", "itproj", "worker", option, str(missing / "w1")], sqlite_transport, tmp_path
+        )
+        assert done.returncode != 0
+        assert done.stderr.strip() == (
+            f"Error: {kind} '{missing / 'w1'}': No such file or directory; "
+            f"fix its directory or {option}"
+        )
