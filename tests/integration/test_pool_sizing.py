@@ -42,7 +42,7 @@ def test_autoscale_grows_under_a_burst_and_shrinks_after_it(
     # Then after the cool-down the pool shrinks back to its min, retiring children warmly
     wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=30)
     worker.wait_for_log("Autoscale: scaling down to 1 processes")
-    assert "retired (the pool shrank)" in worker.output()
+    worker.wait_for_log("retired (the pool shrank)")
     assert "exited (code" not in worker.output()
 
 
@@ -103,3 +103,49 @@ def test_bad_worker_options_get_one_line_naming_the_value(
             f"Error: {kind} '{missing / 'w1'}': No such file or directory; "
             f"fix its directory or {option}"
         )
+
+
+def test_pool_grow_and_shrink_resize_a_running_node_warmly(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a node of one child, and the calls the pool_grow/pool_shrink commands make
+    requests = tmp_path / "resize"
+    worker = workers.start(
+        "-c",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        app="resizeproj",
+        extra_env={"RESIZE_REQUESTS": str(requests)},
+    )
+    from resizeproj import announce_then_block
+
+    def ask(line: str) -> None:
+        with open(requests, "a") as fh:
+            fh.write(line + "\n")
+
+    # When it grows by two
+    ask("pool_grow 2")
+
+    # Then three children run
+    wait_for(lambda: len(children_of(worker.pid)) == 3, timeout=20)
+    worker.wait_for_log("Pool grows from 1 to 3 processes")
+
+    # Given two of them busy
+    gate = tmp_path / "gate"
+    started = [tmp_path / f"started-{i}" for i in range(2)]
+    busy = [announce_then_block.delay(str(path), str(gate)) for path in started]
+    wait_for(lambda: all(path.exists() for path in started), timeout=20)
+    busy_pids = {int(path.read_text()) for path in started}
+
+    # When the pool shrinks by two
+    ask("pool_shrink 2")
+
+    # Then the idle child goes at once, and a busy one finishes its task before it goes
+    wait_for(lambda: children_of(worker.pid) == busy_pids, timeout=20)
+    gate.touch()
+    assert [r.get(timeout=30) for r in busy] == [True, True]
+    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=20)
+    wait_for(lambda: worker.output().count("retired (the pool shrank)") == 2, timeout=10)
+    assert "exited (code" not in worker.output()
+    assert announce_then_block.delay(str(tmp_path / "after"), str(gate)).get(timeout=20) is True
