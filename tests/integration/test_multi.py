@@ -183,6 +183,11 @@ def test_show_names_and_expand_print_without_starting_anything(multi: Multi) -> 
         f"-m chard -A itproj worker -c 10 -n celery1@{HOST} "
         "--pidfile=celery1.pid --logfile=celery1%I.log"
     )
+    # chard's global -A before multi reaches every node, as Celery's does
+    (line,) = run_cli(
+        ["-A", "itproj", "multi", "show", "w1"], multi.env, multi.cwd
+    ).stdout.splitlines()
+    assert f"-m chard -A itproj worker -n w1@{HOST} " in line
     names = multi("names", "w1", "w2", files=False)
     assert names.stdout.split() == [f"w1@{HOST}", f"w2@{HOST}"]
     expand = multi("expand", "%n.pid", "w1", "w2", files=False)
