@@ -131,21 +131,36 @@ def test_pool_grow_and_shrink_resize_a_running_node_warmly(
     wait_for(lambda: len(children_of(worker.pid)) == 3, timeout=20)
     worker.wait_for_log("Pool grows from 1 to 3 processes")
 
-    # Given two of them busy
+    # Given one of them busy
     gate = tmp_path / "gate"
-    started = [tmp_path / f"started-{i}" for i in range(2)]
-    busy = [announce_then_block.delay(str(path), str(gate)) for path in started]
-    wait_for(lambda: all(path.exists() for path in started), timeout=20)
-    busy_pids = {int(path.read_text()) for path in started}
+    started = [tmp_path / f"started-{i}" for i in range(3)]
+    first = announce_then_block.delay(str(started[0]), str(gate))
+    busy = wait_for(lambda: _pid_in(started[0]), timeout=20)
 
-    # When the pool shrinks by two
+    # When the pool shrinks by two, the idle children go at once
     ask("pool_shrink 2")
-
-    # Then the idle child goes at once, and a busy one finishes its task before it goes
-    wait_for(lambda: children_of(worker.pid) == busy_pids, timeout=20)
-    gate.touch()
-    assert [r.get(timeout=30) for r in busy] == [True, True]
-    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=20)
+    wait_for(lambda: children_of(worker.pid) == {busy}, timeout=20)
     wait_for(lambda: worker.output().count("retired (the pool shrank)") == 2, timeout=10)
+
+    # Given two children, both busy (each holds at most one message ahead, so of two
+    # more tasks at least one runs in the new child)
+    ask("pool_grow 1")
+    wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=20)
+    more = [announce_then_block.delay(str(path), str(gate)) for path in started[1:]]
+    wait_for(lambda: any(_pid_in(p) not in (None, busy) for p in started[1:]), timeout=20)
+
+    # When the pool shrinks by one, a busy child is retired warmly: it finishes its task
+    ask("pool_shrink 1")
+    worker.wait_for_log("Pool shrinks from 2 to 1 processes")
+    assert len(children_of(worker.pid)) == 2  # both still running their tasks
+    gate.touch()
+    assert [r.get(timeout=30) for r in [first, *more]] == [True, True, True]
+    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=20)
+    wait_for(lambda: worker.output().count("retired (the pool shrank)") == 3, timeout=10)
     assert "exited (code" not in worker.output()
-    assert announce_then_block.delay(str(tmp_path / "after"), str(gate)).get(timeout=20) is True
+
+
+def _pid_in(path: Path) -> int | None:
+    """Return the pid a task wrote to ``path`` (None until it has started)."""
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text else None
