@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,22 @@ def test_show_names_and_expand_print_without_starting_anything(multi: Multi) -> 
     expand = multi("expand", "%n.pid", "w1", "w2", files=False)
     assert expand.stdout.split() == ["w1.pid", "w2.pid"]
     assert not list(multi.cwd.glob("*.pid"))
+
+
+def test_stop_says_which_nodes_are_not_running_and_goes_on(multi: Multi) -> None:
+    # Given a node that runs, and one whose pidfile names a process that has exited
+    assert multi("start", "w1", "-A", "itproj", "-c", "1").returncode == 0
+    pid = multi.pid("w1")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (multi.pids / "w2.pid").write_text(f"{gone.pid}\n")
+
+    # When all three are stopped
+    stopped = multi("stopwait", "w2", "w3", "w1")
+
+    # Then each one not running is named, and the running one is still stopped
+    assert f"Could not signal w2@{HOST} ({gone.pid}): No such process" in stopped.stdout
+    assert f"> w3@{HOST}: DOWN" in stopped.stdout
+    assert f"> w1@{HOST}: TERM -> {pid}" in stopped.stdout
+    assert f"> w1@{HOST}: OK" in stopped.stdout
+    assert not is_alive(pid)
