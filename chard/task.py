@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from chard import _context, states
 from chard import result as _result
-from chard.exceptions import MaxRetriesExceededError, Retry
+from chard.exceptions import Ignore, MaxRetriesExceededError, Retry
 from chard.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -294,6 +294,34 @@ class Task(Generic[P, R]):
         if throw:
             raise retry
         return retry
+
+    def replace(self, sig: Signature[Any]) -> Any:
+        """Replace this task by ``sig`` (a signature, chain or group), keeping its id and place.
+
+        The replacement inherits the task id, its links and errbacks, its chord
+        membership and the rest of its chain (see :mod:`chard.canvas.replace`); this run
+        ends at once, so write ``return self.replace(...)``.
+
+        Returns:
+            The replacement's value, when running eagerly (``apply()``).
+
+        Raises:
+            Ignore: always in a worker: the replacement now owns the task's result.
+            ImproperlyConfigured: ``sig`` is part of a chord already, or an empty chain.
+        """
+        from chard.canvas.replace import replacement
+
+        return self.on_replace(replacement(self.app, self.request, sig))
+
+    def on_replace(self, sig: Signature[Any]) -> Any:
+        """Send the replacement (run it inline when eager); override to observe it.
+
+        An override must return ``super().on_replace(sig)``, as in Celery.
+        """
+        if self.request.is_eager:
+            return sig.apply().get()
+        sig.apply_async()
+        raise Ignore("Replaced by new task")
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kw: Any

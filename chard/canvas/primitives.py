@@ -128,10 +128,15 @@ class chain(_TaskList):  # lower-case: Celery's name
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> Result:
-        """Fix every step's id; the last step takes the group membership."""
+        """Fix every step's id; the last step takes the group membership and the chain's id.
+
+        The chain's own ``id`` is then its last step's (Celery: ``chain.freeze(id)``).
+        """
         steps = _upgrade(self.tasks)
         steps[-1].freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
-        return _freeze_steps(steps)[-1]
+        result = _freeze_steps(steps)[-1]
+        self["options"]["task_id"] = result.id
+        return result
 
     def _build(
         self,

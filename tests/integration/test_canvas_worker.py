@@ -148,3 +148,33 @@ def test_a_group_followed_by_a_group_in_a_chain(canvasapp: Any, workers: WorkerF
         group(add.s(1, 1), add.s(2, 2)), chord([xsum.s(), xsum.s()], xsum.s()), add.s(1)
     )
     assert group_then_chord.apply_async().get(timeout=30) == 13
+
+
+def test_self_replace_keeps_id_links_chain_and_chord(
+    canvasapp: Any, workers: WorkerFactory
+) -> None:
+    # Celery's most used replace forms (issue 14): by a task, a chain and a group; inside a
+    # chain, inside a chord, with a link and an errback that must move to the replacement
+    start(workers, "-c", "2")
+    add, mul, collect = canvasapp.add, canvasapp.mul, canvasapp.collect
+    by_add, by_chain = canvasapp.replace_with_add, canvasapp.replace_with_chain
+    by_group, by_boom = canvasapp.replace_with_group, canvasapp.replace_with_boom
+    app = add.app
+
+    assert by_add.delay(1).get(timeout=15) == 101
+    assert by_group.delay(3).get(timeout=15) == [0, 2, 4]
+    in_chain = (add.s(1, 1) | by_chain.s() | mul.s(10))()
+    assert in_chain.get(timeout=15) == 60
+    assert in_chain.parent is not None
+    assert in_chain.parent.get(timeout=15) == 6
+    in_chord = chord([by_add.s(1), by_chain.s(2), by_group.s(2), add.s(3, 3)], collect.s())()
+    assert in_chord.get(timeout=15) == [[101, 6, [0, 2], 6]]
+
+    callback_id, errback_id = new_id(), new_id()
+    linked = by_chain.apply_async((2,), link=collect.s("cb").set(task_id=callback_id))
+    failed = by_boom.apply_async(link_error=collect.s().set(task_id=errback_id))
+    assert linked.get(timeout=15) == 6
+    assert app.AsyncResult(callback_id).get(timeout=15) == [6, "cb"]
+    with pytest.raises(ValueError, match="boom"):
+        failed.get(timeout=15)
+    assert app.AsyncResult(errback_id).get(timeout=15) == [failed.id]
