@@ -11,13 +11,13 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from chard import _context, states
 from chard import result as _result
 from chard.exceptions import Ignore, MaxRetriesExceededError, Retry
+from chard.request import Context as Context  # re-exported: Celery's chard.task.Context
 from chard.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
@@ -27,42 +27,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclass
-class Context:
-    """What a running task knows about its own invocation (``self.request``)."""
-
-    id: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    is_eager: bool = False
-    called_directly: bool = True
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    root_id: str | None = None
-    parent_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    eta: datetime | None = None
-    expires: datetime | None = None
-    origin: str | None = None
-    reply_to: str | None = None
-    timelimit: tuple[float | None, float | None] = (None, None)
-    callbacks: list[dict[str, Any]] | None = None
-    errbacks: list[dict[str, Any]] | None = None
-    chain: list[dict[str, Any]] | None = None
-    chord: dict[str, Any] | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    ignore_result: bool = False
-    priority: int | None = None
-    #: chard: how many times this message was delivered (1 = first time).
-    delivery_count: int = 1
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Return attribute ``key`` or ``default`` (Celery's dict-like access)."""
-        return getattr(self, key, default)
 
 
 _EMPTY_REQUEST = Context()
@@ -189,6 +153,7 @@ class Task(Generic[P, R]):
             hostname=outer.hostname,
             root_id=outer.root_id,
             parent_id=outer.parent_id,
+            children=outer.children,  # what it sends is the worker task's trail (Celery's)
         )
         token = _context.push_request(direct)
         try:
@@ -196,6 +161,42 @@ class Task(Generic[P, R]):
             return nested
         finally:
             _context.pop_request(token)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Refuse arguments the task's function cannot take, before sending (Celery's ``typing``).
+
+        Raises:
+            TypeError: naming the task, its parameters and the fix; never with ``typing=False``.
+        """
+        if not self.typing:
+            return
+        header = self._header()
+        if header is None:
+            return
+        try:
+            header.bind(*args, **kwargs)
+        except TypeError as exc:
+            plain = [p.replace(annotation=p.empty) for p in header.parameters.values()]
+            params = header.replace(parameters=plain, return_annotation=header.empty)
+            raise TypeError(
+                f"task {self.name!r} takes {params} but was called with args={args!r} "
+                f"kwargs={dict(kwargs)!r}: {exc}; fix the call, or pass typing=False to the "
+                "task to skip this check"
+            ) from None
+
+    def _header(self) -> inspect.Signature | None:
+        """The parameters a caller passes (without ``self`` for a bound task), cached."""
+        cached: inspect.Signature | None = self.__dict__.get("_header_cache")
+        if cached is not None or "_header_cache" in self.__dict__:
+            return cached
+        try:
+            header = inspect.signature(self._fn if self._fn is not None else self.run)
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+            header = None
+        if header is not None and self._fn is not None and self.bind:
+            header = header.replace(parameters=list(header.parameters.values())[1:])
+        self.__dict__["_header_cache"] = header
+        return header
 
     # -- sending --------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -214,6 +215,7 @@ class Task(Generic[P, R]):
         ``task_id``, ``headers``, ``ignore_result``, ``serializer``, ``link``,
         ``link_error``, ``time_limit``, ``soft_time_limit``, ``shadow``.
         """
+        self.check_arguments(tuple(args or ()), kwargs or {})
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, task=self, **options)

@@ -43,6 +43,10 @@ def app() -> Iterator[Celery]:
         RECORDED.append(args)
         return list(args)
 
+    @app.task(name="record_id")
+    def record_id(task_id: str) -> str:
+        return task_id
+
     @app.task(name="boom")
     def boom(*args: Any) -> None:
         raise ValueError("boom")
@@ -111,13 +115,14 @@ def test_links_and_errbacks_move_to_the_replacement(app: Celery) -> None:
     record = t(app, "record")
     callback_id, errback_id = new_id(), new_id()
     ok = t(app, "by_chain").apply_async((2,), link=record.s("cb").set(task_id=callback_id))
-    failed = t(app, "by_boom").apply_async(link_error=record.s().set(task_id=errback_id))
+    on_error = t(app, "record_id").s().set(task_id=errback_id)
+    failed = t(app, "by_boom").apply_async(link_error=on_error)
     drain(app)
     assert ok.get(timeout=1) == 6
     assert app.AsyncResult(callback_id).get(timeout=1) == [6, "cb"]
     with pytest.raises(ValueError, match="boom"):
         failed.get(timeout=1)
-    assert app.AsyncResult(errback_id).get(timeout=1) == [failed.id]
+    assert app.AsyncResult(errback_id).get(timeout=1) == failed.id
 
 
 def test_replace_in_eager_mode_returns_the_replacement_value(app: Celery) -> None:

@@ -67,3 +67,27 @@ def replace_with_group(self, n):
 @app.task(bind=True)
 def replace_with_boom(self, *args):
     return self.replace(boom.s())
+
+
+@app.task
+def record_failure(task_id):
+    """An errback in Celery's older form: one parameter, sent as a task with the failed id."""
+    return [task_id]
+
+
+@app.task
+def report_failure(request, exc, traceback, report_id):
+    """An errback in Celery's form, called inline by the worker: stores what it was given."""
+    summary = [request.id, type(exc).__name__, str(exc), "Traceback" in (traceback or "")]
+    app.backend.store_result(report_id, summary, "SUCCESS")
+
+
+@app.task(bind=True)
+def whoami(self):
+    """What the worker tells a task about its message."""
+    request = self.request
+    return {
+        "priority": request.delivery_info.get("priority"),
+        "properties": request.properties,
+        "parent_id": request.parent_id,
+    }
