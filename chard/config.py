@@ -95,6 +95,9 @@ SETTINGS: dict[str, Setting] = {
     "enable_utc": Setting(True, "Keep internal times in UTC"),
     "beat_schedule": Setting({}, "Periodic tasks: {name: {task, schedule, args, kwargs, options}}"),
     "beat_max_loop_interval": Setting(300.0, "Longest beat sleep between schedule checks"),
+    "beat_cron_starting_deadline": Setting(
+        None, "Seconds a missed crontab run may still start late (None: any)"
+    ),
     "beat_schedule_filename": Setting(
         "celerybeat-schedule",
         "Celery's beat state file (-s): its path is checked; chard keeps run state in the broker",

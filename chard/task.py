@@ -64,6 +64,9 @@ class Task(Generic[P, R]):
     queue: str | None = None
     priority: int | None = None
     rate_limit: str | None = None
+    #: Celery's ``shared=``: whether other apps get the task too (chard's are per app, so
+    #: it is kept for compatibility and changes nothing).
+    shared: bool = True
     expires: float | datetime | None = None
     bind: bool = False
 
@@ -264,7 +267,7 @@ class Task(Generic[P, R]):
             )
         if eta is None and countdown is None:
             countdown = self.default_retry_delay
-        retry = Retry(exc=exc, when=countdown if eta is None else eta.timestamp())
+        retry = Retry(exc=exc, when=countdown if eta is None else eta)
         if request.is_eager:
             # apply() runs the next attempt with this request's arguments: use the new ones.
             if args is not None:
