@@ -19,6 +19,7 @@ from chard import result as _result
 from chard.exceptions import Ignore, MaxRetriesExceededError, Retry
 from chard.request import Context as Context  # re-exported: Celery's chard.task.Context
 from chard.result import AsyncResult, EagerResult
+from chard.validation import pydantic_wrapper
 
 if TYPE_CHECKING:
     from chard import canvas
@@ -67,6 +68,12 @@ class Task(Generic[P, R]):
     #: Celery's ``shared=``: whether other apps get the task too (chard's are per app, so
     #: it is kept for compatibility and changes nothing).
     shared: bool = True
+    #: Validate arguments into pydantic models and dump a returned model (see
+    #: :mod:`chard.validation`); the other three tune it, as Celery's.
+    pydantic: bool = False
+    pydantic_strict: bool = False
+    pydantic_context: dict[str, Any] | None = None
+    pydantic_dump_kwargs: dict[str, Any] | None = None
     expires: float | datetime | None = None
     bind: bool = False
 
@@ -90,6 +97,14 @@ class Task(Generic[P, R]):
             self.name = f"{fn.__module__}.{fn.__qualname__}"
         elif not self.name:
             self.name = f"{type(self).__module__}.{type(self).__qualname__}"
+        if fn is not None and self.pydantic:
+            fn = self._fn = pydantic_wrapper(
+                fn,
+                self.name,
+                self.pydantic_strict,
+                self.pydantic_context,
+                self.pydantic_dump_kwargs,
+            )
         if fn is not None:
             self.__doc__ = fn.__doc__
             self.__wrapped__ = fn
