@@ -12,7 +12,9 @@ cannot be encoded -- the worker calls one of :func:`succeeded`, :func:`failed` o
 2. end or continue every workflow the task belongs to: on success the links, the
    next chain step and the chord count; otherwise the ``link_error`` callbacks (on
    FAILURE), the chain steps that will now never run (stored FAILURE or REVOKED,
-   naming this step), and the chord, which fails with :class:`ChordError`;
+   naming this step), and the chord, whose body is stored failed with
+   :class:`ChordError` (Celery's; ``get()`` on it re-raises the member's own error,
+   through the result's parent) and whose errbacks run;
 3. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
 4. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once.
 

@@ -71,6 +71,11 @@ class EagerResult(AsyncResult[R]):
         assert self._cache is not None  # an eager result is always ready
         self._cache = {**self._cache, "status": states.REVOKED, "result": TaskRevokedError()}
 
+    def __reduce__(self) -> Any:
+        assert self._cache is not None
+        cache = self._cache
+        return (type(self), (self.id, cache["result"], cache["status"], cache["traceback"]))
+
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
 

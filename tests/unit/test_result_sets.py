@@ -134,6 +134,8 @@ def test_results_round_trip_through_celerys_tuples_and_pickle(app: Celery) -> No
     assert pickle.loads(pickle.dumps(grouped)) == grouped
     unpickled = pickle.loads(pickle.dumps(second))
     assert (unpickled.id, unpickled.parent) == ("second", first)
+    eager = app.tasks["celery.accumulate"].apply((1, 2))
+    assert pickle.loads(pickle.dumps(eager)).get() == (1, 2)
 
 
 def test_collect_walks_what_each_task_sent(app: Celery) -> None:
