@@ -19,7 +19,7 @@ from chard import result as _result
 from chard.exceptions import Ignore, MaxRetriesExceededError, Retry
 from chard.request import Context as Context  # re-exported: Celery's chard.task.Context
 from chard.result import AsyncResult, EagerResult
-from chard.validation import pydantic_wrapper
+from chard.validation import ArgumentCheck, pydantic_wrapper
 
 if TYPE_CHECKING:
     from chard import canvas
@@ -188,33 +188,31 @@ class Task(Generic[P, R]):
         """
         if not self.typing:
             return
-        header = self._header()
-        if header is None:
-            return
-        try:
-            header.bind(*args, **kwargs)
-        except TypeError as exc:
-            plain = [p.replace(annotation=p.empty) for p in header.parameters.values()]
-            params = header.replace(parameters=plain, return_annotation=header.empty)
+        check = self._argument_check()
+        problem = check.error(args, kwargs) if check is not None else None
+        if problem is not None:
+            assert check is not None
             raise TypeError(
-                f"task {self.name!r} takes {params} but was called with args={args!r} "
-                f"kwargs={dict(kwargs)!r}: {exc}; fix the call, or pass typing=False to the "
-                "task to skip this check"
-            ) from None
+                f"task {self.name!r} takes {check.describe()} but was called with "
+                f"args={args!r} kwargs={dict(kwargs)!r}: {problem}; fix the call, or pass "
+                "typing=False to the task to skip this check"
+            )
 
-    def _header(self) -> inspect.Signature | None:
-        """The parameters a caller passes (without ``self`` for a bound task), cached."""
-        cached: inspect.Signature | None = self.__dict__.get("_header_cache")
-        if cached is not None or "_header_cache" in self.__dict__:
+    def _argument_check(self) -> ArgumentCheck | None:
+        """The check of the parameters a caller passes (not a bound task's ``self``), cached."""
+        if "_argument_check_cache" in self.__dict__:
+            cached: ArgumentCheck | None = self.__dict__["_argument_check_cache"]
             return cached
         try:
             header = inspect.signature(self._fn if self._fn is not None else self.run)
         except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
-            header = None
-        if header is not None and self._fn is not None and self.bind:
-            header = header.replace(parameters=list(header.parameters.values())[1:])
-        self.__dict__["_header_cache"] = header
-        return header
+            check = None
+        else:
+            if self._fn is not None and self.bind:
+                header = header.replace(parameters=list(header.parameters.values())[1:])
+            check = ArgumentCheck(header)
+        self.__dict__["_argument_check_cache"] = check
+        return check
 
     # -- sending --------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:

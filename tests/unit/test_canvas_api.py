@@ -7,6 +7,7 @@ message through the worker's ``trace_task`` by ``drain``; the worker processes a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -249,3 +250,35 @@ def test_a_soft_limit_above_the_hard_limit_is_refused(app: Celery) -> None:
     limited = app.task(name="limited", soft_time_limit=30, time_limit=10)(lambda: None)
     with pytest.raises(ValueError, match="soft_time_limit must be less than or equal"):
         limited.delay()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((), {}),
+        ((1,), {}),
+        ((1, 2, 3, 4), {}),
+        ((1,), {"a": 2}),
+        ((1, 2), {"b": 3}),
+        ((1, 2), {"c": 3, "zz": 1}),
+        ((1, 2), {"c": 3}),
+        ((1, 2, 3), {"c": 1}),
+        ((), {"b": 2, "c": 1}),
+    ],
+)
+def test_the_fast_argument_check_agrees_with_inspect(
+    app: Celery, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    def f(a: int, /, b: int, *rest: int, c: int, d: int = 0) -> None: ...
+
+    def g(a: int, b: int = 0, **extra: int) -> None: ...
+
+    for fn in (f, g):
+        task = app.task(name=f"check_{fn.__name__}")(fn)
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError:
+            with pytest.raises(TypeError, match="typing=False"):
+                task.check_arguments(args, kwargs)
+        else:
+            task.check_arguments(args, kwargs)
