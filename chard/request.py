@@ -42,8 +42,9 @@ class Context:
     priority: int | None = None
     #: chard: how many times this message was delivered (1 = first time).
     delivery_count: int = 1
-    #: What this task sent while it ran, as Celery's result tuples (``result.children``).
-    children: list[Any] = field(default_factory=list)
+    #: What this task sent while it ran, as Celery's result tuples (``result.children``);
+    #: None when the task keeps no trail (``trail=False``).
+    children: list[Any] | None = field(default_factory=list)
     #: The message's properties, as Celery's ``request.properties`` (``correlation_id``,
     #: ``reply_to``, ``priority``, ``delivery_mode``).
     properties: dict[str, Any] = field(default_factory=dict)

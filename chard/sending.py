@@ -204,18 +204,19 @@ def _add_children(messages: Sequence[RoutedMessage]) -> None:
     group together as ``((group_id, None), [members])``. Eager runs keep no trail.
     """
     request = _context.get_current_request()
-    if request is None or request.is_eager:
+    if request is None or request.is_eager or request.children is None:
         return
+    children: list[Any] = request.children
     groups: dict[str, list[Any]] = {}
     for message, _queue in messages:
         node = [[message.id, None], None]
         if message.group is None:
-            request.children.append(node)
+            children.append(node)
         elif message.group in groups:
             groups[message.group].append(node)
         else:
             groups[message.group] = [node]
-            request.children.append([[message.group, None], groups[message.group]])
+            children.append([[message.group, None], groups[message.group]])
 
 
 def publish_retrying(

@@ -68,6 +68,8 @@ class Task(Generic[P, R]):
     #: Celery's ``shared=``: whether other apps get the task too (chard's are per app, so
     #: it is kept for compatibility and changes nothing).
     shared: bool = True
+    #: Celery's ``trail``: store what the task sent while it ran as its ``children``.
+    trail: bool = True
     #: Validate arguments into pydantic models and dump a returned model (see
     #: :mod:`chard.validation`); the other three tune it, as Celery's.
     pydantic: bool = False

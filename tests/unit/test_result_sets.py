@@ -163,3 +163,23 @@ def test_collect_walks_what_each_task_sent(app: Celery) -> None:
     assert result.get_leaf() == 9
     assert result.children is not None
     assert len(result.children) == 1
+
+
+def test_a_task_without_a_trail_stores_no_children(app: Celery) -> None:
+    @app.task(name="leaf")
+    def leaf() -> None:
+        return None
+
+    @app.task(name="quiet_parent", trail=False)
+    def quiet_parent() -> None:
+        leaf.delay()
+
+    @app.task(name="parent")
+    def parent() -> None:
+        leaf.delay()
+
+    quiet, loud = quiet_parent.delay(), parent.delay()
+    drain(app)
+    assert quiet.children == []
+    assert loud.children is not None
+    assert [child.as_list() for child in loud.children] == [[loud.children[0].id]]
