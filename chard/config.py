@@ -58,6 +58,9 @@ SETTINGS: dict[str, Setting] = {
     "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
     "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
     "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
+    "task_allow_error_cb_on_chord_header": Setting(
+        False, "chord.link_error() links the errback to every header task too"
+    ),
     "task_store_eager_result": Setting(False, "Store eager results in the backend"),
     "task_ignore_result": Setting(False, "Do not store results by default"),
     "task_track_started": Setting(False, "Store STARTED when a task starts"),

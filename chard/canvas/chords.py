@@ -135,7 +135,19 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         return self.body.link(callback)
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
-        """Run ``errback`` when the chord fails (a header task or the body)."""
+        """Run ``errback`` when the chord fails (a header task or the body), as Celery does.
+
+        It goes to the body, to the chords nested in the header (each links it its own
+        way), and, with ``task_allow_error_cb_on_chord_header``, to every header task
+        too, as an immutable clone (a header task cannot pass on the chord's failure).
+        """
+        errback = maybe_signature(errback, self._app)
+        on_header = bool(self.app.conf.task_allow_error_cb_on_chord_header)
+        for task in self.tasks:
+            if isinstance(task, chord):
+                task.link_error(errback)
+            elif on_header:
+                task.link_error(errback.clone().set(immutable=True))
         return self.body.link_error(errback)
 
     def freeze(

@@ -282,3 +282,20 @@ def test_the_fast_argument_check_agrees_with_inspect(
                 task.check_arguments(args, kwargs)
         else:
             task.check_arguments(args, kwargs)
+
+
+@pytest.mark.parametrize("on_header", [False, True])
+def test_chord_link_error_reaches_the_header_as_celerys_setting_says(
+    app: Celery, on_header: bool
+) -> None:
+    app.conf.task_allow_error_cb_on_chord_header = on_header
+    add, boom, old_errback = t(app, "add"), t(app, "boom"), t(app, "old_errback")
+    nested = chord([boom.s()], t(app, "xsum").s())
+    sig = chord([boom.s(), add.s(1, 1), nested], t(app, "xsum").s())
+    sig.link_error(old_errback.s())
+
+    # Then the body and the nested chord always get it; header tasks only with the setting
+    assert sig.body.options["link_error"] == [old_errback.s()]
+    assert nested.body.options["link_error"] == [old_errback.s()]
+    header_links = [task.options.get("link_error") for task in sig.tasks[:2]]
+    assert header_links == ([[old_errback.si()]] * 2 if on_header else [None, None])
