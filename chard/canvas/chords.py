@@ -88,6 +88,8 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         head: Any = header
         if isinstance(header, Iterator) and not isinstance(header, Mapping):
             pass  # a generator: unrolled when the chord is first used, not here (Celery's)
+        elif isinstance(header, chain):
+            head = group(header.tasks, app=app)  # Celery: a chain's steps become the members
         elif not isinstance(header, group):
             head = group(header or (), app=app)
         tail = maybe_signature(body, app)
@@ -102,6 +104,10 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         if not isinstance(head, group):
             head = self["kwargs"]["header"] = group(head, app=self._app)
         return head
+
+    def __length_hint__(self) -> int:
+        """Return how many completions the body waits for (Celery's count, recursive)."""
+        return sum(_completions(task) for task in self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
         self.header  # noqa: B018 - unrolls a generator header before copying
@@ -291,6 +297,22 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
 
     def __repr__(self) -> str:
         return f"chord({self.header.tasks!r}, {self.body!r})"
+
+
+def _completions(sig: Any) -> int:
+    """How many header completions ``sig`` stands for (Celery's ``chord._descend``).
+
+    A group counts each member, a chain its last step that counts, a chord its body,
+    a task one.
+    """
+    sig = maybe_signature(sig) if isinstance(sig, Mapping) else sig
+    if isinstance(sig, group):
+        return sum(_completions(member) for member in sig.tasks)
+    if isinstance(sig, chain):
+        return next((n for n in map(_completions, reversed(sig.tasks)) if n > 0), 0)
+    if isinstance(sig, chord):
+        return _completions(sig.body)
+    return 1
 
 
 def _failed_id(result: GroupResult) -> str | None:

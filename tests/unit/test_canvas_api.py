@@ -299,3 +299,19 @@ def test_chord_link_error_reaches_the_header_as_celerys_setting_says(
     assert nested.body.options["link_error"] == [old_errback.s()]
     header_links = [task.options.get("link_error") for task in sig.tasks[:2]]
     assert header_links == ([[old_errback.si()]] * 2 if on_header else [None, None])
+
+
+def test_a_chain_as_the_header_gives_its_steps_as_members_and_sizes_count_as_celery(
+    app: Celery,
+) -> None:
+    add, xsum = t(app, "add"), t(app, "xsum")
+    # Celery's _maybe_group: a chain given as the header is unrolled into parallel members
+    from_chain = chord(chain(add.si(1, 1), add.si(2, 2), add.si(3, 3)), xsum.s())
+    assert len(from_chain.tasks) == 3
+    result = from_chain()
+    drain(app)
+    assert result.get(timeout=1) == 12
+    # Celery's test_chord_size_* cases
+    assert chord([add.s()] * 42).__length_hint__() == 42
+    assert chord([chain([add.s()] * 42)]).__length_hint__() == 1
+    assert chord(group([group([add.s()] * 4) | add.s()] * 2), add.s()).__length_hint__() == 2
