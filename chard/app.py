@@ -13,13 +13,13 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
-from zoneinfo import ZoneInfo
 
 from chard import _context, discovery, periodic, sending, shared, signals
 from chard import result as _result
 from chard._utils.perprocess import PerProcess
+from chard.app_compat import CeleryCompat
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
 from chard.config import Settings
@@ -45,7 +45,7 @@ R = TypeVar("R")
 DEFAULT_SQLITE_URL = "sqlite:///chard.sqlite3"
 
 
-class Celery:
+class Celery(CeleryCompat):
     """A chard application; Celery's constructor and attributes."""
 
     def __init__(
@@ -114,21 +114,6 @@ class Celery:
                 "name of a settings module, e.g. export CELERY_CONFIG_MODULE=proj.settings"
             )
         self.config_from_object(module, silent=silent)
-
-    @property
-    def timezone(self) -> tzinfo:
-        """The configured ``timezone`` as a tzinfo (UTC when unset)."""
-        name = self.conf.timezone
-        if not name:
-            return UTC
-        if isinstance(name, tzinfo):
-            return name
-        try:
-            return ZoneInfo(str(name))
-        except Exception as exc:
-            raise ImproperlyConfigured(
-                f"unknown timezone {name!r}; use an IANA name like 'Europe/Moscow'"
-            ) from exc
 
     def now(self) -> datetime:
         """Return the current time in the configured zone."""
@@ -370,7 +355,8 @@ class Celery:
             backend.unwatch((message.id,))
             raise
         result: AsyncResult[Any] = AsyncResult(message.id, app=self, task_name=name)
-        weakref.finalize(result, backend.unwatch, (message.id,))
+        # Released by get()/forget() once the result is in, else when the handle is dropped.
+        result._release = weakref.finalize(result, backend.unwatch, (message.id,))
         return result
 
     def _result_listener(self, message: TaskMessage) -> ResultBackend | None:
@@ -391,17 +377,6 @@ class Celery:
         ``task_publish_retry_policy``.
         """
         sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
-
-    # -- results --------------------------------------------------------------
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:
-        """Return the result handle of ``task_id``."""
-        return _result.AsyncResult(task_id, app=self, **kwargs)
-
-    def GroupResult(
-        self, group_id: str, results: Sequence[_result.AsyncResult[Any]] = ()
-    ) -> _result.GroupResult:
-        """Return a group result handle."""
-        return _result.GroupResult(group_id, results, app=self)
 
     # -- canvas shortcuts -----------------------------------------------------
     def signature(

@@ -58,6 +58,9 @@ SETTINGS: dict[str, Setting] = {
     "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
     "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
     "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
+    "task_allow_error_cb_on_chord_header": Setting(
+        False, "chord.link_error() links the errback to every header task too"
+    ),
     "task_store_eager_result": Setting(False, "Store eager results in the backend"),
     "task_ignore_result": Setting(False, "Do not store results by default"),
     "task_track_started": Setting(False, "Store STARTED when a task starts"),
@@ -103,6 +106,9 @@ SETTINGS: dict[str, Setting] = {
     "enable_utc": Setting(True, "Keep internal times in UTC"),
     "beat_schedule": Setting({}, "Periodic tasks: {name: {task, schedule, args, kwargs, options}}"),
     "beat_max_loop_interval": Setting(300.0, "Longest beat sleep between schedule checks"),
+    "beat_cron_starting_deadline": Setting(
+        None, "Seconds a missed crontab run may still start late (None: any)"
+    ),
     "beat_schedule_filename": Setting(
         "celerybeat-schedule",
         "Celery's beat state file (-s): its path is checked; chard keeps run state in the broker",

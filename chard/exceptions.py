@@ -32,6 +32,7 @@ The tree (Celery's names kept where users catch them)::
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -113,18 +114,27 @@ class Retry(TaskError):
         self,
         message: str | None = None,
         exc: BaseException | None = None,
-        when: float | None = None,
+        when: float | datetime | None = None,
         **kwargs: Any,
     ) -> None:
         self.message = message
         self.exc = exc
+        #: Seconds from now (a countdown), or the instant (an eta) of the next attempt.
         self.when = when
-        super().__init__(message or (f"Retry in {when}s" if when is not None else "Retry"), exc)
+        super().__init__(message or f"Retry {self.humanize()}", exc)
+
+    def humanize(self) -> str:
+        """Say when the task runs again, as Celery's: ``in 5s`` or ``at <eta>``."""
+        if isinstance(self.when, (int, float)):
+            return f"in {self.when}s"
+        return f"at {self.when}"
 
     def __str__(self) -> str:
         if self.message:
             return self.message
-        return f"Retry in {self.when}s: {self.exc!r}" if self.exc else f"Retry in {self.when}s"
+        if self.exc:
+            return f"Retry {self.humanize()}: {self.exc!r}"
+        return f"Retry {self.humanize()}"
 
 
 class Ignore(TaskError):

@@ -21,6 +21,7 @@ syntax has to be parsed into sets anyway, and the core keeps ``click`` as its on
 from __future__ import annotations
 
 import re
+import warnings
 from abc import ABC, abstractmethod
 from calendar import monthrange
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +37,8 @@ NowFun = Callable[[], datetime]
 CronSpec = int | str | Iterable[int | str]
 
 _MINUTE = timedelta(minutes=1)
+#: When a crontab that can never match ("31 April") runs next.
+NEVER = datetime.max.replace(tzinfo=UTC)
 _UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
 _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
@@ -192,7 +195,6 @@ class _Field(NamedTuple):
     name: str
     low: int
     high: int  # what "*" spans
-    top: int  # the largest number accepted: day_of_week takes 7 for Sunday
     names: Mapping[str, int]
     allowed: str
 
@@ -211,8 +213,8 @@ class _Field(NamedTuple):
                 value = int(token)
             except ValueError:
                 raise self.error(spec, f"{token!r} is not a number or a name") from None
-        if not self.low <= value <= self.top:
-            raise self.error(spec, f"{value} is out of range {self.low}-{self.top}")
+        if not self.low <= value <= self.high:
+            raise self.error(spec, f"{value} is out of range {self.low}-{self.high}")
         return value
 
     def part(self, spec: str, text: str) -> list[int]:
@@ -247,15 +249,17 @@ class _Field(NamedTuple):
             raise self.error(spec, f"{type(spec).__name__} is not an int, a str or ints")
         if not values:
             raise self.error(spec, "no values")
-        return frozenset(v if v <= self.high else self.low for v in values)  # dow 7 -> 0
+        return frozenset(values)
 
 
 _FIELDS = {
-    "minute": _Field("minute", 0, 59, 59, {}, "0-59"),
-    "hour": _Field("hour", 0, 23, 23, {}, "0-23"),
-    "day_of_week": _Field("day_of_week", 0, 6, 7, _DAY_NAMES, "0-6 (Sunday is 0 or 7), sun-sat"),
-    "day_of_month": _Field("day_of_month", 1, 31, 31, {}, "1-31"),
-    "month_of_year": _Field("month_of_year", 1, 12, 12, _MONTH_NAMES, "1-12, jan-dec"),
+    "minute": _Field("minute", 0, 59, {}, "0-59"),
+    "hour": _Field("hour", 0, 23, {}, "0-23"),
+    # Celery refuses 7 for Sunday (its range is 0-6), so chard does too: a crontab that
+    # beat accepts must load in a Celery beat of the same fleet.
+    "day_of_week": _Field("day_of_week", 0, 6, _DAY_NAMES, "0-6 (Sunday is 0), sun-sat"),
+    "day_of_month": _Field("day_of_month", 1, 31, {}, "1-31"),
+    "month_of_year": _Field("month_of_year", 1, 12, _MONTH_NAMES, "1-12, jan-dec"),
 }
 
 
@@ -271,7 +275,7 @@ class crontab(BaseSchedule):
     Args:
         minute, hour, day_of_week, day_of_month, month_of_year: Celery cron fields: an int, a
             str (``"*"``, ``"*/15"``, ``"1-5"``, ``"0-23/2"``, ``"mon-fri"``, ``"1,3,5"``) or an
-            iterable of ints. ``day_of_week`` counts from Sunday = 0 (7 is Sunday too).
+            iterable of ints. ``day_of_week`` counts from Sunday = 0 (7 is refused, as in Celery).
         nowfun: Returns "now"; for tests and for Celery-style ``is_due(last_run_at)`` calls.
         app: Duck-typed app whose ``timezone`` is used when ``tz`` is not given.
         tz: The zone whose wall clock the fields describe: a ZoneInfo or a zone name. UTC when
@@ -279,7 +283,8 @@ class crontab(BaseSchedule):
 
     Raises:
         ValueError: A field is out of range or unparsable (the message names the field, the value
-            and the allowed range), or the day and month fields can never match together.
+            and the allowed range). Day and month fields that never match together ("31 April")
+            only warn, as Celery accepts them: such a crontab never runs.
     """
 
     def __init__(
@@ -301,13 +306,18 @@ class crontab(BaseSchedule):
         self.day_of_month = _FIELDS["day_of_month"].parse(day_of_month)
         self.month_of_year = _FIELDS["month_of_year"].parse(month_of_year)
         self._tz = _resolve_tz(tz, None) if tz is not None else None
-        # Reject "31 February" now rather than searching forever at run time (2000 is a leap year).
-        if not any(
+        # "31 April" is legal in Celery and simply never fires: warn (2000 is a leap year), and
+        # answer "never" at run time instead of searching forever.
+        self.is_never = not any(
             d <= monthrange(2000, m)[1] for m in self.month_of_year for d in self.day_of_month
-        ):
-            raise ValueError(
+        )
+        if self.is_never:
+            warnings.warn(
                 f"crontab day_of_month {day_of_month!r} never occurs in month_of_year "
-                f"{month_of_year!r}; choose days that exist in at least one of those months"
+                f"{month_of_year!r}, so it will never run; choose days that exist in at least "
+                "one of those months",
+                UserWarning,
+                stacklevel=2,
             )
         self._times = [time(h, m) for h in sorted(self.hour) for m in sorted(self.minute)]
 
@@ -335,6 +345,8 @@ class crontab(BaseSchedule):
         (a repeated hour, or a collapsed gap that already fired) are skipped.
         """
         after, zone = to_utc(dt), self.tz
+        if self.is_never:
+            return NEVER
         wall = after.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) + _MINUTE
         while True:  # ends: skips are bounded by the length of one DST transition
             wall = self._next_wall(wall)
@@ -362,13 +374,53 @@ class crontab(BaseSchedule):
 
         A ``last_run_at`` far in the past (beat was down) makes the crontab due once; after that
         run is stamped at "now", the next fire time is computed from now, so missed times are not
-        replayed.
+        replayed. With ``beat_cron_starting_deadline`` set, a missed time older than that many
+        seconds is skipped instead (Celery's rule): it is due only if a fire time lies within
+        the deadline before ``now``.
         """
         at = to_utc(now) if now is not None else self.now()
         remaining = (self.next_after(last_run_at) - at).total_seconds()
         if remaining > 0:
             return schedstate(False, remaining)
-        return schedstate(True, (self.next_after(at) - at).total_seconds())
+        following = (self.next_after(at) - at).total_seconds()
+        deadline = self.starting_deadline
+        if (
+            deadline is not None
+            and self.next_after(at - timedelta(seconds=deadline, microseconds=1)) > at
+        ):
+            return schedstate(False, following)  # the last missed run is too old: skip it
+        return schedstate(True, following)
+
+    @property
+    def starting_deadline(self) -> float | None:
+        """How late (seconds) a missed run may still start: ``beat_cron_starting_deadline``.
+
+        Celery's setting, read from the app's configuration; None (the default) runs a
+        missed time however late beat notices it.
+        """
+        value = getattr(getattr(self.app, "conf", None), "beat_cron_starting_deadline", None)
+        return float(value) if value is not None else None
+
+    def remaining_delta(
+        self, last_run_at: datetime, tz: tzinfo | str | None = None, ffwd: object = None
+    ) -> tuple[datetime, timedelta, datetime]:
+        """Return Celery's ``(last_run_at, delta, now)``: the next run is ``last_run_at + delta``.
+
+        Both instants are in ``tz`` (default: the crontab's zone); ``ffwd`` is accepted
+        for Celery's signature and unused.
+        """
+        zone = _resolve_tz(tz, None) if tz is not None else self.tz
+        last = to_utc(last_run_at)
+        return last.astimezone(zone), self.next_after(last) - last, self.now().astimezone(zone)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from the fields as given, as Celery's; nowfun and app are not kept
+        # (a lambda and an app do not pickle), the zone is.
+        minute, hour, day_of_month, month_of_year, day_of_week = self._orig
+        return (type(self), (minute, hour, day_of_week, day_of_month, month_of_year), self._tz)
+
+    def __setstate__(self, state: tzinfo | None) -> None:
+        self._tz = state
 
     def __repr__(self) -> str:
         fields = " ".join(_spec_text(s) for s in self._orig)

@@ -121,6 +121,11 @@ def build_message(
         priority = conf["task_default_priority"]
     hard = options.time_limit or (task.time_limit if task else None)
     soft = options.soft_time_limit or (task.soft_time_limit if task else None)
+    if hard and soft and soft > hard:  # Celery's check, at call time
+        raise ValueError(
+            f"soft_time_limit={soft!r} is greater than time_limit={hard!r} for task {name!r}; "
+            "soft_time_limit must be less than or equal to time_limit"
+        )
     ignore_result = options.ignore_result
     if ignore_result is None:  # Celery's precedence: the call, the task, the app
         own = task.ignore_result if task is not None else None
@@ -186,9 +191,32 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
         broker.publish(outgoing)
     except BrokerConnectionError as exc:
         publish_retrying(broker, outgoing, exc, app.conf)
+    _add_children(messages)
     if signals.after_task_publish.receivers:
         for message, queue in messages:
             signals.after_task_publish.send(sender=message.task, routing_key=queue)
+
+
+def _add_children(messages: Sequence[RoutedMessage]) -> None:
+    """Record what a running task sent, for its stored ``children`` (Celery's trail).
+
+    In Celery's tuple form: ``((id, None), None)`` per task, and the members of one
+    group together as ``((group_id, None), [members])``. Eager runs keep no trail.
+    """
+    request = _context.get_current_request()
+    if request is None or request.is_eager or request.children is None:
+        return
+    children: list[Any] = request.children
+    groups: dict[str, list[Any]] = {}
+    for message, _queue in messages:
+        node = [[message.id, None], None]
+        if message.group is None:
+            children.append(node)
+        elif message.group in groups:
+            groups[message.group].append(node)
+        else:
+            groups[message.group] = [node]
+            children.append([[message.group, None], groups[message.group]])
 
 
 def publish_retrying(

@@ -11,14 +11,15 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from chard import _context, states
 from chard import result as _result
-from chard.exceptions import MaxRetriesExceededError, Retry
+from chard.exceptions import Ignore, MaxRetriesExceededError, Retry
+from chard.request import Context as Context  # re-exported: Celery's chard.task.Context
 from chard.result import AsyncResult, EagerResult
+from chard.validation import ArgumentCheck, pydantic_wrapper
 
 if TYPE_CHECKING:
     from chard import canvas
@@ -27,42 +28,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-@dataclass
-class Context:
-    """What a running task knows about its own invocation (``self.request``)."""
-
-    id: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    is_eager: bool = False
-    called_directly: bool = True
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    root_id: str | None = None
-    parent_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    eta: datetime | None = None
-    expires: datetime | None = None
-    origin: str | None = None
-    reply_to: str | None = None
-    timelimit: tuple[float | None, float | None] = (None, None)
-    callbacks: list[dict[str, Any]] | None = None
-    errbacks: list[dict[str, Any]] | None = None
-    chain: list[dict[str, Any]] | None = None
-    chord: dict[str, Any] | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    ignore_result: bool = False
-    priority: int | None = None
-    #: chard: how many times this message was delivered (1 = first time).
-    delivery_count: int = 1
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Return attribute ``key`` or ``default`` (Celery's dict-like access)."""
-        return getattr(self, key, default)
 
 
 _EMPTY_REQUEST = Context()
@@ -100,6 +65,17 @@ class Task(Generic[P, R]):
     queue: str | None = None
     priority: int | None = None
     rate_limit: str | None = None
+    #: Celery's ``shared=``: whether other apps get the task too (chard's are per app, so
+    #: it is kept for compatibility and changes nothing).
+    shared: bool = True
+    #: Celery's ``trail``: store what the task sent while it ran as its ``children``.
+    trail: bool = True
+    #: Validate arguments into pydantic models and dump a returned model (see
+    #: :mod:`chard.validation`); the other three tune it, as Celery's.
+    pydantic: bool = False
+    pydantic_strict: bool = False
+    pydantic_context: dict[str, Any] | None = None
+    pydantic_dump_kwargs: dict[str, Any] | None = None
     expires: float | datetime | None = None
     bind: bool = False
 
@@ -123,6 +99,14 @@ class Task(Generic[P, R]):
             self.name = f"{fn.__module__}.{fn.__qualname__}"
         elif not self.name:
             self.name = f"{type(self).__module__}.{type(self).__qualname__}"
+        if fn is not None and self.pydantic:
+            fn = self._fn = pydantic_wrapper(
+                fn,
+                self.name,
+                self.pydantic_strict,
+                self.pydantic_context,
+                self.pydantic_dump_kwargs,
+            )
         if fn is not None:
             self.__doc__ = fn.__doc__
             self.__wrapped__ = fn
@@ -189,6 +173,7 @@ class Task(Generic[P, R]):
             hostname=outer.hostname,
             root_id=outer.root_id,
             parent_id=outer.parent_id,
+            children=outer.children,  # what it sends is the worker task's trail (Celery's)
         )
         token = _context.push_request(direct)
         try:
@@ -196,6 +181,40 @@ class Task(Generic[P, R]):
             return nested
         finally:
             _context.pop_request(token)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Refuse arguments the task's function cannot take, before sending (Celery's ``typing``).
+
+        Raises:
+            TypeError: naming the task, its parameters and the fix; never with ``typing=False``.
+        """
+        if not self.typing:
+            return
+        check = self._argument_check()
+        problem = check.error(args, kwargs) if check is not None else None
+        if problem is not None:
+            assert check is not None
+            raise TypeError(
+                f"task {self.name!r} takes {check.describe()} but was called with "
+                f"args={args!r} kwargs={dict(kwargs)!r}: {problem}; fix the call, or pass "
+                "typing=False to the task to skip this check"
+            )
+
+    def _argument_check(self) -> ArgumentCheck | None:
+        """The check of the parameters a caller passes (not a bound task's ``self``), cached."""
+        if "_argument_check_cache" in self.__dict__:
+            cached: ArgumentCheck | None = self.__dict__["_argument_check_cache"]
+            return cached
+        try:
+            header = inspect.signature(self._fn if self._fn is not None else self.run)
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+            check = None
+        else:
+            if self._fn is not None and self.bind:
+                header = header.replace(parameters=list(header.parameters.values())[1:])
+            check = ArgumentCheck(header)
+        self.__dict__["_argument_check_cache"] = check
+        return check
 
     # -- sending --------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -214,6 +233,7 @@ class Task(Generic[P, R]):
         ``task_id``, ``headers``, ``ignore_result``, ``serializer``, ``link``,
         ``link_error``, ``time_limit``, ``soft_time_limit``, ``shadow``.
         """
+        self.check_arguments(tuple(args or ()), kwargs or {})
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, task=self, **options)
@@ -262,7 +282,7 @@ class Task(Generic[P, R]):
             )
         if eta is None and countdown is None:
             countdown = self.default_retry_delay
-        retry = Retry(exc=exc, when=countdown if eta is None else eta.timestamp())
+        retry = Retry(exc=exc, when=countdown if eta is None else eta)
         if request.is_eager:
             # apply() runs the next attempt with this request's arguments: use the new ones.
             if args is not None:
@@ -294,6 +314,34 @@ class Task(Generic[P, R]):
         if throw:
             raise retry
         return retry
+
+    def replace(self, sig: Signature[Any]) -> Any:
+        """Replace this task by ``sig`` (a signature, chain or group), keeping its id and place.
+
+        The replacement inherits the task id, its links and errbacks, its chord
+        membership and the rest of its chain (see :mod:`chard.canvas.replace`); this run
+        ends at once, so write ``return self.replace(...)``.
+
+        Returns:
+            The replacement's value, when running eagerly (``apply()``).
+
+        Raises:
+            Ignore: always in a worker: the replacement now owns the task's result.
+            ImproperlyConfigured: ``sig`` is part of a chord already, or an empty chain.
+        """
+        from chard.canvas.replace import replacement
+
+        return self.on_replace(replacement(self.app, self.request, sig))
+
+    def on_replace(self, sig: Signature[Any]) -> Any:
+        """Send the replacement (run it inline when eager); override to observe it.
+
+        An override must return ``super().on_replace(sig)``, as in Celery.
+        """
+        if self.request.is_eager:
+            return sig.apply().get()
+        sig.apply_async()
+        raise Ignore("Replaced by new task")
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kw: Any

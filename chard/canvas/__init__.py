@@ -18,8 +18,9 @@ count, errbacks) is not here but in :mod:`chard.execution.outcome`.
 
 from __future__ import annotations
 
+from chard.canvas.chords import chord
 from chard.canvas.maps import chunks, xmap, xstarmap
-from chard.canvas.primitives import chain, chord, group
+from chard.canvas.primitives import chain, group
 from chard.canvas.signature import Signature, maybe_signature, signature, subtask
 from chard.exceptions import ChordError
 

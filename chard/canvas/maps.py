@@ -161,7 +161,14 @@ def register_builtins(app: Celery) -> None:
         result = chunks(task, it, n, app=app).group().apply_async()
         return [r.id for r in result.results]
 
+    def accumulate(*args: Any, **kwargs: Any) -> Any:
+        """Return ``args[index]``, or every argument: the body of a group that replaced a
+        task (``Task.replace``), as Celery's ``celery.accumulate``."""
+        index = kwargs.get("index")
+        return args[index] if index is not None else args
+
     app.task(name="celery.map")(xmap)
+    app.task(name="celery.accumulate")(accumulate)
     app.task(name="celery.starmap")(xstarmap)
     app.task(name="celery.chunks")(send_chunks)
 

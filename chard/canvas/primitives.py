@@ -1,20 +1,21 @@
-"""The workflow primitives: chain, group and chord.
+"""The workflow primitives chain and group (the chord is in :mod:`.chords`).
 
 Import them from :mod:`chard.canvas`. Each one is a
-:class:`~chard.canvas.Signature` in Celery's dict shape (``celery.chain`` with
-``kwargs.tasks``, ``celery.group`` with ``kwargs.tasks``, ``celery.chord`` with
-``kwargs.header``/``kwargs.body``) and implements three operations: ``freeze``
+:class:`~chard.canvas.Signature` in Celery's dict shape (``celery.chain`` and
+``celery.group`` with ``kwargs.tasks``) and implements three operations: ``freeze``
 (fix ids), ``_build`` (append its starting messages to an outbox) and ``apply``
-(run inline).
+(run inline). A group followed by another step becomes a chord; the chord class is
+looked up in the registry (:func:`~chard.canvas.signature.register`), since
+:mod:`.chords` builds on this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from chard import states
 from chard.canvas.signature import (
+    _PRIMITIVES,
     _STEP_LOCAL,
     Outbox,
     Result,
@@ -28,9 +29,8 @@ from chard.canvas.signature import (
     maybe_signature,
     register,
 )
-from chard.exceptions import ChordError
 from chard.protocol.message import new_id
-from chard.result import AsyncResult, EagerGroupResult, EagerResult, GroupResult, ResultsDisabled
+from chard.result import AsyncResult, EagerGroupResult, GroupResult
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -128,10 +128,15 @@ class chain(_TaskList):  # lower-case: Celery's name
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> Result:
-        """Fix every step's id; the last step takes the group membership."""
+        """Fix every step's id; the last step takes the group membership and the chain's id.
+
+        The chain's own ``id`` is then its last step's (Celery: ``chain.freeze(id)``).
+        """
         steps = _upgrade(self.tasks)
         steps[-1].freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
-        return _freeze_steps(steps)[-1]
+        result = _freeze_steps(steps)[-1]
+        self["options"]["task_id"] = result.id
+        return result
 
     def _build(
         self,
@@ -181,6 +186,11 @@ class chain(_TaskList):  # lower-case: Celery's name
         return " | ".join(repr(step) for step in self.tasks) or "chain()"
 
 
+def _chord() -> Any:
+    """The chord class, registered by :mod:`chard.canvas.chords` (which imports this module)."""
+    return _PRIMITIVES["chord"]
+
+
 def _upgrade(steps: list[Signature[Any]]) -> list[Signature[Any]]:
     """Turn every group followed by another step into a chord (Celery's rule)."""
     upgraded: list[Signature[Any]] = []
@@ -188,7 +198,7 @@ def _upgrade(steps: list[Signature[Any]]) -> list[Signature[Any]]:
     while index < len(steps):
         step = steps[index]
         if isinstance(step, group) and index + 1 < len(steps):
-            upgraded.append(chord(step, steps[index + 1], app=step._app))
+            upgraded.append(_chord()(step, steps[index + 1], app=step._app))
             index += 2
         else:
             upgraded.append(step)
@@ -226,6 +236,17 @@ class group(_TaskList):  # lower-case: Celery's name
         ) -> GroupResult: ...
 
         def delay(self, *args: Any, **kwargs: Any) -> GroupResult: ...  # type: ignore[override]
+
+    def link(self, callback: Signature[Any]) -> Signature[Any]:
+        """Run ``callback`` once, when the first member succeeds, without its value.
+
+        Celery's rule: the callback goes to the first member only, made immutable (that
+        member cannot pass on its siblings' values); for a callback that waits for
+        every member and gets their values, use a chord.
+        """
+        if not self.tasks:
+            raise ValueError("cannot link a callback to an empty group; add a task first")
+        return self.tasks[0].link(callback.clone().set(immutable=True))
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Run ``errback`` for any member that fails."""
@@ -275,7 +296,8 @@ class group(_TaskList):  # lower-case: Celery's name
             # chain step carries it): else building the header would make a chord again.
             header = self.clone()
             header["options"].pop("chain", None)
-            return chord(header, body, app=self._app)._build(args, kwargs, opts, out)
+            upgraded: Signature[Any] = _chord()(header, body, app=self._app)
+            return upgraded._build(args, kwargs, opts, out)
         partial = _partial(args, self)
         results = [
             member._build(partial, kwargs, {**opts, "group_id": gid, "group_index": index}, out)
@@ -307,7 +329,8 @@ class group(_TaskList):  # lower-case: Celery's name
     def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
         """``group | task`` is a chord; ``group | chain`` becomes one when sent."""
         if isinstance(other, Signature) and not isinstance(other, (group, chain)):
-            return chord(self, other, app=self._app)
+            chord: Signature[Any] = _chord()(self, other, app=self._app)
+            return chord
         return super().__or__(other)
 
     def __len__(self) -> int:  # a group's length is its member count, not the dict's keys
@@ -317,225 +340,4 @@ class group(_TaskList):  # lower-case: Celery's name
         return f"group({self.tasks!r})"
 
 
-_Group = group
-
-
-class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
-    """Run a header group, then the body with the list of header results (in order).
-
-    A header failure fails the body with :class:`~chard.exceptions.ChordError`
-    naming the failed task, and calls the body's errbacks.
-
-    ``R`` is the body's result type, for type checkers: ``chord(header, xsum.s())``
-    is a ``chord[int]`` whose ``apply_async()`` is an ``AsyncResult[int]``. (A body
-    that is itself a group is ``Signature[Any]``, so the chord's result is
-    ``AsyncResult[Any]`` though it is a GroupResult at runtime.)
-    """
-
-    subtask_type = "chord"
-
-    @overload
-    def __init__(
-        self: chord[R],
-        header: Any,
-        body: Signature[R],
-        task: str = "celery.chord",
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        app: Celery | None = None,
-        **options: Any,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self: chord[Any],
-        header: Any = None,
-        body: Any = None,
-        task: str = "celery.chord",
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        app: Celery | None = None,
-        **options: Any,
-    ) -> None: ...
-
-    def __init__(
-        self,
-        header: Any = None,
-        body: Any = None,
-        task: str = "celery.chord",
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        app: Celery | None = None,
-        **options: Any,
-    ) -> None:
-        head = header if isinstance(header, group) else group(header or (), app=app)
-        tail = maybe_signature(body, app)
-        fields = {"header": head, "body": tail, "kwargs": dict(kwargs or {})}
-        app = _app_of([head, *([tail] if tail is not None else [])], app)
-        super().__init__(task, args, fields, options, app=app)
-
-    @property
-    def header(self) -> group:
-        """The header group."""
-        head: group = self["kwargs"]["header"]
-        return head
-
-    @property
-    def body(self) -> Signature[Any]:
-        """The body (callback) signature."""
-        tail: Signature[Any] = self["kwargs"]["body"]
-        return tail
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        """The header's members."""
-        return self.header.tasks
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], app: Celery | None = None) -> Signature[Any]:
-        kw = data["kwargs"]
-        header = kw["header"]
-        header = maybe_signature(header, app) if isinstance(header, Mapping) else header
-        sig = cls(header, kw.get("body"), app=app, **(data.get("options") or {}))
-        return _restore(sig, data)
-
-    def link(self, callback: Signature[Any]) -> Signature[Any]:
-        """Run ``callback`` with the body's result."""
-        return self.body.link(callback)
-
-    def link_error(self, errback: Signature[Any]) -> Signature[Any]:
-        """Run ``errback`` when the chord fails (a header task or the body)."""
-        return self.body.link_error(errback)
-
-    def freeze(
-        self,
-        _id: str | None = None,
-        group_id: str | None = None,
-        chord: Mapping[str, Any] | None = None,
-        root_id: str | None = None,
-        parent_id: str | None = None,
-        group_index: int | None = None,
-    ) -> Result:
-        """Fix the header and body ids; outer group membership goes to the body."""
-        header_result = self.header.freeze()
-        body_result = self.body.freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
-        _attach_parent(body_result, header_result)
-        return body_result
-
-    if TYPE_CHECKING:
-        # The chord's result is its body's (the base class says Signature[Any]).
-        def apply_async(
-            self,
-            args: Iterable[Any] | None = None,
-            kwargs: Mapping[str, Any] | None = None,
-            **options: Any,
-        ) -> AsyncResult[R]: ...
-
-        def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]: ...
-
-    def _split(
-        self, kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]
-    ) -> tuple[group, Signature[Any], dict[str, Any], dict[str, Any]]:
-        """Return (header, body with the outer options applied, header kwargs, header options)."""
-        kwargs = dict(kwargs or {})
-        body_arg = kwargs.pop("body", None)
-        opts = {**self.options, **options}
-        header = self.header.clone()
-        body = maybe_signature(body_arg, self._app) if body_arg is not None else self.body
-        if body is None:
-            raise ValueError("chord() needs a body: chord(header, body) or chord(header)(body)")
-        body = body.clone()
-        outer = list(opts.pop("chain", None) or ())
-        if outer:
-            body["options"]["chain"] = [*outer, *(body["options"].get("chain") or ())]
-        for callback in _as_list(opts.pop("link", None)):
-            body.link(callback)
-        for errback in _as_list(opts.pop("link_error", None)):
-            body.link_error(errback)
-        body.freeze(
-            opts.pop("task_id", None),
-            group_id=opts.pop("group_id", None),
-            chord=opts.pop("chord", None),
-            group_index=opts.pop("group_index", None),
-        )
-        return header, body, kwargs, opts
-
-    def _build(
-        self,
-        args: Iterable[Any],
-        kwargs: Mapping[str, Any] | None,
-        options: dict[str, Any],
-        out: Outbox,
-    ) -> Result:
-        header, body, kwargs, opts = self._split(kwargs, options)
-        app = self.app
-        backend = app.backend
-        if backend is None:
-            raise ResultsDisabled(
-                "a chord needs a result backend to count its header tasks; set one, e.g. "
-                "Celery('proj', broker=..., backend='redis://localhost:6379/0')"
-            )
-        header.freeze()
-        body_result = body.freeze()
-        if not header.tasks:  # nothing to wait for: the body runs now with no results
-            body._build(([],), None, {}, out)
-            return body_result
-        body_dict = {**body.to_dict(), "chord_size": len(header.tasks)}
-        header_result = header._build(args, kwargs, {**opts, "chord": body_dict}, out)
-        assert isinstance(header_result, GroupResult)
-        # Saved before anything is published: the worker completing the chord reads it.
-        backend.save_group(str(header_result.id), [r.id for r in header_result.results])
-        _attach_parent(body_result, header_result)
-        return body_result
-
-    def _eager(self, app: Celery) -> bool:
-        return bool(app.conf.task_always_eager)
-
-    def apply(
-        self,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Result:
-        """Run the header inline, then the body with its results (ChordError on failure)."""
-        header, body, kwargs, opts = self._split(kwargs, options)
-        header_result = header.apply(args, kwargs, **opts)
-        assert isinstance(header_result, GroupResult)
-        for member in header_result.results:
-            if _failed(member):
-                error = ChordError(f"Dependency {member.id} raised {member.result!r}")
-                body_id = str(body.freeze().id)
-                for errback in _as_list(body["options"].get("link_error")):
-                    maybe_signature(errback, self._app).apply((body_id,))
-                return EagerResult(body_id, error, states.FAILURE, app=self.app)
-        result: Result = body.apply((header_result.get(),))
-        _attach_parent(result, header_result)
-        return result
-
-    @overload
-    def __call__(self, body: Signature[S], **options: Any) -> AsyncResult[S]: ...
-
-    @overload
-    def __call__(self, body: None = None, **options: Any) -> AsyncResult[R]: ...
-
-    @overload
-    def __call__(self, body: Mapping[str, Any], **options: Any) -> AsyncResult[Any]: ...
-
-    def __call__(self, body: Any = None, **options: Any) -> AsyncResult[Any]:
-        """Send the chord; ``chord(header)(body)`` supplies the body late."""
-        return self.apply_async((), {"body": body} if body is not None else None, **options)
-
-    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]  # dict's | is merge
-        """``chord | task`` appends the task to the body."""
-        if isinstance(other, Signature) and not isinstance(other, group):
-            new = self.clone()
-            assert isinstance(new, chord)
-            new["kwargs"]["body"] = chain(new.body, other, app=self._app)
-            return new
-        return super().__or__(other)
-
-    def __repr__(self) -> str:
-        return f"chord({self.header.tasks!r}, {self.body!r})"
-
-
-register(chain, group, chord)
+register(chain, group)

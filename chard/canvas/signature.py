@@ -122,10 +122,16 @@ class Signature(dict[str, Any], Generic[R]):
         self._app = app if app is not None else getattr(task, "_app", None)
 
     # -- fields -----------------------------------------------------------------
+    # Each field is the dict's own item, readable and settable as an attribute, as in
+    # Celery (``sig.args = (1, 2)``, ``sig.options['queue'] = 'hipri'``).
     @property
     def task(self) -> str:
         """The task name."""
         return str(self["task"])
+
+    @task.setter
+    def task(self, value: str) -> None:
+        self["task"] = value
 
     name = task
 
@@ -134,20 +140,38 @@ class Signature(dict[str, Any], Generic[R]):
         """Positional arguments (partial: more are prepended when called, as in Celery)."""
         return tuple(self["args"])
 
+    @args.setter
+    def args(self, value: Iterable[Any]) -> None:
+        self["args"] = tuple(value)
+
     @property
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments."""
-        return dict(self["kwargs"])
+        """Keyword arguments (the signature's own dict: changes to it stay)."""
+        kwargs: dict[str, Any] = self["kwargs"]
+        return kwargs
+
+    @kwargs.setter
+    def kwargs(self, value: Mapping[str, Any]) -> None:
+        self["kwargs"] = dict(value)
 
     @property
     def options(self) -> dict[str, Any]:
-        """Sending options (queue, countdown, link, ...)."""
-        return dict(self["options"])
+        """Sending options: queue, countdown, link, ... (the signature's own dict)."""
+        options: dict[str, Any] = self["options"]
+        return options
+
+    @options.setter
+    def options(self, value: Mapping[str, Any]) -> None:
+        self["options"] = dict(value)
 
     @property
     def immutable(self) -> bool:
         """Whether a parent's result is *not* prepended to the arguments."""
         return bool(self["immutable"])
+
+    @immutable.setter
+    def immutable(self, value: bool) -> None:
+        self["immutable"] = bool(value)
 
     @property
     def id(self) -> str | None:
@@ -195,14 +219,23 @@ class Signature(dict[str, Any], Generic[R]):
         return self
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
-        """Add a signature to run with this task's result when it succeeds."""
-        self["options"].setdefault("link", []).append(callback)
+        """Add a signature to run with this task's result when it succeeds (once: a
+        signature already linked is not added again, as in Celery)."""
+        _add_once(self["options"].setdefault("link", []), callback)
         return callback
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
-        """Add a signature to run with this task's id when it fails."""
-        self["options"].setdefault("link_error", []).append(errback)
+        """Add a signature to run when this task fails (see :mod:`chard.canvas.errbacks`)."""
+        _add_once(self["options"].setdefault("link_error", []), errback)
         return errback
+
+    def on_error(self, errback: Signature[Any]) -> Self:
+        """Link ``errback`` (as :meth:`link_error`) and return this signature, for chaining.
+
+        ``add.s(2, 2).on_error(report.s()).delay()`` sends ``add``, not the errback.
+        """
+        self.link_error(errback)
+        return self
 
     def freeze(
         self,
@@ -266,6 +299,8 @@ class Signature(dict[str, Any], Generic[R]):
         sig = self.clone(args, kwargs, **options)
         result = sig.freeze()
         app, task = sig.app, sig.app.tasks.get(sig.task)
+        if task is not None:
+            task.check_arguments(sig.args, sig.kwargs)
         out.append(
             build_message(app, sig.task, sig.args, sig.kwargs, SendOptions.of(sig.options), task)
         )
@@ -313,16 +348,13 @@ class Signature(dict[str, Any], Generic[R]):
         sig = self.clone(args, kwargs, **options)
         opts = sig["options"]
         links = _as_list(opts.pop("link", None))
-        errbacks = _as_list(opts.pop("link_error", None))
+        opts["link_error"] = _as_list(opts.pop("link_error", None))  # run by the task's end
         for key in ("chain", "chord", "group_id", "group_index"):
             opts.pop(key, None)
         result: EagerResult[Any] = sig.app.tasks[sig.task].apply(sig.args, sig.kwargs, **opts)
         if result.state == states.SUCCESS:
             for callback in links:
                 maybe_signature(callback, sig._app).apply((result.result,))
-        elif result.state in states.PROPAGATE_STATES:
-            for errback in errbacks:
-                maybe_signature(errback, sig._app).apply((result.id,))
         return result
 
     # -- composing --------------------------------------------------------------
@@ -368,6 +400,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _add_once(links: list[Any], sig: Any) -> None:
+    if sig not in links:
+        links.append(sig)
 
 
 def _as_list(value: Any) -> list[Any]:

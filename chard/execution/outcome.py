@@ -12,7 +12,9 @@ cannot be encoded -- the worker calls one of :func:`succeeded`, :func:`failed` o
 2. end or continue every workflow the task belongs to: on success the links, the
    next chain step and the chord count; otherwise the ``link_error`` callbacks (on
    FAILURE), the chain steps that will now never run (stored FAILURE or REVOKED,
-   naming this step), and the chord, which fails with :class:`ChordError`;
+   naming this step), and the chord, whose body is stored failed with
+   :class:`ChordError` (Celery's; ``get()`` on it re-raises the member's own error,
+   through the result's parent) and whose errbacks run;
 3. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
 4. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once.
 
@@ -36,13 +38,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chard import signals, states
+from chard.canvas.errbacks import run_errback
 from chard.canvas.signature import Signature
 from chard.exceptions import ChordError, EncodeError, SerializationError, TaskRevokedError
 from chard.execution.chord import fail_body, on_part_return, task_ids
+from chard.request import Context
+from chard.result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from chard.app import Celery
-    from chard.task import Context, Task
+    from chard.task import Task
 
 logger = logging.getLogger("chard.task")
 
@@ -95,6 +100,8 @@ def succeeded(
         ``(state, value, traceback)`` as recorded: SUCCESS, or FAILURE with an
         :class:`EncodeError` when the value cannot be stored.
     """
+    if isinstance(value, (AsyncResult, GroupResult)) and not request.is_eager:
+        value = value.as_tuple()  # Celery stores (and sends on) a returned result as a tuple
     if store:
         try:
             _store(app, request, value, states.SUCCESS, None, extra)
@@ -130,10 +137,10 @@ def failed(
     name = task.name if task is not None else (name or "?")
     if store:
         _store(app, request, exc, states.FAILURE, traceback, extra)
+    for errback in request.errbacks or ():
+        # Celery's two forms: errback(request, exc, traceback) inline, or sent with the id.
+        _guarded(name, request, "link_error", run_errback, app, errback, request, exc, traceback)
     if not request.is_eager:
-        for errback in request.errbacks or ():
-            # Celery calls an errback with the failed task's id.
-            _guarded(name, request, "link_error", _send, app, request, errback, (request.id,))
         why = f"chain step {name}[{request.id}] failed:\n{traceback or repr(exc)}"
         _guarded(name, request, "chain end", _end_chain, app, request, exc, states.FAILURE, why)
         if request.chord:
@@ -192,6 +199,8 @@ def _store(
     extra: dict[str, Any] | None,
 ) -> None:
     assert app.backend is not None
+    if request.children:
+        extra = {**(extra or {}), "children": request.children}
     app.backend.store_result(request.id or "", value, state, traceback, extra)
 
 
@@ -283,6 +292,34 @@ def _end_chain(
             continue
         for step_id in task_ids(step):  # a task's own id, or every member of a group
             backend.store_result(step_id, exc, state, traceback, {"parent_id": request.id})
+    if request.chain:
+        _end_outer_chord(app, request.chain[0], exc, state, request)
+
+
+def _end_outer_chord(
+    app: Celery, last: dict[str, Any], exc: BaseException, state: str, request: Context
+) -> None:
+    """A chain that is a chord member ended early: its last step tells the chord instead.
+
+    The chain's last step (the first of the reversed embed) carries the chord
+    membership; it will never run, so without this the chord would wait for it forever.
+    A last step that is a group reports through its first member (the first report
+    of a failure ends the chord). A chord as the last step reports through its body,
+    in :func:`_fail_chord_step`.
+    """
+    if last.get("subtask_type") == "group":
+        members = (last.get("kwargs") or {}).get("tasks") or ()
+        last = members[0] if members else {}
+    opts = last.get("options") or {}
+    if last.get("subtask_type") is None and opts.get("chord") and opts.get("group_id"):
+        member = Context(
+            id=opts.get("task_id"),
+            group=opts["group_id"],
+            group_index=opts.get("group_index"),
+            chord=opts["chord"],
+            root_id=request.root_id,
+        )
+        on_part_return(app, member, state, exc)
 
 
 def _fail_chord_step(

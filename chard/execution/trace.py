@@ -112,6 +112,8 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
     args, kwargs = request.args, request.kwargs
     should_store = store and outcome.stores_result(app, task, request)
     extra = outcome.extra_meta(app, task, request) if should_store else {}
+    if not task.trail:
+        request.children = None
     token = _context.push_request(request)
     signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     started = time.perf_counter()
@@ -177,17 +179,23 @@ def apply_eagerly(
     """Run ``task`` inline as a worker would (``apply()`` and ``task_always_eager``)."""
     app = task.app
     task_id = options.get("task_id") or new_id()
+    outer: Context | None = _context.get_current_request()  # a nested apply() is its child
+    parent_id = options.get("parent_id") or (outer.id if outer is not None else None)
+    root_id = options.get("root_id") or (outer.root_id if outer is not None else None)
+    errbacks = options.get("link_error") or None
     request = Context(
         id=task_id,
         args=args,
         kwargs=kwargs,
         is_eager=True,
         called_directly=False,
-        root_id=options.get("root_id") or task_id,
-        parent_id=options.get("parent_id"),
+        root_id=root_id or task_id,
+        parent_id=parent_id,
         headers=dict(options.get("headers") or {}),
         hostname="eager",
-        delivery_info={"routing_key": options.get("queue")},
+        delivery_info={"routing_key": options.get("queue"), "priority": options.get("priority")},
+        errbacks=errbacks if isinstance(errbacks, list) else [errbacks] if errbacks else None,
+        priority=options.get("priority"),
     )
     store = bool(app.conf.task_store_eager_result)
     while True:
@@ -209,14 +217,14 @@ def apply_eagerly(
 def _apply_eager_links(
     app: Celery, options: dict[str, Any], outcome: TraceResult, task_id: str
 ) -> None:
-    """Run ``link``/``link_error`` inline after an eager run, as ``Signature.apply`` does."""
-    if outcome.state == states.SUCCESS:
-        key, argument = "link", outcome.value
-    elif outcome.state == states.FAILURE:
-        key, argument = "link_error", task_id
-    else:
+    """Run ``link`` callbacks inline after an eager success, as ``Signature.apply`` does.
+
+    (``link_error`` errbacks are the request's, run by :func:`outcome.failed`.)
+    """
+    if outcome.state != states.SUCCESS:
         return
-    links = options.get(key) or ()
+    argument = outcome.value
+    links = options.get("link") or ()
     if not links:
         return
     from chard.canvas.signature import maybe_signature

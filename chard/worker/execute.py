@@ -81,6 +81,13 @@ def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> C
             "exchange": "",
             "routing_key": payload.queue,
             "redelivered": payload.delivery_count > 1,
+            "priority": message.priority,
+        },
+        properties={
+            "correlation_id": message.id,
+            "reply_to": message.reply_to,
+            "priority": message.priority,
+            "delivery_mode": 2,
         },
         root_id=message.root_id or message.id,
         parent_id=message.parent_id,

@@ -98,14 +98,15 @@ def test_links_and_failures(canvasapp: Any, workers: WorkerFactory) -> None:
     add, boom, xsum, collect = canvasapp.add, canvasapp.boom, canvasapp.xsum, canvasapp.collect
     app = add.app
 
+    record_failure = canvasapp.record_failure
     callback_id, errback_id, chord_errback_id = new_id(), new_id(), new_id()
     add.apply_async((2, 2), link=collect.s("linked").set(task_id=callback_id))
-    failed = boom.apply_async(link_error=collect.s().set(task_id=errback_id))
+    failed = boom.apply_async(link_error=record_failure.s().set(task_id=errback_id))
     assert app.AsyncResult(callback_id).get(timeout=10) == [4, "linked"]
     assert app.AsyncResult(errback_id).get(timeout=10) == [failed.id]
 
     body = xsum.s()
-    body.link_error(collect.si("chord failed").set(task_id=chord_errback_id))
+    body.link_error(record_failure.si("chord failed").set(task_id=chord_errback_id))
     result = chord([add.s(1, 1), boom.s(), add.s(2, 2)], body)()
     with pytest.raises(ChordError) as info:
         result.get(timeout=10, follow_parents=False)
@@ -148,3 +149,78 @@ def test_a_group_followed_by_a_group_in_a_chain(canvasapp: Any, workers: WorkerF
         group(add.s(1, 1), add.s(2, 2)), chord([xsum.s(), xsum.s()], xsum.s()), add.s(1)
     )
     assert group_then_chord.apply_async().get(timeout=30) == 13
+
+
+def test_self_replace_keeps_id_links_chain_and_chord(
+    canvasapp: Any, workers: WorkerFactory
+) -> None:
+    # Celery's most used replace forms (issue 14): by a task, a chain and a group; inside a
+    # chain, inside a chord, with a link and an errback that must move to the replacement
+    start(workers, "-c", "2")
+    add, mul, collect = canvasapp.add, canvasapp.mul, canvasapp.collect
+    by_add, by_chain = canvasapp.replace_with_add, canvasapp.replace_with_chain
+    by_group, by_boom = canvasapp.replace_with_group, canvasapp.replace_with_boom
+    app = add.app
+
+    assert by_add.delay(1).get(timeout=15) == 101
+    assert by_group.delay(3).get(timeout=15) == [0, 2, 4]
+    in_chain = (add.s(1, 1) | by_chain.s() | mul.s(10))()
+    assert in_chain.get(timeout=15) == 60
+    assert in_chain.parent is not None
+    assert in_chain.parent.get(timeout=15) == 6
+    in_chord = chord([by_add.s(1), by_chain.s(2), by_group.s(2), add.s(3, 3)], collect.s())()
+    assert in_chord.get(timeout=15) == [[101, 6, [0, 2], 6]]
+
+    callback_id, errback_id = new_id(), new_id()
+    linked = by_chain.apply_async((2,), link=collect.s("cb").set(task_id=callback_id))
+    failed = by_boom.apply_async(link_error=canvasapp.record_failure.s().set(task_id=errback_id))
+    assert linked.get(timeout=15) == 6
+    assert app.AsyncResult(callback_id).get(timeout=15) == [6, "cb"]
+    with pytest.raises(ValueError, match="boom"):
+        failed.get(timeout=15)
+    assert app.AsyncResult(errback_id).get(timeout=15) == [failed.id]
+
+
+def test_chord_errbacks_and_nested_chords(canvasapp: Any, workers: WorkerFactory) -> None:
+    # Issue 14: Celery's chord behaviour, on real worker processes
+    start(workers, "-c", "2")
+    add, boom, xsum, collect = canvasapp.add, canvasapp.boom, canvasapp.xsum, canvasapp.collect
+    report, record = canvasapp.report_failure, canvasapp.record_failure
+    app = add.app
+
+    # A failing header member: get() re-raises its own error; the member's errbacks run
+    # once per failing member, in Celery's (request, exc, traceback) form, inline
+    reports = [new_id(), new_id()]
+    members = [boom.s().on_error(report.s(report_id)) for report_id in reports]
+    failed = chord([*members, add.s(1, 1)], xsum.s())()
+    with pytest.raises(ValueError, match="boom"):
+        failed.get(timeout=15)
+    header = failed.parent
+    assert isinstance(header, GroupResult)
+    got = sorted(app.AsyncResult(r).get(timeout=15) for r in reports)
+    assert got == sorted([m.id, "ValueError", "boom", True] for m in header.results[:2])
+
+    # A chain in a chord whose first step fails: its errback runs and the chord ends
+    errback_id = new_id()
+    broken = chain(boom.s(), add.s(1)).on_error(record.s().set(task_id=errback_id))
+    ended = chord([broken, add.s(2, 2)], xsum.s())()
+    with pytest.raises(ChordError):
+        ended.get(timeout=15, follow_parents=False)
+    chain_result = ended.parent.results[0]  # the chain's last step; its parent failed
+    assert app.AsyncResult(errback_id).get(timeout=15) == [chain_result.parent.id]
+
+    # A chord in a chain in a chord, and a header with a group and a chain in it
+    inner = chain(add.s(1, 1), chord([add.s(1), add.s(2)], xsum.s()))  # 2 -> [3, 4] -> 7
+    assert chord([inner, add.s(10, 10)], xsum.s())().get(timeout=15) == 27
+    mixed = chord([add.si(1, 0), chain(add.si(1, 0), add.s(1)), group(add.si(3, 0))], collect.s())
+    assert mixed().get(timeout=15) == [[1, 2, 3]]
+
+
+def test_the_request_carries_priority_and_properties(
+    canvasapp: Any, workers: WorkerFactory
+) -> None:
+    start(workers, "-c", "1")
+    seen = canvasapp.whoami.s().set(priority=3).delay().get(timeout=15)
+    assert seen["priority"] == 3
+    assert seen["properties"]["priority"] == 3
+    assert seen["properties"]["correlation_id"]

@@ -299,6 +299,31 @@ def test_delay_subscribes_before_publishing_and_releases_when_done(
         app.close()
 
 
+def test_get_and_forget_release_the_subscription_while_the_handle_lives(
+    raw: redis.Redis, prefix: str, make_backend: Callable[..., RedisResultBackend]
+) -> None:
+    # Issue 14: a kept AsyncResult held its channel until garbage collected
+    url = redis_url(prefix)
+    app = Celery("releasing", broker=url, backend=url, set_as_current=False)
+    add = app.task(name="releasing.add")(lambda x, y: x + y)
+    try:
+        got, forgotten = add.delay(2, 2), add.delay(3, 3)
+        channels = [meta_key(prefix, got.id), meta_key(prefix, forgotten.id)]
+        wait_for(lambda: [subscribers(raw, c) for c in channels] == [1, 1])
+        make_backend().store_result(got.id, 4, states.SUCCESS)
+
+        # When one is read and the other forgotten (both handles kept)
+        assert got.get(timeout=5) == 4
+        forgotten.forget()
+        add.delay(1, 1)  # the next command carries the pending UNSUBSCRIBEs
+
+        # Then neither channel is subscribed any more, and a second get() still reads
+        wait_for(lambda: [subscribers(raw, c) for c in channels] == [0, 0])
+        assert got.get(timeout=5) == 4
+    finally:
+        app.close()
+
+
 def test_a_waiter_whose_connection_is_killed_subscribes_and_reads_again(
     make_backend: Callable[..., RedisResultBackend], raw: redis.Redis, prefix: str
 ) -> None:

@@ -89,7 +89,7 @@ def test_the_exports_are_the_implementations() -> None:
     assert chard.AsyncResult is result.AsyncResult
     assert chard.EagerResult is result.EagerResult
     assert chard.GroupResult is result.GroupResult
-    assert chard.ResultSet is result.GroupResult
+    assert chard.ResultSet is result.ResultSet
     assert chard.Signature is canvas.Signature
     assert chard.signature is canvas.signature
     assert chard.subtask is canvas.signature

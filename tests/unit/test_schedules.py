@@ -5,13 +5,16 @@ No test reads the real clock: "now" is always a fixed datetime passed in or retu
 
 from __future__ import annotations
 
+import pickle
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from chard import Celery
 from chard.schedules import BaseSchedule, crontab, maybe_schedule, schedstate, schedule
 
 #: A Monday; the first Sunday after it is 2024-01-07 and the first Thursday 2024-01-04.
@@ -116,7 +119,6 @@ def test_next_after_is_strict_and_minute_aligned() -> None:
 @pytest.mark.parametrize(
     ("given", "same_as"),
     [
-        (dict(day_of_week=7), dict(day_of_week=0)),
         (dict(day_of_week="mon-fri"), dict(day_of_week="1-5")),
         (dict(day_of_week="fri-mon"), dict(day_of_week={5, 6, 0, 1})),
         (dict(day_of_week="Saturday,SUN"), dict(day_of_week=[6, 0])),
@@ -268,7 +270,8 @@ class TestTimezones:
         (dict(minute=[]), ["minute", "[]", "no values"]),
         (dict(minute=1.5), ["minute", "1.5", "float"]),
         (dict(minute=[1.5]), ["minute", "1.5", "not an int"]),
-        (dict(day_of_month=31, month_of_year="feb,apr"), ["day_of_month", "31", "never occurs"]),
+        (dict(day_of_week=7), ["day_of_week", "7", "0-6 (Sunday is 0)"]),  # Celery refuses 7
+        (dict(day_of_week="sat-7"), ["day_of_week", "'sat-7'", "0-6"]),
     ],
 )
 def test_crontab_validation(kwargs: dict[str, object], fragments: list[str]) -> None:
@@ -327,3 +330,58 @@ def test_maybe_schedule() -> None:
     assert cron.tz is BERLIN  # a crontab from config follows the app's zone, as in Celery
     with pytest.raises(TypeError, match="str"):
         maybe_schedule("10")  # type: ignore[arg-type]
+
+
+def test_a_day_that_never_occurs_warns_and_never_fires() -> None:
+    # Issue 14: legal in Celery ("31 April" simply never fires), so a warning, not an error
+    with pytest.warns(UserWarning, match=r"day_of_month 31 never occurs .* will never run"):
+        never = crontab(minute=0, hour=0, day_of_month=31, month_of_year="feb,apr")
+
+    assert not never.is_due(at("2024-01-01 00:00"), now=at("2030-01-01 00:00")).is_due
+    assert never.remaining_estimate(at("2024-01-01"), now=at("2024-01-02")) > timedelta(days=3650)
+
+
+def test_remaining_delta_is_celerys_triple() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    sched = crontab(minute=30, hour=7, tz=berlin, nowfun=lambda: at("2024-01-01 05:00"))
+
+    last, delta, now = sched.remaining_delta(at("2024-01-01 06:00"))
+
+    assert last == at("2024-01-01 06:00")
+    assert last.tzinfo == berlin
+    assert last + delta == at("2024-01-01 06:30")  # 07:30 in Berlin
+    assert now == at("2024-01-01 05:00")
+    assert now.tzinfo == berlin
+
+
+def test_schedules_pickle_without_their_app_or_nowfun() -> None:
+    # Given a crontab bound to an app-like object and a lambda (neither pickles)
+    class App:
+        timezone = "Asia/Tokyo"
+        lock = threading.Lock()
+
+    sched = crontab(minute="*/15", hour="9-17", day_of_week="mon-fri", tz="Europe/Berlin")
+    sched.app, sched.nowfun = App(), lambda: at("2024-01-01")
+
+    # When it is pickled and loaded, it is the same schedule
+    loaded = pickle.loads(pickle.dumps(sched))
+    assert loaded == sched
+    assert loaded.tz == ZoneInfo("Europe/Berlin")
+    assert pickle.loads(pickle.dumps(schedule(30))) == schedule(30)
+
+
+def test_beat_cron_starting_deadline_skips_a_run_missed_by_more_than_it() -> None:
+    # Given an app with Celery's beat_cron_starting_deadline, and an hourly crontab from config
+    app = Celery("deadline", broker="memory://", set_as_current=False)
+    app.conf.beat_cron_starting_deadline = 120
+    sched = maybe_schedule(crontab(minute=0), app=app)
+    last = at("2024-01-01 09:00")
+
+    # Then the 10:00 run still starts at 10:01, but not at 10:05: it waits for 11:00
+    assert sched.is_due(last, now=at("2024-01-01 10:01")).is_due
+    assert sched.is_due(last, now=at("2024-01-01 10:05")) == schedstate(False, 55 * 60)
+    assert sched.is_due(last, now=at("2024-01-01 11:00:30")).is_due
+
+    # And without the setting a missed run starts however late (the default)
+    app.conf.beat_cron_starting_deadline = None
+    assert sched.is_due(last, now=at("2024-01-01 10:05")).is_due

@@ -96,7 +96,7 @@ def test_bound_request_fields_in_eager_apply(app: Celery) -> None:
     assert request.hostname == "eager"
     assert request.root_id == "my-id"
     assert request.parent_id == "p-1"
-    assert request.delivery_info == {"routing_key": "q"}
+    assert request.delivery_info == {"routing_key": "q", "priority": None}
     assert request.get("retries") == 0
     assert request.get("no_such_field", "default") == "default"
 

@@ -1,23 +1,30 @@
-"""Results: ``AsyncResult`` for one task, ``GroupResult`` for many, ``EagerResult`` inline.
+"""``AsyncResult``: the pending result of one task, and the tree of results around it.
 
 ``get()`` blocks on the backend's wait (woken by the store where it can notify) and
 re-raises a task's exception as its original type when that type is importable here,
 else as :class:`~chard.exceptions.RemoteTaskError` with the remote traceback.
+
+A result links to its ``parent`` (the previous chain step) and, through the meta the
+worker stores, to its ``children`` (what the task sent while it ran); both travel as
+Celery's nested tuples (:meth:`AsyncResult.as_tuple`, :func:`result_from_tuple`), so
+``iterdeps()``/``collect()`` walk the tree a Celery client would.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from chard import _context, states
 from chard.backends.base import ResultBackend, decode_exception
-from chard.exceptions import ImproperlyConfigured, TaskRevokedError
+from chard.exceptions import ChardError, ImproperlyConfigured
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.result.resultset import GroupResult
 
 R = TypeVar("R")
 
@@ -46,8 +53,16 @@ def _refuse_wait_inside_task(disable_sync_subtasks: bool) -> None:
         )
 
 
+class IncompleteStream(ChardError):
+    """``iterdeps()`` reached a result that is not ready (Celery's name)."""
+
+
 class AsyncResult(Generic[R]):
     """The pending result of one task, by id."""
+
+    #: Drops this result's Redis pub/sub subscription (set by ``send_task``); called once,
+    #: by ``get()``, ``forget()`` or the garbage collector, whichever comes first.
+    _release: Callable[[], Any] | None = None
 
     def __init__(
         self,
@@ -186,6 +201,12 @@ class AsyncResult(Generic[R]):
             self.parent._raise_if_failed()
         if self._cache is None:
             self._cache = backend.wait_for(self.id, timeout=timeout, interval=interval)
+        self._release_watch()
+        failed = self._cache["status"] in states.PROPAGATE_STATES
+        if failed and follow_parents and propagate and self.parent is not None:
+            # A parent that failed while we waited caused this failure (a chord's
+            # ChordError, a chain step's): raise the parent's own error, as Celery does.
+            self.parent._raise_if_failed()
         return cast("R", self._value(propagate))
 
     wait = get
@@ -213,9 +234,15 @@ class AsyncResult(Generic[R]):
             raise decode_exception(meta["result"], meta.get("traceback"))
 
     def forget(self) -> None:
-        """Delete the stored result."""
+        """Delete the stored result (and stop listening for it)."""
         self._cache = None
+        self._release_watch()
         _require_backend(self.app).forget(self.id)
+
+    def _release_watch(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     def revoke(
         self,
@@ -237,6 +264,63 @@ class AsyncResult(Generic[R]):
         control = self.app.control
         control.revoke(self.id, None, terminate, signal, reply=wait, timeout=timeout)
 
+    # -- the tree of results ------------------------------------------------------
+    def as_tuple(self) -> tuple[Any, ...]:
+        """Return Celery's serialized form: ``((id, parent tuple), None)``."""
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return (self.id, parent), None
+
+    def as_list(self) -> list[str]:
+        """Return this task's id, then its ancestors' (the chain back to the first step)."""
+        ids = [self.id]
+        if self.parent is not None:
+            ids.extend(self.parent.as_list())
+        return ids
+
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult] | None:
+        """The results of what the task sent while it ran, once it is ready (else None)."""
+        meta = self._get_meta()
+        children = meta.get("children")
+        if meta["status"] not in states.READY_STATES or children is None:
+            return None
+        return [result_from_tuple(child, self.app) for child in children]
+
+    def iterdeps(
+        self, intermediate: bool = False
+    ) -> Iterator[tuple[AsyncResult[Any] | GroupResult | None, Any]]:
+        """Yield ``(parent, result)`` for this result and every descendant, breadth first.
+
+        Raises:
+            IncompleteStream: a result is not ready yet (unless ``intermediate``).
+        """
+        stack: deque[tuple[Any, Any]] = deque([(None, self)])
+        while stack:
+            parent, node = stack.popleft()
+            yield parent, node
+            if node.ready():
+                stack.extend((node, child) for child in node.children or ())
+            elif not intermediate:
+                raise IncompleteStream(
+                    f"result {node.id} is not ready; pass intermediate=True to walk past it"
+                )
+
+    def collect(self, intermediate: bool = False, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+        """Wait for this task and everything it sent; yield ``(result, value)`` for each."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
+
+    def get_leaf(self) -> Any:
+        """Return the value of the last result :meth:`iterdeps` reaches."""
+        value = None
+        for _, node in self.iterdeps():
+            value = node.get()
+        return value
+
+    def __reduce__(self) -> Any:
+        # The app is not picklable; the unpickled result uses the current app.
+        return (type(self), (self.id, None, self.parent, self.task_name, self.ignored))
+
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
 
@@ -254,242 +338,18 @@ class AsyncResult(Generic[R]):
         return hash(self.id)
 
 
-class EagerResult(AsyncResult[R]):
-    """The result of a task run inline (``apply()``, ``task_always_eager``): already ready."""
-
-    def __init__(
-        self,
-        id: str,
-        value: Any,
-        state: str,
-        traceback: str | None = None,
-        app: Celery | None = None,
-        task_name: str | None = None,
-    ) -> None:
-        super().__init__(id, app=app, task_name=task_name)
-        self._cache = {
-            "status": state,
-            "result": value,
-            "traceback": traceback,
-            "task_id": id,
-            "date_done": None,
-        }
-
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        no_ack: bool = True,
-        follow_parents: bool = True,
-        disable_sync_subtasks: bool = True,
-        **_ignored: Any,
-    ) -> R:
-        return cast("R", self._value(propagate))
-
-    def forget(self) -> None:
-        """Nothing is stored for an eager result."""
-
-    def revoke(
-        self,
-        connection: Any = None,
-        terminate: bool = False,
-        signal: str | int | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        """Mark this result REVOKED, here only (Celery's): the task has already run.
-
-        Its value is replaced by :class:`~chard.exceptions.TaskRevokedError`, so
-        ``get()`` raises that instead of Celery's ``Exception(<value>)``.
-        """
-        assert self._cache is not None  # an eager result is always ready
-        self._cache = {**self._cache, "status": states.REVOKED, "result": TaskRevokedError()}
-
-    def __repr__(self) -> str:
-        return f"<EagerResult: {self.id}>"
+#: Rebuilds a group from its tuple (set by :mod:`chard.result.resultset`, which sits above).
+_GROUP_TYPE: list[Callable[..., Any]] = []
 
 
-class GroupResult:
-    """The results of a group of tasks, in the order they were sent."""
-
-    def __init__(
-        self,
-        id: str | None,
-        results: Sequence[AsyncResult[Any]],
-        app: Celery | None = None,
-        parent: AsyncResult[Any] | GroupResult | None = None,
-    ) -> None:
-        self.id = id
-        self.results = list(results)
-        self.app: Celery = app if app is not None else _context.get_current_app()
-        self.parent = parent
-
-    @property
-    def children(self) -> list[AsyncResult[Any]]:
-        """The member results (Celery's alias)."""
-        return self.results
-
-    def _metas(self) -> list[dict[str, Any]]:
-        backend = _require_backend(self.app)
-        return backend.get_many([r.id for r in self.results])
-
-    def ready(self) -> bool:
-        """Return whether every member finished."""
-        return all(m["status"] in states.READY_STATES for m in self._metas())
-
-    def successful(self) -> bool:
-        """Return whether every member succeeded."""
-        return all(m["status"] == states.SUCCESS for m in self._metas())
-
-    def failed(self) -> bool:
-        """Return whether any member failed."""
-        return any(m["status"] == states.FAILURE for m in self._metas())
-
-    def waiting(self) -> bool:
-        """Return whether any member has not finished."""
-        return not self.ready()
-
-    def completed_count(self) -> int:
-        """Return how many members succeeded."""
-        return sum(m["status"] == states.SUCCESS for m in self._metas())
-
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-        **_ignored: Any,
-    ) -> list[Any]:
-        """Wait for every member; return their values in order."""
-        _refuse_wait_inside_task(disable_sync_subtasks)
-        backend = _require_backend(self.app)
-        metas = backend.wait_for_many([r.id for r in self.results], timeout, interval)
-        values = []
-        for meta in metas:
-            if meta["status"] in states.PROPAGATE_STATES:
-                exc = decode_exception(meta["result"], meta.get("traceback"))
-                if propagate:
-                    raise exc
-                values.append(exc)
-            else:
-                values.append(meta["result"])
-        return values
-
-    join = get
-
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
-        """Await every member's value without blocking the event loop."""
-        return await asyncio.to_thread(
-            self.get, timeout=timeout, propagate=propagate, disable_sync_subtasks=False
-        )
-
-    def save(self) -> GroupResult:
-        """Store the member ids so :meth:`restore` can find them by group id."""
-        if self.id is None:
-            raise ValueError("cannot save a group result without an id")
-        _require_backend(self.app).save_group(self.id, [r.id for r in self.results])
-        return self
-
-    @classmethod
-    def restore(cls, id: str, app: Celery | None = None) -> GroupResult | None:
-        """Return the saved group ``id``, or None if it was never saved."""
-        app = app if app is not None else _context.get_current_app()
-        ids = _require_backend(app).restore_group(id)
-        if ids is None:
-            return None
-        return cls(id, [AsyncResult(t, app=app) for t in ids], app=app)
-
-    def delete(self) -> None:
-        """Delete the saved group."""
-        if self.id is not None:
-            _require_backend(self.app).delete_group(self.id)
-
-    def forget(self) -> None:
-        """Delete every member's stored result."""
-        for result in self.results:
-            result.forget()
-
-    def revoke(
-        self,
-        connection: Any = None,
-        terminate: bool = False,
-        signal: str | int | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        """Revoke every member, nested groups' members included, in one revocation.
-
-        Same arguments and durability as :meth:`AsyncResult.revoke`.
-        """
-        control = self.app.control
-        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=timeout)
-
-    def _member_ids(self) -> list[str]:
-        ids: list[str] = []
-        for result in self.results:
-            member: object = result  # typed as AsyncResult, but a nested group's is a group
-            if isinstance(member, GroupResult):
-                ids.extend(member._member_ids())
-            else:
-                ids.append(result.id)
-        return ids
-
-    def _raise_if_failed(self) -> None:
-        """Raise a failed member's error (``get(follow_parents=True)`` on a chord body)."""
-        if self.parent is not None:
-            self.parent._raise_if_failed()
-        for meta in self._metas():
-            if meta["status"] in states.PROPAGATE_STATES:
-                raise decode_exception(meta["result"], meta.get("traceback"))
-
-    def __iter__(self) -> Iterator[AsyncResult[Any]]:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, index: int) -> AsyncResult[Any]:
-        return self.results[index]
-
-    def __repr__(self) -> str:
-        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
-
-
-class EagerGroupResult(GroupResult):
-    """A group run inline: every member is an :class:`EagerResult`, nothing is stored."""
-
-    def _metas(self) -> list[dict[str, Any]]:
-        return [r._get_meta() for r in self.results]
-
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-        **_ignored: Any,
-    ) -> list[Any]:
-        """Return the members' values in order (already computed)."""
-        return [r.get(propagate=propagate) for r in self.results]
-
-    join = get
-
-    def revoke(
-        self,
-        connection: Any = None,
-        terminate: bool = False,
-        signal: str | int | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        """Mark every member REVOKED, here only (see :meth:`EagerResult.revoke`)."""
-        for result in self.results:
-            result.revoke()
-
-    def __repr__(self) -> str:
-        return f"<EagerGroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
-
-
-ResultSet = GroupResult
+def result_from_tuple(value: Any, app: Celery | None = None) -> Any:
+    """Rebuild a result (or a group's) from Celery's tuple form (:meth:`AsyncResult.as_tuple`)."""
+    if isinstance(value, AsyncResult) or not isinstance(value, (list, tuple)):
+        return value
+    head, nodes = value
+    task_id, parent = head if isinstance(head, (list, tuple)) else (head, None)
+    parent_result = result_from_tuple(parent, app) if parent else None
+    if nodes is not None:
+        members = [result_from_tuple(node, app) for node in nodes]
+        return _GROUP_TYPE[0](task_id, members, parent=parent_result, app=app)
+    return AsyncResult(task_id, app=app, parent=parent_result)
