@@ -228,14 +228,12 @@ class AsyncResult(Generic[R]):
         """Revoke the task: workers discard it (state REVOKED) instead of running it.
 
         Durable, unlike Celery's: a worker started later within 3 hours honours it
-        too. See :meth:`chard.control.Control.revoke` for ``terminate`` and ``signal``.
-
-        Raises:
-            RepliesNotSupported: ``wait=True``: chard workers cannot reply yet, so
-                nothing is sent (a ``NotImplementedError``).
+        too. See :meth:`chard.control.Control.revoke` for ``terminate`` and ``signal``;
+        ``wait=True`` waits up to ``timeout`` (1 s) for the running nodes to confirm.
         """
         control = self.app.control
-        control.revoke(self.id, None, terminate, signal, reply=wait, timeout=timeout)
+        wait_for = 1.0 if timeout is None else timeout
+        control.revoke(self.id, None, terminate, signal, reply=wait, timeout=wait_for)
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -424,7 +422,8 @@ class GroupResult:
         Same arguments and durability as :meth:`AsyncResult.revoke`.
         """
         control = self.app.control
-        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=timeout)
+        wait_for = 1.0 if timeout is None else timeout
+        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=wait_for)
 
     def _member_ids(self) -> list[str]:
         ids: list[str] = []

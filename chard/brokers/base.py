@@ -69,6 +69,18 @@ class OutgoingMessage:
 
 
 @dataclass(frozen=True)
+class DelayedMessage:
+    """A countdown/ETA message the broker holds until it falls due (``inspect scheduled``)."""
+
+    queue: str
+    body: bytes
+    #: When it falls due, as a Unix timestamp.
+    eta: float
+    #: Its priority (Redis keeps only kombu's level: 0, 3, 6 or 9).
+    priority: int = 0
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A message set aside: never executed again unless re-driven."""
 
@@ -248,14 +260,29 @@ class Broker(ABC):
         (a header) reset, so a re-driven poison pill gets its full set of deliveries.
         """
 
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        """Return up to ``limit`` messages of ``queues`` held for a future ETA, soonest first.
+
+        For ``inspect scheduled``: read only, nothing is leased or moved. A broker
+        with a huge delayed set may look at only its soonest part (Redis: the first
+        10,000 entries of every queue together).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker cannot list them.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} broker cannot list its countdown/ETA messages"
+        )
+
     # -- broadcast channels: optional, so a third-party broker without them still runs tasks --
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to the log of ``channel`` durably; return the entry's cursor.
 
         Every reader of the channel sees every entry (unlike a queue). The log keeps
-        at least the newest ``broadcast_maxlen`` entries and not many more (a broker
-        may trim lazily: Redis drops whole stream nodes of up to 100 entries).
-        Thread-safe.
+        at least the newest ``maxlen`` (default ``broadcast_maxlen``) entries and not
+        many more (a broker may trim lazily: Redis drops whole stream nodes of up to
+        100 entries); remote control keeps its channels short this way. Thread-safe.
 
         Raises:
             BrokerConnectionError: the broker cannot be reached.

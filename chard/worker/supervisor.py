@@ -41,19 +41,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, WorkerLostError
 from chard.protocol.message import TaskMessage, salvage
-from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.consumer import Consumer
 from chard.worker.execute import Executor, JobPayload
 from chard.worker.finished import settle_finished
+from chard.worker.held import ConsumerStats
 from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
+from chard.worker.process_control import ProcessControl, serve_parent
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, Running, Slot, digest
 
@@ -139,6 +141,8 @@ class ChildSpec:
     max_tasks_per_child: int | None
     burst: bool
     initializer: Callable[[], None] | None
+    #: Each child's part of a task's rate limit (1 / concurrency): the limit is per node.
+    rate_share: float = 1.0
 
 
 @dataclass(eq=False)
@@ -146,6 +150,8 @@ class _Child:
     process: BaseProcess
     slot: Slot
     index: int
+    #: The parent's end of the pipe the child answers remote control on.
+    control: Connection
     kill_reason: KillReason | None = None
     #: The task a terminate signal was sent for (the child may outlive a mild signal).
     terminated_task: str | None = None
@@ -267,10 +273,11 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         slot = self._slots[index]
         slot.reset()
+        control, child_control = _FORK.Pipe()
         process = _FORK.Process(
             target=_child_main,
             args=(self.spec, slot, self.revocations, self._wake_w, self._life_r),
-            kwargs={"close": (self._wake_r, self._life_w)},
+            kwargs={"close": (self._wake_r, self._life_w), "control": (child_control, control)},
             name=f"chard-worker-{index + 1}",
         )
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
@@ -278,8 +285,9 @@ class Supervisor:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            child_control.close()  # the child's end: the parent sees EOF when it exits
         with self._lock:
-            self._children[index] = _Child(process, slot, index)
+            self._children[index] = _Child(process, slot, index, control)
         logger.debug("started worker process %s", process.pid)
 
     def _reap(self, child: _Child) -> None:
@@ -304,6 +312,11 @@ class Supervisor:
             self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
         self._recover(child, running, code)
         child.process.close()
+
+    def control_links(self) -> list[tuple[Connection, int]]:
+        """Return each live child's remote control pipe and pid (see :mod:`.process_control`)."""
+        with self._lock:
+            return [(c.control, c.pid) for c in self._children.values()]
 
     def _add_stats(self, values: dict[str, int]) -> None:
         for name in STAT_FIELDS:
@@ -469,10 +482,13 @@ def _child_main(
     wake_fd: int,
     life_fd: int,
     close: tuple[int, ...] = (),
+    control: tuple[Connection, Connection] | None = None,
 ) -> None:
     """Consume until a warm stop, the parent's death, ``max_tasks_per_child`` or (burst) no work."""
     for fd in close:  # the parent's ends: a child must not keep its own pipe alive
         os.close(fd)
+    if control is not None:
+        control[1].close()
     for signum in _PARENT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
     if spec.initializer is not None:
@@ -494,7 +510,18 @@ def _child_main(
         burst=spec.burst,
         hostname=spec.hostname,
         revocations=revocations,
+        rate_share=spec.rate_share,
     )
+    if control is not None:
+
+        def running() -> str | None:
+            now = slot.running()
+            return now.task_id if now is not None else ""
+
+        answers = ProcessControl(consumer, spec.hostname, running)
+        threading.Thread(
+            target=serve_parent, args=(control[0], answers), name="chard-control", daemon=True
+        ).start()
 
     def retire() -> None:
         slot.mark_retired()

@@ -26,9 +26,14 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
-from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.consumer import Consumer
 from chard.worker.execute import Executor
+from chard.worker.held import ConsumerStats
+from chard.worker.mailbox import Mailbox
+from chard.worker.node import ChildProcesses, LocalProcesses, Node, Processes
 from chard.worker.pools import PREFORK, create_pool
+from chard.worker.process_control import ProcessControl
+from chard.worker.revocations import Revocations
 from chard.worker.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -80,6 +85,8 @@ class Worker:
         signals.worker_init.send(sender=self)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
+        mailbox = Mailbox(self._node())  # joins the control channel: commands from now on
+        mailbox.start()
         self._install_signal_handlers()
         logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
@@ -87,6 +94,7 @@ class Worker:
         try:
             stats = run()
         finally:
+            mailbox.stop()  # leaves the channel
             signals.worker_shutdown.send(sender=self)
             self.app.close()
         logger.info(
@@ -109,6 +117,7 @@ class Worker:
             max_tasks_per_child=self.max_tasks_per_child,
             burst=self.burst,
             initializer=self._init_child,
+            rate_share=1.0 / self.concurrency,
         )
         self.supervisor = Supervisor(spec, self.concurrency)
         return self.supervisor.run
@@ -135,6 +144,30 @@ class Worker:
         executor.revocation_check = self.consumer.revocations.check
         pool.start()
         return self.consumer.run
+
+    def _node(self) -> Node:
+        """Describe this node for its remote control commands (see :mod:`.commands`)."""
+        revocations: Revocations
+        processes: Processes
+        if self.supervisor is not None:
+            revocations = self.supervisor.revocations
+            processes = ChildProcesses(self.supervisor.control_links)
+        else:
+            assert self.consumer is not None
+            revocations = self.consumer.revocations
+            processes = LocalProcesses(ProcessControl(self.consumer, self.hostname))
+        return Node(
+            app=self.app,
+            hostname=self.hostname,
+            pool=self.pool_kind,
+            concurrency=self.concurrency,
+            queues=self.queues,  # with prefork, the list children are forked with
+            prefetch=self.prefetch,
+            max_tasks_per_child=self.max_tasks_per_child,
+            revocations=revocations,
+            processes=processes,
+            stop=self.stop,
+        )
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
