@@ -121,10 +121,35 @@ class Control:
             BrokerConnectionError: the broker cannot be reached.
             NotImplementedError: the broker has no broadcast channels.
         """
+        arguments = {**(arguments or {}), **extra}
+        if command == "revoke":  # Celery revokes this way: make it durable, as revoke() does
+            return self.revoke(
+                arguments.get("task_id") or [],
+                destination,
+                bool(arguments.get("terminate")),
+                arguments.get("signal"),
+                reply=reply,
+                timeout=timeout,
+                limit=limit,
+                callback=callback,
+            )
+        return self._send(command, arguments, destination, reply, timeout, limit, callback)
+
+    def _send(
+        self,
+        command: str,
+        arguments: dict[str, Any],
+        destination: str | Sequence[str] | None,
+        reply: bool,
+        timeout: float,
+        limit: int | None,
+        callback: ReplyCallback | None,
+    ) -> list[dict[str, Reply]] | None:
+        """Append the request to the ``control`` channel; with ``reply``, gather the replies."""
         broker = self.app.broker
         request = ControlRequest.create(
             command,
-            {**(arguments or {}), **extra},
+            arguments,
             destination=destination,
             reply=reply,
             now=time.time(),
@@ -189,7 +214,8 @@ class Control:
         connection: Any = None,  # Celery's kombu connection; chard uses app.broker
         reply: bool = False,
         timeout: float = 1.0,
-        **kwargs: Any,
+        limit: int | None = None,
+        callback: ReplyCallback | None = None,
     ) -> list[dict[str, Reply]] | None:
         """Revoke one task or several: workers discard them instead of running them.
 
@@ -211,6 +237,8 @@ class Control:
             reply: wait up to ``timeout`` for each node to say it has taken the
                 revocation in: ``[{'w1@host': {'ok': 'tasks ... flagged as revoked'}}]``.
             timeout: how long ``reply`` waits.
+            limit: stop waiting after this many replies.
+            callback: called with each ``{node: reply}`` as it comes in.
 
         Raises:
             ValueError: ``signal`` names no signal.
@@ -228,9 +256,7 @@ class Control:
             return None
         # The revocation is already durable; this asks each node to confirm it read it.
         arguments = {"task_id": ids, "terminate": terminate, "signal": revocation.signal}
-        return self.broadcast(
-            "revoke", arguments, destination, reply=True, timeout=timeout, **kwargs
-        )
+        return self._send("revoke", arguments, destination, True, timeout, limit, callback)
 
     def rate_limit(
         self,

@@ -68,6 +68,12 @@ def to_bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}; use true or false")
 
 
+def checked_rate(value: str) -> str:
+    """Return a command-line rate limit unchanged once it parses (``'10/x'`` raises ValueError)."""
+    parse_rate(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Command:
     """One registered command; see the module docstring."""
@@ -329,7 +335,7 @@ def _set_task_options(node: Node, task_name: str, options: dict[str, Any]) -> bo
 
 
 @control_command(
-    args=(("task_name", str), ("rate_limit", str)),
+    args=(("task_name", str), ("rate_limit", checked_rate)),
     signature="<task_name> <rate_limit (e.g. 5/s | 5/m | 5/h)>",
 )
 def rate_limit(node: Node, task_name: str, rate_limit: str | float | None) -> Reply:
