@@ -91,6 +91,7 @@ class Consumer:
         # Rate-limited messages waiting for their turn: a heap of (monotonic time, n, item).
         self._throttled: list[tuple[float, int, Admitted]] = []  # dispatcher thread only
         self._throttle_seq = itertools.count()
+        self._limits_changed = False  # set by remote control: give the held ones new turns
         self.rate_limiter = RateLimiter(rate_share)
         self._batches: dict[str, list[str]] = {}  # pool job id -> message ids
         self._done: deque[Outcome] = deque()
@@ -286,9 +287,20 @@ class Consumer:
     def _release_throttled(self) -> float:
         """Admit the rate-limited messages whose turn came; return seconds to the next turn."""
         now = time.monotonic()
+        if self._limits_changed:  # a limit changed: take every held message's turn again
+            self._limits_changed = False
+            held, self._throttled = sorted(self._throttled), []
+            for _, _, item in held:
+                self._throttle_or_admit(item, now)
         while self._throttled and self._throttled[0][0] <= now:
             self._admitted.append(heapq.heappop(self._throttled)[2])
         return min(self._throttled[0][0] - now, 1.0) if self._throttled else 1.0
+
+    def limits_changed(self) -> None:
+        """Say that a task's rate limit changed (from any thread): held messages are re-timed."""
+        with self._cond:
+            self._limits_changed = True
+            self._cond.notify_all()
 
     def holding(self) -> tuple[list[Inflight], list[Delivery]]:
         """Return copies of what this consumer holds: in the pool, and waiting (for inspect).
@@ -326,13 +338,18 @@ class Consumer:
         )
         admitted = Admitted(delivery, message, acks_late, job)
         if task.rate_limit:
-            now = time.monotonic()
-            wait = self.rate_limiter.delay(message.task, task.rate_limit, now)
-            if wait > 0:
-                turn = (now + wait, next(self._throttle_seq), admitted)
-                heapq.heappush(self._throttled, turn)
-                return
-        self._admitted.append(admitted)
+            self._throttle_or_admit(admitted, time.monotonic())
+        else:
+            self._admitted.append(admitted)
+
+    def _throttle_or_admit(self, item: Admitted, now: float) -> None:
+        """Queue ``item`` for a pool slot, or hold it until its rate limit gives it a turn."""
+        rate = self.app.tasks[item.message.task].rate_limit
+        wait = self.rate_limiter.delay(item.message.task, rate, now) if rate else 0.0
+        if wait > 0:
+            heapq.heappush(self._throttled, (now + wait, next(self._throttle_seq), item))
+        else:
+            self._admitted.append(item)
 
     def _submit_pending(self, slots: int) -> None:
         """Submit admitted messages as at most ``slots`` pool jobs.

@@ -150,6 +150,8 @@ class ProcessControl:
         for option, value in options.items():
             if option in TASK_OPTIONS:
                 setattr(task, option, value)
+        if "rate_limit" in options:
+            self.consumer.limits_changed()
         return True
 
 
