@@ -24,7 +24,7 @@ A broker knows nothing of tasks. It moves envelope bytes (see
   level in publish order.
 * **Broadcast channels.** Besides queues (each message to one consumer), a broker
   keeps a durable, bounded log per broadcast channel that every reader sees whole
-  (revocations now; remote control and events later): :meth:`Broker.broadcast`
+  (revocations, remote control; events later): :meth:`Broker.broadcast`
   appends, :meth:`Broker.broadcast_read` reads after a cursor, blocking until
   something comes. A reader that starts late, or restarts, reads the log from
   ``"0"`` and misses nothing still kept (the newest ``broadcast_maxlen`` entries).
