@@ -39,8 +39,9 @@ from chard.worker.node import Node
 
 logger = logging.getLogger("chard.worker")
 
-#: Longest single blocking read: how soon the thread sees a stop.
-READ_TIMEOUT = 1.0
+#: Longest single blocking read: how soon the thread sees a stop. An idle node on Redis
+#: pays one XREAD per read; a request wakes the read at once.
+READ_TIMEOUT = 2.0
 #: Longest pause between two attempts to reach a broker that is down (seconds).
 MAX_BACKOFF = 30.0
 #: The least time given to the node's processes to answer, however close the expiry.
@@ -70,6 +71,10 @@ class Mailbox:
             logger.warning("Cannot join the control channel yet: %s", exc)
         self._thread = threading.Thread(target=self._follow, name="chard-mailbox", daemon=True)
         self._thread.start()
+
+    def leave(self) -> None:
+        """Stop acting on requests; the thread ends within its read timeout (signal-safe)."""
+        self._stopping.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Leave the channel: end the thread (within its read timeout), close the connection."""

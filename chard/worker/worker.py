@@ -77,6 +77,7 @@ class Worker:
         self.burst = burst
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
+        self.mailbox: Mailbox | None = None
         self._signals_seen = 0
 
     def start(self) -> ConsumerStats:
@@ -85,7 +86,7 @@ class Worker:
         signals.worker_init.send(sender=self)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
-        mailbox = Mailbox(self._node())  # joins the control channel: commands from now on
+        self.mailbox = mailbox = Mailbox(self._node())  # joins the control channel
         mailbox.start()
         self._install_signal_handlers()
         logger.info("%s", self.banner())
@@ -171,6 +172,8 @@ class Worker:
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
+        if self.mailbox is not None:  # its thread ends while the tasks finish
+            self.mailbox.leave()
         if self.supervisor is not None:
             self.supervisor.stop(cold=cold)
         if self.consumer is not None:
