@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from chard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory, WorkerProcess, run_cli
 
@@ -153,6 +154,26 @@ def test_rate_limit_holds_the_tasks_beyond_it(itproj: Any, workers: WorkerFactor
     lifted = chard(workers, "control", "rate_limit", "itproj.tasks.add", "0", "-d", W1, "-t", "10")
     assert "rate limit disabled successfully" in lifted.stdout
     assert [r.get(timeout=15) for r in held] == [2, 4]
+
+
+def test_time_limit_reaches_the_processes_that_run_the_task(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    from itproj.tasks import sleep_then_mark
+
+    # Given a node told that sleep_then_mark may run 1 s at most
+    started(workers, W1, "-c", "1")
+    done = chard(
+        workers, "control", "time_limit", "itproj.tasks.sleep_then_mark", "0.5", "1", "-d", W1
+    )
+    assert done.stdout.startswith(f"-> {W1}: OK\n        time limits set successfully\n")
+
+    # When one that would sleep 30 s runs, the soft limit interrupts it in its process
+    slow = sleep_then_mark.delay(30, str(tmp_path / "ran"))
+    with pytest.raises((SoftTimeLimitExceeded, TimeLimitExceeded)):
+        slow.get(timeout=20)
+    assert slow.state == "FAILURE"
+    assert not (tmp_path / "ran").exists()
 
 
 def test_add_consumer_makes_a_node_consume_a_new_queue(itproj: Any, workers: WorkerFactory) -> None:
