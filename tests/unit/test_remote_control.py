@@ -138,7 +138,7 @@ def test_limits_and_queues_change_on_the_node(app: Celery, node: Worker) -> None
         {NODE: {"ok": "add consumer extra"}}
     ]
 
-    assert inspect.registered() == {NODE: ["rc.add [rate_limit=10/m]"]}
+    assert "rc.add [rate_limit=10/m]" in (inspect.registered() or {})[NODE]
     assert (app.tasks["rc.add"].soft_time_limit, app.tasks["rc.add"].time_limit) == (5, 10)
     assert [q["name"] for q in (inspect.active_queues() or {})[NODE]] == ["celery", "extra"]
     assert node.consumer is not None
