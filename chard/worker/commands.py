@@ -312,7 +312,11 @@ def report(node: Node) -> Reply:
 def revoke(
     node: Node, task_id: str | list[str], terminate: bool = False, signal: str | None = None
 ) -> Reply:
-    """Confirm a revocation: the client made it durable first; the node says it has it."""
+    """Revoke tasks by id (durably, for every worker); each node confirms it has them.
+
+    The client appended the revocation to the durable ``revoke`` log before sending
+    this, so the node only waits (briefly) until its record holds the ids.
+    """
     ids = [task_id] if isinstance(task_id, str) else [str(i) for i in task_id]
     deadline = time.monotonic() + node.answer_timeout
     while not all(node.revocations.is_revoked(i) for i in ids):
