@@ -1,26 +1,43 @@
-"""Remote control of the workers, client side: ``app.control``.
+"""Remote control of the workers, client side: ``app.control`` and ``app.control.inspect()``.
 
-For now one command, :meth:`Control.revoke`. Where Celery sends a revocation to
-the workers running at that moment (a worker that restarts, or starts later,
-forgets it and runs the task), chard appends it to the broker's durable
-``revoke`` broadcast channel: every worker reads that log when it starts and
-follows it while it runs, so a revocation holds for :data:`REVOKE_EXPIRES`
-seconds whichever worker the task reaches.
+A command is a :class:`~chard.protocol.control.ControlRequest` appended to the
+broker's ``control`` broadcast channel; every node running at that moment reads
+it, acts on it if it is named in ``destination`` (or none is given), and, when the
+client waits for replies, appends one :class:`~chard.protocol.control.ControlReply`
+under its node name to the ``control.reply`` channel. The client reads that
+channel from its tail, taken before sending, and keeps the replies with its ticket
+until ``timeout`` passes (or every node in ``destination`` has answered). Replies
+come back in Celery's shapes: ``[{'w1@host': {'ok': 'pong'}}]`` from
+:meth:`Control.broadcast`, ``{'w1@host': [...]}`` (or None when no node replied)
+from :class:`Inspect`.
+
+Revocation is the exception: where Celery sends it to the workers running at that
+moment (a worker that restarts, or starts later, forgets it and runs the task),
+chard appends it to the broker's durable ``revoke`` channel, which every worker
+reads when it starts and follows while it runs, so a revocation holds for
+:data:`REVOKE_EXPIRES` seconds whichever worker the task reaches.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from chard.exceptions import ChardError
+from chard.exceptions import DecodeError
 from chard.protocol.control import (
+    CONTROL_CHANNEL,
+    CONTROL_MAXLEN,
     DEFAULT_TERMINATE_SIGNAL,
+    REPLY_CHANNEL,
     REVOKE_CHANNEL,
     REVOKE_EXPIRES,
+    ControlReply,
+    ControlRequest,
     Revocation,
+    parse_rate,
 )
 
 if TYPE_CHECKING:
@@ -28,16 +45,164 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: What a node answers: ``{'ok': ...}``, ``{'error': ...}`` or the inspected value.
+Reply = Any
+#: Called with ``{node: reply}`` as each reply comes in (Celery's ``callback=``).
+ReplyCallback = Callable[[dict[str, Reply]], object]
 
-class RepliesNotSupported(ChardError, NotImplementedError):
-    """A control command asked to wait for the workers' replies, which chard cannot send yet."""
+
+def flatten_reply(replies: Iterable[dict[str, Reply]]) -> dict[str, Reply]:
+    """Turn ``[{'a': r1}, {'b': r2}]`` into ``{'a': r1, 'b': r2}`` (Celery's ``flatten_reply``).
+
+    Two replies under one node name mean two workers were started with the same
+    ``-n``; that is warned about, and the later reply is kept.
+    """
+    nodes: dict[str, Reply] = {}
+    for item in replies:
+        for name, reply in item.items():
+            if name in nodes:
+                warnings.warn(
+                    f"received more than one reply from node {name!r}; give each worker a "
+                    "unique node name with `chard worker -n name@%h`",
+                    stacklevel=2,
+                )
+            nodes[name] = reply
+    return nodes
 
 
 class Control:
-    """Send control commands to every worker of an app (``app.control``)."""
+    """Send control commands to the workers of an app (``app.control``)."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+
+    def inspect(
+        self,
+        destination: str | Sequence[str] | None = None,
+        timeout: float = 1.0,
+        callback: ReplyCallback | None = None,
+        connection: Any = None,  # Celery's kombu connection; chard uses app.broker
+        limit: int | None = None,
+    ) -> Inspect:
+        """Return an :class:`Inspect` that asks ``destination`` (default: every node)."""
+        return Inspect(self, destination, timeout, callback, limit)
+
+    def broadcast(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        destination: str | Sequence[str] | None = None,
+        connection: Any = None,  # Celery's kombu connection; chard uses app.broker
+        reply: bool = False,
+        timeout: float = 1.0,
+        limit: int | None = None,
+        callback: ReplyCallback | None = None,
+        **extra: Any,
+    ) -> list[dict[str, Reply]] | None:
+        """Send ``command`` to the nodes; with ``reply``, return their replies.
+
+        Args:
+            command: the command's name (``chard inspect --help`` and ``chard control
+                --help`` list them).
+            arguments: its keyword arguments (JSON values); ``extra`` adds more.
+            destination: a node name or a list of them; None for every node.
+            reply: wait up to ``timeout`` seconds and return ``[{node: reply}, ...]``.
+            timeout: how long to wait for replies; also the request's expiry (a node
+                that reads it later ignores it).
+            limit: stop waiting after this many replies (default: the number of nodes
+                in ``destination``, when given).
+            callback: called with each ``{node: reply}`` as it comes in.
+
+        Returns:
+            With ``reply``, the replies in arrival order (a node that did not answer
+            in time is absent); None without.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: the broker has no broadcast channels.
+        """
+        arguments = {**(arguments or {}), **extra}
+        if command == "revoke":  # Celery revokes this way: make it durable, as revoke() does
+            return self.revoke(
+                arguments.get("task_id") or [],
+                destination,
+                bool(arguments.get("terminate")),
+                arguments.get("signal"),
+                reply=reply,
+                timeout=timeout,
+                limit=limit,
+                callback=callback,
+            )
+        return self._send(command, arguments, destination, reply, timeout, limit, callback)
+
+    def _send(
+        self,
+        command: str,
+        arguments: dict[str, Any],
+        destination: str | Sequence[str] | None,
+        reply: bool,
+        timeout: float,
+        limit: int | None,
+        callback: ReplyCallback | None,
+    ) -> list[dict[str, Reply]] | None:
+        """Append the request to the ``control`` channel; with ``reply``, gather the replies."""
+        broker = self.app.broker
+        request = ControlRequest.create(
+            command,
+            arguments,
+            destination=destination,
+            reply=reply,
+            now=time.time(),
+            timeout=timeout,
+        )
+        cursor = broker.broadcast_tail(REPLY_CHANNEL) if reply else ""
+        broker.broadcast(CONTROL_CHANNEL, request.to_payload(), maxlen=CONTROL_MAXLEN)
+        if not reply:
+            return None
+        if limit is None and request.destination is not None:
+            limit = len(set(request.destination))
+        return self._gather(request.ticket, cursor, timeout, limit, callback)
+
+    def _gather(
+        self,
+        ticket: str,
+        cursor: str,
+        timeout: float,
+        limit: int | None,
+        callback: ReplyCallback | None,
+    ) -> list[dict[str, Reply]]:
+        """Read the reply channel after ``cursor`` until ``timeout``, keeping ``ticket``'s."""
+        broker = self.app.broker
+        deadline = time.monotonic() + timeout
+        replies: list[dict[str, Reply]] = []
+        while limit is None or len(replies) < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            entries = broker.broadcast_read(REPLY_CHANNEL, cursor, remaining)
+            if entries:
+                cursor = entries[-1][0]
+            for _, payload in entries:
+                try:
+                    answer = ControlReply.from_payload(payload)
+                except DecodeError as exc:
+                    logger.warning("Ignoring a malformed control reply: %s", exc)
+                    continue
+                if answer.ticket != ticket:
+                    continue  # another client's
+                replies.append({answer.node: answer.reply})
+                if callback is not None:
+                    callback({answer.node: answer.reply})
+        return replies
+
+    def ping(
+        self, destination: str | Sequence[str] | None = None, timeout: float = 1.0, **kwargs: Any
+    ) -> list[dict[str, Reply]]:
+        """Ping the nodes: ``[{'w1@host': {'ok': 'pong'}}, ...]`` (empty if none answered)."""
+        return (
+            self.broadcast("ping", reply=True, destination=destination, timeout=timeout, **kwargs)
+            or []
+        )
 
     def revoke(
         self,
@@ -48,8 +213,10 @@ class Control:
         *,
         connection: Any = None,  # Celery's kombu connection; chard uses app.broker
         reply: bool = False,
-        timeout: float | None = None,
-    ) -> None:
+        timeout: float = 1.0,
+        limit: int | None = None,
+        callback: ReplyCallback | None = None,
+    ) -> list[dict[str, Reply]] | None:
         """Revoke one task or several: workers discard them instead of running them.
 
         A revocation is durable: a worker that starts, or restarts, within
@@ -58,8 +225,8 @@ class Control:
 
         Args:
             task_id: a task id, or an iterable of them (sent as one revocation).
-            destination: Celery's list of worker names; accepted and ignored, since
-                a revocation must reach every worker, including later ones.
+            destination: the nodes whose replies are awaited; the revocation itself
+                reaches every worker, including later ones.
             terminate: also kill the process running the task (prefork pool only;
                 the task ends REVOKED). Use it for stuck tasks: the task gets no
                 chance to clean up.
@@ -67,26 +234,177 @@ class Control:
                 children ignore SIGTERM, so the pool sends SIGKILL for it),
                 ``"SIGKILL"``, ``"SIGUSR1"``... or its number.
             connection: ignored (Celery's kombu connection).
-            reply: wait for the workers' replies; not supported yet (raises).
-            timeout: how long ``reply`` would wait; ignored.
+            reply: wait up to ``timeout`` for each node to say it has taken the
+                revocation in: ``[{'w1@host': {'ok': 'tasks ... flagged as revoked'}}]``.
+            timeout: how long ``reply`` waits.
+            limit: stop waiting after this many replies.
+            callback: called with each ``{node: reply}`` as it comes in.
 
         Raises:
-            RepliesNotSupported: ``reply=True`` (nothing is sent).
             ValueError: ``signal`` names no signal.
             BrokerConnectionError: the broker cannot be reached.
         """
-        if reply:
-            raise RepliesNotSupported(
-                "revoke(reply=True) / result.revoke(wait=True) waits for the workers' replies, "
-                "which chard cannot send yet; nothing was revoked. Revoke without waiting: "
-                "the revocation is durable, and the task's state becomes REVOKED when a "
-                "worker discards it"
-            )
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         if not ids:
-            return
+            return [] if reply else None
         revocation = Revocation.create(
             ids, now=time.time(), terminate=terminate, signal=signal, ttl=REVOKE_EXPIRES
         )
         self.app.broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
         logger.debug("Revoked %d task(s) from %s (terminate=%s)", len(ids), ids[0], terminate)
+        if not reply:
+            return None
+        # The revocation is already durable; this asks each node to confirm it read it.
+        arguments = {"task_id": ids, "terminate": terminate, "signal": revocation.signal}
+        return self._send("revoke", arguments, destination, True, timeout, limit, callback)
+
+    def rate_limit(
+        self,
+        task_name: str,
+        rate_limit: str | float | None,
+        destination: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Reply]] | None:
+        """Set the rate limit of ``task_name`` on the nodes (``'10/m'``, ``'5/s'``; None: none).
+
+        Per node, as in Celery; a prefork node splits it evenly among its processes.
+
+        Raises:
+            ValueError: ``rate_limit`` is not a rate (nothing is sent).
+        """
+        parse_rate(rate_limit)
+        arguments = {"task_name": task_name, "rate_limit": rate_limit}
+        return self.broadcast("rate_limit", arguments, destination, **kwargs)
+
+    def time_limit(
+        self,
+        task_name: str,
+        soft: float | None = None,
+        hard: float | None = None,
+        destination: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Reply]] | None:
+        """Set the soft and hard time limits (seconds) of ``task_name`` on the nodes."""
+        arguments = {"task_name": task_name, "soft": soft, "hard": hard}
+        return self.broadcast("time_limit", arguments, destination, **kwargs)
+
+    def add_consumer(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        exchange_type: str = "direct",
+        routing_key: str | None = None,
+        options: dict[str, Any] | None = None,
+        destination: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Reply]] | None:
+        """Make the nodes consume from ``queue`` too (exchange options are Celery's, ignored)."""
+        return self.broadcast("add_consumer", {"queue": queue}, destination, **kwargs)
+
+    def cancel_consumer(
+        self, queue: str, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Make the nodes stop consuming from ``queue``."""
+        return self.broadcast("cancel_consumer", {"queue": queue}, destination, **kwargs)
+
+    def shutdown(
+        self, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Warm-stop the nodes: running tasks finish, unstarted ones go back to the queue."""
+        return self.broadcast("shutdown", {}, destination, **kwargs)
+
+
+class Inspect:
+    """Ask the nodes about their state (``app.control.inspect()``), in Celery's shapes.
+
+    Every method returns ``{node: reply}`` for the nodes that answered within
+    ``timeout``, or None when none did (as Celery).
+    """
+
+    def __init__(
+        self,
+        control: Control,
+        destination: str | Sequence[str] | None = None,
+        timeout: float = 1.0,
+        callback: ReplyCallback | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.control = control
+        self.destination = destination
+        self.timeout = timeout
+        self.callback = callback
+        self.limit = limit
+
+    def _request(self, command: str, **arguments: Any) -> dict[str, Reply] | None:
+        replies = self.control.broadcast(
+            command,
+            arguments,
+            self.destination,
+            reply=True,
+            timeout=self.timeout,
+            limit=self.limit,
+            callback=self.callback,
+        )
+        if not replies:
+            return None
+        by_node = flatten_reply(replies)
+        if isinstance(self.destination, str):  # Celery: one name gets its reply alone
+            return by_node.get(self.destination)
+        return by_node
+
+    def ping(self, destination: str | Sequence[str] | None = None) -> dict[str, Reply] | None:
+        """``{node: {'ok': 'pong'}}``."""
+        if destination:
+            self.destination = destination
+        return self._request("ping")
+
+    def active(self, safe: bool | None = None) -> dict[str, Reply] | None:
+        """The tasks running now: ``{node: [task info, ...]}``."""
+        return self._request("active", safe=safe)
+
+    def reserved(self, safe: bool | None = None) -> dict[str, Reply] | None:
+        """The tasks leased ahead (prefetched or rate limited), not running yet."""
+        return self._request("reserved", safe=safe)
+
+    def scheduled(self, safe: bool | None = None) -> dict[str, Reply] | None:
+        """The countdown/ETA tasks the broker holds for the queues each node consumes.
+
+        ``{node: [{'eta': iso, 'priority': p, 'request': task info}, ...]}``, soonest
+        first (at most 100 per node). chard keeps these in the broker, not in a
+        worker's memory, so nodes that consume the same queue list the same tasks;
+        whichever is free when one falls due runs it.
+        """
+        return self._request("scheduled", safe=safe)
+
+    def registered(self, *taskinfoitems: str) -> dict[str, Reply] | None:
+        """The tasks each node knows: ``{node: ['proj.add', 'proj.mul [rate_limit=10/m]']}``."""
+        return self._request("registered", taskinfoitems=list(taskinfoitems))
+
+    registered_tasks = registered
+
+    def stats(self) -> dict[str, Reply] | None:
+        """Per node: ``pid``, ``uptime``, ``pool``, ``total`` per task, ``broker``, ``rusage``."""
+        return self._request("stats")
+
+    def active_queues(self) -> dict[str, Reply] | None:
+        """The queues each node consumes from (kombu's queue shape)."""
+        return self._request("active_queues")
+
+    def revoked(self) -> dict[str, Reply] | None:
+        """The revoked task ids each node holds."""
+        return self._request("revoked")
+
+    def query_task(self, *ids: str | Sequence[str]) -> dict[str, Reply] | None:
+        """``{node: {task_id: ['active' | 'reserved', task info]}}`` for the ids a node holds."""
+        flat: list[str] = []
+        for item in ids:
+            flat.extend([item] if isinstance(item, str) else item)
+        return self._request("query_task", ids=flat)
+
+    def conf(self, with_defaults: bool = False) -> dict[str, Reply] | None:
+        """Each node's configuration (only what differs from the defaults, unless asked)."""
+        return self._request("conf", with_defaults=with_defaults)
+
+    def report(self) -> dict[str, Reply] | None:
+        """``{node: {'ok': report}}``: versions, platform, transport, for bug reports."""
+        return self._request("report")

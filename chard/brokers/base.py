@@ -24,7 +24,7 @@ A broker knows nothing of tasks. It moves envelope bytes (see
   level in publish order.
 * **Broadcast channels.** Besides queues (each message to one consumer), a broker
   keeps a durable, bounded log per broadcast channel that every reader sees whole
-  (revocations now; remote control and events later): :meth:`Broker.broadcast`
+  (revocations, remote control; events later): :meth:`Broker.broadcast`
   appends, :meth:`Broker.broadcast_read` reads after a cursor, blocking until
   something comes. A reader that starts late, or restarts, reads the log from
   ``"0"`` and misses nothing still kept (the newest ``broadcast_maxlen`` entries).
@@ -66,6 +66,18 @@ class OutgoingMessage:
     priority: int = 0
     #: Not-before time as a Unix timestamp, or None for "now".
     eta: float | None = None
+
+
+@dataclass(frozen=True)
+class DelayedMessage:
+    """A countdown/ETA message the broker holds until it falls due (``inspect scheduled``)."""
+
+    queue: str
+    body: bytes
+    #: When it falls due, as a Unix timestamp.
+    eta: float
+    #: Its priority (Redis keeps only kombu's level: 0, 3, 6 or 9).
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,14 +260,29 @@ class Broker(ABC):
         (a header) reset, so a re-driven poison pill gets its full set of deliveries.
         """
 
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        """Return up to ``limit`` messages of ``queues`` held for a future ETA, soonest first.
+
+        For ``inspect scheduled``: read only, nothing is leased or moved. A broker
+        with a huge delayed set may look at only its soonest part (Redis: the first
+        10,000 entries of every queue together).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker cannot list them.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} broker cannot list its countdown/ETA messages"
+        )
+
     # -- broadcast channels: optional, so a third-party broker without them still runs tasks --
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to the log of ``channel`` durably; return the entry's cursor.
 
         Every reader of the channel sees every entry (unlike a queue). The log keeps
-        at least the newest ``broadcast_maxlen`` entries and not many more (a broker
-        may trim lazily: Redis drops whole stream nodes of up to 100 entries).
-        Thread-safe.
+        at least the newest ``maxlen`` (default ``broadcast_maxlen``) entries and not
+        many more (a broker may trim lazily: Redis drops whole stream nodes of up to
+        100 entries); remote control keeps its channels short this way. Thread-safe.
 
         Raises:
             BrokerConnectionError: the broker cannot be reached.

@@ -32,6 +32,7 @@ from chard._utils.clock import Clock, SystemClock
 from chard.brokers.base import (
     Broker,
     DeadLetter,
+    DelayedMessage,
     Delivery,
     OutgoingMessage,
     clamp_priority,
@@ -291,13 +292,24 @@ class MemoryBroker(Broker):
             return True
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        wanted, now = set(queues), self.clock.time()
+        with self._store.cond:
+            found = [
+                DelayedMessage(m.queue, m.body, m.due_at, m.priority)
+                for m in self._store.messages.values()
+                if m.queue in wanted and m.due_at > now and m.lease_expires is None
+            ]
+        return sorted(found, key=lambda m: m.eta)[:limit]
+
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         store = self._store
+        keep = maxlen or self.broadcast_maxlen
         with store.cond:
             log = store.channels.setdefault(channel, deque())
             seq = next(store.ids)
             log.append((seq, bytes(payload)))
-            while len(log) > self.broadcast_maxlen:
+            while len(log) > keep:
                 log.popleft()
             store.cond.notify_all()
         return str(seq)

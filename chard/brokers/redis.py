@@ -46,7 +46,14 @@ from chard._redis.client import RedisErrors, open_client
 from chard._redis.lane import Lane
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
-from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, clamp_priority
+from chard.brokers.base import (
+    Broker,
+    DeadLetter,
+    DelayedMessage,
+    Delivery,
+    OutgoingMessage,
+    clamp_priority,
+)
 from chard.exceptions import BrokerConnectionError, BrokerError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ BUCKET_SEP = "\x06\x16"
 #: queues, lower priorities) are seen within this, and an idle consumer sends 2 commands
 #: per wait.
 DEFAULT_POLL_INTERVAL = 1.0
+#: Most members of the delayed set :meth:`RedisBroker.delayed` looks at.
+DELAYED_SCAN = 10_000
 
 
 #: kombu's bucket of each priority 0-9: the largest step not above it.
@@ -329,13 +338,13 @@ class RedisBroker(Broker):
             logger.debug("Settling %s (%s) was a no-op: its lease had lapsed", tag, mode)
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
-        """``XADD`` to the channel's stream, trimming it to about ``broadcast_maxlen``."""
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
+        """``XADD`` to the channel's stream, trimming it to about ``maxlen``."""
         with self._errors():
             entry = self._client.xadd(
                 self._key(f"chard.bcast.{channel}"),
                 {"p": payload},
-                maxlen=self.broadcast_maxlen,
+                maxlen=maxlen or self.broadcast_maxlen,
                 approximate=True,
             )
         return cast(bytes, entry).decode()
@@ -393,6 +402,23 @@ class RedisBroker(Broker):
             pipe.hget(self._key("chard.delayed.counts"), queue)
             *lengths, delayed = pipe.execute()
         return sum(cast(list[int], lengths)) + int(delayed or 0)
+
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        """Page through ``chard.delayed`` soonest first (its first 10,000 members at most)."""
+        wanted, found = {q.encode() for q in queues}, []
+        with self._errors():
+            for start in range(0, DELAYED_SCAN, 500):
+                page = self._client.zrange(
+                    self._key("chard.delayed"), start, start + 499, withscores=True
+                )
+                for member, due in cast(list[tuple[bytes, float]], page):
+                    spec, _, rest = member.partition(b"\0")
+                    if spec[1:] in wanted:
+                        body = rest.partition(b"\0")[2]
+                        found.append(DelayedMessage(spec[1:].decode(), body, due, int(spec[:1])))
+                if len(found) >= limit or len(page) < 500:
+                    break
+        return found[:limit]
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._errors():

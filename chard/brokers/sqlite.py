@@ -50,6 +50,7 @@ from chard.brokers import _wake
 from chard.brokers.base import (
     Broker,
     DeadLetter,
+    DelayedMessage,
     Delivery,
     OutgoingMessage,
     clamp_priority,
@@ -290,9 +291,9 @@ class SQLiteBroker(Broker):
         return [SQLiteDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to ``channel``'s log and prune it, then wake its readers."""
-        params = {"channel": channel, "keep": self.broadcast_maxlen}
+        params = {"channel": channel, "keep": maxlen or self.broadcast_maxlen}
 
         def append(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -336,6 +337,16 @@ class SQLiteBroker(Broker):
         now = self.clock.time()
         rows = self._read(lambda c: c.execute(sql, {"queue": queue, "now": now}).fetchall())
         return int(rows[0][0])
+
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        marks = ", ".join("?" for _ in queues)
+        sql = (
+            "SELECT queue, body, due_at, priority FROM chard_messages WHERE queue IN "
+            f"({marks}) AND due_at > ? AND lease_expires IS NULL ORDER BY due_at LIMIT ?"
+        )
+        args = (*queues, self.clock.time(), limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall()) if queues else []
+        return [DelayedMessage(q, bytes(b), float(due), int(p)) for q, b, due, p in rows]
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         sql = (

@@ -14,7 +14,7 @@ import click
 
 from chard import __version__
 from chard.app import Celery
-from chard.cli import beat, call, deadletters, multi, purge, result, settings, worker
+from chard.cli import beat, call, control, deadletters, multi, purge, result, settings, worker
 from chard.cli.context import AppContext
 
 
@@ -32,6 +32,8 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_bac
 
 for _module in (worker, multi, beat, call, result, purge, settings, deadletters):
     cli.add_command(_module.command)
+for _command in (control.inspect_command, control.control_command, control.status_command):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -255,14 +255,12 @@ class AsyncResult(Generic[R]):
         """Revoke the task: workers discard it (state REVOKED) instead of running it.
 
         Durable, unlike Celery's: a worker started later within 3 hours honours it
-        too. See :meth:`chard.control.Control.revoke` for ``terminate`` and ``signal``.
-
-        Raises:
-            RepliesNotSupported: ``wait=True``: chard workers cannot reply yet, so
-                nothing is sent (a ``NotImplementedError``).
+        too. See :meth:`chard.control.Control.revoke` for ``terminate`` and ``signal``;
+        ``wait=True`` waits up to ``timeout`` (1 s) for the running nodes to confirm.
         """
         control = self.app.control
-        control.revoke(self.id, None, terminate, signal, reply=wait, timeout=timeout)
+        wait_for = 1.0 if timeout is None else timeout
+        control.revoke(self.id, None, terminate, signal, reply=wait, timeout=wait_for)
 
     # -- the tree of results ------------------------------------------------------
     def as_tuple(self) -> tuple[Any, ...]:

@@ -260,7 +260,8 @@ class ResultSet:
         Same arguments and durability as :meth:`AsyncResult.revoke`.
         """
         control = self.app.control
-        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=timeout)
+        wait_for = 1.0 if timeout is None else timeout
+        control.revoke(self._member_ids(), None, terminate, signal, reply=wait, timeout=wait_for)
 
     def _member_ids(self) -> list[str]:
         ids: list[str] = []

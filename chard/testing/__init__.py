@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from chard._utils.clock import FakeClock
 from chard.app import Celery
-from chard.worker.consumer import ConsumerStats
+from chard.worker.held import ConsumerStats
 from chard.worker.worker import Worker
 
 __all__ = ["FakeClock", "run_burst", "start_worker"]

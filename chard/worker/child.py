@@ -23,12 +23,14 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from chard.worker.consumer import Consumer
 from chard.worker.execute import Executor
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
+from chard.worker.process_control import ProcessControl, serve_parent
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, RetireReason, Slot
 
@@ -144,6 +146,8 @@ class ChildSpec:
     initializer: Callable[[], None] | None
     #: Resident memory (KiB) past which a child is replaced after its task.
     max_memory_per_child: int | None = None
+    #: Each child's part of a task's rate limit (1 / concurrency): the limit is per node.
+    rate_share: float = 1.0
 
 
 def child_main(
@@ -153,10 +157,13 @@ def child_main(
     wake_fd: int,
     life_fd: int,
     close: tuple[int, ...] = (),
+    control: tuple[Connection, Connection] | None = None,
 ) -> None:
     """Consume until a warm stop, the parent's death, a retiring limit or (burst) no work."""
     for fd in close:  # the parent's ends: a child must not keep its own pipe alive
         os.close(fd)
+    if control is not None:
+        control[1].close()
     for signum in PARENT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN if signum in CHILD_IGNORED else signal.SIG_DFL)
     if spec.initializer is not None:
@@ -178,7 +185,18 @@ def child_main(
         burst=spec.burst,
         hostname=spec.hostname,
         revocations=revocations,
+        rate_share=spec.rate_share,
     )
+    if control is not None:
+
+        def running() -> str | None:
+            now = slot.running()
+            return now.task_id if now is not None else ""
+
+        answers = ProcessControl(consumer, spec.hostname, running)
+        threading.Thread(
+            target=serve_parent, args=(control[0], answers), name="chard-control", daemon=True
+        ).start()
 
     def retire(reason: RetireReason) -> None:
         slot.mark_retired(reason)

@@ -30,12 +30,13 @@ if the broker comes back after a lease lapsed is the message delivered again.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
@@ -50,61 +51,16 @@ from chard.exceptions import (
 )
 from chard.protocol.message import TaskMessage, peek, salvage
 from chard.worker.execute import ExecOutcome, JobPayload, is_expired
+from chard.worker.held import MAX_BATCH, Admitted, ConsumerStats, Inflight
 from chard.worker.lost import deaths, record_failure, reliably, settle_lost
 from chard.worker.pools.base import Job, Outcome, Pool
+from chard.worker.ratelimit import RateLimiter
 from chard.worker.revocations import Revocations
 
 if TYPE_CHECKING:
     from chard.app import Celery
 
 logger = logging.getLogger("chard.worker")
-
-
-@dataclass
-class ConsumerStats:
-    """Counters for ``inspect stats``, the banner and burst mode."""
-
-    received: int = 0
-    processed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    #: Revoked, expired or terminated on request: REVOKED, never run (or run no further).
-    revoked: int = 0
-    by_task: dict[str, int] = field(default_factory=dict)
-
-
-#: Most messages one pool job carries (see :meth:`Consumer._submit_pending`).
-MAX_BATCH = 64
-
-
-@dataclass
-class _Inflight:
-    delivery: Delivery
-    message: TaskMessage
-    acked_early: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Admitted:
-    """A message that passed :meth:`Consumer._admit` and waits for a pool slot."""
-
-    delivery: Delivery
-    message: TaskMessage
-    acks_late: bool
-    job: Job
-
-    @property
-    def batchable(self) -> bool:
-        """Whether it may share a pool job: only without time limits, which are per job.
-
-        Nor when it is acked on start (``acks_late=False``): it is acked as its job is
-        submitted, so in a batch it would be acked before the tasks ahead of it ran,
-        and lost if one of them killed the process.
-        """
-        if not self.acks_late:
-            return False
-        return self.job.time_limit is None and self.job.soft_time_limit is None
 
 
 class Consumer:
@@ -120,20 +76,27 @@ class Consumer:
         burst: bool = False,
         hostname: str,
         revocations: Revocations | None = None,
+        rate_share: float = 1.0,
     ) -> None:
         self.app = app
         self.pool = pool
+        #: The queues fetched from; remote control replaces the list (never edits it).
         self.queues = list(queues)
         self.prefetch = max(1, prefetch)
         self.burst = burst
         self.stats = ConsumerStats()
         self._cond = threading.Condition()
         self._reserved: deque[Delivery] = deque()
-        self._admitted: deque[_Admitted] = deque()  # dispatcher thread only
+        self._admitted: deque[Admitted] = deque()  # dispatcher thread only
+        # Rate-limited messages waiting for their turn: a heap of (monotonic time, n, item).
+        self._throttled: list[tuple[float, int, Admitted]] = []  # dispatcher thread only
+        self._throttle_seq = itertools.count()
+        self._limits_changed = False  # set by remote control: give the held ones new turns
+        self.rate_limiter = RateLimiter(rate_share)
         self._batches: dict[str, list[str]] = {}  # pool job id -> message ids
         self._done: deque[Outcome] = deque()
         self._acks: list[Delivery] = []  # settled, waiting for the acker
-        self._inflight: dict[str, _Inflight] = {}
+        self._inflight: dict[str, Inflight] = {}
         self._stopping = threading.Event()
         self._cold = False
         self._fetch_idle = False
@@ -184,8 +147,10 @@ class Consumer:
     def _shutdown(self) -> None:
         with self._cond:
             unstarted = [a.delivery for a in self._admitted] + list(self._reserved)
+            unstarted += [t[2].delivery for t in self._throttled]
             self._reserved.clear()
             self._admitted.clear()
+            self._throttled.clear()
         for delivery in unstarted:  # never started: back to the queue at once, uncounted
             self._reliably(delivery.reject, True)
         if unstarted:
@@ -243,7 +208,8 @@ class Consumer:
         on what a crash can make run twice.
         """
         running = min(len(self._inflight), self.pool.concurrency)
-        return len(self._reserved) + len(self._admitted) + len(self._inflight) - running
+        waiting = len(self._reserved) + len(self._admitted) + len(self._throttled)
+        return waiting + len(self._inflight) - running
 
     def _heartbeat_loop(self, interval: float) -> None:
         broker = self.app.broker
@@ -281,7 +247,7 @@ class Consumer:
                 while not self._has_work():
                     if self._stopping.is_set() or self._drained():
                         return
-                    self._cond.wait(1.0)
+                    self._cond.wait(self._release_throttled() if self._throttled else 1.0)
                 done = list(self._done)
                 self._done.clear()
                 ready: list[Delivery] = []
@@ -309,11 +275,43 @@ class Consumer:
     def _has_work(self) -> bool:
         if self._done:
             return True
+        if self._throttled:
+            self._release_throttled()
         waiting = self._reserved or self._admitted
         return bool(waiting) and self.pool.free_slots() > 0 and not self._stopping.is_set()
 
     def _drained(self) -> bool:
-        return self.burst and self._fetch_idle and not self._reserved and not self._inflight
+        idle = self._fetch_idle and not self._reserved and not self._throttled
+        return self.burst and idle and not self._inflight
+
+    def _release_throttled(self) -> float:
+        """Admit the rate-limited messages whose turn came; return seconds to the next turn."""
+        now = time.monotonic()
+        if self._limits_changed:  # a limit changed: take every held message's turn again
+            self._limits_changed = False
+            held, self._throttled = sorted(self._throttled), []
+            for _, _, item in held:
+                self._throttle_or_admit(item, now)
+        while self._throttled and self._throttled[0][0] <= now:
+            self._admitted.append(heapq.heappop(self._throttled)[2])
+        return min(self._throttled[0][0] - now, 1.0) if self._throttled else 1.0
+
+    def limits_changed(self) -> None:
+        """Say that a task's rate limit changed (from any thread): held messages are re-timed."""
+        with self._cond:
+            self._limits_changed = True
+            self._cond.notify_all()
+
+    def holding(self) -> tuple[list[Inflight], list[Delivery]]:
+        """Return copies of what this consumer holds: in the pool, and waiting (for inspect).
+
+        Callable from any thread: each collection is copied in one step under the lock.
+        """
+        with self._cond:
+            inflight = list(self._inflight.copy().values())
+            admitted = [a.delivery for a in self._admitted.copy()]
+            admitted += [t[2].delivery for t in sorted(self._throttled.copy())]
+            return inflight, admitted + list(self._reserved.copy())
 
     def _on_done(self, outcome: Outcome) -> None:
         with self._cond:
@@ -338,7 +336,20 @@ class Consumer:
             soft_time_limit=soft,
             time_limit=hard,
         )
-        self._admitted.append(_Admitted(delivery, message, acks_late, job))
+        admitted = Admitted(delivery, message, acks_late, job)
+        if task.rate_limit:
+            self._throttle_or_admit(admitted, time.monotonic())
+        else:
+            self._admitted.append(admitted)
+
+    def _throttle_or_admit(self, item: Admitted, now: float) -> None:
+        """Queue ``item`` for a pool slot, or hold it until its rate limit gives it a turn."""
+        rate = self.app.tasks[item.message.task].rate_limit
+        wait = self.rate_limiter.delay(item.message.task, rate, now) if rate else 0.0
+        if wait > 0:
+            heapq.heappush(self._throttled, (now + wait, next(self._throttle_seq), item))
+        else:
+            self._admitted.append(item)
 
     def _submit_pending(self, slots: int) -> None:
         """Submit admitted messages as at most ``slots`` pool jobs.
@@ -362,7 +373,7 @@ class Consumer:
             for item in items:
                 if not item.acks_late:
                     self._reliably(item.delivery.ack)  # Celery's ack-on-start, when asked for
-                self._inflight[item.message.id] = _Inflight(
+                self._inflight[item.message.id] = Inflight(
                     item.delivery, item.message, acked_early=not item.acks_late
                 )
             if size == 1:

@@ -224,6 +224,12 @@ class Revocations:
         """Return how many revoked ids are kept (expired ones linger until the next entry)."""
         return len(self._revoked)
 
+    def ids(self) -> list[str]:
+        """Return the revoked ids in force, oldest first (``inspect revoked``)."""
+        now = self._clock.time()
+        with self._lock:
+            return [task_id for task_id, (expires, _) in self._revoked.items() if expires > now]
+
     def is_revoked(self, task_id: str) -> bool:
         """Return whether ``task_id`` is revoked (from memory; the hot path calls this)."""
         entry = self._revoked.get(task_id)

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,9 +52,9 @@ from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, WorkerLostError
 from chard.protocol.message import TaskMessage, salvage
 from chard.worker.child import CHILD_IGNORED, PARENT_SIGNALS, ChildSpec, child_main
-from chard.worker.consumer import ConsumerStats
 from chard.worker.execute import JobPayload
 from chard.worker.finished import settle_finished
+from chard.worker.held import ConsumerStats
 from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, Running, Slot, digest
@@ -78,6 +78,8 @@ class _Child:
     process: BaseProcess
     slot: Slot
     index: int
+    #: The parent's end of the pipe the child answers remote control on.
+    control: Connection
     kill_reason: KillReason | None = None
     #: The task a terminate signal was sent for (the child may outlive a mild signal).
     terminated_task: str | None = None
@@ -283,10 +285,11 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         slot = self._slots[index]
         slot.reset()
+        control, child_control = _FORK.Pipe()
         process = _FORK.Process(
             target=child_main,
             args=(self.spec, slot, self.revocations, self._wake_w, self._life_r),
-            kwargs={"close": (self._wake_r, self._life_w)},
+            kwargs={"close": (self._wake_r, self._life_w), "control": (child_control, control)},
             name=f"chard-worker-{index + 1}",
         )
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
@@ -294,8 +297,9 @@ class Supervisor:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            child_control.close()  # the child's end: the parent sees EOF when it exits
         with self._lock:
-            self._children[index] = _Child(process, slot, index)
+            self._children[index] = _Child(process, slot, index, control)
         logger.debug("started worker process %s", process.pid)
 
     def _reap(self, child: _Child) -> None:
@@ -325,6 +329,11 @@ class Supervisor:
             self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
         self._recover(child, running, code)
         child.process.close()
+
+    def control_links(self) -> list[tuple[Connection, int]]:
+        """Return each live child's remote control pipe and pid (see :mod:`.process_control`)."""
+        with self._lock:
+            return [(c.control, c.pid) for c in self._children.values()]
 
     def _add_stats(self, values: dict[str, int]) -> None:
         for name in STAT_FIELDS:

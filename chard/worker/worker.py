@@ -29,10 +29,15 @@ from chard._utils.nodenames import host_format
 from chard.exceptions import ImproperlyConfigured
 from chard.worker.autoscale import Autoscaler, parse_autoscale
 from chard.worker.child import ChildSpec
-from chard.worker.consumer import Consumer, ConsumerStats
+from chard.worker.consumer import Consumer
 from chard.worker.execute import Executor
+from chard.worker.held import ConsumerStats
+from chard.worker.mailbox import Mailbox
+from chard.worker.node import ChildProcesses, LocalProcesses, Node, Processes
 from chard.worker.pools import GEVENT, PREFORK, create_pool, pool_kind
 from chard.worker.pools.green import is_patched
+from chard.worker.process_control import ProcessControl
+from chard.worker.revocations import Revocations
 from chard.worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -93,6 +98,7 @@ class Worker:
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
         self.autoscaler: Autoscaler | None = None
+        self.mailbox: Mailbox | None = None
         self._signals_seen = 0
 
     def _autoscale_bounds(self, value: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -115,6 +121,8 @@ class Worker:
         signals.worker_init.send(sender=self)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
+        self.mailbox = mailbox = Mailbox(self._node())  # joins the control channel
+        mailbox.start()
         self._install_signal_handlers()
         logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
@@ -122,6 +130,7 @@ class Worker:
         try:
             stats = run()
         finally:
+            mailbox.stop()  # leaves the channel
             signals.worker_shutdown.send(sender=self)
             self.app.close()
         logger.info(
@@ -145,6 +154,7 @@ class Worker:
             burst=self.burst,
             initializer=self._init_child,
             max_memory_per_child=self.max_memory_per_child,
+            rate_share=1.0 / self.concurrency,
         )
         self.supervisor = Supervisor(spec, self.concurrency)
         if self.autoscale is not None:
@@ -180,8 +190,34 @@ class Worker:
         pool.start()
         return self.consumer.run
 
+    def _node(self) -> Node:
+        """Describe this node for its remote control commands (see :mod:`.commands`)."""
+        revocations: Revocations
+        processes: Processes
+        if self.supervisor is not None:
+            revocations = self.supervisor.revocations
+            processes = ChildProcesses(self.supervisor.control_links)
+        else:
+            assert self.consumer is not None
+            revocations = self.consumer.revocations
+            processes = LocalProcesses(ProcessControl(self.consumer, self.hostname))
+        return Node(
+            app=self.app,
+            hostname=self.hostname,
+            pool=self.pool_kind,
+            concurrency=self.concurrency,
+            queues=self.queues,  # with prefork, the list children are forked with
+            prefetch=self.prefetch,
+            max_tasks_per_child=self.max_tasks_per_child,
+            revocations=revocations,
+            processes=processes,
+            stop=self.stop,
+        )
+
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
+        if self.mailbox is not None:  # its thread ends while the tasks finish
+            self.mailbox.leave()
         if self.supervisor is not None:
             self.supervisor.stop(cold=cold)
         if self.consumer is not None:

@@ -141,6 +141,23 @@ def test_retention_is_bounded_and_keeps_the_newest(
         assert len(kept) == 5
 
 
+def test_a_channel_may_keep_fewer_entries_than_the_broker_default(
+    make_broker: BrokerFactory, broker_kind: str
+) -> None:
+    # Given a broker that keeps 10,000 per channel, and a channel written with maxlen=5
+    broker = make_broker()
+    sent = [b"e%03d" % i for i in range(250)]
+    for payload in sent:
+        broker.broadcast("short", payload, maxlen=5)
+        broker.broadcast("long", payload)
+
+    # Then only that channel is cut to (about) its own bound, the newest kept
+    short = payloads(broker.broadcast_read("short", BROADCAST_START, timeout=0))
+    assert short == sent[-len(short) :]
+    assert 5 <= len(short) <= (105 if broker_kind == "redis" else 5)
+    assert payloads(broker.broadcast_read("long", BROADCAST_START, timeout=0)) == sent
+
+
 def test_a_restarted_reader_reads_everything_kept(make_broker: BrokerFactory) -> None:
     # Given entries broadcast while no reader ran, and the writer gone
     writer = make_broker()

@@ -443,3 +443,29 @@ def test_a_broker_without_take_over_says_leases_lapse_instead() -> None:
 
     with pytest.raises(NotImplementedError, match=r"NoTakeOver broker .* when their leases lapse"):
         NoTakeOver().take_over("gone")
+
+
+def test_delayed_lists_the_held_messages_of_the_queues_soonest_first(broker: Broker) -> None:
+    # Given countdown messages on two queues, and one message due now
+    now = time.time()
+    broker.publish(
+        [
+            OutgoingMessage("a", b"later", priority=5, eta=now + 600),
+            OutgoingMessage("a", b"sooner", eta=now + 300),
+            OutgoingMessage("b", b"other queue", eta=now + 100),
+            OutgoingMessage("a", b"due now"),
+        ]
+    )
+
+    # When the held messages of queue "a" are listed
+    held = broker.delayed(["a"])
+
+    # Then they come soonest first, with their ETA, nothing due and nothing of "b"
+    assert [m.body for m in held] == [b"sooner", b"later"]
+    assert {m.queue for m in held} == {"a"}
+    assert held[1].eta == pytest.approx(now + 600, abs=1)
+    assert held[1].priority in (3, 5)  # Redis keeps kombu's level (3 for 3-5)
+    assert [m.body for m in broker.delayed(["a", "b"], limit=1)] == [b"other queue"]
+    assert broker.delayed(["nothing"]) == []
+    # and listing took nothing: the due one is still fetched, the held ones still wait
+    assert broker.queue_size("a") == 3

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from chard import Celery, states
-from chard.control import RepliesNotSupported
 from chard.exceptions import DecodeError, TaskRevokedError
 from chard.protocol.control import (
     REVOKE_CHANNEL,
@@ -141,12 +140,17 @@ def test_revoking_nothing_sends_nothing(app: Celery) -> None:
     assert sent(app) == []
 
 
-def test_waiting_for_replies_is_refused_before_anything_is_sent(app: Celery) -> None:
-    with pytest.raises(RepliesNotSupported, match=r"nothing was revoked") as info:
-        app.AsyncResult("t").revoke(wait=True, timeout=1.0)
+def test_waiting_for_replies_sends_the_revocation_and_returns_when_no_node_answers(
+    app: Celery,
+) -> None:
+    # Given no worker runs: nobody confirms, but the revocation is durable all the same
+    start = time.monotonic()
 
-    assert isinstance(info.value, NotImplementedError)
-    assert sent(app) == []
+    replies = app.control.revoke("t", reply=True, timeout=0.2)
+
+    assert replies == []
+    assert time.monotonic() - start >= 0.2
+    assert [r.ids for r in sent(app)] == [("t",)]
 
 
 def test_a_bad_signal_is_refused_before_anything_is_sent(app: Celery) -> None:
