@@ -22,6 +22,15 @@ from chard.exceptions import ChardError
 @click.option("--max-tasks-per-child", type=int, help="Replace a child after N tasks.")
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--pidfile", help="Write the worker's PID here.")
+@click.option(
+    "-E",
+    "--task-events",
+    "--events",
+    "task_events",
+    is_flag=True,
+    default=None,
+    help="Send task and worker events, for monitors (worker_send_task_events).",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this process (development).")
 @click.option(
@@ -44,6 +53,7 @@ def command(
     max_tasks_per_child: int | None,
     logfile: str | None,
     pidfile: str | None,
+    task_events: bool | None,
     burst: bool,
     beat: bool,
     schedule_filename: str | None,
@@ -66,6 +76,7 @@ def command(
             prefetch_multiplier=prefetch_multiplier,
             max_tasks_per_child=max_tasks_per_child,
             burst=burst,
+            send_events=task_events or None,
         )
         if beat:  # composed here: chard.worker and chard.beat never import each other
             try:

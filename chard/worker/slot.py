@@ -249,6 +249,11 @@ class Slot:
         """Whether the child stopped for ``max_tasks_per_child`` (to be replaced)."""
         return bool(self._retired.value)
 
+    @property
+    def done_count(self) -> int:
+        """How many messages the child finished so far (heartbeats count them)."""
+        return int(self._done_count.value)
+
     def running(self) -> Running | None:
         """Return what the child runs now (or ran when it died), None if idle."""
         for _ in range(_READ_TRIES):  # a child that died mid-write leaves seq odd: stop trying

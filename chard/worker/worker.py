@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
+from chard.events import EventDispatcher
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor
+from chard.worker.heart import Heart
 from chard.worker.pools import PREFORK, create_pool
 from chard.worker.supervisor import ChildSpec, Supervisor
 
@@ -58,6 +60,7 @@ class Worker:
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
         burst: bool = False,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -70,6 +73,13 @@ class Worker:
         self.prefetch = max(1, self.concurrency * max(1, int(multiplier)))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.burst = burst
+        if send_events is None:
+            send_events = bool(conf.worker_send_task_events)
+        #: The node's event dispatcher (``-E``). Its switch is in shared memory made
+        #: before the prefork children fork: :meth:`EventDispatcher.enable` here (or in
+        #: any child) turns events on in every process of the node.
+        self.events = EventDispatcher(app, self.hostname, enabled=send_events)
+        self.heart: Heart | None = None
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
         self._signals_seen = 0
@@ -79,15 +89,21 @@ class Worker:
         self.app.finalize()
         signals.worker_init.send(sender=self)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
+        self.app.events.task_dispatcher = self.events  # task events: here and in children
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         self._install_signal_handlers()
         logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
+        self.heart = Heart(self.events, active=self._active, processed=self._processed)
+        self.heart.start()
         try:
             stats = run()
         finally:
             signals.worker_shutdown.send(sender=self)
+            self.heart.stop()  # worker-offline, after the children stopped
+            self.events.close()
+            self.app.events.task_dispatcher = None
             self.app.close()
         logger.info(
             "%s stopped: %d received, %d succeeded, %d failed, %d set aside",
@@ -136,6 +152,18 @@ class Worker:
         pool.start()
         return self.consumer.run
 
+    def _active(self) -> int:
+        """How many tasks run now (for heartbeats)."""
+        if self.supervisor is not None:
+            return self.supervisor.active_count()
+        return self.consumer.active_count() if self.consumer is not None else 0
+
+    def _processed(self) -> int:
+        """How many tasks the node finished since it started (for heartbeats)."""
+        if self.supervisor is not None:
+            return self.supervisor.processed_count()
+        return self.consumer.stats.processed if self.consumer is not None else 0
+
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
         if self.supervisor is not None:
@@ -181,6 +209,7 @@ class Worker:
             f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_kind})",
             f"-- ******* ---- .> acks:        {'late' if conf.task_acks_late else 'early'}"
             f" (max deliveries {conf.task_max_deliveries})",
+            f"-- ******* ---- .> task events: {'ON' if self.events.enabled else 'OFF'}",
             "--- ***** ----- ",
             " -------------- [queues]",
         ]
