@@ -247,7 +247,10 @@ class EventDispatcher:
         return True
 
     def close(self) -> None:
-        """Publish what is buffered and stop the flusher (Celery's ``close``). Idempotent."""
+        """Publish what is buffered and stop the flusher (Celery's ``close``). Idempotent.
+
+        Events the broker refuses now are dropped, with a warning saying how many.
+        """
         if self.pid != os.getpid():
             return
         self._closed.set()
@@ -255,8 +258,9 @@ class EventDispatcher:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(CLOSE_TIMEOUT)
-        if self._buffer:
-            self.flush()
+        if self._buffer and not self.flush():
+            logger.warning("Dropped %d event(s) the broker did not take", len(self._buffer))
+            self._buffer.clear()
 
     def __enter__(self) -> EventDispatcher:
         return self
