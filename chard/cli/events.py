@@ -44,10 +44,13 @@ def command(ctx: AppContext, dump: bool, camera: str | None, from_start: bool) -
 
 
 def _dump(ctx: AppContext, from_start: bool) -> None:
-    """Print events until Ctrl-C; reconnect with back-off when the broker drops."""
+    """Print events until Ctrl-C; reconnect with back-off when the broker drops.
+
+    The receiver is in place before the first line is printed: whatever is sent after
+    ``starting capture`` shows up.
+    """
     app = ctx.app
     dumper = Dumper()
-    dumper.say("-> evdump: starting capture...")
     pause = 1.0
     receiver = None
     while True:
@@ -56,6 +59,7 @@ def _dump(ctx: AppContext, from_start: bool) -> None:
                 receiver = app.events.Receiver(
                     handlers={"*": dumper.on_event}, from_start=from_start
                 )
+                dumper.say("-> evdump: starting capture...")
             receiver.capture()
             return
         except KeyboardInterrupt:

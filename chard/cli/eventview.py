@@ -70,7 +70,7 @@ def render(state: State, view: ViewState, now: float, width: int, height: int) -
     first = max(0, view.selected - room + 1)
     for index, task in enumerate(tasks[first : first + room], start=first):
         mark = ">" if index == view.selected else " "
-        runtime = "" if task.runtime is None else f"{task.runtime:.4f}s"
+        runtime = "" if task.runtime is None else f"{task.runtime:.6f}s"
         lines.append(
             f"{mark} {task.uuid:<36} {task.name or '?':<30} {task.state:<9} "
             f"{task.worker or '':<24} {runtime}"

@@ -349,7 +349,7 @@ def test_the_live_view_shows_workers_tasks_and_a_tasks_detail() -> None:
     assert lines[0].startswith("chard events: 1 worker(s) online, 1 task(s)")
     assert any(HOST in line and "ONLINE" in line and "processed      5" in line for line in lines)
     assert any(
-        line.startswith("> u1") and "SUCCESS" in line and "0.2500s" in line for line in lines
+        line.startswith("> u1") and "SUCCESS" in line and "0.250000s" in line for line in lines
     )
     assert "TASK u1" in text
     assert "result: 3" in text
