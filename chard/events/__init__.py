@@ -87,7 +87,7 @@ class Events:
         """Return this process's dispatcher for ``task-sent`` (made on first use)."""
         client = self._client
         if client is None or client[0] != os.getpid():
-            client = self._client = (os.getpid(), EventDispatcher(self.app, groups=("task",)))
+            client = self._client = (os.getpid(), EventDispatcher(self.app))
         return client[1]
 
     def task_sent(self, message: TaskMessage, queue: str) -> None:

@@ -115,6 +115,7 @@ class EventDispatcher:
         if switch is None:
             switch = EventSwitch(enabled)
         self.switch = switch
+        self._flag = switch._flag  # read directly by `enabled`: it is on every task's path
         #: Called (in this process) by :meth:`enable` / :meth:`disable` (Celery's sets).
         self.on_enabled: set[Callable[[], None]] = set()
         self.on_disabled: set[Callable[[], None]] = set()
@@ -137,7 +138,7 @@ class EventDispatcher:
     @property
     def enabled(self) -> bool:
         """Whether :meth:`send` sends; follows the switch, so another process may change it."""
-        return self.switch.on
+        return bool(self._flag.value)
 
     def enable(self) -> None:
         """Start sending events, in every process sharing the switch; runs ``on_enabled``."""
@@ -160,7 +161,7 @@ class EventDispatcher:
         Never blocks on the broker and never raises for it. Celery's ``retry`` and
         ``retry_policy`` arguments are accepted and unused (the flusher retries).
         """
-        if not self.switch.on:
+        if not self._flag.value:
             return None
         return self.publish(type_, fields, blind=blind)
 

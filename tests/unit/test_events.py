@@ -358,3 +358,17 @@ def test_the_live_view_shows_workers_tasks_and_a_tasks_detail() -> None:
     assert "succeeded" in text
     assert all(len(line) < 200 for line in lines)
     assert len(render(state, view, now=101.0, width=30, height=5)) == 5
+
+
+def test_a_task_sends_custom_events_even_with_task_events_off(app: Celery) -> None:
+    @app.task(bind=True)
+    def progress(self: Any) -> None:
+        self.send_event("task-progress", current=5, total=10)
+
+    result = progress.delay()
+    run_burst_with_events(app, send_events=False)
+
+    (event,) = app.events.Receiver(from_start=True).itercapture(limit=1, timeout=5)
+    assert event["type"] == "task-progress"
+    assert (event["uuid"], event["current"], event["total"]) == (result.id, 5, 10)
+    assert event["hostname"] == HOST
