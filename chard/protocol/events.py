@@ -20,9 +20,8 @@ dropped (the receiver logs both). No I/O here.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from chard.exceptions import DecodeError
@@ -56,20 +55,6 @@ def utcoffset() -> int:
     """Return this host's offset from UTC in hours, as Celery's events carry it (west > 0)."""
     is_dst = time.daylight and time.localtime().tm_isdst > 0
     return (time.altzone if is_dst else time.timezone) // 3600
-
-
-def create_event(type_: str, *, hostname: str, clock: int = 0, **fields: Any) -> Event:
-    """Return event ``type_`` from ``hostname``, stamped now, with ``fields``."""
-    event: Event = {
-        "hostname": hostname,
-        "utcoffset": utcoffset(),
-        "pid": os.getpid(),
-        "clock": clock,
-        **fields,
-    }
-    event.setdefault("timestamp", time.time())
-    event["type"] = type_
-    return event
 
 
 def group_of(type_: str) -> str:
@@ -120,7 +105,3 @@ def is_valid(event: Any) -> bool:
         and not isinstance(stamp, bool)
     )
 
-
-def names(events: Iterable[Event]) -> list[str]:
-    """Return the types of ``events`` (for log lines and tests)."""
-    return [str(e.get("type")) for e in events]
