@@ -106,13 +106,12 @@ class Events:
 
 def _message_fields(message: TaskMessage) -> dict[str, Any]:
     """The fields ``task-sent`` and ``task-received`` carry about a message (Celery's)."""
-    headers = message.headers()
     return {
         "uuid": message.id,
         "name": message.task,
-        "args": headers.get("argsrepr"),
-        "kwargs": headers.get("kwargsrepr"),
-        "root_id": message.root_id,
+        "args": message.argsrepr,
+        "kwargs": message.kwargsrepr,
+        "root_id": message.root_id or message.id,
         "parent_id": message.parent_id,
         "retries": message.retries,
         "eta": message.eta.isoformat() if message.eta is not None else None,

@@ -372,3 +372,15 @@ def test_a_task_sends_custom_events_even_with_task_events_off(app: Celery) -> No
     assert event["type"] == "task-progress"
     assert (event["uuid"], event["current"], event["total"]) == (result.id, 5, 10)
     assert event["hostname"] == HOST
+
+
+def test_what_makes_an_event_valid_and_its_group() -> None:
+    from chard.protocol.events import group_of, is_valid, utcoffset
+
+    assert is_valid({"type": "task-sent", "hostname": "h", "timestamp": 1})
+    assert not is_valid({"type": "task-sent", "hostname": "h", "timestamp": True})
+    assert not is_valid({"type": "task-sent", "timestamp": 1.0})
+    assert not is_valid(["type", "hostname", "timestamp"])
+    assert group_of("task-sent") == "task"
+    assert group_of("custom") == "custom"
+    assert isinstance(utcoffset(), int)
