@@ -10,6 +10,7 @@ field and its timeline), q quits.
 
 from __future__ import annotations
 
+import contextlib
 import curses
 import logging
 import threading
@@ -138,7 +139,8 @@ class Monitor:
                 pause = min(pause * 2, 30.0)
 
     def _main(self, screen: Any) -> None:
-        curses.curs_set(0)
+        with contextlib.suppress(curses.error):  # a terminal without cursor control
+            curses.curs_set(0)
         screen.timeout(int(REFRESH_INTERVAL * 1000))
         while True:
             self._draw(screen)

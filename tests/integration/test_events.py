@@ -19,7 +19,7 @@ import pytest
 
 from chard.protocol.events import EVENTS_CHANNEL, Event
 from tests.helpers import IN_CI, wait_for
-from tests.integration.workers import CHARD, WorkerFactory, child_pythonpath
+from tests.integration.workers import CHARD, WorkerFactory, child_pythonpath, run_cli
 
 
 class Dump:
@@ -225,3 +225,15 @@ def test_live_view_in_a_terminal(itproj: Any, tmux_view: Tmux, workers: WorkerFa
     # And q quits
     tmux_view.run("send-keys", "-t", "view", "q")
     wait_for(lambda: not tmux_view.is_running())
+
+
+def test_events_cli_refuses_what_it_cannot_do(
+    tmp_path: Path, sqlite_transport: dict[str, str]
+) -> None:
+    no_tty = run_cli(["-A", "itproj", "events"], sqlite_transport, tmp_path)
+    assert no_tty.returncode == 2
+    assert "the live view needs a terminal; use --dump" in no_tty.stderr
+
+    camera = run_cli(["-A", "itproj", "events", "-c", "myapp.Camera"], sqlite_transport, tmp_path)
+    assert camera.returncode == 2
+    assert "snapshot cameras are not supported" in camera.stderr
