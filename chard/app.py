@@ -90,8 +90,7 @@ class Celery:
         self.conf.call_on_first_read(self._configure)
         #: Remote control of the workers (``app.control.revoke(task_id)``); connects on use.
         self.control = Control(self)
-        #: Monitoring events (``app.events.Receiver(handlers=...)``, ``.State()``).
-        self.events = Events(self)
+        self.events = Events(self)  #: monitoring events: ``.Receiver(handlers=)``, ``.State()``
         if set_as_current:
             _context.set_current_app(self)
 
