@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from chard.exceptions import TimeLimitExceeded
 from chard.protocol.events import EVENTS_CHANNEL, Event
 from tests.helpers import IN_CI, wait_for
 from tests.integration.workers import CHARD, WorkerFactory, child_pythonpath, run_cli
@@ -237,3 +238,27 @@ def test_events_cli_refuses_what_it_cannot_do(
     camera = run_cli(["-A", "itproj", "events", "-c", "myapp.Camera"], sqlite_transport, tmp_path)
     assert camera.returncode == 2
     assert "snapshot cameras are not supported" in camera.stderr
+
+
+def test_an_end_the_node_records_itself_is_an_event_too(
+    itproj: Any, dump: Dump, workers: WorkerFactory
+) -> None:
+    from itproj.tasks import hang
+
+    # Given a prefork worker with events on, and a task over its hard time limit (1 s)
+    workers.start("-E", "-c", "1", "-n", "tl1@%h")
+
+    # When the parent kills the child running it
+    result = hang.delay()
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+
+    # Then task-failed still comes, from the node's main process (the child is dead)
+    failed = dump.wait_for(f"task failed: itproj.tasks.hang({result.id})")
+    assert "TimeLimitExceeded" in failed
+    started = dump.wait_for(f"task started: itproj.tasks.hang({result.id})")
+    assert _pid_of(failed) != _pid_of(started)
+
+
+def _pid_of(line: str) -> str:
+    return line.split("pid=", 1)[1].split(",", 1)[0]
