@@ -104,4 +104,3 @@ def is_valid(event: Any) -> bool:
         and isinstance(stamp, (int, float))
         and not isinstance(stamp, bool)
     )
-
