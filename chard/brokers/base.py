@@ -249,12 +249,13 @@ class Broker(ABC):
         """
 
     # -- broadcast channels: optional, so a third-party broker without them still runs tasks --
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to the log of ``channel`` durably; return the entry's cursor.
 
         Every reader of the channel sees every entry (unlike a queue). The log keeps
-        at least the newest ``broadcast_maxlen`` entries and not many more (a broker
-        may trim lazily: Redis drops whole stream nodes of up to 100 entries).
+        at least the newest ``maxlen`` entries (default ``broadcast_maxlen``) and not
+        many more (a broker may trim lazily: Redis drops whole stream nodes of up to
+        100 entries); a channel of big entries (events) passes a smaller one.
         Thread-safe.
 
         Raises:

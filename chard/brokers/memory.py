@@ -291,13 +291,14 @@ class MemoryBroker(Broker):
             return True
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         store = self._store
+        keep = maxlen or self.broadcast_maxlen
         with store.cond:
             log = store.channels.setdefault(channel, deque())
             seq = next(store.ids)
             log.append((seq, bytes(payload)))
-            while len(log) > self.broadcast_maxlen:
+            while len(log) > keep:
                 log.popleft()
             store.cond.notify_all()
         return str(seq)

@@ -329,13 +329,13 @@ class RedisBroker(Broker):
             logger.debug("Settling %s (%s) was a no-op: its lease had lapsed", tag, mode)
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
-        """``XADD`` to the channel's stream, trimming it to about ``broadcast_maxlen``."""
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
+        """``XADD`` to the channel's stream, trimming it to about ``maxlen`` entries."""
         with self._errors():
             entry = self._client.xadd(
                 self._key(f"chard.bcast.{channel}"),
                 {"p": payload},
-                maxlen=self.broadcast_maxlen,
+                maxlen=maxlen or self.broadcast_maxlen,
                 approximate=True,
             )
         return cast(bytes, entry).decode()

@@ -290,9 +290,9 @@ class SQLiteBroker(Broker):
         return [SQLiteDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
 
     # -- broadcast channels ---------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to ``channel``'s log and prune it, then wake its readers."""
-        params = {"channel": channel, "keep": self.broadcast_maxlen}
+        params = {"channel": channel, "keep": maxlen or self.broadcast_maxlen}
 
         def append(conn: sqlite3.Connection) -> int:
             row = conn.execute(

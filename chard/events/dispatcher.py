@@ -35,7 +35,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from chard.protocol.events import EVENTS_CHANNEL, Event, encode_batch, group_of, utcoffset
+from chard.protocol.events import (
+    EVENTS_CHANNEL,
+    EVENTS_MAXLEN,
+    Event,
+    encode_batch,
+    group_of,
+    utcoffset,
+)
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -49,7 +56,7 @@ FLUSH_INTERVAL = 0.1
 #: Most events buffered while the broker cannot take them; the oldest go first.
 MAX_BUFFERED = 10_000
 #: Most events in one entry of the channel.
-MAX_BATCH = 1_000
+MAX_BATCH = 500
 #: Longest pause between two attempts to reach a broker that is down (seconds).
 MAX_BACKOFF = 10.0
 #: How long :meth:`EventDispatcher.close` waits for the last publish.
@@ -241,7 +248,8 @@ class EventDispatcher:
                 while buffer and len(batch) < MAX_BATCH:
                     batch.append(buffer.popleft())
                 try:
-                    self.app.broker.broadcast(EVENTS_CHANNEL, encode_batch(batch))
+                    payload = encode_batch(batch)
+                    self.app.broker.broadcast(EVENTS_CHANNEL, payload, maxlen=EVENTS_MAXLEN)
                 except Exception as exc:  # the broker is down, or cannot broadcast
                     buffer.extendleft(reversed(batch))
                     logger.warning("Cannot send %d event(s): %s", len(batch), exc)

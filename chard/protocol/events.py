@@ -30,6 +30,9 @@ from chard.exceptions import DecodeError
 EVENTS_CHANNEL = "events"
 #: The batch format this code writes and reads.
 EVENTS_VERSION = 1
+#: Entries (batches) the ``events`` channel keeps: it is history for ``--from-start``,
+#: not a queue, and a batch under load holds hundreds of events.
+EVENTS_MAXLEN = 1_000
 #: Seconds between two ``worker-heartbeat`` events (Celery's default).
 HEARTBEAT_INTERVAL = 2.0
 

@@ -141,6 +141,22 @@ def test_retention_is_bounded_and_keeps_the_newest(
         assert len(kept) == 5
 
 
+def test_a_channel_may_keep_fewer_entries_than_the_default(
+    broker: Broker, broker_kind: str
+) -> None:
+    # Given a channel of big entries (events) that asks to keep 5, and 250 broadcast to it
+    sent = [b"e%03d" % i for i in range(250)]
+    for payload in sent:
+        broker.broadcast("big", payload, maxlen=5)
+    broker.broadcast("other", b"x")
+
+    # Then it keeps the newest, about 5, while other channels keep the default
+    kept = payloads(broker.broadcast_read("big", BROADCAST_START, timeout=0))
+    assert kept == sent[-len(kept) :]
+    assert 5 <= len(kept) <= (105 if broker_kind == "redis" else 5)
+    assert payloads(broker.broadcast_read("other", BROADCAST_START, timeout=0)) == [b"x"]
+
+
 def test_a_restarted_reader_reads_everything_kept(make_broker: BrokerFactory) -> None:
     # Given entries broadcast while no reader ran, and the writer gone
     writer = make_broker()
