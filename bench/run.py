@@ -67,6 +67,8 @@ class Config:
     celery_db: int
     output: Path
     timeout: float
+    #: Workers send task events (``-E``): the cost of monitoring.
+    events: bool = False
 
 
 @dataclass
@@ -162,10 +164,10 @@ def client(system: System, op: str, n: int, timeout: float) -> dict[str, Any]:
 class WorkerRun:
     """A worker process started through its CLI, with a peak-RSS sampler on its tree."""
 
-    def __init__(self, system: System, log: Path) -> None:
+    def __init__(self, system: System, log: Path, events: bool = False) -> None:
         self.system = system
         argv = [system.cli, "-A", system.app_module, "worker", "-P", "prefork", "-c", "2"]
-        argv += ["-l", "WARNING"]
+        argv += ["-l", "WARNING", *(["-E"] if events else [])]
         system.logs.append(log)
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -237,7 +239,7 @@ def one_round(system: System, cfg: Config, logdir: Path, index: int) -> dict[str
     system.reset()
     sent = client(system, "enqueue-delay", cfg.n, cfg.timeout)
     out["enqueue_delay"] = sent["rate"]
-    worker = WorkerRun(system, logdir / f"{system.name}-{index}.log")
+    worker = WorkerRun(system, logdir / f"{system.name}-{index}.log", cfg.events)
     try:
         out["drain"] = wait_drained(system, worker, int(sent["sent"]), cfg.timeout)
         out["e2e"] = client(system, "e2e", cfg.e2e_n, cfg.timeout)["rate"]
@@ -316,6 +318,9 @@ def parse(argv: list[str] | None) -> Config:
     p.add_argument("--celery-db", type=int, default=11)
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     p.add_argument("--timeout", type=float, default=600, help="seconds per phase at most")
+    p.add_argument(
+        "-E", "--events", action="store_true", help="workers send task events (worker -E)"
+    )
     a = p.parse_args(argv)
     quick = a.quick
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
@@ -339,6 +344,7 @@ def parse(argv: list[str] | None) -> Config:
         celery_db=a.celery_db,
         output=a.output,
         timeout=a.timeout,
+        events=a.events,
     )
 
 
@@ -373,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.python_version()}{celery_version}; {os.cpu_count()} CPUs; "
         f"{cfg.rounds} round(s), median; N={cfg.n:,} (group {cfg.group_n:,}), "
         f"end-to-end {cfg.e2e_n:,}, round-trip samples {cfg.latency_n:,}, "
-        f"idle window {cfg.idle_seconds:g} s; workers `-P prefork -c 2 -l WARNING`.\n"
+        f"idle window {cfg.idle_seconds:g} s; workers `-P prefork -c 2 -l WARNING"
+        f"{' -E' if cfg.events else ''}`.\n"
     )
     text = f"{header}\n{table(medians, cfg)}\n\n## Rounds\n\n{details(runs)}\n"
     print(text)

@@ -24,6 +24,7 @@ from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
 from chard.config import Settings
 from chard.control import Control
+from chard.events import Events
 from chard.exceptions import ImproperlyConfigured
 from chard.execution.trace import apply_eagerly
 from chard.protocol.message import TaskMessage
@@ -89,6 +90,7 @@ class Celery(CeleryCompat):
         self.conf.call_on_first_read(self._configure)
         #: Remote control of the workers (``app.control.revoke(task_id)``); connects on use.
         self.control = Control(self)
+        self.events = Events(self)  #: monitoring events: ``.Receiver(handlers=)``, ``.State()``
         if set_as_current:
             _context.set_current_app(self)
 

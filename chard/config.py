@@ -84,7 +84,9 @@ SETTINGS: dict[str, Setting] = {
         {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         "Retry policy for publishing (Celery's keys)",
     ),
-    "task_send_sent_event": Setting(False, "Send a task-sent event (events issue)"),
+    "task_send_sent_event": Setting(
+        False, "Clients send a task-sent event for each message they publish"
+    ),
     # -- worker ----------------------------------------------------------------
     "worker_concurrency": Setting(None, "Pool size; None = number of CPUs"),
     "worker_pool": Setting(
@@ -98,7 +100,9 @@ SETTINGS: dict[str, Setting] = {
     "worker_max_memory_per_child": Setting(
         None, "Replace a prefork child whose resident memory is over this many KiB after a task"
     ),
-    "worker_send_task_events": Setting(False, "Send task events (events issue)"),
+    "worker_send_task_events": Setting(
+        False, "Workers send task and worker events (worker -E; control enable_events)"
+    ),
     "worker_hijack_root_logger": Setting(True, "Let the CLI configure the root logger"),
     "worker_redirect_stdouts": Setting(True, "Redirect task prints to the log"),
     # -- time and beat ---------------------------------------------------------

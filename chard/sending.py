@@ -195,6 +195,9 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
     if signals.after_task_publish.receivers:
         for message, queue in messages:
             signals.after_task_publish.send(sender=message.task, routing_key=queue)
+    if app.conf["task_send_sent_event"]:  # batched by a background thread: no round trip
+        for message, queue in messages:
+            app.events.task_sent(message, queue)
 
 
 def _add_children(messages: Sequence[RoutedMessage]) -> None:

@@ -354,6 +354,17 @@ class Task(Generic[P, R]):
         if backend is not None:
             backend.store_result(task_id, meta, state or states.PENDING)
 
+    def send_event(self, type_: str, retry: bool = True, **fields: Any) -> None:
+        """Send a custom monitoring event about the running task (Celery's, for Flower).
+
+        It carries ``uuid`` (the running task's id) and ``fields``, and goes out whether or
+        not the worker sends task events, as in Celery: through the worker's dispatcher
+        (its node name), else this process's client one. ``retry`` is accepted, unused.
+        """
+        events = self.app.events
+        dispatcher = events.task_dispatcher or events.client_dispatcher()
+        dispatcher.publish(type_, {"uuid": self.request.id, **fields})
+
     def AsyncResult(self, task_id: str) -> _result.AsyncResult[R]:
         """Return the result handle for ``task_id`` of this task."""
         return _result.AsyncResult(task_id, app=self.app, task_name=self.name)

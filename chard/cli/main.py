@@ -14,7 +14,18 @@ import click
 
 from chard import __version__
 from chard.app import Celery
-from chard.cli import beat, call, control, deadletters, multi, purge, result, settings, worker
+from chard.cli import (
+    beat,
+    call,
+    control,
+    deadletters,
+    events,
+    multi,
+    purge,
+    result,
+    settings,
+    worker,
+)
 from chard.cli.context import AppContext
 
 
@@ -30,7 +41,7 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_bac
         ctx.obj = AppContext(app_spec, broker, result_backend)
 
 
-for _module in (worker, multi, beat, call, result, purge, settings, deadletters):
+for _module in (worker, multi, beat, call, result, purge, settings, deadletters, events):
     cli.add_command(_module.command)
 for _command in (control.inspect_command, control.control_command, control.status_command):
     cli.add_command(_command)

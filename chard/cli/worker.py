@@ -27,6 +27,15 @@ from chard.exceptions import ChardError
 @click.option("--autoscale", help="max,min: grow the prefork pool while tasks wait, shrink idle.")
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--pidfile", help="Write the worker's PID here.")
+@click.option(
+    "-E",
+    "--task-events",
+    "--events",
+    "task_events",
+    is_flag=True,
+    default=None,
+    help="Send task and worker events, for monitors (worker_send_task_events).",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this process (development).")
 @click.option(
@@ -51,6 +60,7 @@ def command(
     autoscale: str | None,
     logfile: str | None,
     pidfile: str | None,
+    task_events: bool | None,
     burst: bool,
     beat: bool,
     schedule_filename: str | None,
@@ -91,6 +101,7 @@ def command(
                 max_memory_per_child=max_memory_per_child,
                 autoscale=autoscale,
                 burst=burst,
+                send_events=task_events or None,
             )
         except ChardError as exc:
             raise click.ClickException(str(exc)) from None

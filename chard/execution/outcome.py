@@ -18,6 +18,10 @@ cannot be encoded -- the worker calls one of :func:`succeeded`, :func:`failed` o
 3. call the task class's hook (``on_success``/``on_failure``, only where the body ran);
 4. send the signal (``task_success``, ``task_failure``, ``task_revoked``), once.
 
+Right after the store, each also sends its monitoring event (``task-succeeded``,
+``task-failed``, ``task-revoked``) when the worker process sends events: so the
+events tell every end, whatever caused it, from the process that recorded it.
+
 After the store, each step is guarded on its own (:func:`_guarded`): a follow-up that
 cannot be sent, or a hook that raises, is logged and the other steps still happen.
 So user code in a hook can never take a workflow's end with it, nor end the task
@@ -38,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chard import signals, states
+from chard._utils.log import saferepr
 from chard.canvas.errbacks import run_errback
 from chard.canvas.signature import Signature
 from chard.exceptions import ChordError, EncodeError, SerializationError, TaskRevokedError
@@ -93,8 +98,11 @@ def succeeded(
     store: bool,
     extra: dict[str, Any] | None = None,
     hook: Hook | None = None,
+    runtime: float | None = None,
 ) -> tuple[str, Any, str | None]:
     """Record that ``task`` returned ``value``; send what runs next.
+
+    ``runtime`` (seconds the body ran) goes into the ``task-succeeded`` event.
 
     Returns:
         ``(state, value, traceback)`` as recorded: SUCCESS, or FAILURE with an
@@ -110,6 +118,9 @@ def succeeded(
             trace = "".join(tb.format_exception(error))
             failed(app, task, request, error, trace, store=store, extra=extra, hook=hook)
             return states.FAILURE, error, trace
+    events = app.events.task_dispatcher
+    if events is not None and events.enabled and not request.is_eager:
+        events.send("task-succeeded", uuid=request.id, result=saferepr(value), runtime=runtime)
     if not request.is_eager:
         _send_next(app, task.name, request, value)
     if hook is not None:
@@ -137,6 +148,10 @@ def failed(
     name = task.name if task is not None else (name or "?")
     if store:
         _store(app, request, exc, states.FAILURE, traceback, extra)
+    events = app.events.task_dispatcher
+    if events is not None and events.enabled and not request.is_eager:
+        trace = traceback or "".join(tb.format_exception(exc))
+        events.send("task-failed", uuid=request.id, exception=saferepr(exc), traceback=trace)
     for errback in request.errbacks or ():
         # Celery's two forms: errback(request, exc, traceback) inline, or sent with the id.
         _guarded(name, request, "link_error", run_errback, app, errback, request, exc, traceback)
@@ -177,6 +192,15 @@ def revoked(
     error = TaskRevokedError(reason)
     if store:
         _store(app, request, error, states.REVOKED, None, extra_meta(app, task, request))
+    events = app.events.task_dispatcher
+    if events is not None and events.enabled:
+        events.send(
+            "task-revoked",
+            uuid=request.id,
+            terminated=reason == "terminated",
+            signum=signum,
+            expired=reason == "expired",
+        )
     step = TaskRevokedError(f"chain step {name}[{request.id}] was {reason}; this step never ran")
     _guarded(name, request, "chain end", _end_chain, app, request, step, states.REVOKED, None)
     if request.chord:

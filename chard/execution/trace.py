@@ -138,8 +138,9 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
         outcome.failed(app, task, request, exc, trace, store=should_store, extra=extra, hook=hook)
         result = TraceResult(states.FAILURE, exc, trace)
     else:
+        ran = time.perf_counter() - started
         ended = outcome.succeeded(
-            app, task, request, value, store=should_store, extra=extra, hook=hook
+            app, task, request, value, store=should_store, extra=extra, hook=hook, runtime=ran
         )
         result = TraceResult(*ended)
     finally:

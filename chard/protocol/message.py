@@ -96,6 +96,16 @@ class TaskMessage:
         """Return a copy with ``changes`` applied."""
         return replace(self, **changes)
 
+    @property
+    def argsrepr(self) -> str:
+        """The args as the ``argsrepr`` header shows them (logs, monitoring events)."""
+        return _args_repr(self.args)
+
+    @property
+    def kwargsrepr(self) -> str:
+        """The kwargs as the ``kwargsrepr`` header shows them."""
+        return _kwargs_repr(self.kwargs)
+
     def headers(self) -> dict[str, Any]:
         """Return the protocol-v2 headers, every key present as Celery sends them."""
         headers: dict[str, Any] = {

@@ -219,6 +219,8 @@ def child_main(
     pool.start()
     stats = consumer.run()
     slot.save_stats({name: getattr(stats, name) for name in STAT_FIELDS})
+    if app.events.task_dispatcher is not None:  # inherited, started afresh: flush ours
+        app.events.task_dispatcher.close()
     app.close()
 
 

@@ -137,6 +137,10 @@ class Consumer:
                 self.revocations.join(timeout=5)  # it sees the stop within its read timeout
         return self.stats
 
+    def active_count(self) -> int:
+        """Return how many messages the pool runs now (for heartbeats; any thread)."""
+        return min(len(self._inflight), self.pool.concurrency)
+
     def stop(self, cold: bool = False) -> None:
         """Ask the loop to end: warm (finish running tasks) or cold (abandon them)."""
         self._cold = self._cold or cold
@@ -436,6 +440,7 @@ class Consumer:
             self._discard(delivery, message, "expired")
             return False
         logger.info("Task %s[%s] received", message.task, message.id)
+        self.app.events.task_received(message)  # when this process sends events
         return True
 
     def _defer(self, delivery: Delivery, message: TaskMessage) -> None:

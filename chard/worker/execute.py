@@ -23,7 +23,7 @@ from chard import states
 from chard._utils.log import saferepr
 from chard.exceptions import BackendConnectionError, BackendError, NotRegistered
 from chard.execution import outcome
-from chard.execution.trace import trace_task
+from chard.execution.trace import TraceResult, trace_task
 from chard.protocol.message import TaskMessage
 from chard.task import Context
 from chard.worker.slot import digest
@@ -31,6 +31,7 @@ from chard.worker.slot import digest
 if TYPE_CHECKING:
     from chard.app import Celery
     from chard.backends.base import ResultBackend
+    from chard.events import EventDispatcher
     from chard.worker.slot import Slot
 
 logger = logging.getLogger("chard.worker")
@@ -270,9 +271,14 @@ class Executor:
             stores = app.backend is not None and not message.ignore_result
             body = payload.body if _in_workflow(message) else None
             self.slot.begin(message.id, message.task, stores, body, digest(payload.body))
+        events = app.events.task_dispatcher  # this process's, if it is a worker's
+        if events is not None and not events.enabled:
+            events = None
         try:
             if self.revocation_check is not None and self.revocation_check(payload, message):
                 return ExecOutcome("ack", states.REVOKED)
+            if events is not None:
+                events.send("task-started", uuid=message.id)
             if track and app.backend is not None and not message.ignore_result:
                 app.backend.store_result(
                     message.id, {"pid": os.getpid(), "hostname": self.hostname}, states.STARTED
@@ -295,6 +301,8 @@ class Executor:
             logger.exception("Task %s[%s]: internal error: %r", message.task, message.id, exc)
             return ExecOutcome("dead_letter", states.FAILURE, f"internal error: {exc!r}")
         _log_outcome(message, traced.state, traced.value, traced.runtime)
+        if events is not None:  # the ends (succeeded, failed) are sent by execution.outcome
+            _send_not_ended(events, message.id, traced)
         if traced.state == states.REJECTED and traced.requeue:
             return ExecOutcome("requeue", traced.state)
         return ExecOutcome("ack", traced.state)
@@ -320,6 +328,19 @@ def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -
         logger.info("Task %s[%s] retry: %s", name, task_id, value)
     else:
         logger.info("Task %s[%s] %s", name, task_id, state.lower())
+
+
+def _send_not_ended(events: EventDispatcher, task_id: str, traced: TraceResult) -> None:
+    """Send ``task-retried`` or ``task-rejected`` for a run that did not end its task."""
+    if traced.state == states.RETRY:
+        events.send(  # its value is the retry's cause (or the Retry itself)
+            "task-retried",
+            uuid=task_id,
+            exception=saferepr(traced.value),
+            traceback=traced.traceback,
+        )
+    elif traced.state == states.REJECTED:
+        events.send("task-rejected", uuid=task_id, requeue=traced.requeue)
 
 
 def _in_workflow(message: TaskMessage) -> bool:

@@ -254,6 +254,11 @@ class Slot:
         index = int(self._retired.value)
         return RETIRE_REASONS[index] if 0 < index < len(RETIRE_REASONS) else None
 
+    @property
+    def done_count(self) -> int:
+        """How many messages the child finished so far (heartbeats count them)."""
+        return int(self._done_count.value)
+
     def running(self) -> Running | None:
         """Return what the child runs now (or ran when it died), None if idle."""
         for _ in range(_READ_TRIES):  # a child that died mid-write leaves seq odd: stop trying

@@ -144,6 +144,18 @@ class Supervisor:
                 os.close(fd)
         return self.stats
 
+    def active_count(self) -> int:
+        """Return how many children run a task now (for heartbeats; any thread)."""
+        with self._lock:
+            live = list(self._children.values())
+        return sum(1 for child in live if child.slot.running() is not None)
+
+    def processed_count(self) -> int:
+        """Return how many tasks the node finished: stopped children's and live ones' (slots)."""
+        with self._lock:
+            live = list(self._children.values())
+        return self.stats.processed + sum(child.slot.done_count for child in live)
+
     def stop(self, cold: bool = False) -> None:
         """Ask the node to stop, warm or cold; safe to call from a signal handler."""
         self._cold = self._cold or cold

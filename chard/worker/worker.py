@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 from chard import __version__, signals
 from chard._utils.log import redact_url
 from chard._utils.nodenames import host_format
+from chard.events import EventDispatcher
 from chard.exceptions import ImproperlyConfigured
 from chard.worker.autoscale import Autoscaler, parse_autoscale
 from chard.worker.child import ChildSpec
 from chard.worker.consumer import Consumer
 from chard.worker.execute import Executor
+from chard.worker.heart import Heart
 from chard.worker.held import ConsumerStats
 from chard.worker.mailbox import Mailbox
 from chard.worker.node import ChildProcesses, LocalProcesses, Node, Processes
@@ -74,6 +76,7 @@ class Worker:
         max_memory_per_child: int | None = None,
         autoscale: str | tuple[int, int] | None = None,
         burst: bool = False,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -95,6 +98,13 @@ class Worker:
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.burst = burst
+        if send_events is None:
+            send_events = bool(conf.worker_send_task_events)
+        #: The node's event dispatcher (``-E``). Its switch is in shared memory made
+        #: before the prefork children fork: :meth:`EventDispatcher.enable` here (or in
+        #: any child) turns events on in every process of the node.
+        self.events = EventDispatcher(app, self.hostname, enabled=send_events)
+        self.heart: Heart | None = None
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
         self.autoscaler: Autoscaler | None = None
@@ -120,6 +130,7 @@ class Worker:
         self.app.finalize()
         signals.worker_init.send(sender=self)
         self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
+        self.app.events.task_dispatcher = self.events  # task events: here and in children
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         self.mailbox = mailbox = Mailbox(self._node())  # joins the control channel
         mailbox.start()
@@ -127,11 +138,16 @@ class Worker:
         logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
+        self.heart = Heart(self.events, active=self._active, processed=self._processed)
+        self.heart.start()
         try:
             stats = run()
         finally:
             mailbox.stop()  # leaves the channel
             signals.worker_shutdown.send(sender=self)
+            self.heart.stop()  # worker-offline, after the children stopped
+            self.events.close()
+            self.app.events.task_dispatcher = None
             self.app.close()
         logger.info(
             "%s stopped: %d received, %d succeeded, %d failed, %d set aside",
@@ -213,6 +229,18 @@ class Worker:
             processes=processes,
             stop=self.stop,
         )
+
+    def _active(self) -> int:
+        """How many tasks run now (for heartbeats)."""
+        if self.supervisor is not None:
+            return self.supervisor.active_count()
+        return self.consumer.active_count() if self.consumer is not None else 0
+
+    def _processed(self) -> int:
+        """How many tasks the node finished since it started (for heartbeats)."""
+        if self.supervisor is not None:
+            return self.supervisor.processed_count()
+        return self.consumer.stats.processed if self.consumer is not None else 0
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
@@ -307,6 +335,7 @@ class Worker:
             f"- *** --- * --- .> concurrency: {self._concurrency_text()} ({self.pool_kind})",
             f"-- ******* ---- .> acks:        {'late' if conf.task_acks_late else 'early'}"
             f" (max deliveries {conf.task_max_deliveries})",
+            f"-- ******* ---- .> task events: {'ON' if self.events.enabled else 'OFF'}",
             "--- ***** ----- ",
             " -------------- [queues]",
         ]
