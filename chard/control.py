@@ -313,6 +313,36 @@ class Control:
         """Warm-stop the nodes: running tasks finish, unstarted ones go back to the queue."""
         return self.broadcast("shutdown", {}, destination, **kwargs)
 
+    def enable_events(
+        self, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Make the nodes send task and worker events (as ``worker -E``) until disabled."""
+        return self.broadcast("enable_events", {}, destination, **kwargs)
+
+    def disable_events(
+        self, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Make the nodes stop sending events."""
+        return self.broadcast("disable_events", {}, destination, **kwargs)
+
+    def pool_grow(
+        self, n: int = 1, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Grow each node's pool by ``n`` processes (threads)."""
+        return self.broadcast("pool_grow", {"n": n}, destination, **kwargs)
+
+    def pool_shrink(
+        self, n: int = 1, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Shrink each node's pool by ``n`` processes, idle ones first, warmly."""
+        return self.broadcast("pool_shrink", {"n": n}, destination, **kwargs)
+
+    def autoscale(
+        self, max: int, min: int, destination: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> list[dict[str, Reply]] | None:
+        """Change the autoscale bounds of nodes started with ``--autoscale``."""
+        return self.broadcast("autoscale", {"max": max, "min": min}, destination, **kwargs)
+
 
 class Inspect:
     """Ask the nodes about their state (``app.control.inspect()``), in Celery's shapes.

@@ -402,3 +402,47 @@ def shutdown(node: Node, msg: str = "Got shutdown from remote") -> Reply:
     logger.warning("%s", msg)
     node.stop()
     return ok("shutting down")
+
+
+# -- events and pool size -------------------------------------------------------------------------
+@control_command()
+def enable_events(node: Node) -> Reply:
+    """Send task and worker events from now on (as ``worker -E``), in every process."""
+    if node.events.enabled:
+        return ok("task events already enabled")
+    node.events.enable()
+    logger.info("Events of group {task} enabled by remote.")
+    return ok("task events enabled")
+
+
+@control_command()
+def disable_events(node: Node) -> Reply:
+    """Stop sending events (one switch: worker heartbeats stop too, unlike Celery)."""
+    if not node.events.enabled:
+        return ok("task events already disabled")
+    node.events.disable()
+    logger.info("Events of group {task} disabled by remote.")
+    return ok("task events disabled")
+
+
+@control_command(args=(("n", int),), signature="[N=1]")
+def pool_grow(node: Node, n: int = 1) -> Reply:
+    """Grow the pool by n processes (threads); under autoscale, raise its floor for now."""
+    size = node.sizing.pool_grow(int(n))
+    logger.info("Pool grown by %d by remote: now %d", n, size)
+    return ok("pool will grow")
+
+
+@control_command(args=(("n", int),), signature="[N=1]")
+def pool_shrink(node: Node, n: int = 1) -> Reply:
+    """Shrink the pool by n processes, idle ones first, warmly (one always stays)."""
+    size = node.sizing.pool_shrink(int(n))
+    logger.info("Pool shrunk by %d by remote: now %d", n, size)
+    return ok("pool will shrink")
+
+
+@control_command(args=(("max", int), ("min", int)), signature="[max [min]]")
+def autoscale(node: Node, max: int | None = None, min: int | None = None) -> Reply:
+    """Change the autoscale bounds of a node started with --autoscale."""
+    high, low = node.sizing.autoscale_update(max, min)
+    return ok(f"autoscale now max={high} min={low}")

@@ -22,6 +22,7 @@ from chard.worker.process_control import ProcessControl, ask_children
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.events import EventDispatcher
     from chard.worker.revocations import Revocations
 
 
@@ -33,6 +34,19 @@ class Processes(Protocol):
 
     def pids(self) -> list[int]:
         """Return the ids of the processes that run tasks."""
+
+
+class Sizing(Protocol):
+    """The node's pool size at run time (the worker implements it)."""
+
+    def pool_grow(self, n: int = 1) -> int:
+        """Add ``n`` processes (or threads); return the new size."""
+
+    def pool_shrink(self, n: int = 1) -> int:
+        """Retire ``n`` processes warmly, keeping one; return the new size."""
+
+    def autoscale_update(self, max: int | None, min: int | None) -> tuple[int, int]:
+        """Change the autoscale bounds; raises ImproperlyConfigured without --autoscale."""
 
 
 class LocalProcesses:
@@ -90,6 +104,11 @@ class Node:
     processes: Processes
     #: Warm-stop the node (``shutdown``).
     stop: Callable[[], None]
+    #: The node's event switch (``enable_events``/``disable_events``): shared memory,
+    #: so a change made here reaches every prefork child at its next event.
+    events: EventDispatcher
+    #: Grow, shrink, autoscale the pool (``pool_grow``/``pool_shrink``/``autoscale``).
+    sizing: Sizing
     #: ``time.monotonic()`` at start, for ``uptime``.
     started: float = field(default_factory=time.monotonic)
     #: How long the command being run may wait for the processes (set per request).

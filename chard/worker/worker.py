@@ -228,6 +228,8 @@ class Worker:
             revocations=revocations,
             processes=processes,
             stop=self.stop,
+            events=self.events,
+            sizing=self,
         )
 
     def _active(self) -> int:
