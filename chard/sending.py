@@ -68,6 +68,8 @@ class SendOptions:
     def of(cls, options: Mapping[str, Any], **named: Any) -> SendOptions:
         """Split ``options`` (plus ``named``, the keywords a caller took positionally)."""
         known: dict[str, Any] = {k: v for k, v in named.items() if v is not None}
+        if not options:  # a plain delay(): no loop, no second dict (the hot path)
+            return cls(**known)
         other: dict[str, Any] = {}
         for key, value in options.items():
             (known if key in _FIELDS else other)[key] = value
