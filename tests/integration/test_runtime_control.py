@@ -101,5 +101,6 @@ def test_autoscale_on_a_node_without_it_is_an_error_reply(
 ) -> None:
     workers.start("-n", NODE, "-c", "1")
     replies = itproj.control.autoscale(4, 2, destination=[NODE], reply=True, timeout=10)
-    assert replies is not None and len(replies) == 1
+    assert replies is not None
+    assert len(replies) == 1
     assert "autoscale is not enabled on this node" in replies[0][NODE]["error"]
