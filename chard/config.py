@@ -290,6 +290,20 @@ class Settings(MutableMapping[str, Any]):
         self.configure()
         return dict(self._values)
 
+    def module_in_envvar(self, variable_name: str, silent: bool = False) -> str | None:
+        """Return the settings module named by ``variable_name`` (``config_from_envvar``).
+
+        Raises:
+            ImproperlyConfigured: the variable is unset and not ``silent``.
+        """
+        module = os.environ.get(variable_name)
+        if not module and not silent:
+            raise ImproperlyConfigured(
+                f"environment variable {variable_name!r} is not set; set it to the dotted "
+                "name of a settings module, e.g. export CELERY_CONFIG_MODULE=proj.settings"
+            )
+        return module or None
+
     def load_object(self, obj: Any, namespace: str | None = None) -> None:
         """Read settings from a module, class or object (``config_from_object``).
 

@@ -44,4 +44,6 @@ def installed_django_apps() -> list[str]:
         from django.apps import apps  # type: ignore[import-not-found]
     except ImportError:
         return []
+    if not apps.ready:  # Django installed but not in use (or not set up): no apps to search
+        return []
     return [config.name for config in apps.get_app_configs()]

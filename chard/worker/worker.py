@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
+from chard.utils.nodenames import host_format
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor
 from chard.worker.pools import PREFORK, create_pool
@@ -35,13 +35,6 @@ if TYPE_CHECKING:
     from chard.app import Celery
 
 logger = logging.getLogger("chard.worker")
-
-
-def expand_hostname(template: str) -> str:
-    """Expand Celery's ``%h`` (host), ``%n`` (name part) and ``%d`` (domain) in a node name."""
-    host = socket.gethostname()
-    name, _, domain = host.partition(".")
-    return template.replace("%h", host).replace("%n", name).replace("%d", domain)
 
 
 class Worker:
@@ -61,7 +54,7 @@ class Worker:
     ) -> None:
         conf = app.conf
         self.app = app
-        self.hostname = expand_hostname(hostname or "chard@%h")
+        self.hostname = host_format(hostname or "chard@%h")
         self.pool_kind = pool or conf.worker_pool
         default_concurrency = conf.worker_concurrency or os.cpu_count() or 1
         self.concurrency = 1 if self.pool_kind == "solo" else concurrency or default_concurrency

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import contextvars
 import json
 import sys
@@ -204,12 +206,37 @@ def test_decorator_options_become_task_attributes(app: Celery) -> None:
     assert work() == "custom.name"  # bound: self is passed
 
 
-def test_unknown_task_option_is_a_type_error(app: Celery) -> None:
-    with pytest.raises(TypeError, match="unknown task option 'retires'"):
+def test_an_unknown_task_option_is_kept_as_an_attribute_as_celery_does(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 14: an option chard does not know (a library's own) no longer fails the import.
+    with caplog.at_level(logging.WARNING, logger="chard.task"):
 
-        @app.task(retires=3)
-        def typo() -> None:
-            """Never registered."""
+        @app.task(my_library_flag="on")
+        def flagged() -> None:
+            """Registered, with the attribute."""
+
+    assert flagged.my_library_flag == "on"  # type: ignore[attr-defined]
+    assert flagged.name in app.tasks
+    assert caplog.records == []  # nothing like a known option: no warning
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("auto_retry", "autoretry_for"), ("retires", "max_retries"), ("soft_timelimit", "soft_time_limit")],
+)
+def test_a_likely_misspelt_task_option_logs_what_was_meant(
+    app: Celery, caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    # seed 002: @celery.task(auto_retry=[ValueError, TypeError], max_retries=5)
+    with caplog.at_level(logging.WARNING, logger="chard.task"):
+        task = app.task(**{typo: [ValueError]})(lambda: None)
+
+    assert getattr(task, typo) == [ValueError]
+    assert task.autoretry_for == () or typo != "auto_retry"  # the typo does not enable it
+    [record] = caplog.records
+    assert f"unknown option {typo!r}" in record.getMessage()
+    assert f"did you mean {meant!r}?" in record.getMessage()
 
 
 def test_task_annotations_override_attributes(app: Celery) -> None:
@@ -326,8 +353,9 @@ def test_no_current_app_is_an_explicit_error(no_current_app: contextvars.Context
 
         with pytest.raises(NoCurrentApp, match="no current app; create one with Celery"):
             _ = orphan.app
+        current_app = chard.current_app  # importable before any app exists, as in Celery
         with pytest.raises(NoCurrentApp):
-            _ = chard.current_app
+            _ = current_app.conf
         with pytest.raises(NoCurrentApp):
             orphan.delay()
 
@@ -337,7 +365,8 @@ def test_no_current_app_is_an_explicit_error(no_current_app: contextvars.Context
 def test_current_app_is_the_last_app_created() -> None:
     app = Celery("current", broker="memory://")
 
-    assert chard.current_app is app
+    assert chard.current_app == app
+    assert chard.current_app._get_current_object() is app  # type: ignore[attr-defined]
 
 
 def test_set_as_current_false_leaves_the_current_app_alone() -> None:
@@ -345,7 +374,7 @@ def test_set_as_current_false_leaves_the_current_app_alone() -> None:
 
     Celery("side", broker="memory://", set_as_current=False)
 
-    assert chard.current_app is current
+    assert chard.current_app._get_current_object() is current  # type: ignore[attr-defined]
 
 
 # -- send_task: what reaches the broker --------------------------------------------------------
