@@ -13,8 +13,8 @@ current_app`` at import time, before any app exists, and reads it later, so
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from chard.exceptions import NoCurrentApp

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from chard._utils.imports import import_string
@@ -86,7 +86,7 @@ def _router(entry: Any) -> Any:
         return router
     if isinstance(entry, type) and hasattr(entry, "route_for_task"):
         return entry()
-    if not callable(entry):
+    if not callable(entry) and not hasattr(entry, "route_for_task"):
         raise ImproperlyConfigured(
             f"task_routes entry {entry!r} is not a dict, a list of pairs, a callable or the "
             "dotted path of one; see Celery's task_routes documentation"

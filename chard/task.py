@@ -107,8 +107,7 @@ def _warn_unknown_option(key: str, task_name: str | None) -> None:
     meant = _MEANT.get(key) or next(iter(difflib.get_close_matches(key, known, 1, 0.75)), None)
     if meant is not None:
         logger.warning(
-            "task %r: unknown option %r is kept as an attribute and does nothing; "
-            "did you mean %r?",
+            "task %r: unknown option %r is kept as an attribute and does nothing; did you mean %r?",
             task_name,
             key,
             meant,

@@ -56,7 +56,7 @@ class DjangoTask(Task[P, R]):
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
         """Call :meth:`delay` once the transaction commits (never, if it rolls back)."""
-        from django.db import transaction  # type: ignore[import-not-found]
+        from django.db import transaction
 
         transaction.on_commit(functools.partial(self.delay, *args, **kwargs))
 
@@ -96,8 +96,8 @@ def setup(app: Celery | None = None) -> bool:
         return False
     settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
     try:
-        import django  # type: ignore[import-not-found]
-        from django.apps import apps  # type: ignore[import-not-found]
+        import django
+        from django.apps import apps
     except ImportError as exc:
         raise ImproperlyConfigured(
             f"DJANGO_SETTINGS_MODULE is {settings_module!r} but Django is not installed; "
@@ -170,8 +170,8 @@ def _on_task_run(**_: Any) -> None:
 
 def close_database() -> None:
     """Close this thread's Django database connections (the next query opens a fresh one)."""
-    from django.db import DatabaseError, connections  # type: ignore[import-not-found]
-    from django.db.utils import InterfaceError  # type: ignore[import-not-found]
+    from django.db import DatabaseError, connections
+    from django.db.utils import InterfaceError
 
     for conn in _connections(connections):
         try:
@@ -193,7 +193,7 @@ def _connections(connections: Any) -> list[Any]:
 
 def _close_caches() -> None:
     try:
-        from django.core.cache import close_caches  # type: ignore[import-not-found]
+        from django.core.cache import close_caches
     except ImportError:
         return
     close_caches()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import contextvars
 import json
+import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -223,7 +222,11 @@ def test_an_unknown_task_option_is_kept_as_an_attribute_as_celery_does(
 
 @pytest.mark.parametrize(
     ("typo", "meant"),
-    [("auto_retry", "autoretry_for"), ("retires", "max_retries"), ("soft_timelimit", "soft_time_limit")],
+    [
+        ("auto_retry", "autoretry_for"),
+        ("retires", "max_retries"),
+        ("soft_timelimit", "soft_time_limit"),
+    ],
 )
 def test_a_likely_misspelt_task_option_logs_what_was_meant(
     app: Celery, caplog: pytest.LogCaptureFixture, typo: str, meant: str
