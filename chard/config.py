@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from chard._utils.imports import import_string
@@ -333,6 +334,70 @@ class Settings(MutableMapping[str, Any]):
                 self[_OLD_NAMES[name]] = get(name)
             elif name.islower():
                 self[name] = get(name)
+
+
+#: What a setting's value may be when its default does not say (None defaults).
+_NUMBER = (int, float)
+_ALLOWED: dict[str, tuple[type, ...]] = {
+    "broker_url": (str,),
+    "result_backend": (str,),
+    "worker_concurrency": (int,),
+    "worker_max_tasks_per_child": (int,),
+    "task_default_priority": (int,),
+    "task_time_limit": _NUMBER,
+    "task_soft_time_limit": _NUMBER,
+    "result_expires": (*_NUMBER, timedelta),
+    "accept_content": (list, tuple, set, frozenset),
+    "imports": (list, tuple, str),
+    "include": (list, tuple, str),
+}
+#: Settings whose value is one of a few names.
+_CHOICES = {"worker_pool": ("prefork", "threads", "solo")}
+
+
+def check_settings(conf: Settings) -> None:
+    """Check the value of every known setting the user gave; the first bad one is an error.
+
+    Done when a command starts, so that ``worker_prefetch_multiplier='four'`` is one line
+    naming the setting, not a traceback from deep in the worker.
+
+    Raises:
+        ImproperlyConfigured: a setting's value has the wrong type or is not one of its names.
+    """
+    for name, value in conf.changes().items():
+        if name not in SETTINGS or value is None:
+            continue
+        allowed = _allowed_types(name)
+        if allowed and (not isinstance(value, allowed) or _is_bool_for_number(value, allowed)):
+            kinds = " or ".join(t.__name__ for t in allowed)
+            raise ImproperlyConfigured(
+                f"setting {name!r} is {value!r} ({type(value).__name__}); it must be {kinds} "
+                f"(default {SETTINGS[name].default!r}: {SETTINGS[name].doc})"
+            )
+        choices = _CHOICES.get(name)
+        if choices and value not in choices:
+            raise ImproperlyConfigured(
+                f"setting {name!r} is {value!r}; it must be one of {', '.join(choices)}"
+            )
+
+
+def _allowed_types(name: str) -> tuple[type, ...]:
+    if name in _ALLOWED:
+        return _ALLOWED[name]
+    default = SETTINGS[name].default
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return _NUMBER
+    if isinstance(default, str):
+        return (str,)
+    return ()  # dicts, lists and callables: too many valid shapes to check here
+
+
+def _is_bool_for_number(value: Any, allowed: tuple[type, ...]) -> bool:
+    return isinstance(value, bool) and bool not in allowed
 
 
 def _import_config(path: str) -> Any:

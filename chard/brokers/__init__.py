@@ -10,6 +10,15 @@ from chard.brokers.base import Broker, Delivery, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 
 SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+#: Schemes Celery users have whose support is not built yet: refused by name, not as unknown.
+PLANNED_SCHEMES = {
+    "amqp": "RabbitMQ",
+    "amqps": "RabbitMQ",
+    "pyamqp": "RabbitMQ",
+    "postgres": "PostgreSQL",
+    "postgresql": "PostgreSQL",
+    "sqs": "Amazon SQS",
+}
 
 
 def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
@@ -37,6 +46,11 @@ def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
             ) from exc
         return RedisBroker(url, options)
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+    if scheme in PLANNED_SCHEMES:
+        raise ImproperlyConfigured(
+            f"broker {redact_url(url)!r} uses {scheme}:// ({PLANNED_SCHEMES[scheme]}), which chard "
+            f"does not support yet; use one of {supported} (e.g. 'redis://localhost:6379/0')"
+        )
     raise ImproperlyConfigured(
         f"unknown broker URL scheme {scheme or url!r} in {redact_url(url)!r}; "
         f"supported: {supported} (e.g. 'sqlite:///chard.sqlite3' or 'redis://localhost:6379/0')"

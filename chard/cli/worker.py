@@ -32,6 +32,7 @@ from chard.exceptions import ChardError
     help="With -B: Celery's beat state file (checked; run state is in the broker).",
 )
 @click.option("-S", "--scheduler", help="With -B: Celery's scheduler name (built-in ones only).")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the start-up banner.")
 @click.pass_obj
 def command(
     ctx: AppContext,
@@ -48,8 +49,13 @@ def command(
     beat: bool,
     schedule_filename: str | None,
     scheduler: str | None,
+    quiet: bool,
 ) -> None:
-    """Start a worker that runs the app's tasks."""
+    """Start a worker that runs the app's tasks.
+
+    The banner is printed at every log level, as Celery's is (``-q`` hides it); "ready."
+    is logged once the broker and result backend have answered.
+    """
     from chard.worker.worker import Worker
 
     setup_logging(loglevel, logfile)
@@ -66,6 +72,7 @@ def command(
             prefetch_multiplier=prefetch_multiplier,
             max_tasks_per_child=max_tasks_per_child,
             burst=burst,
+            on_banner=_no_banner if quiet or ctx.quiet else _print_banner,
         )
         if beat:  # composed here: chard.worker and chard.beat never import each other
             try:
@@ -74,9 +81,17 @@ def command(
                 )
             except ChardError as exc:
                 raise click.ClickException(str(exc)) from exc
-        worker.start()
+        worker.start()  # chard errors (bad URL, broker down for good): one line, by the group
     finally:
         if stop_beat is not None:
             stop_beat()
         if pid_path is not None:
             pid_path.unlink(missing_ok=True)
+
+
+def _print_banner(text: str) -> None:
+    click.echo(text)  # stdout, flushed: before the log lines that follow on stderr
+
+
+def _no_banner(text: str) -> None:
+    """``-q``: the banner is neither printed nor logged."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
+from chard.startup import check_reachable, retry_until_reachable
 from chard.utils.nodenames import host_format
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor
@@ -51,6 +52,7 @@ class Worker:
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
         burst: bool = False,
+        on_banner: Callable[[str], None] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -66,15 +68,39 @@ class Worker:
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
         self._signals_seen = 0
+        #: Shows the start-up banner (the CLI prints it); None logs it at INFO.
+        self.on_banner = on_banner
+        self._stopping = threading.Event()
 
     def start(self) -> ConsumerStats:
-        """Run the worker until it is stopped; returns its counters."""
+        """Run the worker until it is stopped; returns its counters.
+
+        "ready." is logged only once the broker and the result backend have answered
+        (each retried with back-off meanwhile; see :mod:`chard.startup`).
+
+        Raises:
+            ImproperlyConfigured: a broker or backend URL chard cannot use.
+            BrokerConnectionError, BackendConnectionError: still unreachable after the
+                start-up retries.
+        """
         self.app.finalize()
         signals.worker_init.send(sender=self)
-        self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
+        self.app.broker  # noqa: B018 - open now: a URL chard cannot use fails before anything
+        self.app.backend  # noqa: B018 - the same for the backend (rpc:// is refused here)
+        if self.on_banner is not None:
+            self.on_banner(self.banner())
+        else:
+            logger.info("%s", self.banner())
+        self._install_signal_handlers()  # before waiting: a Ctrl-C while the broker is down
+        if not retry_until_reachable(
+            self.app,
+            lambda: check_reachable(self.app, self.queues[0]),
+            who="worker",
+            meanwhile="not ready",
+            stopped=self._stopping,
+        ):
+            return ConsumerStats()  # stopped before the broker answered
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
-        self._install_signal_handlers()
-        logger.info("%s", self.banner())
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         try:
@@ -131,6 +157,7 @@ class Worker:
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (warm by default)."""
+        self._stopping.set()
         if self.supervisor is not None:
             self.supervisor.stop(cold=cold)
         if self.consumer is not None:
@@ -184,6 +211,7 @@ class Worker:
                 "",
                 "No broker configured: using the embedded SQLite file "
                 f"{app.broker_url.removeprefix('sqlite:///')} for messages and results "
-                "(set broker_url / result_backend for Redis, RabbitMQ or PostgreSQL).",
+                "(set broker_url and result_backend to a redis:// URL, with "
+                "pip install 'chard[redis]', to share work between machines).",
             ]
         return "\n".join(lines) + "\n"

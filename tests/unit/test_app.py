@@ -77,7 +77,7 @@ def test_broker_and_backend_given() -> None:
     assert (app.broker_url, app.backend_url) == ("memory://", "memory://")
 
 
-@pytest.mark.parametrize("url", ["amqp://guest@localhost//", "kafka://x", "nonsense"])
+@pytest.mark.parametrize("url", ["kafka://x", "nonsense"])
 def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
     app = Celery("t", broker=url, backend="memory://")
 
@@ -88,6 +88,39 @@ def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
     assert "unknown broker URL scheme" in message
     for scheme in ("sqlite://", "memory://", "redis://"):
         assert scheme in message
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend", "expected"),
+    [
+        ("amqp://guest:pw@localhost//", "memory://", "broker 'amqp://guest:**@localhost//' uses "
+         "amqp:// (RabbitMQ), which chard does not support yet"),
+        ("postgresql://u:pw@db/app", "memory://", "broker 'postgresql://u:**@db/app' uses "
+         "postgresql:// (PostgreSQL), which chard does not support yet"),
+        ("memory://", "rpc://", "result backend 'rpc://' uses rpc:// (the RPC backend: results "
+         "sent back over the broker), which chard does not support yet"),
+        ("memory://", "db+postgresql://u:pw@db/app", "result backend "
+         "'db+postgresql://u:**@db/app' uses db+postgresql:// (Celery's SQLAlchemy database "
+         "backend), which chard does not support yet"),
+    ],
+)  # fmt: skip
+def test_a_known_but_unbuilt_scheme_fails_at_the_client_naming_what_is_supported(
+    broker: str, backend: str, expected: str
+) -> None:
+    # Issue 14: refused by name at the first send, not "unknown", not sent to a dead end
+    app = Celery("t", broker=broker, backend=backend)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(ImproperlyConfigured) as info:
+        add.delay(2, 2)
+
+    message = str(info.value)
+    assert expected in message
+    assert "use one of sqlite://, memory://, redis://, rediss://, unix://" in message
+    assert "pw" not in message
 
 
 def test_unknown_backend_scheme_lists_the_supported_ones() -> None:

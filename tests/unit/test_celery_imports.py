@@ -43,7 +43,7 @@ def test_get_task_logger_records_carry_the_task_name_and_id(
 def test_get_task_logger_refuses_chards_own_logger_names() -> None:
     from chard.utils.log import get_task_logger
 
-    with pytest.raises(ValueError, match="logger name 'celery.task' is reserved"):
+    with pytest.raises(ValueError, match=r"logger name 'celery\.task' is reserved"):
         get_task_logger("celery.task")
 
 
