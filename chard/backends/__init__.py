@@ -20,32 +20,16 @@ PLANNED_SCHEMES = {
 }
 
 
-def open_backend(
-    url: str, *, expires: float | None = None, options: Mapping[str, Any] | None = None
-) -> ResultBackend:
-    """Return a result backend for ``url``.
+def check_backend_url(url: str) -> str:
+    """Return ``url``'s scheme if chard has a result backend for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: unknown scheme (the message lists the supported ones).
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (``rpc://``,
+            PostgreSQL, Celery's ``db+`` URLs); the message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme == "memory":
-        from chard.backends.memory import MemoryResultBackend
-
-        return MemoryResultBackend(url, expires=expires, options=options)
-    if scheme == "sqlite":
-        from chard.backends.sqlite import SQLiteResultBackend
-
-        return SQLiteResultBackend(url, expires=expires, options=options)
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            from chard.backends.redis import RedisResultBackend
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                f"result backend {redact_url(url)!r} needs the redis client; "
-                "pip install 'chard[redis]'"
-            ) from exc
-        return RedisResultBackend(url, expires=expires, options=options)
+    if scheme in SUPPORTED_SCHEMES:
+        return scheme
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     planned = PLANNED_SCHEMES.get(scheme.partition("+")[0])  # db+postgresql:// is "db"
     if planned is not None:
@@ -59,4 +43,30 @@ def open_backend(
     )
 
 
-__all__ = ["ResultBackend", "open_backend"]
+def open_backend(
+    url: str, *, expires: float | None = None, options: Mapping[str, Any] | None = None
+) -> ResultBackend:
+    """Return a result backend for ``url``.
+
+    Raises:
+        ImproperlyConfigured: unknown scheme (the message lists the supported ones).
+    """
+    scheme = check_backend_url(url)
+    if scheme == "memory":
+        from chard.backends.memory import MemoryResultBackend
+
+        return MemoryResultBackend(url, expires=expires, options=options)
+    if scheme == "sqlite":
+        from chard.backends.sqlite import SQLiteResultBackend
+
+        return SQLiteResultBackend(url, expires=expires, options=options)
+    try:
+        from chard.backends.redis import RedisResultBackend
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"result backend {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
+        ) from exc
+    return RedisResultBackend(url, expires=expires, options=options)
+
+
+__all__ = ["ResultBackend", "check_backend_url", "open_backend"]

@@ -21,30 +21,16 @@ PLANNED_SCHEMES = {
 }
 
 
-def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
-    """Return a broker for ``url``.
+def check_broker_url(url: str) -> str:
+    """Return ``url``'s scheme if chard has a broker for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: unknown scheme (the message lists the supported ones),
-            or the transport's extra is not installed.
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (RabbitMQ,
+            PostgreSQL); the message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme == "memory":
-        from chard.brokers.memory import MemoryBroker
-
-        return MemoryBroker(url, options)
-    if scheme == "sqlite":
-        from chard.brokers.sqlite import SQLiteBroker
-
-        return SQLiteBroker(url, options)
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            from chard.brokers.redis import RedisBroker
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
-            ) from exc
-        return RedisBroker(url, options)
+    if scheme in SUPPORTED_SCHEMES:
+        return scheme
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     if scheme in PLANNED_SCHEMES:
         raise ImproperlyConfigured(
@@ -57,4 +43,29 @@ def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
     )
 
 
-__all__ = ["Broker", "Delivery", "OutgoingMessage", "open_broker"]
+def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    """Return a broker for ``url``.
+
+    Raises:
+        ImproperlyConfigured: unknown scheme (the message lists the supported ones),
+            or the transport's extra is not installed.
+    """
+    scheme = check_broker_url(url)
+    if scheme == "memory":
+        from chard.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url, options)
+    if scheme == "sqlite":
+        from chard.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, options)
+    try:
+        from chard.brokers.redis import RedisBroker
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
+        ) from exc
+    return RedisBroker(url, options)
+
+
+__all__ = ["Broker", "Delivery", "OutgoingMessage", "check_broker_url", "open_broker"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import click
 
 from chard.app import Celery
+from chard.backends import check_backend_url
+from chard.brokers import check_broker_url
 from chard.cli.appfinder import find_app
 from chard.config import check_settings
 from chard.contrib import django
@@ -48,6 +50,9 @@ class AppContext:
         """
         self._apply_overrides(app)
         check_settings(app.conf)
+        check_broker_url(app.broker_url)  # every command: a URL chard cannot use is an error
+        if app.backend_url is not None:
+            check_backend_url(app.backend_url)
         django.setup(app)  # before any command imports a task module (worker, beat, call)
         self._app = app
 
