@@ -313,6 +313,7 @@ class Settings(MutableMapping[str, Any]):
             namespace: e.g. ``'CELERY'``: only ``CELERY_*`` names are read, prefix stripped
                 and lowercased (``CELERY_BROKER_URL`` -> ``broker_url``), as Django users do.
         """
+        source = obj if isinstance(obj, str) else None
         if isinstance(obj, str):
             try:
                 obj = _import_config(obj)
@@ -320,6 +321,18 @@ class Settings(MutableMapping[str, Any]):
                 raise ImproperlyConfigured(
                     f"cannot import configuration {obj!r}: {exc}; is it on sys.path?"
                 ) from exc
+        try:
+            self._read_names(obj, namespace)
+        except Exception as exc:
+            # Django's settings are imported on first read: a wrong DJANGO_SETTINGS_MODULE
+            # (or an error inside it) surfaces here, and is a configuration error.
+            django = os.environ.get("DJANGO_SETTINGS_MODULE")
+            hint = f" (DJANGO_SETTINGS_MODULE is {django!r})" if django else ""
+            raise ImproperlyConfigured(
+                f"cannot read configuration {source or obj!r}{hint}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _read_names(self, obj: Any, namespace: str | None) -> None:
         names = obj.keys() if isinstance(obj, Mapping) else dir(obj)
         get = obj.__getitem__ if isinstance(obj, Mapping) else lambda n: getattr(obj, n)
         prefix = f"{namespace}_" if namespace else None
