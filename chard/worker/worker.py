@@ -99,6 +99,7 @@ class Worker:
             meanwhile="not ready",
             stopped=self._stopping,
         ):
+            self.app.close()
             return ConsumerStats()  # stopped before the broker answered
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         logger.info("%s ready.", self.hostname)
