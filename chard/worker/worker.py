@@ -102,6 +102,8 @@ class Worker:
             self.app.close()
             return ConsumerStats()  # stopped before the broker answered
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
+        if self._stopping.is_set():
+            self.stop()  # a signal came before the supervisor or consumer existed: pass it on
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         try:
