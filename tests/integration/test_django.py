@@ -221,3 +221,46 @@ def test_django_not_installed_is_one_clear_error(tmp_path: Path) -> None:
         "ImproperlyConfigured DJANGO_SETTINGS_MODULE is 'proj.settings' but Django is not "
         "installed; pip install django, or unset DJANGO_SETTINGS_MODULE"
     )
+
+
+def test_settings_configured_by_hand_are_set_up_before_the_tasks_import(site: Path) -> None:
+    # Given no DJANGO_SETTINGS_MODULE: Django's settings configured in code, read by the app
+    code = textwrap.dedent(
+        """
+        import json
+        from django.conf import settings
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "notes"],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            CELERY_BROKER_URL="memory://",
+        )
+        from chard import Celery
+        app = Celery("by_hand")
+        app.config_from_object(settings, namespace="CELERY")
+        app.autodiscover_tasks()
+        from django.apps import apps
+        before = apps.ready
+        app.finalize()  # what the worker and beat do first
+        print(json.dumps({"before": before, "after": apps.ready, "broker": app.broker_url,
+                          "tasks": sorted(n for n in app.tasks if n.startswith("notes."))}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = child_pythonpath(str(site))
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=site, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    # Then finalize() set Django up, and autodiscovery imported the app's tasks after it
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "before": False,
+        "after": True,
+        "broker": "memory://",
+        "tasks": [
+            "notes.tasks.connection_state",
+            "notes.tasks.count_all",
+            "notes.tasks.count_words",
+        ],
+    }
