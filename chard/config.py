@@ -85,9 +85,17 @@ SETTINGS: dict[str, Setting] = {
     "task_send_sent_event": Setting(False, "Send a task-sent event (events issue)"),
     # -- worker ----------------------------------------------------------------
     "worker_concurrency": Setting(None, "Pool size; None = number of CPUs"),
-    "worker_pool": Setting("prefork", "prefork | threads | solo"),
+    "worker_pool": Setting(
+        "prefork", "prefork | threads | solo | gevent (gevent: pass -P gevent, to patch first)"
+    ),
+    "worker_autoscale": Setting(
+        None, "(max, min) or 'max,min': grow the prefork pool while tasks wait, shrink idle"
+    ),
     "worker_prefetch_multiplier": Setting(4, "Messages leased ahead per pool slot"),
     "worker_max_tasks_per_child": Setting(None, "Replace a prefork child after this many tasks"),
+    "worker_max_memory_per_child": Setting(
+        None, "Replace a prefork child whose resident memory is over this many KiB after a task"
+    ),
     "worker_send_task_events": Setting(False, "Send task events (events issue)"),
     "worker_hijack_root_logger": Setting(True, "Let the CLI configure the root logger"),
     "worker_redirect_stdouts": Setting(True, "Redirect task prints to the log"),

@@ -15,7 +15,7 @@ import click
 
 from chard import __version__
 from chard.app import Celery
-from chard.cli import beat, call, deadletters, purge, result, settings, worker
+from chard.cli import beat, call, deadletters, multi, purge, result, settings, worker
 from chard.cli.context import AppContext
 from chard.exceptions import ChardError
 
@@ -63,7 +63,7 @@ def cli(  # type: ignore[no-untyped-def]
     ctx.obj.quiet = ctx.obj.quiet or quiet
 
 
-for _module in (worker, beat, call, result, purge, settings, deadletters):
+for _module in (worker, multi, beat, call, result, purge, settings, deadletters):
     cli.add_command(_module.command)
 
 

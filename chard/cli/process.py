@@ -1,4 +1,4 @@
-"""What a long-running command sets up for its process: logging and the pidfile.
+"""What a long-running command sets up for its process: logging, the pidfile, readiness.
 
 Shared by ``chard worker`` and ``chard beat``; only the CLI configures logging (the
 library never adds handlers), so this lives here and nowhere below.
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from chard import signals
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 #: For records of a task logger (``get_task_logger``) inside a task: Celery's task log format.
@@ -38,9 +40,14 @@ def setup_logging(loglevel: str, logfile: str | None = None) -> None:
     level = logging.getLevelName(loglevel.upper())
     if not isinstance(level, int):
         raise click.BadParameter(f"unknown log level {loglevel!r}; use DEBUG, INFO, WARNING, ...")
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
+    try:
+        handler: logging.Handler = (
+            logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot open logfile {logfile!r}: {exc.strerror}; fix its directory or --logfile"
+        ) from None
     handler.setFormatter(LogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -64,5 +71,44 @@ def write_pidfile(path: str) -> Path:
             raise click.ClickException(
                 f"pidfile {path!r} names running process {pid}; stop it or choose another --pidfile"
             )
-    pidfile.write_text(f"{os.getpid()}\n")
+    try:
+        pidfile.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write pidfile {path!r}: {exc.strerror}; fix its directory or --pidfile"
+        ) from None
     return pidfile
+
+
+#: Set by ``chard multi`` for each node it starts: the write end of a pipe it reads.
+READY_FD_ENV = "CHARD_READY_FD"
+
+
+def notify_ready_on(worker: object) -> None:
+    """Tell ``chard multi`` (if it started this node) when ``worker`` is ready.
+
+    ``chard multi start`` passes a pipe's write end in ``CHARD_READY_FD``; the node
+    writes ``ready`` to it once it consumes, and closes it. If the node dies first, the
+    pipe closes unwritten: multi tells the two apart without reading the log's level.
+    The pipe is closed before the prefork children are forked, so none holds it open.
+    """
+    value = os.environ.pop(READY_FD_ENV, None)
+    if not value:
+        return
+    try:
+        fd = int(value)
+        os.fstat(fd)
+    except (ValueError, OSError):
+        return  # not ours to use: started by hand with a stale environment
+    os.set_inheritable(fd, False)
+
+    def ready(sender: object = None, **kwargs: object) -> None:
+        signals.worker_ready.disconnect(ready, sender=worker)
+        try:
+            os.write(fd, b"ready\n")
+        except OSError:
+            pass  # multi gave up waiting: nothing to tell
+        finally:
+            os.close(fd)
+
+    signals.worker_ready.connect(ready, sender=worker)

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import click
 
+from chard._utils.nodenames import node_format
 from chard.cli.beat import start_embedded_beat
 from chard.cli.context import AppContext
-from chard.cli.process import setup_logging, write_pidfile
+from chard.cli.process import notify_ready_on, setup_logging, write_pidfile
 from chard.exceptions import ChardError
 
 
 @click.command("worker")
-@click.option("-l", "--loglevel", default="WARNING", show_default=True, help="Log level.")
+@click.option("-l", "-L", "--loglevel", default="WARNING", show_default=True, help="Log level.")
 @click.option("-c", "--concurrency", type=int, help="Pool size (default: number of CPUs).")
-@click.option(
-    "-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Execution pool."
-)
+@click.option("-P", "--pool", help="Execution pool: prefork (default), threads, solo, gevent.")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: celery).")
 @click.option("-n", "--hostname", help="Node name; %h expands to the host name.")
 @click.option("--prefetch-multiplier", type=int, help="Messages leased ahead per pool slot.")
 @click.option("--max-tasks-per-child", type=int, help="Replace a child after N tasks.")
+@click.option(
+    "--max-memory-per-child",
+    type=int,
+    help="Replace a child whose resident memory is over N KiB after a task.",
+)
+@click.option("--autoscale", help="max,min: grow the prefork pool while tasks wait, shrink idle.")
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--pidfile", help="Write the worker's PID here.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (chard).")
@@ -43,6 +48,8 @@ def command(
     hostname: str | None,
     prefetch_multiplier: int | None,
     max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    autoscale: str | None,
     logfile: str | None,
     pidfile: str | None,
     burst: bool,
@@ -56,24 +63,45 @@ def command(
     The banner is printed at every log level, as Celery's is (``-q`` hides it); "ready."
     is logged once the broker and result backend have answered.
     """
-    from chard.worker.worker import Worker
+    from chard.worker.autoscale import parse_autoscale
+    from chard.worker.pools import GEVENT, pool_kind
+    from chard.worker.worker import Worker, expand_hostname
 
+    try:  # bad options fail before the app is loaded (and before any patching)
+        kind = pool_kind(pool) if pool else None
+        if autoscale is not None:
+            parse_autoscale(autoscale)
+        nodename = expand_hostname(hostname or "chard@%h")
+        logfile = node_format(logfile, nodename, index=0) if logfile else None
+        pidfile = node_format(pidfile, nodename, index=0) if pidfile else None
+        if kind == GEVENT:  # before the app opens a socket or the worker starts a thread
+            from chard.worker.pools.green import monkey_patch
+
+            monkey_patch()
+    except (ChardError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     setup_logging(loglevel, logfile)
     app = ctx.app
     pid_path = write_pidfile(pidfile) if pidfile else None
     stop_beat = None
     try:
-        worker = Worker(
-            app,
-            hostname=hostname,
-            concurrency=concurrency,
-            pool=pool,
-            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-            prefetch_multiplier=prefetch_multiplier,
-            max_tasks_per_child=max_tasks_per_child,
-            burst=burst,
-            on_banner=_no_banner if quiet or ctx.quiet else _print_banner,
-        )
+        try:
+            worker = Worker(
+                app,
+                hostname=nodename,
+                concurrency=concurrency,
+                pool=kind,
+                queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+                prefetch_multiplier=prefetch_multiplier,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child,
+                autoscale=autoscale,
+                burst=burst,
+                on_banner=_no_banner if quiet or ctx.quiet else _print_banner,
+            )
+        except ChardError as exc:
+            raise click.ClickException(str(exc)) from None
+        notify_ready_on(worker)  # chard multi waits for this
         if beat:  # composed here: chard.worker and chard.beat never import each other
             try:
                 stop_beat = start_embedded_beat(

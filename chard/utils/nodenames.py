@@ -1,23 +1,20 @@
 """Celery's ``celery.utils.nodenames``: worker node names, ``name@host``.
 
-chard's default name part is ``chard`` (Celery's is ``celery``): ``chard@myhost``, the
-name a worker started without ``-n`` reports.
+The expansion of ``%h``/``%n``/``%d`` lives in :mod:`chard._utils.nodenames` (the worker
+and ``chard multi`` use it); this module gives it Celery's import path and adds
+``nodename`` and ``default_nodename``. chard's default name part is ``chard`` (Celery's is
+``celery``): ``chard@myhost``, the name a worker started without ``-n`` reports.
 """
 
 from __future__ import annotations
 
-import socket
+from chard._utils.nodenames import DEFAULT_NAME, gethostname, host_format, nodesplit
 
 __all__ = ["default_nodename", "gethostname", "host_format", "nodename", "nodesplit"]
 
-#: The name part of a node started without ``-n`` (``chard@<host>``).
-NODENAME_DEFAULT = "chard"
+#: The name part of a node started without ``-n`` (``chard@<host>``), Celery's constant name.
+NODENAME_DEFAULT = DEFAULT_NAME
 NODENAME_SEP = "@"
-
-
-def gethostname() -> str:
-    """Return this machine's host name."""
-    return socket.gethostname()
 
 
 def nodename(name: str, hostname: str) -> str:
@@ -25,20 +22,7 @@ def nodename(name: str, hostname: str) -> str:
     return f"{name}{NODENAME_SEP}{hostname}"
 
 
-def nodesplit(name: str) -> tuple[str | None, str]:
-    """Split ``name@host`` into ``(name, host)``; a bare ``host`` gives ``(None, host)``."""
-    head, sep, tail = name.partition(NODENAME_SEP)
-    return (head, tail) if sep else (None, head)
-
-
 def default_nodename(hostname: str | None) -> str:
     """Return a full node name: the missing name part is ``chard``, the missing host this one."""
     name, host = nodesplit(hostname or "")
     return nodename(name or NODENAME_DEFAULT, host or gethostname())
-
-
-def host_format(template: str) -> str:
-    """Expand Celery's ``%h`` (host), ``%n`` (name part) and ``%d`` (domain) in a node name."""
-    host = gethostname()
-    name, _, domain = host.partition(".")
-    return template.replace("%h", host).replace("%n", name).replace("%d", domain)

@@ -29,7 +29,7 @@ import ctypes
 import multiprocessing
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -52,6 +52,10 @@ DONE_SLOTS = 1024
 #: is at most 64 messages; a result that does not fit is stored at once instead.
 HELD_BYTES = 64 * 1024
 PENDING_SLOTS = 128
+#: Why a child stops by itself to be replaced: it ran ``max_tasks_per_child`` tasks, or it
+#: grew past ``max_memory_per_child`` (index 0 is "not retired").
+RetireReason = Literal["max_tasks", "memory"]
+RETIRE_REASONS: tuple[RetireReason | None, ...] = (None, "max_tasks", "memory")
 
 
 def digest(body: bytes) -> int:
@@ -98,7 +102,7 @@ class Slot:
         self._seq: Any = _FORK.RawValue(ctypes.c_uint64, 0)
         self._deadline: Any = _FORK.RawValue(ctypes.c_double, 0.0)
         self._limit: Any = _FORK.RawValue(ctypes.c_double, 0.0)
-        self._retired: Any = _FORK.RawValue(ctypes.c_bool, False)
+        self._retired: Any = _FORK.RawValue(ctypes.c_int, 0)  # an index into RETIRE_REASONS
         self._info: Any = _FORK.RawArray(ctypes.c_char, _INFO_BYTES)
         self._consumer: Any = _FORK.RawArray(ctypes.c_char, _CONSUMER_BYTES)
         self._stats: Any = _FORK.RawArray(ctypes.c_int64, len(STAT_FIELDS))
@@ -213,9 +217,9 @@ class Slot:
         self._limit.value = seconds
         self._deadline.value = time.monotonic() + seconds
 
-    def mark_retired(self) -> None:
-        """Record that the child stops because it ran ``max_tasks_per_child`` tasks."""
-        self._retired.value = True
+    def mark_retired(self, reason: RetireReason = "max_tasks") -> None:
+        """Record that the child stops to be replaced, and why (see :data:`RETIRE_REASONS`)."""
+        self._retired.value = RETIRE_REASONS.index(reason)
 
     def end(self) -> None:
         """Record that the child runs nothing (the job is over, its outcome in hand)."""
@@ -245,9 +249,10 @@ class Slot:
         return float(self._limit.value)
 
     @property
-    def retired(self) -> bool:
-        """Whether the child stopped for ``max_tasks_per_child`` (to be replaced)."""
-        return bool(self._retired.value)
+    def retired(self) -> RetireReason | None:
+        """Why the child stopped to be replaced (None: it did not retire itself)."""
+        index = int(self._retired.value)
+        return RETIRE_REASONS[index] if 0 < index < len(RETIRE_REASONS) else None
 
     def running(self) -> Running | None:
         """Return what the child runs now (or ran when it died), None if idle."""
@@ -285,7 +290,7 @@ class Slot:
         self._seq.value = 0
         self._deadline.value = 0.0
         self._limit.value = 0.0
-        self._retired.value = False
+        self._retired.value = 0
         self._info.value = b""
         self._consumer.value = b""
         self._body_len.value = 0

@@ -22,12 +22,15 @@ What the parent still does, never touching a message while all goes well:
   waiting ``lease_timeout`` for them to lapse: the message it was running is settled
   (a death counted against it, its hard time limit, or REVOKED when terminated), the
   others go back to their queue uncounted and run elsewhere within milliseconds;
+* resizes the pool at run time (:meth:`Supervisor.resize`, driven by ``--autoscale``
+  through :mod:`chard.worker.autoscale`, or by a control command): growing forks more
+  children; shrinking retires children warmly, idle ones first, exactly as a child
+  retires for ``max_tasks_per_child`` (it finishes its task and returns what it
+  prefetched at once; should it die instead, its leases are taken over as above);
 * shuts down: warm (SIGTERM to each child: it finishes its task and returns what it
   prefetched) or cold (SIGKILL; all they held goes back to the queue, uncounted).
 
-Children ignore SIGINT and SIGQUIT (the parent owns Ctrl-C and cold stops) and take
-SIGTERM as a warm stop, so a process-group SIGTERM (docker stop) is a warm shutdown.
-If the parent dies, each child sees its pipe close and stops warm by itself.
+What runs in a child after the fork is :mod:`chard.worker.child`.
 """
 
 from __future__ import annotations
@@ -39,26 +42,25 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chard.brokers.base import Delivery
 from chard.exceptions import ChardError, WorkerLostError
 from chard.protocol.message import TaskMessage, salvage
-from chard.worker.consumer import Consumer, ConsumerStats
-from chard.worker.execute import Executor, JobPayload
+from chard.worker.child import CHILD_IGNORED, PARENT_SIGNALS, ChildSpec, child_main
+from chard.worker.consumer import ConsumerStats
+from chard.worker.execute import JobPayload
 from chard.worker.finished import settle_finished
 from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
-from chard.worker.pools.base import Job
-from chard.worker.pools.solo import SoloPool
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, Running, Slot, digest
 
 if TYPE_CHECKING:
-    from chard.app import Celery
+    from chard.worker.autoscale import Autoscaler
 
 logger = logging.getLogger("chard.worker")
 
@@ -67,78 +69,8 @@ _FORK = multiprocessing.get_context("fork")
 #: Pause before replacing a child that died before it could consume (a failing
 #: ``worker_process_init`` handler, a broker it cannot reach): no fork loop.
 RESPAWN_BACKOFF = 1.0
-#: Signals the parent handles (Ctrl-C, warm and cold stops) that a child must not handle
-#: the parent's way; blocked across fork until the child has set its own.
-_PARENT_SIGNALS = {
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-}
-_CHILD_IGNORED = {signal.SIGINT, signal.SIGQUIT}
 #: Why the parent killed a child: its settle of the running message depends on it.
 KillReason = Literal["timeout", "cold"]
-
-
-class ChildPool(SoloPool):
-    """The pool inside a prefork child: jobs run inline, batches allowed, the slot kept.
-
-    Hard time limits are enforced from outside (the supervisor kills the child), so
-    none is ignored here; ``terminate`` is the supervisor's too.
-    """
-
-    kind = "prefork"
-    takes_batches = True
-    enforces_hard_limits: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        target: Callable[[Any], Any],
-        slot: Slot,
-        poke: Callable[[], None],
-        max_tasks: int | None = None,
-    ) -> None:
-        super().__init__(target)
-        self.slot = slot
-        self._poke = poke
-        self._max_tasks = max_tasks
-        self._tasks = 0
-        #: Called once ``max_tasks`` messages ran: the child then stops, to be replaced.
-        self.on_retire: Callable[[], None] | None = None
-
-    def _run(self, job: Job) -> object:
-        if job.time_limit:
-            self.slot.set_limit(job.time_limit)
-            self._poke()  # the parent must learn the new deadline
-        try:
-            return super()._run(job)
-        finally:
-            self.slot.end()
-            self._tasks += len(job.payload) if isinstance(job.payload, list) else 1
-            if self._max_tasks and self._tasks >= self._max_tasks and self.on_retire:
-                self.on_retire()
-
-    def terminate(self, job_id: str, signum: int) -> bool:
-        """Decline: the supervisor terminates a task by killing this whole process."""
-        return False
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """What every child consumer is made of (fixed before the first fork)."""
-
-    app: Celery
-    #: The node name (``-n``): ``self.request.hostname`` of every task.
-    hostname: str
-    queues: Sequence[str]
-    #: Messages each child leases ahead: the prefetch multiplier (Celery's per-process window).
-    prefetch: int
-    max_tasks_per_child: int | None
-    burst: bool
-    initializer: Callable[[], None] | None
 
 
 @dataclass(eq=False)
@@ -149,6 +81,8 @@ class _Child:
     kill_reason: KillReason | None = None
     #: The task a terminate signal was sent for (the child may outlive a mild signal).
     terminated_task: str | None = None
+    #: Sent a warm stop because the pool shrank: not replaced when it exits.
+    is_retiring: bool = False
 
     @property
     def pid(self) -> int:
@@ -162,9 +96,13 @@ class Supervisor:
     def __init__(self, spec: ChildSpec, concurrency: int) -> None:
         self.spec = spec
         self.app = spec.app
+        #: How many children run (not counting retiring ones); see :meth:`resize`.
         self.concurrency = concurrency
+        self._wanted = concurrency  # set by resize() from any thread, applied by the loop
         self.stats = ConsumerStats()
-        self._slots = [Slot() for _ in range(concurrency)]  # shared memory: before any fork
+        # Shared memory, made in the parent before the fork of the child that uses it (a
+        # slot added by a later resize is made before that child's fork too).
+        self._slots = [Slot() for _ in range(concurrency)]
         self._children: dict[int, _Child] = {}
         self._lock = threading.Lock()  # the children map: main loop and revocations thread
         self._stopping = threading.Event()
@@ -180,16 +118,22 @@ class Supervisor:
             self.app, self._terminate, self._stopping, hostname=spec.hostname
         )
         self._warned_take_over = False
+        #: Resizes the pool by demand while the node runs (``--autoscale``); set before run().
+        self.autoscaler: Autoscaler | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> ConsumerStats:
         """Fork the children and supervise them until they have all stopped."""
         self.revocations.start()  # before the first fork: children start with the record
+        if self.autoscaler is not None:
+            self.autoscaler.start(self._stopping)
         try:
             self._fill()
             self._loop()
         finally:
             self._stopping.set()
+            if self.autoscaler is not None:
+                self.autoscaler.join(timeout=5)
             for child in list(self._children.values()):  # only if the loop itself failed
                 _kill(child.pid)
                 self._reap(child)
@@ -204,6 +148,41 @@ class Supervisor:
         self._stopping.set()
         self._poke()
 
+    def resize(self, concurrency: int) -> None:
+        """Run ``concurrency`` children from now on; safe to call from any thread.
+
+        Growing forks the new children at once. Shrinking retires the surplus warmly,
+        idle children first: each finishes its running task and returns what it
+        prefetched to the queue (as for ``max_tasks_per_child``). Returns at once; the
+        supervising loop applies the change.
+
+        Raises:
+            ValueError: ``concurrency`` is below 1.
+        """
+        if concurrency < 1:
+            raise ValueError(f"pool size must be >= 1, got {concurrency}")
+        self._wanted = concurrency
+        self._poke()
+
+    @property
+    def size(self) -> int:
+        """The pool size asked for last (the loop may not have applied it yet)."""
+        return self._wanted
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` children (Celery's ``pool_grow``)."""
+        self.resize(self._wanted + n)
+
+    def shrink(self, n: int = 1) -> None:
+        """Retire ``n`` children warmly, keeping at least one (Celery's ``pool_shrink``)."""
+        self.resize(max(1, self._wanted - n))
+
+    def busy(self) -> int:
+        """Count the children running a task now (read from their slots: no system call)."""
+        with self._lock:
+            live = [c for c in self._children.values() if not c.is_retiring]
+        return sum(1 for c in live if c.slot.running() is not None)
+
     def _poke(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(self._wake_w, b"\0")
@@ -212,9 +191,11 @@ class Supervisor:
         while True:
             if self._stopping.is_set():
                 self._signal_stop()
+            else:
+                self._apply_size()
             with self._lock:
                 live = list(self._children.values())
-            if not live and (self._stopping.is_set() or len(self._no_respawn) == self.concurrency):
+            if not live and (self._stopping.is_set() or len(self._no_respawn) >= self.concurrency):
                 return
             ready = wait([c.process.sentinel for c in live] + [self._wake_r], self._timeout(live))
             if self._wake_r in ready:
@@ -231,7 +212,7 @@ class Supervisor:
         """How long the loop may block: until the nearest deadline or respawn, else forever."""
         deadlines = (c.slot.deadline for c in live if c.kill_reason is None)  # not killed yet
         wake_at = min((d for d in deadlines if d is not None), default=None)
-        if len(live) + len(self._no_respawn) < self.concurrency and not self._stopping.is_set():
+        if self._missing() > 0 and not self._stopping.is_set():
             respawn = self._respawn_not_before
             wake_at = respawn if wake_at is None else min(wake_at, respawn)
         return None if wake_at is None else max(0.0, wake_at - time.monotonic())
@@ -252,28 +233,63 @@ class Supervisor:
                     os.kill(child.pid, signal.SIGTERM)
 
     # -- children -----------------------------------------------------------------------------
+    def _apply_size(self) -> None:
+        """Take on the size :meth:`resize` asked for: retire the surplus (growing is _fill's)."""
+        wanted = self._wanted
+        if wanted == self.concurrency:
+            return
+        logger.info(
+            "Pool %s from %d to %d processes",
+            _verb(wanted, self.concurrency),
+            self.concurrency,
+            wanted,
+        )
+        self.concurrency = wanted
+        with self._lock:
+            active = [c for c in self._children.values() if not c.is_retiring]
+        surplus = len(active) - wanted
+        if surplus <= 0:
+            return
+        # Idle children first: a busy one finishes its task before it goes.
+        active.sort(key=lambda c: (c.slot.running() is not None, -c.index))
+        for child in active[:surplus]:
+            child.is_retiring = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)  # a child's warm stop
+
+    def _missing(self) -> int:
+        """Count the children to fork to reach the pool size (burst: drained slots count)."""
+        with self._lock:
+            active = sum(1 for c in self._children.values() if not c.is_retiring)
+        return self.concurrency - active - len(self._no_respawn)
+
     def _fill(self) -> None:
         if self._stopping.is_set() or time.monotonic() < self._respawn_not_before:
             return
-        for index in range(self.concurrency):
-            if index not in self._children and index not in self._no_respawn:
-                try:
-                    self._spawn(index)
-                except OSError:
-                    logger.exception("Cannot fork a worker process; retry in %ss", RESPAWN_BACKOFF)
-                    self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
-                    return
+        for _ in range(self._missing()):
+            index = next(i for i in range(len(self._slots) + 1) if self._is_free(i))
+            if index == len(self._slots):
+                self._slots.append(Slot())
+            try:
+                self._spawn(index)
+            except OSError:
+                logger.exception("Cannot fork a worker process; retry in %ss", RESPAWN_BACKOFF)
+                self._respawn_not_before = time.monotonic() + RESPAWN_BACKOFF
+                return
+
+    def _is_free(self, index: int) -> bool:
+        return index not in self._children and index not in self._no_respawn
 
     def _spawn(self, index: int) -> None:
         slot = self._slots[index]
         slot.reset()
         process = _FORK.Process(
-            target=_child_main,
+            target=child_main,
             args=(self.spec, slot, self.revocations, self._wake_w, self._life_r),
             kwargs={"close": (self._wake_r, self._life_w)},
             name=f"chard-worker-{index + 1}",
         )
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
         try:
             process.start()
         finally:
@@ -290,8 +306,13 @@ class Supervisor:
             self._children.pop(child.index, None)
         self._add_stats(child.slot.stats())
         if code == 0 and child.kill_reason is None:  # a clean stop settles everything itself
-            if child.slot.retired:
+            retired = child.slot.retired
+            if child.is_retiring:
+                logger.info("Worker process %d retired (the pool shrank)", child.pid)
+            elif retired == "max_tasks":
                 logger.info("Worker process %d ran its max tasks; replacing it", child.pid)
+            elif retired == "memory":
+                logger.info("Worker process %d went over its memory limit; replaced", child.pid)
             elif self.spec.burst:
                 self._no_respawn.add(child.index)
             elif not self._stopping.is_set():
@@ -440,13 +461,17 @@ class Supervisor:
                 continue
             # SIGTERM is a child's warm stop and SIGINT/SIGQUIT are ignored: those end the
             # task the only sure way. Another signal is sent as asked (the task may catch it).
-            sent = signal.SIGKILL if signum in (*_CHILD_IGNORED, signal.SIGTERM) else signum
+            sent = signal.SIGKILL if signum in (*CHILD_IGNORED, signal.SIGTERM) else signum
             child.terminated_task = task_id
             logger.info("Sending %s to process %d running %s", _name(sent), child.pid, task_id)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, sent)
             return True
         return False
+
+
+def _verb(new: int, old: int) -> str:
+    return "grows" if new > old else "shrinks"
 
 
 def _name(signum: int) -> str:
@@ -459,78 +484,3 @@ def _name(signum: int) -> str:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # already exited; its sentinel says so
         os.kill(pid, signal.SIGKILL)
-
-
-# -- in the child -----------------------------------------------------------------------------
-def _child_main(
-    spec: ChildSpec,
-    slot: Slot,
-    revocations: Revocations,
-    wake_fd: int,
-    life_fd: int,
-    close: tuple[int, ...] = (),
-) -> None:
-    """Consume until a warm stop, the parent's death, ``max_tasks_per_child`` or (burst) no work."""
-    for fd in close:  # the parent's ends: a child must not keep its own pipe alive
-        os.close(fd)
-    for signum in _PARENT_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN if signum in _CHILD_IGNORED else signal.SIG_DFL)
-    if spec.initializer is not None:
-        spec.initializer()
-    app = spec.app
-    slot.announce(app.broker.consumer_id)  # opens this process's broker: before any lease
-
-    def poke() -> None:
-        with contextlib.suppress(OSError):
-            os.write(wake_fd, b"\0")
-
-    executor = Executor(app, spec.hostname, revocations.check, slot=slot)
-    pool = ChildPool(executor.run, slot, poke, spec.max_tasks_per_child)
-    consumer = Consumer(
-        app,
-        pool,
-        spec.queues,
-        prefetch=spec.prefetch,
-        burst=spec.burst,
-        hostname=spec.hostname,
-        revocations=revocations,
-    )
-
-    def retire() -> None:
-        slot.mark_retired()
-        consumer.stop()
-
-    pool.on_retire = retire
-    # The handler only writes a byte: it runs on the main thread between any two
-    # bytecodes, possibly while that thread holds the consumer's locks (or is inside
-    # stop() for an earlier SIGTERM), so taking them here could deadlock the child.
-    stop_r, stop_w = os.pipe()
-    signal.signal(signal.SIGTERM, lambda signum, frame: os.write(stop_w, b"t"))
-    threading.Thread(
-        target=_stop_on_signal, args=(stop_r, consumer), name="chard-sigterm", daemon=True
-    ).start()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
-    watcher = threading.Thread(
-        target=_watch_parent, args=(life_fd, consumer), name="chard-parent-watch", daemon=True
-    )
-    watcher.start()
-    pool.start()
-    stats = consumer.run()
-    slot.save_stats({name: getattr(stats, name) for name in STAT_FIELDS})
-    app.close()
-
-
-def _stop_on_signal(stop_fd: int, consumer: Consumer) -> None:
-    """Stop the consumer warm on each SIGTERM byte (see the handler in :func:`_child_main`)."""
-    with contextlib.suppress(OSError):
-        while os.read(stop_fd, 1):
-            consumer.stop()
-
-
-def _watch_parent(life_fd: int, consumer: Consumer) -> None:
-    """Stop the consumer warm when the parent is gone (its end of the pipe closed)."""
-    with contextlib.suppress(OSError):
-        while os.read(life_fd, 1):
-            pass
-    logger.warning("The worker's main process is gone; stopping after the running task")
-    consumer.stop()

@@ -25,17 +25,33 @@ from typing import TYPE_CHECKING
 
 from chard import __version__, signals
 from chard._utils.log import redact_url
+from chard._utils.nodenames import host_format
+from chard.exceptions import ImproperlyConfigured
 from chard.startup import check_reachable, retry_until_reachable
-from chard.utils.nodenames import host_format
+from chard.worker.autoscale import Autoscaler, parse_autoscale
+from chard.worker.child import ChildSpec
 from chard.worker.consumer import Consumer, ConsumerStats
 from chard.worker.execute import Executor
-from chard.worker.pools import PREFORK, create_pool
-from chard.worker.supervisor import ChildSpec, Supervisor
+from chard.worker.pools import GEVENT, PREFORK, create_pool, pool_kind
+from chard.worker.pools.green import is_patched
+from chard.worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from chard.app import Celery
 
 logger = logging.getLogger("chard.worker")
+
+
+def expand_hostname(template: str) -> str:
+    """Expand Celery's ``%h`` (host), ``%n`` (name part) and ``%d`` (domain) in a node name.
+
+    Raises:
+        ImproperlyConfigured: an unknown ``%`` abbreviation.
+    """
+    try:
+        return host_format(template)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"node name: {exc}") from None
 
 
 class Worker:
@@ -51,26 +67,52 @@ class Worker:
         queues: Sequence[str] | None = None,
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        autoscale: str | tuple[int, int] | None = None,
         burst: bool = False,
         on_banner: Callable[[str], None] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
-        self.hostname = host_format(hostname or "chard@%h")
-        self.pool_kind = pool or conf.worker_pool
+        self.hostname = expand_hostname(hostname or "chard@%h")
+        self.pool_kind = pool_kind(pool or conf.worker_pool)
+        if self.pool_kind == GEVENT and not is_patched():
+            raise ImproperlyConfigured(
+                "the gevent pool needs the process monkey-patched before the app is loaded; "
+                "pass -P gevent to chard worker instead of setting worker_pool"
+            )
+        self.autoscale = self._autoscale_bounds(autoscale or conf.worker_autoscale)
         default_concurrency = conf.worker_concurrency or os.cpu_count() or 1
+        if self.autoscale is not None:  # start small (Celery starts at min), grow on demand
+            default_concurrency = concurrency = max(1, self.autoscale[1])
         self.concurrency = 1 if self.pool_kind == "solo" else concurrency or default_concurrency
         self.queues = list(queues or [conf.task_default_queue])
         multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.prefetch = max(1, self.concurrency * max(1, int(multiplier)))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.burst = burst
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
+        self.autoscaler: Autoscaler | None = None
         self._signals_seen = 0
         #: Shows the start-up banner (the CLI prints it); None logs it at INFO.
         self.on_banner = on_banner
         self._stopping = threading.Event()
+
+    def _autoscale_bounds(self, value: str | tuple[int, int] | None) -> tuple[int, int] | None:
+        if not value:
+            return None
+        try:
+            bounds = parse_autoscale(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+        if self.pool_kind != PREFORK:
+            raise ImproperlyConfigured(
+                f"--autoscale needs the prefork pool, not {self.pool_kind!r}; "
+                "use -c to size a threads or gevent pool"
+            )
+        return bounds
 
     def start(self) -> ConsumerStats:
         """Run the worker until it is stopped; returns its counters.
@@ -131,8 +173,17 @@ class Worker:
             max_tasks_per_child=self.max_tasks_per_child,
             burst=self.burst,
             initializer=self._init_child,
+            max_memory_per_child=self.max_memory_per_child,
         )
         self.supervisor = Supervisor(spec, self.concurrency)
+        if self.autoscale is not None:
+            broker, queues = self.app.broker, self.queues
+            self.autoscaler = Autoscaler(
+                self.supervisor,
+                lambda: sum(broker.queue_size(q) for q in queues),
+                *self.autoscale,
+            )
+            self.supervisor.autoscaler = self.autoscaler
         return self.supervisor.run
 
     def _in_process(self) -> Callable[[], ConsumerStats]:
@@ -166,6 +217,46 @@ class Worker:
         if self.consumer is not None:
             self.consumer.stop(cold=cold)
 
+    # -- run-time sizing: what the pool_grow, pool_shrink and autoscale commands call -----------
+    def pool_grow(self, n: int = 1) -> int:
+        """Add ``n`` processes (threads) to the pool; returns the new size."""
+        if self.autoscaler is not None:
+            self.autoscaler.force_scale_up(n)
+        else:
+            self._resize(self._pool_size() + n)
+        return self._pool_size()
+
+    def pool_shrink(self, n: int = 1) -> int:
+        """Retire ``n`` processes (threads) warmly, keeping one; returns the new size."""
+        if self.autoscaler is not None:
+            self.autoscaler.force_scale_down(n)
+        else:
+            self._resize(max(1, self._pool_size() - n))
+        return self._pool_size()
+
+    def autoscale_update(self, max: int | None, min: int | None) -> tuple[int, int]:
+        """Change the autoscale bounds (Celery's ``autoscale`` command); returns ``(max, min)``.
+
+        Raises:
+            ImproperlyConfigured: the node was not started with ``--autoscale``.
+        """
+        if self.autoscaler is None:
+            raise ImproperlyConfigured(
+                "autoscale is not enabled on this node; start it with --autoscale"
+            )
+        return self.autoscaler.update(max, min)
+
+    def _pool_size(self) -> int:
+        if self.supervisor is not None:
+            return self.supervisor.size
+        return self.consumer.pool.concurrency if self.consumer is not None else self.concurrency
+
+    def _resize(self, size: int) -> None:
+        if self.supervisor is not None:
+            self.supervisor.resize(size)
+        elif self.consumer is not None:
+            self.consumer.pool.resize(size)
+
     def _init_child(self) -> None:
         # Each prefork child opens its own connections (the app reopens after fork).
         signals.worker_process_init.send(sender=self)
@@ -187,6 +278,12 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, warm_then_cold)
 
+    def _concurrency_text(self) -> str:
+        if self.autoscale is None:
+            return str(self.concurrency)
+        high, low = self.autoscale
+        return f"{{min={low}, max={high}}}"  # Celery's shape
+
     def banner(self) -> str:
         """Return the start-up banner, in Celery's shape."""
         app, conf = self.app, self.app.conf
@@ -201,7 +298,7 @@ class Worker:
             f"- ** ---------- .> app:         {app.main}:{id(app):#x}",
             f"- ** ---------- .> transport:   {redact_url(app.broker_url)}",
             f"- ** ---------- .> results:     {results}",
-            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_kind})",
+            f"- *** --- * --- .> concurrency: {self._concurrency_text()} ({self.pool_kind})",
             f"-- ******* ---- .> acks:        {'late' if conf.task_acks_late else 'early'}"
             f" (max deliveries {conf.task_max_deliveries})",
             "--- ***** ----- ",

@@ -45,12 +45,15 @@ def test_start_names_the_fix_when_chard_is_not_installed(
 
 
 def test_the_library_never_names_the_cli_package() -> None:
-    # import-linter sees imports, not strings handed to importlib: check the strings too
+    # import-linter sees imports, not strings handed to importlib: check the strings too.
+    # chard/__main__.py (python -m chard) is an entry point, like the console script.
     package = Path(imports.__file__).parents[1]
     naming = [
         str(path.relative_to(package))
         for path in package.rglob("*.py")
-        if path.parent.name != "cli" and "chard.cli" in path.read_text()
+        if path.parent.name != "cli"
+        and path.name != "__main__.py"
+        and "chard.cli" in path.read_text()
     ]
 
     assert naming == []

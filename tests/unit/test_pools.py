@@ -121,9 +121,15 @@ def test_in_process_pools_cannot_terminate_a_job_and_say_so(
 
 def test_create_pool_names_the_kinds_when_unknown() -> None:
     with pytest.raises(
-        ImproperlyConfigured, match="unknown pool 'gevent'; choose one of: prefork, solo, threads"
+        ImproperlyConfigured,
+        match="unknown pool 'greenlets'; choose one of: prefork, gevent, solo, threads",
     ):
-        create_pool("gevent", echo, 1)
+        create_pool("greenlets", echo, 1)
+
+
+def test_eventlet_is_refused_with_the_reason() -> None:
+    with pytest.raises(ImproperlyConfigured, match="eventlet is deprecated by its maintainers"):
+        create_pool("eventlet", echo, 1)
 
 
 @pytest.mark.parametrize("concurrency", [0, -1])

@@ -26,7 +26,7 @@ def test_a_slot_reads_back_what_was_written() -> None:
         None,
         None,
         "",
-        False,
+        None,
     )
 
     slot.announce("consumer-1")
@@ -64,7 +64,7 @@ def test_the_parent_sees_what_a_forked_child_wrote() -> None:
     assert process.exitcode == 0
     assert slot.consumer_id == "child-consumer"
     assert slot.running() == Running("running-id", "proj.slow", stores_result=False)
-    assert slot.retired
+    assert slot.retired == "max_tasks"
     assert slot.stats() == {name: 0 for name in STAT_FIELDS} | {
         "received": 3,
         "succeeded": 2,
@@ -73,7 +73,7 @@ def test_the_parent_sees_what_a_forked_child_wrote() -> None:
 
     # And a reset leaves it as new, for the next child
     slot.reset()
-    assert (slot.running(), slot.consumer_id, slot.retired) == (None, "", False)
+    assert (slot.running(), slot.consumer_id, slot.retired) == (None, "", None)
     assert set(slot.stats().values()) == {0}
 
 

@@ -23,8 +23,28 @@ POOLS: dict[str, type[Pool]] = {
 #: ``--pool prefork`` (the default) is not a pool of this process but a node of consumer
 #: processes (:mod:`chard.worker.supervisor`), each running its jobs inline.
 PREFORK = "prefork"
+#: ``--pool gevent``: greenlets in one process; imported only when asked for (an extra).
+GEVENT = "gevent"
 #: Every name ``--pool`` accepts.
-KINDS = (PREFORK, *sorted(POOLS))
+KINDS = (PREFORK, *sorted([*POOLS, GEVENT]))
+#: Other names for a pool, as Celery accepts them.
+ALIASES = {"processes": PREFORK}
+
+
+def pool_kind(name: str) -> str:
+    """Return the pool ``name`` stands for (an alias resolved).
+
+    Raises:
+        ImproperlyConfigured: no such pool (or eventlet, which chard does not support).
+    """
+    kind = ALIASES.get(name, name)
+    if kind == "eventlet":
+        from chard.worker.pools.green import EVENTLET_UNSUPPORTED
+
+        raise ImproperlyConfigured(EVENTLET_UNSUPPORTED)
+    if kind not in KINDS:
+        raise ImproperlyConfigured(f"unknown pool {name!r}; choose one of: {', '.join(KINDS)}")
+    return kind
 
 
 def create_pool(
@@ -38,7 +58,7 @@ def create_pool(
     """Create a pool (not yet started) by name.
 
     Args:
-        kind: ``"threads"`` or ``"solo"``.
+        kind: ``"threads"``, ``"solo"`` or ``"gevent"``.
         target: Called with each job's payload; see :class:`Pool`.
         concurrency: How many jobs may run at once (must be 1 for ``"solo"``).
         max_tasks_per_child: See :class:`Pool`.
@@ -48,17 +68,27 @@ def create_pool(
         ImproperlyConfigured: ``kind`` names no pool of this process.
         ValueError: ``concurrency`` does not suit the pool.
     """
-    try:
-        pool_class = POOLS[kind]
-    except KeyError:
-        choices = ", ".join(KINDS)
-        raise ImproperlyConfigured(f"unknown pool {kind!r}; choose one of: {choices}") from None
+    pool_class: type[Pool]
+    if pool_kind(kind) == GEVENT:
+        from chard.worker.pools.green import GeventPool
+
+        pool_class = GeventPool
+    else:
+        try:
+            pool_class = POOLS[kind]
+        except KeyError:  # prefork is a node of processes, not a pool of this process
+            choices = ", ".join(POOLS)
+            raise ImproperlyConfigured(
+                f"pool {kind!r} is not an in-process pool; use {choices}"
+            ) from None
     return pool_class(
         target, concurrency, max_tasks_per_child=max_tasks_per_child, initializer=initializer
     )
 
 
 __all__ = [
+    "ALIASES",
+    "GEVENT",
     "KINDS",
     "POOLS",
     "PREFORK",
@@ -71,4 +101,5 @@ __all__ = [
     "SoloPool",
     "ThreadPool",
     "create_pool",
+    "pool_kind",
 ]

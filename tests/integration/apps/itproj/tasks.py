@@ -157,3 +157,28 @@ def record(marks):
         os.write(fd, f"{record.request.id}\n".encode())
     finally:
         os.close(fd)
+
+
+#: Memory a task keeps for the rest of its process's life (see hog).
+_kept: list[bytes] = []
+
+
+@app.task
+def hog(megabytes):
+    """Keep ``megabytes`` of touched memory in this process; return its pid."""
+    _kept.append(bytes(range(256)) * (megabytes * 4096))
+    return os.getpid()
+
+
+#: Tasks of this process that have reached meet_all.
+_met: list[int] = []
+
+
+@app.task
+def meet_all(n, timeout=30):
+    """Return True once ``n`` meet_all tasks run in this process at the same time."""
+    _met.append(1)
+    deadline = time.monotonic() + timeout
+    while len(_met) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(_met) >= n
