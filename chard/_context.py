@@ -91,7 +91,12 @@ class Proxy:
 
     @property  # type: ignore[misc]  # isinstance(proxy, Celery) looks here
     def __class__(self) -> type:
-        return type(self._get_current_object())
+        # Tools that scan every object (gevent's monkey-patching, gc walkers) ask any object
+        # for its class: an app not created yet must not make that an error.
+        try:
+            return type(self._get_current_object())
+        except NoCurrentApp:
+            return Proxy
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._get_current_object(), name)
@@ -118,7 +123,10 @@ class Proxy:
         return hash(self._get_current_object())
 
     def __repr__(self) -> str:
-        return repr(self._get_current_object())
+        try:
+            return repr(self._get_current_object())
+        except NoCurrentApp:
+            return "<Proxy of the current app: none yet>"
 
     def __dir__(self) -> list[str]:
         return dir(self._get_current_object())

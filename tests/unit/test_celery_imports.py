@@ -7,12 +7,14 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
 
 import chard
 from chard import Celery
+from chard.exceptions import NoCurrentApp
 from chard.task import Task
 
 
@@ -87,6 +89,19 @@ def test_current_app_imported_before_any_app_resolves_to_it_later(
         assert current_app.main == "later"
         assert isinstance(current_app, Celery)
         assert current_app == app
+
+    no_current_app.run(body)
+
+
+def test_an_unresolved_current_app_is_safe_to_inspect(no_current_app: contextvars.Context) -> None:
+    # gevent's monkey-patching asks every object in the process for its class
+    def body() -> None:
+        from chard import current_app
+
+        assert not isinstance(current_app, threading.Thread)
+        assert repr(current_app) == "<Proxy of the current app: none yet>"
+        with pytest.raises(NoCurrentApp):
+            _ = current_app.main
 
     no_current_app.run(body)
 
