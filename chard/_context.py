@@ -99,7 +99,13 @@ class Proxy:
             return Proxy
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._get_current_object(), name)
+        try:
+            target = self._get_current_object()
+        except NoCurrentApp:
+            if name.startswith("__") and name.endswith("__"):  # introspection (inspect, copy)
+                raise AttributeError(name) from None
+            raise
+        return getattr(target, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._get_current_object(), name, value)

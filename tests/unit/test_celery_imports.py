@@ -100,6 +100,7 @@ def test_an_unresolved_current_app_is_safe_to_inspect(no_current_app: contextvar
 
         assert not isinstance(current_app, threading.Thread)
         assert repr(current_app) == "<Proxy of the current app: none yet>"
+        assert not hasattr(current_app, "__wrapped__")  # inspect.unwrap, doctest, copy ask
         with pytest.raises(NoCurrentApp):
             _ = current_app.main
 
