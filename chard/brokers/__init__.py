@@ -59,13 +59,16 @@ def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
         from chard.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, options)
-    try:
-        from chard.brokers.redis import RedisBroker
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
-        ) from exc
-    return RedisBroker(url, options)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from chard.brokers.redis import RedisBroker
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
+            ) from exc
+        return RedisBroker(url, options)
+    # A scheme in SUPPORTED_SCHEMES reaches here only if its branch above is missing.
+    raise ImproperlyConfigured(f"broker scheme {scheme!r} has no transport in open_broker")
 
 
 __all__ = ["Broker", "Delivery", "OutgoingMessage", "check_broker_url", "open_broker"]
