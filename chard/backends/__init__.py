@@ -60,13 +60,17 @@ def open_backend(
         from chard.backends.sqlite import SQLiteResultBackend
 
         return SQLiteResultBackend(url, expires=expires, options=options)
-    try:
-        from chard.backends.redis import RedisResultBackend
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"result backend {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
-        ) from exc
-    return RedisResultBackend(url, expires=expires, options=options)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from chard.backends.redis import RedisResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"result backend {redact_url(url)!r} needs the redis client; "
+                "pip install 'chard[redis]'"
+            ) from exc
+        return RedisResultBackend(url, expires=expires, options=options)
+    # A scheme in SUPPORTED_SCHEMES reaches here only if its branch above is missing.
+    raise ImproperlyConfigured(f"result backend scheme {scheme!r} has no class in open_backend")
 
 
 __all__ = ["ResultBackend", "check_backend_url", "open_backend"]
