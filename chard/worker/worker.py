@@ -1,8 +1,10 @@
 """The worker node: wiring in a straight line, signals, banner, and shutdown.
 
-``Worker.start()`` reads top to bottom: finalize the app, connect the broker,
-prepare the consumers (each with its :class:`~chard.worker.execute.Executor`),
-install signal handlers, print the banner, consume until told to stop, shut down.
+``Worker.start()`` reads top to bottom: finalize the app, open the broker and the
+backend (a URL chard cannot use fails here), show the banner, install signal
+handlers, wait until broker and backend answer (:mod:`chard.startup`), prepare the
+consumers (each with its :class:`~chard.worker.execute.Executor`), say "ready.",
+consume until told to stop, shut down.
 With the prefork pool (the default) the consuming is done by child processes,
 forked once the app is loaded, under a :class:`~chard.worker.supervisor.Supervisor`;
 with threads or solo, by a :class:`~chard.worker.consumer.Consumer` in this process.
