@@ -49,6 +49,8 @@ R = TypeVar("R")
 
 _hooks_lock = threading.Lock()
 _hooks_installed = False
+#: Per thread: ids of the eager tasks running (their connections are the caller's).
+_eager = threading.local()
 
 
 class DjangoTask(Task[P, R]):
@@ -134,8 +136,8 @@ def _install_hooks() -> None:
         _hooks_installed = True
     signals.worker_init.connect(_on_worker_init)
     signals.worker_process_init.connect(_on_worker_process_init)
-    signals.task_prerun.connect(_on_task_run)
-    signals.task_postrun.connect(_on_task_run)
+    signals.task_prerun.connect(_on_task_prerun)
+    signals.task_postrun.connect(_on_task_postrun)
 
 
 def _on_worker_init(**_: Any) -> None:
@@ -161,11 +163,23 @@ def _on_worker_process_init(**_: Any) -> None:
     _close_caches()
 
 
-def _on_task_run(**_: Any) -> None:
+def _on_task_prerun(task_id: str | None = None, **_: Any) -> None:
+    # apply()/eager runs in the caller's thread, maybe inside its transaction: leave the
+    # caller's connection alone (postrun comes after the request is popped: remember why).
     request = _context.get_current_request()
     if request is not None and request.is_eager:
-        return  # apply()/eager: the caller's own connection, in the caller's transaction
+        _eager.ids = {*getattr(_eager, "ids", ()), task_id}
+        return
     close_database()
+
+
+def _on_task_postrun(task_id: str | None = None, **_: Any) -> None:
+    eager: set[str | None] = getattr(_eager, "ids", set())
+    if task_id in eager:
+        eager.discard(task_id)
+        return
+    close_database()
+    _close_caches()  # as Celery's fix-up: cache connections do not outlive the task
 
 
 def close_database() -> None:

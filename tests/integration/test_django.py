@@ -100,11 +100,24 @@ def test_an_orm_task_runs_on_a_real_worker(
         with transaction.atomic():
             count_words.apply_async_on_commit((note.id,), task_id="sent-on-commit")
             inside = queue()
+        # apply() inside the caller's transaction: the worker hooks leave its connection be
+        from django.db import connection
+        from chard.contrib import django as chard_django
+        from notes.tasks import connection_state
+        chard_django.setup(config.celery_app)  # the hooks a worker process installs
+        with transaction.atomic():
+            Note.objects.count()
+            eager = connection_state.apply().get()
+            kept = connection.in_atomic_block and connection.connection is not None
+            Note.objects.count()  # the transaction is still usable
         print(json.dumps({"id": note.id, "rollback": after_rollback, "inside": inside,
-                          "committed": queue(), "cls": type(count_words).__name__}))
+                          "committed": queue(), "cls": type(count_words).__name__,
+                          "eager_was_open": eager["was_open"], "kept": kept}))
         """,
     )
     assert on_commit["cls"] == "DjangoTask"
+    assert on_commit["eager_was_open"] is True
+    assert on_commit["kept"] is True
     assert (on_commit["rollback"], on_commit["inside"], on_commit["committed"]) == (0, 0, 1)
 
     # When a prefork worker starts in the project (django.setup() before the tasks import)
