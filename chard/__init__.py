@@ -8,10 +8,10 @@ Switch from Celery by changing the import::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from chard import states
-from chard._context import get_current_app
+from chard._context import Proxy, get_current_app, get_current_task
 from chard.app import Celery, Chard, shared_task
 from chard.canvas import Signature, signature, subtask
 from chard.exceptions import ChardError
@@ -26,13 +26,16 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 VERSION = tuple(int(p) for p in __version__.split("."))
 
+#: The current app, resolved at each use: importable before any app exists, as in Celery.
+current_app: Celery = cast(Celery, Proxy(get_current_app))
+#: The task running in this context (false outside a task), resolved at each use.
+current_task: Task[Any, Any] = cast("Task[Any, Any]", Proxy(get_current_task))
+
 _CANVAS = ("chain", "group", "chord", "chunks", "xmap", "xstarmap", "maybe_signature")
 
 
 def __getattr__(name: str) -> Any:
-    # ``current_app`` resolves at access time (no proxy object); canvas primitives load lazily.
-    if name == "current_app":
-        return get_current_app()
+    # Canvas primitives load lazily.
     if name in _CANVAS:
         from chard import canvas
 
@@ -56,6 +59,7 @@ __all__ = [
     "chord",
     "chunks",
     "current_app",
+    "current_task",
     "group",
     "maybe_signature",
     "shared_task",

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from chard._utils.imports import import_string
@@ -308,6 +309,20 @@ class Settings(MutableMapping[str, Any]):
         self.configure()
         return dict(self._values)
 
+    def module_in_envvar(self, variable_name: str, silent: bool = False) -> str | None:
+        """Return the settings module named by ``variable_name`` (``config_from_envvar``).
+
+        Raises:
+            ImproperlyConfigured: the variable is unset and not ``silent``.
+        """
+        module = os.environ.get(variable_name)
+        if not module and not silent:
+            raise ImproperlyConfigured(
+                f"environment variable {variable_name!r} is not set; set it to the dotted "
+                "name of a settings module, e.g. export CELERY_CONFIG_MODULE=proj.settings"
+            )
+        return module or None
+
     def load_object(self, obj: Any, namespace: str | None = None) -> None:
         """Read settings from a module, class or object (``config_from_object``).
 
@@ -316,6 +331,7 @@ class Settings(MutableMapping[str, Any]):
             namespace: e.g. ``'CELERY'``: only ``CELERY_*`` names are read, prefix stripped
                 and lowercased (``CELERY_BROKER_URL`` -> ``broker_url``), as Django users do.
         """
+        source = obj if isinstance(obj, str) else None
         if isinstance(obj, str):
             try:
                 obj = _import_config(obj)
@@ -323,6 +339,18 @@ class Settings(MutableMapping[str, Any]):
                 raise ImproperlyConfigured(
                     f"cannot import configuration {obj!r}: {exc}; is it on sys.path?"
                 ) from exc
+        try:
+            self._read_names(obj, namespace)
+        except Exception as exc:
+            # Django's settings are imported on first read: a wrong DJANGO_SETTINGS_MODULE
+            # (or an error inside it) surfaces here, and is a configuration error.
+            django = os.environ.get("DJANGO_SETTINGS_MODULE")
+            hint = f" (DJANGO_SETTINGS_MODULE is {django!r})" if django else ""
+            raise ImproperlyConfigured(
+                f"cannot read configuration {source or obj!r}{hint}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _read_names(self, obj: Any, namespace: str | None) -> None:
         names = obj.keys() if isinstance(obj, Mapping) else dir(obj)
         get = obj.__getitem__ if isinstance(obj, Mapping) else lambda n: getattr(obj, n)
         prefix = f"{namespace}_" if namespace else None
@@ -337,6 +365,70 @@ class Settings(MutableMapping[str, Any]):
                 self[_OLD_NAMES[name]] = get(name)
             elif name.islower():
                 self[name] = get(name)
+
+
+#: What a setting's value may be when its default does not say (None defaults).
+_NUMBER = (int, float)
+_ALLOWED: dict[str, tuple[type, ...]] = {
+    "broker_url": (str,),
+    "result_backend": (str,),
+    "worker_concurrency": (int,),
+    "worker_max_tasks_per_child": (int,),
+    "task_default_priority": (int,),
+    "task_time_limit": _NUMBER,
+    "task_soft_time_limit": _NUMBER,
+    "result_expires": (*_NUMBER, timedelta),
+    "accept_content": (list, tuple, set, frozenset),
+    "imports": (list, tuple, str),
+    "include": (list, tuple, str),
+}
+#: Settings whose value is one of a few names.
+_CHOICES = {"worker_pool": ("prefork", "threads", "solo")}
+
+
+def check_settings(conf: Settings) -> None:
+    """Check the value of every known setting the user gave; the first bad one is an error.
+
+    Done when a command starts, so that ``worker_prefetch_multiplier='four'`` is one line
+    naming the setting, not a traceback from deep in the worker.
+
+    Raises:
+        ImproperlyConfigured: a setting's value has the wrong type or is not one of its names.
+    """
+    for name, value in conf.changes().items():
+        if name not in SETTINGS or value is None:
+            continue
+        allowed = _allowed_types(name)
+        if allowed and (not isinstance(value, allowed) or _is_bool_for_number(value, allowed)):
+            kinds = " or ".join(t.__name__ for t in allowed)
+            raise ImproperlyConfigured(
+                f"setting {name!r} is {value!r} ({type(value).__name__}); it must be {kinds} "
+                f"(default {SETTINGS[name].default!r}: {SETTINGS[name].doc})"
+            )
+        choices = _CHOICES.get(name)
+        if choices and value not in choices:
+            raise ImproperlyConfigured(
+                f"setting {name!r} is {value!r}; it must be one of {', '.join(choices)}"
+            )
+
+
+def _allowed_types(name: str) -> tuple[type, ...]:
+    if name in _ALLOWED:
+        return _ALLOWED[name]
+    default = SETTINGS[name].default
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return _NUMBER
+    if isinstance(default, str):
+        return (str,)
+    return ()  # dicts, lists and callables: too many valid shapes to check here
+
+
+def _is_bool_for_number(value: Any, allowed: tuple[type, ...]) -> bool:
+    return isinstance(value, bool) and bool not in allowed
 
 
 def _import_config(path: str) -> Any:

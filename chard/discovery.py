@@ -41,7 +41,9 @@ def discover(packages: Packages, related_name: str = "tasks") -> None:
 def installed_django_apps() -> list[str]:
     """The names of Django's installed apps, or ``[]`` when Django is not in use."""
     try:
-        from django.apps import apps  # type: ignore[import-not-found]
+        from django.apps import apps
     except ImportError:
+        return []
+    if not apps.ready:  # Django installed but not in use (or not set up): no apps to search
         return []
     return [config.name for config in apps.get_app_configs()]

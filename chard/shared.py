@@ -49,10 +49,12 @@ def shared_task(*args: Any, **options: Any) -> Any:
     """
 
     def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
-        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+        app = _context.peek_current_app()
+        # The current app's task class (task_cls=, DjangoTask under Django), as in Celery.
+        default = app.Task if app is not None else Task
+        base: type[Task[Any, Any]] = options.pop("base", None) or default
         task = base(func, app=None, **options)
         declared.append(task)
-        app = _context.peek_current_app()
         if app is not None:
             app.tasks.setdefault(task.name, task)
         return task

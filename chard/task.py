@@ -8,7 +8,9 @@ app.send_task -> broker.publish``.
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from chard.app import Celery
     from chard.canvas import Signature
 
+logger = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -41,6 +45,38 @@ def exponential_backoff(
     if full_jitter:
         countdown = random.randrange(int(countdown) + 1)
     return max(0.0, float(countdown))
+
+
+#: Options Celery users misspell, and what they meant (difflib catches the rest).
+_MEANT = {
+    "auto_retry": "autoretry_for",
+    "autoretry": "autoretry_for",
+    "retry_for": "autoretry_for",
+    "retry_on": "autoretry_for",
+    "max_retry": "max_retries",
+    "retries": "max_retries",
+    "retires": "max_retries",
+    "ack_late": "acks_late",
+    "timeout": "time_limit",
+}
+
+
+def _warn_unknown_option(key: str, task_name: str | None) -> None:
+    """Log a warning when ``key`` looks like a misspelt task option; stay quiet otherwise.
+
+    Celery keeps any unknown option as a task attribute (libraries add their own), so an
+    unknown option is not an error; but a typo (seed 002's ``auto_retry=``) silently
+    disables what the user asked for, so a likely one is named with its correct spelling.
+    """
+    known = [n for n in dir(Task) if not n.startswith("_") and not callable(getattr(Task, n))]
+    meant = _MEANT.get(key) or next(iter(difflib.get_close_matches(key, known, 1, 0.75)), None)
+    if meant is not None:
+        logger.warning(
+            "task %r: unknown option %r is kept as an attribute and does nothing; did you mean %r?",
+            task_name,
+            key,
+            meant,
+        )
 
 
 class Task(Generic[P, R]):
@@ -91,8 +127,8 @@ class Task(Generic[P, R]):
         self._app = app
         for key, value in options.items():
             if not hasattr(type(self), key):
-                raise TypeError(f"unknown task option {key!r} for task {name or fn!r}")
-            setattr(self, key, value)
+                _warn_unknown_option(key, name or getattr(fn, "__qualname__", None))
+            setattr(self, key, value)  # unknown ones too: Celery keeps them as attributes
         if name:
             self.name = name
         elif fn is not None:
@@ -175,7 +211,7 @@ class Task(Generic[P, R]):
             parent_id=outer.parent_id,
             children=outer.children,  # what it sends is the worker task's trail (Celery's)
         )
-        token = _context.push_request(direct)
+        token = _context.push_request(direct, self)
         try:
             nested: R = self.run(*args, **kwargs)
             return nested

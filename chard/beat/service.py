@@ -36,19 +36,18 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chard._utils.clock import Clock, SystemClock
-from chard._utils.log import redact_url
 from chard.beat.compat import check_scheduler, check_state_file
 from chard.beat.scheduler import DEFAULT_MAX_INTERVAL, ScheduleEntry, Scheduler, entries_from_config
 from chard.beat.store import LeaseHolder, ScheduleStore, slot_key
 from chard.beat.stores import open_schedule_store
-from chard.exceptions import BrokerConnectionError, ChardError
+from chard.exceptions import ChardError
+from chard.startup import retry_until_reachable
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -63,8 +62,6 @@ SLOT_HEADER = "chard_beat_slot"
 DEFAULT_RELOAD_INTERVAL = 1.0
 #: Seconds a leader's lease lasts unless renewed; a standby takes over this long after a crash.
 DEFAULT_LEASE_TIMEOUT = 5.0
-#: Start-up retries against an unreachable broker wait 1 s, then twice as long, up to this.
-MAX_STARTUP_BACKOFF = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +163,9 @@ class Beat:
             self._reload()
             self._lead()
 
-        self._is_setup = self._until_reachable(connect)
+        self._is_setup = retry_until_reachable(
+            self.app, connect, who="beat", meanwhile="sending nothing", stopped=self._stopped
+        )
         return self.errors
 
     def run(self) -> None:
@@ -248,35 +247,6 @@ class Beat:
                 self.lease_timeout,
             )
         self._seen_leader = holder.owner if holder is not None else None
-
-    def _until_reachable(self, step: Callable[[], None]) -> bool:
-        """Run ``step`` until the broker answers, with back-off; False if stopped meanwhile."""
-        conf = self.app.conf
-        limit = int(conf.broker_connection_max_retries or 0)  # 0 or None: retry forever
-        pause, attempt = 1.0, 0
-        while True:
-            try:
-                step()
-                return True
-            except BrokerConnectionError as exc:
-                attempt += 1
-                url = redact_url(self.app.broker_url)
-                if not conf.broker_connection_retry_on_startup or (limit and attempt > limit):
-                    raise BrokerConnectionError(
-                        f"beat cannot reach the broker at {url!r} after {attempt} attempt(s): "
-                        f"{exc}; start it or fix broker_url"
-                    ) from exc
-                logger.warning(
-                    "beat: cannot reach the broker at %s (attempt %d): %s; sending nothing, "
-                    "retrying in %.0fs",
-                    url,
-                    attempt,
-                    exc,
-                    pause,
-                )
-            if self._stopped.wait(pause):
-                return False
-            pause = min(pause * 2, MAX_STARTUP_BACKOFF)
 
     def _reload(self) -> None:
         assert self.store is not None, "call setup() first"

@@ -18,6 +18,7 @@ from chard._utils.log import redact_url
 from chard.beat.store import ScheduleStore
 from chard.beat.store_memory import MemoryScheduleStore
 from chard.beat.store_sqlite import SQLiteScheduleStore
+from chard.brokers import check_broker_url
 from chard.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def open_schedule_store(app: Celery) -> ScheduleStore:
     by everything in this process that uses ``app``.
 
     Raises:
-        ImproperlyConfigured: the broker's scheme has no schedule store yet.
+        ImproperlyConfigured: the broker's URL is unknown or not supported yet (the broker's
+            own message), or its kind has no schedule store yet.
     """
     url = app.broker_url
     scheme = url.partition("://")[0].lower()
@@ -55,6 +57,7 @@ def open_schedule_store(app: Celery) -> ScheduleStore:
             if store is None:
                 store = _MEMORY_STORES[app] = MemoryScheduleStore()
             return store
+    check_broker_url(url)  # a URL chard cannot use at all (unknown, not built yet) says so
     raise ImproperlyConfigured(
         f"beat cannot keep its leader lease in broker {redact_url(url)!r} (scheme {scheme!r} has "
         f"no schedule store yet; supported: {', '.join(s + '://' for s in STORE_SCHEMES)}); "

@@ -177,7 +177,8 @@ def command(
         beat.setup()
         if not beat.is_setup:
             return  # stopped before the broker answered
-        click.echo(banner(beat), nl=False)
+        if not ctx.quiet:
+            click.echo(banner(beat), nl=False)
         logger.info("beat: Starting...")
         beat.run()
     except (ChardError, ValueError) as exc:

@@ -6,6 +6,7 @@ they share is in :mod:`chard.cli.context` and :mod:`chard.cli.process`).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,18 +28,50 @@ from chard.cli import (
     worker,
 )
 from chard.cli.context import AppContext
+from chard.exceptions import ChardError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ChardGroup(click.Group):
+    """The ``chard`` group: a chard error in any command is one line on stderr, exit 1.
+
+    A configuration error (``ImproperlyConfigured``: a bad setting, an unknown or unbuilt
+    URL scheme) or a broker still down after the start-up retries is something to fix, not
+    a bug to debug, so it is shown as ``Error: <message>`` without the traceback. The
+    traceback is shown with ``chard --traceback ...`` or at log level DEBUG.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChardError as exc:
+            if ctx.params.get("show_traceback") or logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=ChardGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="chard")
 @click.option("-A", "--app", "app_spec", help="The app: module, package or module:attribute.")
 @click.option("-b", "--broker", help="Broker URL (overrides broker_url).")
 @click.option("--result-backend", help="Result backend URL (overrides result_backend).")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the start-up banner.")
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="Show tracebacks of chard's errors."
+)
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_backend: str | None):  # type: ignore[no-untyped-def]
+def cli(  # type: ignore[no-untyped-def]
+    ctx: click.Context,
+    app_spec: str | None,
+    broker: str | None,
+    result_backend: str | None,
+    quiet: bool,
+    show_traceback: bool,
+):
     """chard: a distributed task queue that speaks Celery."""
     if ctx.obj is None:
         ctx.obj = AppContext(app_spec, broker, result_backend)
+    ctx.obj.quiet = ctx.obj.quiet or quiet
 
 
 for _module in (worker, multi, beat, call, result, purge, settings, deadletters, events):

@@ -16,6 +16,23 @@ import click
 from chard import signals
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+#: For records of a task logger (``get_task_logger``) inside a task: Celery's task log format.
+TASK_LOG_FORMAT = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+)
+
+
+class LogFormatter(logging.Formatter):
+    """Celery's worker formats: a task logger's record inside a task names the task and id."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+        self._task = logging.Formatter(TASK_LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "task_id", "???") != "???":
+            return self._task.format(record)
+        return super().format(record)
 
 
 def setup_logging(loglevel: str, logfile: str | None = None) -> None:
@@ -31,7 +48,7 @@ def setup_logging(loglevel: str, logfile: str | None = None) -> None:
         raise click.ClickException(
             f"cannot open logfile {logfile!r}: {exc.strerror}; fix its directory or --logfile"
         ) from None
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

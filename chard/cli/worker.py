@@ -46,6 +46,7 @@ from chard.exceptions import ChardError
     help="With -B: Celery's beat state file (checked; run state is in the broker).",
 )
 @click.option("-S", "--scheduler", help="With -B: Celery's scheduler name (built-in ones only).")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the start-up banner.")
 @click.pass_obj
 def command(
     ctx: AppContext,
@@ -65,8 +66,13 @@ def command(
     beat: bool,
     schedule_filename: str | None,
     scheduler: str | None,
+    quiet: bool,
 ) -> None:
-    """Start a worker that runs the app's tasks."""
+    """Start a worker that runs the app's tasks.
+
+    The banner is printed at every log level, as Celery's is (``-q`` hides it); "ready."
+    is logged once the broker and result backend have answered.
+    """
     from chard.worker.autoscale import parse_autoscale
     from chard.worker.pools import GEVENT, pool_kind
     from chard.worker.worker import Worker, expand_hostname
@@ -102,6 +108,7 @@ def command(
                 autoscale=autoscale,
                 burst=burst,
                 send_events=task_events or None,
+                on_banner=_no_banner if quiet or ctx.quiet else _print_banner,
             )
         except ChardError as exc:
             raise click.ClickException(str(exc)) from None
@@ -113,9 +120,17 @@ def command(
                 )
             except ChardError as exc:
                 raise click.ClickException(str(exc)) from exc
-        worker.start()
+        worker.start()  # chard errors (bad URL, broker down for good): one line, by the group
     finally:
         if stop_beat is not None:
             stop_beat()
         if pid_path is not None:
             pid_path.unlink(missing_ok=True)
+
+
+def _print_banner(text: str) -> None:
+    click.echo(text)  # stdout, flushed: before the log lines that follow on stderr
+
+
+def _no_banner(text: str) -> None:
+    """``-q``: the banner is neither printed nor logged."""

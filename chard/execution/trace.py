@@ -114,7 +114,7 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
     extra = outcome.extra_meta(app, task, request) if should_store else {}
     if not task.trail:
         request.children = None
-    token = _context.push_request(request)
+    token = _context.push_request(request, task)
     signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     started = time.perf_counter()
 

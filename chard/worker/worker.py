@@ -1,8 +1,10 @@
 """The worker node: wiring in a straight line, signals, banner, and shutdown.
 
-``Worker.start()`` reads top to bottom: finalize the app, connect the broker,
-prepare the consumers (each with its :class:`~chard.worker.execute.Executor`),
-install signal handlers, print the banner, consume until told to stop, shut down.
+``Worker.start()`` reads top to bottom: finalize the app, open the broker and the
+backend (a URL chard cannot use fails here), show the banner, install signal
+handlers, wait until broker and backend answer (:mod:`chard.startup`), prepare the
+consumers (each with its :class:`~chard.worker.execute.Executor`), say "ready.",
+consume until told to stop, shut down.
 With the prefork pool (the default) the consuming is done by child processes,
 forked once the app is loaded, under a :class:`~chard.worker.supervisor.Supervisor`;
 with threads or solo, by a :class:`~chard.worker.consumer.Consumer` in this process.
@@ -28,6 +30,7 @@ from chard._utils.log import redact_url
 from chard._utils.nodenames import host_format
 from chard.events import EventDispatcher
 from chard.exceptions import ImproperlyConfigured
+from chard.startup import check_reachable, retry_until_reachable
 from chard.worker.autoscale import Autoscaler, parse_autoscale
 from chard.worker.child import ChildSpec
 from chard.worker.consumer import Consumer
@@ -77,6 +80,7 @@ class Worker:
         autoscale: str | tuple[int, int] | None = None,
         burst: bool = False,
         send_events: bool | None = None,
+        on_banner: Callable[[str], None] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -110,6 +114,9 @@ class Worker:
         self.autoscaler: Autoscaler | None = None
         self.mailbox: Mailbox | None = None
         self._signals_seen = 0
+        #: Shows the start-up banner (the CLI prints it); None logs it at INFO.
+        self.on_banner = on_banner
+        self._stopping = threading.Event()
 
     def _autoscale_bounds(self, value: str | tuple[int, int] | None) -> tuple[int, int] | None:
         if not value:
@@ -126,16 +133,40 @@ class Worker:
         return bounds
 
     def start(self) -> ConsumerStats:
-        """Run the worker until it is stopped; returns its counters."""
+        """Run the worker until it is stopped; returns its counters.
+
+        "ready." is logged only once the broker and the result backend have answered
+        (each retried with back-off meanwhile; see :mod:`chard.startup`).
+
+        Raises:
+            ImproperlyConfigured: a broker or backend URL chard cannot use.
+            BrokerConnectionError, BackendConnectionError: still unreachable after the
+                start-up retries.
+        """
         self.app.finalize()
         signals.worker_init.send(sender=self)
-        self.app.broker  # noqa: B018 - connect now, so a wrong URL fails before forking
+        self.app.broker  # noqa: B018 - open now: a URL chard cannot use fails before anything
+        self.app.backend  # noqa: B018 - the same for the backend (rpc:// is refused here)
+        if self.on_banner is not None:
+            self.on_banner(self.banner())
+        else:
+            logger.info("%s", self.banner())
+        self._install_signal_handlers()  # before waiting: a Ctrl-C while the broker is down
+        if not retry_until_reachable(
+            self.app,
+            lambda: check_reachable(self.app, self.queues[0]),
+            who="worker",
+            meanwhile="not ready",
+            stopped=self._stopping,
+        ):
+            self.app.close()
+            return ConsumerStats()  # stopped before the broker answered
         self.app.events.task_dispatcher = self.events  # task events: here and in children
         run = self._prefork() if self.pool_kind == PREFORK else self._in_process()
         self.mailbox = mailbox = Mailbox(self._node())  # joins the control channel
         mailbox.start()
-        self._install_signal_handlers()
-        logger.info("%s", self.banner())
+        if self._stopping.is_set():
+            self.stop()  # a signal came before the supervisor or consumer existed: pass it on
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
         self.heart = Heart(self.events, active=self._active, processed=self._processed)
@@ -248,6 +279,7 @@ class Worker:
         """Ask the worker to stop (warm by default)."""
         if self.mailbox is not None:  # its thread ends while the tasks finish
             self.mailbox.leave()
+        self._stopping.set()
         if self.supervisor is not None:
             self.supervisor.stop(cold=cold)
         if self.consumer is not None:
@@ -348,6 +380,7 @@ class Worker:
                 "",
                 "No broker configured: using the embedded SQLite file "
                 f"{app.broker_url.removeprefix('sqlite:///')} for messages and results "
-                "(set broker_url / result_backend for Redis, RabbitMQ or PostgreSQL).",
+                "(set broker_url and result_backend to a redis:// URL, with "
+                "pip install 'chard[redis]', to share work between machines).",
             ]
         return "\n".join(lines) + "\n"

@@ -189,7 +189,8 @@ def test_terminate_kills_a_running_task_which_ends_revoked_and_is_not_redelivere
     long = announce_then_sleep.delay(str(progress), 30)
     # Its body has started: "received" alone is not enough, since a revocation that
     # arrives before the body starts discards it ("revoked") instead of terminating it.
-    wait_for(lambda: progress.exists(), timeout=15)
+    # The file exists from open() on, before "started" is written: wait for the line itself.
+    wait_for(lambda: progress.exists() and progress.read_text() == "started\n", timeout=15)
 
     # When it is revoked with terminate=True
     asked = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,7 +77,7 @@ def test_broker_and_backend_given() -> None:
     assert (app.broker_url, app.backend_url) == ("memory://", "memory://")
 
 
-@pytest.mark.parametrize("url", ["amqp://guest@localhost//", "kafka://x", "nonsense"])
+@pytest.mark.parametrize("url", ["kafka://x", "nonsense"])
 def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
     app = Celery("t", broker=url, backend="memory://")
 
@@ -87,6 +88,39 @@ def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
     assert "unknown broker URL scheme" in message
     for scheme in ("sqlite://", "memory://", "redis://"):
         assert scheme in message
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend", "expected"),
+    [
+        ("amqp://guest:pw@localhost//", "memory://", "broker 'amqp://guest:**@localhost//' uses "
+         "amqp:// (RabbitMQ), which chard does not support yet"),
+        ("postgresql://u:pw@db/app", "memory://", "broker 'postgresql://u:**@db/app' uses "
+         "postgresql:// (PostgreSQL), which chard does not support yet"),
+        ("memory://", "rpc://", "result backend 'rpc://' uses rpc:// (the RPC backend: results "
+         "sent back over the broker), which chard does not support yet"),
+        ("memory://", "db+postgresql://u:pw@db/app", "result backend "
+         "'db+postgresql://u:**@db/app' uses db+postgresql:// (Celery's SQLAlchemy database "
+         "backend), which chard does not support yet"),
+    ],
+)  # fmt: skip
+def test_a_known_but_unbuilt_scheme_fails_at_the_client_naming_what_is_supported(
+    broker: str, backend: str, expected: str
+) -> None:
+    # Issue 14: refused by name at the first send, not "unknown", not sent to a dead end
+    app = Celery("t", broker=broker, backend=backend)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(ImproperlyConfigured) as info:
+        add.delay(2, 2)
+
+    message = str(info.value)
+    assert expected in message
+    assert "use one of sqlite://, memory://, redis://, rediss://, unix://" in message
+    assert "pw" not in message
 
 
 def test_unknown_backend_scheme_lists_the_supported_ones() -> None:
@@ -204,12 +238,41 @@ def test_decorator_options_become_task_attributes(app: Celery) -> None:
     assert work() == "custom.name"  # bound: self is passed
 
 
-def test_unknown_task_option_is_a_type_error(app: Celery) -> None:
-    with pytest.raises(TypeError, match="unknown task option 'retires'"):
+def test_an_unknown_task_option_is_kept_as_an_attribute_as_celery_does(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 14: an option chard does not know (a library's own) no longer fails the import.
+    with caplog.at_level(logging.WARNING, logger="chard.task"):
 
-        @app.task(retires=3)
-        def typo() -> None:
-            """Never registered."""
+        @app.task(my_library_flag="on")
+        def flagged() -> None:
+            """Registered, with the attribute."""
+
+    assert flagged.my_library_flag == "on"  # type: ignore[attr-defined]
+    assert flagged.name in app.tasks
+    assert caplog.records == []  # nothing like a known option: no warning
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("auto_retry", "autoretry_for"),
+        ("retires", "max_retries"),
+        ("soft_timelimit", "soft_time_limit"),
+    ],
+)
+def test_a_likely_misspelt_task_option_logs_what_was_meant(
+    app: Celery, caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    # seed 002: @celery.task(auto_retry=[ValueError, TypeError], max_retries=5)
+    with caplog.at_level(logging.WARNING, logger="chard.task"):
+        task = app.task(**{typo: [ValueError]})(lambda: None)
+
+    assert getattr(task, typo) == [ValueError]
+    assert task.autoretry_for == () or typo != "auto_retry"  # the typo does not enable it
+    [record] = caplog.records
+    assert f"unknown option {typo!r}" in record.getMessage()
+    assert f"did you mean {meant!r}?" in record.getMessage()
 
 
 def test_task_annotations_override_attributes(app: Celery) -> None:
@@ -326,8 +389,9 @@ def test_no_current_app_is_an_explicit_error(no_current_app: contextvars.Context
 
         with pytest.raises(NoCurrentApp, match="no current app; create one with Celery"):
             _ = orphan.app
+        current_app = chard.current_app  # importable before any app exists, as in Celery
         with pytest.raises(NoCurrentApp):
-            _ = chard.current_app
+            _ = current_app.conf
         with pytest.raises(NoCurrentApp):
             orphan.delay()
 
@@ -337,7 +401,8 @@ def test_no_current_app_is_an_explicit_error(no_current_app: contextvars.Context
 def test_current_app_is_the_last_app_created() -> None:
     app = Celery("current", broker="memory://")
 
-    assert chard.current_app is app
+    assert chard.current_app == app
+    assert chard.current_app._get_current_object() is app  # type: ignore[attr-defined]
 
 
 def test_set_as_current_false_leaves_the_current_app_alone() -> None:
@@ -345,7 +410,7 @@ def test_set_as_current_false_leaves_the_current_app_alone() -> None:
 
     Celery("side", broker="memory://", set_as_current=False)
 
-    assert chard.current_app is current
+    assert chard.current_app._get_current_object() is current  # type: ignore[attr-defined]
 
 
 # -- send_task: what reaches the broker --------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import pytest
 
 from chard import Celery
-from chard.config import SETTINGS, Settings, describe_settings
+from chard.config import SETTINGS, Settings, check_settings, describe_settings
 from chard.exceptions import ImproperlyConfigured
 from tests.unit.conftest import WriteModules
 
@@ -344,3 +347,47 @@ def test_describe_settings_lists_every_setting_with_default_and_doc() -> None:
         assert line.split()[0] == name
         assert repr(setting.default) in line
         assert setting.doc in line
+
+
+# -- issue 14: a bad setting value is one clear error, found when a command starts -------------
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"worker_prefetch_multiplier": "four"},
+         "setting 'worker_prefetch_multiplier' is 'four' (str); it must be int"),
+        ({"task_acks_late": "yes"}, "setting 'task_acks_late' is 'yes' (str); it must be bool"),
+        ({"worker_concurrency": 2.5},
+         "setting 'worker_concurrency' is 2.5 (float); it must be int"),
+        ({"broker_connection_max_retries": True},
+         "setting 'broker_connection_max_retries' is True (bool); it must be int"),
+        ({"worker_pool": "gevent"},
+         "setting 'worker_pool' is 'gevent'; it must be one of prefork, threads, solo"),
+        ({"result_expires": "1h"},
+         "setting 'result_expires' is '1h' (str); it must be int or float"),
+    ],
+)  # fmt: skip
+def test_check_settings_names_the_bad_setting_and_what_it_must_be(
+    settings: dict[str, Any], expected: str
+) -> None:
+    conf = Settings(**settings)
+
+    with pytest.raises(ImproperlyConfigured) as info:
+        check_settings(conf)
+
+    assert expected in str(info.value)
+
+
+def test_check_settings_accepts_good_values_and_leaves_unknown_ones_alone() -> None:
+    conf = Settings(
+        worker_prefetch_multiplier=1,
+        task_time_limit=2.5,
+        result_expires=timedelta(hours=1),
+        timezone="Europe/Moscow",
+        worker_pool="threads",
+        accept_content=["json", "msgpack"],
+        task_routes={"proj.*": "q"},
+        my_own_setting=object(),
+        task_default_priority=None,
+    )
+
+    check_settings(conf)  # no error

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from chard.exceptions import ImproperlyConfigured
 from chard.routing import route
 
 
@@ -105,10 +106,60 @@ def test_an_empty_route_lets_the_next_router_answer() -> None:
     assert find([lambda *a, **k: {}, {"proj.tasks.add": "next"}]) == {"queue": "next"}
 
 
-@pytest.mark.parametrize("entry", [42, "proj.routers.route_task", 1.5])
+@pytest.mark.parametrize("entry", [42, 1.5, object()])
 def test_an_entry_that_is_not_a_dict_or_callable_is_an_error(entry: Any) -> None:
-    with pytest.raises(TypeError, match=re.escape(f"task_routes entry {entry!r}")):
+    with pytest.raises(ImproperlyConfigured, match=re.escape(f"task_routes entry {entry!r}")):
         find([entry])
+
+
+# -- Celery's other forms (issue 14): string routers, legacy router classes, lists of pairs --
+
+
+def route_by_prefix(name: str, args: Any, kwargs: Any, options: Any, task: Any = None) -> Any:
+    """A router function, named in task_routes by its dotted path."""
+    return {"queue": name.rpartition(".")[0]} if name.startswith("proj.") else None
+
+
+class LegacyRouter:
+    """A Celery 3 router class: instantiated once, asked through route_for_task."""
+
+    def route_for_task(self, task: str, args: Any = None, kwargs: Any = None) -> Any:
+        return "legacy" if task.endswith(".add") else None
+
+
+def test_a_string_names_a_router_function() -> None:
+    routes = ["tests.unit.test_routing.route_by_prefix"]
+
+    assert find(routes) == {"queue": "proj.tasks"}
+    assert find("tests.unit.test_routing:route_by_prefix") == {"queue": "proj.tasks"}
+    assert find(routes, "other.add") == {}
+
+
+def test_a_string_names_a_legacy_router_class() -> None:
+    assert find(("tests.unit.test_routing.LegacyRouter",)) == {"queue": "legacy"}
+    assert find([LegacyRouter], "proj.tasks.mul") == {}
+    assert find([LegacyRouter()]) == {"queue": "legacy"}
+
+
+def test_a_list_of_pairs_is_a_map_in_order() -> None:
+    routes = ([("proj.*", {"queue": "first"}), ("proj.tasks.*", "second")],)
+
+    assert find(routes) == {"queue": "first"}
+    assert find([[("proj.*", "first"), ("proj.tasks.add", "exact")]]) == {"queue": "exact"}
+
+
+def test_a_router_path_that_cannot_be_imported_is_one_clear_error() -> None:
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"task_routes names router 'proj\.nowhere\.route', which cannot be imported: .*"
+        r"give it as 'package\.module\.function'",
+    ):
+        find(["proj.nowhere.route"])
+
+
+def test_a_router_path_naming_something_else_is_an_error() -> None:
+    with pytest.raises(ImproperlyConfigured, match="not a router function or class"):
+        find(["tests.unit.test_routing.__doc__"])
 
 
 @pytest.mark.parametrize("value", [42, ["q"], object()])

@@ -9,7 +9,6 @@ explicit "current app" contextvar that ``shared_task`` reads.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,11 +17,13 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from chard import _context, discovery, periodic, sending, shared, signals
 from chard import result as _result
+from chard._utils.imports import import_string, load_entry_point
 from chard._utils.perprocess import PerProcess
 from chard.app_compat import CeleryCompat
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
 from chard.config import Settings
+from chard.contrib import django
 from chard.control import Control
 from chard.events import Events
 from chard.exceptions import ImproperlyConfigured
@@ -58,7 +59,7 @@ class Celery(CeleryCompat):
         include: Sequence[str] | None = None,
         config_source: Any = None,
         set_as_current: bool = True,
-        task_cls: type[Task[Any, Any]] | None = None,
+        task_cls: type[Task[Any, Any]] | str | None = None,
         namespace: str | None = None,
         **settings: Any,
     ) -> None:
@@ -72,7 +73,10 @@ class Celery(CeleryCompat):
             self.conf.include = list(include)
         if config_source is not None:
             self.config_from_object(config_source, namespace=namespace)
-        self.Task: type[Task[Any, Any]] = task_cls or Task
+        # Celery's default under Django is its DjangoTask (delay_on_commit); a path is imported.
+        self.Task: type[Task[Any, Any]] = (
+            import_string(task_cls) if isinstance(task_cls, str) else task_cls
+        ) or django.default_task_class()
         self._tasks = TaskRegistry()
         from chard.canvas.maps import register_builtins
 
@@ -107,15 +111,9 @@ class Celery(CeleryCompat):
 
     def config_from_envvar(self, variable_name: str, silent: bool = False) -> None:
         """Load settings from the module named by environment variable ``variable_name``."""
-        module = os.environ.get(variable_name)
-        if not module:
-            if silent:
-                return
-            raise ImproperlyConfigured(
-                f"environment variable {variable_name!r} is not set; set it to the dotted "
-                "name of a settings module, e.g. export CELERY_CONFIG_MODULE=proj.settings"
-            )
-        self.config_from_object(module, silent=silent)
+        module = self.conf.module_in_envvar(variable_name, silent)
+        if module:
+            self.config_from_object(module, silent=silent)
 
     def now(self) -> datetime:
         """Return the current time in the configured zone."""
@@ -206,6 +204,7 @@ class Celery(CeleryCompat):
                 return
             self._finalized = True
         self.conf.configure()
+        django.setup(self)  # django.setup() before any task module imports a model
         self.import_default_modules()
         pending, self._pending_discovery = self._pending_discovery, []
         for packages, related_name in pending:
@@ -297,15 +296,11 @@ class Celery(CeleryCompat):
         if url is None:
             return None
         expires = self.conf.result_expires
-        if isinstance(expires, timedelta):
-            expires = expires.total_seconds()
+        expires = expires.total_seconds() if isinstance(expires, timedelta) else expires
+        options = self.conf.result_backend_transport_options
         return self._connections.get(  # type: ignore[no-any-return]
             "backend",
-            lambda: open_backend(
-                url,
-                expires=float(expires) if expires else None,
-                options=self.conf.result_backend_transport_options,
-            ),
+            lambda: open_backend(url, expires=float(expires) if expires else None, options=options),
         )
 
     @property
@@ -401,8 +396,6 @@ class Celery(CeleryCompat):
         is found through the entry point it installs (``chard.command_line``, see
         ``pyproject.toml``), as the ``chard`` console script is.
         """
-        from chard._utils.imports import load_entry_point
-
         run_with_app = load_entry_point("chard.command_line", "run_with_app")
         run_with_app(self, list(argv) if argv is not None else None)
 

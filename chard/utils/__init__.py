@@ -1,0 +1,1 @@
+"""Celery's ``celery.utils`` paths that user code imports (``chard.utils.log``, ``.nodenames``)."""

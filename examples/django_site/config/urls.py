@@ -1,0 +1,3 @@
+"""No pages: the example is about tasks."""
+
+urlpatterns: list[object] = []
