@@ -8,17 +8,20 @@ worker`` and ``python -m celery -A mixedfleet.celeryside worker -P solo``.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import RUN_ID, redis_url
+from tests.helpers import RUN_ID, redis_url, wait_for
 from tests.integration.workers import WorkerFactory, WorkerProcess, child_pythonpath
 
 pytest.importorskip("celery", reason="the mixed-fleet tests need Celery (the dev extra)")
@@ -63,8 +66,6 @@ class Fleet:
             "-P", "solo", "-c", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-n", f"celery-{uuid.uuid4().hex[:6]}@%h", *args,
         ]  # fmt: skip
-        import os
-
         env = {**os.environ, **self.env("celery")}
         env["PYTHONPATH"] = child_pythonpath(ROOT)
         with open(log, "wb") as out:
@@ -125,3 +126,113 @@ def test_chard_client_to_celery_worker_basics(fleet: Fleet) -> None:
     result = add.delay(5, 5)
     assert result.get(timeout=15) == 10
     assert fleet.celery.AsyncResult(result.id).get(timeout=5) == 10
+
+
+# -- both directions ------------------------------------------------------------
+#: "client->worker": which side sends, which side runs.
+DIRECTIONS = ["celery->chard", "chard->celery"]
+
+
+@dataclass
+class Side:
+    """The sending side's app and canvas classes, and the other side's app."""
+
+    app: Any
+    other: Any
+    chain: Any
+    group: Any
+    chord: Any
+    worker: WorkerProcess
+
+    def task(self, name: str) -> Any:
+        return self.app.tasks[f"mixed.{name}"]
+
+
+def start(fleet: Fleet, direction: str, *worker_args: str) -> Side:
+    """Start the worker side of ``direction``; return the client side."""
+    client, _ = direction.split("->")
+    if client == "celery":
+        import celery
+
+        worker = fleet.chard_worker(*worker_args)
+        return Side(fleet.celery, fleet.chard, celery.chain, celery.group, celery.chord, worker)
+    import chard
+
+    worker = fleet.celery_worker(*worker_args)
+    return Side(fleet.chard, fleet.celery, chard.chain, chard.group, chard.chord, worker)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_errors_are_reraised_with_their_type_by_either_side(fleet: Fleet, direction: str) -> None:
+    side = start(fleet, direction)
+    result = side.task("boom").delay("no luck")
+    with pytest.raises(bodies.MixedError, match="no luck"):
+        result.get(timeout=15)
+    with pytest.raises(bodies.MixedError, match="no luck"):
+        side.other.AsyncResult(result.id).get(timeout=5)
+    with pytest.raises(ValueError, match="bad"):
+        side.task("bad_value").delay("bad").get(timeout=15)
+    assert side.other.AsyncResult(result.id).state == "FAILURE"
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_queue_priority_and_expires(fleet: Fleet, direction: str) -> None:
+    side = start(fleet, direction, "-Q", "celery,mixed_other")
+    assert side.task("add").apply_async((1, 2), queue="mixed_other").get(timeout=15) == 3
+    seen = side.task("whoami").apply_async(priority=6).get(timeout=15)
+    assert seen["side"] == direction.split("->")[1]
+    expired = side.task("add").apply_async((1, 1), expires=datetime.now(UTC) - timedelta(1))
+    wait_for(lambda: side.other.AsyncResult(expired.id).state == "REVOKED", timeout=15)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_countdown_and_eta_run_when_due(compat_fleet: Fleet, direction: str) -> None:
+    side = start(compat_fleet, direction)
+    whoami = side.task("whoami")
+    sent = time.time()
+    by_countdown = whoami.apply_async(countdown=2)
+    by_eta = whoami.apply_async(eta=datetime.now(UTC) + timedelta(seconds=2))
+    for result in (by_countdown, by_eta):
+        seen = result.get(timeout=20)
+        assert seen["side"] == direction.split("->")[1]
+        assert seen["eta"] is not None
+    # Not before it was due: the worker's stored date_done is past the ETA.
+    done = side.other.AsyncResult(by_eta.id).date_done
+    assert done is not None
+    assert done.timestamp() >= sent + 1.9
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_retries_with_countdown(compat_fleet: Fleet, direction: str) -> None:
+    side = start(compat_fleet, direction)
+    result = side.task("flaky").delay(2)
+    assert result.get(timeout=30) == 2
+    assert side.other.AsyncResult(result.id).get(timeout=5) == 2
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_link_and_link_error(fleet: Fleet, direction: str) -> None:
+    side = start(fleet, direction)
+    callback = side.task("add").s(10)
+    callback_id = callback.freeze().id
+    assert side.task("add").apply_async((1, 1), link=callback).get(timeout=15) == 2
+    assert side.app.AsyncResult(callback_id).get(timeout=15) == 12
+    errback = side.task("on_error").s()
+    errback_id = errback.freeze().id
+    failed = side.task("boom").apply_async(("x",), link_error=errback)
+    assert side.app.AsyncResult(errback_id).get(timeout=15) == f"errback:{failed.id}"
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_chains_and_groups(fleet: Fleet, direction: str) -> None:
+    side = start(fleet, direction)
+    add = side.task("add")
+    assert side.chain(add.s(1, 1), add.s(2), add.s(3))().get(timeout=20) == 7
+    assert side.group(add.s(i, i) for i in range(5))().get(timeout=20) == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_chords(compat_fleet: Fleet, direction: str) -> None:
+    side = start(compat_fleet, direction)
+    add, tsum = side.task("add"), side.task("tsum")
+    assert side.chord(add.s(i, i) for i in range(4))(tsum.s()).get(timeout=20) == 12
