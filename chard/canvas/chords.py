@@ -105,6 +105,13 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
             head = self["kwargs"]["header"] = group(head, app=self._app)
         return head
 
+    @property
+    def app(self) -> Celery:
+        """The app given, else the header's (a generator header is unrolled to find it)."""
+        if self._app is None:
+            self._app = _app_of([self.header], None)
+        return super().app
+
     def __length_hint__(self) -> int:
         """Return how many completions the body waits for (Celery's count, recursive)."""
         return sum(_completions(task) for task in self.tasks)
@@ -229,11 +236,17 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         if not header.tasks:  # nothing to wait for: the body runs now with no results
             body._build(([],), None, {}, out)
             return body_result
-        body_dict = {**body.to_dict(), "chord_size": len(header.tasks)}
+        # chard's own join reads the size from the body; Celery's (a mixed fleet) from .s
+        compat = app.conf["chard_celery_compat"]
+        size = len(header.tasks)
+        body_dict = body.to_dict() if compat else {**body.to_dict(), "chord_size": size}
         header_result = header._build(args, kwargs, {**opts, "chord": body_dict}, out)
         assert isinstance(header_result, GroupResult)
         # Saved before anything is published: the worker completing the chord reads it.
-        backend.save_group(str(header_result.id), [r.id for r in header_result.results])
+        if compat:
+            backend.set_chord_size(str(header_result.id), size)
+        else:
+            backend.save_group(str(header_result.id), [r.id for r in header_result.results])
         _attach_parent(body_result, header_result)
         return body_result
 

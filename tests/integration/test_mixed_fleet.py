@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
+import chard
 from tests.helpers import RUN_ID, redis_url, wait_for
 from tests.integration.workers import WorkerFactory, WorkerProcess, child_pythonpath
 
-pytest.importorskip("celery", reason="the mixed-fleet tests need Celery (the dev extra)")
+celery = pytest.importorskip("celery", reason="the mixed-fleet tests need Celery (dev extra)")
 
 from mixedfleet import bodies, celeryside, chardside  # noqa: E402  (after the skip)
 
@@ -152,12 +153,8 @@ def start(fleet: Fleet, direction: str, *worker_args: str) -> Side:
     """Start the worker side of ``direction``; return the client side."""
     client, _ = direction.split("->")
     if client == "celery":
-        import celery
-
         worker = fleet.chard_worker(*worker_args)
         return Side(fleet.celery, fleet.chard, celery.chain, celery.group, celery.chord, worker)
-    import chard
-
     worker = fleet.celery_worker(*worker_args)
     return Side(fleet.chard, fleet.celery, chard.chain, chard.group, chard.chord, worker)
 
@@ -231,8 +228,47 @@ def test_chains_and_groups(fleet: Fleet, direction: str) -> None:
     assert side.group(add.s(i, i) for i in range(5))().get(timeout=20) == [0, 2, 4, 6, 8]
 
 
+def _fleet_for(direction: str, fleet: Fleet, compat_fleet: Fleet) -> Fleet:
+    """A Celery client needs nothing of chard's workers; a chard client needs the setting."""
+    return fleet if direction.startswith("celery") else compat_fleet
+
+
+@pytest.fixture
+def any_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """For a direction: chard's defaults if Celery sends, ``chard_celery_compat`` if chard does."""
+    direction = request.node.callspec.params["direction"]
+    yield from _fleet(tmp_path, compat=direction.startswith("chard"))
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_chords(compat_fleet: Fleet, direction: str) -> None:
-    side = start(compat_fleet, direction)
+def test_chords(any_fleet: Fleet, direction: str) -> None:
+    side = start(any_fleet, direction)
     add, tsum = side.task("add"), side.task("tsum")
-    assert side.chord(add.s(i, i) for i in range(4))(tsum.s()).get(timeout=20) == 12
+    result = side.chord(add.s(i, i) for i in range(4))(tsum.s())
+    assert result.get(timeout=20) == 12
+    assert side.other.AsyncResult(result.id).get(timeout=5) == 12
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_failed_chord_member_fails_the_body(any_fleet: Fleet, direction: str) -> None:
+    side = start(any_fleet, direction)
+    add, boom, tsum = side.task("add"), side.task("boom"), side.task("tsum")
+    result = side.chord([add.s(1, 1), boom.s("member failed"), add.s(2, 2)])(tsum.s())
+    with pytest.raises(Exception, match="member failed"):
+        result.get(timeout=20)
+    # Celery's get() raises as soon as a parent (the header) failed: wait for the body.
+    wait_for(lambda: side.other.AsyncResult(result.id).state == "FAILURE", timeout=20)
+    with pytest.raises(Exception, match="member failed"):
+        side.other.AsyncResult(result.id).get(timeout=5)
+
+
+def test_chords_joined_by_both_kinds_of_worker(compat_fleet: Fleet) -> None:
+    """Half the header runs on a chard worker, half on a Celery one; the body sees both."""
+    compat_fleet.chard_worker("-Q", "on_chard")
+    compat_fleet.celery_worker("-Q", "on_celery")
+    for app, chord in ((compat_fleet.chard, chard.chord), (compat_fleet.celery, celery.chord)):
+        whoami, sides = app.tasks["mixed.whoami"], app.tasks["mixed.sides"]
+        header = [whoami.si().set(queue=f"on_{side}") for side in ("chard", "celery") * 5]
+        for queue in ("on_chard", "on_celery"):  # the body runs on either kind of worker
+            result = chord(header)(sides.s().set(queue=queue))
+            assert result.get(timeout=30) == ["celery", "chard"]

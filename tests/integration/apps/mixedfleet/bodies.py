@@ -58,7 +58,13 @@ def flaky(self: Any, times: int) -> int:
     return int(self.request.retries)
 
 
+def sides(seen: list[dict[str, Any]]) -> list[str]:
+    """A chord body over ``whoami`` results: which kinds of worker ran the header."""
+    return sorted({one["side"] for one in seen})
+
+
 NAMES = {
+    "mixed.sides": (sides, False),
     "mixed.add": (add, False),
     "mixed.tsum": (tsum, False),
     "mixed.boom": (boom, False),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from celery import Celery
+
 from mixedfleet import bodies
 
 
 def build(prefix: str) -> Celery:
-    app = Celery("mixedfleet", broker=bodies.REDIS_BASE, backend=bodies.REDIS_BASE,
-                 set_as_current=False)
+    app = Celery(
+        "mixedfleet", broker=bodies.REDIS_BASE, backend=bodies.REDIS_BASE, set_as_current=False
+    )
     app.conf.update(
         broker_transport_options={"global_keyprefix": prefix},
         result_backend_transport_options={"global_keyprefix": prefix},
