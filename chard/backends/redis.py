@@ -231,7 +231,7 @@ class RedisResultBackend(ResultBackend):
         claim = uuid.uuid4().hex
         score = "+inf" if group_index is None else str(group_index)
         ttl = int(self.expires) if self.expires else 0
-        args = [task_id, member, score, ttl, CHORD_CLAIM_SECONDS, claim]
+        args: list[str | bytes | int] = [task_id, member, score, ttl, CHORD_CLAIM_SECONDS, claim]
         with self._errors():
             raw = self._chord_part_script(keys=self._chord_keys(group_id), args=args)
         if not raw:
