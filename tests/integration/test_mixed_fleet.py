@@ -272,3 +272,26 @@ def test_chords_joined_by_both_kinds_of_worker(compat_fleet: Fleet) -> None:
         for queue in ("on_chard", "on_celery"):  # the body runs on either kind of worker
             result = chord(header)(sides.s().set(queue=queue))
             assert result.get(timeout=30) == ["celery", "chard"]
+
+
+def test_a_chard_worker_holds_celerys_early_eta_messages_in_the_broker(fleet: Fleet) -> None:
+    """A Celery countdown reaches the ready queue at once; chard moves it to its delayed
+    set (held by Redis, not in the worker's memory), and runs it when due."""
+    fleet.chard_worker()
+    result = fleet.celery.tasks["mixed.add"].apply_async((20, 22), countdown=3)
+    held = wait_for(lambda: fleet.chard.broker.delayed(["celery"]), timeout=10)
+    assert [m.queue for m in held] == ["celery"]
+    assert result.get(timeout=20) == 42
+    assert fleet.chard.broker.delayed(["celery"]) == []
+
+
+def test_without_the_setting_chards_countdowns_wait_in_chards_delayed_set(fleet: Fleet) -> None:
+    """Why ``chard_celery_compat`` exists: by default chard's broker holds a countdown
+    message itself, where a Celery worker never looks."""
+    fleet.celery_worker()
+    result = fleet.chard.tasks["mixed.add"].apply_async((1, 1), countdown=0.5)
+    assert [m.queue for m in fleet.chard.broker.delayed(["celery"])] == ["celery"]
+    # Due later than chard's, and run by the Celery worker: by then chard's was due too.
+    later = fleet.celery.tasks["mixed.add"].apply_async((2, 2), countdown=1.5)
+    assert later.get(timeout=15) == 4
+    assert result.state == "PENDING"
