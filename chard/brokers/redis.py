@@ -55,6 +55,7 @@ from chard.brokers.base import (
     clamp_priority,
 )
 from chard.exceptions import BrokerConnectionError, BrokerError
+from chard.protocol.pidbox import pidbox_topic
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class RedisBroker(Broker):
         self._is_registered = False
         self._landed_spec = ""  # source of what the last blocking wait may have moved
         self._fetches = 0
+        self._pidbox: Any = None  # Celery's remote control, subscribed on first use
 
     # -- publishing -----------------------------------------------------------
     def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
@@ -372,6 +374,42 @@ class RedisBroker(Broker):
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], newest)
         return entries[0][0].decode() if entries else "0"
 
+    # -- Celery's remote control ------------------------------------------------
+    def celery_cast(self, payload: bytes) -> None:
+        """``PUBLISH`` on kombu's fanout topic ``<prefix>/<db>.celery.pidbox``."""
+        with self._errors():
+            self._client.publish(self._pidbox_topic(), payload)
+
+    def celery_casts(self, timeout: float) -> list[bytes]:
+        """Subscribe to the pidbox topic on first use (own connection); read what came."""
+        heard: list[bytes] = []
+        with self._errors():
+            try:
+                if self._pidbox is None:
+                    self._pidbox = self._client.pubsub(ignore_subscribe_messages=True)
+                    self._pidbox.subscribe(self._pidbox_topic())
+                message = self._pidbox.get_message(timeout=timeout)
+                while message is not None:
+                    if message.get("type") == "message":
+                        heard.append(cast(bytes, message["data"]))
+                    message = self._pidbox.get_message(timeout=0)
+            except Exception:
+                self._close_pidbox()  # subscribe again on the next call
+                raise
+        return heard
+
+    def _pidbox_topic(self) -> str:
+        db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)
+        return self._prefix + pidbox_topic(db)
+
+    def _close_pidbox(self) -> None:
+        if self._pidbox is not None:
+            pidbox, self._pidbox = self._pidbox, None
+            try:
+                pidbox.close()
+            except Exception:  # closing a connection that already failed
+                logger.debug("Closing the pidbox subscription failed", exc_info=True)
+
     # -- management -----------------------------------------------------------
     def purge(self, queue: str) -> int:
         """Delete ``queue``'s ready and delayed messages (leased ones are untouched)."""
@@ -447,6 +485,7 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         """Close connections; held leases lapse and are redelivered after ``lease_timeout``."""
+        self._close_pidbox()
         self._lane.close()
         self._client.close()
 

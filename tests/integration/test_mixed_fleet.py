@@ -295,3 +295,16 @@ def test_without_the_setting_chards_countdowns_wait_in_chards_delayed_set(fleet:
     later = fleet.celery.tasks["mixed.add"].apply_async((2, 2), countdown=1.5)
     assert later.get(timeout=15) == 4
     assert result.state == "PENDING"
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_revoke_reaches_the_other_kind_of_worker(compat_fleet: Fleet, direction: str) -> None:
+    """``app.control.revoke(id)`` from either client: the other side's worker discards the
+    task when its countdown is due (Celery's pidbox cast; chard's durable revoke log)."""
+    side = start(compat_fleet, direction)
+    add = side.task("add")
+    doomed = add.apply_async((1, 1), countdown=3)
+    spared = add.apply_async((2, 2), countdown=3)
+    side.app.control.revoke(doomed.id)
+    assert spared.get(timeout=20) == 4
+    wait_for(lambda: side.other.AsyncResult(doomed.id).state == "REVOKED", timeout=20)
