@@ -343,6 +343,16 @@ class Broker(ABC):
         """
         raise NotImplementedError(self._no_celery_control())
 
+    def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
+        """Put back Celery deliveries left unacked longer than ``visibility_timeout``
+        (kombu's ``restore_visible``: a Celery worker died holding them); return how many.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
     def _no_celery_control(self) -> str:
         return (
             f"the {type(self).__name__} broker cannot carry Celery's remote control; a mixed "

@@ -34,6 +34,7 @@ Scripts name their keys from the prefix argument, which is fine on a single Redi
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -42,7 +43,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from chard._redis.client import RedisErrors, open_client
+from chard._redis.client import RedisErrors, WatchError, open_client
 from chard._redis.lane import Lane
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
@@ -397,6 +398,59 @@ class RedisBroker(Broker):
                 self._close_pidbox()  # subscribe again on the next call
                 raise
         return heard
+
+    def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
+        """kombu's ``restore_visible``: under its ``unacked_mutex``, each of the oldest
+        ``unacked_index`` entries older than the timeout goes back to its queue's tail
+        marked ``redelivered``, in a ``WATCH`` transaction as kombu does (a Celery
+        worker acking it meanwhile wins)."""
+        mutex, token = self._key("unacked_mutex"), uuid.uuid4().hex
+        with self._errors():
+            if not self._client.set(mutex, token, nx=True, px=300_000):
+                return 0  # another process (Celery's or chard's) is restoring
+            try:
+                ceiling = time.time() - visibility_timeout
+                index = self._key("unacked_index")
+                tags = self._client.zrangebyscore(index, 0, ceiling, start=0, num=limit)
+                return sum(self._restore_celery(tag) for tag in cast(list[bytes], tags))
+            finally:
+                if self._client.get(mutex) == token.encode():
+                    self._client.delete(mutex)
+
+    def _restore_celery(self, tag: bytes) -> int:
+        unacked = self._key("unacked")
+        with self._client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(unacked)
+                raw = cast(bytes | None, pipe.hget(unacked, tag))
+                pipe.multi()
+                pipe.zrem(self._key("unacked_index"), tag)
+                pipe.hdel(unacked, tag)
+                if raw is not None:
+                    for key, body in self._celery_redelivery(raw):
+                        pipe.rpush(key, body)
+                pipe.execute()
+            except WatchError:
+                return 0  # acked or restored meanwhile
+        return 1 if raw is not None else 0
+
+    def _celery_redelivery(self, raw: bytes) -> list[tuple[str, bytes]]:
+        """Return (ready list, envelope marked redelivered) for a kombu ``unacked`` value.
+
+        Celery publishes on the default exchange (``""``: the routing key is the queue);
+        another exchange is resolved through kombu's binding table, as kombu does.
+        """
+        message, exchange, routing_key = json.loads(raw)
+        message["headers"]["redelivered"] = True
+        message["properties"].setdefault("delivery_info", {})["redelivered"] = True
+        step = priority_step(int(message["properties"].get("priority") or 0))
+        queues = [routing_key]
+        if exchange:
+            table = self._client.smembers(self._key(f"_kombu.binding.{exchange}"))
+            rows = [row.decode().split(BUCKET_SEP) for row in cast(set[bytes], table)]
+            queues = [row[2] for row in rows if len(row) == 3 and row[0] in (routing_key, "")]
+        body = json.dumps(message).encode()
+        return [(self._key(ready_key(queue, step)), body) for queue in queues]
 
     def _pidbox_topic(self) -> str:
         db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)

@@ -53,9 +53,13 @@ class Fleet:
             "PYTHONPATH": ROOT,
         }
 
-    def chard_worker(self, *args: str) -> WorkerProcess:
+    def chard_worker(self, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
         return self.workers.start(
-            "-P", "solo", *args, app="mixedfleet.chardside", extra_env=self.env("chard")
+            "-P",
+            "solo",
+            *args,
+            app="mixedfleet.chardside",
+            extra_env={**self.env("chard"), **(env or {})},
         )
 
     def celery_worker(self, *args: str) -> WorkerProcess:
@@ -308,3 +312,23 @@ def test_revoke_reaches_the_other_kind_of_worker(compat_fleet: Fleet, direction:
     side.app.control.revoke(doomed.id)
     assert spared.get(timeout=20) == 4
     wait_for(lambda: side.other.AsyncResult(doomed.id).state == "REVOKED", timeout=20)
+
+
+def test_a_dead_celery_workers_unacked_messages_are_restored_by_chard(compat_fleet: Fleet) -> None:
+    """A Celery worker killed while holding a countdown task (in kombu's ``unacked``): a
+    chard node restores it after the visibility timeout, and runs it when due."""
+    import redis
+
+    celery_worker = compat_fleet.celery_worker()
+    result = compat_fleet.celery.tasks["mixed.add"].apply_async((3, 4), countdown=3)
+    client = redis.Redis.from_url(bodies.REDIS_BASE)
+    unacked = f"{compat_fleet.prefix}unacked"
+    try:
+        wait_for(lambda: client.hlen(unacked) == 1, timeout=15)
+        celery_worker.kill_group()
+        compat_fleet.chard_worker(env={"MIXED_VISIBILITY": "1"})
+        assert result.get(timeout=30) == 7
+        assert client.hlen(unacked) == 0
+        assert client.zcard(f"{compat_fleet.prefix}unacked_index") == 0
+    finally:
+        client.close()
