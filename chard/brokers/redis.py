@@ -421,7 +421,7 @@ class RedisBroker(Broker):
         unacked = self._key("unacked")
         with self._client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(unacked)
+                pipe.watch(unacked)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 raw = cast(bytes | None, pipe.hget(unacked, tag))
                 pipe.multi()
                 pipe.zrem(self._key("unacked_index"), tag)
