@@ -251,10 +251,10 @@ class Control:
         revocation = Revocation.create(
             ids, now=time.time(), terminate=terminate, signal=signal, ttl=REVOKE_EXPIRES
         )
-        self.app.broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
         if self.app.conf["chard_celery_compat"]:  # Celery workers hear it on their pidbox
             cast = revoke_cast(ids, terminate=terminate, signal=revocation.signal, now=time.time())
             self.app.broker.celery_cast(cast)
+        self.app.broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
         logger.debug("Revoked %d task(s) from %s (terminate=%s)", len(ids), ids[0], terminate)
         if not reply:
             return None
