@@ -95,7 +95,10 @@ def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
         fail_body(app, chord, error, request)
         return
     metas = backend.get_many(ids)
-    members = [(tid, m["status"], m["result"]) for tid, m in zip(ids, metas, strict=True)]
+    members = [
+        (tid, m["status"], m["result"], m.get("traceback"))
+        for tid, m in zip(ids, metas, strict=True)
+    ]
     _join(app, request, members)
 
 
@@ -109,18 +112,21 @@ def _celery_part_return(
     if join is None:
         return
     try:
-        _join(app, req, join.members)
+        _join(app, req, [(*member, None) for member in join.members])
     finally:
         backend.celery_chord_done(join)
 
 
-def _join(app: Celery, request: Context, members: list[tuple[str, str, Any]]) -> None:
-    """Send the body with the members' results in order, or fail it on a failed member."""
+def _join(app: Celery, request: Context, members: list[tuple[str, str, Any, Any]]) -> None:
+    """Send the body with the members' results in order, or fail it on a failed member.
+
+    ``members``: ``(task_id, state, stored result, traceback or None)`` in order.
+    """
     chord = request.chord or {}
     values = []
-    for task_id, state, result in members:
+    for task_id, state, result, traceback in members:
         if state in states.PROPAGATE_STATES:
-            exc = decode_exception(result)
+            exc = decode_exception(result, traceback)
             fail_body(app, chord, ChordError(f"Dependency {task_id} raised {exc!r}"), request)
             return
         values.append(result)
