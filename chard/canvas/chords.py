@@ -172,8 +172,14 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> Result:
-        """Fix the header and body ids; outer group membership goes to the body."""
+        """Fix the header and body ids; outer group membership goes to the body.
+
+        The chord's own ``task_id`` option becomes the header's group id, as Celery's
+        ``chord.freeze`` sets it: a Celery worker applying this chord (the next step of
+        a chain) takes its header's group id from there.
+        """
         header_result = self.header.freeze()
+        self["options"].setdefault("task_id", header_result.id)
         body_result = self.body.freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
         _attach_parent(body_result, header_result)
         return body_result
@@ -208,8 +214,11 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
             body.link(callback)
         for errback in _as_list(opts.pop("link_error", None)):
             body.link_error(errback)
+        task_id = opts.pop("task_id", None)
+        if task_id is not None and task_id == header["options"].get("task_id"):
+            task_id = None  # the header's group id (set by freeze), not an id for the body
         body.freeze(
-            opts.pop("task_id", None),
+            task_id,
             group_id=opts.pop("group_id", None),
             chord=opts.pop("chord", None),
             group_index=opts.pop("group_index", None),

@@ -251,6 +251,12 @@ def test_chords(any_fleet: Fleet, direction: str) -> None:
     result = side.chord(add.s(i, i) for i in range(4))(tsum.s())
     assert result.get(timeout=20) == 12
     assert side.other.AsyncResult(result.id).get(timeout=5) == 12
+    # nested: a group and a chain in the header, a chord as a chain's next step (sent by
+    # the other side's worker, from the chain the client sent)
+    header = [side.group(add.s(1, 1), add.s(2, 2)), side.chain(add.s(1, 1), add.s(1))]
+    assert side.chord(header, tsum.s())().get(timeout=20) == 9
+    then_chord = side.chain(add.s(1, 1), side.chord([add.s(i) for i in range(3)], tsum.s()))
+    assert then_chord().get(timeout=20) == 9
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
