@@ -53,22 +53,24 @@ class Fleet:
             "PYTHONPATH": ROOT,
         }
 
-    def chard_worker(self, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    def chard_worker(
+        self, *args: str, env: dict[str, str] | None = None, pool: str = "solo"
+    ) -> WorkerProcess:
         return self.workers.start(
             "-P",
-            "solo",
+            pool,
             *args,
             app="mixedfleet.chardside",
             extra_env={**self.env("chard"), **(env or {})},
         )
 
-    def celery_worker(self, *args: str) -> WorkerProcess:
-        """Start ``celery worker`` (solo pool) and wait for its "ready." line."""
+    def celery_worker(self, *args: str, pool: str = "solo") -> WorkerProcess:
+        """Start ``celery worker -c 1`` and wait for its "ready." line."""
         tmp = self.workers.tmp_path
         log = tmp / f"celery-{len(self.workers.started)}.log"
         argv = [
             sys.executable, "-m", "celery", "-A", "mixedfleet.celeryside", "worker",
-            "-P", "solo", "-c", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
+            "-P", pool, "-c", "1", "-l", "INFO", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "-n", f"celery-{uuid.uuid4().hex[:6]}@%h", *args,
         ]  # fmt: skip
         env = {**os.environ, **self.env("celery")}
@@ -93,7 +95,18 @@ def _fleet(tmp_path: Path, compat: bool) -> Iterator[Fleet]:
     yield fleet
     factory.cleanup()
     fleet.chard.close()
-    fleet.celery.close()
+    _close_celery(fleet.celery)
+
+
+def _close_celery(app: Any) -> None:
+    """Close what Celery's client opened: its result listener's and backend's sockets too
+    (``app.close()`` leaves them to the garbage collector, a ResourceWarning here)."""
+    backend = app.backend
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None and getattr(consumer, "_pubsub", None) is not None:
+        consumer.stop()
+    backend.client.connection_pool.disconnect()
+    app.close()
 
 
 @pytest.fixture
@@ -273,9 +286,10 @@ def test_a_failed_chord_member_fails_the_body(any_fleet: Fleet, direction: str) 
 
 
 def test_chords_joined_by_both_kinds_of_worker(compat_fleet: Fleet) -> None:
-    """Half the header runs on a chard worker, half on a Celery one; the body sees both."""
-    compat_fleet.chard_worker("-Q", "on_chard")
-    compat_fleet.celery_worker("-Q", "on_celery")
+    """Half the header runs on a chard worker, half on a Celery one; the body sees both
+    (both with their prefork pools)."""
+    compat_fleet.chard_worker("-Q", "on_chard", "-c", "2", pool="prefork")
+    compat_fleet.celery_worker("-Q", "on_celery", pool="prefork")
     for app, chord in ((compat_fleet.chard, chard.chord), (compat_fleet.celery, celery.chord)):
         whoami, sides = app.tasks["mixed.whoami"], app.tasks["mixed.sides"]
         header = [whoami.si().set(queue=f"on_{side}") for side in ("chard", "celery") * 5]
