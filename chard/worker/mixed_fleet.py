@@ -69,6 +69,11 @@ class MixedFleet:
             return
         except Exception as exc:  # the broker is down: the thread subscribes when it is up
             logger.warning("Cannot listen for Celery's revokes yet: %s", exc)
+        logger.info(
+            "chard_celery_compat: taking Celery clients' revokes; restoring what dead Celery "
+            "workers left unacked after %ss (visibility_timeout)",
+            self.visibility_timeout,
+        )
         self._thread = threading.Thread(target=self._follow, name="chard-mixed-fleet")
         self._thread.daemon = True
         self._thread.start()
