@@ -302,7 +302,7 @@ def test_a_chard_worker_holds_celerys_early_eta_messages_in_the_broker(fleet: Fl
     """A Celery countdown reaches the ready queue at once; chard moves it to its delayed
     set (held by Redis, not in the worker's memory), and runs it when due."""
     fleet.chard_worker()
-    result = fleet.celery.tasks["mixed.add"].apply_async((20, 22), countdown=3)
+    result = fleet.celery.tasks["mixed.add"].apply_async((20, 22), countdown=6)
     held = wait_for(lambda: fleet.chard.broker.delayed(["celery"]), timeout=10)
     assert [m.queue for m in held] == ["celery"]
     assert result.get(timeout=20) == 42
@@ -327,8 +327,9 @@ def test_revoke_reaches_the_other_kind_of_worker(compat_fleet: Fleet, direction:
     task when its countdown is due (Celery's pidbox cast; chard's durable revoke log)."""
     side = start(compat_fleet, direction)
     add = side.task("add")
-    doomed = add.apply_async((1, 1), countdown=3)
-    spared = add.apply_async((2, 2), countdown=3)
+    # due in 5 s: the revocation has that long to cross (well under a second unloaded)
+    doomed = add.apply_async((1, 1), countdown=5)
+    spared = add.apply_async((2, 2), countdown=5)
     side.app.control.revoke(doomed.id)
     assert spared.get(timeout=20) == 4
     wait_for(lambda: side.other.AsyncResult(doomed.id).state == "REVOKED", timeout=20)
