@@ -29,7 +29,16 @@ celery = pytest.importorskip("celery", reason="the mixed-fleet tests need Celery
 
 from mixedfleet import bodies, celeryside, chardside  # noqa: E402  (after the skip)
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Celery's client (kombu's producer pool, its result consumer) leaves some Redis
+    # sockets to the garbage collector even after app.close(); chard's own connections
+    # are checked for leaks by its own suites.
+    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
 #: The repository root, on the workers' path: the test apps import ``tests.helpers``.
 ROOT = str(Path(__file__).resolve().parents[2])
