@@ -1,0 +1,365 @@
+"""RabbitMQ (AMQP 0-9-1) broker: Celery's layout on the wire, chard's leases on top of acks.
+
+Layout. Queue ``q`` is a durable queue bound to a durable direct exchange ``q`` with
+routing key ``q``, as kombu declares Celery's ``celery`` queue; messages are AMQP frames
+with protocol-v2 headers and properties (:mod:`chard._amqp.frames`), published
+persistent with publisher confirms: :meth:`publish` returns when RabbitMQ has them.
+With ``queue_max_priority`` (``task_queue_max_priority``) queues get ``x-max-priority``
+and, as on RabbitMQ under Celery, a *higher* number is more urgent.
+
+Leases on acks. A fetched message is an unacked ``basic.get`` delivery of this
+instance's channel, so RabbitMQ hands it to nobody else, and gives it back at once
+(``redelivered``) when the holder's connection dies: that is a lapsed lease without the
+wait. A holder that lives but stops heartbeating (a wedged worker) is caught by a
+watchdog thread: once a lease is ``lease_timeout`` old without :meth:`heartbeat`, the
+message is re-published counted and the stale delivery acked, exactly a lapse.
+
+Counting. RabbitMQ only says *whether* a message was delivered before, so chard keeps
+the count in header ``x-chard-deliveries`` (deliveries lost before this copy). A
+message that comes back ``redelivered`` is not handed out: it is re-published with the
+count raised and the original acked, so a message that kills worker after worker
+reaches ``task_max_deliveries`` and is dead-lettered, as on Redis. ``reject(requeue=True)``
+re-publishes with the count unchanged (a ``basic.nack`` would set ``redelivered``).
+
+Take-over. Unacked messages belong to a channel, and another process cannot settle
+them; when a worker child dies its connection closes and RabbitMQ redelivers its
+messages at once, counted as above. :meth:`take_over` therefore raises
+``NotImplementedError``, which the supervisor handles.
+
+countdown/eta: TTL queues per bit of the delay (:mod:`chard._amqp.delay`). Dead letters:
+the queue ``chard.dead-letters``, browsed by get-and-requeue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import pika.exceptions
+
+from chard._amqp import delay as chain
+from chard._amqp.client import AmqpClient, Got
+from chard._amqp.frames import COUNT_HEADER, Frame, lost_deliveries, to_envelope, to_frame
+from chard._amqp.url import parse_amqp_url
+from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
+from chard.exceptions import BrokerError, ImproperlyConfigured
+
+DEAD_LETTER_QUEUE = "chard.dead-letters"
+_DL_PREFIX = "x-chard-dl-"
+#: Longest pause between polls of empty queues (fetch backs off up to this).
+_MAX_POLL_INTERVAL = 0.2
+
+
+class AmqpDelivery(Delivery):
+    """An unacked ``basic.get`` delivery of one broker instance."""
+
+    def __init__(self, broker: AmqpBroker, got: Got, queue: str, lost: int) -> None:
+        self._broker = broker
+        self.got = got
+        self.queue = queue
+        self.body = to_envelope(got.frame, queue, got.exchange)
+        self.delivery_count = lost + 1
+        self.priority = got.frame.priority
+        self.expires = time.monotonic() + broker.lease_timeout
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return f"<AmqpDelivery tag={self.got.tag} queue={self.queue!r} n={self.delivery_count}>"
+
+    def ack(self) -> None:
+        self._broker._settle(self, lambda: self._broker.client.settle(self.got))
+
+    def reject(self, requeue: bool = False) -> None:
+        if not requeue:
+            self.ack()
+            return
+        lost = self.delivery_count - 1
+        self._broker._settle(self, lambda: self._broker._move(self.got, self.queue, lost))
+
+    def dead_letter(self, reason: str) -> None:
+        def move() -> None:
+            headers = {k: v for k, v in self.got.frame.headers.items() if k != COUNT_HEADER}
+            headers.update({
+                f"{_DL_PREFIX}id": uuid.uuid4().hex,
+                f"{_DL_PREFIX}queue": self.queue,
+                f"{_DL_PREFIX}reason": reason,
+                f"{_DL_PREFIX}failed-at": repr(time.time()),
+                f"{_DL_PREFIX}count": self.delivery_count,
+            })  # fmt: skip
+            broker = self._broker
+            broker._ensure_queue(DEAD_LETTER_QUEUE)
+            broker.client.publish("", DEAD_LETTER_QUEUE, replace(self.got.frame, headers=headers))
+            broker.client.settle(self.got)
+
+        self._broker._settle(self, move)
+
+
+class AmqpBroker(Broker):
+    """Queues on RabbitMQ; see the module docstring for how leases map onto acks."""
+
+    #: A larger priority number is served first (RabbitMQ's and Celery's convention there).
+    higher_priority_first: ClassVar[bool] = True
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.target = parse_amqp_url(url, self.options)
+        self.client = AmqpClient(self.target)
+        max_priority = self.options.get("queue_max_priority")
+        if max_priority is not None and not 1 <= int(max_priority) <= 255:
+            raise ImproperlyConfigured(
+                f"task_queue_max_priority must be 1..255 on RabbitMQ, got {max_priority!r}"
+            )
+        self.max_priority = None if max_priority is None else int(max_priority)
+        #: Queues (and delay chains) this instance declared: declared once per process.
+        self.declared: set[str] = set()
+        self._held: dict[int, AmqpDelivery] = {}
+        self._ids = itertools.count(1)
+        self._turn = 0
+        self._closed = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    # -- declarations ------------------------------------------------------------
+    def _queue_arguments(self) -> dict[str, Any]:
+        return {} if self.max_priority is None else {"x-max-priority": self.max_priority}
+
+    def _ensure_queue(self, queue: str) -> None:
+        if queue in self.declared:
+            return
+        if queue == DEAD_LETTER_QUEUE:
+            self.client.declare_queue(queue)
+        else:
+            self.client.declare_exchange(queue, "direct")
+            self.client.declare_queue(queue, self._queue_arguments())
+            self.client.bind_queue(queue, queue, queue)
+        self.declared.add(queue)
+
+    def _ensure_delay_chain(self, queue: str) -> None:
+        """Declare the delay exchanges once, and every level's TTL queue for ``queue``."""
+        key = f"\0delay:{queue}"
+        if key in self.declared:
+            return
+        if "\0delay" not in self.declared:
+            self.client.declare_exchange(chain.DELIVER_EXCHANGE, "topic")
+            for level in range(chain.LEVELS):
+                self.client.declare_exchange(chain.level_exchange(level), "topic")
+            for level in range(chain.LEVELS):
+                self.client.bind_exchange(
+                    chain.level_exchange(level - 1), chain.level_exchange(level),
+                    chain.skip_pattern(level),
+                )  # fmt: skip
+            self.declared.add("\0delay")
+        self._ensure_queue(queue)
+        for level in range(chain.LEVELS):
+            name = chain.level_queue(level, queue)
+            self.client.declare_queue(name, chain.level_arguments(level))
+            self.client.bind_queue(name, chain.level_exchange(level), chain.wait_pattern(level, queue))
+        self.client.bind_queue(queue, chain.DELIVER_EXCHANGE, chain.deliver_pattern(queue))
+        self.declared.add(key)
+
+    def _has_delay_chain(self, queue: str) -> bool:
+        return self.client.queue_size(chain.level_queue(0, queue)) is not None
+
+    # -- publishing ----------------------------------------------------------------
+    def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish each message with a confirm (RabbitMQ has no atomic multi-publish)."""
+        now = time.time()
+        for m in messages:
+            frame = to_frame(m.body, min(max(int(m.priority), 0), 255))
+            wait = chain.delay_seconds(m.eta, now) if m.eta is not None else 0
+            if wait > chain.MAX_DELAY:
+                raise ValueError(f"eta is {wait} s away; RabbitMQ delays reach {chain.MAX_DELAY} s")
+            if wait:
+                self._ensure_delay_chain(m.queue)
+                self._send(chain.ENTRY_EXCHANGE, chain.routing_key(wait, m.queue), frame, m.queue)
+            else:
+                self._ensure_queue(m.queue)
+                self._send(m.queue, m.queue, frame, m.queue)
+
+    def _send(self, exchange: str, key: str, frame: Frame, queue: str) -> None:
+        try:
+            self.client.publish(exchange, key, frame)
+        except pika.exceptions.UnroutableError:
+            # Deleted behind our back (or a purge of the vhost): declare again, once.
+            self.declared.discard(queue)
+            self.declared.discard(f"\0delay:{queue}")
+            if exchange == queue or exchange == "":
+                self._ensure_queue(queue)
+            else:
+                self._ensure_delay_chain(queue)
+            try:
+                self.client.publish(exchange, key, frame)
+            except pika.exceptions.UnroutableError as exc:
+                raise BrokerError(f"RabbitMQ could not route a message to queue {queue!r}") from exc
+        except pika.exceptions.NackError as exc:
+            raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
+
+    def _move(self, got: Got, queue: str, lost: int) -> None:
+        """Put ``got`` back at the tail of ``queue`` with ``lost`` in its count, then ack it."""
+        frame = replace(got.frame, headers={**got.frame.headers, COUNT_HEADER: lost})
+        self._ensure_queue(queue)
+        self._send("", queue, frame, queue)
+        self.client.settle(got)
+
+    # -- consuming ------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        if limit < 1 or not queues:
+            return []
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        for queue in queues:
+            self._ensure_queue(queue)
+        while True:
+            found = take_fairly(queues, limit, self._turn, self._take)
+            if found:
+                self._turn += 1
+                self._start_watchdog()
+                return list(found)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed.wait(min(pause, remaining)):
+                return []
+            pause = min(pause * 2, _MAX_POLL_INTERVAL)
+
+    def _take(self, queue: str, n: int) -> list[AmqpDelivery]:
+        found: list[AmqpDelivery] = []
+        with self.client.lock:
+            while len(found) < n:
+                got = self.client.get(queue)
+                if got is None:
+                    break
+                lost = lost_deliveries(got.frame)
+                if got.redelivered:  # its holder died: count that, then it queues again
+                    self._move(got, queue, lost + 1)
+                    continue
+                delivery = AmqpDelivery(self, got, queue, lost)
+                self._held[id(delivery)] = delivery
+                found.append(delivery)
+        return found
+
+    def _settle(self, delivery: AmqpDelivery, action: Callable[[], object]) -> None:
+        with self.client.lock:
+            if delivery.settled:
+                return
+            delivery.settled = True
+            self._held.pop(id(delivery), None)
+            action()
+
+    def heartbeat(self) -> None:
+        """Extend every lease this instance holds, and keep the AMQP connection alive."""
+        with self.client.lock:
+            expires = time.monotonic() + self.lease_timeout
+            for delivery in self._held.values():
+                delivery.expires = expires
+            self.client.pump()
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="chard-amqp-leases", daemon=True
+            )
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Lapse leases not extended in time: re-publish them counted, ack the stale copy."""
+        interval = min(self.lease_timeout / 4, 1.0)
+        while not self._closed.wait(interval):
+            with self.client.lock:
+                now = time.monotonic()
+                lapsed = [d for d in self._held.values() if d.expires <= now]
+                for delivery in lapsed:
+                    try:
+                        self._settle(
+                            delivery,
+                            lambda d=delivery: self._move(d.got, d.queue, d.delivery_count),
+                        )
+                    except BrokerError:
+                        pass  # the connection is gone: RabbitMQ redelivers it anyway
+                self.client.pump()
+
+    def _take_over(self, consumer_id: str) -> list[Delivery]:
+        raise NotImplementedError(
+            f"the RabbitMQ broker cannot take over consumer {consumer_id!r}'s messages: "
+            "unacked AMQP deliveries belong to their channel; RabbitMQ redelivers them at "
+            "once (counted) when the dead process's connection closes"
+        )
+
+    # -- queues and dead letters ---------------------------------------------------
+    def purge(self, queue: str) -> int:
+        purged = self.client.purge(queue)
+        if self._has_delay_chain(queue):
+            purged += sum(self.client.purge(chain.level_queue(lv, queue)) for lv in range(chain.LEVELS))
+        return purged
+
+    def queue_size(self, queue: str) -> int:
+        size = self.client.queue_size(queue) or 0
+        if self._has_delay_chain(queue):
+            size += sum(
+                self.client.queue_size(chain.level_queue(lv, queue)) or 0
+                for lv in range(chain.LEVELS)
+            )
+        return size
+
+    def _browse_dead_letters(self, limit: int, wanted: str | None = None) -> tuple[list[Got], Got | None]:
+        """Take up to ``limit`` dead letters in order, then requeue them all in place.
+
+        With ``wanted``, stop at the letter of that id and keep it (unacked) for the caller.
+        """
+        taken: list[Got] = []
+        match: Got | None = None
+        with self.client.lock:
+            if self.client.queue_size(DEAD_LETTER_QUEUE) is None:
+                return [], None
+            try:
+                while len(taken) < limit:
+                    got = self.client.get(DEAD_LETTER_QUEUE)
+                    if got is None:
+                        break
+                    if wanted is not None and got.frame.headers.get(f"{_DL_PREFIX}id") == wanted:
+                        match = got
+                        break
+                    taken.append(got)
+            finally:
+                for got in reversed(taken):
+                    self.client.settle(got, requeue=True)
+        return taken, match
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        taken, _ = self._browse_dead_letters(max(limit, 0))
+        return [_dead_letter(got) for got in taken]
+
+    def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
+        with self.client.lock:
+            _, found = self._browse_dead_letters(2**31, wanted=dead_letter_id)
+            if found is None:
+                return False
+            letter = _dead_letter(found)
+            headers = {k: v for k, v in found.frame.headers.items() if not k.startswith(_DL_PREFIX)}
+            frame = replace(found.frame, headers=headers)
+            if body is not None:
+                frame = to_frame(body, found.frame.priority)
+            self._ensure_queue(letter.queue)
+            self._send(letter.queue, letter.queue, frame, letter.queue)
+            self.client.settle(found)
+            return True
+
+    def close(self) -> None:
+        self._closed.set()
+        self.client.close()
+
+
+def _dead_letter(got: Got) -> DeadLetter:
+    h = got.frame.headers
+    queue = str(h.get(f"{_DL_PREFIX}queue", ""))
+    frame = replace(got.frame, headers={k: v for k, v in h.items() if not k.startswith(_DL_PREFIX)})
+    return DeadLetter(
+        id=str(h.get(f"{_DL_PREFIX}id", "")),
+        queue=queue,
+        body=to_envelope(frame, queue),
+        reason=str(h.get(f"{_DL_PREFIX}reason", "")),
+        failed_at=float(h.get(f"{_DL_PREFIX}failed-at", 0.0)),
+        delivery_count=int(h.get(f"{_DL_PREFIX}count", 1)),
+    )
