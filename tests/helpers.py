@@ -82,8 +82,13 @@ def rabbitmq_vhost() -> str:
     require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
     if _rabbitmq_vhost is None:
         name = f"chardtest-{RUN_ID}"
-        for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
-            subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+        for args in (
+            ["add_vhost", name],
+            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(
+                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+            )
         _rabbitmq_vhost = name
         atexit.register(
             subprocess.run, ["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True

@@ -17,6 +17,7 @@ settling them is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import ssl
 import threading
@@ -31,7 +32,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from chard._amqp.frames import Frame
 from chard._amqp.url import AmqpTarget
-from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
+from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 T = TypeVar("T")
 
@@ -44,6 +45,10 @@ _CONNECTION_ERRORS = (
     pika.exceptions.ChannelClosed,
     OSError,
 )
+
+
+class UnroutableMessage(BrokerError):
+    """RabbitMQ had no queue to route a published message to (it was deleted)."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,9 @@ class AmqpClient:
     def _drop(self) -> None:
         connection, self._connection, self._work, self._admin = self._connection, None, None, None
         if connection is not None and connection.is_open:
-            try:
+            # Closing a broken connection may fail in any way; it is being dropped anyway.
+            with contextlib.suppress(Exception):
                 connection.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
-                pass
 
     def call(self, action: Callable[[BlockingChannel], T], *, admin: bool = False) -> T:
         """Run ``action`` on a channel, reconnecting once if the connection was lost."""
@@ -146,8 +150,7 @@ class AmqpClient:
                     self._drop()
                     if attempt == 2:
                         raise BrokerConnectionError(
-                            f"lost the connection to RabbitMQ at {self.target.redacted!r}: "
-                            f"{exc!r}"
+                            f"lost the connection to RabbitMQ at {self.target.redacted!r}: {exc!r}"
                         ) from exc
             raise AssertionError("unreachable")
 
@@ -173,7 +176,8 @@ class AmqpClient:
         """Publish ``frame`` persistently and return once RabbitMQ confirmed it.
 
         Raises:
-            BrokerError: RabbitMQ refused it or could not route it.
+            UnroutableMessage: no queue is bound for it (declare it, then retry).
+            BrokerError: RabbitMQ refused it.
         """
         props = pika.BasicProperties(
             content_type=frame.content_type,
@@ -188,7 +192,16 @@ class AmqpClient:
         def send(channel: BlockingChannel) -> None:
             channel.basic_publish(exchange, routing_key, frame.body, props, mandatory=True)
 
-        self.call(send)
+        try:
+            self.call(send)
+        except pika.exceptions.UnroutableError as exc:
+            raise UnroutableMessage(
+                f"RabbitMQ could not route a message to {exchange!r} / {routing_key!r}"
+            ) from exc
+        except pika.exceptions.NackError as exc:
+            raise BrokerError(
+                f"RabbitMQ refused a message for {exchange!r} / {routing_key!r}: {exc}"
+            ) from exc
 
     def get(self, queue: str) -> Got | None:
         """Take one message from ``queue`` unacked, or None when it has none ready."""

@@ -32,22 +32,24 @@ the queue ``chard.dead-letters``, browsed by get-and-requeue.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import threading
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
-import pika.exceptions
-
 from chard._amqp import delay as chain
-from chard._amqp.client import AmqpClient, Got
+from chard._amqp.client import AmqpClient, Got, UnroutableMessage
 from chard._amqp.frames import COUNT_HEADER, Frame, lost_deliveries, to_envelope, to_frame
 from chard._amqp.url import parse_amqp_url
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
 from chard.exceptions import BrokerError, ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 DEAD_LETTER_QUEUE = "chard.dead-letters"
 _DL_PREFIX = "x-chard-dl-"
@@ -157,7 +159,9 @@ class AmqpBroker(Broker):
         for level in range(chain.LEVELS):
             name = chain.level_queue(level, queue)
             self.client.declare_queue(name, chain.level_arguments(level))
-            self.client.bind_queue(name, chain.level_exchange(level), chain.wait_pattern(level, queue))
+            self.client.bind_queue(
+                name, chain.level_exchange(level), chain.wait_pattern(level, queue)
+            )
         self.client.bind_queue(queue, chain.DELIVER_EXCHANGE, chain.deliver_pattern(queue))
         self.declared.add(key)
 
@@ -183,7 +187,7 @@ class AmqpBroker(Broker):
     def _send(self, exchange: str, key: str, frame: Frame, queue: str) -> None:
         try:
             self.client.publish(exchange, key, frame)
-        except pika.exceptions.UnroutableError:
+        except UnroutableMessage:
             # Deleted behind our back (or a purge of the vhost): declare again, once.
             self.declared.discard(queue)
             self.declared.discard(f"\0delay:{queue}")
@@ -191,12 +195,7 @@ class AmqpBroker(Broker):
                 self._ensure_queue(queue)
             else:
                 self._ensure_delay_chain(queue)
-            try:
-                self.client.publish(exchange, key, frame)
-            except pika.exceptions.UnroutableError as exc:
-                raise BrokerError(f"RabbitMQ could not route a message to queue {queue!r}") from exc
-        except pika.exceptions.NackError as exc:
-            raise BrokerError(f"RabbitMQ refused a message for queue {queue!r}: {exc}") from exc
+            self.client.publish(exchange, key, frame)
 
     def _move(self, got: Got, queue: str, lost: int) -> None:
         """Put ``got`` back at the tail of ``queue`` with ``lost`` in its count, then ack it."""
@@ -267,18 +266,21 @@ class AmqpBroker(Broker):
         """Lapse leases not extended in time: re-publish them counted, ack the stale copy."""
         interval = min(self.lease_timeout / 4, 1.0)
         while not self._closed.wait(interval):
-            with self.client.lock:
-                now = time.monotonic()
-                lapsed = [d for d in self._held.values() if d.expires <= now]
-                for delivery in lapsed:
-                    try:
-                        self._settle(
-                            delivery,
-                            lambda d=delivery: self._move(d.got, d.queue, d.delivery_count),
-                        )
-                    except BrokerError:
-                        pass  # the connection is gone: RabbitMQ redelivers it anyway
-                self.client.pump()
+            try:
+                with self.client.lock:
+                    now = time.monotonic()
+                    for delivery in [d for d in self._held.values() if d.expires <= now]:
+                        self._lapse(delivery)
+                    self.client.pump()
+            except Exception:  # the thread must outlive any one failure; the next round retries
+                logger.exception("RabbitMQ lease watchdog failed; retrying")
+
+    def _lapse(self, delivery: AmqpDelivery) -> None:
+        logger.warning("Lease of %r lapsed without a heartbeat: redelivering it", delivery)
+        lost = delivery.delivery_count
+        # If the connection is gone, RabbitMQ has requeued it already: nothing to do.
+        with contextlib.suppress(BrokerError):
+            self._settle(delivery, lambda: self._move(delivery.got, delivery.queue, lost))
 
     def _take_over(self, consumer_id: str) -> list[Delivery]:
         raise NotImplementedError(
@@ -291,7 +293,9 @@ class AmqpBroker(Broker):
     def purge(self, queue: str) -> int:
         purged = self.client.purge(queue)
         if self._has_delay_chain(queue):
-            purged += sum(self.client.purge(chain.level_queue(lv, queue)) for lv in range(chain.LEVELS))
+            purged += sum(
+                self.client.purge(chain.level_queue(lv, queue)) for lv in range(chain.LEVELS)
+            )
         return purged
 
     def queue_size(self, queue: str) -> int:
@@ -303,7 +307,9 @@ class AmqpBroker(Broker):
             )
         return size
 
-    def _browse_dead_letters(self, limit: int, wanted: str | None = None) -> tuple[list[Got], Got | None]:
+    def _browse_dead_letters(
+        self, limit: int, wanted: str | None = None
+    ) -> tuple[list[Got], Got | None]:
         """Take up to ``limit`` dead letters in order, then requeue them all in place.
 
         With ``wanted``, stop at the letter of that id and keep it (unacked) for the caller.
