@@ -22,7 +22,7 @@ from chard import result as _result
 from chard._utils.perprocess import PerProcess
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
-from chard.config import Settings
+from chard.config import Settings, broker_options
 from chard.control import Control
 from chard.exceptions import ImproperlyConfigured
 from chard.execution.trace import apply_eagerly
@@ -297,7 +297,7 @@ class Celery:
         """This process's broker connection (opened on first use)."""
         return self._connections.get(  # type: ignore[no-any-return]
             "broker",
-            lambda: open_broker(self.broker_url, self.conf.broker_transport_options),
+            lambda: open_broker(self.broker_url, broker_options(self.conf)),
         )
 
     @property

@@ -56,6 +56,9 @@ SETTINGS: dict[str, Setting] = {
     "task_default_queue": Setting("celery", "Queue for tasks without a route"),
     "task_routes": Setting(None, "Routes: dict/glob/regex/callable(s) mapping names to queues"),
     "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
+    "task_queue_max_priority": Setting(
+        None, "RabbitMQ: declare queues with x-max-priority (there, higher = more urgent)"
+    ),
     "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
     "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
     "task_store_eager_result": Setting(False, "Store eager results in the backend"),
@@ -327,6 +330,18 @@ class Settings(MutableMapping[str, Any]):
                 self[_OLD_NAMES[name]] = get(name)
             elif name.islower():
                 self[name] = get(name)
+
+
+def broker_options(conf: Settings) -> dict[str, Any]:
+    """The options a broker opens with: the transport options, plus queue-level settings.
+
+    ``task_queue_max_priority`` travels as ``queue_max_priority`` (RabbitMQ's queue argument);
+    a value in the transport options wins.
+    """
+    options = dict(conf.broker_transport_options or {})
+    if conf.task_queue_max_priority is not None:
+        options.setdefault("queue_max_priority", conf.task_queue_max_priority)
+    return options
 
 
 def _import_config(path: str) -> Any:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -103,6 +104,23 @@ def amqp_url() -> str:
     """Return an amqp:// URL on this run's own vhost (see :func:`rabbitmq_vhost`)."""
     vhost = rabbitmq_vhost()
     return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
+
+
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """Yield an amqp:// URL on a vhost of its own, deleted after (with its connections).
+
+    For tests that run real workers, whose queues and connections are not the test's to
+    list; each costs a few seconds of ``rabbitmqctl``.
+    """
+    require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    name = f"chardtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", *[".*"] * 3]):
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    try:
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{name}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
 
 
 def delete_amqp_queues(url: str, names: Iterable[str]) -> None:

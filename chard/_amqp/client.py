@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import logging
 import ssl
 import threading
 import time
@@ -35,6 +36,9 @@ from chard._amqp.url import AmqpTarget
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 T = TypeVar("T")
+
+# pika logs every connection step at INFO; a worker's log is for tasks.
+logging.getLogger("pika").setLevel(logging.WARNING)
 
 #: Errors after which the connection is rebuilt.
 _CONNECTION_ERRORS = (

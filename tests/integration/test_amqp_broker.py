@@ -1,0 +1,154 @@
+"""RabbitMQ-specific broker behaviour: Celery's AMQP layout, redelivery on a dead connection,
+broker-side delays that outlive their publisher, and queue arguments that must agree."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pika
+import pytest
+
+from chard.brokers import open_broker
+from chard.brokers.amqp import AmqpBroker
+from chard.brokers.base import Broker, OutgoingMessage
+from chard.exceptions import ImproperlyConfigured
+from chard.protocol.message import TaskMessage
+from tests.helpers import amqp_url, delete_amqp_queues, wait_for
+
+pytestmark = pytest.mark.rabbitmq
+
+JSON = frozenset({"application/json"})
+
+
+@pytest.fixture
+def url() -> str:
+    return amqp_url()
+
+
+@pytest.fixture
+def brokers(url: str) -> Iterator[list[Broker]]:
+    """Broker instances a test opens; closed, and their queues deleted, after it."""
+    opened: list[Broker] = []
+    yield opened
+    for broker in opened:
+        broker.close()
+    delete_amqp_queues(url, {n for b in opened if isinstance(b, AmqpBroker) for n in b.declared})
+
+
+@pytest.fixture
+def raw(url: str) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    """A plain pika channel on the test run's vhost, as a Celery process would have."""
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        yield connection.channel()
+
+
+def open_amqp(url: str, brokers: list[Broker], **options: object) -> Broker:
+    broker = open_broker(url, options)
+    brokers.append(broker)
+    return broker
+
+
+def test_a_dead_consumers_messages_come_back_at_once_counted(
+    url: str, brokers: list[Broker]
+) -> None:
+    # Given a consumer holding a message on a long lease
+    dead = open_amqp(url, brokers, lease_timeout=60)
+    heir = open_amqp(url, brokers, lease_timeout=60)
+    dead.publish(OutgoingMessage("q", b"work"))
+    (held,) = dead.fetch(["q"], 1, timeout=1.0)
+    assert heir.fetch(["q"], 1, timeout=0) == []
+
+    # When its connection dies (as when its process is killed)
+    dead.close()
+
+    # Then another consumer gets it long before the lease would lapse, counted twice
+    started = time.monotonic()
+    (again,) = wait_for(lambda: heir.fetch(["q"], 1, timeout=0.2), timeout=10.0)
+    assert (again.body, again.delivery_count) == (b"work", 2)
+    assert time.monotonic() - started < 5.0
+    held.ack()  # the dead instance's late ack touches nothing
+    again.ack()
+    assert heir.queue_size("q") == 0
+
+
+def test_chard_publishes_celerys_amqp_layout(url: str, brokers: list[Broker], raw) -> None:
+    # Given a task message published on the celery queue
+    broker = open_amqp(url, brokers)
+    message = TaskMessage(task="proj.add", id="id-1", args=(4, 4), kwargs={}, reply_to="r")
+    broker.publish(OutgoingMessage("celery", message.to_wire("celery"), priority=0))
+
+    # Then a plain AMQP client sees it as Celery would: exchange, properties, headers, body
+    method, props, body = raw.basic_get("celery", auto_ack=True)
+    assert (method.exchange, method.routing_key) == ("celery", "celery")
+    assert (props.content_type, props.correlation_id, props.reply_to) == (
+        "application/json",
+        "id-1",
+        "r",
+    )
+    assert props.delivery_mode == 2
+    assert (props.headers["task"], props.headers["id"], props.headers["lang"]) == (
+        "proj.add",
+        "id-1",
+        "py",
+    )
+    assert json.loads(body)[:2] == [[4, 4], {}]
+
+
+def test_a_celery_message_published_raw_is_fetched_and_decodes(
+    url: str, brokers: list[Broker], raw
+) -> None:
+    # Given the celery queue declared by chard and a message published as Celery does
+    broker = open_amqp(url, brokers)
+    assert broker.queue_size("celery") == 0
+    broker.fetch(["celery"], 1, timeout=0)  # declares the queue and its exchange
+    headers = {"lang": "py", "task": "proj.add", "id": "cel-1", "root_id": "cel-1",
+               "retries": 0, "timelimit": [None, None], "argsrepr": "(2, 2)"}  # fmt: skip
+    raw.basic_publish(
+        "celery",
+        "celery",
+        b'[[2, 2], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+        pika.BasicProperties(
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers,
+            correlation_id="cel-1",
+            delivery_mode=2,
+        ),
+    )
+
+    # Then chard fetches it and decodes Celery's protocol v2
+    (delivery,) = wait_for(lambda: broker.fetch(["celery"], 1, timeout=0.2))
+    decoded = TaskMessage.from_wire(delivery.body, JSON)
+    assert (decoded.task, decoded.id, decoded.args) == ("proj.add", "cel-1", (2, 2))
+    assert delivery.delivery_count == 1
+    delivery.ack()
+
+
+def test_a_delayed_message_outlives_its_publisher(url: str, brokers: list[Broker]) -> None:
+    # Given a message due in 1.5 s, published by an instance that then goes away
+    publisher = open_amqp(url, brokers)
+    eta = time.time() + 1.5
+    publisher.publish(OutgoingMessage("q", b"later", eta=eta))
+    publisher.close()
+
+    # Then it waits in RabbitMQ (counted in the queue's size) and a new instance gets it
+    # once due, not before
+    consumer = open_amqp(url, brokers)
+    assert consumer.queue_size("q") == 1
+    assert consumer.fetch(["q"], 1, timeout=0) == []
+    (later,) = wait_for(lambda: consumer.fetch(["q"], 1, timeout=0.2), timeout=10.0)
+    assert later.body == b"later"
+    assert time.time() >= eta
+    later.ack()
+
+
+def test_a_queue_declared_with_other_priorities_is_named(url: str, brokers: list[Broker]) -> None:
+    # Given a queue first declared with x-max-priority 9
+    open_amqp(url, brokers, queue_max_priority=9).publish(OutgoingMessage("q", b"x"))
+
+    # When another instance wants x-max-priority 5, the error names the queue and the fix
+    other = open_amqp(url, brokers, queue_max_priority=5)
+    with pytest.raises(ImproperlyConfigured, match=r"queue 'q' .*task_queue_max_priority"):
+        other.publish(OutgoingMessage("q", b"y"))
