@@ -1,0 +1,73 @@
+"""Real worker processes on RabbitMQ (amqp://), started through the CLI.
+
+Each test gets a vhost of its own (the workers' queues and connections die with it) and a
+Redis result backend.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard.exceptions import WorkerLostError
+from tests.helpers import private_vhost, redis_url, wait_for
+from tests.integration.workers import WorkerFactory
+
+pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.redis]
+
+
+@pytest.fixture
+def transport() -> Iterator[dict[str, str]]:
+    """The test project on this test's own vhost (overrides the sqlite/redis parameters)."""
+    with private_vhost() as url:
+        yield {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": redis_url()}
+
+
+def test_a_task_runs_and_a_killed_workers_task_runs_again(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a worker on amqp:// with the Celery banner
+    worker = workers.start("-c", "2")
+    assert ".> transport:   amqp://guest:**@" in worker.output()
+    from itproj.tasks import add, die_once
+
+    # Then a task runs, and one whose process is SIGKILLed runs again on redelivery
+    assert add.delay(4, 4).get(timeout=20) == 8
+    assert die_once.delay(str(tmp_path / "died")).get(timeout=30) == "survived"
+
+
+def test_a_poison_pill_is_dead_lettered_after_bounded_deliveries(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    workers.start("-c", "2")
+    from itproj.tasks import add, die_always
+
+    # When a task kills its process every time, it fails after task_max_deliveries=3
+    result = die_always.delay()
+    with pytest.raises(WorkerLostError, match="delivered 4 times"):
+        result.get(timeout=60)
+
+    # Then it is set aside in RabbitMQ, and the worker goes on
+    wait_for(lambda: any(result.id.encode() in d.body for d in itproj.broker.dead_letters()))
+    assert add.delay(2, 2).get(timeout=20) == 4
+
+
+def test_a_countdown_survives_a_worker_restart(itproj: Any, workers: WorkerFactory) -> None:
+    # Given a countdown task sent while a worker runs
+    first = workers.start("-c", "1")
+    from itproj.tasks import add
+
+    result = add.apply_async((20, 22), countdown=3)
+
+    # When that worker stops before it is due, and another starts later
+    first.signal(signal.SIGTERM)
+    assert first.stop() == 0
+    assert itproj.broker.queue_size("celery") == 1  # waiting in RabbitMQ, not in a worker
+    workers.start("-c", "1")
+
+    # Then the task runs on the new worker
+    assert result.get(timeout=30) == 42
