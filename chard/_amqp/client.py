@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pika
@@ -317,3 +318,49 @@ def _decode_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode_value(v) for v in value]
     return value
+
+
+#: What a stream consumer is called with: (offset, headers, body); True means "stop here".
+StreamVisitor = Callable[[int, dict[str, Any], bytes], bool]
+
+
+def consume_stream(
+    client: AmqpClient,
+    stream: str,
+    start: int | str | datetime,
+    visit: StreamVisitor,
+    timeout: float,
+) -> bool:
+    """Read stream ``stream`` from ``start`` (an offset, ``"first"``, ``"last"`` or a time).
+
+    Calls ``visit`` for each message in order until it returns True (then returns True) or
+    ``timeout`` seconds pass (then False). Runs on a channel of its own, closed after.
+    """
+
+    def run(work: BlockingChannel) -> bool:
+        connection = work.connection
+        channel = connection.channel()
+        done = False
+
+        def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
+            nonlocal done
+            headers = _decode_value(dict(props.headers or {}))
+            if not done:
+                done = visit(int(headers.get("x-stream-offset", -1)), headers, body)
+            ch.basic_ack(method.delivery_tag)  # streams need acks only to keep credit
+
+        try:
+            channel.basic_qos(prefetch_count=1000)
+            channel.basic_consume(stream, on_message, arguments={"x-stream-offset": start})
+            deadline = time.monotonic() + timeout
+            while not done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                connection.process_data_events(time_limit=min(remaining, 0.05))
+        finally:
+            if channel.is_open:
+                channel.close()
+        return done
+
+    return client.call(run)

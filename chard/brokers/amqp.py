@@ -46,6 +46,7 @@ from chard._amqp import delay as chain
 from chard._amqp.client import AmqpClient, Got, UnroutableMessage
 from chard._amqp.frames import COUNT_HEADER, Frame, lost_deliveries, to_envelope, to_frame
 from chard._amqp.url import parse_amqp_url
+from chard.brokers._amqp_log import StreamLog
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
 from chard.exceptions import BrokerError, ImproperlyConfigured
 
@@ -124,6 +125,7 @@ class AmqpBroker(Broker):
         self._turn = 0
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._stream_log: StreamLog | None = None
 
     # -- declarations ------------------------------------------------------------
     def _queue_arguments(self) -> dict[str, Any]:
@@ -352,9 +354,32 @@ class AmqpBroker(Broker):
             self.client.settle(found)
             return True
 
+    # -- broadcast channels: streams (see _amqp_log) -------------------------------------
+    @property
+    def _log(self) -> StreamLog:
+        """The broadcast log, with a connection of its own for blocked reads."""
+        with self.client.lock:
+            if self._stream_log is None:
+                reader = AmqpClient(self.target)
+                self._stream_log = StreamLog(
+                    self.client, reader, self.broadcast_maxlen, self.declared
+                )
+            return self._stream_log
+
+    def broadcast(self, channel: str, payload: bytes) -> str:
+        return self._log.append(channel, payload)
+
+    def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
+        return self._log.read(channel, after, timeout)
+
+    def broadcast_tail(self, channel: str) -> str:
+        return self._log.tail(channel)
+
     def close(self) -> None:
         self._closed.set()
         self.client.close()
+        if self._stream_log is not None:
+            self._stream_log.reader.close()
 
 
 def _dead_letter(got: Got) -> DeadLetter:
