@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from chard.exceptions import WorkerLostError
+from chard import states
+from chard.exceptions import TaskRevokedError, WorkerLostError
 from tests.helpers import private_vhost, redis_url, wait_for
 from tests.integration.workers import WorkerFactory
 
@@ -71,3 +72,30 @@ def test_a_countdown_survives_a_worker_restart(itproj: Any, workers: WorkerFacto
 
     # Then the task runs on the new worker
     assert result.get(timeout=30) == 42
+
+
+def test_a_queued_task_revoked_behind_a_busy_worker_never_runs(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    # Given a task queued behind a busy one-slot worker (the revoke log is a stream)
+    gate, marker = tmp_path / "gate", tmp_path / "ran"
+    worker = workers.start("-c", "1", "--prefetch-multiplier", "1")
+    from itproj.tasks import add, block_until, sleep_then_mark
+
+    blocker = block_until.delay(str(gate))
+    worker.wait_for_log(f"[{blocker.id}] received")
+    victim = sleep_then_mark.delay(0, str(marker))
+
+    # When it is revoked, and the worker's slot frees up once it knows
+    victim.revoke()
+    worker.wait_for_log(f"Tasks flagged as revoked: {victim.id}")
+    gate.touch()
+
+    # Then it ends REVOKED without running, and the worker goes on
+    assert blocker.get(timeout=20) is True
+    wait_for(lambda: victim.state == states.REVOKED, timeout=20)
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        victim.get(timeout=1)
+    assert add.delay(1, 2).get(timeout=20) == 3
+    assert not marker.exists()
+    assert itproj.broker.queue_size("celery") == 0
