@@ -281,8 +281,11 @@ class AmqpClient:
     def declare_exchange(self, name: str, kind: str) -> None:
         self.call(lambda ch: ch.exchange_declare(name, kind, durable=True), admin=True)
 
-    def bind_queue(self, queue: str, exchange: str, key: str) -> None:
-        self.call(lambda ch: ch.queue_bind(queue, exchange, key), admin=True)
+    def bind_queue(
+        self, queue: str, exchange: str, key: str, arguments: Mapping[str, Any] | None = None
+    ) -> None:
+        args = dict(arguments) if arguments else None
+        self.call(lambda ch: ch.queue_bind(queue, exchange, key, arguments=args), admin=True)
 
     def bind_exchange(self, destination: str, source: str, key: str) -> None:
         self.call(lambda ch: ch.exchange_bind(destination, source, key), admin=True)

@@ -25,11 +25,16 @@ from chard.protocol.message import new_id
 RAW_HEADER = "x-chard-raw"
 #: Header counting the deliveries of this message that were lost before this copy.
 COUNT_HEADER = "x-chard-deliveries"
+#: Headers of a parked copy: the queue it returns to, and its park id.
+ORIGIN_HEADER = "x-chard-origin"
+PARK_HEADER = "x-chard-park"
 #: Headers RabbitMQ adds (dead-lettering through the delay queues) or chard keeps for
 #: itself: never part of the envelope a worker decodes.
-_BOOKKEEPING = (RAW_HEADER, COUNT_HEADER, "x-death", "x-first-death-exchange",
-                "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange",
-                "x-last-death-queue", "x-last-death-reason")  # fmt: skip
+_BOOKKEEPING = frozenset({
+    RAW_HEADER, COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER, "x-death",
+    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+})  # fmt: skip
 
 
 @dataclass

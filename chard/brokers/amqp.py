@@ -44,9 +44,18 @@ from typing import Any, ClassVar
 
 from chard._amqp import delay as chain
 from chard._amqp.client import AmqpClient, Got, UnroutableMessage
-from chard._amqp.frames import COUNT_HEADER, Frame, lost_deliveries, to_envelope, to_frame
+from chard._amqp.frames import (
+    COUNT_HEADER,
+    ORIGIN_HEADER,
+    PARK_HEADER,
+    Frame,
+    lost_deliveries,
+    to_envelope,
+    to_frame,
+)
 from chard._amqp.url import parse_amqp_url
 from chard.brokers._amqp_log import StreamLog
+from chard.brokers._amqp_park import Parking
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
 from chard.exceptions import BrokerError, ImproperlyConfigured
 
@@ -54,6 +63,10 @@ logger = logging.getLogger(__name__)
 
 DEAD_LETTER_QUEUE = "chard.dead-letters"
 _DL_PREFIX = "x-chard-dl-"
+#: chard's bookkeeping headers, dropped when a message is re-published elsewhere.
+_OWN_HEADERS = frozenset({COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER})
+#: RabbitMQ's default consumer_timeout (seconds); the ``consumer_timeout`` option overrides it.
+DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: Longest pause between polls of empty queues (fetch backs off up to this).
 _MAX_POLL_INTERVAL = 0.2
 
@@ -68,25 +81,29 @@ class AmqpDelivery(Delivery):
         self.body = to_envelope(got.frame, queue, got.exchange)
         self.delivery_count = lost + 1
         self.priority = got.frame.priority
-        self.expires = time.monotonic() + broker.lease_timeout
+        self.fetched_at = time.monotonic()
+        self.expires = self.fetched_at + broker.lease_timeout
         self.settled = False
+        #: Park id while the message waits in this instance's parking queue (see _amqp_park).
+        self.parked: str | None = None
+        self.parked_at = 0.0
 
     def __repr__(self) -> str:
         return f"<AmqpDelivery tag={self.got.tag} queue={self.queue!r} n={self.delivery_count}>"
 
     def ack(self) -> None:
-        self._broker._settle(self, lambda: self._broker.client.settle(self.got))
+        self._broker._settle(self, self._broker.client.settle)
 
     def reject(self, requeue: bool = False) -> None:
         if not requeue:
             self.ack()
             return
         lost = self.delivery_count - 1
-        self._broker._settle(self, lambda: self._broker._move(self.got, self.queue, lost))
+        self._broker._settle(self, lambda got: self._broker._move(got, self.queue, lost))
 
     def dead_letter(self, reason: str) -> None:
-        def move() -> None:
-            headers = {k: v for k, v in self.got.frame.headers.items() if k != COUNT_HEADER}
+        def move(got: Got) -> None:
+            headers = {k: v for k, v in got.frame.headers.items() if k not in _OWN_HEADERS}
             headers.update({
                 f"{_DL_PREFIX}id": uuid.uuid4().hex,
                 f"{_DL_PREFIX}queue": self.queue,
@@ -96,8 +113,8 @@ class AmqpDelivery(Delivery):
             })  # fmt: skip
             broker = self._broker
             broker._ensure_queue(DEAD_LETTER_QUEUE)
-            broker.client.publish("", DEAD_LETTER_QUEUE, replace(self.got.frame, headers=headers))
-            broker.client.settle(self.got)
+            broker.client.publish("", DEAD_LETTER_QUEUE, replace(got.frame, headers=headers))
+            broker.client.settle(got)
 
         self._broker._settle(self, move)
 
@@ -126,6 +143,10 @@ class AmqpBroker(Broker):
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._stream_log: StreamLog | None = None
+        timeout = self.options.get("consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
+        #: Seconds RabbitMQ lets a channel hold a delivery (0: no parking).
+        self.consumer_timeout = float(timeout or 0)
+        self._parking = Parking(self.client, self.consumer_id, max(3 * self.lease_timeout, 3.0))
 
     # -- declarations ------------------------------------------------------------
     def _queue_arguments(self) -> dict[str, Any]:
@@ -201,7 +222,8 @@ class AmqpBroker(Broker):
 
     def _move(self, got: Got, queue: str, lost: int) -> None:
         """Put ``got`` back at the tail of ``queue`` with ``lost`` in its count, then ack it."""
-        frame = replace(got.frame, headers={**got.frame.headers, COUNT_HEADER: lost})
+        headers = {k: v for k, v in got.frame.headers.items() if k not in _OWN_HEADERS}
+        frame = replace(got.frame, headers={**headers, COUNT_HEADER: lost})
         self._ensure_queue(queue)
         self._send("", queue, frame, queue)
         self.client.settle(got)
@@ -241,13 +263,18 @@ class AmqpBroker(Broker):
                 found.append(delivery)
         return found
 
-    def _settle(self, delivery: AmqpDelivery, action: Callable[[], object]) -> None:
+    def _settle(self, delivery: AmqpDelivery, action: Callable[[Got], object]) -> None:
+        """Settle ``delivery`` once, through its parked copy if it was parked."""
         with self.client.lock:
             if delivery.settled:
                 return
             delivery.settled = True
             self._held.pop(id(delivery), None)
-            action()
+            got: Got | None = delivery.got
+            if delivery.parked is not None:
+                got = self._parking.take(delivery.parked)
+            if got is not None:  # None: the parked copy went home (a lapse): not ours now
+                action(got)
 
     def heartbeat(self) -> None:
         """Extend every lease this instance holds, and keep the AMQP connection alive."""
@@ -265,7 +292,7 @@ class AmqpBroker(Broker):
             self._watchdog.start()
 
     def _watch(self) -> None:
-        """Lapse leases not extended in time: re-publish them counted, ack the stale copy."""
+        """Lapse leases not extended in time; park and renew what is held for long."""
         interval = min(self.lease_timeout / 4, 1.0)
         while not self._closed.wait(interval):
             try:
@@ -273,16 +300,34 @@ class AmqpBroker(Broker):
                     now = time.monotonic()
                     for delivery in [d for d in self._held.values() if d.expires <= now]:
                         self._lapse(delivery)
+                    self._park_the_old(now)
                     self.client.pump()
             except Exception:  # the thread must outlive any one failure; the next round retries
                 logger.exception("RabbitMQ lease watchdog failed; retrying")
+
+    def _park_the_old(self, now: float) -> None:
+        """Park deliveries held for half of consumer_timeout; renew parked ones in time."""
+        if not self.consumer_timeout:
+            return
+        parked = [d for d in self._held.values() if d.parked is not None]
+        for delivery in self._held.values():
+            if delivery.parked is None and now - delivery.fetched_at >= self.consumer_timeout / 2:
+                delivery.parked = self._parking.park(
+                    delivery.got, delivery.queue, delivery.delivery_count
+                )
+                delivery.parked_at = now
+                logger.info("Parked %r, held past half of consumer_timeout", delivery)
+        if parked and now - min(d.parked_at for d in parked) >= self._parking.ttl / 3:
+            self._parking.renew({d.parked for d in parked if d.parked is not None})
+            for delivery in parked:
+                delivery.parked_at = now
 
     def _lapse(self, delivery: AmqpDelivery) -> None:
         logger.warning("Lease of %r lapsed without a heartbeat: redelivering it", delivery)
         lost = delivery.delivery_count
         # If the connection is gone, RabbitMQ has requeued it already: nothing to do.
         with contextlib.suppress(BrokerError):
-            self._settle(delivery, lambda: self._move(delivery.got, delivery.queue, lost))
+            self._settle(delivery, lambda got: self._move(got, delivery.queue, lost))
 
     def _take_over(self, consumer_id: str) -> list[Delivery]:
         raise NotImplementedError(

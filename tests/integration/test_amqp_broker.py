@@ -12,7 +12,7 @@ import pika
 import pytest
 
 from chard.brokers import open_broker
-from chard.brokers.amqp import AmqpBroker
+from chard.brokers.amqp import AmqpBroker, AmqpDelivery
 from chard.brokers.base import Broker, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
@@ -190,3 +190,51 @@ def test_a_drain_survives_the_server_closing_every_connection(
     assert isinstance(broker, AmqpBroker)
     assert broker.client.generation >= 2  # it did reconnect
     assert len(acked) - len(sent) <= 2
+
+
+def test_a_message_held_past_half_the_consumer_timeout_is_parked_and_settled_once(
+    url: str, brokers: list[Broker], raw
+) -> None:
+    # Given a holder whose RabbitMQ consumer_timeout is (as far as it knows) 1 s
+    holder = open_amqp(url, brokers, consumer_timeout=1.0, lease_timeout=0.5)
+    other = open_amqp(url, brokers, lease_timeout=0.5)
+    holder.publish(OutgoingMessage("q", b"long"))
+    (held,) = holder.fetch(["q"], 1, timeout=1.0)
+    assert isinstance(held, AmqpDelivery) and isinstance(holder, AmqpBroker)
+
+    # When it heartbeats for several parking TTLs (3 s), its channel holds the message no
+    # more (parked, renewed), and nobody else gets it
+    deadline = time.monotonic() + 8.0
+    while time.monotonic() < deadline:
+        holder.heartbeat()
+        assert other.fetch(["q"], 1, timeout=0.05) == []
+    assert held.parked is not None
+    parking = holder._parking.queue
+    assert raw.queue_declare(parking, passive=True).method.message_count == 1
+
+    # Then acking it takes the parked copy out, once
+    held.ack()
+    held.ack()
+    assert raw.queue_declare(parking, passive=True).method.message_count == 0
+    assert other.fetch(["q"], 1, timeout=0.2) == []
+    assert other.queue_size("q") == 0
+    raw.queue_delete(parking)
+
+
+def test_a_dead_holders_parked_message_comes_home_counted(
+    url: str, brokers: list[Broker], raw
+) -> None:
+    # Given a holder that parked a message, then died (its process gone, nothing renews)
+    holder = open_amqp(url, brokers, consumer_timeout=1.0, lease_timeout=0.5)
+    other = open_amqp(url, brokers, lease_timeout=0.5)
+    holder.publish(OutgoingMessage("q", b"long"))
+    (held,) = holder.fetch(["q"], 1, timeout=1.0)
+    assert isinstance(held, AmqpDelivery) and isinstance(holder, AmqpBroker)
+    wait_for(lambda: holder.heartbeat() or held.parked is not None, timeout=10.0)
+    holder.close()
+
+    # Then after the parking TTL the message is back on its queue, its lost delivery counted
+    (again,) = wait_for(lambda: other.fetch(["q"], 1, timeout=0.2), timeout=15.0)
+    assert (again.body, again.delivery_count) == (b"long", 2)
+    again.ack()
+    raw.queue_delete(holder._parking.queue)
