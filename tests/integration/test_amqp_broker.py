@@ -200,7 +200,8 @@ def test_a_message_held_past_half_the_consumer_timeout_is_parked_and_settled_onc
     other = open_amqp(url, brokers, lease_timeout=0.5)
     holder.publish(OutgoingMessage("q", b"long"))
     (held,) = holder.fetch(["q"], 1, timeout=1.0)
-    assert isinstance(held, AmqpDelivery) and isinstance(holder, AmqpBroker)
+    assert isinstance(held, AmqpDelivery)
+    assert isinstance(holder, AmqpBroker)
 
     # When it heartbeats for several parking TTLs (3 s), its channel holds the message no
     # more (parked, renewed), and nobody else gets it
@@ -229,7 +230,8 @@ def test_a_dead_holders_parked_message_comes_home_counted(
     other = open_amqp(url, brokers, lease_timeout=0.5)
     holder.publish(OutgoingMessage("q", b"long"))
     (held,) = holder.fetch(["q"], 1, timeout=1.0)
-    assert isinstance(held, AmqpDelivery) and isinstance(holder, AmqpBroker)
+    assert isinstance(held, AmqpDelivery)
+    assert isinstance(holder, AmqpBroker)
     wait_for(lambda: holder.heartbeat() or held.parked is not None, timeout=10.0)
     holder.close()
 
