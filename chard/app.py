@@ -22,7 +22,7 @@ from chard import result as _result
 from chard._utils.perprocess import PerProcess
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
-from chard.config import Settings, broker_options
+from chard.config import Settings, backend_options, broker_options
 from chard.control import Control
 from chard.exceptions import ImproperlyConfigured
 from chard.execution.trace import apply_eagerly
@@ -317,7 +317,7 @@ class Celery:
             lambda: open_backend(
                 url,
                 expires=float(expires) if expires else None,
-                options=self.conf.result_backend_transport_options,
+                options=backend_options(self.conf, url, self.broker_url),
             ),
         )
 

@@ -344,6 +344,15 @@ def broker_options(conf: Settings) -> dict[str, Any]:
     return options
 
 
+def backend_options(conf: Settings, backend_url: str, broker_url: str) -> dict[str, Any]:
+    """The options a result backend opens with; ``rpc://`` also gets the broker's URL."""
+    options = dict(conf.result_backend_transport_options or {})
+    if backend_url.startswith("rpc:"):
+        options.setdefault("broker_url", broker_url)
+        options.update({k: v for k, v in broker_options(conf).items() if k not in options})
+    return options
+
+
 def _import_config(path: str) -> Any:
     """Import ``path`` as a module (``'proj.celeryconfig'``), else as ``module.attribute``."""
     if ":" not in path:

@@ -130,7 +130,9 @@ def build_message(
     if request is not None and not request.is_eager:
         root_id = root_id or request.root_id or request.id
         parent_id = parent_id or request.id
+    reply_to = options.other.get("reply_to") or (request.reply_to if request else None)
     message = TaskMessage(
+        reply_to=str(reply_to or (app.backend.reply_queue if app.backend is not None else "")),
         task=name,
         id=task_id,
         args=args,

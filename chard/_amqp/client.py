@@ -245,15 +245,17 @@ class AmqpClient:
             return True
 
     # -- admin channel -------------------------------------------------------------
-    def declare_queue(self, name: str, arguments: Mapping[str, Any] | None = None) -> int:
-        """Declare durable queue ``name``; return how many messages wait in it.
+    def declare_queue(
+        self, name: str, arguments: Mapping[str, Any] | None = None, *, durable: bool = True
+    ) -> int:
+        """Declare queue ``name`` (durable unless told); return how many messages wait in it.
 
         Raises:
             ImproperlyConfigured: it exists with other arguments (the message says which).
         """
 
         def declare(channel: BlockingChannel) -> int:
-            ok = channel.queue_declare(name, durable=True, arguments=dict(arguments or {}))
+            ok = channel.queue_declare(name, durable=durable, arguments=dict(arguments or {}))
             return int(ok.method.message_count)
 
         try:

@@ -9,7 +9,7 @@ from chard._utils.log import redact_url
 from chard.backends.base import ResultBackend
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix", "rpc")
 
 
 def open_backend(
@@ -38,6 +38,14 @@ def open_backend(
                 "pip install 'chard[redis]'"
             ) from exc
         return RedisResultBackend(url, expires=expires, options=options)
+    if scheme == "rpc":
+        try:
+            from chard.backends.rpc import RPCResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                "result backend 'rpc://' needs the AMQP client; pip install 'chard[rabbitmq]'"
+            ) from exc
+        return RPCResultBackend(url, expires=expires, options=options)
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     raise ImproperlyConfigured(
         f"unknown result backend URL scheme {scheme or url!r} in {redact_url(url)!r}; "
