@@ -56,6 +56,9 @@ SETTINGS: dict[str, Setting] = {
     "task_default_queue": Setting("celery", "Queue for tasks without a route"),
     "task_routes": Setting(None, "Routes: dict/glob/regex/callable(s) mapping names to queues"),
     "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
+    "task_default_queue_type": Setting(
+        "classic", "RabbitMQ: the type of the queues chard declares (classic or quorum)"
+    ),
     "task_queue_max_priority": Setting(
         None, "RabbitMQ: declare queues with x-max-priority (there, higher = more urgent)"
     ),
@@ -341,6 +344,8 @@ def broker_options(conf: Settings) -> dict[str, Any]:
     options = dict(conf.broker_transport_options or {})
     if conf.task_queue_max_priority is not None:
         options.setdefault("queue_max_priority", conf.task_queue_max_priority)
+    if conf.task_default_queue_type != "classic":
+        options.setdefault("queue_type", conf.task_default_queue_type)
     return options
 
 

@@ -135,6 +135,16 @@ class AmqpBroker(Broker):
                 f"task_queue_max_priority must be 1..255 on RabbitMQ, got {max_priority!r}"
             )
         self.max_priority = None if max_priority is None else int(max_priority)
+        self.queue_type = str(self.options.get("queue_type") or "classic")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ImproperlyConfigured(
+                f"task_default_queue_type must be 'classic' or 'quorum', got {self.queue_type!r}"
+            )
+        if self.queue_type == "quorum" and self.max_priority is not None:
+            raise ImproperlyConfigured(
+                "RabbitMQ quorum queues have no priorities (x-max-priority): unset "
+                "task_queue_max_priority or use task_default_queue_type='classic'"
+            )
         #: Queues (and delay chains) this instance declared: declared once per process.
         self.declared: set[str] = set()
         self._held: dict[int, AmqpDelivery] = {}
@@ -150,6 +160,8 @@ class AmqpBroker(Broker):
 
     # -- declarations ------------------------------------------------------------
     def _queue_arguments(self) -> dict[str, Any]:
+        if self.queue_type == "quorum":
+            return {"x-queue-type": "quorum"}
         return {} if self.max_priority is None else {"x-max-priority": self.max_priority}
 
     def _ensure_queue(self, queue: str) -> None:

@@ -240,3 +240,33 @@ def test_a_dead_holders_parked_message_comes_home_counted(
     assert (again.body, again.delivery_count) == (b"long", 2)
     again.ack()
     raw.queue_delete(holder._parking.queue)
+
+
+def test_quorum_queues_carry_work_and_count_a_dead_consumers_delivery(
+    url: str, brokers: list[Broker], raw
+) -> None:
+    # Given queues declared as quorum queues (task_default_queue_type='quorum')
+    dead = open_amqp(url, brokers, queue_type="quorum")
+    heir = open_amqp(url, brokers, queue_type="quorum")
+    dead.publish(OutgoingMessage("qq", b"work"))
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", url.rsplit("/", 1)[1], "name", "type"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert listed[listed.index("qq") + 1] == "quorum"
+    (held,) = dead.fetch(["qq"], 1, timeout=1.0)
+
+    # When the holder's connection dies, the message comes back counted, and can be acked
+    dead.close()
+    (again,) = wait_for(lambda: heir.fetch(["qq"], 1, timeout=0.2), timeout=10.0)
+    assert (again.body, again.delivery_count) == (b"work", 2)
+    again.ack()
+    assert heir.queue_size("qq") == 0
+
+
+def test_quorum_queues_refuse_priorities_with_the_fix() -> None:
+    with pytest.raises(ImproperlyConfigured, match="quorum queues have no priorities"):
+        open_broker("amqp://", {"queue_type": "quorum", "queue_max_priority": 10})
