@@ -4,10 +4,11 @@ Why pika: chard's worker is synchronous (threads and processes), so a blocking c
 fits without an event loop thread; pika is the best known pure-Python AMQP 0-9-1
 client, supports publisher confirms, and needs no C extension.
 
-One connection, two channels. The *work* channel publishes (in confirm mode: a publish
+One connection, three channels. The *work* channel publishes (in confirm mode: a publish
 returns once RabbitMQ has the message), gets and acks; delivery tags live on it. The
 *admin* channel declares, purges and probes (a passive declare of a missing queue closes
-its channel, and that must never drop the work channel's unacked deliveries).
+its channel, and that must never drop the work channel's unacked deliveries). The *tx*
+channel publishes batches in one transaction: all or none, one round trip for the lot.
 
 Every call holds one lock (pika is not thread-safe). On a lost connection the client
 reconnects once per call, with back-off across calls, and bumps :attr:`generation`: tags
@@ -23,7 +24,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -78,6 +79,7 @@ class AmqpClient:
         self._connection: pika.BlockingConnection | None = None
         self._work: BlockingChannel | None = None
         self._admin: BlockingChannel | None = None
+        self._tx: BlockingChannel | None = None
         self._failures = 0
 
     # -- connection ------------------------------------------------------------
@@ -112,6 +114,8 @@ class AmqpClient:
             work = connection.channel()
             work.confirm_delivery()
             admin = connection.channel()
+            tx = connection.channel()
+            tx.tx_select()
         except pika.exceptions.ProbableAuthenticationError as exc:
             raise ImproperlyConfigured(
                 f"RabbitMQ at {self.target.redacted!r} refused the login of user "
@@ -124,24 +128,27 @@ class AmqpClient:
                 f"is it running, and does vhost {self.target.vhost!r} exist?"
             ) from exc
         self._failures = 0
-        self._connection, self._work, self._admin = connection, work, admin
+        self._connection, self._work, self._admin, self._tx = connection, work, admin, tx
         self.generation += 1
 
     def _drop(self) -> None:
-        connection, self._connection, self._work, self._admin = self._connection, None, None, None
+        connection, self._connection = self._connection, None
+        self._work = self._admin = self._tx = None
         if connection is not None and connection.is_open:
             # Closing a broken connection may fail in any way; it is being dropped anyway.
             with contextlib.suppress(Exception):
                 connection.close()
 
-    def call(self, action: Callable[[BlockingChannel], T], *, admin: bool = False) -> T:
+    def call(
+        self, action: Callable[[BlockingChannel], T], *, admin: bool = False, tx: bool = False
+    ) -> T:
         """Run ``action`` on a channel, reconnecting once if the connection was lost."""
         with self.lock:
             for attempt in (1, 2):
                 if self._connection is None or not self._connection.is_open:
                     self._drop()
                     self._connect()
-                channel = self._admin if admin else self._work
+                channel = self._admin if admin else self._tx if tx else self._work
                 assert channel is not None
                 try:
                     if not channel.is_open:
@@ -184,15 +191,7 @@ class AmqpClient:
             UnroutableMessage: no queue is bound for it (declare it, then retry).
             BrokerError: RabbitMQ refused it.
         """
-        props = pika.BasicProperties(
-            content_type=frame.content_type,
-            content_encoding=frame.content_encoding,
-            headers=_encode_table(frame.headers) or None,
-            delivery_mode=2,
-            priority=frame.priority or None,
-            correlation_id=frame.correlation_id,
-            reply_to=frame.reply_to,
-        )
+        props = _properties(frame)
 
         def send(channel: BlockingChannel) -> None:
             channel.basic_publish(exchange, routing_key, frame.body, props, mandatory=True)
@@ -207,6 +206,19 @@ class AmqpClient:
             raise BrokerError(
                 f"RabbitMQ refused a message for {exchange!r} / {routing_key!r}: {exc}"
             ) from exc
+
+    def publish_batch(self, items: Sequence[tuple[str, str, Frame]]) -> None:
+        """Publish ``(exchange, routing_key, frame)`` items in one transaction: all or none.
+
+        The caller declared their queues: a transaction reports no unroutable message.
+        """
+
+        def send(channel: BlockingChannel) -> None:
+            for exchange, key, frame in items:
+                channel.basic_publish(exchange, key, frame.body, _properties(frame))
+            channel.tx_commit()
+
+        self.call(send, tx=True)
 
     def get(self, queue: str) -> Got | None:
         """Take one message from ``queue`` unacked, or None when it has none ready."""
@@ -297,6 +309,18 @@ class AmqpClient:
         if self.queue_size(name) is None:
             return 0
         return self.call(lambda ch: int(ch.queue_purge(name).method.message_count), admin=True)
+
+
+def _properties(frame: Frame) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=frame.content_type,
+        content_encoding=frame.content_encoding,
+        headers=_encode_table(frame.headers) or None,
+        delivery_mode=2,
+        priority=frame.priority or None,
+        correlation_id=frame.correlation_id,
+        reply_to=frame.reply_to,
+    )
 
 
 def _encode_table(value: Any) -> Any:

@@ -205,19 +205,26 @@ class AmqpBroker(Broker):
 
     # -- publishing ----------------------------------------------------------------
     def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Publish each message with a confirm (RabbitMQ has no atomic multi-publish)."""
+        """Publish one message with a confirm, or several in one transaction (all or none)."""
         now = time.time()
-        for m in messages:
-            frame = to_frame(m.body, min(max(int(m.priority), 0), 255))
-            wait = chain.delay_seconds(m.eta, now) if m.eta is not None else 0
-            if wait > chain.MAX_DELAY:
-                raise ValueError(f"eta is {wait} s away; RabbitMQ delays reach {chain.MAX_DELAY} s")
-            if wait:
-                self._ensure_delay_chain(m.queue)
-                self._send(chain.ENTRY_EXCHANGE, chain.routing_key(wait, m.queue), frame, m.queue)
-            else:
-                self._ensure_queue(m.queue)
-                self._send(m.queue, m.queue, frame, m.queue)
+        items = [self._route(m, now) for m in messages]
+        if len(items) == 1:
+            exchange, key, frame = items[0]
+            self._send(exchange, key, frame, messages[0].queue)
+        else:
+            self.client.publish_batch(items)
+
+    def _route(self, m: OutgoingMessage, now: float) -> tuple[str, str, Frame]:
+        """Declare what ``m`` needs; return the exchange, routing key and frame it goes with."""
+        frame = to_frame(m.body, min(max(int(m.priority), 0), 255))
+        wait = chain.delay_seconds(m.eta, now) if m.eta is not None else 0
+        if wait > chain.MAX_DELAY:
+            raise ValueError(f"eta is {wait} s away; RabbitMQ delays reach {chain.MAX_DELAY} s")
+        if wait:
+            self._ensure_delay_chain(m.queue)
+            return chain.ENTRY_EXCHANGE, chain.routing_key(wait, m.queue), frame
+        self._ensure_queue(m.queue)
+        return m.queue, m.queue, frame
 
     def _send(self, exchange: str, key: str, frame: Frame, queue: str) -> None:
         try:
