@@ -7,6 +7,7 @@ Redis result backend.
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,32 @@ def test_a_queued_task_revoked_behind_a_busy_worker_never_runs(
     assert add.delay(1, 2).get(timeout=20) == 3
     assert not marker.exists()
     assert itproj.broker.queue_size("celery") == 0
+
+
+def test_a_worker_rides_out_the_server_closing_its_connections(
+    itproj: Any, workers: WorkerFactory, transport: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a worker whose two slots run tasks that wait for a gate, with more queued
+    from itproj.tasks import add, block_until
+
+    gate = tmp_path / "gate"
+    worker = workers.start("-c", "2")
+    blocked = [block_until.delay(str(gate)) for _ in range(6)]
+    wait_for(lambda: worker.output().count("block_until[") >= 2, timeout=30)
+
+    # When RabbitMQ closes every connection of the vhost mid-drain (as a node restart would)
+    vhost = transport["CHARD_BROKER_URL"].rsplit("/", 1)[1]
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost, "test"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert not any(r.ready() for r in blocked)  # it was mid-drain
+    gate.touch()
+
+    # Then the worker reconnects, and every task completes (the ones running at the close
+    # may run twice: their acks went with the connection, at-least-once)
+    assert [r.get(timeout=60) for r in blocked] == [True] * 6
+    assert add.delay(2, 3).get(timeout=30) == 5
+    assert worker.proc.poll() is None
