@@ -57,6 +57,10 @@ class UnroutableMessage(BrokerError):
     """RabbitMQ had no queue to route a published message to (it was deleted)."""
 
 
+class MissingQueue(UnroutableMessage):
+    """A queue or exchange used on the work channel is gone (deleted behind chard's back)."""
+
+
 @dataclass(frozen=True)
 class Got:
     """A message taken with ``basic.get``: its frame and what settling it needs."""
@@ -155,7 +159,14 @@ class AmqpClient:
                         raise pika.exceptions.ChannelWrongStateError("channel closed")
                     return action(channel)
                 except pika.exceptions.ChannelClosedByBroker as exc:
-                    self._drop() if not admin else self._reopen_admin()
+                    if admin:
+                        self._reopen_admin()
+                    else:  # its unacked deliveries are back in their queues: start afresh
+                        self._drop()
+                        if exc.reply_code == 404:
+                            raise MissingQueue(
+                                f"RabbitMQ has no such queue or exchange: {exc.reply_text}"
+                            ) from exc
                     if exc.reply_code in (404, 406) or attempt == 2:
                         raise
                 except _CONNECTION_ERRORS as exc:

@@ -43,7 +43,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from chard._amqp import delay as chain
-from chard._amqp.client import AmqpClient, Got, UnroutableMessage
+from chard._amqp.client import AmqpClient, Got, MissingQueue, UnroutableMessage
 from chard._amqp.frames import (
     COUNT_HEADER,
     ORIGIN_HEADER,
@@ -211,8 +211,12 @@ class AmqpBroker(Broker):
         if len(items) == 1:
             exchange, key, frame = items[0]
             self._send(exchange, key, frame, messages[0].queue)
-        else:
+            return
+        try:
             self.client.publish_batch(items)
+        except MissingQueue:  # deleted behind our back: declare everything again, once
+            self.declared.clear()
+            self.client.publish_batch([self._route(m, now) for m in messages])
 
     def _route(self, m: OutgoingMessage, now: float) -> tuple[str, str, Frame]:
         """Declare what ``m`` needs; return the exchange, routing key and frame it goes with."""
@@ -270,7 +274,12 @@ class AmqpBroker(Broker):
         found: list[AmqpDelivery] = []
         with self.client.lock:
             while len(found) < n:
-                got = self.client.get(queue)
+                try:
+                    got = self.client.get(queue)
+                except MissingQueue:  # deleted behind our back: it is declared again, empty
+                    self.declared.discard(queue)
+                    self._ensure_queue(queue)
+                    break
                 if got is None:
                     break
                 lost = lost_deliveries(got.frame)

@@ -270,3 +270,23 @@ def test_quorum_queues_carry_work_and_count_a_dead_consumers_delivery(
 def test_quorum_queues_refuse_priorities_with_the_fix() -> None:
     with pytest.raises(ImproperlyConfigured, match="quorum queues have no priorities"):
         open_broker("amqp://", {"queue_type": "quorum", "queue_max_priority": 10})
+
+
+def test_a_queue_deleted_behind_the_brokers_back_is_declared_again(
+    url: str, brokers: list[Broker], raw
+) -> None:
+    # Given a broker that declared its queue and exchange, then an operator deleting both
+    broker = open_amqp(url, brokers)
+    broker.publish(OutgoingMessage("q", b"first"))
+    raw.queue_delete("q")
+    raw.exchange_delete("q")
+
+    # Then fetching finds nothing (no error), and single and batched publishes declare again
+    assert broker.fetch(["q"], 1, timeout=0) == []
+    raw.queue_delete("q")
+    raw.exchange_delete("q")
+    broker.publish(OutgoingMessage("q", b"one"))
+    raw.queue_delete("q")
+    raw.exchange_delete("q")
+    broker.publish([OutgoingMessage("q", b"two"), OutgoingMessage("q", b"three")])
+    assert [d.body for d in broker.fetch(["q"], 3, timeout=1.0)] == [b"two", b"three"]
