@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import private_vhost
+from tests.helpers import private_vhost, wait_for
 from tests.integration.workers import CHARD, child_pythonpath
 
 pytest.importorskip("celery")
@@ -76,11 +75,12 @@ def _run_worker(argv: list[str], tmp_path: Path, log: Path, done: list[str]) -> 
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60
-        while not all(f"[{task_id}] succeeded in" in log.read_text() for task_id in done):
+
+        def finished() -> bool:
             assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+            return all(f"[{task_id}] succeeded in" in log.read_text() for task_id in done)
+
+        wait_for(finished, timeout=60)
         return log.read_text()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
