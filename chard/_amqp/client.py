@@ -181,14 +181,32 @@ class AmqpClient:
         assert self._connection is not None
         self._admin = self._connection.channel()
 
-    def pump(self) -> None:
-        """Let pika answer AMQP heartbeats and notice a dead socket (the worker's heartbeat)."""
+    def pump(self, timeout: float = 0) -> None:
+        """Dispatch what has arrived (deliveries to consumers, AMQP heartbeats).
+
+        With ``timeout``, wait up to that long for something to arrive first.
+        """
         with self.lock:
             if self._connection is not None and self._connection.is_open:
                 try:
-                    self._connection.process_data_events(0)
+                    self._connection.process_data_events(timeout)
                 except _CONNECTION_ERRORS:
                     self._drop()
+
+    def consume(self, queue: str, on_body: Callable[[bytes], None]) -> int:
+        """Consume ``queue`` with automatic acks, calling ``on_body`` from :meth:`pump`.
+
+        For a queue only this process reads (an rpc:// reply queue): nothing to redeliver.
+        Returns the connection generation it runs on (a reconnect ends it).
+        """
+
+        def start(channel: BlockingChannel) -> int:
+            channel.basic_consume(
+                queue, lambda _ch, _method, _props, body: on_body(body), auto_ack=True
+            )
+            return self.generation
+
+        return self.call(start)
 
     def close(self) -> None:
         with self.lock:

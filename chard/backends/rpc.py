@@ -43,8 +43,8 @@ DEFAULT_EXPIRES = 86400.0
 class RPCResultBackend(ResultBackend):
     """Results as messages to the sender's reply queue (see the module docstring)."""
 
-    #: Stores need the request's ``reply_to``; the worker reports it (:meth:`note_request`).
-    routes_by_reply_to = True
+    #: A consumer on the reply queue: a wait returns as soon as a state arrives.
+    has_native_wait = True
 
     def __init__(
         self,
@@ -62,6 +62,8 @@ class RPCResultBackend(ResultBackend):
             )
         self.client = AmqpClient(parse_amqp_url(broker_url, self.options))
         self._reply_queue: str | None = None
+        #: The connection generation the reply consumer runs on (0: none yet).
+        self._consuming = 0
         self._lock = threading.Lock()
         #: The newest meta (JSON) of each task seen on the reply queue, by task key.
         self._seen: dict[str, bytes] = {}
@@ -81,21 +83,27 @@ class RPCResultBackend(ResultBackend):
                 self._reply_queue = name
             return self._reply_queue
 
-    def _drain(self) -> None:
-        """Read every state waiting on the reply queue into memory, newest kept."""
+    def _drain(self, timeout: float = 0) -> None:
+        """Take in the states that arrived on the reply queue (waiting up to ``timeout``)."""
         if self._reply_queue is None:
             return
         with self.client.lock:
-            while (got := self.client.get(self._reply_queue)) is not None:
-                meta = self._load(got.frame.body)
-                if meta is not None and "task_id" in meta:
-                    key = self.task_key(str(meta["task_id"]))
-                    current = self._load(self._seen.get(key))
-                    if current is None or not self._is_final_over(
-                        current.get("status"), str(meta.get("status"))
-                    ):
-                        self._seen[key] = got.frame.body
-                self.client.settle(got)
+            if self._consuming != self.client.generation:  # first, or after a reconnect
+                self._consuming = self.client.consume(self._reply_queue, self._on_reply)
+            self.client.pump(min(timeout, 0.2))  # the lock is held meanwhile: short slices
+
+    def _on_reply(self, body: bytes) -> None:
+        """Keep ``body`` as its task's state unless a ready one is already kept."""
+        meta = self._load(body)
+        if meta is None or "task_id" not in meta:
+            return
+        key = self.task_key(str(meta["task_id"]))
+        current = self._load(self._seen.get(key))
+        if current is None or not self._is_final_over(current.get("status"), str(meta["status"])):
+            self._seen[key] = body
+
+    def _wait_for_change(self, keys: Sequence[str], timeout: float) -> None:
+        self._drain(timeout)
 
     def _get(self, key: str) -> bytes | None:
         self._drain()
