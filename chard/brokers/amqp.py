@@ -33,11 +33,9 @@ the queue ``chard.dead-letters``, browsed by get-and-requeue.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -54,6 +52,7 @@ from chard._amqp.frames import (
     to_frame,
 )
 from chard._amqp.url import parse_amqp_url
+from chard.brokers import _amqp_dead as dead
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
 from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
@@ -61,8 +60,6 @@ from chard.exceptions import BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_QUEUE = "chard.dead-letters"
-_DL_PREFIX = "x-chard-dl-"
 #: chard's bookkeeping headers, dropped when a message is re-published elsewhere.
 _OWN_HEADERS = frozenset({COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER})
 #: RabbitMQ's default consumer_timeout (seconds); the ``consumer_timeout`` option overrides it.
@@ -104,16 +101,11 @@ class AmqpDelivery(Delivery):
     def dead_letter(self, reason: str) -> None:
         def move(got: Got) -> None:
             headers = {k: v for k, v in got.frame.headers.items() if k not in _OWN_HEADERS}
-            headers.update({
-                f"{_DL_PREFIX}id": uuid.uuid4().hex,
-                f"{_DL_PREFIX}queue": self.queue,
-                f"{_DL_PREFIX}reason": reason,
-                f"{_DL_PREFIX}failed-at": repr(time.time()),
-                f"{_DL_PREFIX}count": self.delivery_count,
-            })  # fmt: skip
+            frame = replace(got.frame, headers=headers)
+            letter = dead.letter_frame(frame, self.queue, reason, self.delivery_count)
             broker = self._broker
-            broker._ensure_queue(DEAD_LETTER_QUEUE)
-            broker.client.publish("", DEAD_LETTER_QUEUE, replace(got.frame, headers=headers))
+            broker._ensure_queue(dead.DEAD_LETTER_QUEUE)
+            broker.client.publish("", dead.DEAD_LETTER_QUEUE, letter)
             broker.client.settle(got)
 
         self._broker._settle(self, move)
@@ -148,7 +140,6 @@ class AmqpBroker(Broker):
         #: Queues (and delay chains) this instance declared: declared once per process.
         self.declared: set[str] = set()
         self._held: dict[int, AmqpDelivery] = {}
-        self._ids = itertools.count(1)
         self._turn = 0
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -167,7 +158,7 @@ class AmqpBroker(Broker):
     def _ensure_queue(self, queue: str) -> None:
         if queue in self.declared:
             return
-        if queue == DEAD_LETTER_QUEUE:
+        if queue == dead.DEAD_LETTER_QUEUE:
             self.client.declare_queue(queue)
         else:
             self.client.declare_exchange(queue, "direct")
@@ -382,44 +373,17 @@ class AmqpBroker(Broker):
             )
         return size
 
-    def _browse_dead_letters(
-        self, limit: int, wanted: str | None = None
-    ) -> tuple[list[Got], Got | None]:
-        """Take up to ``limit`` dead letters in order, then requeue them all in place.
-
-        With ``wanted``, stop at the letter of that id and keep it (unacked) for the caller.
-        """
-        taken: list[Got] = []
-        match: Got | None = None
-        with self.client.lock:
-            if self.client.queue_size(DEAD_LETTER_QUEUE) is None:
-                return [], None
-            try:
-                while len(taken) < limit:
-                    got = self.client.get(DEAD_LETTER_QUEUE)
-                    if got is None:
-                        break
-                    if wanted is not None and got.frame.headers.get(f"{_DL_PREFIX}id") == wanted:
-                        match = got
-                        break
-                    taken.append(got)
-            finally:
-                for got in reversed(taken):
-                    self.client.settle(got, requeue=True)
-        return taken, match
-
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        taken, _ = self._browse_dead_letters(max(limit, 0))
-        return [_dead_letter(got) for got in taken]
+        taken, _ = dead.browse(self.client, max(limit, 0))
+        return [dead.to_dead_letter(got) for got in taken]
 
     def redrive(self, dead_letter_id: str, body: bytes | None = None) -> bool:
         with self.client.lock:
-            _, found = self._browse_dead_letters(2**31, wanted=dead_letter_id)
+            _, found = dead.browse(self.client, 2**31, wanted=dead_letter_id)
             if found is None:
                 return False
-            letter = _dead_letter(found)
-            headers = {k: v for k, v in found.frame.headers.items() if not k.startswith(_DL_PREFIX)}
-            frame = replace(found.frame, headers=headers)
+            letter = dead.to_dead_letter(found)
+            frame = dead.original_frame(found.frame)
             if body is not None:
                 frame = to_frame(body, found.frame.priority)
             self._ensure_queue(letter.queue)
@@ -453,17 +417,3 @@ class AmqpBroker(Broker):
         self.client.close()
         if self._stream_log is not None:
             self._stream_log.reader.close()
-
-
-def _dead_letter(got: Got) -> DeadLetter:
-    h = got.frame.headers
-    queue = str(h.get(f"{_DL_PREFIX}queue", ""))
-    frame = replace(got.frame, headers={k: v for k, v in h.items() if not k.startswith(_DL_PREFIX)})
-    return DeadLetter(
-        id=str(h.get(f"{_DL_PREFIX}id", "")),
-        queue=queue,
-        body=to_envelope(frame, queue),
-        reason=str(h.get(f"{_DL_PREFIX}reason", "")),
-        failed_at=float(h.get(f"{_DL_PREFIX}failed-at", 0.0)),
-        delivery_count=int(h.get(f"{_DL_PREFIX}count", 1)),
-    )
