@@ -16,10 +16,13 @@ message is re-published counted and the stale delivery acked, exactly a lapse.
 
 Counting. RabbitMQ only says *whether* a message was delivered before, so chard keeps
 the count in header ``x-chard-deliveries`` (deliveries lost before this copy). A
-message that comes back ``redelivered`` is not handed out: it is re-published with the
-count raised and the original acked, so a message that kills worker after worker
-reaches ``task_max_deliveries`` and is dead-lettered, as on Redis. ``reject(requeue=True)``
-re-publishes with the count unchanged (a ``basic.nack`` would set ``redelivered``).
+message that comes back ``redelivered`` is not handed out: it is re-published and the
+original acked, with the count raised if a supervisor recorded that its child died running
+it (:meth:`note_lost`, on the broadcast channel ``chard.lost``); the messages a dead child
+had fetched ahead come back uncounted. So a message that kills child after child reaches
+``task_max_deliveries`` and is dead-lettered, as on Redis, and its neighbours do not.
+``reject(requeue=True)`` re-publishes with the count unchanged (a ``basic.nack`` would set
+``redelivered``).
 
 Take-over. Unacked messages belong to a channel, and another process cannot settle
 them; when a worker child dies its connection closes and RabbitMQ redelivers its
@@ -55,13 +58,24 @@ from chard._amqp.url import parse_amqp_url
 from chard.brokers import _amqp_dead as dead
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
-from chard.brokers.base import Broker, DeadLetter, Delivery, OutgoingMessage, take_fairly
+from chard.brokers.base import (
+    BROADCAST_START,
+    Broker,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    take_fairly,
+)
 from chard.exceptions import BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 
 #: chard's bookkeeping headers, dropped when a message is re-published elsewhere.
 _OWN_HEADERS = frozenset({COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER})
+#: Broadcast channel of the task ids a supervisor saw a child die running (note_lost).
+LOST_CHANNEL = "chard.lost"
+#: How long a redelivered message waits for its death record before it counts as innocent.
+_LOST_GRACE = 0.05
 #: RabbitMQ's default consumer_timeout (seconds); the ``consumer_timeout`` option overrides it.
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: Longest pause between polls of empty queues (fetch backs off up to this).
@@ -144,6 +158,9 @@ class AmqpBroker(Broker):
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._stream_log: StreamLog | None = None
+        #: Task ids a supervisor saw a process die running (read from LOST_CHANNEL).
+        self._lost: dict[str, None] = {}
+        self._lost_cursor = BROADCAST_START
         timeout = self.options.get("consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
         #: Seconds RabbitMQ lets a channel hold a delivery (0: no parking).
         self.consumer_timeout = float(timeout or 0)
@@ -274,13 +291,38 @@ class AmqpBroker(Broker):
                 if got is None:
                     break
                 lost = lost_deliveries(got.frame)
-                if got.redelivered:  # its holder died: count that, then it queues again
-                    self._move(got, queue, lost + 1)
+                if got.redelivered:  # its holder died: count that if it was running, requeue
+                    died = self._died_running(got.frame.headers.get("id"))
+                    self._move(got, queue, lost + died)
                     continue
                 delivery = AmqpDelivery(self, got, queue, lost)
                 self._held[id(delivery)] = delivery
                 found.append(delivery)
         return found
+
+    def note_lost(self, task_id: str) -> None:
+        self._log.append(LOST_CHANNEL, task_id.encode())
+
+    def _died_running(self, task_id: object) -> bool:
+        """Whether a supervisor recorded a process death while ``task_id`` ran (note_lost).
+
+        A record may trail the redelivery by a few milliseconds (the supervisor learns of
+        the death after RabbitMQ does), so a miss is read again once after a short pause.
+        """
+        if not isinstance(task_id, str) or not task_id:
+            return False
+        for attempt in range(2):
+            entries = self._log.read(LOST_CHANNEL, self._lost_cursor, 0)
+            if entries:
+                self._lost_cursor = entries[-1][0]
+                self._lost.update(dict.fromkeys(p.decode(errors="replace") for _, p in entries))
+                while len(self._lost) > 10_000:  # the oldest records matter least
+                    self._lost.pop(next(iter(self._lost)))
+            if task_id in self._lost:
+                return True
+            if attempt == 0:
+                time.sleep(_LOST_GRACE)
+        return False
 
     def _settle(self, delivery: AmqpDelivery, action: Callable[[Got], object]) -> None:
         """Settle ``delivery`` once, through its parked copy if it was parked."""

@@ -234,6 +234,15 @@ class Broker(ABC):
             f"leases lapse (lease_timeout={self.lease_timeout:g} s)"
         )
 
+    def note_lost(self, task_id: str) -> None:  # noqa: B027 - optional hook
+        """Hear that a consumer process died running ``task_id``; its supervisor saw it.
+
+        Called instead of settling that message when :meth:`take_over` is not implemented.
+        A broker that gives a dead consumer's messages back by itself (RabbitMQ, when the
+        connection closes) counts the death against this message only, not against the
+        ones the dead process had fetched ahead. The default does nothing.
+        """
+
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every waiting (unleased) message in ``queue``; return how many."""

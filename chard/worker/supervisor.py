@@ -335,9 +335,12 @@ class Supervisor:
         """Take over the dead child's leases: settle its running message, return the rest."""
         deliveries = self._take_over(child.slot.consumer_id)
         if deliveries is None:
-            # The broker gives the dead child's messages back itself, counted (RabbitMQ does
-            # when the child's connection closes): only a message acked on start is lost.
-            if running is not None and not self._acks_late(running.name):
+            # The broker gives the dead child's messages back itself (RabbitMQ does when the
+            # child's connection closes), counting the death against the running one only;
+            # a message acked on start is gone, so its end is recorded here.
+            if running is not None and self._acks_late(running.name):
+                self._reliably(self.app.broker.note_lost, running.task_id)
+            elif running is not None:
                 self._settle_running(
                     child, running, code, None, self._acked_message(child, running)
                 )

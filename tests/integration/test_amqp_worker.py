@@ -129,3 +129,27 @@ def test_a_worker_rides_out_the_server_closing_its_connections(
     assert [r.get(timeout=60) for r in blocked] == [True] * 6
     assert add.delay(2, 3).get(timeout=30) == 5
     assert worker.proc.poll() is None
+
+
+def test_a_poison_pill_in_a_deep_queue_spares_its_batch_mates(
+    itproj: Any, workers: WorkerFactory
+) -> None:
+    # Given a queue of short tasks with a poison pill in the middle, queued before the
+    # worker starts, so that each prefork child fetches them in batches
+    from itproj.tasks import add, die_always
+
+    before = [add.delay(i, i) for i in range(100)]
+    pill = die_always.delay()
+    after = [add.delay(i, 1) for i in range(100)]
+
+    # When a worker drains it
+    workers.start("-c", "2")
+
+    # Then every other task succeeds and only the pill fails, after bounded deliveries
+    assert [r.get(timeout=90) for r in before] == [i + i for i in range(100)]
+    assert [r.get(timeout=90) for r in after] == [i + 1 for i in range(100)]
+    with pytest.raises(WorkerLostError, match="delivered 4 times"):
+        pill.get(timeout=60)
+    wait_for(lambda: len(itproj.broker.dead_letters()) >= 1)
+    [dead] = itproj.broker.dead_letters()
+    assert pill.id.encode() in dead.body
