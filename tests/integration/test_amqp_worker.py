@@ -17,7 +17,7 @@ import pytest
 from chard import states
 from chard.exceptions import TaskRevokedError, WorkerLostError
 from tests.helpers import private_vhost, redis_url, wait_for
-from tests.integration.workers import WorkerFactory
+from tests.integration.workers import WorkerFactory, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.redis]
 
@@ -153,3 +153,32 @@ def test_a_poison_pill_in_a_deep_queue_spares_its_batch_mates(
     wait_for(lambda: len(itproj.broker.dead_letters()) >= 1)
     [dead] = itproj.broker.dead_letters()
     assert pill.id.encode() in dead.body
+
+
+def test_the_cli_purges_lists_and_redrives_on_amqp(
+    itproj: Any, transport: dict[str, str], tmp_path: Path
+) -> None:
+    # Given three waiting tasks (one of them delayed) and nothing consuming
+    from itproj.tasks import add
+
+    add.delay(1, 1)
+    add.delay(2, 2)
+    add.apply_async((3, 3), countdown=60)
+    assert itproj.broker.queue_size("celery") == 3
+
+    # When `chard purge` runs, all three go, the delayed one included
+    purged = run_cli(["-A", "itproj", "purge", "-f"], transport, tmp_path)
+    assert purged.returncode == 0, purged.stderr
+    assert "Purged 3 messages from 1 queue(s)." in purged.stdout
+    assert itproj.broker.queue_size("celery") == 0
+
+    # And a dead letter is listed and re-driven by the CLI
+    add.delay(4, 4)
+    (delivery,) = wait_for(lambda: itproj.broker.fetch(["celery"], 1, timeout=0.2))
+    delivery.dead_letter("set aside by the test")
+    listed = run_cli(["-A", "itproj", "dead-letters", "list"], transport, tmp_path)
+    assert "set aside by the test" in listed.stdout, listed.stdout + listed.stderr
+    redriven = run_cli(["-A", "itproj", "dead-letters", "redrive", "--all"], transport, tmp_path)
+    assert redriven.returncode == 0, redriven.stderr
+    assert itproj.broker.queue_size("celery") == 1
+    assert itproj.broker.dead_letters() == []
