@@ -69,6 +69,8 @@ class Config:
     timeout: float
     #: Workers send task events (``-E``): the cost of monitoring.
     events: bool = False
+    #: RabbitMQ server (no vhost): both systems on it, each in a vhost of its own, rpc://.
+    rabbitmq: str | None = None
 
 
 @dataclass
@@ -79,9 +81,11 @@ class System:
     broker_url: str
     app_module: str
     cli: str
-    reset_client: redis.Redis
+    reset_client: redis.Redis | None
     prefix: str | None = None  # chard: delete keys under it; Celery: FLUSHDB its own db
     logs: list[Path] = field(default_factory=list)
+    #: On RabbitMQ: the vhost (created and deleted by the run) and results over rpc://.
+    vhost: str | None = None
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join([str(APPS), str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -89,10 +93,15 @@ class System:
             **os.environ,
             "PYTHONPATH": path.rstrip(os.pathsep),
             "BENCH_BROKER_URL": self.broker_url,
+            "BENCH_BACKEND_URL": "rpc://" if self.vhost else "",
         }
 
     def reset(self) -> None:
         """Forget every message, result and counter of this system."""
+        if self.vhost is not None:
+            amqp_purge(self.broker_url, "celery")
+            return
+        assert self.reset_client is not None
         if self.prefix is None:
             self.reset_client.flushdb()
             return
@@ -108,6 +117,9 @@ class System:
         ``celery`` list plus its ``unacked`` hash. Celery acks on start by default, so its
         count misses at most the 8 prefetched messages at the very end: a few ms of 20,000.
         """
+        if self.vhost is not None:  # ready messages only: unacked are invisible without the
+            return amqp_ready(self.broker_url, "celery")  # management plugin (<= prefetch)
+        assert self.reset_client is not None
         prefix = self.prefix or ""
         held = f"{prefix}chard.leases" if self.prefix is not None else "unacked"
         pipe = self.reset_client.pipeline(transaction=False)
@@ -120,7 +132,52 @@ class System:
         return int(queued) + int(in_flight)
 
 
+def amqp_purge(url: str, queue: str) -> None:
+    import pika  # only for the RabbitMQ rows
+
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_purge(queue)
+
+
+def amqp_ready(url: str, queue: str) -> int:
+    import pika
+
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        try:
+            return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def _amqp_systems(cfg: Config) -> list[System]:
+    assert cfg.rabbitmq is not None
+    out = []
+    for name in cfg.systems:
+        vhost = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        out.append(
+            System(
+                name=name,
+                broker_url=f"{cfg.rabbitmq.rstrip('/')}/{vhost}",
+                app_module="benchapp" if name == "chard" else "benchapp_celery",
+                cli=str(BIN / name),
+                reset_client=None,
+                vhost=vhost,
+            )
+        )
+    return out
+
+
 def _systems(cfg: Config) -> list[System]:
+    if cfg.rabbitmq:
+        return _amqp_systems(cfg)
     out = []
     for name in cfg.systems:
         if name == "chard":
@@ -316,6 +373,11 @@ def parse(argv: list[str] | None) -> Config:
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server, no db")
     p.add_argument("--chard-db", type=int, default=10)
     p.add_argument("--celery-db", type=int, default=11)
+    p.add_argument(
+        "--rabbitmq",
+        help="RabbitMQ server without vhost (amqp://guest:guest@127.0.0.1:5672): both systems "
+        "on it, each in a vhost of its own (made with rabbitmqctl), results over rpc://",
+    )
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     p.add_argument("--timeout", type=float, default=600, help="seconds per phase at most")
     p.add_argument(
@@ -345,6 +407,7 @@ def parse(argv: list[str] | None) -> Config:
         output=a.output,
         timeout=a.timeout,
         events=a.events,
+        rabbitmq=a.rabbitmq,
     )
 
 
@@ -358,12 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     logdir = cfg.output.parent / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
-    for index in range(cfg.rounds):
-        for system in systems:  # interleaved: chard, celery, chard, celery ...
-            print(f"round {index + 1}/{cfg.rounds}: {system.name} ...", file=sys.stderr, flush=True)
-            result = one_round(system, cfg, logdir, index)
-            runs[system.name].append(result)
-            print("  " + json.dumps({k: round(v, 2) for k, v in result.items()}), file=sys.stderr)
+    try:
+        for index in range(cfg.rounds):
+            for system in systems:  # interleaved: chard, celery, chard, celery ...
+                print(f"round {index + 1}/{cfg.rounds}: {system.name} ...", file=sys.stderr)
+                result = one_round(system, cfg, logdir, index)
+                runs[system.name].append(result)
+                print(
+                    "  " + json.dumps({k: round(v, 2) for k, v in result.items()}), file=sys.stderr
+                )
+    finally:
+        for system in systems:
+            if system.vhost is not None:
+                rabbitmqctl("delete_vhost", system.vhost)
     medians = {
         name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         for name, rounds in runs.items()
@@ -373,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         from importlib.metadata import version
 
         celery_version = f", Celery {version('celery')}"
+    where = f"RabbitMQ ({cfg.rabbitmq}), results over rpc://" if cfg.rabbitmq else "Redis"
     header = (
-        f"# chard vs Celery\n\n"
+        f"# chard vs Celery on {where}\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {platform.python_implementation()} "
         f"{platform.python_version()}{celery_version}; {os.cpu_count()} CPUs; "
         f"{cfg.rounds} round(s), median; N={cfg.n:,} (group {cfg.group_n:,}), "

@@ -9,11 +9,10 @@ from chard._utils.log import redact_url
 from chard.backends.base import ResultBackend
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix", "rpc")
 #: Celery result backends whose support is not built yet: refused by name, not as unknown.
 PLANNED_SCHEMES = {
-    "rpc": "the RPC backend: results sent back over the broker",
-    "amqp": "the RPC backend: results sent back over the broker",
+    "amqp": "Celery 4's AMQP backend, removed in Celery 5: use rpc://",
     "postgres": "PostgreSQL",
     "postgresql": "PostgreSQL",
     "db": "Celery's SQLAlchemy database backend",
@@ -24,8 +23,8 @@ def check_backend_url(url: str) -> str:
     """Return ``url``'s scheme if chard has a result backend for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: an unknown scheme, or one not supported yet (``rpc://``,
-            PostgreSQL, Celery's ``db+`` URLs); the message lists the supported ones.
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (PostgreSQL,
+            Celery's ``db+`` URLs); the message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SUPPORTED_SCHEMES:
@@ -69,6 +68,14 @@ def open_backend(
                 "pip install 'chard[redis]'"
             ) from exc
         return RedisResultBackend(url, expires=expires, options=options)
+    if scheme == "rpc":
+        try:
+            from chard.backends.rpc import RPCResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                "result backend 'rpc://' needs the AMQP client; pip install 'chard[rabbitmq]'"
+            ) from exc
+        return RPCResultBackend(url, expires=expires, options=options)
     # A scheme in SUPPORTED_SCHEMES reaches here only if its branch above is missing.
     raise ImproperlyConfigured(f"result backend scheme {scheme!r} has no class in open_backend")
 

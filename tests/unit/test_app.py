@@ -86,19 +86,19 @@ def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
 
     message = str(info.value)
     assert "unknown broker URL scheme" in message
-    for scheme in ("sqlite://", "memory://", "redis://"):
+    for scheme in ("sqlite://", "memory://", "redis://", "amqp://"):
         assert scheme in message
 
 
 @pytest.mark.parametrize(
     ("broker", "backend", "expected"),
     [
-        ("amqp://guest:pw@localhost//", "memory://", "broker 'amqp://guest:**@localhost//' uses "
-         "amqp:// (RabbitMQ), which chard does not support yet"),
+        ("sqs://key:pw@localhost//", "memory://", "broker 'sqs://key:**@localhost//' uses "
+         "sqs:// (Amazon SQS), which chard does not support yet"),
         ("postgresql://u:pw@db/app", "memory://", "broker 'postgresql://u:**@db/app' uses "
          "postgresql:// (PostgreSQL), which chard does not support yet"),
-        ("memory://", "rpc://", "result backend 'rpc://' uses rpc:// (the RPC backend: results "
-         "sent back over the broker), which chard does not support yet"),
+        ("memory://", "amqp://", "result backend 'amqp://' uses amqp:// (Celery 4's AMQP "
+         "backend, removed in Celery 5: use rpc://), which chard does not support yet"),
         ("memory://", "db+postgresql://u:pw@db/app", "result backend "
          "'db+postgresql://u:**@db/app' uses db+postgresql:// (Celery's SQLAlchemy database "
          "backend), which chard does not support yet"),
