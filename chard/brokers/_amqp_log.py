@@ -70,12 +70,12 @@ class StreamLog:
             self._declared.add(name)
         return name
 
-    def append(self, channel: str, payload: bytes) -> str:
+    def append(self, channel: str, payload: bytes, maxlen: int | None = None) -> str:
         """Append ``payload``; return its cursor."""
         name = self._ensure(self.writer, channel)
         entry = uuid.uuid4().hex
         since = datetime.now(UTC) - timedelta(seconds=2)
-        self.writer.publish("", name, Frame(payload, {_ID: entry, _MAXLEN: self.maxlen}))
+        self.writer.publish("", name, Frame(payload, {_ID: entry, _MAXLEN: maxlen or self.maxlen}))
         found: list[int] = []
 
         def visit(offset: int, headers: dict[str, object], body: bytes) -> bool:

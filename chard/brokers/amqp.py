@@ -445,8 +445,8 @@ class AmqpBroker(Broker):
                 )
             return self._stream_log
 
-    def broadcast(self, channel: str, payload: bytes) -> str:
-        return self._log.append(channel, payload)
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
+        return self._log.append(channel, payload, maxlen)
 
     def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
         return self._log.read(channel, after, timeout)
