@@ -9,7 +9,7 @@ from chard._utils.log import redact_url
 from chard.brokers.base import Broker, Delivery, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix", "postgresql", "postgres")
 
 
 def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
@@ -36,6 +36,14 @@ def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
                 f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
             ) from exc
         return RedisBroker(url, options)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from chard.brokers.postgres import PostgresBroker
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"broker {redact_url(url)!r} needs psycopg; pip install 'chard[postgres]'"
+            ) from exc
+        return PostgresBroker(url, options)
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     raise ImproperlyConfigured(
         f"unknown broker URL scheme {scheme or url!r} in {redact_url(url)!r}; "

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from chard.brokers import Broker, open_broker
-from tests.helpers import redis_url
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url
 
-BROKERS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "postgres"]
 
 BrokerFactory = Callable[..., Broker]
 
@@ -33,6 +33,8 @@ def make_broker(broker_kind: str, tmp_path: Path) -> Iterator[BrokerFactory]:
         url = f"memory://contract-{uuid.uuid4().hex}"  # a named store is shared by instances
     elif broker_kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    elif broker_kind == "postgres":
+        url = postgres_url()  # a schema of its own, dropped after the test
     else:
         url = redis_url()  # its key prefix isolates this test on the shared server
     opened: list[Broker] = []
@@ -45,6 +47,8 @@ def make_broker(broker_kind: str, tmp_path: Path) -> Iterator[BrokerFactory]:
     yield factory
     for broker in opened:
         broker.close()
+    if broker_kind == "postgres":
+        drop_postgres_schema(url)
 
 
 @pytest.fixture

@@ -1,0 +1,264 @@
+"""One PostgreSQL database as chard uses it: a connection per instance, transactions, migrations.
+
+The only module (with :mod:`chard._postgres.listener`) that calls psycopg. Callers write SQL
+with ``{s}`` where the schema goes (``SELECT … FROM {s}.chard_messages``) and get rows back
+as tuples; psycopg's errors come out as chard's: the caller names which classes (a broker
+raises :class:`~chard.exceptions.BrokerConnectionError`, a result backend
+:class:`~chard.exceptions.BackendConnectionError`), and a missing permission is an
+:class:`~chard.exceptions.ImproperlyConfigured` naming the grant to make.
+
+Connections: one per :class:`Database`, behind a lock (a worker's consume thread and its
+heartbeat thread share it; every use is one short statement or transaction). A connection
+that failed is dropped and the next call opens a new one, so a database restart costs the
+calls made while it was down, nothing more. After ``fork()`` the child opens its own and
+never touches (nor closes: that would end the parent's session) the one it inherited.
+
+Schema versions: each component (``broker``, ``results``, ``beat``) keeps its version in
+``<schema>.chard_schema``; :meth:`Database.ensure_schema` applies the missing migration
+scripts under an advisory lock, and refuses a schema written by a newer chard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+
+from chard._postgres.url import PostgresTarget, parse_postgres_url
+from chard.exceptions import ChardError, ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds libpq waits for a server that does not answer, unless the URL says otherwise.
+DEFAULT_CONNECT_TIMEOUT = 10
+Row = tuple[Any, ...]
+
+#: Connections opened before a fork, kept referenced in the child so that garbage collection
+#: never finalises them there (libpq would say goodbye on the parent's socket).
+_INHERITED: list[psycopg.Connection[Any]] = []
+
+
+class Tx:
+    """Run statements on one connection (inside a transaction, or each on its own)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema_sql: str) -> None:
+        self._conn = conn
+        self._schema_sql = schema_sql
+
+    def sql(self, text: str) -> str:
+        """Return ``text`` with ``{s}`` replaced by the quoted schema."""
+        return text.replace("{s}", self._schema_sql)
+
+    def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[Row]:
+        """Run one statement and return its rows (none for a statement without any)."""
+        cursor = self._conn.execute(self.sql(sql), params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def run(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> int:
+        """Run one statement and return how many rows it touched."""
+        cursor = self._conn.execute(self.sql(sql), params)
+        return cursor.rowcount
+
+    def many(self, sql: str, params: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
+        """Run one statement per parameter set, pipelined in one round trip."""
+        with self._conn.cursor() as cursor:
+            cursor.executemany(self.sql(sql), params)
+
+    def notify(self, channel: str, payloads: Iterable[str]) -> None:
+        """Send ``payloads`` on ``channel``; delivered when the transaction commits."""
+        distinct = list(dict.fromkeys(payloads))
+        if distinct:
+            self._conn.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (channel, distinct)
+            )
+
+
+class Database:
+    """A PostgreSQL database reached through one lazily opened, fork-aware connection.
+
+    Args:
+        url: ``postgresql://`` URL (see :mod:`chard._postgres.url`).
+        options: transport options (``schema``).
+        role: a word naming the user, for ``application_name`` and error messages.
+        connection_error: raised (chained) when the server cannot be reached.
+        error: raised (chained) for any other database failure.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        role: str,
+        connection_error: type[ChardError],
+        error: type[ChardError],
+    ) -> None:
+        self.target: PostgresTarget = parse_postgres_url(url, options)
+        self.role = role
+        self._connection_error = connection_error
+        self._error = error
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = os.getpid()
+
+    @property
+    def schema(self) -> str:
+        return self.target.schema
+
+    # -- running SQL ---------------------------------------------------------------
+    def transaction(self, action: Callable[[Tx], T]) -> T:
+        """Run ``action`` in one transaction: committed if it returns, rolled back if it raises."""
+        with self._connection() as conn, self.errors(), conn.transaction():
+            return action(Tx(conn, self.target.quoted_schema))
+
+    def autocommit(self, action: Callable[[Tx], T]) -> T:
+        """Run ``action`` with each statement its own transaction (no BEGIN/COMMIT trips)."""
+        with self._connection() as conn, self.errors():
+            return action(Tx(conn, self.target.quoted_schema))
+
+    def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[Row]:
+        """Run one statement on its own and return its rows."""
+        return self.autocommit(lambda tx: tx.rows(sql, params))
+
+    def connect(self, *, purpose: str) -> psycopg.Connection[Any]:
+        """Open a new autocommit connection (a listener's); the caller closes it."""
+        with self.errors():
+            return psycopg.connect(
+                self.target.conninfo,
+                autocommit=True,
+                connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+                application_name=f"chard-{self.role}-{purpose}"[:63],
+            )
+
+    def close(self) -> None:
+        """Close this process's connection; a later call opens a new one."""
+        self._check_fork()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- schema --------------------------------------------------------------------
+    def ensure_schema(self, component: str, migrations: Sequence[str]) -> int:
+        """Bring ``component``'s tables to the newest version; return the version found before.
+
+        ``migrations[i]`` is the SQL script that takes the component from version ``i`` to
+        ``i + 1``; applied in one transaction under an advisory lock, so concurrent starts
+        migrate once. A version already current costs one read and takes no lock.
+
+        Raises:
+            ImproperlyConfigured: the schema was written by a newer chard, or the user may
+                not create what is missing.
+        """
+        current = self.autocommit(lambda tx: self._version(tx, component))
+        if current == len(migrations):
+            return current
+        self._refuse_newer(component, current, len(migrations))
+
+        def migrate(tx: Tx) -> int:
+            tx.run("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"chard-schema:{self.schema}",))
+            if not tx.rows("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)):
+                tx.run("CREATE SCHEMA IF NOT EXISTS {s}")
+            tx.run(
+                "CREATE TABLE IF NOT EXISTS {s}.chard_schema"
+                " (component text PRIMARY KEY, version integer NOT NULL)"
+            )
+            found = self._version(tx, component)
+            self._refuse_newer(component, found, len(migrations))
+            for script in migrations[found:]:
+                tx.run(script)
+            tx.run(
+                "INSERT INTO {s}.chard_schema (component, version) VALUES (%s, %s)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, len(migrations)),
+            )
+            return found
+
+        found = self.transaction(migrate)
+        if found < len(migrations):
+            logger.info(
+                "Migrated chard's %s tables in schema %s from version %d to %d",
+                component,
+                self.schema,
+                found,
+                len(migrations),
+            )
+        return found
+
+    def _version(self, tx: Tx, component: str) -> int:
+        if tx.rows("SELECT to_regclass(%s)", (f"{self.target.quoted_schema}.chard_schema",)) == [
+            (None,)
+        ]:
+            return 0
+        rows = tx.rows("SELECT version FROM {s}.chard_schema WHERE component = %s", (component,))
+        return int(rows[0][0]) if rows else 0
+
+    def _refuse_newer(self, component: str, found: int, known: int) -> None:
+        if found > known:
+            raise ImproperlyConfigured(
+                f"chard's {component} tables in schema {self.schema!r} of "
+                f"{self.target.redacted!r} are at version {found}, newer than this chard "
+                f"knows ({known}); upgrade chard on this machine to the version that wrote them"
+            )
+
+    # -- plumbing --------------------------------------------------------------------
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn psycopg's errors into chard's; forget a connection that broke."""
+        try:
+            yield
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ImproperlyConfigured(
+                f"the PostgreSQL user of {self.target.redacted!r} lacks a permission: "
+                f"{_first_line(exc)}; grant it CREATE and USAGE on schema {self.schema!r} "
+                "(or CREATE on the database), or choose another schema with '?schema='"
+            ) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop_broken()
+            raise self._connection_error(
+                f"PostgreSQL {self.target.redacted!r} ({self.role}) cannot be reached: "
+                f"{_first_line(exc)}; is the server running, and are host, port and "
+                "database name right?"
+            ) from exc
+        except psycopg.Error as exc:
+            raise self._error(
+                f"PostgreSQL {self.target.redacted!r} ({self.role}) failed: {_first_line(exc)}"
+            ) from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        self._check_fork()
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.connect(purpose="db")
+            yield self._conn
+
+    def _drop_broken(self) -> None:
+        """Close the connection if it is broken (called with the lock held or not)."""
+        conn = self._conn
+        if conn is not None and (conn.broken or conn.closed):
+            self._conn = None
+            try:
+                conn.close()
+            except psycopg.Error as exc:
+                logger.debug("Closing a broken PostgreSQL connection failed: %s", exc)
+
+    def _check_fork(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+        self._conn, self._pid = None, os.getpid()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
