@@ -9,7 +9,16 @@ from chard._utils.log import redact_url
 from chard.backends.base import ResultBackend
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = (
+    "sqlite",
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "postgresql",
+    "postgres",
+    "db+postgresql",
+)
 
 
 def open_backend(
@@ -38,6 +47,14 @@ def open_backend(
                 "pip install 'chard[redis]'"
             ) from exc
         return RedisResultBackend(url, expires=expires, options=options)
+    if scheme in ("postgresql", "postgres", "db+postgresql", "db+postgres"):
+        try:
+            from chard.backends.postgres import PostgresResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"result backend {redact_url(url)!r} needs psycopg; pip install 'chard[postgres]'"
+            ) from exc
+        return PostgresResultBackend(url, expires=expires, options=options)
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     raise ImproperlyConfigured(
         f"unknown result backend URL scheme {scheme or url!r} in {redact_url(url)!r}; "

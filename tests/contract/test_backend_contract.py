@@ -19,11 +19,11 @@ from chard import states
 from chard.backends import ResultBackend, open_backend
 from chard.backends.base import decode_exception
 from chard.exceptions import RemoteTaskError, ResultTimeout
-from tests.helpers import redis_url, wait_for
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_for
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 #: Backends whose waiters are woken by the store rather than by polling.
-NATIVE_WAIT = {"memory", "redis"}
+NATIVE_WAIT = {"memory", "redis", "postgres"}
 #: Keys on a shared server expire even when a test forgets to clean up.
 DEFAULT_EXPIRES = 300.0
 
@@ -48,6 +48,8 @@ def make_backend(backend_kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
         url = "memory://"
     elif backend_kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    elif backend_kind == "postgres":
+        url = postgres_url()  # a schema of its own, dropped after the test
     else:
         url = redis_url()
 
@@ -61,6 +63,8 @@ def make_backend(backend_kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
     yield factory
     for backend in opened:
         backend.close()
+    if backend_kind == "postgres":
+        drop_postgres_schema(url)
 
 
 @pytest.fixture
