@@ -134,7 +134,8 @@ class Database:
                 self.target.conninfo,
                 autocommit=True,
                 connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                application_name=f"chard-{self.role}-{purpose}"[:63],
+                # Names the process, so an operator (or a test) can tell whose session it is.
+                application_name=f"chard-{self.role}-{purpose}-{os.getpid()}"[:63],
             )
 
     def close(self) -> None:

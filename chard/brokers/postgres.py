@@ -466,13 +466,14 @@ class PostgresBroker(Broker):
     def _listener_for_wait(self) -> Listener | None:
         """Return this process's listener, started on first use (None: it could not start)."""
         self._check_fork()
-        listener = self._listener
-        if listener is not None:
-            return listener  # while its connection is down, its waits return soon: polling
-        self._idle = self._broadcast_idle = None
-        listener = self._listener = Listener(
-            self.db, [self.messages_channel, self.broadcasts_channel], purpose="listen"
-        )
+        with self._state_lock:  # the consume and the revocation threads may both get here
+            listener = self._listener
+            if listener is not None:
+                return listener  # while its connection is down, its waits return soon: polling
+            self._idle = self._broadcast_idle = None
+            listener = self._listener = Listener(
+                self.db, [self.messages_channel, self.broadcasts_channel], purpose="listen"
+            )
         if not listener.wait_ready(LISTEN_READY_TIMEOUT):
             logger.warning("Cannot LISTEN on %s yet; polling meanwhile", self.db.target.redacted)
         return listener
