@@ -106,6 +106,8 @@ class Database:
         self._error = error
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        #: Whether the connection is new, so a failure on it is no stale session's.
+        self._is_fresh = False
         self._pid = os.getpid()
 
     @property
@@ -114,14 +116,41 @@ class Database:
 
     # -- running SQL ---------------------------------------------------------------
     def transaction(self, action: Callable[[Tx], T]) -> T:
-        """Run ``action`` in one transaction: committed if it returns, rolled back if it raises."""
-        with self._connection() as conn, self.errors(), conn.transaction():
-            return action(Tx(conn, self.target.quoted_schema))
+        """Run ``action`` in one transaction: committed if it returns, rolled back if it raises.
+
+        On a connection that turns out dead (the server restarted since its last use), the
+        transaction is run again once on a new one: ``action`` must be safe to repeat, as
+        every use in chard is (at worst a message is leased twice and one lease lapses).
+        """
+
+        def run(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                return action(Tx(conn, self.target.quoted_schema))
+
+        return self._run(run)
 
     def autocommit(self, action: Callable[[Tx], T]) -> T:
-        """Run ``action`` with each statement its own transaction (no BEGIN/COMMIT trips)."""
+        """Run ``action`` with each statement its own transaction (no BEGIN/COMMIT trips).
+
+        Retried once on a new connection like :meth:`transaction`.
+        """
+        return self._run(lambda conn: action(Tx(conn, self.target.quoted_schema)))
+
+    def _run(self, action: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._connection() as conn:
+            is_fresh = self._is_fresh
+            self._is_fresh = False
+            try:
+                with self.errors():
+                    return action(conn)
+            except ChardError as exc:
+                stale = isinstance(exc.__cause__, psycopg.OperationalError | psycopg.InterfaceError)
+                if is_fresh or not stale or self._conn is not None:
+                    raise
+                logger.warning("%s; reconnecting to retry once", exc)
         with self._connection() as conn, self.errors():
-            return action(Tx(conn, self.target.quoted_schema))
+            self._is_fresh = False
+            return action(conn)
 
     def rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[Row]:
         """Run one statement on its own and return its rows."""
@@ -239,6 +268,7 @@ class Database:
         with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = self.connect(purpose="db")
+                self._is_fresh = True
             yield self._conn
 
     def _drop_broken(self) -> None:

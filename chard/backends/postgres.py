@@ -157,7 +157,11 @@ class PostgresResultBackend(ResultBackend):
     # -- helpers ------------------------------------------------------------------------
     def _rows(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         if not self._is_schema_ready:
-            self.db.ensure_schema("results", MIGRATIONS)
+            try:
+                self.db.ensure_schema("results", MIGRATIONS)
+            except BaseException:
+                self.db.close()  # a bad set-up: no session left open behind the error
+                raise
             self._is_schema_ready = True
         return self.db.rows(sql, params)
 

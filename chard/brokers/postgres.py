@@ -219,7 +219,11 @@ class PostgresBroker(Broker):
         #: After an empty broadcast read: (channel, cursor, listener seq before it).
         self._broadcast_idle: tuple[str, int, int] | None = None
         self._pid = os.getpid()
-        self.db.ensure_schema("broker", MIGRATIONS)
+        try:
+            self.db.ensure_schema("broker", MIGRATIONS)
+        except BaseException:
+            self.db.close()
+            raise
 
     # -- publishing -------------------------------------------------------------------
     def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
