@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 from zoneinfo import ZoneInfo
@@ -391,6 +392,10 @@ class Celery:
         ``task_publish_retry_policy``.
         """
         sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
+
+    def transaction(self, connection: Any) -> AbstractContextManager[None]:  # Any: DB-API
+        """Send this block's tasks through ``connection``, visible when its transaction commits."""
+        return self.broker.enlist(connection)
 
     # -- results --------------------------------------------------------------
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:

@@ -290,6 +290,23 @@ class Database:
         self._conn, self._pid = None, os.getpid()
 
 
+def run_on(
+    connection: Any, schema_sql: str, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> None:
+    """Run ``statements`` on the application's own connection, inside its open transaction.
+
+    ``connection`` is any DB-API connection to PostgreSQL that takes ``%s`` parameters
+    (psycopg 3 or 2, Django's ``connection``): what it commits, they commit; what it rolls
+    back, vanishes. Its errors are its own and pass through unchanged.
+    """
+    cursor = connection.cursor()
+    try:
+        for sql, params in statements:
+            cursor.execute(sql.replace("{s}", schema_sql), params)
+    finally:
+        cursor.close()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -35,10 +35,12 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from chard._postgres.database import Database, Row, Tx
+from chard._postgres.database import Database, Row, Tx, run_on
 from chard._postgres.listener import Listener, Wanted
 from chard.brokers.base import (
     Broker,
@@ -53,6 +55,8 @@ from chard.exceptions import BrokerConnectionError, BrokerError
 
 logger = logging.getLogger(__name__)
 
+#: The application's connection that publishes go through, inside ``enlist``.
+_ENLISTED: ContextVar[Any] = ContextVar("chard_postgres_enlisted", default=None)
 #: Seconds a fetch waits for its listener's first LISTEN before it polls instead.
 LISTEN_READY_TIMEOUT = 5.0
 
@@ -227,8 +231,22 @@ class PostgresBroker(Broker):
 
     # -- publishing -------------------------------------------------------------------
     def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Insert ``messages`` in one transaction, notifying their queues at commit."""
+        """Insert ``messages`` in one transaction, notifying their queues at commit.
+
+        Inside :meth:`enlist`, on the application's connection and in its transaction.
+        """
         rows = [(m.queue, clamp_priority(m.priority), m.eta, m.body) for m in messages]
+        enlisted = _ENLISTED.get()
+        if enlisted is not None:
+            notify = "SELECT pg_notify(%s, %s)"
+            queues = dict.fromkeys(m.queue for m in messages)
+            run_on(
+                enlisted,
+                self.db.target.quoted_schema,
+                [(_INSERT, row) for row in rows]
+                + [(notify, (self.messages_channel, q)) for q in queues],
+            )
+            return
 
         def insert(tx: Tx) -> None:
             if len(rows) == 1:
@@ -238,6 +256,15 @@ class PostgresBroker(Broker):
             tx.notify(self.messages_channel, [m.queue for m in messages])
 
         self.db.transaction(insert)
+
+    @contextmanager
+    def enlist(self, connection: Any) -> Iterator[None]:
+        """Publish through ``connection`` (the application's) in this context; see the base."""
+        token = _ENLISTED.set(connection)
+        try:
+            yield
+        finally:
+            _ENLISTED.reset(token)
 
     # -- consuming ----------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
