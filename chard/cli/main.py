@@ -14,7 +14,7 @@ import click
 
 from chard import __version__
 from chard.app import Celery
-from chard.cli import beat, call, deadletters, multi, purge, result, settings, worker
+from chard.cli import beat, call, db, deadletters, multi, purge, result, settings, worker
 from chard.cli.context import AppContext
 
 
@@ -30,7 +30,7 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None, result_bac
         ctx.obj = AppContext(app_spec, broker, result_backend)
 
 
-for _module in (worker, multi, beat, call, result, purge, settings, deadletters):
+for _module in (worker, multi, beat, call, result, purge, settings, deadletters, db):
     cli.add_command(_module.command)
 
 

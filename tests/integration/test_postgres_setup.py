@@ -10,6 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -28,6 +29,7 @@ from tests.helpers import (
     postgres_url,
     wait_for,
 )
+from tests.integration.workers import run_cli
 
 pytestmark = pytest.mark.postgres
 
@@ -149,3 +151,33 @@ def test_a_broker_whose_sessions_are_ended_reconnects_and_loses_nothing(url: str
     finally:
         consumer.close()
         producer.close()
+
+
+def test_chard_db_upgrade_creates_then_reports_every_component(url: str, tmp_path: Path) -> None:
+    env = {
+        "CHARD_BROKER_URL": url,
+        "CHARD_RESULT_BACKEND": url.replace("postgresql", "db+postgresql"),
+    }
+
+    first = run_cli(["-A", "itproj", "db", "upgrade"], env, tmp_path)
+    again = run_cli(["-A", "itproj", "db", "upgrade"], env, tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    for component in ("broker", "beat", "results"):
+        assert f"{component}: schema " in first.stdout
+    assert first.stdout.count("upgraded from version 0 to 1") == 3, first.stdout
+    assert again.stdout.count("is at version 1, the newest") == 3, again.stdout
+    schema = url.rpartition("=")[2]
+    versions = dict(_admin(f'SELECT component, version FROM "{schema}".chard_schema'))
+    assert versions == {"broker": 1, "beat": 1, "results": 1}
+
+
+def test_chard_db_upgrade_without_postgres_names_the_settings(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'chard.sqlite3'}"
+    env = {"CHARD_BROKER_URL": db, "CHARD_RESULT_BACKEND": db}
+
+    done = run_cli(["-A", "itproj", "db", "upgrade"], env, tmp_path)
+
+    assert done.returncode != 0
+    assert "neither the broker" in done.stderr
+    assert "set broker_url or result_backend" in done.stderr
