@@ -18,6 +18,7 @@ SUPPORTED_SCHEMES = (
     "postgresql",
     "postgres",
     "db+postgresql",
+    "db+sqlite",
 )
 
 
@@ -34,10 +35,12 @@ def open_backend(
         from chard.backends.memory import MemoryResultBackend
 
         return MemoryResultBackend(url, expires=expires, options=options)
-    if scheme == "sqlite":
+    if scheme in ("sqlite", "db+sqlite"):
         from chard.backends.sqlite import SQLiteResultBackend
 
-        return SQLiteResultBackend(url, expires=expires, options=options)
+        # Celery's database backend spells it db+sqlite:///path (SQLAlchemy's URL): same file.
+        sqlite_url = url[len("db+") :] if scheme == "db+sqlite" else url
+        return SQLiteResultBackend(sqlite_url, expires=expires, options=options)
     if scheme in ("redis", "rediss", "unix"):
         try:
             from chard.backends.redis import RedisResultBackend
@@ -55,6 +58,11 @@ def open_backend(
                 f"result backend {redact_url(url)!r} needs psycopg; pip install 'chard[postgres]'"
             ) from exc
         return PostgresResultBackend(url, expires=expires, options=options)
+    if scheme.startswith("db+"):
+        raise ImproperlyConfigured(
+            f"result backend {redact_url(url)!r}: chard reads Celery's database URLs for "
+            "PostgreSQL and SQLite only; use db+postgresql://... or db+sqlite:///path"
+        )
     supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
     raise ImproperlyConfigured(
         f"unknown result backend URL scheme {scheme or url!r} in {redact_url(url)!r}; "
