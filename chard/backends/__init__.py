@@ -19,6 +19,7 @@ SUPPORTED_SCHEMES = (
     "postgres",
     "db+postgresql",
     "db+sqlite",
+    "file",
 )
 
 
@@ -41,6 +42,10 @@ def open_backend(
         # Celery's database backend spells it db+sqlite:///path (SQLAlchemy's URL): same file.
         sqlite_url = url[len("db+") :] if scheme == "db+sqlite" else url
         return SQLiteResultBackend(sqlite_url, expires=expires, options=options)
+    if scheme == "file":
+        from chard.backends.filesystem import FilesystemResultBackend
+
+        return FilesystemResultBackend(url, expires=expires, options=options)
     if scheme in ("redis", "rediss", "unix"):
         try:
             from chard.backends.redis import RedisResultBackend

@@ -21,7 +21,7 @@ from chard.backends.base import decode_exception
 from chard.exceptions import RemoteTaskError, ResultTimeout
 from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_for
 
-BACKENDS = ["memory", "sqlite", "db+sqlite", "redis", "postgres"]
+BACKENDS = ["memory", "sqlite", "db+sqlite", "file", "redis", "postgres"]
 #: Backends whose waiters are woken by the store rather than by polling.
 NATIVE_WAIT = {"memory", "redis", "postgres"}
 #: Keys on a shared server expire even when a test forgets to clean up.
@@ -48,6 +48,8 @@ def make_backend(backend_kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
         url = "memory://"
     elif backend_kind in ("sqlite", "db+sqlite"):  # db+: Celery's database-backend spelling
         url = f"{backend_kind}:///{tmp_path / 'results.sqlite3'}"
+    elif backend_kind == "file":
+        url = f"file://{tmp_path / 'results'}"  # tmp_path is absolute: file:///tmp/...
     elif backend_kind == "postgres":
         url = postgres_url()  # a schema of its own, dropped after the test
     else:
