@@ -16,7 +16,7 @@ from typing import Any
 
 def _load(system: str) -> tuple[Any, Any]:
     """Return ``(tasks module, group)`` for ``system``."""
-    if system == "chard":
+    if system in ("chard", "chard-pg"):
         from chard import group
 
         return importlib.import_module("benchapp"), group

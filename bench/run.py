@@ -1,4 +1,4 @@
-"""chard vs Celery on one Redis: enqueue, drain, end-to-end, round-trip, worker RSS and idle CPU.
+"""chard vs Celery on one Redis (and chard on PostgreSQL): enqueue, drain, end-to-end, latency.
 
     .venv/bin/python -m bench            # full run: 3 interleaved rounds, medians
     .venv/bin/python -m bench --quick    # smoke run with tiny N (chard only if Celery is missing)
@@ -63,6 +63,7 @@ class Config:
     rounds: int
     systems: list[str]
     redis_base: str
+    postgres: str
     chard_db: int
     celery_db: int
     output: Path
@@ -77,9 +78,13 @@ class System:
     broker_url: str
     app_module: str
     cli: str
-    reset_client: redis.Redis
+    reset_client: redis.Redis | None
     prefix: str | None = None  # chard: delete keys under it; Celery: FLUSHDB its own db
     logs: list[Path] = field(default_factory=list)
+    #: chard on PostgreSQL: (server URL, schema of its own, dropped by ``reset``)
+    postgres: tuple[str, str] | None = None
+    #: Seconds between two looks at the queue while draining (a count(*) costs PostgreSQL more)
+    poll_interval: float = 0.002
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join([str(APPS), str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -91,6 +96,10 @@ class System:
 
     def reset(self) -> None:
         """Forget every message, result and counter of this system."""
+        if self.postgres is not None:
+            self._sql(f'DROP SCHEMA IF EXISTS "{self.postgres[1]}" CASCADE')
+            return
+        assert self.reset_client is not None
         if self.prefix is None:
             self.reset_client.flushdb()
             return
@@ -106,6 +115,9 @@ class System:
         ``celery`` list plus its ``unacked`` hash. Celery acks on start by default, so its
         count misses at most the 8 prefetched messages at the very end: a few ms of 20,000.
         """
+        if self.postgres is not None:  # leased rows stay in the table until acked
+            return int(self._sql(f'SELECT count(*) FROM "{self.postgres[1]}".chard_messages'))
+        assert self.reset_client is not None
         prefix = self.prefix or ""
         held = f"{prefix}chard.leases" if self.prefix is not None else "unacked"
         pipe = self.reset_client.pipeline(transaction=False)
@@ -116,6 +128,17 @@ class System:
             pipe.hlen(held)
         queued, in_flight = pipe.execute()
         return int(queued) + int(in_flight)
+
+    def _sql(self, sql: str) -> Any:
+        """Run one statement on the PostgreSQL server (a connection kept between calls)."""
+        import psycopg  # only the chard-pg system needs the postgres extra
+
+        assert self.postgres is not None
+        conn = getattr(self, "_pg", None)
+        if conn is None or conn.closed:
+            conn = self._pg = psycopg.connect(self.postgres[0], autocommit=True)
+        cursor = conn.execute(sql)
+        return cursor.fetchone()[0] if cursor.description else None
 
 
 def _systems(cfg: Config) -> list[System]:
@@ -132,6 +155,19 @@ def _systems(cfg: Config) -> list[System]:
                     cli=str(BIN / "chard"),
                     reset_client=redis.Redis.from_url(url),
                     prefix=prefix,
+                )
+            )
+        elif name == "chard-pg":
+            schema = f"bench_{uuid.uuid4().hex[:12]}"
+            out.append(
+                System(
+                    name="chard-pg",
+                    broker_url=f"{cfg.postgres}?schema={schema}",
+                    app_module="benchapp",
+                    cli=str(BIN / "chard"),
+                    reset_client=None,
+                    postgres=(cfg.postgres, schema),
+                    poll_interval=0.02,
                 )
             )
         else:
@@ -220,7 +256,7 @@ def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) 
         worker.check_alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"{system.name}: {left}/{total} not done after {timeout}s")
-        time.sleep(0.002)
+        time.sleep(system.poll_interval)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -269,10 +305,13 @@ def fmt(value: float | None) -> str:
 
 def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
     has_celery = "celery" in medians
-    lines = [
-        "| metric | unit | chard | celery | chard/celery | target |",
-        "|---|---|---:|---:|---:|---|",
-    ]
+    has_pg = "chard-pg" in medians
+    head = "| metric | unit | chard | celery | chard/celery | target |"
+    rule = "|---|---|---:|---:|---:|---|"
+    if has_pg:  # chard on PostgreSQL beside chard on Redis, and against Celery on Redis
+        head += " chard-pg | chard-pg/celery | chard-pg/chard |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
     for key, label, unit, higher, target in ROWS:
         c = medians.get("chard", {}).get(key)
         k = medians.get("celery", {}).get(key) if has_celery else None
@@ -283,9 +322,16 @@ def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
             if ratio is not None:
                 met = ratio >= target if higher else ratio <= target
                 goal += " ✓" if met else " ✗"
-        ratio_text = f"{ratio:.2f}x" if ratio is not None else "n/a"
-        lines.append(f"| {label} | {unit} | {fmt(c)} | {fmt(k)} | {ratio_text} | {goal} |")
+        line = f"| {label} | {unit} | {fmt(c)} | {fmt(k)} | {_ratio(c, k)} | {goal} |"
+        if has_pg:
+            g = medians["chard-pg"].get(key)
+            line += f" {fmt(g)} | {_ratio(g, k)} | {_ratio(g, c)} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
 def details(runs: dict[str, list[dict[str, float]]]) -> str:
@@ -309,7 +355,13 @@ def parse(argv: list[str] | None) -> Config:
     p.add_argument(
         "--systems",
         default="chard,celery",
-        help="comma-separated: chard, celery (celery is skipped if it is not installed)",
+        help="comma-separated: chard, celery, chard-pg (chard on PostgreSQL, broker and "
+        "results); celery is skipped if it is not installed",
+    )
+    p.add_argument(
+        "--postgres",
+        default="postgresql://127.0.0.1:5432/test",
+        help="PostgreSQL server and database for chard-pg (a bench_<id> schema, dropped after)",
     )
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server, no db")
     p.add_argument("--chard-db", type=int, default=10)
@@ -319,9 +371,9 @@ def parse(argv: list[str] | None) -> Config:
     a = p.parse_args(argv)
     quick = a.quick
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(systems) - {"chard", "celery"}
+    unknown = set(systems) - {"chard", "celery", "chard-pg"}
     if unknown:
-        p.error(f"unknown system(s) {sorted(unknown)}; choose from chard, celery")
+        p.error(f"unknown system(s) {sorted(unknown)}; choose from chard, celery, chard-pg")
     if "celery" in systems and importlib.util.find_spec("celery") is None:
         print("celery is not installed (pip install -e '.[bench]'); running chard only")
         systems.remove("celery")
@@ -335,6 +387,7 @@ def parse(argv: list[str] | None) -> Config:
         rounds=a.rounds or (1 if quick else 3),
         systems=systems,
         redis_base=a.redis.rstrip("/"),
+        postgres=a.postgres,
         chard_db=a.chard_db,
         celery_db=a.celery_db,
         output=a.output,

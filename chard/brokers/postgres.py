@@ -101,6 +101,17 @@ _INSERT = (
     "INSERT INTO {s}.chard_messages (queue, priority, not_before, body)"
     " VALUES (%s, %s, coalesce(to_timestamp(%s), now()), %s)"
 )
+# Any number of messages and the notification of their queues in one statement: one round
+# trip and one commit (the notifications are sent at that commit).
+_INSERT_MANY = """
+WITH stored AS (
+    INSERT INTO {s}.chard_messages (queue, priority, not_before, body)
+    SELECT q, p, coalesce(to_timestamp(e), now()), b
+    FROM unnest(%s::text[], %s::smallint[], %s::float8[], %s::bytea[]) AS m(q, p, e, b)
+    RETURNING queue
+)
+SELECT pg_notify(%s, queue) FROM (SELECT DISTINCT queue FROM stored) AS queues
+"""
 _LEASE = f"""
 WITH picked AS (
     SELECT id FROM {{s}}.chard_messages
@@ -248,14 +259,8 @@ class PostgresBroker(Broker):
             )
             return
 
-        def insert(tx: Tx) -> None:
-            if len(rows) == 1:
-                tx.run(_INSERT, rows[0])
-            else:
-                tx.many(_INSERT, rows)
-            tx.notify(self.messages_channel, [m.queue for m in messages])
-
-        self.db.transaction(insert)
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        self.db.rows(_INSERT_MANY, (*columns, self.messages_channel))
 
     @contextmanager
     def enlist(self, connection: Any) -> Iterator[None]:
