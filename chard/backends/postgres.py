@@ -21,9 +21,10 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from chard import states
 from chard._postgres.database import Database, Tx
 from chard._postgres.listener import Listener
-from chard.backends.base import ResultBackend
+from chard.backends.base import Meta, ResultBackend
 from chard.exceptions import BackendConnectionError, BackendError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,24 @@ WITH stored AS (
     RETURNING key
 )
 SELECT pg_notify(%(channel)s, key) FROM stored
+"""
+# Several metas in one statement, keeping a stored state that must win (see
+# ResultBackend._is_final_over): a live stored ready state stays unless it is not SUCCESS and
+# the incoming one is ready too. Returns the keys written, each also notified.
+_STATUS = "(convert_from({0}.value, 'UTF8')::jsonb ->> 'status')"
+_STORE_METAS = f"""
+WITH stored AS (
+    INSERT INTO {{s}}.chard_results AS r (key, value, expires_at)
+    SELECT k, v, {_EXPIRES} FROM unnest(%(keys)s::text[], %(values)s::bytea[]) AS m(k, v)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+    WHERE NOT (
+        (r.expires_at IS NULL OR r.expires_at > now())
+        AND {_STATUS.format("r")} = ANY(%(ready)s)
+        AND ({_STATUS.format("r")} = 'SUCCESS' OR NOT {_STATUS.format("excluded")} = ANY(%(ready)s))
+    )
+    RETURNING key
+)
+SELECT key, pg_notify(%(channel)s, key) FROM stored
 """
 # One statement, so the read-modify-write is atomic; an expired counter restarts from zero.
 _INCR = f"""
@@ -121,6 +140,27 @@ class PostgresResultBackend(ResultBackend):
         params = {"key": key, "value": value, "ttl": ttl, "channel": self.channel}
         self._rows(_SET, params)
         self._purge_expired()
+
+    def _store_metas(self, metas: Sequence[tuple[Meta, bytes]]) -> list[Meta]:
+        """Store every meta in one statement, state precedence decided by the database."""
+        keys = [self.task_key(meta["task_id"]) for meta, _ in metas]
+        if len(set(keys)) != len(keys):  # one key twice: the order decides, one at a time
+            return super()._store_metas(metas)
+        params = {
+            "keys": keys,
+            "values": [data for _, data in metas],
+            "ttl": self.expires,
+            "ready": sorted(states.READY_STATES),
+            "channel": self.channel,
+        }
+        written = {row[0] for row in self._rows(_STORE_METAS, params)}
+        self._purge_expired()
+        kept_keys = [key for key in keys if key not in written]
+        current = dict(zip(kept_keys, self._mget(kept_keys), strict=True)) if kept_keys else {}
+        return [
+            meta if key in written else (self._load(current[key]) or meta)
+            for (meta, _), key in zip(metas, keys, strict=True)
+        ]
 
     def _delete(self, key: str) -> None:
         self._rows("DELETE FROM {s}.chard_results WHERE key = %s", (key,))
