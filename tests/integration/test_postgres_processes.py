@@ -118,6 +118,32 @@ def test_an_idle_worker_sends_no_queries(itproj: Any, workers: WorkerFactory) ->
     print(f"round trip on the idle worker: {(time.monotonic() - sent) * 1000:.1f} ms")
 
 
+def test_sessions_ended_mid_drain_lose_nothing(itproj: Any, workers: WorkerFactory) -> None:
+    # Given a worker draining 300 tasks whose results this process waits for
+    worker = workers.start("-c", "2")
+    from itproj.tasks import add
+
+    results = [add.delay(i, 1) for i in range(300)]
+    pids = _process_tree(worker.pid) | {os.getpid()}
+
+    # When the server ends every session of the worker and of this client, three times
+    # while they work (what a database restart does to its clients)
+    ended = 0
+    for done in (30, 120, 210):
+        wait_for(lambda n=done: sum(r.ready() for r in results) >= n, timeout=60)
+        ended += _terminate_sessions(pids)
+    assert ended >= 6  # each time at least the worker's database and listening sessions
+
+    # Then every task ran and every result came back, with the right value
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(300)]
+    assert worker.proc.poll() is None
+    print(
+        f"\nended {ended} sessions; the worker logged:",
+        *[line for line in worker.output().splitlines() if "WARNING" in line or "ERROR" in line],
+        sep="\n",
+    )
+
+
 CHILD = r"""
 import json, sys, time
 from chard.brokers.postgres import PostgresBroker
@@ -216,6 +242,21 @@ def _sessions(pids: set[int]) -> dict[str, tuple[int, Any, str]]:
         for app, pid, start, state in rows
         if int(app.rpartition("-")[2]) in pids
     }
+
+
+def _terminate_sessions(pids: set[int]) -> int:
+    """End the PostgreSQL sessions of ``pids`` (by their ``chard-…-<pid>`` names); count them."""
+    import psycopg
+
+    conninfo = f"postgresql://{POSTGRES_HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
+    names = [f"%-{pid}" for pid in pids]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'chard-%%' AND application_name LIKE ANY(%s)",
+            (names,),
+        ).fetchall()
+    return len(rows)
 
 
 def _cpu_seconds(pids: set[int]) -> float:
