@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,16 @@ class System:
     postgres: tuple[str, str] | None = None
     #: Seconds between two looks at the queue while draining (a count(*) costs PostgreSQL more)
     poll_interval: float = 0.002
+    #: More environment for its processes (Procrastinate's URL)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def worker_argv(self) -> list[str]:
+        """Return the worker command: 2 processes' worth, as alike as the systems allow."""
+        if self.name == "procrastinate":  # one asyncio process per worker: start two
+            one = f"{self.cli} --app {self.app_module}.app worker -c 2 -q ''"
+            return ["sh", "-c", f"{one} & {one} & wait"]
+        argv = [self.cli, "-A", self.app_module, "worker", "-P", "prefork", "-c", "2"]
+        return [*argv, "-l", "WARNING"]
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join([str(APPS), str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -92,12 +103,17 @@ class System:
             **os.environ,
             "PYTHONPATH": path.rstrip(os.pathsep),
             "BENCH_BROKER_URL": self.broker_url,
+            **self.extra_env,
         }
 
     def reset(self) -> None:
         """Forget every message, result and counter of this system."""
         if self.postgres is not None:
             self._sql(f'DROP SCHEMA IF EXISTS "{self.postgres[1]}" CASCADE')
+            if self.name == "procrastinate":  # its tables must exist before a defer
+                self._sql(f'CREATE SCHEMA "{self.postgres[1]}"')
+                argv = [self.cli, "--app", f"{self.app_module}.app", "schema", "--apply"]
+                subprocess.run(argv, env=self.env(), cwd=ROOT, check=True, capture_output=True)
             return
         assert self.reset_client is not None
         if self.prefix is None:
@@ -115,6 +131,13 @@ class System:
         ``celery`` list plus its ``unacked`` hash. Celery acks on start by default, so its
         count misses at most the 8 prefetched messages at the very end: a few ms of 20,000.
         """
+        if self.name == "procrastinate":
+            return int(
+                self._sql(
+                    f'SELECT count(*) FROM "{self.postgres[1]}".procrastinate_jobs'  # type: ignore[index]
+                    " WHERE status IN ('todo', 'doing')"
+                )
+            )
         if self.postgres is not None:  # leased rows stay in the table until acked
             return int(self._sql(f'SELECT count(*) FROM "{self.postgres[1]}".chard_messages'))
         assert self.reset_client is not None
@@ -170,6 +193,21 @@ def _systems(cfg: Config) -> list[System]:
                     poll_interval=0.02,
                 )
             )
+        elif name == "procrastinate":
+            schema = f"bench_proc_{uuid.uuid4().hex[:12]}"
+            options = urllib.parse.quote(f"-c search_path={schema}")
+            out.append(
+                System(
+                    name="procrastinate",
+                    broker_url="",
+                    app_module="benchapp_procrastinate",
+                    cli=str(BIN / "procrastinate"),
+                    reset_client=None,
+                    postgres=(cfg.postgres, schema),
+                    poll_interval=0.02,
+                    extra_env={"BENCH_PROCRASTINATE_URL": f"{cfg.postgres}?options={options}"},
+                )
+            )
         else:
             url = f"{cfg.redis_base}/{cfg.celery_db}"
             out.append(
@@ -200,8 +238,7 @@ class WorkerRun:
 
     def __init__(self, system: System, log: Path) -> None:
         self.system = system
-        argv = [system.cli, "-A", system.app_module, "worker", "-P", "prefork", "-c", "2"]
-        argv += ["-l", "WARNING"]
+        argv = system.worker_argv()
         system.logs.append(log)
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -225,6 +262,8 @@ class WorkerRun:
         """Warm-stop the worker (SIGKILL its group after 20 s); return peak RSS in KiB."""
         peak = self.rss.stop()
         if self.proc.poll() is None:
+            if self.system.name == "procrastinate":  # its workers are the shell's children
+                os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -311,6 +350,10 @@ def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
     if has_pg:  # chard on PostgreSQL beside chard on Redis, and against Celery on Redis
         head += " chard-pg | chard-pg/celery | chard-pg/chard |"
         rule += "---:|---:|---:|"
+    has_proc = "procrastinate" in medians
+    if has_proc:  # against Procrastinate on the same PostgreSQL
+        head += " procrastinate | chard-pg/procrastinate |"
+        rule += "---:|---:|"
     lines = [head, rule]
     for key, label, unit, higher, target in ROWS:
         c = medians.get("chard", {}).get(key)
@@ -326,6 +369,9 @@ def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
         if has_pg:
             g = medians["chard-pg"].get(key)
             line += f" {fmt(g)} | {_ratio(g, k)} | {_ratio(g, c)} |"
+        if has_proc:
+            x = medians["procrastinate"].get(key)
+            line += f" {fmt(x)} | {_ratio(medians.get('chard-pg', {}).get(key), x)} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -356,7 +402,8 @@ def parse(argv: list[str] | None) -> Config:
         "--systems",
         default="chard,celery",
         help="comma-separated: chard, celery, chard-pg (chard on PostgreSQL, broker and "
-        "results); celery is skipped if it is not installed",
+        "results), procrastinate (on the same PostgreSQL); celery and procrastinate are "
+        "skipped if not installed",
     )
     p.add_argument(
         "--postgres",
@@ -371,9 +418,13 @@ def parse(argv: list[str] | None) -> Config:
     a = p.parse_args(argv)
     quick = a.quick
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(systems) - {"chard", "celery", "chard-pg"}
+    known = ("chard", "celery", "chard-pg", "procrastinate")
+    unknown = set(systems) - set(known)
     if unknown:
-        p.error(f"unknown system(s) {sorted(unknown)}; choose from chard, celery, chard-pg")
+        p.error(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(known)}")
+    if "procrastinate" in systems and importlib.util.find_spec("procrastinate") is None:
+        print("procrastinate is not installed (pip install -e '.[bench]'); skipping it")
+        systems.remove("procrastinate")
     if "celery" in systems and importlib.util.find_spec("celery") is None:
         print("celery is not installed (pip install -e '.[bench]'); running chard only")
         systems.remove("celery")
