@@ -66,11 +66,6 @@ class Tx:
         cursor = self._conn.execute(self.sql(sql), params)
         return cursor.rowcount
 
-    def many(self, sql: str, params: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
-        """Run one statement per parameter set, pipelined in one round trip."""
-        with self._conn.cursor() as cursor:
-            cursor.executemany(self.sql(sql), params)
-
     def notify(self, channel: str, payloads: Iterable[str]) -> None:
         """Send ``payloads`` on ``channel``; delivered when the transaction commits."""
         distinct = list(dict.fromkeys(payloads))

@@ -42,6 +42,17 @@ from typing import Any
 
 from chard._postgres.database import Database, Row, Tx, run_on
 from chard._postgres.listener import Listener, Wanted
+from chard.brokers._postgres_sql import (
+    INSERT,
+    INSERT_MANY,
+    LEASE,
+    MIGRATIONS,
+    MINE,
+    NEXT_DUE,
+    PRUNE_BROADCASTS,
+    TAKE_OVER,
+    WAITING,
+)
 from chard.brokers.base import (
     Broker,
     DeadLetter,
@@ -59,92 +70,6 @@ logger = logging.getLogger(__name__)
 _ENLISTED: ContextVar[Any] = ContextVar("chard_postgres_enlisted", default=None)
 #: Seconds a fetch waits for its listener's first LISTEN before it polls instead.
 LISTEN_READY_TIMEOUT = 5.0
-
-#: Version 1 of the broker's tables (a later version appends a script).
-MIGRATIONS = (
-    """
-    CREATE TABLE {s}.chard_messages (
-        id bigserial PRIMARY KEY,
-        queue text NOT NULL,
-        priority smallint NOT NULL,
-        not_before timestamptz NOT NULL DEFAULT now(),
-        body bytea NOT NULL,
-        delivery_count integer NOT NULL DEFAULT 0,
-        lease_owner text,
-        lease_token bigint,
-        lease_expires timestamptz
-    );
-    CREATE INDEX chard_messages_next ON {s}.chard_messages (queue, priority, id);
-    CREATE INDEX chard_messages_owner ON {s}.chard_messages (lease_owner)
-        WHERE lease_owner IS NOT NULL;
-    CREATE TABLE {s}.chard_dead_letters (
-        id bigserial PRIMARY KEY,
-        queue text NOT NULL,
-        priority smallint NOT NULL,
-        body bytea NOT NULL,
-        reason text NOT NULL,
-        failed_at timestamptz NOT NULL DEFAULT now(),
-        delivery_count integer NOT NULL
-    );
-    CREATE TABLE {s}.chard_broadcasts (
-        id bigserial PRIMARY KEY,
-        channel text NOT NULL,
-        payload bytea NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE INDEX chard_broadcasts_channel ON {s}.chard_broadcasts (channel, id);
-    """,
-)
-
-_WAITING = "(lease_expires IS NULL OR lease_expires <= now())"
-_INSERT = (
-    "INSERT INTO {s}.chard_messages (queue, priority, not_before, body)"
-    " VALUES (%s, %s, coalesce(to_timestamp(%s), now()), %s)"
-)
-# Any number of messages and the notification of their queues in one statement: one round
-# trip and one commit (the notifications are sent at that commit).
-_INSERT_MANY = """
-WITH stored AS (
-    INSERT INTO {s}.chard_messages (queue, priority, not_before, body)
-    SELECT q, p, coalesce(to_timestamp(e), now()), b
-    FROM unnest(%s::text[], %s::smallint[], %s::float8[], %s::bytea[]) AS m(q, p, e, b)
-    RETURNING queue
-)
-SELECT pg_notify(%s, queue) FROM (SELECT DISTINCT queue FROM stored) AS queues
-"""
-_LEASE = f"""
-WITH picked AS (
-    SELECT id FROM {{s}}.chard_messages
-    WHERE queue = %(queue)s AND not_before <= now() AND {_WAITING}
-    ORDER BY priority, id LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {{s}}.chard_messages AS m
-SET lease_owner = %(owner)s, lease_token = %(token)s,
-    lease_expires = now() + make_interval(secs => %(lease)s),
-    delivery_count = m.delivery_count + 1
-FROM picked WHERE m.id = picked.id
-RETURNING m.id, m.lease_token, m.queue, m.body, m.delivery_count, m.priority
-"""
-# Seconds until the first of these queues' messages (or lapsing leases) falls due.
-_NEXT_DUE = """
-SELECT extract(epoch FROM min(greatest(not_before, coalesce(lease_expires, not_before))) - now())
-FROM {s}.chard_messages WHERE queue = ANY(%s)
-"""
-_MINE = "id = %s AND lease_token = %s"
-_TAKE_OVER = """
-UPDATE {s}.chard_messages
-SET lease_owner = %(owner)s, lease_token = %(token)s,
-    lease_expires = now() + make_interval(secs => %(lease)s)
-WHERE lease_owner = %(dead)s
-RETURNING id, lease_token, queue, body, delivery_count, priority
-"""
-_PRUNE_BROADCASTS = """
-DELETE FROM {s}.chard_broadcasts WHERE channel = %(channel)s AND id <= (
-    SELECT id FROM {s}.chard_broadcasts WHERE channel = %(channel)s
-    ORDER BY id DESC LIMIT 1 OFFSET %(keep)s
-)
-"""
 
 
 class PostgresDelivery(Delivery):
@@ -164,7 +89,7 @@ class PostgresDelivery(Delivery):
         return f"<PostgresDelivery id={self._id} queue={self.queue!r} n={self.delivery_count}>"
 
     def ack(self) -> None:
-        self._settle(lambda tx: tx.run("DELETE FROM {s}.chard_messages WHERE " + _MINE, self._key))
+        self._settle(lambda tx: tx.run("DELETE FROM {s}.chard_messages WHERE " + MINE, self._key))
 
     def reject(self, requeue: bool = False) -> None:
         if not requeue:
@@ -174,7 +99,7 @@ class PostgresDelivery(Delivery):
         def requeue_row(tx: Tx) -> None:
             count = tx.run(
                 "UPDATE {s}.chard_messages SET lease_owner = NULL, lease_token = NULL,"
-                " lease_expires = NULL, delivery_count = delivery_count - 1 WHERE " + _MINE,
+                " lease_expires = NULL, delivery_count = delivery_count - 1 WHERE " + MINE,
                 self._key,
             )
             if count:
@@ -184,7 +109,7 @@ class PostgresDelivery(Delivery):
 
     def dead_letter(self, reason: str) -> None:
         sql = (
-            "WITH moved AS (DELETE FROM {s}.chard_messages WHERE " + _MINE + " RETURNING"
+            "WITH moved AS (DELETE FROM {s}.chard_messages WHERE " + MINE + " RETURNING"
             " queue, priority, body, delivery_count) INSERT INTO {s}.chard_dead_letters"
             " (queue, priority, body, reason, delivery_count)"
             " SELECT queue, priority, body, %s, delivery_count FROM moved"
@@ -254,13 +179,13 @@ class PostgresBroker(Broker):
             run_on(
                 enlisted,
                 self.db.target.quoted_schema,
-                [(_INSERT, row) for row in rows]
+                [(INSERT, row) for row in rows]
                 + [(notify, (self.messages_channel, q)) for q in queues],
             )
             return
 
         columns = [list(column) for column in zip(*rows, strict=True)]
-        self.db.rows(_INSERT_MANY, (*columns, self.messages_channel))
+        self.db.rows(INSERT_MANY, (*columns, self.messages_channel))
 
     @contextmanager
     def enlist(self, connection: Any) -> Iterator[None]:
@@ -322,14 +247,14 @@ class PostgresBroker(Broker):
         def lease(tx: Tx) -> tuple[list[PostgresDelivery], float]:
             def take(queue: str, n: int) -> list[PostgresDelivery]:
                 token = secrets.randbits(62)
-                rows = tx.rows(_LEASE, {**params, "queue": queue, "limit": n, "token": token})
+                rows = tx.rows(LEASE, {**params, "queue": queue, "limit": n, "token": token})
                 # RETURNING order is unspecified; restore the queue order.
                 return [PostgresDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
 
             found = take_fairly(queues, limit, turn, take)
             if found:
                 return found, 0.0
-            (due_in,) = tx.rows(_NEXT_DUE, (list(queues),))[0]
+            (due_in,) = tx.rows(NEXT_DUE, (list(queues),))[0]
             # Nothing at all: sleep until notified. Something locked by a concurrent lease
             # (due now): look again soon, once it is either settled or leased.
             return [], float("inf") if due_in is None else max(float(due_in), 0.01)
@@ -381,7 +306,7 @@ class PostgresBroker(Broker):
             "lease": self.lease_timeout,
             "token": secrets.randbits(62),
         }
-        rows = self.db.rows(_TAKE_OVER, params)
+        rows = self.db.rows(TAKE_OVER, params)
         self._hold(r[0] for r in rows)
         return [PostgresDelivery(self, r) for r in sorted(rows, key=lambda r: (r[5], r[0]))]
 
@@ -406,7 +331,7 @@ class PostgresBroker(Broker):
                 "INSERT INTO {s}.chard_broadcasts (channel, payload) VALUES (%s, %s) RETURNING id",
                 (channel, payload),
             )
-            tx.run(_PRUNE_BROADCASTS, {"channel": channel, "keep": self.broadcast_maxlen})
+            tx.run(PRUNE_BROADCASTS, {"channel": channel, "keep": self.broadcast_maxlen})
             tx.notify(self.broadcasts_channel, [channel])
             return int(rows[0][0])
 
@@ -458,11 +383,11 @@ class PostgresBroker(Broker):
 
     # -- administration -----------------------------------------------------------------
     def purge(self, queue: str) -> int:
-        sql = f"DELETE FROM {{s}}.chard_messages WHERE queue = %s AND {_WAITING}"
+        sql = f"DELETE FROM {{s}}.chard_messages WHERE queue = %s AND {WAITING}"
         return self.db.autocommit(lambda tx: tx.run(sql, (queue,)))
 
     def queue_size(self, queue: str) -> int:
-        sql = f"SELECT count(*) FROM {{s}}.chard_messages WHERE queue = %s AND {_WAITING}"
+        sql = f"SELECT count(*) FROM {{s}}.chard_messages WHERE queue = %s AND {WAITING}"
         return int(self.db.rows(sql, (queue,))[0][0])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

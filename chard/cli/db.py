@@ -31,7 +31,7 @@ def upgrade_command(ctx: AppContext) -> None:
     from chard._postgres.database import Database
     from chard.backends.postgres import MIGRATIONS as RESULTS
     from chard.beat.store_postgres import MIGRATIONS as BEAT
-    from chard.brokers.postgres import MIGRATIONS as BROKER
+    from chard.brokers._postgres_sql import MIGRATIONS as BROKER
     from chard.exceptions import BrokerConnectionError, BrokerError
 
     app = ctx.app
