@@ -13,9 +13,11 @@ most once per ``purge_interval`` per process: no beat task needed.
 Chord counters: a read-add-rename under an exclusive ``flock`` on ``.chard-counters.lock``
 in the directory, so they are atomic across the processes that share it.
 
-Waiting: a filesystem cannot notify another process portably, so ``get()`` polls with the
-base class's back-off (5 ms doubling up to the ``interval`` of ``get``, 0.5 s by default):
-a bounded number of cheap ``stat``/``open`` calls per second per waiter.
+Waiting: on Linux a waiting ``get()`` sleeps on inotify (:mod:`chard.backends._inotify`)
+and wakes when a file of its keys is renamed into the directory; it also reads its keys
+again at least once a second, since another host's writes on a network filesystem raise no
+local event. Elsewhere it polls with the base class's back-off (5 ms doubling up to the
+``interval`` of ``get``, 0.5 s by default): a bounded number of cheap reads per second.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chard.backends import _inotify
 from chard.backends.base import GROUP_KEY_PREFIX, TASK_KEY_PREFIX, ResultBackend
 from chard.exceptions import BackendError, ImproperlyConfigured
 
@@ -77,6 +81,8 @@ class FilesystemResultBackend(ResultBackend):
         self.path = parse_file_url(url)
         self.purge_interval = float(self.options.get("purge_interval", DEFAULT_PURGE_INTERVAL))
         self._next_purge = 0.0
+        self._watch = threading.local()  # .fd: this thread's DirectoryWatch
+        self.has_native_wait = _inotify.is_available()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -119,6 +125,38 @@ class FilesystemResultBackend(ResultBackend):
             self._write(path, str(value).encode())
         self._purge_expired()
         return value
+
+    # -- waiting (inotify) ---------------------------------------------------------------
+    def _listen(self, keys: Sequence[str], deadline: float | None) -> Mapping[str, bytes] | None:
+        """Start this thread's watch of the directory before the keys are read.
+
+        One watch per waiting thread, kept while the thread lives (closed with it): events
+        that come between two waits only cause one extra read.
+        """
+        if self.has_native_wait and getattr(self._watch, "fd", None) is None:
+            try:
+                self._watch.fd = _inotify.DirectoryWatch(self.path)
+            except OSError as exc:
+                logger.warning("Cannot watch %s (%s); polling instead", self.path, exc)
+                self.has_native_wait = False
+        return None
+
+    def _wait_for_values(self, keys: Collection[str], timeout: float) -> Mapping[str, bytes] | None:
+        """Sleep until a file of ``keys`` is renamed in (None: read them), ``{}`` otherwise."""
+        watch: _inotify.DirectoryWatch | None = getattr(self._watch, "fd", None)
+        if watch is None:
+            return super()._wait_for_values(keys, timeout)
+        names = watch.wait(timeout)
+        if names is None:
+            return None  # a second without an event: read anyway (another host may have written)
+        return None if names & {self._file(key).name for key in keys} else {}
+
+    def close(self) -> None:
+        """Close this thread's directory watch (other threads' close when they end)."""
+        watch: _inotify.DirectoryWatch | None = getattr(self._watch, "fd", None)
+        if watch is not None:
+            self._watch.fd = None
+            watch.close()
 
     # -- helpers ------------------------------------------------------------------------
     def _file(self, key: str) -> Path:

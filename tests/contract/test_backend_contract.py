@@ -23,7 +23,7 @@ from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_fo
 
 BACKENDS = ["memory", "sqlite", "db+sqlite", "file", "redis", "postgres"]
 #: Backends whose waiters are woken by the store rather than by polling.
-NATIVE_WAIT = {"memory", "redis", "postgres"}
+NATIVE_WAIT = {"memory", "redis", "postgres", "file"}  # file: inotify (Linux)
 #: Keys on a shared server expire even when a test forgets to clean up.
 DEFAULT_EXPIRES = 300.0
 
