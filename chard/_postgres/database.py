@@ -153,7 +153,7 @@ class Database:
 
     def connect(self, *, purpose: str) -> psycopg.Connection[Any]:
         """Open a new autocommit connection (a listener's); the caller closes it."""
-        with self.errors():
+        with self.errors(is_connecting=True):
             return psycopg.connect(
                 self.target.conninfo,
                 autocommit=True,
@@ -235,7 +235,7 @@ class Database:
 
     # -- plumbing --------------------------------------------------------------------
     @contextmanager
-    def errors(self) -> Iterator[None]:
+    def errors(self, *, is_connecting: bool = False) -> Iterator[None]:
         """Turn psycopg's errors into chard's; forget a connection that broke."""
         try:
             yield
@@ -246,6 +246,10 @@ class Database:
                 "(or CREATE on the database), or choose another schema with '?schema='"
             ) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not is_connecting and not self._is_connection_lost(exc):  # a lock timeout...
+                raise self._error(
+                    f"PostgreSQL {self.target.redacted!r} ({self.role}) failed: {_first_line(exc)}"
+                ) from exc
             self._drop_broken()
             raise self._connection_error(
                 f"PostgreSQL {self.target.redacted!r} ({self.role}) cannot be reached: "
@@ -256,6 +260,13 @@ class Database:
             raise self._error(
                 f"PostgreSQL {self.target.redacted!r} ({self.role}) failed: {_first_line(exc)}"
             ) from exc
+
+    def _is_connection_lost(self, exc: psycopg.Error) -> bool:
+        """Return whether ``exc`` means the session is gone (worth a reconnect and a retry)."""
+        conn = self._conn
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        # 08: connection exceptions; 57P: the server shutting down or ending the session.
+        return conn is None or conn.broken or conn.closed or sqlstate.startswith(("08", "57P"))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
