@@ -66,6 +66,13 @@ class Tx:
         cursor = self._conn.execute(self.sql(sql), params)
         return cursor.rowcount
 
+    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Load ``rows`` into ``{s}.<table>`` with COPY: for large batches, the fastest way in."""
+        statement = self.sql(f"COPY {{s}}.{table} ({', '.join(columns)}) FROM STDIN")
+        with self._conn.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def notify(self, channel: str, payloads: Iterable[str]) -> None:
         """Send ``payloads`` on ``channel``; delivered when the transaction commits."""
         distinct = list(dict.fromkeys(payloads))

@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: The application's connection that publishes go through, inside ``enlist``.
 _ENLISTED: ContextVar[Any] = ContextVar("chard_postgres_enlisted", default=None)
+#: Messages from which one publish loads them with COPY (about 3x faster for a big group)
+#: instead of one INSERT statement (one round trip instead of four for a few).
+COPY_THRESHOLD = 64
 #: Seconds a fetch waits for its listener's first LISTEN before it polls instead.
 LISTEN_READY_TIMEOUT = 5.0
 
@@ -184,8 +187,21 @@ class PostgresBroker(Broker):
             )
             return
 
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        self.db.rows(INSERT_MANY, (*columns, self.messages_channel))
+        if len(rows) < COPY_THRESHOLD:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            self.db.rows(INSERT_MANY, (*columns, self.messages_channel))
+            return
+        due_now = [(queue, priority, body) for queue, priority, eta, body in rows if eta is None]
+        later = [row for row in rows if row[2] is not None]
+
+        def insert(tx: Tx) -> None:
+            tx.copy("chard_messages", ("queue", "priority", "body"), due_now)
+            if later:
+                columns = [list(column) for column in zip(*later, strict=True)]
+                tx.rows(INSERT_MANY, (*columns, self.messages_channel))
+            tx.notify(self.messages_channel, [m.queue for m in messages])
+
+        self.db.transaction(insert)
 
     @contextmanager
     def enlist(self, connection: Any) -> Iterator[None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from chard.backends import open_backend
 from chard.brokers import open_broker
 from chard.brokers.base import OutgoingMessage
-from chard.brokers.postgres import PostgresBroker
+from chard.brokers.postgres import COPY_THRESHOLD, PostgresBroker
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
 from tests.helpers import (
     POSTGRES_DB,
@@ -181,3 +182,23 @@ def test_chard_db_upgrade_without_postgres_names_the_settings(tmp_path: Path) ->
     assert done.returncode != 0
     assert "neither the broker" in done.stderr
     assert "set broker_url or result_backend" in done.stderr
+
+
+def test_a_large_batch_is_loaded_whole_in_order_with_its_etas(url: str) -> None:
+    # Given a batch past the COPY threshold: priorities, and two messages due later
+    later = time.time() + 60
+    batch = [OutgoingMessage("big", b"m%03d" % i, priority=i % 2) for i in range(200)]
+    batch += [OutgoingMessage("big", b"later-a", eta=later), OutgoingMessage("other", b"o")]
+    batch.append(OutgoingMessage("big", b"later-b", eta=later))
+    assert len(batch) >= COPY_THRESHOLD
+    with PostgresBroker(url) as broker:
+        # When it is published in one call
+        broker.publish(batch)
+
+        # Then everything is stored, the due ones come in priority then publish order
+        assert (broker.queue_size("big"), broker.queue_size("other")) == (202, 1)
+        got = [d.body for d in broker.fetch(["big"], 500, timeout=1.0)]
+        assert got == [b"m%03d" % i for i in range(0, 200, 2)] + [
+            b"m%03d" % i for i in range(1, 200, 2)
+        ]
+        assert broker.queue_size("big") == 2  # the two ETAs wait, unleased
