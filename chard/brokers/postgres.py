@@ -35,7 +35,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -99,16 +99,15 @@ class PostgresDelivery(Delivery):
             self.ack()
             return
 
-        def requeue_row(tx: Tx) -> None:
-            count = tx.run(
-                "UPDATE {s}.chard_messages SET lease_owner = NULL, lease_token = NULL,"
-                " lease_expires = NULL, delivery_count = delivery_count - 1 WHERE " + MINE,
-                self._key,
-            )
-            if count:
-                tx.notify(self._broker.messages_channel, [self.queue])
-
-        self._settle(requeue_row, atomic=True)
+        # Back to waiting, its count taken back, its queue notified: one statement.
+        sql = (
+            "WITH back AS (UPDATE {s}.chard_messages SET lease_owner = NULL, lease_token = NULL,"
+            " lease_expires = NULL, delivery_count = delivery_count - 1 WHERE "
+            + MINE
+            + " RETURNING queue) SELECT pg_notify(%s, queue) FROM back"
+        )
+        channel = self._broker.messages_channel
+        self._settle(lambda tx: tx.rows(sql, (*self._key, channel)))
 
     def dead_letter(self, reason: str) -> None:
         sql = (
@@ -123,12 +122,11 @@ class PostgresDelivery(Delivery):
     def _key(self) -> tuple[int, int]:
         return (self._id, self._token)
 
-    def _settle(self, action: Any, *, atomic: bool = False) -> None:
+    def _settle(self, action: Callable[[Tx], object]) -> None:
         # Settling twice is a no-op; a failed write (database down) may be retried.
         if self._settled:
             return
-        db = self._broker.db
-        (db.transaction if atomic else db.autocommit)(action)
+        self._broker.db.autocommit(action)
         self._settled = True
         self._broker._release([self._id])
 
