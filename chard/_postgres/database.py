@@ -91,6 +91,12 @@ class Database:
         role: a word naming the user, for ``application_name`` and error messages.
         connection_error: raised (chained) when the server cannot be reached.
         error: raised (chained) for any other database failure.
+        synchronous_commit: the sessions' ``synchronous_commit`` (None: the server's). The
+            broker and the result backend settle with ``off``: a commit does not wait for
+            its WAL flush, and a crash of the server may undo the last fraction of a second
+            of leases, acks and results, never a message (publishes commit with ``on``).
+            WAL is flushed in order, so an undone result also undoes the later ack, and the
+            task runs again: at-least-once holds.
     """
 
     def __init__(
@@ -101,9 +107,11 @@ class Database:
         role: str,
         connection_error: type[ChardError],
         error: type[ChardError],
+        synchronous_commit: str | None = None,
     ) -> None:
         self.target: PostgresTarget = parse_postgres_url(url, options)
         self.role = role
+        self.synchronous_commit = synchronous_commit
         self._connection_error = connection_error
         self._error = error
         self._lock = threading.Lock()
@@ -160,6 +168,9 @@ class Database:
 
     def connect(self, *, purpose: str) -> psycopg.Connection[Any]:
         """Open a new autocommit connection (a listener's); the caller closes it."""
+        settings: dict[str, Any] = {}
+        if self.synchronous_commit is not None:
+            settings["options"] = f"-c synchronous_commit={self.synchronous_commit}"
         with self.errors(is_connecting=True):
             return psycopg.connect(
                 self.target.conninfo,
@@ -167,6 +178,7 @@ class Database:
                 connect_timeout=DEFAULT_CONNECT_TIMEOUT,
                 # Names the process, so an operator (or a test) can tell whose session it is.
                 application_name=f"chard-{self.role}-{purpose}-{os.getpid()}"[:63],
+                **settings,
             )
 
     def close(self) -> None:

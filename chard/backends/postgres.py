@@ -93,6 +93,8 @@ class PostgresResultBackend(ResultBackend):
     Options:
         schema: the schema of chard's tables (also ``?schema=`` in the URL).
         purge_interval: seconds between deletions of expired rows (default 60).
+        synchronous_commit: ``"off"`` by default (see the broker); ``"on"`` makes every
+            store wait for its WAL flush.
     """
 
     has_native_wait = True
@@ -111,6 +113,9 @@ class PostgresResultBackend(ResultBackend):
             role="results",
             connection_error=BackendConnectionError,
             error=BackendError,
+            # A result undone by a server crash is recomputed: its ack, committed later,
+            # is undone too (WAL is flushed in order). See Database.
+            synchronous_commit=str(self.options.get("synchronous_commit", "off")),
         )
         self.channel = f"chard.{self.db.schema}.results"
         self.purge_interval = float(self.options.get("purge_interval", DEFAULT_PURGE_INTERVAL))

@@ -42,6 +42,8 @@ MIGRATIONS = (
     """,
 )
 
+#: First statement of a transaction that must survive a server crash once it returns.
+DURABLE = "SET LOCAL synchronous_commit = on"
 WAITING = "(lease_expires IS NULL OR lease_expires <= now())"
 INSERT = (
     "INSERT INTO {s}.chard_messages (queue, priority, not_before, body)"

@@ -43,6 +43,7 @@ from typing import Any
 from chard._postgres.database import Database, Row, Tx, run_on
 from chard._postgres.listener import Listener, Wanted
 from chard.brokers._postgres_sql import (
+    DURABLE,
     INSERT,
     INSERT_MANY,
     LEASE,
@@ -137,6 +138,9 @@ class PostgresBroker(Broker):
     Options:
         lease_timeout: seconds before a dead consumer's messages are redelivered.
         schema: the schema of chard's tables (also ``?schema=`` in the URL).
+        synchronous_commit: for leases and acks (default ``"off"``, see
+            :class:`~chard._postgres.database.Database`); ``"on"`` makes each one wait for
+            its WAL flush too. Publishes always wait.
     """
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
@@ -147,6 +151,9 @@ class PostgresBroker(Broker):
             role="broker",
             connection_error=BrokerConnectionError,
             error=BrokerError,
+            # Leases and acks: a crash may undo the last ones (redelivery, at-least-once);
+            # what must survive (publish, broadcast, re-drive) commits with DURABLE.
+            synchronous_commit=str(self.options.get("synchronous_commit", "off")),
         )
         self.messages_channel = f"chard.{self.db.schema}.messages"
         self.broadcasts_channel = f"chard.{self.db.schema}.broadcasts"
@@ -187,12 +194,18 @@ class PostgresBroker(Broker):
 
         if len(rows) < COPY_THRESHOLD:
             columns = [list(column) for column in zip(*rows, strict=True)]
-            self.db.rows(INSERT_MANY, (*columns, self.messages_channel))
+
+            def insert_few(tx: Tx) -> None:
+                tx.run(DURABLE)
+                tx.rows(INSERT_MANY, (*columns, self.messages_channel))
+
+            self.db.transaction(insert_few)
             return
         due_now = [(queue, priority, body) for queue, priority, eta, body in rows if eta is None]
         later = [row for row in rows if row[2] is not None]
 
         def insert(tx: Tx) -> None:
+            tx.run(DURABLE)
             tx.copy("chard_messages", ("queue", "priority", "body"), due_now)
             if later:
                 columns = [list(column) for column in zip(*later, strict=True)]
@@ -337,6 +350,7 @@ class PostgresBroker(Broker):
         """Append ``payload`` to ``channel``'s log and prune it; readers hear it at commit."""
 
         def append(tx: Tx) -> int:
+            tx.run(DURABLE)
             tx.run(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))",
                 (f"chard-broadcast:{self.db.schema}:{channel}",),
@@ -417,6 +431,7 @@ class PostgresBroker(Broker):
             return False
 
         def move(tx: Tx) -> bool:
+            tx.run(DURABLE)
             rows = tx.rows(
                 "WITH moved AS (DELETE FROM {s}.chard_dead_letters WHERE id = %s"
                 " RETURNING queue, priority, body)"

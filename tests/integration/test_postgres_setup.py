@@ -18,6 +18,7 @@ import pytest
 
 from chard.backends import open_backend
 from chard.brokers import open_broker
+from chard.brokers._postgres_sql import DURABLE
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.postgres import COPY_THRESHOLD, PostgresBroker
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
@@ -202,3 +203,22 @@ def test_a_large_batch_is_loaded_whole_in_order_with_its_etas(url: str) -> None:
             b"m%03d" % i for i in range(1, 200, 2)
         ]
         assert broker.queue_size("big") == 2  # the two ETAs wait, unleased
+
+
+def test_settles_commit_without_waiting_for_the_flush_unless_told_to(url: str) -> None:
+    # Leases, acks and results may be undone by a server crash (redelivery), never a message
+    with (
+        PostgresBroker(url) as relaxed,
+        PostgresBroker(url, {"synchronous_commit": "on"}) as strict,
+    ):
+        assert relaxed.db.rows("SHOW synchronous_commit") == [("off",)]
+        assert strict.db.rows("SHOW synchronous_commit") == [("on",)]
+        durable = relaxed.db.transaction(
+            lambda tx: (tx.run(DURABLE), tx.rows("SHOW synchronous_commit"))[1]
+        )
+        assert durable == [("on",)]  # what a publish runs under
+    backend = open_backend(url)
+    try:
+        assert backend.db.rows("SHOW synchronous_commit") == [("off",)]  # type: ignore[attr-defined]
+    finally:
+        backend.close()
