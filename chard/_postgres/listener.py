@@ -3,7 +3,7 @@
 Publishers send ``pg_notify(channel, payload)`` inside their transaction, so a
 notification is delivered exactly when what it announces becomes visible. A
 :class:`Listener` holds one connection that LISTENs on a few channels and a thread that
-sleeps in ``select()`` on it (no query, no timer: an idle process costs the server
+sleeps in ``poll()`` on it (no query, no timer: an idle process costs the server
 nothing) and records each notification under a growing sequence number. Waiters note the
 number, look at the tables, and then wait for a notification after that number that
 concerns them: nothing committed between their look and their wait is missed.
@@ -181,11 +181,14 @@ class Listener:
                 pause = min(pause * 2, RECONNECT_MAX)
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        """Sleep in select() until the server sends something or close() writes the pipe."""
+        """Sleep in poll() until the server sends something or close() writes the pipe."""
         pgconn = conn.pgconn
         while not self._is_closing:
-            readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [])
-            if self._wake_r in readable:
+            # poll(), not select(): a process may hold descriptors past select's 1024
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            if any(fd == self._wake_r for fd, _ in poller.poll()):
                 return
             pgconn.consume_input()  # raises OperationalError when the connection is gone
             while (notify := pgconn.notifies()) is not None:
@@ -197,4 +200,6 @@ class Listener:
 
     def _pause(self, seconds: float) -> None:
         with contextlib.suppress(OSError):
-            select.select([self._wake_r], [], [], seconds)
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            poller.poll(seconds * 1000)

@@ -67,8 +67,9 @@ class DirectoryWatch:
 
     def wait(self, timeout: float) -> set[str] | None:
         """Block up to ``timeout`` for events; return the names they carry (None: timed out)."""
-        readable, _, _ = select.select([self.fd], [], [], max(timeout, 0.0))
-        if not readable:
+        poller = select.poll()  # not select(): descriptors may be numbered past 1024
+        poller.register(self.fd, select.POLLIN)
+        if not poller.poll(max(timeout, 0.0) * 1000):
             return None
         names: set[str] = set()
         with contextlib.suppress(BlockingIOError):
