@@ -20,6 +20,7 @@ scripts under an advisory lock, and refuses a schema written by a newer chard.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -123,6 +124,18 @@ class Database:
     @property
     def schema(self) -> str:
         return self.target.schema
+
+    def channel(self, kind: str) -> str:
+        """Return the notification channel of ``kind`` in this schema: ``chard.<schema>.<kind>``.
+
+        PostgreSQL refuses channel names of 64 bytes or more, so a long schema name is
+        replaced by a digest of it (the same in every process).
+        """
+        name = f"chard.{self.schema}.{kind}"
+        if len(name) < 64:
+            return name
+        digest = hashlib.sha256(self.schema.encode()).hexdigest()[:24]
+        return f"chard.{digest}.{kind}"
 
     # -- running SQL ---------------------------------------------------------------
     def transaction(self, action: Callable[[Tx], T]) -> T:

@@ -117,7 +117,7 @@ class PostgresResultBackend(ResultBackend):
             # is undone too (WAL is flushed in order). See Database.
             synchronous_commit=str(self.options.get("synchronous_commit", "off")),
         )
-        self.channel = f"chard.{self.db.schema}.results"
+        self.channel = self.db.channel("results")
         self.purge_interval = float(self.options.get("purge_interval", DEFAULT_PURGE_INTERVAL))
         self._next_purge = 0.0
         self._listener: Listener | None = None

@@ -155,8 +155,8 @@ class PostgresBroker(Broker):
             # what must survive (publish, broadcast, re-drive) commits with DURABLE.
             synchronous_commit=str(self.options.get("synchronous_commit", "off")),
         )
-        self.messages_channel = f"chard.{self.db.schema}.messages"
-        self.broadcasts_channel = f"chard.{self.db.schema}.broadcasts"
+        self.messages_channel = self.db.channel("messages")
+        self.broadcasts_channel = self.db.channel("broadcasts")
         self._turn = 0
         self._state_lock = threading.Lock()
         #: Ids of the rows this instance leased and has not settled: heartbeat's work.

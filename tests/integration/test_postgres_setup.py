@@ -222,3 +222,23 @@ def test_settles_commit_without_waiting_for_the_flush_unless_told_to(url: str) -
         assert backend.db.rows("SHOW synchronous_commit") == [("off",)]  # type: ignore[attr-defined]
     finally:
         backend.close()
+
+
+def test_a_schema_with_a_long_name_still_notifies() -> None:
+    # PostgreSQL refuses channel names of 64 bytes or more: the longest schema must still work
+    url = postgres_url(schema=("chardtest_long_" + uuid.uuid4().hex * 2)[:63])
+    try:
+        with PostgresBroker(url) as consumer, PostgresBroker(url) as producer:
+            got: list[bytes] = []
+            thread = threading.Thread(
+                target=lambda: got.extend(d.body for d in consumer.fetch(["q"], 1, 10.0))
+            )
+            thread.start()
+            wait_for(lambda: consumer._idle is not None)  # it looked, found nothing, and sleeps
+            producer.publish(OutgoingMessage("q", b"hello"))
+            producer.broadcast("c", b"too")
+            thread.join(timeout=10)
+            assert got == [b"hello"]
+            assert len(consumer.messages_channel) < 64
+    finally:
+        drop_postgres_schema(url)
