@@ -137,3 +137,31 @@ def delete_amqp_queues(url: str, names: Iterable[str]) -> None:
             for queue in [name, *(delay.level_queue(lv, name) for lv in range(delay.LEVELS))]:
                 channel.queue_delete(queue)
             channel.exchange_delete(name)
+
+
+POSTGRES_HOST = os.environ.get("CHARD_TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("CHARD_TEST_POSTGRES_PORT", "5432"))
+POSTGRES_DB = os.environ.get("CHARD_TEST_POSTGRES_DB", "test")
+#: Every schema a test creates starts with this; the session drops what is left of them.
+POSTGRES_SCHEMA_PREFIX = f"chardtest_{RUN_ID}_"
+
+
+def postgres_url(schema: str | None = None) -> str:
+    """Return a PostgreSQL URL for a test, checking the server first.
+
+    The schema (``?schema=``) isolates the test's tables; drop it afterwards with
+    :func:`drop_postgres_schema` (the session drops any left over).
+    """
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    schema = schema or POSTGRES_SCHEMA_PREFIX + uuid.uuid4().hex[:8]
+    return f"postgresql://{POSTGRES_HOST}:{POSTGRES_PORT}/{POSTGRES_DB}?schema={schema}"
+
+
+def drop_postgres_schema(url: str) -> None:
+    """Drop the schema ``url`` names, with everything in it."""
+    import psycopg
+
+    schema = url.rpartition("?schema=")[2]
+    conninfo = url.rpartition("?")[0]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

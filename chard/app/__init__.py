@@ -12,6 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
@@ -377,6 +378,10 @@ class Celery(CeleryCompat):
         ``task_publish_retry_policy``.
         """
         sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
+
+    def transaction(self, connection: Any) -> AbstractContextManager[None]:  # Any: DB-API
+        """Send this block's tasks through ``connection``, visible when its transaction commits."""
+        return self.broker.enlist(connection)
 
     # -- canvas shortcuts -----------------------------------------------------
     def signature(

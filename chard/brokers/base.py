@@ -42,6 +42,7 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -336,6 +337,25 @@ class Broker(ABC):
         return (
             f"the {type(self).__name__} broker has no broadcast channels, so revocations and "
             "remote control do not reach its workers; use the sqlite, redis or memory broker"
+        )
+
+    def enlist(self, connection: Any) -> AbstractContextManager[None]:
+        """Publish through ``connection``, in its transaction, while the context lasts.
+
+        ``app.transaction(conn)`` calls this, so that a task sent inside the application's
+        transaction is visible only once it commits and vanishes on rollback. Per context
+        (thread or task): other threads keep publishing on the broker's own connection.
+
+        Args:
+            connection: the application's database connection (DB-API, e.g. psycopg's).
+
+        Raises:
+            ImproperlyConfigured: this broker keeps its messages elsewhere than the
+                application's database (only the PostgreSQL broker can enlist).
+        """
+        raise ImproperlyConfigured(
+            f"the {type(self).__name__} broker cannot send tasks inside your database "
+            "transaction; app.transaction(conn) needs a postgresql:// broker on that database"
         )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most brokers have something to close

@@ -130,6 +130,16 @@ def test_unknown_backend_scheme_lists_the_supported_ones() -> None:
         _ = app.backend
 
 
+def test_a_database_url_chard_cannot_read_names_the_ones_it_can() -> None:
+    app = Celery("t", broker="memory://", backend="db+mysql://scott:tiger@localhost/foo")
+
+    with pytest.raises(
+        ImproperlyConfigured, match=r"use db\+postgresql://\.\.\. or db\+sqlite"
+    ) as info:
+        _ = app.backend
+    assert "tiger" not in str(info.value)
+
+
 def test_connections_are_opened_once(app: Celery) -> None:
     assert app.broker is app.broker
     assert app.backend is app.backend
