@@ -31,7 +31,8 @@ def check_broker_url(url: str) -> str:
     """Return ``url``'s scheme if chard has a broker for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: an unknown scheme, or one not supported yet (SQS); the message lists the supported ones.
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (SQS); the
+            message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SUPPORTED_SCHEMES:

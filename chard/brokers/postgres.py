@@ -57,6 +57,7 @@ from chard.brokers._postgres_sql import (
 from chard.brokers.base import (
     Broker,
     DeadLetter,
+    DelayedMessage,
     Delivery,
     OutgoingMessage,
     clamp_priority,
@@ -346,7 +347,7 @@ class PostgresBroker(Broker):
             self._held.difference_update(ids)
 
     # -- broadcast channels -------------------------------------------------------------
-    def broadcast(self, channel: str, payload: bytes) -> str:
+    def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
         """Append ``payload`` to ``channel``'s log and prune it; readers hear it at commit."""
 
         def append(tx: Tx) -> int:
@@ -359,7 +360,8 @@ class PostgresBroker(Broker):
                 "INSERT INTO {s}.chard_broadcasts (channel, payload) VALUES (%s, %s) RETURNING id",
                 (channel, payload),
             )
-            tx.run(PRUNE_BROADCASTS, {"channel": channel, "keep": self.broadcast_maxlen})
+            keep = maxlen or self.broadcast_maxlen
+            tx.run(PRUNE_BROADCASTS, {"channel": channel, "keep": keep})
             tx.notify(self.broadcasts_channel, [channel])
             return int(rows[0][0])
 
@@ -417,6 +419,18 @@ class PostgresBroker(Broker):
     def queue_size(self, queue: str) -> int:
         sql = f"SELECT count(*) FROM {{s}}.chard_messages WHERE queue = %s AND {WAITING}"
         return int(self.db.rows(sql, (queue,))[0][0])
+
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        """List countdown/ETA rows not yet due and not leased, soonest first (one query)."""
+        if not queues:
+            return []
+        rows = self.db.rows(
+            "SELECT queue, body, extract(epoch FROM not_before), priority"
+            " FROM {s}.chard_messages WHERE queue = ANY(%s) AND not_before > now()"
+            " AND lease_owner IS NULL ORDER BY not_before, id LIMIT %s",
+            (list(queues), limit),
+        )
+        return [DelayedMessage(q, bytes(b), float(due), int(p)) for q, b, due, p in rows]
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = self.db.rows(
