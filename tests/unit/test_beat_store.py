@@ -223,9 +223,9 @@ def test_a_broker_without_a_store_is_refused_not_replaced_by_a_local_file() -> N
     with pytest.raises(ImproperlyConfigured) as caught:
         open_schedule_store(app)
 
-    # (amqp:// has no broker yet either, so the broker's own refusal comes first: issue 14)
+    # (RabbitMQ has no key-value store for the lease and the firing claims)
     message = str(caught.value)
-    assert "uses amqp:// (RabbitMQ), which chard does not support yet" in message
+    assert "scheme 'amqp' has no schedule store yet" in message
     assert "secret" not in message
     assert "sqlite://" in message
     assert "redis://" in message
