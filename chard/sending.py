@@ -138,8 +138,9 @@ def build_message(
         root_id = root_id or request.root_id or request.id
         parent_id = parent_id or request.id
     reply_to = options.other.get("reply_to") or (request.reply_to if request else None)
-    if not reply_to and conf["result_backend"] and str(conf["result_backend"]).startswith("rpc"):
-        reply_to = app.backend.reply_queue if app.backend is not None else ""
+    if not reply_to and str(conf["result_backend"] or "").startswith("rpc"):
+        backend = app.backend  # rpc://: its reply queue (opened on the first send)
+        reply_to = backend.reply_queue if backend is not None else ""
     message = TaskMessage(
         reply_to=str(reply_to or ""),
         task=name,
