@@ -16,7 +16,7 @@ from typing import Any
 
 def _load(system: str) -> tuple[Any, Any]:
     """Return ``(tasks module, group)`` for ``system``."""
-    if system == "chard":
+    if system in ("chard", "chard-pg"):
         from chard import group
 
         return importlib.import_module("benchapp"), group
@@ -68,6 +68,53 @@ def latency(mod: Any, group: Any, n: int) -> dict[str, Any]:
     return {"samples": samples}
 
 
+# -- Procrastinate: no results; a job is done when its row says so ------------------------
+
+
+def _done(conn: Any, ids: list[int]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM procrastinate_jobs WHERE id = ANY(%s) AND status = 'succeeded'",
+        (ids,),
+    ).fetchone()
+    return int(row[0])
+
+
+def procrastinate_op(op: str, n: int) -> dict[str, Any]:
+    import os
+
+    import psycopg
+
+    mod = importlib.import_module("benchapp_procrastinate")
+    with mod.app.open(), psycopg.connect(os.environ["BENCH_PROCRASTINATE_URL"]) as conn:
+        conn.autocommit = True
+        if op in ("enqueue-delay", "enqueue-group"):
+            mod.drain.defer()  # warm-up: connects
+            started = time.perf_counter()
+            if op == "enqueue-delay":
+                for _ in range(n):
+                    mod.drain.defer()
+            else:
+                mod.drain.batch_defer(*({} for _ in range(n)))
+            return {"rate": n / (time.perf_counter() - started), "sent": n + 1}
+        warm = [mod.noop.defer()]
+        while _done(conn, warm) < 1:
+            time.sleep(0.001)
+        if op == "e2e":
+            started = time.perf_counter()
+            ids = [mod.noop.defer() for _ in range(n)]
+            while _done(conn, ids) < n:
+                time.sleep(0.005)
+            return {"rate": n / (time.perf_counter() - started)}
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            job = [mod.noop.defer()]
+            while _done(conn, job) < 1:
+                time.sleep(0.0005)
+            samples.append(time.perf_counter() - started)
+        return {"samples": samples}
+
+
 OPS = {
     "enqueue-delay": enqueue_delay,
     "enqueue-group": enqueue_group,
@@ -78,8 +125,11 @@ OPS = {
 
 def main(argv: list[str]) -> None:
     system, op, n = argv[0], argv[1], int(argv[2])
-    mod, group = _load(system)
-    result = OPS[op](mod, group, n)
+    if system == "procrastinate":
+        result = procrastinate_op(op, n)
+    else:
+        mod, group = _load(system)
+        result = OPS[op](mod, group, n)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

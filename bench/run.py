@@ -1,4 +1,4 @@
-"""chard vs Celery on one Redis: enqueue, drain, end-to-end, round-trip, worker RSS and idle CPU.
+"""chard vs Celery on one Redis (and chard on PostgreSQL): enqueue, drain, end-to-end, latency.
 
     .venv/bin/python -m bench            # full run: 3 interleaved rounds, medians
     .venv/bin/python -m bench --quick    # smoke run with tiny N (chard only if Celery is missing)
@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +64,15 @@ class Config:
     rounds: int
     systems: list[str]
     redis_base: str
+    postgres: str
     chard_db: int
     celery_db: int
     output: Path
     timeout: float
     #: Workers send task events (``-E``): the cost of monitoring.
     events: bool = False
+    #: RabbitMQ server (no vhost): both systems on it, each in a vhost of its own, rpc://.
+    rabbitmq: str | None = None
 
 
 @dataclass
@@ -79,9 +83,25 @@ class System:
     broker_url: str
     app_module: str
     cli: str
-    reset_client: redis.Redis
+    reset_client: redis.Redis | None
     prefix: str | None = None  # chard: delete keys under it; Celery: FLUSHDB its own db
     logs: list[Path] = field(default_factory=list)
+    #: On RabbitMQ: the vhost (created and deleted by the run) and results over rpc://.
+    vhost: str | None = None
+    #: chard on PostgreSQL: (server URL, schema of its own, dropped by ``reset``)
+    postgres: tuple[str, str] | None = None
+    #: Seconds between two looks at the queue while draining (a count(*) costs PostgreSQL more)
+    poll_interval: float = 0.002
+    #: More environment for its processes (Procrastinate's URL)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def worker_argv(self, events: bool = False) -> list[str]:
+        """Return the worker command: 2 processes' worth, as alike as the systems allow."""
+        if self.name == "procrastinate":  # one asyncio process per worker: start two
+            one = f"{self.cli} --app {self.app_module}.app worker -c 2 -q ''"
+            return ["sh", "-c", f"{one} & {one} & wait"]
+        argv = [self.cli, "-A", self.app_module, "worker", "-P", "prefork", "-c", "2"]
+        return [*argv, "-l", "WARNING", *(["-E"] if events else [])]
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join([str(APPS), str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -89,10 +109,23 @@ class System:
             **os.environ,
             "PYTHONPATH": path.rstrip(os.pathsep),
             "BENCH_BROKER_URL": self.broker_url,
+            "BENCH_BACKEND_URL": "rpc://" if self.vhost else "",
+            **self.extra_env,
         }
 
     def reset(self) -> None:
         """Forget every message, result and counter of this system."""
+        if self.vhost is not None:
+            amqp_purge(self.broker_url, "celery")
+            return
+        if self.postgres is not None:
+            self._sql(f'DROP SCHEMA IF EXISTS "{self.postgres[1]}" CASCADE')
+            if self.name == "procrastinate":  # its tables must exist before a defer
+                self._sql(f'CREATE SCHEMA "{self.postgres[1]}"')
+                argv = [self.cli, "--app", f"{self.app_module}.app", "schema", "--apply"]
+                subprocess.run(argv, env=self.env(), cwd=ROOT, check=True, capture_output=True)
+            return
+        assert self.reset_client is not None
         if self.prefix is None:
             self.reset_client.flushdb()
             return
@@ -108,6 +141,18 @@ class System:
         ``celery`` list plus its ``unacked`` hash. Celery acks on start by default, so its
         count misses at most the 8 prefetched messages at the very end: a few ms of 20,000.
         """
+        if self.vhost is not None:  # ready messages only: unacked are invisible without the
+            return amqp_ready(self.broker_url, "celery")  # management plugin (<= prefetch)
+        if self.name == "procrastinate":
+            return int(
+                self._sql(
+                    f'SELECT count(*) FROM "{self.postgres[1]}".procrastinate_jobs'  # type: ignore[index]
+                    " WHERE status IN ('todo', 'doing')"
+                )
+            )
+        if self.postgres is not None:  # leased rows stay in the table until acked
+            return int(self._sql(f'SELECT count(*) FROM "{self.postgres[1]}".chard_messages'))
+        assert self.reset_client is not None
         prefix = self.prefix or ""
         held = f"{prefix}chard.leases" if self.prefix is not None else "unacked"
         pipe = self.reset_client.pipeline(transaction=False)
@@ -119,8 +164,64 @@ class System:
         queued, in_flight = pipe.execute()
         return int(queued) + int(in_flight)
 
+    def _sql(self, sql: str) -> Any:
+        """Run one statement on the PostgreSQL server (a connection kept between calls)."""
+        import psycopg  # only the chard-pg system needs the postgres extra
+
+        assert self.postgres is not None
+        conn = getattr(self, "_pg", None)
+        if conn is None or conn.closed:
+            conn = self._pg = psycopg.connect(self.postgres[0], autocommit=True)
+        cursor = conn.execute(sql)
+        return cursor.fetchone()[0] if cursor.description else None
+
+
+def amqp_purge(url: str, queue: str) -> None:
+    import pika  # only for the RabbitMQ rows
+
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_purge(queue)
+
+
+def amqp_ready(url: str, queue: str) -> int:
+    import pika
+
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        try:
+            return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def _amqp_systems(cfg: Config) -> list[System]:
+    assert cfg.rabbitmq is not None
+    out = []
+    for name in cfg.systems:
+        vhost = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        out.append(
+            System(
+                name=name,
+                broker_url=f"{cfg.rabbitmq.rstrip('/')}/{vhost}",
+                app_module="benchapp" if name == "chard" else "benchapp_celery",
+                cli=str(BIN / name),
+                reset_client=None,
+                vhost=vhost,
+            )
+        )
+    return out
+
 
 def _systems(cfg: Config) -> list[System]:
+    if cfg.rabbitmq:
+        return _amqp_systems(cfg)
     out = []
     for name in cfg.systems:
         if name == "chard":
@@ -134,6 +235,34 @@ def _systems(cfg: Config) -> list[System]:
                     cli=str(BIN / "chard"),
                     reset_client=redis.Redis.from_url(url),
                     prefix=prefix,
+                )
+            )
+        elif name == "chard-pg":
+            schema = f"bench_{uuid.uuid4().hex[:12]}"
+            out.append(
+                System(
+                    name="chard-pg",
+                    broker_url=f"{cfg.postgres}?schema={schema}",
+                    app_module="benchapp",
+                    cli=str(BIN / "chard"),
+                    reset_client=None,
+                    postgres=(cfg.postgres, schema),
+                    poll_interval=0.02,
+                )
+            )
+        elif name == "procrastinate":
+            schema = f"bench_proc_{uuid.uuid4().hex[:12]}"
+            options = urllib.parse.quote(f"-c search_path={schema}")
+            out.append(
+                System(
+                    name="procrastinate",
+                    broker_url="",
+                    app_module="benchapp_procrastinate",
+                    cli=str(BIN / "procrastinate"),
+                    reset_client=None,
+                    postgres=(cfg.postgres, schema),
+                    poll_interval=0.02,
+                    extra_env={"BENCH_PROCRASTINATE_URL": f"{cfg.postgres}?options={options}"},
                 )
             )
         else:
@@ -166,8 +295,7 @@ class WorkerRun:
 
     def __init__(self, system: System, log: Path, events: bool = False) -> None:
         self.system = system
-        argv = [system.cli, "-A", system.app_module, "worker", "-P", "prefork", "-c", "2"]
-        argv += ["-l", "WARNING", *(["-E"] if events else [])]
+        argv = system.worker_argv(events)
         system.logs.append(log)
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
@@ -191,6 +319,8 @@ class WorkerRun:
         """Warm-stop the worker (SIGKILL its group after 20 s); return peak RSS in KiB."""
         peak = self.rss.stop()
         if self.proc.poll() is None:
+            if self.system.name == "procrastinate":  # its workers are the shell's children
+                os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -222,7 +352,7 @@ def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) 
         worker.check_alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"{system.name}: {left}/{total} not done after {timeout}s")
-        time.sleep(0.002)
+        time.sleep(system.poll_interval)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -271,10 +401,17 @@ def fmt(value: float | None) -> str:
 
 def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
     has_celery = "celery" in medians
-    lines = [
-        "| metric | unit | chard | celery | chard/celery | target |",
-        "|---|---|---:|---:|---:|---|",
-    ]
+    has_pg = "chard-pg" in medians
+    head = "| metric | unit | chard | celery | chard/celery | target |"
+    rule = "|---|---|---:|---:|---:|---|"
+    if has_pg:  # chard on PostgreSQL beside chard on Redis, and against Celery on Redis
+        head += " chard-pg | chard-pg/celery | chard-pg/chard |"
+        rule += "---:|---:|---:|"
+    has_proc = "procrastinate" in medians
+    if has_proc:  # against Procrastinate on the same PostgreSQL
+        head += " procrastinate | chard-pg/procrastinate |"
+        rule += "---:|---:|"
+    lines = [head, rule]
     for key, label, unit, higher, target in ROWS:
         c = medians.get("chard", {}).get(key)
         k = medians.get("celery", {}).get(key) if has_celery else None
@@ -285,9 +422,19 @@ def table(medians: dict[str, dict[str, float]], cfg: Config) -> str:
             if ratio is not None:
                 met = ratio >= target if higher else ratio <= target
                 goal += " ✓" if met else " ✗"
-        ratio_text = f"{ratio:.2f}x" if ratio is not None else "n/a"
-        lines.append(f"| {label} | {unit} | {fmt(c)} | {fmt(k)} | {ratio_text} | {goal} |")
+        line = f"| {label} | {unit} | {fmt(c)} | {fmt(k)} | {_ratio(c, k)} | {goal} |"
+        if has_pg:
+            g = medians["chard-pg"].get(key)
+            line += f" {fmt(g)} | {_ratio(g, k)} | {_ratio(g, c)} |"
+        if has_proc:
+            x = medians["procrastinate"].get(key)
+            line += f" {fmt(x)} | {_ratio(medians.get('chard-pg', {}).get(key), x)} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
 def details(runs: dict[str, list[dict[str, float]]]) -> str:
@@ -311,11 +458,23 @@ def parse(argv: list[str] | None) -> Config:
     p.add_argument(
         "--systems",
         default="chard,celery",
-        help="comma-separated: chard, celery (celery is skipped if it is not installed)",
+        help="comma-separated: chard, celery, chard-pg (chard on PostgreSQL, broker and "
+        "results), procrastinate (on the same PostgreSQL); celery and procrastinate are "
+        "skipped if not installed",
+    )
+    p.add_argument(
+        "--postgres",
+        default="postgresql://127.0.0.1:5432/test",
+        help="PostgreSQL server and database for chard-pg (a bench_<id> schema, dropped after)",
     )
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server, no db")
     p.add_argument("--chard-db", type=int, default=10)
     p.add_argument("--celery-db", type=int, default=11)
+    p.add_argument(
+        "--rabbitmq",
+        help="RabbitMQ server without vhost (amqp://guest:guest@127.0.0.1:5672): both systems "
+        "on it, each in a vhost of its own (made with rabbitmqctl), results over rpc://",
+    )
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     p.add_argument("--timeout", type=float, default=600, help="seconds per phase at most")
     p.add_argument(
@@ -324,9 +483,13 @@ def parse(argv: list[str] | None) -> Config:
     a = p.parse_args(argv)
     quick = a.quick
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(systems) - {"chard", "celery"}
+    known = ("chard", "celery", "chard-pg", "procrastinate")
+    unknown = set(systems) - set(known)
     if unknown:
-        p.error(f"unknown system(s) {sorted(unknown)}; choose from chard, celery")
+        p.error(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(known)}")
+    if "procrastinate" in systems and importlib.util.find_spec("procrastinate") is None:
+        print("procrastinate is not installed (pip install -e '.[bench]'); skipping it")
+        systems.remove("procrastinate")
     if "celery" in systems and importlib.util.find_spec("celery") is None:
         print("celery is not installed (pip install -e '.[bench]'); running chard only")
         systems.remove("celery")
@@ -340,11 +503,13 @@ def parse(argv: list[str] | None) -> Config:
         rounds=a.rounds or (1 if quick else 3),
         systems=systems,
         redis_base=a.redis.rstrip("/"),
+        postgres=a.postgres,
         chard_db=a.chard_db,
         celery_db=a.celery_db,
         output=a.output,
         timeout=a.timeout,
         events=a.events,
+        rabbitmq=a.rabbitmq,
     )
 
 
@@ -358,12 +523,19 @@ def main(argv: list[str] | None = None) -> int:
     logdir = cfg.output.parent / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
-    for index in range(cfg.rounds):
-        for system in systems:  # interleaved: chard, celery, chard, celery ...
-            print(f"round {index + 1}/{cfg.rounds}: {system.name} ...", file=sys.stderr, flush=True)
-            result = one_round(system, cfg, logdir, index)
-            runs[system.name].append(result)
-            print("  " + json.dumps({k: round(v, 2) for k, v in result.items()}), file=sys.stderr)
+    try:
+        for index in range(cfg.rounds):
+            for system in systems:  # interleaved: chard, celery, chard, celery ...
+                print(f"round {index + 1}/{cfg.rounds}: {system.name} ...", file=sys.stderr)
+                result = one_round(system, cfg, logdir, index)
+                runs[system.name].append(result)
+                print(
+                    "  " + json.dumps({k: round(v, 2) for k, v in result.items()}), file=sys.stderr
+                )
+    finally:
+        for system in systems:
+            if system.vhost is not None:
+                rabbitmqctl("delete_vhost", system.vhost)
     medians = {
         name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         for name, rounds in runs.items()
@@ -373,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         from importlib.metadata import version
 
         celery_version = f", Celery {version('celery')}"
+    where = f"RabbitMQ ({cfg.rabbitmq}), results over rpc://" if cfg.rabbitmq else "Redis"
     header = (
-        f"# chard vs Celery\n\n"
+        f"# chard vs Celery on {where}\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {platform.python_implementation()} "
         f"{platform.python_version()}{celery_version}; {os.cpu_count()} CPUs; "
         f"{cfg.rounds} round(s), median; N={cfg.n:,} (group {cfg.group_n:,}), "

@@ -57,6 +57,12 @@ SETTINGS: dict[str, Setting] = {
     "task_default_queue": Setting("celery", "Queue for tasks without a route"),
     "task_routes": Setting(None, "Routes: dict/glob/regex/callable(s) mapping names to queues"),
     "task_default_priority": Setting(None, "Priority when none is given (0 highest .. 9 lowest)"),
+    "task_default_queue_type": Setting(
+        "classic", "RabbitMQ: the type of the queues chard declares (classic or quorum)"
+    ),
+    "task_queue_max_priority": Setting(
+        None, "RabbitMQ: declare queues with x-max-priority (there, higher = more urgent)"
+    ),
     "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
     "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
     "task_allow_error_cb_on_chord_header": Setting(
@@ -435,6 +441,29 @@ def _allowed_types(name: str) -> tuple[type, ...]:
 
 def _is_bool_for_number(value: Any, allowed: tuple[type, ...]) -> bool:
     return isinstance(value, bool) and bool not in allowed
+
+
+def broker_options(conf: Settings) -> dict[str, Any]:
+    """The options a broker opens with: the transport options, plus queue-level settings.
+
+    ``task_queue_max_priority`` travels as ``queue_max_priority`` (RabbitMQ's queue argument);
+    a value in the transport options wins.
+    """
+    options = dict(conf.broker_transport_options or {})
+    if conf.task_queue_max_priority is not None:
+        options.setdefault("queue_max_priority", conf.task_queue_max_priority)
+    if conf.task_default_queue_type != "classic":
+        options.setdefault("queue_type", conf.task_default_queue_type)
+    return options
+
+
+def backend_options(conf: Settings, backend_url: str, broker_url: str) -> dict[str, Any]:
+    """The options a result backend opens with; ``rpc://`` also gets the broker's URL."""
+    options = dict(conf.result_backend_transport_options or {})
+    if backend_url.startswith("rpc:"):
+        options.setdefault("broker_url", broker_url)
+        options.update({k: v for k, v in broker_options(conf).items() if k not in options})
+    return options
 
 
 def _import_config(path: str) -> Any:

@@ -137,7 +137,12 @@ def build_message(
     if request is not None and not request.is_eager:
         root_id = root_id or request.root_id or request.id
         parent_id = parent_id or request.id
+    reply_to = options.other.get("reply_to") or (request.reply_to if request else None)
+    if not reply_to and str(conf["result_backend"] or "").startswith("rpc"):
+        backend = app.backend  # rpc://: its reply queue (opened on the first send)
+        reply_to = backend.reply_queue if backend is not None else ""
     message = TaskMessage(
+        reply_to=str(reply_to or ""),
         task=name,
         id=task_id,
         args=args,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -64,3 +67,101 @@ def redis_url(prefix: str | None = None) -> str:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     prefix = prefix or f"chardtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}?global_keyprefix={prefix}"
+
+
+RABBITMQ_HOST = os.environ.get("CHARD_TEST_RABBITMQ_HOST", "127.0.0.1")
+RABBITMQ_PORT = int(os.environ.get("CHARD_TEST_RABBITMQ_PORT", "5672"))
+
+
+def rabbitmq_vhost() -> str:
+    """Create this test run's own RabbitMQ vhost (once per run); return its name.
+
+    ``rabbitmqctl`` takes seconds per call, so one vhost serves the whole run and each
+    test deletes the queues it made (:func:`delete_amqp_queues`).
+    """
+    global _rabbitmq_vhost
+    require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    if _rabbitmq_vhost is None:
+        name = f"chardtest-{RUN_ID}"
+        for args in (
+            ["add_vhost", name],
+            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(
+                ["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60
+            )
+        _rabbitmq_vhost = name
+        atexit.register(
+            subprocess.run, ["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True
+        )
+    return _rabbitmq_vhost
+
+
+_rabbitmq_vhost: str | None = None
+
+
+def amqp_url() -> str:
+    """Return an amqp:// URL on this run's own vhost (see :func:`rabbitmq_vhost`)."""
+    vhost = rabbitmq_vhost()
+    return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{vhost}"
+
+
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """Yield an amqp:// URL on a vhost of its own, deleted after (with its connections).
+
+    For tests that run real workers, whose queues and connections are not the test's to
+    list; each costs a few seconds of ``rabbitmqctl``.
+    """
+    require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    name = f"chardtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", *[".*"] * 3]):
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    try:
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{name}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+def delete_amqp_queues(url: str, names: Iterable[str]) -> None:
+    """Delete queues a test declared (and the delay chain of each), on the vhost of ``url``."""
+    import pika  # the test's own admin connection, not chard's
+
+    from chard._amqp import delay
+
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        for name in names:
+            if name.startswith("\0"):
+                continue
+            for queue in [name, *(delay.level_queue(lv, name) for lv in range(delay.LEVELS))]:
+                channel.queue_delete(queue)
+            channel.exchange_delete(name)
+
+
+POSTGRES_HOST = os.environ.get("CHARD_TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("CHARD_TEST_POSTGRES_PORT", "5432"))
+POSTGRES_DB = os.environ.get("CHARD_TEST_POSTGRES_DB", "test")
+#: Every schema a test creates starts with this; the session drops what is left of them.
+POSTGRES_SCHEMA_PREFIX = f"chardtest_{RUN_ID}_"
+
+
+def postgres_url(schema: str | None = None) -> str:
+    """Return a PostgreSQL URL for a test, checking the server first.
+
+    The schema (``?schema=``) isolates the test's tables; drop it afterwards with
+    :func:`drop_postgres_schema` (the session drops any left over).
+    """
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    schema = schema or POSTGRES_SCHEMA_PREFIX + uuid.uuid4().hex[:8]
+    return f"postgresql://{POSTGRES_HOST}:{POSTGRES_PORT}/{POSTGRES_DB}?schema={schema}"
+
+
+def drop_postgres_schema(url: str) -> None:
+    """Drop the schema ``url`` names, with everything in it."""
+    import psycopg
+
+    schema = url.rpartition("?schema=")[2]
+    conninfo = url.rpartition("?")[0]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -1,7 +1,7 @@
 """chard side of the benchmark: the same two tasks as ``benchapp_celery``.
 
-Configured from the environment by ``bench/run.py``: ``BENCH_BROKER_URL`` (broker and
-results).
+Configured from the environment by ``bench/run.py``: ``BENCH_BROKER_URL`` (broker, and
+results unless ``BENCH_BACKEND_URL`` is set: ``rpc://`` on RabbitMQ).
 """
 
 import os
@@ -9,7 +9,9 @@ import os
 from chard import Celery
 
 app = Celery(
-    "benchapp", broker=os.environ["BENCH_BROKER_URL"], backend=os.environ["BENCH_BROKER_URL"]
+    "benchapp",
+    broker=os.environ["BENCH_BROKER_URL"],
+    backend=os.environ.get("BENCH_BACKEND_URL") or os.environ["BENCH_BROKER_URL"],
 )
 
 

@@ -5,7 +5,9 @@ import os
 from celery import Celery
 
 app = Celery(
-    "benchapp", broker=os.environ["BENCH_BROKER_URL"], backend=os.environ["BENCH_BROKER_URL"]
+    "benchapp",
+    broker=os.environ["BENCH_BROKER_URL"],
+    backend=os.environ.get("BENCH_BACKEND_URL") or os.environ["BENCH_BROKER_URL"],
 )
 app.conf.broker_connection_retry_on_startup = True
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
@@ -22,7 +23,7 @@ from chard._utils.perprocess import PerProcess
 from chard.app_compat import CeleryCompat
 from chard.backends import ResultBackend, open_backend
 from chard.brokers import Broker, open_broker
-from chard.config import Settings
+from chard.config import Settings, backend_options, broker_options
 from chard.contrib import django
 from chard.control import Control
 from chard.events import Events
@@ -283,7 +284,7 @@ class Celery(CeleryCompat):
         """This process's broker connection (opened on first use)."""
         return self._connections.get(  # type: ignore[no-any-return]
             "broker",
-            lambda: open_broker(self.broker_url, self.conf.broker_transport_options),
+            lambda: open_broker(self.broker_url, broker_options(self.conf)),
         )
 
     @property
@@ -297,10 +298,13 @@ class Celery(CeleryCompat):
             return None
         expires = self.conf.result_expires
         expires = expires.total_seconds() if isinstance(expires, timedelta) else expires
-        options = self.conf.result_backend_transport_options
         return self._connections.get(  # type: ignore[no-any-return]
             "backend",
-            lambda: open_backend(url, expires=float(expires) if expires else None, options=options),
+            lambda: open_backend(
+                url,
+                expires=float(expires) if expires else None,
+                options=backend_options(self.conf, url, self.broker_url),
+            ),
         )
 
     @property
@@ -374,6 +378,10 @@ class Celery(CeleryCompat):
         ``task_publish_retry_policy``.
         """
         sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
+
+    def transaction(self, connection: Any) -> AbstractContextManager[None]:  # Any: DB-API
+        """Send this block's tasks through ``connection``, visible when its transaction commits."""
+        return self.broker.enlist(connection)
 
     # -- canvas shortcuts -----------------------------------------------------
     def signature(

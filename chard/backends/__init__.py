@@ -9,14 +9,24 @@ from chard._utils.log import redact_url
 from chard.backends.base import ResultBackend
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = (
+    "sqlite",
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "rpc",
+    "postgresql",
+    "postgres",
+    "db+postgresql",
+    "db+postgres",
+    "db+sqlite",
+    "file",
+)
 #: Celery result backends whose support is not built yet: refused by name, not as unknown.
 PLANNED_SCHEMES = {
-    "rpc": "the RPC backend: results sent back over the broker",
-    "amqp": "the RPC backend: results sent back over the broker",
-    "postgres": "PostgreSQL",
-    "postgresql": "PostgreSQL",
-    "db": "Celery's SQLAlchemy database backend",
+    "amqp": "Celery 4's AMQP backend, removed in Celery 5: use rpc://",
+    "db": "Celery's SQLAlchemy database backend; chard reads db+postgresql and db+sqlite",
 }
 
 
@@ -24,8 +34,8 @@ def check_backend_url(url: str) -> str:
     """Return ``url``'s scheme if chard has a result backend for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: an unknown scheme, or one not supported yet (``rpc://``,
-            PostgreSQL, Celery's ``db+`` URLs); the message lists the supported ones.
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (Celery's
+            ``db+`` URLs of other databases); the message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SUPPORTED_SCHEMES:
@@ -56,10 +66,16 @@ def open_backend(
         from chard.backends.memory import MemoryResultBackend
 
         return MemoryResultBackend(url, expires=expires, options=options)
-    if scheme == "sqlite":
+    if scheme in ("sqlite", "db+sqlite"):
         from chard.backends.sqlite import SQLiteResultBackend
 
-        return SQLiteResultBackend(url, expires=expires, options=options)
+        # Celery's database backend spells it db+sqlite:///path (SQLAlchemy's URL): same file.
+        sqlite_url = url[len("db+") :] if scheme == "db+sqlite" else url
+        return SQLiteResultBackend(sqlite_url, expires=expires, options=options)
+    if scheme == "file":
+        from chard.backends.filesystem import FilesystemResultBackend
+
+        return FilesystemResultBackend(url, expires=expires, options=options)
     if scheme in ("redis", "rediss", "unix"):
         try:
             from chard.backends.redis import RedisResultBackend
@@ -69,6 +85,22 @@ def open_backend(
                 "pip install 'chard[redis]'"
             ) from exc
         return RedisResultBackend(url, expires=expires, options=options)
+    if scheme == "rpc":
+        try:
+            from chard.backends.rpc import RPCResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                "result backend 'rpc://' needs the AMQP client; pip install 'chard[rabbitmq]'"
+            ) from exc
+        return RPCResultBackend(url, expires=expires, options=options)
+    if scheme in ("postgresql", "postgres", "db+postgresql", "db+postgres"):
+        try:
+            from chard.backends.postgres import PostgresResultBackend
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"result backend {redact_url(url)!r} needs psycopg; pip install 'chard[postgres]'"
+            ) from exc
+        return PostgresResultBackend(url, expires=expires, options=options)
     # A scheme in SUPPORTED_SCHEMES reaches here only if its branch above is missing.
     raise ImproperlyConfigured(f"result backend scheme {scheme!r} has no class in open_backend")
 

@@ -167,6 +167,17 @@ class ResultBackend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def note_request(self, task_id: str, reply_to: str) -> None:  # noqa: B027 - optional hook
+        """Hear, in the process about to run it, where task ``task_id``'s sender listens.
+
+        Only ``rpc://`` uses it: its stores go to that reply queue. Others store by task id.
+        """
+
+    @property
+    def reply_queue(self) -> str:
+        """The queue the sender's results come back to (``reply_to``); "" when not used."""
+        return ""
+
     # -- task metas ---------------------------------------------------------
     def task_key(self, task_id: str) -> str:
         """Return the key under which ``task_id``'s meta is stored."""

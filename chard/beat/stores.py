@@ -4,8 +4,8 @@ The store is always the broker's (its SQLite file, its Redis, with its key prefi
 local files beat is given: the leader lease and the firing claims only pick one sender if every
 beat reaches the same ones. A broker kind without a store is refused, never replaced by a local
 file. The base class (:mod:`chard.beat.store`) sits below its implementations and imports none
-of them; this factory sits above them all. The Redis store is imported lazily, so that beat on
-the SQLite default never needs the ``redis`` extra.
+of them; this factory sits above them all. The Redis and PostgreSQL stores are imported lazily, so
+that beat on the SQLite default never needs the ``redis`` or ``postgres`` extra.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from chard.app import Celery
 
 #: Broker URL schemes that have a schedule store (a new kind adds its scheme and a branch).
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "memory")
 
 #: One memory store per app, so beat and the Python API see the same state in a test.
 _MEMORY_STORES: weakref.WeakKeyDictionary[Celery, MemoryScheduleStore] = weakref.WeakKeyDictionary()
@@ -36,7 +36,8 @@ def open_schedule_store(app: Celery) -> ScheduleStore:
     """Return the schedule store in ``app``'s broker, chosen by its URL.
 
     ``sqlite://`` (the embedded default) uses the broker's file, ``redis://``/``rediss://``/
-    ``unix://`` the broker's Redis (and its ``global_keyprefix``), ``memory://`` a store shared
+    ``unix://`` the broker's Redis (and its ``global_keyprefix``), ``postgresql://`` the broker's
+    PostgreSQL schema, ``memory://`` a store shared
     by everything in this process that uses ``app``.
 
     Raises:
@@ -51,6 +52,10 @@ def open_schedule_store(app: Celery) -> ScheduleStore:
         from chard.beat.store_redis import RedisScheduleStore  # needs the redis extra
 
         return RedisScheduleStore(url, app.conf.broker_transport_options)
+    if scheme in ("postgresql", "postgres"):
+        from chard.beat.store_postgres import PostgresScheduleStore  # needs the postgres extra
+
+        return PostgresScheduleStore(url, app.conf.broker_transport_options)
     if scheme == "memory":
         with _MEMORY_LOCK:
             store = _MEMORY_STORES.get(app)
@@ -61,5 +66,5 @@ def open_schedule_store(app: Celery) -> ScheduleStore:
     raise ImproperlyConfigured(
         f"beat cannot keep its leader lease in broker {redact_url(url)!r} (scheme {scheme!r} has "
         f"no schedule store yet; supported: {', '.join(s + '://' for s in STORE_SCHEMES)}); "
-        "run beat against a sqlite:// or redis:// broker"
+        "run beat against a sqlite://, redis:// or postgresql:// broker"
     )

@@ -9,14 +9,20 @@ from chard._utils.log import redact_url
 from chard.brokers.base import Broker, Delivery, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 
-SUPPORTED_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = (
+    "sqlite",
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "amqp",
+    "amqps",
+    "pyamqp",
+    "postgresql",
+    "postgres",
+)
 #: Schemes Celery users have whose support is not built yet: refused by name, not as unknown.
 PLANNED_SCHEMES = {
-    "amqp": "RabbitMQ",
-    "amqps": "RabbitMQ",
-    "pyamqp": "RabbitMQ",
-    "postgres": "PostgreSQL",
-    "postgresql": "PostgreSQL",
     "sqs": "Amazon SQS",
 }
 
@@ -25,8 +31,8 @@ def check_broker_url(url: str) -> str:
     """Return ``url``'s scheme if chard has a broker for it (nothing is opened).
 
     Raises:
-        ImproperlyConfigured: an unknown scheme, or one not supported yet (RabbitMQ,
-            PostgreSQL); the message lists the supported ones.
+        ImproperlyConfigured: an unknown scheme, or one not supported yet (SQS); the
+            message lists the supported ones.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SUPPORTED_SCHEMES:
@@ -67,6 +73,22 @@ def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
                 f"broker {redact_url(url)!r} needs the redis client; pip install 'chard[redis]'"
             ) from exc
         return RedisBroker(url, options)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        try:
+            from chard.brokers.amqp import AmqpBroker
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"broker {redact_url(url)!r} needs the AMQP client; pip install 'chard[rabbitmq]'"
+            ) from exc
+        return AmqpBroker(url, options)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from chard.brokers.postgres import PostgresBroker
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"broker {redact_url(url)!r} needs psycopg; pip install 'chard[postgres]'"
+            ) from exc
+        return PostgresBroker(url, options)
     # A scheme in SUPPORTED_SCHEMES reaches here only if its branch above is missing.
     raise ImproperlyConfigured(f"broker scheme {scheme!r} has no transport in open_broker")
 

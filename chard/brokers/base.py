@@ -21,7 +21,9 @@ A broker knows nothing of tasks. It moves envelope bytes (see
   convention); within one priority, first in first out. A broker may group
   adjacent priorities into levels: the Redis broker keeps kombu's four lists
   (0-2, 3-5, 6-8, 9) so that Celery and chard share queues, and serves each
-  level in publish order.
+  level in publish order. The RabbitMQ broker is the exception
+  (:attr:`Broker.higher_priority_first`): there, as Celery documents for RabbitMQ, a
+  higher number is more urgent, so that Celery and chard agree on shared queues.
 * **Broadcast channels.** Besides queues (each message to one consumer), a broker
   keeps a durable, bounded log per broadcast channel that every reader sees whole
   (revocations, remote control; events later): :meth:`Broker.broadcast`
@@ -40,8 +42,9 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from chard.exceptions import ImproperlyConfigured
 
@@ -128,6 +131,10 @@ class Delivery(ABC):
 
 class Broker(ABC):
     """A message broker behind one small interface; see the module docstring for guarantees."""
+
+    #: False: 0 is the most urgent priority (Celery on Redis). True: a larger number is
+    #: more urgent (Celery on RabbitMQ, where the queue's ``x-max-priority`` caps it).
+    higher_priority_first: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
@@ -239,6 +246,15 @@ class Broker(ABC):
             f"{consumer_id!r}; a dead worker process's messages are redelivered when their "
             f"leases lapse (lease_timeout={self.lease_timeout:g} s)"
         )
+
+    def note_lost(self, task_id: str) -> None:  # noqa: B027 - optional hook
+        """Hear that a consumer process died running ``task_id``; its supervisor saw it.
+
+        Called instead of settling that message when :meth:`take_over` is not implemented.
+        A broker that gives a dead consumer's messages back by itself (RabbitMQ, when the
+        connection closes) counts the death against this message only, not against the
+        ones the dead process had fetched ahead. The default does nothing.
+        """
 
     @abstractmethod
     def purge(self, queue: str) -> int:
@@ -357,6 +373,25 @@ class Broker(ABC):
         return (
             f"the {type(self).__name__} broker cannot carry Celery's remote control; a mixed "
             "Celery/chard fleet shares a redis:// broker"
+        )
+
+    def enlist(self, connection: Any) -> AbstractContextManager[None]:
+        """Publish through ``connection``, in its transaction, while the context lasts.
+
+        ``app.transaction(conn)`` calls this, so that a task sent inside the application's
+        transaction is visible only once it commits and vanishes on rollback. Per context
+        (thread or task): other threads keep publishing on the broker's own connection.
+
+        Args:
+            connection: the application's database connection (DB-API, e.g. psycopg's).
+
+        Raises:
+            ImproperlyConfigured: this broker keeps its messages elsewhere than the
+                application's database (only the PostgreSQL broker can enlist).
+        """
+        raise ImproperlyConfigured(
+            f"the {type(self).__name__} broker cannot send tasks inside your database "
+            "transaction; app.transaction(conn) needs a postgresql:// broker on that database"
         )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most brokers have something to close

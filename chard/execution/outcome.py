@@ -275,6 +275,8 @@ def _send(
     app: Celery, request: Context, sig: dict[str, Any], args: tuple[Any, ...], **options: Any
 ) -> None:
     """Send a follow-up (a link, an errback, the next chain step) as a child of this task."""
+    if request.reply_to:  # the sender of the workflow hears about every step (rpc://)
+        options.setdefault("reply_to", request.reply_to)
     Signature.from_dict(sig, app=app).apply_async(
         args, parent_id=request.id, root_id=request.root_id or request.id, **options
     )

@@ -411,6 +411,8 @@ class Consumer:
     def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
         """Run the checks that settle a message without running it; True to run it."""
         self.stats.received += 1
+        if message.reply_to and self.app.backend is not None:  # rpc:// replies go there
+            self.app.backend.note_request(message.id, message.reply_to)
         if self.revocations.is_revoked(message.id):
             self._discard(delivery, message, "revoked")
             return False

@@ -355,6 +355,17 @@ class Supervisor:
     def _recover(self, child: _Child, running: Running | None, code: int | None) -> None:
         """Take over the dead child's leases: settle its running message, return the rest."""
         deliveries = self._take_over(child.slot.consumer_id)
+        if deliveries is None:
+            # The broker gives the dead child's messages back itself (RabbitMQ does when the
+            # child's connection closes), counting the death against the running one only;
+            # a message acked on start is gone, so its end is recorded here.
+            if running is not None and self._acks_late(running.name):
+                self._reliably(self.app.broker.note_lost, running.task_id)
+            elif running is not None:
+                self._settle_running(
+                    child, running, code, None, self._acked_message(child, running)
+                )
+            return
         # Finished, only the ack not sent: ack them (storing the results it held) first.
         deliveries = settle_finished(
             self.app, child.slot.finished(), deliveries, give_up=self._is_cold
@@ -380,7 +391,8 @@ class Supervisor:
                 "Returned %d message(s) held by worker process %d to the queue", returned, child.pid
             )
 
-    def _take_over(self, consumer_id: str) -> list[Delivery]:
+    def _take_over(self, consumer_id: str) -> list[Delivery] | None:
+        """The dead child's deliveries, now ours; None if the broker cannot take them over."""
         if not consumer_id:
             return []  # it died before its first fetch: it held nothing
         try:
@@ -392,7 +404,14 @@ class Supervisor:
             if not self._warned_take_over:
                 self._warned_take_over = True
                 logger.warning("%s", exc)
-            return []
+            return None
+
+    def _acks_late(self, task_name: str) -> bool:
+        """Whether ``task_name`` is acked after it runs (so its message outlives a death)."""
+        task = self.app.tasks.get(task_name)
+        if task is None:
+            return bool(self.app.conf.task_acks_late)
+        return bool(task.option("acks_late"))
 
     def _decode(self, delivery: Delivery) -> TaskMessage | None:
         try:

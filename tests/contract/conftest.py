@@ -10,9 +10,15 @@ from typing import Any
 import pytest
 
 from chard.brokers import Broker, open_broker
-from tests.helpers import redis_url
+from tests.helpers import (
+    amqp_url,
+    delete_amqp_queues,
+    drop_postgres_schema,
+    postgres_url,
+    redis_url,
+)
 
-BROKERS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "amqp", "postgres"]
 
 BrokerFactory = Callable[..., Broker]
 
@@ -33,18 +39,29 @@ def make_broker(broker_kind: str, tmp_path: Path) -> Iterator[BrokerFactory]:
         url = f"memory://contract-{uuid.uuid4().hex}"  # a named store is shared by instances
     elif broker_kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    elif broker_kind == "amqp":
+        url = amqp_url()  # this run's vhost; the test's queues are deleted after it
+    elif broker_kind == "postgres":
+        url = postgres_url()  # a schema of its own, dropped after the test
     else:
         url = redis_url()  # its key prefix isolates this test on the shared server
     opened: list[Broker] = []
+    defaults: dict[str, Any] = {}
+    if broker_kind == "amqp":
+        defaults["queue_max_priority"] = 9  # RabbitMQ orders priorities only when asked to
 
     def factory(**options: Any) -> Broker:
-        broker = open_broker(url, options)
+        broker = open_broker(url, {**defaults, **options})
         opened.append(broker)
         return broker
 
     yield factory
     for broker in opened:
         broker.close()
+    if broker_kind == "amqp":
+        delete_amqp_queues(url, {name for b in opened for name in getattr(b, "declared", ())})
+    if broker_kind == "postgres":
+        drop_postgres_schema(url)
 
 
 @pytest.fixture

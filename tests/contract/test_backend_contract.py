@@ -19,11 +19,11 @@ from chard import states
 from chard.backends import ResultBackend, open_backend
 from chard.backends.base import decode_exception
 from chard.exceptions import RemoteTaskError, ResultTimeout
-from tests.helpers import redis_url, wait_for
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_for
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "db+sqlite", "file", "redis", "postgres"]
 #: Backends whose waiters are woken by the store rather than by polling.
-NATIVE_WAIT = {"memory", "redis"}
+NATIVE_WAIT = {"memory", "redis", "postgres", "file"}  # file: inotify (Linux)
 #: Keys on a shared server expire even when a test forgets to clean up.
 DEFAULT_EXPIRES = 300.0
 
@@ -46,8 +46,12 @@ def make_backend(backend_kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
     memory: dict[float | None, ResultBackend] = {}
     if backend_kind == "memory":
         url = "memory://"
-    elif backend_kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    elif backend_kind in ("sqlite", "db+sqlite"):  # db+: Celery's database-backend spelling
+        url = f"{backend_kind}:///{tmp_path / 'results.sqlite3'}"
+    elif backend_kind == "file":
+        url = f"file://{tmp_path / 'results'}"  # tmp_path is absolute: file:///tmp/...
+    elif backend_kind == "postgres":
+        url = postgres_url()  # a schema of its own, dropped after the test
     else:
         url = redis_url()
 
@@ -61,6 +65,8 @@ def make_backend(backend_kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
     yield factory
     for backend in opened:
         backend.close()
+    if backend_kind == "postgres":
+        drop_postgres_schema(url)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import redis_url
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url
 from tests.integration.workers import APPS_DIR, WorkerFactory
 
 if str(APPS_DIR) not in sys.path:
@@ -20,6 +20,9 @@ def _transport_env(kind: str, tmp_path: Path) -> dict[str, str]:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path}/chard.sqlite3"  # absolute path: four slashes in all
         return {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url}
+    if kind == "postgres":
+        url = postgres_url()  # a schema of its own: see postgres_transport
+        return {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url}
     url = redis_url()
     return {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": url}
 
@@ -28,6 +31,14 @@ def _transport_env(kind: str, tmp_path: Path) -> dict[str, str]:
 def transport(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """The environment that points the test project at one transport."""
     return _transport_env(request.param, tmp_path)
+
+
+@pytest.fixture
+def postgres_transport(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment for PostgreSQL as broker and result backend; its schema is dropped after."""
+    env = _transport_env("postgres", tmp_path)
+    yield env
+    drop_postgres_schema(env["CHARD_BROKER_URL"])
 
 
 @pytest.fixture

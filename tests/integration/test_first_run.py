@@ -169,12 +169,12 @@ def test_a_bad_setting_value_is_one_line_from_every_command(
     ("option", "url", "expected"),
     [
         ("-b", "kafka://localhost", "unknown broker URL scheme 'kafka'"),
-        ("-b", "amqp://guest:pw-9@localhost//", "uses amqp:// (RabbitMQ), which chard does not "
-         "support yet; use one of sqlite://, memory://, redis://, rediss://, unix://"),
-        ("--result-backend", "rpc://", "uses rpc:// (the RPC backend: results sent back over "
-         "the broker), which chard does not support yet"),
+        ("-b", "sqs://key:pw-9@localhost//", "uses sqs:// (Amazon SQS), which chard does not "
+         "support yet; use one of sqlite://, memory://, redis://, rediss://, unix://, amqp://"),
+        ("--result-backend", "amqp://", "uses amqp:// (Celery 4's AMQP backend, removed in "
+         "Celery 5: use rpc://), which chard does not support yet"),
     ],
-    ids=["unknown", "amqp", "rpc"],
+    ids=["unknown", "sqs", "amqp-backend"],
 )  # fmt: skip
 def test_a_url_chard_cannot_use_is_one_line_from_every_command(
     tmp_path: Path, command: list[str], option: str, url: str, expected: str
@@ -194,7 +194,7 @@ def test_a_url_chard_cannot_use_is_one_line_from_every_command(
 
 def test_the_traceback_is_shown_with_traceback_or_debug(tmp_path: Path) -> None:
     env = _write_app(
-        tmp_path, "rpcapp", "app = Celery('rpc', broker='memory://', backend='rpc://')"
+        tmp_path, "rpcapp", "app = Celery('rpc', broker='memory://', backend='amqp://')"
     )
 
     plain = run_cli(["-A", "rpcapp", "worker", "-P", "solo"], env, tmp_path)
@@ -205,4 +205,4 @@ def test_the_traceback_is_shown_with_traceback_or_debug(tmp_path: Path) -> None:
     for done in (traced, debug):
         assert done.returncode != 0
         assert "Traceback (most recent call last)" in done.stderr
-        assert "ImproperlyConfigured: result backend 'rpc://' uses rpc://" in done.stderr
+        assert "ImproperlyConfigured: result backend 'amqp://' uses amqp://" in done.stderr

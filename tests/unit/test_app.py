@@ -86,22 +86,20 @@ def test_unknown_broker_scheme_lists_the_supported_ones(url: str) -> None:
 
     message = str(info.value)
     assert "unknown broker URL scheme" in message
-    for scheme in ("sqlite://", "memory://", "redis://"):
+    for scheme in ("sqlite://", "memory://", "redis://", "amqp://"):
         assert scheme in message
 
 
 @pytest.mark.parametrize(
     ("broker", "backend", "expected"),
     [
-        ("amqp://guest:pw@localhost//", "memory://", "broker 'amqp://guest:**@localhost//' uses "
-         "amqp:// (RabbitMQ), which chard does not support yet"),
-        ("postgresql://u:pw@db/app", "memory://", "broker 'postgresql://u:**@db/app' uses "
-         "postgresql:// (PostgreSQL), which chard does not support yet"),
-        ("memory://", "rpc://", "result backend 'rpc://' uses rpc:// (the RPC backend: results "
-         "sent back over the broker), which chard does not support yet"),
-        ("memory://", "db+postgresql://u:pw@db/app", "result backend "
-         "'db+postgresql://u:**@db/app' uses db+postgresql:// (Celery's SQLAlchemy database "
-         "backend), which chard does not support yet"),
+        ("sqs://key:pw@localhost//", "memory://", "broker 'sqs://key:**@localhost//' uses "
+         "sqs:// (Amazon SQS), which chard does not support yet"),
+        ("memory://", "amqp://", "result backend 'amqp://' uses amqp:// (Celery 4's AMQP "
+         "backend, removed in Celery 5: use rpc://), which chard does not support yet"),
+        ("memory://", "db+mysql://u:pw@db/app", "result backend "
+         "'db+mysql://u:**@db/app' uses db+mysql:// (Celery's SQLAlchemy database "
+         "backend; chard reads db+postgresql and db+sqlite), which chard does not support yet"),
     ],
 )  # fmt: skip
 def test_a_known_but_unbuilt_scheme_fails_at_the_client_naming_what_is_supported(
@@ -128,6 +126,16 @@ def test_unknown_backend_scheme_lists_the_supported_ones() -> None:
 
     with pytest.raises(ImproperlyConfigured, match="unknown result backend URL scheme"):
         _ = app.backend
+
+
+def test_a_database_url_chard_cannot_read_names_the_ones_it_can() -> None:
+    app = Celery("t", broker="memory://", backend="db+mysql://scott:tiger@localhost/foo")
+
+    with pytest.raises(
+        ImproperlyConfigured, match=r"chard reads db\+postgresql and db\+sqlite"
+    ) as info:
+        _ = app.backend
+    assert "tiger" not in str(info.value)
 
 
 def test_connections_are_opened_once(app: Celery) -> None:

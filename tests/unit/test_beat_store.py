@@ -25,10 +25,15 @@ from chard.beat.stores import open_schedule_store
 from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from chard.schedules import crontab, schedule
-from tests.helpers import redis_url, wait_for
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_for
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
-STORES = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+STORES = [
+    "memory",
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
 
 
 @pytest.fixture(params=STORES)
@@ -40,12 +45,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ScheduleSt
         from chard.beat.store_sqlite import SQLiteScheduleStore
 
         opened = SQLiteScheduleStore(f"sqlite:///{tmp_path / 'beat.sqlite3'}")
+    elif kind == "postgres":
+        from chard.beat.store_postgres import PostgresScheduleStore
+
+        url = postgres_url()
+        opened = PostgresScheduleStore(url)
     else:
         from chard.beat.store_redis import RedisScheduleStore
 
         opened = RedisScheduleStore(redis_url())
     yield opened
     opened.close()
+    if kind == "postgres":
+        drop_postgres_schema(url)
 
 
 def every(name: str, seconds: float = 10.0, **fields: object) -> ScheduleEntry:
@@ -211,9 +223,9 @@ def test_a_broker_without_a_store_is_refused_not_replaced_by_a_local_file() -> N
     with pytest.raises(ImproperlyConfigured) as caught:
         open_schedule_store(app)
 
-    # (amqp:// has no broker yet either, so the broker's own refusal comes first: issue 14)
+    # (RabbitMQ has no key-value store for the lease and the firing claims)
     message = str(caught.value)
-    assert "uses amqp:// (RabbitMQ), which chard does not support yet" in message
+    assert "scheme 'amqp' has no schedule store yet" in message
     assert "secret" not in message
     assert "sqlite://" in message
     assert "redis://" in message

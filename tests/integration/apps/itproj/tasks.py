@@ -143,6 +143,16 @@ def progress(self):
     return "done"
 
 
+@app.task(bind=True, track_started=True)
+def progress_until(self, gate, timeout=30):
+    """Report PROGRESS, then hold it until the file ``gate`` exists (the test creates it)."""
+    self.update_state(state="PROGRESS", meta={"current": 50, "total": 100})
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "done"
+
+
 @app.task
 def pid():
     """Return the id of the process that ran it."""

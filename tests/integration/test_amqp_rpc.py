@@ -1,0 +1,66 @@
+"""The rpc:// result backend with real workers on RabbitMQ: states come back as messages to
+the sending process's own reply queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chard import chain, chord, group, states
+from tests.helpers import private_vhost, wait_for
+from tests.integration.workers import WorkerFactory
+
+pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def transport() -> Iterator[dict[str, str]]:
+    """The test project on its own vhost, with results over rpc:// (Celery's tutorial)."""
+    with private_vhost() as url:
+        yield {"CHARD_BROKER_URL": url, "CHARD_RESULT_BACKEND": "rpc://"}
+
+
+def test_results_states_and_progress_come_back_to_the_sender(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    worker = workers.start("-c", "2")
+    assert ".> results:     rpc://" in worker.output()
+    from itproj.tasks import add, boom, progress_until
+
+    # A result comes back; a failure propagates, or is returned when asked
+    result = add.delay(4, 4)
+    assert result.get(timeout=20) == 8
+    assert (result.state, result.ready(), result.successful()) == (states.SUCCESS, True, True)
+    failed = boom.delay()
+    with pytest.raises(ValueError, match="bad input"):
+        failed.get(timeout=20)
+    assert isinstance(failed.get(timeout=1, propagate=False), ValueError)
+
+    # STARTED (track_started) and a custom state with its meta are seen while it runs
+    gate = tmp_path / "gate"
+    running = progress_until.delay(str(gate))
+    wait_for(lambda: running.state == "PROGRESS", timeout=20)
+    assert running.info == {"current": 50, "total": 100}
+    assert not running.ready()
+    gate.touch()
+    assert running.get(timeout=20) == "done"
+
+
+def test_chains_and_groups_report_to_the_sender(itproj: Any, workers: WorkerFactory) -> None:
+    workers.start("-c", "2")
+    from itproj.tasks import add
+
+    # A chain's later steps are sent by the worker, on behalf of the same reply queue
+    assert chain(add.s(2, 2), add.s(4), add.s(8)).apply_async().get(timeout=30) == 16
+    assert group(add.s(i, i) for i in range(5)).apply_async().get(timeout=30) == [0, 2, 4, 6, 8]
+
+
+def test_a_chord_fails_at_send_naming_the_backends_that_can(itproj: Any) -> None:
+    from itproj.tasks import add
+
+    with pytest.raises(NotImplementedError, match=r"rpc://.*chords.*redis://"):
+        chord(add.s(i, i) for i in range(3))(add.s(1))
+    assert itproj.broker.queue_size("celery") == 0  # refused before anything was sent
