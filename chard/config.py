@@ -128,6 +128,12 @@ SETTINGS: dict[str, Setting] = {
         "celery.beat:PersistentScheduler",
         "Beat scheduler class; Celery's built-in names only (chard's schedule lives in the broker)",
     ),
+    # -- a mixed Celery/chard fleet --------------------------------------------
+    "chard_celery_compat": Setting(
+        False,
+        "Speak Celery's way where Celery cannot read chard's (a mixed fleet on Redis): "
+        "countdown/ETA messages go to the ready queue, chords count with Celery's Redis keys",
+    ),
     # -- modules ---------------------------------------------------------------
     "imports": Setting((), "Modules to import when the worker starts"),
     "include": Setting((), "Same as imports (Celery(include=...))"),

@@ -39,6 +39,7 @@ from chard.protocol.control import (
     Revocation,
     parse_rate,
 )
+from chard.protocol.pidbox import revoke_cast
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -250,6 +251,9 @@ class Control:
         revocation = Revocation.create(
             ids, now=time.time(), terminate=terminate, signal=signal, ttl=REVOKE_EXPIRES
         )
+        if self.app.conf["chard_celery_compat"]:  # Celery workers hear it on their pidbox
+            cast = revoke_cast(ids, terminate=terminate, signal=revocation.signal, now=time.time())
+            self.app.broker.celery_cast(cast)
         self.app.broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
         logger.debug("Revoked %d task(s) from %s (terminate=%s)", len(ids), ids[0], terminate)
         if not reply:

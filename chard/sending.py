@@ -178,6 +178,8 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
     """
     before = bool(signals.before_task_publish.receivers)  # headers() only if someone looks
     outgoing = []
+    # A Celery worker holds an ETA message itself: in a mixed fleet it must see it now.
+    broker_holds_eta = not app.conf["chard_celery_compat"]
     for message, queue in messages:
         if before:
             signals.before_task_publish.send(
@@ -188,7 +190,7 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
                 queue=queue,
                 body=message.to_wire(queue),
                 priority=message.priority,
-                eta=message.eta.timestamp() if message.eta is not None else None,
+                eta=message.eta.timestamp() if message.eta and broker_holds_eta else None,
             )
         )
     if not outgoing:

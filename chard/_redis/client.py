@@ -20,6 +20,9 @@ from redis.retry import Retry
 from chard._redis.url import RedisTarget
 from chard.exceptions import ChardError
 
+#: A ``WATCH``ed key changed before ``EXEC`` (the transaction did nothing).
+WatchError = redis.WatchError
+
 #: One script call of :func:`run_scripts`: its keys and its arguments.
 ScriptCall = tuple[Sequence[str], Sequence[Any]]
 

@@ -19,12 +19,19 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from chard import states
 from chard._utils.log import saferepr
-from chard.exceptions import BackendConnectionError, EncodeError, RemoteTaskError, ResultTimeout
+from chard.exceptions import (
+    BackendConnectionError,
+    EncodeError,
+    ImproperlyConfigured,
+    RemoteTaskError,
+    ResultTimeout,
+)
 from chard.protocol import serializers
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,19 @@ def decode_exception(value: Any, traceback: str | None = None) -> BaseException:
             pass
     message = ", ".join(str(a) for a in args)
     return RemoteTaskError(module_name, type_name, message, traceback)
+
+
+@dataclass(frozen=True)
+class CeleryChordJoin:
+    """A chord completed under Celery's bookkeeping, claimed by this process.
+
+    ``members`` are the header's ``(task_id, state, result)`` in ``group_index`` order,
+    results as stored (an exception in its encoded form).
+    """
+
+    group_id: str
+    claim: str
+    members: list[tuple[str, str, Any]]
 
 
 def _encoded(meta: Meta) -> bytes:
@@ -429,6 +449,32 @@ class ResultBackend(ABC):
     def delete_group(self, group_id: str) -> None:
         """Delete a saved group."""
         self._delete(self.group_key(group_id))
+
+    # -- Celery's chord bookkeeping (a mixed fleet: ``chard_celery_compat``) --------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Record a chord's header size where Celery's Redis backend reads it (``.s``)."""
+        raise self._no_celery_chords()
+
+    def celery_chord_part(
+        self, group_id: str, task_id: str, state: str, result: Any, group_index: int | None
+    ) -> CeleryChordJoin | None:
+        """Add a header task's end to the chord as Celery's Redis backend does.
+
+        Returns the claimed join when this end completed the chord (the caller sends or
+        fails the body, then calls :meth:`celery_chord_done`), else None.
+        """
+        raise self._no_celery_chords()
+
+    def celery_chord_done(self, join: CeleryChordJoin) -> None:
+        """Drop the chord's keys and mark it done (a late duplicate then counts for nothing)."""
+        raise self._no_celery_chords()
+
+    def _no_celery_chords(self) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"chard_celery_compat chords use Celery's Redis chord keys, which the "
+            f"{type(self).__name__} cannot hold; use a redis:// result backend or turn "
+            "chard_celery_compat off"
+        )
 
     def incr(self, key: str) -> int:
         """Atomically count one more at ``key`` (chord completion) and return the total."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -33,8 +34,9 @@ from chard._redis.client import RedisErrors, ScriptCall, open_client, run_script
 from chard._redis.lane import Lane
 from chard._redis.listener import Cursor, Listener
 from chard._redis.url import parse_redis_url
-from chard.backends.base import Meta, ResultBackend
+from chard.backends.base import CeleryChordJoin, Meta, ResultBackend, encode_exception
 from chard.exceptions import BackendConnectionError, BackendError
+from chard.protocol import serializers
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,43 @@ return false
 """
 
 
+#: Celery's Redis chord join (celery/backends/redis.py, 5.7), for a mixed fleet. KEYS:
+#: the group key's ``.j`` (zset of ``[1, id, state, result]`` by group_index), ``.t``
+#: (members added later), ``.s`` (header size), ``.d`` (ends seen, so a redelivered
+#: member counts once), ``.c`` (the claim of whoever sends the body, then ``done``).
+#: ARGV: task id, member, group index, ttl s (0: none), claim ttl s, claim token.
+#: Returns the members when this end completed the chord and claimed it, else nil.
+_CELERY_CHORD_PART = r"""
+if redis.call('GET', KEYS[5]) == 'done' then return false end
+if redis.call('SADD', KEYS[4], ARGV[1] .. ':' .. ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+end
+local ready = redis.call('ZCARD', KEYS[1])
+if tonumber(ARGV[4]) > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
+local size = redis.call('GET', KEYS[3])
+if not size or ready ~= tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0') then
+  return false
+end
+if not redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[5]) then return false end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+#: Celery's chord clean-up: KEYS as above; ARGV: claim token, seconds to keep ``done``.
+_CELERY_CHORD_DONE = r"""
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('SET', KEYS[5], 'done', 'EX', ARGV[2])
+return 1
+"""
+
+#: Seconds a claim on sending a chord's body lasts, and a done chord is remembered
+#: (Celery's floor for both is 5 s and 300 s).
+CHORD_CLAIM_SECONDS = 60
+CHORD_DONE_SECONDS = 300
+
+
 class RedisResultBackend(ResultBackend):
     """Store metas in Redis strings; wait on their pub/sub channels instead of polling.
 
@@ -102,6 +141,8 @@ class RedisResultBackend(ResultBackend):
         self._client = open_client(target)
         self.retry_policy = {**DEFAULT_RETRY_POLICY, **(self.options.get("retry_policy") or {})}
         self._store_script = self._client.register_script(_STORE)
+        self._chord_part_script = self._client.register_script(_CELERY_CHORD_PART)
+        self._chord_done_script = self._client.register_script(_CELERY_CHORD_DONE)
         self._winners: dict[str, list[str]] = {}  # incoming state -> stored states that win
         self._lane = Lane(self._client)  # reads on a waiter's path: no pool checkout
         self._listener = Listener(self._client)
@@ -174,6 +215,38 @@ class RedisResultBackend(ResultBackend):
             if ttl is not None:
                 pipe.pexpire(name, max(1, round(ttl * 1000)))
             return int(pipe.execute()[0])
+
+    # -- Celery's chord bookkeeping (chard_celery_compat) ------------------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        ttl = int(self.expires) if self.expires else None
+        with self._errors():
+            self._client.set(self._key(self.group_key(group_id) + ".s"), size, ex=ttl)
+
+    def celery_chord_part(
+        self, group_id: str, task_id: str, state: str, result: Any, group_index: int | None
+    ) -> CeleryChordJoin | None:
+        """Run Celery's join as one script; not retried (a lost reply must not re-claim)."""
+        value = encode_exception(result) if isinstance(result, BaseException) else result
+        member = serializers.json_dumps([1, task_id, state, value])
+        claim = uuid.uuid4().hex
+        score = "+inf" if group_index is None else str(group_index)
+        ttl = int(self.expires) if self.expires else 0
+        args: list[str | bytes | int] = [task_id, member, score, ttl, CHORD_CLAIM_SECONDS, claim]
+        with self._errors():
+            raw = self._chord_part_script(keys=self._chord_keys(group_id), args=args)
+        if not raw:
+            return None
+        members = [serializers.json_loads(m) for m in cast(list[bytes], raw)]
+        return CeleryChordJoin(group_id, claim, [(m[1], m[2], m[3]) for m in members])
+
+    def celery_chord_done(self, join: CeleryChordJoin) -> None:
+        keys = self._chord_keys(join.group_id)
+        with self._errors():
+            self._chord_done_script(keys=keys, args=[join.claim, CHORD_DONE_SECONDS])
+
+    def _chord_keys(self, group_id: str) -> list[str]:
+        base = self._key(self.group_key(group_id))
+        return [base + suffix for suffix in (".j", ".t", ".s", ".d", ".c")]
 
     # -- listening ----------------------------------------------------------
     def watch(self, task_ids: Iterable[str]) -> None:

@@ -339,6 +339,42 @@ class Broker(ABC):
             "remote control do not reach its workers; use the sqlite, redis or memory broker"
         )
 
+    # -- Celery's remote control (a mixed fleet: chard_celery_compat) ----------------
+    def celery_cast(self, payload: bytes) -> None:
+        """Publish ``payload`` to Celery workers' remote control (kombu's ``celery.pidbox``).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def celery_casts(self, timeout: float) -> list[bytes]:
+        """Return what Celery clients cast to their workers' remote control within
+        ``timeout`` (listening from the first call: casts are not stored).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
+        """Put back Celery deliveries left unacked longer than ``visibility_timeout``
+        (kombu's ``restore_visible``: a Celery worker died holding them); return how many.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def _no_celery_control(self) -> str:
+        return (
+            f"the {type(self).__name__} broker cannot carry Celery's remote control; a mixed "
+            "Celery/chard fleet shares a redis:// broker"
+        )
+
     def enlist(self, connection: Any) -> AbstractContextManager[None]:
         """Publish through ``connection``, in its transaction, while the context lasts.
 

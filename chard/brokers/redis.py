@@ -46,41 +46,29 @@ from chard._redis.client import RedisErrors, open_client
 from chard._redis.lane import Lane
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
+from chard.brokers._kombu import (
+    PRIORITY_STEPS,
+    KombuInterop,
+    priority_step,
+    ready_key,
+)
 from chard.brokers.base import (
     Broker,
     DeadLetter,
     DelayedMessage,
     Delivery,
     OutgoingMessage,
-    clamp_priority,
 )
 from chard.exceptions import BrokerConnectionError, BrokerError
 
 logger = logging.getLogger(__name__)
 
-#: kombu's priority steps and the separator of its bucket key names.
-PRIORITY_STEPS = (0, 3, 6, 9)
-BUCKET_SEP = "\x06\x16"
 #: Longest single blocking wait: messages on lists other than the one blocked on (other
 #: queues, lower priorities) are seen within this, and an idle consumer sends 2 commands
 #: per wait.
 DEFAULT_POLL_INTERVAL = 1.0
 #: Most members of the delayed set :meth:`RedisBroker.delayed` looks at.
 DELAYED_SCAN = 10_000
-
-
-#: kombu's bucket of each priority 0-9: the largest step not above it.
-_STEP_OF = tuple(max(step for step in PRIORITY_STEPS if step <= p) for p in range(10))
-
-
-def priority_step(priority: int) -> int:
-    """Return kombu's bucket for ``priority``: the largest step not above it (0-9 clamped)."""
-    return _STEP_OF[clamp_priority(priority)]
-
-
-def ready_key(queue: str, step: int) -> str:
-    """Return kombu's (unprefixed) list name for ``queue``'s priority bucket ``step``."""
-    return queue if step == 0 else f"{queue}{BUCKET_SEP}{step}"
 
 
 #: A stream id as XADD makes them ("<ms>-<seq>"), or a bare number such as "0".
@@ -122,7 +110,7 @@ class RedisDelivery(Delivery):
         return f"<RedisDelivery {self.tag} queue={self.queue!r} count={self.delivery_count}>"
 
 
-class RedisBroker(Broker):
+class RedisBroker(KombuInterop, Broker):
     """kombu-compatible Redis queues with leases owned by this instance (one consumer).
 
     Options (``broker_transport_options``): ``global_keyprefix``, ``lease_timeout``, and
@@ -447,9 +435,6 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         """Close connections; held leases lapse and are redelivered after ``lease_timeout``."""
+        self._close_pidbox()
         self._lane.close()
         self._client.close()
-
-    # -- helpers --------------------------------------------------------------
-    def _key(self, name: str) -> str:
-        return self._prefix + name

@@ -105,6 +105,13 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
             head = self["kwargs"]["header"] = group(head, app=self._app)
         return head
 
+    @property
+    def app(self) -> Celery:
+        """The app given, else the header's (a generator header is unrolled to find it)."""
+        if self._app is None:
+            self._app = _app_of([self.header], None)
+        return super().app
+
     def __length_hint__(self) -> int:
         """Return how many completions the body waits for (Celery's count, recursive)."""
         return sum(_completions(task) for task in self.tasks)
@@ -165,8 +172,14 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> Result:
-        """Fix the header and body ids; outer group membership goes to the body."""
+        """Fix the header and body ids; outer group membership goes to the body.
+
+        The chord's own ``task_id`` option becomes the header's group id, as Celery's
+        ``chord.freeze`` sets it: a Celery worker applying this chord (the next step of
+        a chain) takes its header's group id from there.
+        """
         header_result = self.header.freeze()
+        self["options"].setdefault("task_id", header_result.id)
         body_result = self.body.freeze(_id, group_id=group_id, chord=chord, group_index=group_index)
         _attach_parent(body_result, header_result)
         return body_result
@@ -201,8 +214,11 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
             body.link(callback)
         for errback in _as_list(opts.pop("link_error", None)):
             body.link_error(errback)
+        task_id = opts.pop("task_id", None)
+        if task_id is not None and task_id == header["options"].get("task_id"):
+            task_id = None  # the header's group id (set by freeze), not an id for the body
         body.freeze(
-            opts.pop("task_id", None),
+            task_id,
             group_id=opts.pop("group_id", None),
             chord=opts.pop("chord", None),
             group_index=opts.pop("group_index", None),
@@ -229,11 +245,17 @@ class chord(Signature[Any], Generic[R]):  # lower-case: Celery's name
         if not header.tasks:  # nothing to wait for: the body runs now with no results
             body._build(([],), None, {}, out)
             return body_result
-        body_dict = {**body.to_dict(), "chord_size": len(header.tasks)}
+        # chard's own join reads the size from the body; Celery's (a mixed fleet) from .s
+        compat = app.conf["chard_celery_compat"]
+        size = len(header.tasks)
+        body_dict = body.to_dict() if compat else {**body.to_dict(), "chord_size": size}
         header_result = header._build(args, kwargs, {**opts, "chord": body_dict}, out)
         assert isinstance(header_result, GroupResult)
         # Saved before anything is published: the worker completing the chord reads it.
-        backend.save_group(str(header_result.id), [r.id for r in header_result.results])
+        if compat:
+            backend.set_chord_size(str(header_result.id), size)
+        else:
+            backend.save_group(str(header_result.id), [r.id for r in header_result.results])
         _attach_parent(body_result, header_result)
         return body_result
 

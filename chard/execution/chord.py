@@ -19,6 +19,11 @@ the backend's atomic ``incr``, so every backend gets the same push-style join:
    chain steps after it) become :class:`ChordError` naming the failed task, and the
    body's errbacks run. Later header results are ignored.
 
+A chord sent by Celery (or by chard with ``chard_celery_compat``) has no ``chord_size``
+in its body: its header tasks join it Celery's way instead (the Redis backend's ``.j``
+zset, ``.s`` size, ``.d`` seen-set and ``.c`` claim, one script per end, as Celery 5.7
+does), so chard and Celery workers complete each other's chords.
+
 The one window this leaves: a worker dying *between* its marker and count
 increments. Its redelivery sees marker > 1 and does not count, so instead it checks
 the stored results of all members; when all succeeded it claims and sends the body
@@ -51,6 +56,9 @@ def on_part_return(app: Celery, request: Context, state: str, value: Any) -> Non
     backend = app.backend
     if backend is None or not request.group or not request.chord:
         logger.error("Chord member %s has no group or result backend; body not sent", request.id)
+        return
+    if "chord_size" not in request.chord:  # sent by Celery, or by chard_celery_compat
+        _celery_part_return(app, backend, request, state, value)
         return
     key = backend.group_key(request.group)
     if state != states.SUCCESS:
@@ -86,13 +94,42 @@ def _send_body(app: Celery, backend: ResultBackend, request: Context) -> None:
         )
         fail_body(app, chord, error, request)
         return
+    metas = backend.get_many(ids)
+    members = [
+        (tid, m["status"], m["result"], m.get("traceback"))
+        for tid, m in zip(ids, metas, strict=True)
+    ]
+    _join(app, request, members)
+
+
+def _celery_part_return(
+    app: Celery, backend: ResultBackend, req: Context, state: str, value: Any
+) -> None:
+    """``chard_celery_compat``: count with Celery's Redis keys, so that Celery workers and
+    chard workers join the same chord whoever sent it (Celery's rule: the body waits for
+    every member, and any failed member then fails it)."""
+    join = backend.celery_chord_part(str(req.group), str(req.id), state, value, req.group_index)
+    if join is None:
+        return
+    try:
+        _join(app, req, [(*member, None) for member in join.members])
+    finally:
+        backend.celery_chord_done(join)
+
+
+def _join(app: Celery, request: Context, members: list[tuple[str, str, Any, Any]]) -> None:
+    """Send the body with the members' results in order, or fail it on a failed member.
+
+    ``members``: ``(task_id, state, stored result, traceback or None)`` in order.
+    """
+    chord = request.chord or {}
     values = []
-    for task_id, meta in zip(ids, backend.get_many(ids), strict=True):
-        if meta["status"] in states.PROPAGATE_STATES:
-            exc = decode_exception(meta["result"], meta.get("traceback"))
+    for task_id, state, result, traceback in members:
+        if state in states.PROPAGATE_STATES:
+            exc = decode_exception(result, traceback)
             fail_body(app, chord, ChordError(f"Dependency {task_id} raised {exc!r}"), request)
             return
-        values.append(meta["result"])
+        values.append(result)
     body = Signature.from_dict(chord, app=app)
     try:
         body.apply_async((values,), parent_id=request.id, root_id=request.root_id or request.id)

@@ -35,6 +35,7 @@ from chard.protocol.control import (
     ControlRequest,
 )
 from chard.worker.commands import COMMANDS, error
+from chard.worker.mixed_fleet import MixedFleet
 from chard.worker.node import Node
 
 logger = logging.getLogger("chard.worker")
@@ -57,10 +58,14 @@ class Mailbox:
         self._thread: threading.Thread | None = None
         self._broker: Broker | None = None
         self._cursor: str | None = None
+        self._mixed_fleet: MixedFleet | None = None
 
     def start(self) -> None:
         """Join the channel (take its tail now) and follow it on a thread."""
         app = self.node.app
+        if app.conf["chard_celery_compat"]:  # Celery clients revoke, Celery workers die
+            self._mixed_fleet = MixedFleet(self.node)
+            self._mixed_fleet.start()
         self._broker = open_broker(app.broker_url, app.conf.broker_transport_options)
         try:
             self._cursor = self._broker.broadcast_tail(CONTROL_CHANNEL)
@@ -79,6 +84,8 @@ class Mailbox:
     def stop(self, timeout: float = 5.0) -> None:
         """Leave the channel: end the thread (within its read timeout), close the connection."""
         self._stopping.set()
+        if self._mixed_fleet is not None:
+            self._mixed_fleet.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
         if self._broker is not None:

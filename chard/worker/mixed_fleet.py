@@ -1,0 +1,129 @@
+"""What a chard node does for the Celery workers beside it (``chard_celery_compat``).
+
+Two things a Celery fleet expects of every worker, done by one thread of the node's
+main process on a broker connection of its own:
+
+* **Revocations from Celery clients.** Celery's ``app.control.revoke(id)`` is a
+  pub/sub cast that only a listening process hears. The thread subscribes before the
+  node says ready and appends each ``revoke`` it hears to chard's ``revoke``
+  broadcast channel: from there every chard worker honours it as its own
+  (:mod:`chard.worker.revocations`), durably, ``terminate`` included. Each chard node
+  appends the same revocation once; a repeated revocation changes nothing. Other
+  Celery control commands are ignored (see :mod:`chard.protocol.pidbox`).
+* **A dead Celery worker's messages.** What a Celery worker had taken but not acked
+  (prefetched, or waiting for its ETA) stays in kombu's ``unacked`` hash until some
+  process restores it after the ``visibility_timeout`` (Celery's
+  ``broker_transport_options``, default 3600 s). The thread does kombu's restore
+  every :data:`SWEEP_INTERVAL` (or the visibility timeout, if shorter), under kombu's
+  own mutex, so the last Celery worker of a migrated service can go without
+  stranding its messages. chard's own deliveries never enter that hash (they are
+  leased and recovered by chard's workers; see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from chard.brokers import Broker, open_broker
+from chard.exceptions import BrokerConnectionError
+from chard.protocol.control import REVOKE_CHANNEL, REVOKE_EXPIRES
+from chard.protocol.pidbox import read_revoke
+from chard.worker.node import Node
+
+logger = logging.getLogger("chard.worker")
+
+#: Longest single wait for a cast: how soon the thread sees a stop.
+READ_TIMEOUT = 1.0
+MAX_BACKOFF = 30.0
+#: Longest time between two restores of Celery's timed-out deliveries (kombu: ~100 s).
+SWEEP_INTERVAL = 60.0
+#: kombu's default ``visibility_timeout`` (seconds).
+CELERY_VISIBILITY_TIMEOUT = 3600.0
+
+
+class MixedFleet:
+    """Serve the Celery workers beside ``node``; see the module docstring."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        options = node.app.conf.broker_transport_options or {}
+        self.visibility_timeout = float(
+            options.get("visibility_timeout") or CELERY_VISIBILITY_TIMEOUT
+        )
+        self._sweep_every = max(min(SWEEP_INTERVAL, self.visibility_timeout), READ_TIMEOUT)
+        self._next_sweep = 0.0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._broker: Broker | None = None
+
+    def start(self) -> None:
+        """Subscribe now (casts are not stored), then serve the fleet on a thread."""
+        app = self.node.app
+        self._broker = open_broker(app.broker_url, app.conf.broker_transport_options)
+        try:
+            self._broker.celery_casts(0)
+        except NotImplementedError as exc:
+            logger.warning("chard_celery_compat has no effect on this worker: %s", exc)
+            return
+        except Exception as exc:  # the broker is down: the thread subscribes when it is up
+            logger.warning("Cannot listen for Celery's revokes yet: %s", exc)
+        logger.info(
+            "chard_celery_compat: taking Celery clients' revokes; restoring what dead Celery "
+            "workers left unacked after %ss (visibility_timeout)",
+            self.visibility_timeout,
+        )
+        self._thread = threading.Thread(target=self._follow, name="chard-mixed-fleet")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._broker is not None:
+            self._broker.close()
+
+    def _follow(self) -> None:
+        pause = 1.0
+        while not self._stopping.is_set():
+            try:
+                self.poll(READ_TIMEOUT)
+                self.sweep()
+            except Exception as exc:  # the broker is down, mostly: never end the thread
+                level = logging.WARNING if isinstance(exc, BrokerConnectionError) else logging.ERROR
+                logger.log(level, "Mixed fleet: %s; retrying in %.0fs", exc, pause)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+                continue
+            pause = 1.0
+
+    def poll(self, timeout: float) -> int:
+        """Move the revocations cast within ``timeout`` to chard's log; return how many."""
+        assert self._broker is not None
+        moved = 0
+        for payload in self._broker.celery_casts(timeout):
+            revocation = read_revoke(payload, self.node.hostname, time.time(), REVOKE_EXPIRES)
+            if revocation is None or not revocation.ids:
+                continue
+            self._broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
+            logger.info("Revoked by a Celery client: %s", ", ".join(revocation.ids))
+            moved += 1
+        return moved
+
+    def sweep(self) -> int:
+        """Restore Celery's timed-out deliveries when a sweep is due; return how many."""
+        assert self._broker is not None
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self._sweep_every
+        restored = self._broker.celery_restore_unacked(self.visibility_timeout)
+        if restored:
+            logger.warning(
+                "Restored %d message(s) a Celery worker left unacked for over %ss",
+                restored,
+                self.visibility_timeout,
+            )
+        return restored
