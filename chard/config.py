@@ -122,6 +122,13 @@ SETTINGS: dict[str, Setting] = {
         "celery.beat:PersistentScheduler",
         "Beat scheduler class; Celery's built-in names only (chard's schedule lives in the broker)",
     ),
+    # -- dashboard -------------------------------------------------------------
+    "dashboard_token": Setting(
+        None, "Token that logs in to `chard dashboard` (env CHARD_DASHBOARD_TOKEN; chard's)"
+    ),
+    "dashboard_basic_auth": Setting(
+        None, "'user:password' for `chard dashboard` (env CHARD_DASHBOARD_BASIC_AUTH; chard's)"
+    ),
     # -- modules ---------------------------------------------------------------
     "imports": Setting((), "Modules to import when the worker starts"),
     "include": Setting((), "Same as imports (Celery(include=...))"),
@@ -131,6 +138,8 @@ SETTINGS: dict[str, Setting] = {
 _ENV_FALLBACK = {
     "broker_url": ("CHARD_BROKER_URL", "CELERY_BROKER_URL"),
     "result_backend": ("CHARD_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+    "dashboard_token": ("CHARD_DASHBOARD_TOKEN",),
+    "dashboard_basic_auth": ("CHARD_DASHBOARD_BASIC_AUTH",),
 }
 
 #: Celery 3 uppercase names still seen in old projects and Django settings.
@@ -372,6 +381,8 @@ _NUMBER = (int, float)
 _ALLOWED: dict[str, tuple[type, ...]] = {
     "broker_url": (str,),
     "result_backend": (str,),
+    "dashboard_token": (str,),
+    "dashboard_basic_auth": (str,),
     "worker_concurrency": (int,),
     "worker_max_tasks_per_child": (int,),
     "task_default_priority": (int,),
