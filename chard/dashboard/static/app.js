@@ -12,7 +12,7 @@ function el(tag, attrs, ...children) {
     if (key === "on") for (const [ev, fn] of Object.entries(value)) node.addEventListener(ev, fn);
     else if (value !== null && value !== undefined && value !== false) node.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -50,7 +50,8 @@ async function act(path, body) {
 }
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
-const secs = (s) => (s === null || s === undefined ? "" : `${Number(s).toFixed(3)}s`);
+const secs = (s) => (s === null || s === undefined ? ""
+  : s < 1 ? `${(s * 1000).toFixed(1)} ms` : `${Number(s).toFixed(2)} s`);
 const badge = (s) => el("span", { class: `state ${s}` }, s);
 const link = (href, text) => el("a", { href }, text);
 
@@ -156,7 +157,8 @@ async function taskView(id) {
         ? t.children.map((c) => el("div", {}, link(`#/task/${c}`, c))) : "—")),
     t.traceback ? [el("h2", {}, "Traceback"), el("pre", {}, t.traceback)] : [],
     el("h2", {}, "Timeline"),
-    table(["Event", "When"], t.timeline.map((e) => [e.event, when(e.timestamp)]))];
+    table(["Event", "When", "After the first"], t.timeline.map((e) => [e.event, when(e.timestamp),
+      secs(e.timestamp - t.timeline[0].timestamp)]))];
 }
 
 async function queuesView() {
@@ -235,7 +237,9 @@ async function start() {
   } catch (err) {
     return;
   }
-  listen();
+  // ?live=0: a still page (no stream), for printing, screenshots or a slow link
+  if (new URLSearchParams(location.search).get("live") !== "0") listen();
+  else document.getElementById("live").textContent = "paused (live=0)";
   route();
 }
 
