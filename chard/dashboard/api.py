@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -239,10 +240,8 @@ def _overview(monitor: Monitor) -> dict[str, Any]:
             "events": state.event_count,
             "tasks_kept": len(state.tasks),
             "max_tasks": state.max_tasks,
-            "counts": state.counts_by_state(),
-            "workers_online": sum(
-                1 for w in views.workers_unlocked(monitor, now) if w["status"] == "ONLINE"
-            ),
+            "counts": dict(Counter(t.state for t in state.tasks.values())),
+            "workers_online": views.online_count(monitor, now),
             "rate": state.rate(now),
         }
 
@@ -255,8 +254,8 @@ def _metrics_text(monitor: Monitor) -> str:
         dead = len(broker.dead_letters(views.MAX_LISTED))
     except ChardError as exc:
         raise views.ApiError(503, f"cannot reach the broker: {exc}") from exc
-    online = sum(1 for w in views.workers(monitor) if w["status"] == "ONLINE")
     with monitor.lock:
+        online = views.online_count(monitor, monitor.clock())
         kept: dict[tuple[str, str], int] = {}
         for task in monitor.state.tasks.values():
             key = (task.name or "unknown", task.state)

@@ -9,6 +9,7 @@ message that names the value and the fix.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +47,20 @@ def workers(monitor: Monitor) -> list[dict[str, Any]]:
 def workers_unlocked(monitor: Monitor, now: float) -> list[dict[str, Any]]:
     """:func:`workers`, for a caller that holds ``monitor.lock``."""
     names = sorted({*monitor.state.workers, *monitor.nodes})
-    failed: dict[str, int] = {}
-    for task in monitor.state.tasks.values():
-        if task.state == states.FAILURE and task.worker:
-            failed[task.worker] = failed.get(task.worker, 0) + 1
+    failed = Counter(t.worker for t in monitor.state.tasks.values() if t.state == states.FAILURE)
     return [_worker_row(monitor, name, now, failed.get(name, 0)) for name in names]
+
+
+def online_count(monitor: Monitor, now: float) -> int:
+    """How many workers are online, for a caller that holds ``monitor.lock``."""
+    names = {*monitor.state.workers, *monitor.nodes}
+    return sum(1 for name in names if _is_online(monitor, name, now))
+
+
+def _is_online(monitor: Monitor, name: str, now: float) -> bool:
+    events = monitor.state.workers.get(name)
+    alive = events is not None and events.is_alive(now)
+    return alive or monitor.node_is_answering(name, now)
 
 
 def _worker_row(monitor: Monitor, name: str, now: float, failed: int) -> dict[str, Any]:
@@ -58,7 +68,7 @@ def _worker_row(monitor: Monitor, name: str, now: float, failed: int) -> dict[st
     node = monitor.nodes.get(name) or {}
     stats = node.get("stats") or {}
     pool = stats.get("pool") or {}
-    online = (events is not None and events.is_alive(now)) or monitor.node_is_answering(name, now)
+    online = _is_online(monitor, name, now)
     total = stats.get("total")
     processed = sum(total.values()) if isinstance(total, dict) else None
     if processed is None and events is not None:
@@ -184,18 +194,29 @@ def tasks(monitor: Monitor, where: TaskFilter, offset: int, limit: int) -> dict[
     where.check()
     if offset < 0 or not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, f"offset must be >= 0 and limit 1..{MAX_PAGE}; got {offset}, {limit}")
+    end = offset + limit
+    page: list[dict[str, Any]] = []
+    total = 0
     with monitor.lock:
-        found = [t for t in reversed(monitor.state.tasks.values()) if where.matches(t)]
-        page = [_task_row(t) for t in found[offset : offset + limit]]
-        names = monitor.state.task_types()
-        counts = monitor.state.counts_by_state()
+        kept = monitor.state.tasks.values()
+        everything = where == TaskFilter()
+        for task in reversed(kept):
+            if everything or where.matches(task):
+                if offset <= total < end:
+                    page.append(_task_row(task))
+                total += 1
+                if everything and total >= end:
+                    total = len(kept)
+                    break
+        names = sorted({t.name for t in kept if t.name})
+        counts = Counter(t.state for t in kept)
     return {
-        "total": len(found),
+        "total": total,
         "offset": offset,
         "limit": limit,
         "tasks": page,
         "names": names,
-        "counts": counts,
+        "counts": dict(counts),
     }
 
 
