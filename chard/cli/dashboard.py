@@ -36,6 +36,19 @@ from chard.cli.process import setup_logging
     show_default=True,
     help="Switch task events on at workers that send none (as Flower does).",
 )
+@click.option(
+    "--history/--no-history",
+    default=True,
+    show_default=True,
+    help="Keep the tasks in the result backend's database, so a restart loses nothing.",
+)
+@click.option(
+    "--history-days",
+    type=click.FloatRange(0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Forget tasks unchanged for this many days (and beyond --max-tasks).",
+)
 @click.option("-l", "--loglevel", default="WARNING", show_default=True)
 @click.pass_obj
 def command(
@@ -45,6 +58,8 @@ def command(
     max_tasks: int,
     inspect_interval: float,
     enable_events: bool,
+    history: bool,
+    history_days: float,
     loglevel: str,
 ) -> None:
     """Serve a web dashboard of workers, tasks and queues (like Flower), with a JSON API.
@@ -68,4 +83,6 @@ def command(
         max_tasks=max_tasks,
         inspect_interval=inspect_interval,
         enable_events=enable_events,
+        keep_history=history,
+        history_days=history_days,
     )

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from chard.dashboard.history import History, decode, encode
 from chard.dashboard.metrics import Metrics
 from chard.events.state import State
 from chard.exceptions import ChardError
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 REPLY_TIMEOUT = 1.0
 #: Longest pause between two attempts to reach a broker that is down (seconds).
 MAX_BACKOFF = 30.0
+#: Seconds between two writes of changed tasks to the history, and between two trims.
+SAVE_INTERVAL = 1.0
+TRIM_INTERVAL = 60.0
 
 
 class Monitor:
@@ -48,6 +52,8 @@ class Monitor:
         max_tasks: tasks kept in memory (the least recently changed go first).
         inspect_interval: seconds between two rounds of questions to the workers.
         enable_events: switch events on at workers that send none.
+        history: where tasks are persisted (None: memory only).
+        history_days: records older than this many days are trimmed (None: by count only).
         clock: the time (``time.time``), a parameter for tests.
     """
 
@@ -58,6 +64,8 @@ class Monitor:
         max_tasks: int = 100_000,
         inspect_interval: float = 5.0,
         enable_events: bool = True,
+        history: History | None = None,
+        history_days: float | None = 7.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -71,6 +79,12 @@ class Monitor:
         self.inspect_interval = inspect_interval
         self.enable_events = enable_events
         self.clock = clock
+        self.history = history
+        self.history_days = history_days
+        #: Task ids changed since the last save to the history.
+        self._dirty: set[str] = set()
+        #: Task id -> newest event time it was restored with: older events are not folded again.
+        self._restored: dict[str, float] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._receiver: EventReceiver | None = None
@@ -78,8 +92,12 @@ class Monitor:
 
     # -- running ----------------------------------------------------------------
     def start(self) -> None:
-        """Start the receiver and inspector threads (daemons: they never hold up an exit)."""
-        for target, name in ((self._receive, "receiver"), (self._inspect_loop, "inspector")):
+        """Load the history, then start the threads (daemons: they never hold up an exit)."""
+        loops = [(self._receive, "receiver"), (self._inspect_loop, "inspector")]
+        if self.history is not None:
+            self.restore()
+            loops.append((self._keep_loop, "history"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=f"dashboard-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -92,17 +110,72 @@ class Monitor:
             self._receiver.should_stop = True
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.history is not None:
+            self.save()
+            self.history.close()
 
     def refresh_soon(self) -> None:
         """Ask the workers again now (after an action), not at the next interval."""
         self._wake.set()
 
     def on_event(self, event: Event) -> None:
-        """Fold one event into the state and the metrics."""
+        """Fold one event into the state and the metrics (unless restored already)."""
+        uuid = event.get("uuid")
         with self.lock:
+            restored = self._restored.get(uuid) if isinstance(uuid, str) else None
+            if restored is not None and float(event.get("timestamp") or 0) <= restored:
+                return  # in the history already: folding it again would repeat it
             self.state.event(event)
             self.metrics.observe(event, self.state)
             self.version += 1
+            if isinstance(uuid, str) and self.history is not None:
+                self._dirty.add(uuid)
+
+    # -- history ----------------------------------------------------------------
+    def restore(self) -> int:
+        """Load the newest ``max_tasks`` tasks from the history; return how many."""
+        assert self.history is not None
+        records = self.history.load(self.state.max_tasks)
+        with self.lock:
+            for uuid, text in records:
+                task = decode(uuid, text)
+                if task is None:
+                    continue
+                self.state.adopt(task)
+                newest = task.timeline[-1][1] if task.timeline else 0.0
+                self._restored[uuid] = newest
+            self.version += 1
+        logger.info("Dashboard history: %d task(s) restored", len(records))
+        return len(records)
+
+    def save(self) -> int:
+        """Write the tasks changed since the last save; return how many."""
+        assert self.history is not None
+        with self.lock:
+            dirty, self._dirty = self._dirty, set()
+            records = [encode(self.state.tasks[u]) for u in dirty if u in self.state.tasks]
+        if records:
+            try:
+                self.history.save(records)
+            except ChardError:
+                with self.lock:  # try them again next time
+                    self._dirty.update(u for u, _, _ in records)
+                raise
+        return len(records)
+
+    def _keep_loop(self) -> None:
+        assert self.history is not None
+        next_trim = 0.0
+        while not self._stop.wait(SAVE_INTERVAL):
+            try:
+                self.save()
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + TRIM_INTERVAL
+                    days = self.history_days
+                    older = None if days is None else self.clock() - days * 86400
+                    self.history.trim(self.state.max_tasks, older)
+            except ChardError as exc:
+                logger.warning("Cannot write the dashboard history: %s", exc)
 
     def _receive(self) -> None:
         pause = 1.0

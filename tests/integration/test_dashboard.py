@@ -18,7 +18,7 @@ import pytest
 
 from chard import states
 from chard.dashboard.openapi import OPERATIONS
-from tests.helpers import wait_for
+from tests.helpers import redis_url, wait_for
 from tests.integration.dashboard import Dashboard, DashboardFactory
 from tests.integration.workers import WorkerFactory, run_cli
 
@@ -67,7 +67,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def test_api_shows_workers_tasks_queues_and_metrics(
-    itproj: Any, workers: WorkerFactory, dashboards: DashboardFactory
+    itproj: Any, workers: WorkerFactory, dashboards: DashboardFactory, tmp_path: Path
 ) -> None:
     # Given a worker started without -E, and a dashboard
     workers.start("-n", NODE, "-c", "1")
@@ -135,13 +135,31 @@ def test_api_shows_workers_tasks_queues_and_metrics(
     overview = dashboard.get_json("/api/overview")
     assert overview["workers_online"] == 1
 
-    # When the dashboard restarts, what the broker's events log keeps is there again
+    # When the dashboard restarts, its history is loaded, and the events the broker
+    # still keeps are not folded in twice
     # (uvicorn stops gracefully, then ends by the signal it caught, as the default would)
     assert dashboard.stop() in (0, -signal.SIGTERM)
     assert "Traceback" not in dashboard.output()
     restarted = dashboards.start()
-    wait_for(lambda: task_in(restarted, ok.id, states.SUCCESS), timeout=30)
+    again = wait_for(lambda: task_in(restarted, ok.id, states.SUCCESS), timeout=30)
+    assert [e["event"] for e in again["timeline"]] == [e["event"] for e in done["timeline"]]
     wait_for(lambda: task_in(restarted, bad.id, states.FAILURE), timeout=30)
+
+    # And a dashboard on another broker (no events log) with the same result backend
+    # still finds them: the history is in the backend's database
+    assert restarted.stop() in (0, -signal.SIGTERM)
+    other_broker = (
+        f"sqlite:///{tmp_path}/other-broker.sqlite3"
+        if workers.env["CHARD_BROKER_URL"].startswith("sqlite")
+        else redis_url()
+    )
+    elsewhere = dashboards.start(extra_env={"CHARD_BROKER_URL": other_broker})
+    kept = task_in(elsewhere, ok.id, states.SUCCESS)
+    assert kept is not None, elsewhere.output()
+    assert kept["result"] == "5"
+    assert [e["event"] for e in kept["timeline"]] == [e["event"] for e in done["timeline"]]
+    assert "bad input" in (task_in(elsewhere, bad.id, states.FAILURE) or {})["traceback"]
+    assert "history in" in elsewhere.output()
 
 
 def test_actions_reach_a_real_worker(
