@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from chard import states
+from chard.brokers.base import OutgoingMessage
 from chard.dashboard.openapi import OPERATIONS
+from chard.protocol.message import TaskMessage
 from tests.helpers import redis_url, wait_for
 from tests.integration.dashboard import Dashboard, DashboardFactory
 from tests.integration.workers import WorkerFactory, run_cli
@@ -243,3 +245,33 @@ def test_login_is_required_beyond_loopback_and_checked(
     assert dashboard.get("/metrics", Cookie=cookie).status == 200
     # And the page itself, which holds no data, loads for the login form
     assert dashboard.get("/").status == 200
+
+
+def test_dead_letters_are_listed_counted_and_redriven(
+    itproj: Any, workers: WorkerFactory, dashboards: DashboardFactory
+) -> None:
+    # Given a message naming a task no worker knows, set aside by a worker
+    worker = workers.start("-n", NODE, "-c", "1")
+    message = TaskMessage("itproj.tasks.nope", "ghost-1", (1,)).to_wire()
+    itproj.broker.publish(OutgoingMessage("celery", message))
+    wait_for(lambda: itproj.broker.dead_letters(), timeout=30)
+    worker.stop()
+    dashboard = dashboards.start()
+
+    # Then the queues view lists it, and /metrics counts it
+    letters = dashboard.get_json("/api/queues")["dead_letters"]
+    assert [(d["task"], d["task_id"], d["queue"]) for d in letters] == [
+        ("itproj.tasks.nope", "ghost-1", "celery")
+    ]
+    assert parse_metrics(dashboard.get("/metrics").text)["chard_dead_letters"] == 1
+
+    # When an unknown id is re-driven, it says so; when the real one is, it is queued again
+    unknown = dashboard.act("/api/dead-letters/redrive", {"ids": ["no-such-id"]})
+    assert unknown.status == 404
+    assert "no dead letter with id no-such-id" in unknown.json()["error"]
+    moved = dashboard.act("/api/dead-letters/redrive", {"ids": [letters[0]["id"]]})
+    assert moved.status == 200, moved.text
+    assert moved.json() == {"redriven": [letters[0]["id"]]}
+    queues = dashboard.get_json("/api/queues")
+    assert queues["dead_letters"] == []
+    assert {"name": "celery", "length": 1} in queues["queues"]
