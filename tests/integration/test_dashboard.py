@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def task_in(dashboard: Dashboard, task_id: str, state: str) -> dict[str, Any] | 
     reply = dashboard.get(f"/api/tasks/{task_id}")
     found = reply.json() if reply.status == 200 else None
     return found if found and found["state"] == state else None
+
+
+def first_stream_update(dashboard: Dashboard) -> dict[str, Any]:
+    """Read the live stream (server-sent events) until its first ``update``; return its data."""
+    with urllib.request.urlopen(dashboard.url + "/api/stream", timeout=30) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "update":
+                return dict(json.loads(line.removeprefix("data: ")))
+    raise AssertionError("the stream ended without an update")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -136,6 +151,9 @@ def test_api_shows_workers_tasks_queues_and_metrics(
     assert documented == set(OPERATIONS)
     overview = dashboard.get_json("/api/overview")
     assert overview["workers_online"] == 1
+    update = first_stream_update(dashboard)
+    assert update["workers_online"] == 1
+    assert update["counts"] == {"SUCCESS": 1, "FAILURE": 1}
 
     # When the dashboard restarts, its history is loaded, and the events the broker
     # still keeps are not folded in twice

@@ -128,3 +128,24 @@ def test_a_malformed_filter_is_a_400_naming_the_value() -> None:
     assert info.value.status == 400
     with pytest.raises(views.ApiError, match=re.escape("since=5.0 is after until=1.0")):
         views.TaskFilter(since=5.0, until=1.0).check()
+
+
+# -- the OpenAPI document -----------------------------------------------------------
+def test_the_openapi_document_names_every_api_route_and_no_other() -> None:
+    from starlette.routing import Route
+
+    from chard import Celery
+    from chard.dashboard.api import create_app
+    from chard.dashboard.monitor import Monitor
+    from chard.dashboard.openapi import openapi_document
+
+    app = create_app(Monitor(Celery("doc", broker="memory://")), Credentials())
+    routed = {
+        (method.lower(), route.path)
+        for route in app.routes
+        if isinstance(route, Route) and route.path.startswith(("/api/", "/metrics"))
+        for method in (route.methods or ()) - {"HEAD"}
+    }
+    document = openapi_document()
+    documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
+    assert routed == documented
