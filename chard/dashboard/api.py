@@ -150,8 +150,8 @@ class Handlers:
             since=_number(query.get("since"), "since"),
             until=_number(query.get("until"), "until"),
         )
-        offset = int(_number(query.get("offset"), "offset") or 0)
-        limit = int(_number(query.get("limit"), "limit") or 50)
+        offset = _integer(query.get("offset"), "offset", 0)
+        limit = _integer(query.get("limit"), "limit", 50)
         return JSONResponse(
             await run_in_threadpool(views.tasks, self.monitor, where, offset, limit)
         )
@@ -192,7 +192,7 @@ class Handlers:
         return FileResponse(STATIC / "index.html")
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return JSONResponse(openapi_document(self.credentials.enabled))
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -212,12 +212,17 @@ def _number(text: str | None, name: str) -> float | None:
         raise views.ApiError(400, f"{name}={text!r} is not a number") from None
 
 
+def _integer(text: str | None, name: str, default: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise views.ApiError(400, f"{name}={text!r} is not a whole number") from None
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    """The request's JSON object or form fields (``{}`` when empty)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+    """The request's JSON object (``{}`` when empty); the API takes JSON bodies only."""
     raw = await request.body()
     if not raw.strip():
         return {}

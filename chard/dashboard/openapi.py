@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from chard import __version__
+from chard.dashboard.views import KNOWN_STATES, MAX_PAGE
 
 _ERROR = {
     "description": "An error, with a one-line message",
@@ -20,18 +21,19 @@ _ERROR = {
     },
 }
 _OBJECT = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+_ARRAY = {"description": "OK", "content": {"application/json": {"schema": {"type": "array"}}}}
 _ACTION_BODY = {
     "required": False,
     "content": {"application/json": {"schema": {"type": "object"}}},
 }
 
 
-def _query(name: str, kind: str, doc: str) -> dict[str, Any]:
+def _query(name: str, kind: str, doc: str, **schema: Any) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
         "required": False,
-        "schema": {"type": kind},
+        "schema": {"type": kind, **schema},
         "description": doc,
     }
 
@@ -72,15 +74,15 @@ def _op(
 
 
 _TASK_FILTERS = [
-    _query("state", "string", "Only tasks in this state (SUCCESS, FAILURE, PENDING...)"),
+    _query("state", "string", "Only tasks in this state", enum=sorted(KNOWN_STATES)),
     _query("name", "string", "Only tasks whose name contains this"),
     _query("worker", "string", "Only tasks received by this worker (its hostname)"),
     _query("id", "string", "Only tasks whose id starts with this"),
     _query("search", "string", "Only tasks whose args or kwargs contain this"),
     _query("since", "number", "Only tasks changed at or after this Unix time"),
     _query("until", "number", "Only tasks changed at or before this Unix time"),
-    _query("offset", "integer", "Skip this many (default 0)"),
-    _query("limit", "integer", "Page size, 1..500 (default 50)"),
+    _query("offset", "integer", "Skip this many (default 0)", minimum=0),
+    _query("limit", "integer", "Page size (default 50)", minimum=1, maximum=MAX_PAGE),
 ]
 _HOST = _path("hostname", "The worker's node name (w1@host)")
 _ACTION = _path(
@@ -96,10 +98,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/login"): {
         "summary": "Log in with {token} or {user, password}; sets the session cookie",
         "requestBody": _ACTION_BODY,
-        "responses": {"200": _OBJECT, "401": _ERROR},
+        "responses": {"200": _OBJECT, "400": _ERROR, "401": _ERROR},
     },
     ("get", "/api/overview"): _op("Broker (password hidden), counts by state, workers online"),
-    ("get", "/api/workers"): _op("Every worker: status, pool, processed, failed, active, queues"),
+    ("get", "/api/workers"): {
+        **_op("Every worker: status, pool, processed, failed, active, queues"),
+        "responses": {"200": _ARRAY, "401": _ERROR},
+    },
     ("post", "/api/workers/{hostname}/{action}"): _op(
         "Remote-control one worker", params=[_HOST, _ACTION], action=True
     ),
@@ -133,12 +138,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """Return the OpenAPI document (a new dict each time)."""
+def openapi_document(auth: bool = True) -> dict[str, Any]:
+    """Return the OpenAPI document (a new dict each time); ``auth``: a login is configured."""
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), operation in OPERATIONS.items():
         paths.setdefault(path, {})[method] = operation
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "chard dashboard", "version": __version__},
         "components": {
@@ -148,6 +153,8 @@ def openapi_document() -> dict[str, Any]:
                 "cookie": {"type": "apiKey", "in": "cookie", "name": "chard_dashboard"},
             }
         },
-        "security": [{"bearer": []}, {"basic": []}, {"cookie": []}],
         "paths": paths,
     }
+    if auth:
+        document["security"] = [{"bearer": []}, {"basic": []}, {"cookie": []}]
+    return document

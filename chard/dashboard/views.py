@@ -164,16 +164,14 @@ class TaskFilter:
 
     def check(self) -> None:
         """Raise :class:`ApiError` (400) for a filter that cannot match by construction."""
-        if self.state is not None and self.state.upper() not in KNOWN_STATES:
+        if self.state is not None and self.state not in KNOWN_STATES:
             raise ApiError(
                 400, f"state={self.state!r} is not a task state; one of {_states_listed()}"
             )
-        if self.since is not None and self.until is not None and self.since > self.until:
-            raise ApiError(400, f"since={self.since} is after until={self.until}; swap them")
 
     def matches(self, task: TaskState) -> bool:
         found = (
-            (self.state is None or task.state == self.state.upper())
+            (self.state is None or task.state == self.state)
             and (self.name is None or self.name in (task.name or ""))
             and (self.worker is None or self.worker == task.worker)
             and (self.id is None or task.uuid.startswith(self.id))
