@@ -71,6 +71,8 @@ def create_app(
         Route("/api/tasks/{task_id}/revoke", guarded(api.revoke, action=True), methods=["POST"]),
         Route("/api/tasks/{task_id}/retry", guarded(api.retry, action=True), methods=["POST"]),
         Route("/api/queues", guarded(api.queues)),
+        Route("/api/beat", guarded(api.beat)),
+        Route("/api/beat/{name}/{action}", guarded(api.beat_toggle, action=True), methods=["POST"]),
         Route("/api/dead-letters/redrive", guarded(api.redrive, action=True), methods=["POST"]),
         Route("/api/stream", guarded(api.stream)),
         Route("/metrics", guarded(api.metrics_page)),
@@ -174,6 +176,13 @@ class Handlers:
 
     async def queues(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(views.queues, self.monitor))
+
+    async def beat(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(views.beat, self.monitor))
+
+    async def beat_toggle(self, request: Request) -> Response:
+        name, action = request.path_params["name"], request.path_params["action"]
+        return JSONResponse(await run_in_threadpool(views.beat_toggle, self.monitor, name, action))
 
     async def redrive(self, request: Request) -> Response:
         ids = (await _body(request)).get("ids")

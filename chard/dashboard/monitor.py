@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from chard.beat.store import ScheduleStore
+from chard.beat.stores import open_schedule_store
 from chard.dashboard.history import History, decode, encode
 from chard.dashboard.metrics import Metrics
 from chard.events.state import State
@@ -85,6 +87,7 @@ class Monitor:
         self._dirty: set[str] = set()
         #: Task id -> newest event time it was restored with: older events are not folded again.
         self._restored: dict[str, float] = {}
+        self._schedule: ScheduleStore | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._receiver: EventReceiver | None = None
@@ -228,6 +231,17 @@ class Monitor:
             self.app.control.enable_events(destination=silent)
 
     # -- reading ----------------------------------------------------------------
+    def schedule_store(self) -> ScheduleStore:
+        """Return beat's schedule store in the broker (opened on first use).
+
+        Raises:
+            ImproperlyConfigured: the broker's kind has no schedule store.
+        """
+        with self.lock:
+            if self._schedule is None:
+                self._schedule = open_schedule_store(self.app)
+            return self._schedule
+
     def node_is_answering(self, hostname: str, now: float) -> bool:
         """Return whether ``hostname`` answered the inspector lately (two intervals)."""
         node = self.nodes.get(hostname)

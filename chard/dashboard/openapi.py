@@ -74,7 +74,12 @@ def _op(
 
 
 _TASK_FILTERS = [
-    _query("state", "string", "Only tasks in this state", enum=sorted(KNOWN_STATES)),
+    _query(
+        "state",
+        "string",
+        "Only tasks in this state (empty: any)",
+        enum=["", *sorted(KNOWN_STATES)],
+    ),
     _query("name", "string", "Only tasks whose name contains this"),
     _query("worker", "string", "Only tasks received by this worker (its hostname)"),
     _query("id", "string", "Only tasks whose id starts with this"),
@@ -124,6 +129,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "Send a task again under a new id, with the same arguments", params=[_TASK_ID], action=True
     ),
     ("get", "/api/queues"): _op("Queue lengths, dead letters and the countdown/ETA set"),
+    ("get", "/api/beat"): _op("Beat's schedule: entries with last and next run, and the leader"),
+    ("post", "/api/beat/{name}/{action}"): _op(
+        "Enable or disable a schedule entry",
+        params=[_path("name", "The entry's name"), _path("action", "enable | disable")],
+        action=True,
+    ),
     ("post", "/api/dead-letters/redrive"): _op(
         "Re-drive dead letters {ids: [...]} (ids null: all)", action=True
     ),

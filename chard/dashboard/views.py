@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chard import states
@@ -299,6 +300,32 @@ def retry(monitor: Monitor, task_id: str) -> dict[str, Any]:
     except ChardError as exc:
         raise ApiError(503, f"cannot send {name}: {exc}") from exc
     return {"id": sent.id, "name": name, "retry_of": task_id}
+
+
+# -- beat ---------------------------------------------------------------------------
+def beat(monitor: Monitor) -> dict[str, Any]:
+    """Beat's schedule: every entry with its last and next run, and the leader now."""
+    try:
+        store = monitor.schedule_store()
+        rows, errors = store.describe(monitor.app, datetime.now(UTC))
+        holder = store.lease_holder()
+    except ChardError as exc:
+        raise ApiError(503, f"cannot read beat's schedule: {exc}") from exc
+    leader = {"owner": holder.owner, "expires_in": holder.expires_in} if holder else None
+    return {"leader": leader, "entries": rows, "errors": errors}
+
+
+def beat_toggle(monitor: Monitor, name: str, action: str) -> dict[str, Any]:
+    """Enable or disable schedule entry ``name``; running beats pick it up within seconds."""
+    if action not in ("enable", "disable"):
+        raise ApiError(404, f"no beat action {action!r}; enable or disable")
+    try:
+        found = monitor.schedule_store().set_enabled(name, action == "enable")
+    except ChardError as exc:
+        raise ApiError(503, f"cannot change beat's schedule: {exc}") from exc
+    if not found:
+        raise ApiError(404, f"no schedule entry {name!r} (see the beat view)")
+    return {"name": name, "enabled": action == "enable"}
 
 
 # -- queues -------------------------------------------------------------------------

@@ -324,3 +324,35 @@ def test_the_api_keeps_to_its_openapi_document(
         assert "Traceback" not in dashboard.output()
     finally:
         factory.cleanup()
+
+
+def test_beat_schedule_is_listed_and_toggled(
+    itproj: Any, dashboards: DashboardFactory, transport: dict[str, str], tmp_path: Path
+) -> None:
+    # Given an entry added to beat's schedule with the CLI
+    added = run_cli(
+        ["-A", "itproj", "beat", "schedule", "add", "hourly", "itproj.tasks.add",
+         "--every", "3600", "--args", "[1, 2]"],
+        transport, tmp_path,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    dashboard = dashboards.start()
+
+    # Then the beat view lists it with its next run, and no leader (no beat runs)
+    beat = dashboard.get_json("/api/beat")
+    assert beat["leader"] is None
+    (entry,) = beat["entries"]
+    assert (entry["name"], entry["task"], entry["enabled"]) == ("hourly", "itproj.tasks.add", True)
+    assert entry["next_run_at"] is not None
+
+    # When it is disabled through the dashboard, the store (and so every beat) has it
+    disabled = dashboard.act("/api/beat/hourly/disable")
+    assert disabled.status == 200, disabled.text
+    assert dashboard.get_json("/api/beat")["entries"][0]["enabled"] is False
+    listed = run_cli(["-A", "itproj", "beat", "schedule", "list", "--json"], transport, tmp_path)
+    assert json.loads(listed.stdout)["enabled"] is False
+
+    # And an unknown entry is a 404 that says so
+    unknown = dashboard.act("/api/beat/nope/enable")
+    assert unknown.status == 404
+    assert "no schedule entry 'nope'" in unknown.json()["error"]

@@ -179,6 +179,22 @@ async function queuesView() {
         when(d.eta), d.priority]))];
 }
 
+async function beatView() {
+  const b = await api("/api/beat");
+  const leader = b.leader ? `leader: ${b.leader.owner} (lease ${b.leader.expires_in.toFixed(1)}s)`
+    : "no beat leads now";
+  const base = (name) => `/api/beat/${encodeURIComponent(name)}`;
+  return [el("h2", {}, `Beat (${b.entries.length} entries)`), el("p", { class: "muted" }, leader),
+    b.errors.map((e) => el("p", { class: "FAILURE" }, e)),
+    table(["Name", "Task", "Schedule", "Enabled", "Origin", "Last run", "Next run", "Runs", ""],
+      b.entries.map((e) => [e.name, e.task, el("span", { class: "mono" }, e.schedule),
+        e.enabled ? "yes" : "no", e.origin, e.last_run_at || "never", e.next_run_at || "",
+        e.total_run_count,
+        el("button", { on: { click: () =>
+          act(`${base(e.name)}/${e.enabled ? "disable" : "enable"}`) } },
+          e.enabled ? "disable" : "enable")]))];
+}
+
 function showLogin() {
   view.replaceChildren(el("form", { class: "login", on: { submit: async (e) => {
     e.preventDefault();
@@ -206,6 +222,7 @@ async function route() {
     if (name === "task") content = await taskView(decodeURIComponent(parts[1] || ""));
     else if (name === "tasks") content = await tasksView(new URLSearchParams(query || ""));
     else if (name === "queues") content = await queuesView();
+    else if (name === "beat") content = await beatView();
     else content = await workersView();
     view.replaceChildren(...[content].flat(3));
   } catch (err) {
