@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -213,16 +214,19 @@ def _text(value: Any) -> str | None:
 
 
 def _number(text: str | None, name: str) -> float | None:
-    if text is None or text == "":
+    if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise views.ApiError(400, f"{name}={text!r} is not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise views.ApiError(400, f"{name}={text!r} is not a number")
+    return value
 
 
 def _integer(text: str | None, name: str, default: int) -> int:
-    if text is None or text == "":
+    if text is None:
         return default
     try:
         return int(text)
