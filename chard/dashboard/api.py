@@ -69,6 +69,7 @@ def create_app(
         ),
         Route("/api/tasks", guarded(api.tasks)),
         Route("/api/tasks/{task_id}", guarded(api.task)),
+        Route("/api/throughput", guarded(api.throughput)),
         Route("/api/tasks/{task_id}/revoke", guarded(api.revoke, action=True), methods=["POST"]),
         Route("/api/tasks/{task_id}/retry", guarded(api.retry, action=True), methods=["POST"]),
         Route("/api/queues", guarded(api.queues)),
@@ -158,6 +159,13 @@ class Handlers:
         return JSONResponse(
             await run_in_threadpool(views.tasks, self.monitor, where, offset, limit)
         )
+
+    async def throughput(self, request: Request) -> Response:
+        query = request.query_params
+        span = _number(query.get("span"), "span")
+        step = _number(query.get("step"), "step")
+        span, step = (600.0 if span is None else span), (10.0 if step is None else step)
+        return JSONResponse(await run_in_threadpool(views.chart, self.monitor, span, step))
 
     async def task(self, request: Request) -> Response:
         return JSONResponse(views.task(self.monitor, request.path_params["task_id"]))

@@ -116,6 +116,18 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/api/tasks"): _op(
         "A page of the kept tasks, newest change first", params=_TASK_FILTERS
     ),
+    ("get", "/api/throughput"): _op(
+        "Successes, failures and runtime p50/p90/p99 per step over the last span seconds",
+        params=[
+            _query("span", "number", "Seconds back from now (default 600)", exclusiveMinimum=0),
+            _query(
+                "step",
+                "number",
+                "Seconds per bucket (default 10; at most 360 buckets)",
+                exclusiveMinimum=0,
+            ),
+        ],
+    ),
     ("get", "/api/tasks/{task_id}"): _op(
         "One task: args, kwargs, result or traceback, runtime, timeline, parent/children/root",
         params=[_TASK_ID],

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from chard import states
 from chard.brokers import deadletters
+from chard.dashboard import charts
 from chard.events.state import TaskState
 from chard.exceptions import ChardError
 
@@ -300,6 +301,21 @@ def retry(monitor: Monitor, task_id: str) -> dict[str, Any]:
     except ChardError as exc:
         raise ApiError(503, f"cannot send {name}: {exc}") from exc
     return {"id": sent.id, "name": name, "retry_of": task_id}
+
+
+def chart(monitor: Monitor, span: float, step: float) -> dict[str, Any]:
+    """Successes, failures and runtime percentiles per ``step`` over the last ``span`` s.
+
+    A step too fine for the span is widened to give at most ``charts.MAX_BUCKETS``
+    buckets, and one wider than the span is narrowed to it; the answer says which.
+    """
+    if span <= 0 or step <= 0:
+        raise ApiError(400, f"span={span:g} and step={step:g} must both be positive")
+    step = min(span, max(step, span / charts.MAX_BUCKETS))
+    now = monitor.clock()
+    with monitor.lock:
+        kept = list(monitor.state.tasks.values())
+    return {"step": step, "buckets": charts.throughput(kept, now, span, step)}
 
 
 # -- beat ---------------------------------------------------------------------------

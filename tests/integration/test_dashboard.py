@@ -156,6 +156,11 @@ def test_api_shows_workers_tasks_queues_and_metrics(
     assert documented == set(OPERATIONS)
     overview = dashboard.get_json("/api/overview")
     assert overview["workers_online"] == 1
+    chart = dashboard.get_json("/api/throughput?span=600&step=60")["buckets"]
+    assert len(chart) == 10
+    assert sum(b["succeeded"] for b in chart) == 1
+    assert sum(b["failed"] for b in chart) == 1
+    assert dashboard.get("/api/throughput?span=10&step=0").status == 400
     update = first_stream_update(dashboard)
     assert update["workers_online"] == 1
     assert update["counts"] == {"SUCCESS": 1, "FAILURE": 1}

@@ -147,3 +147,22 @@ def test_the_openapi_document_names_every_api_route_and_no_other() -> None:
     document = openapi_document()
     documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
     assert routed == documented
+
+
+# -- charts -------------------------------------------------------------------------
+def test_throughput_buckets_count_ends_and_runtime_percentiles() -> None:
+    from chard.dashboard.charts import throughput
+
+    state, _ = fed(
+        *[event("task-succeeded", f"s{i}", 100.0 + i, runtime=float(i + 1)) for i in range(10)],
+        event("task-failed", "f1", 115.0, exception="E"),
+        event("task-succeeded", "old", 50.0, runtime=1.0),  # before the span
+        event("task-received", "r1", 101.0, name="x"),  # not ended
+    )
+    buckets = throughput(state.tasks.values(), now=120.0, span=20.0, step=10.0)
+    assert [(b["start"], b["succeeded"], b["failed"]) for b in buckets] == [
+        (100.0, 10, 0),
+        (110.0, 0, 1),
+    ]
+    assert (buckets[0]["p50"], buckets[0]["p90"], buckets[0]["p99"]) == (5.0, 9.0, 10.0)
+    assert buckets[1]["p50"] is None

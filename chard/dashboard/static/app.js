@@ -51,6 +51,7 @@ async function act(path, body) {
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
 const secs = (s) => (s === null || s === undefined ? ""
+  : s < 0.001 ? `${Math.round(s * 1e6)} µs`
   : s < 1 ? `${(s * 1000).toFixed(1)} ms` : `${Number(s).toFixed(2)} s`);
 const badge = (s) => el("span", { class: `state ${s}` }, s);
 const link = (href, text) => el("a", { href }, text);
@@ -63,10 +64,41 @@ function table(headers, rows) {
       "nothing yet"))));
 }
 
+// -- charts -------------------------------------------------------------------------
+function svg(tag, attrs) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+async function throughputChart() {
+  const data = await api("/api/throughput?span=600&step=10");
+  const width = 720, height = 90, gap = 1;
+  const most = Math.max(1, ...data.buckets.map((b) => b.succeeded + b.failed));
+  const bar = width / data.buckets.length;
+  const chart = svg("svg", { width, height, class: "chart", role: "img",
+    "aria-label": "tasks finished per 10 seconds" });
+  data.buckets.forEach((b, i) => {
+    const ok = (b.succeeded / most) * height, bad = (b.failed / most) * height;
+    chart.append(svg("rect", { x: i * bar, y: height - ok - bad, width: bar - gap,
+      height: bad, class: "bad" }));
+    chart.append(svg("rect", { x: i * bar, y: height - ok, width: bar - gap, height: ok,
+      class: "ok" }));
+  });
+  const ended = data.buckets.filter((b) => b.p50 !== null);
+  const last = ended[ended.length - 1];
+  const total = data.buckets.reduce((n, b) => n + b.succeeded, 0);
+  const failed = data.buckets.reduce((n, b) => n + b.failed, 0);
+  return [el("h2", {}, "Last 10 minutes"), chart,
+    el("p", { class: "muted" }, `${total} succeeded, ${failed} failed (peak ${most} per 10 s)`,
+      last ? ` · latest runtimes p50 ${secs(last.p50)}, p90 ${secs(last.p90)}, ` +
+        `p99 ${secs(last.p99)}` : "")];
+}
+
 // -- views --------------------------------------------------------------------------
 async function workersView() {
   const rows = await api("/api/workers");
-  return [el("h2", {}, `Workers (${rows.length})`), table(
+  return [await throughputChart(), el("h2", {}, `Workers (${rows.length})`), table(
     ["Worker", "Status", "Pool", "Processed", "Failed", "Active", "Queues", "Heartbeat", "Actions"],
     rows.map((w) => [
       el("span", { class: "mono" }, w.hostname), badge(w.status),
