@@ -17,6 +17,8 @@ from chard.events.state import TaskState
 
 #: Most buckets one chart has.
 MAX_BUCKETS = 360
+#: Longest span a chart covers (seconds): 30 days.
+MAX_SPAN = 30 * 86400.0
 
 
 def percentile(ordered: list[float], fraction: float) -> float | None:

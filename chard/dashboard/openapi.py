@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from chard import __version__
+from chard.dashboard.charts import MAX_SPAN
 from chard.dashboard.views import KNOWN_STATES, MAX_PAGE
 
 _ERROR = {
@@ -119,7 +120,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/api/throughput"): _op(
         "Successes, failures and runtime p50/p90/p99 per step over the last span seconds",
         params=[
-            _query("span", "number", "Seconds back from now (default 600)", exclusiveMinimum=0),
+            _query(
+                "span",
+                "number",
+                "Seconds back from now (default 600)",
+                exclusiveMinimum=0,
+                maximum=MAX_SPAN,
+            ),
             _query(
                 "step",
                 "number",

@@ -309,8 +309,11 @@ def chart(monitor: Monitor, span: float, step: float) -> dict[str, Any]:
     A step too fine for the span is widened to give at most ``charts.MAX_BUCKETS``
     buckets, and one wider than the span is narrowed to it; the answer says which.
     """
-    if span <= 0 or step <= 0:
-        raise ApiError(400, f"span={span:g} and step={step:g} must both be positive")
+    if not (0 < span <= charts.MAX_SPAN and step > 0):
+        raise ApiError(
+            400, f"span={span:g} must be in (0, {charts.MAX_SPAN:g}] seconds and step={step:g} "
+            "positive",
+        )  # fmt: skip
     step = min(span, max(step, span / charts.MAX_BUCKETS))
     now = monitor.clock()
     with monitor.lock:
