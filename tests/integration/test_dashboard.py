@@ -323,7 +323,7 @@ def test_the_api_keeps_to_its_openapi_document(
                 "--exclude-path", "/api/stream",  # never ends, by design
                 "-H", "Authorization: Bearer s3cret", "--request-timeout", "20",
             ],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache dir there
         )  # fmt: skip
         assert run.returncode == 0, run.stdout[-6000:]
         assert "Traceback" not in dashboard.output()
