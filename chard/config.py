@@ -134,6 +134,13 @@ SETTINGS: dict[str, Setting] = {
         "Speak Celery's way where Celery cannot read chard's (a mixed fleet on Redis): "
         "countdown/ETA messages go to the ready queue, chords count with Celery's Redis keys",
     ),
+    # -- dashboard -------------------------------------------------------------
+    "dashboard_token": Setting(
+        None, "Token that logs in to `chard dashboard` (env CHARD_DASHBOARD_TOKEN; chard's)"
+    ),
+    "dashboard_basic_auth": Setting(
+        None, "'user:password' for `chard dashboard` (env CHARD_DASHBOARD_BASIC_AUTH; chard's)"
+    ),
     # -- modules ---------------------------------------------------------------
     "imports": Setting((), "Modules to import when the worker starts"),
     "include": Setting((), "Same as imports (Celery(include=...))"),
@@ -143,6 +150,8 @@ SETTINGS: dict[str, Setting] = {
 _ENV_FALLBACK = {
     "broker_url": ("CHARD_BROKER_URL", "CELERY_BROKER_URL"),
     "result_backend": ("CHARD_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+    "dashboard_token": ("CHARD_DASHBOARD_TOKEN",),
+    "dashboard_basic_auth": ("CHARD_DASHBOARD_BASIC_AUTH",),
 }
 
 #: Celery 3 uppercase names still seen in old projects and Django settings.
@@ -384,6 +393,8 @@ _NUMBER = (int, float)
 _ALLOWED: dict[str, tuple[type, ...]] = {
     "broker_url": (str,),
     "result_backend": (str,),
+    "dashboard_token": (str,),
+    "dashboard_basic_auth": (str,),
     "worker_concurrency": (int,),
     "worker_max_tasks_per_child": (int,),
     "task_default_priority": (int,),

@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from chard._utils.clock import Clock, SystemClock
-from chard.beat.scheduler import ScheduleEntry
+from chard.beat.scheduler import ScheduleEntry, entries_from_config
 from chard.beat.store_records import (
     FIRING_RETENTION,
     entry_from_record,
@@ -230,6 +230,37 @@ class ScheduleStore(ABC):
             entries.append(entry)
         entries += [e for name, e in config.items() if name not in stored]
         return entries, errors
+
+    def describe(self, app: Celery, now: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+        """Return every entry as a JSON-able row (name, task, schedule, enabled, origin, last
+        and next run, total runs), sorted by name, and one error per broken row.
+
+        What ``chard beat schedule list`` prints and the dashboard shows: config entries
+        (``beat_schedule``, ``add_periodic_task``) merged with the store's, as beat runs them.
+        """
+        app.finalize()
+        configured, _ = entries_from_config(app.conf.beat_schedule or {}, app=app)
+        entries, errors = self.load(app, {e.name: e for e in configured})
+        origins = {
+            name: record.get("origin", "store") for name, record in self.definitions().items()
+        }
+        rows = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            last = entry.last_run_at
+            upcoming = entry.next_run(now)
+            rows.append(
+                {
+                    "name": entry.name,
+                    "task": entry.task,
+                    "schedule": repr(entry.schedule),
+                    "enabled": entry.enabled,
+                    "origin": origins.get(entry.name, "config"),
+                    "last_run_at": last.isoformat() if last else None,
+                    "total_run_count": entry.total_run_count,
+                    "next_run_at": upcoming.isoformat() if upcoming else None,
+                }
+            )
+        return rows, errors
 
     # -- run state, lease, firings --------------------------------------------
     def record_run(self, name: str, last_run_at: datetime, total_run_count: int) -> None:

@@ -26,7 +26,7 @@ import click
 from chard import __version__
 from chard._utils.log import redact_url
 from chard.app import Celery
-from chard.beat.scheduler import entries_from_config, entry_from_config
+from chard.beat.scheduler import entry_from_config
 from chard.beat.service import DEFAULT_LEASE_TIMEOUT, Beat, PlannedRun
 from chard.beat.store import ScheduleStore
 from chard.beat.stores import open_schedule_store
@@ -277,26 +277,7 @@ def add_command(
 def list_command(click_ctx: click.Context, as_json: bool) -> None:
     """List the entries in the store, with their last and next runs."""
     app, store = _store(click_ctx)
-    app.finalize()
-    configured, _ = entries_from_config(app.conf.beat_schedule or {}, app=app)
-    entries, errors = store.load(app, {e.name: e for e in configured})
-    origins = {name: record.get("origin", "store") for name, record in store.definitions().items()}
-    now = datetime.now(UTC)
-    rows = []
-    for entry in sorted(entries, key=lambda e: e.name):
-        last = entry.last_run_at
-        rows.append(
-            {
-                "name": entry.name,
-                "task": entry.task,
-                "schedule": repr(entry.schedule),
-                "enabled": entry.enabled,
-                "origin": origins.get(entry.name, "config"),
-                "last_run_at": last.isoformat() if last else None,
-                "total_run_count": entry.total_run_count,
-                "next_run_at": (nxt.isoformat() if (nxt := entry.next_run(now)) else None),
-            }
-        )
+    rows, errors = store.describe(app, datetime.now(UTC))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))

@@ -19,6 +19,7 @@ from chard.cli import (
     beat,
     call,
     control,
+    dashboard,
     db,
     deadletters,
     events,
@@ -75,7 +76,9 @@ def cli(  # type: ignore[no-untyped-def]
     ctx.obj.quiet = ctx.obj.quiet or quiet
 
 
-for _module in (worker, multi, beat, call, result, purge, settings, deadletters, events, db):
+for _module in (
+    worker, multi, beat, call, result, purge, settings, deadletters, events, db, dashboard
+):  # fmt: skip
     cli.add_command(_module.command)
 for _command in (control.inspect_command, control.control_command, control.status_command):
     cli.add_command(_command)

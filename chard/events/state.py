@@ -166,6 +166,13 @@ class State:
         for event in events:
             self.event(event)
 
+    def adopt(self, task: TaskState) -> None:
+        """Keep ``task`` (restored from storage) as the most recently changed one."""
+        self.tasks[task.uuid] = task
+        self.tasks.move_to_end(task.uuid)
+        while len(self.tasks) > self.max_tasks:
+            self.tasks.popitem(last=False)
+
     def _worker(self, hostname: str) -> WorkerState:
         worker = self.workers.get(hostname)
         if worker is None:

@@ -1,0 +1,85 @@
+"""The dashboard's task history, persisted in the result backend's database.
+
+What :class:`~chard.events.state.State` knows of each task is written, as one JSON
+record per task, next to the results: a table ``chard_dashboard_tasks`` in the
+SQLite backend's file, a hash and a sorted set (``chard.dashboard.tasks``,
+``chard.dashboard.changed``, under the backend's key prefix) in its Redis. A
+restarted dashboard, or another one on the same backend, loads the newest records
+back before it reads events. Retention is bounded by count (``--max-tasks``) and by
+age (``--history-days``); :meth:`History.trim` applies both.
+
+No backend (or one of a kind with no history store yet) means no history: the
+dashboard then keeps what it knows in memory only, and says so at start
+(:func:`chard.dashboard.server.open_history` picks the store by the backend's URL).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from chard.events.state import MAX_TIMELINE, TaskState
+
+#: (task id, time of its last change, its JSON record)
+Record = tuple[str, float, str]
+
+_FIELDS = (
+    "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
+    "runtime", "retries", "eta", "expires", "root_id", "parent_id", "timestamp",
+)  # fmt: skip
+
+
+class History(ABC):
+    """Task records in a backend's database: write, read the newest, trim."""
+
+    @abstractmethod
+    def save(self, records: Sequence[Record]) -> None:
+        """Insert or replace ``records``."""
+
+    @abstractmethod
+    def load(self, limit: int) -> list[tuple[str, str]]:
+        """Return ``(task id, record)`` of the ``limit`` most recently changed, oldest first."""
+
+    @abstractmethod
+    def trim(self, max_count: int, older_than: float | None) -> int:
+        """Delete records changed before ``older_than`` and beyond the newest ``max_count``.
+
+        Returns:
+            How many were deleted.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection."""
+
+
+def encode(task: TaskState) -> Record:
+    """Return ``task`` as a record (plain values only, so it always encodes)."""
+    fields: dict[str, Any] = {name: getattr(task, name) for name in _FIELDS}
+    fields["timeline"] = list(task.timeline)
+    fields["extra"] = {k: v for k, v in task.extra.items() if _is_plain(v)}
+    return task.uuid, float(task.timestamp or 0.0), json.dumps(fields)
+
+
+def decode(uuid: str, text: str) -> TaskState | None:
+    """Return the task a record holds, or None for one that cannot be read."""
+    try:
+        fields = json.loads(text)
+        task = TaskState(uuid)
+        for name in _FIELDS:
+            if name in fields:
+                setattr(task, name, fields[name])
+        task.timeline = deque(
+            ((str(kind), float(stamp)) for kind, stamp in fields.get("timeline") or ()),
+            maxlen=MAX_TIMELINE,
+        )
+        task.extra = dict(fields.get("extra") or {})
+    except (ValueError, TypeError):
+        return None
+    return task
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
