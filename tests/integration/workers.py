@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -145,7 +146,19 @@ def project_tasks(
     tasks = importlib.import_module(f"{package}.tasks")
     app = importlib.import_module(f"{package}.celery").app
     app.close()
+    # The module (and its app) outlives this test: put back what the app had, or a later
+    # test using the same project would still talk to this test's (maybe stopped) server.
+    keys = ("broker_url", "result_backend")
+    before = {key: app.conf.changes()[key] for key in keys if key in app.conf.changes()}
     app.conf.broker_url = transport["CHARD_BROKER_URL"]
     app.conf.result_backend = transport["CHARD_RESULT_BACKEND"]
-    yield tasks
-    app.close()
+    try:
+        yield tasks
+    finally:
+        app.close()
+        for key in keys:
+            if key in before:
+                app.conf[key] = before[key]
+            else:
+                with contextlib.suppress(KeyError):
+                    del app.conf[key]
