@@ -290,7 +290,12 @@ class Beat:
         key = slot_key(entry.name, scheduled)
         if not self.store.claim_firing(entry.name, scheduled):
             logger.info("beat: %s was already sent by another beat; skipping it", key)
-            self.store.record_run(entry.name, now, 0)  # counts stay as the sender wrote them
+            # Continue right after that slot, not from now: a leader killed between its send
+            # and its record leaves this standby several slots behind, and the next of them
+            # is still sent (late, once), not skipped with the rest. The store's run state
+            # never moves back, so a live sender's later record wins at the reload below.
+            self.scheduler.add(replace(entry, last_run_at=scheduled))
+            self.store.record_run(entry.name, scheduled, 0)  # counts stay as the sender wrote
             self._next_reload = 0.0
             return
         options = dict(entry.options)

@@ -289,6 +289,37 @@ def test_two_beats_send_each_slot_once_across_a_leader_crash() -> None:
     assert [round(t.total_seconds(), 1) for t in times] == [1.0, 2.1, 3.2, 7.0, 8.1]
 
 
+def test_a_leader_killed_between_its_send_and_its_record_leaves_no_gap() -> None:
+    # Given a leader that sent the 1 s slot, and a standby on the same store
+    clock = FakeClock(T0.timestamp())
+    store = MemoryScheduleStore(clock)
+    app = make_app(beat_schedule={"add": {"task": "proj.tasks.add", "schedule": 1.0}})
+    leader = start_beat(app, store, clock, "leader", lease_timeout=3.0)
+    standby = start_beat(app, store, clock, "standby", lease_timeout=3.0)
+    for _ in range(15):
+        leader.run_once()
+        standby.run_once()
+        clock.advance(0.1)
+    before = sent_slots(app)
+    last_run = leader.scheduler.entries["add"].last_run_at
+    assert last_run is not None
+
+    # When it claims (and sends) its next slot but is killed before recording that run
+    claimed = last_run + timedelta(seconds=1)
+    assert store.claim_firing("add", claimed)
+    for _ in range(60):
+        standby.run_once()
+        clock.advance(0.1)
+
+    # Then the standby skips the claimed slot and sends the one right after it (late, once),
+    # instead of jumping to a new rhythm from the moment it took over (issue 13)
+    after = sent_slots(app)
+    first = datetime.fromisoformat(after[0].partition(":")[2])
+    assert len(before) == 1
+    assert first == claimed + timedelta(seconds=1)
+    assert len(after) == len(set(after))
+
+
 def test_a_paused_leader_that_resumes_cannot_send_a_slot_again() -> None:
     # Given a leader that fired, then froze past its lease while a standby took over
     clock = FakeClock(T0.timestamp())
