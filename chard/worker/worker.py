@@ -80,6 +80,7 @@ class Worker:
         autoscale: str | tuple[int, int] | None = None,
         burst: bool = False,
         send_events: bool | None = None,
+        heartbeat: bool = True,
         on_banner: Callable[[str], None] | None = None,
     ) -> None:
         conf = app.conf
@@ -108,6 +109,9 @@ class Worker:
         #: before the prefork children fork: :meth:`EventDispatcher.enable` here (or in
         #: any child) turns events on in every process of the node.
         self.events = EventDispatcher(app, self.hostname, enabled=send_events)
+        #: Whether the node sends worker events (online, heartbeats, offline): Celery's
+        #: ``--without-heartbeat`` turns them off; task events follow ``send_events``.
+        self.heartbeat = heartbeat
         self.heart: Heart | None = None
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
@@ -169,14 +173,16 @@ class Worker:
             self.stop()  # a signal came before the supervisor or consumer existed: pass it on
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
-        self.heart = Heart(self.events, active=self._active, processed=self._processed)
-        self.heart.start()
+        if self.heartbeat:
+            self.heart = Heart(self.events, active=self._active, processed=self._processed)
+            self.heart.start()
         try:
             stats = run()
         finally:
             mailbox.stop()  # leaves the channel
             signals.worker_shutdown.send(sender=self)
-            self.heart.stop()  # worker-offline, after the children stopped
+            if self.heart is not None:
+                self.heart.stop()  # worker-offline, after the children stopped
             self.events.close()
             self.app.events.task_dispatcher = None
             self.app.close()
