@@ -335,7 +335,8 @@ def _header(cfg: Config, names: list[str]) -> str:
     return (
         f"# chard and its peers ({', '.join(names)})\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {platform.python_implementation()} "
-        f"{platform.python_version()}; {_versions(names)}; {os.cpu_count()} CPUs, load "
+        f"{platform.python_version()}; {_versions(names) or 'no peer package'}; "
+        f"{os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.1f}; on {where}; {cfg.rounds} round(s), median; "
         f"N={cfg.n:,} (group {cfg.group_n:,}), end-to-end {cfg.e2e_n:,}, round-trip samples "
         f"{cfg.latency_n:,}, idle window {cfg.idle_seconds:g} s; 2 worker processes per node"
