@@ -332,15 +332,22 @@ def _versions(names: list[str]) -> str:
 def _header(cfg: Config, names: list[str]) -> str:
     s = cfg.settings
     where = f"RabbitMQ ({s.rabbitmq}), results over rpc://" if s.rabbitmq else s.redis_base
+    if cfg.nodes:
+        what = f"scale run, {', '.join(map(str, cfg.nodes))} worker node(s), one round each"
+        sizes = f"N={cfg.n:,}, end-to-end {cfg.e2e_n:,}"
+    else:
+        what = f"{cfg.rounds} round(s), median"
+        sizes = (
+            f"N={cfg.n:,} (group {cfg.group_n:,}), end-to-end {cfg.e2e_n:,}, round-trip "
+            f"samples {cfg.latency_n:,}, idle window {cfg.idle_seconds:g} s"
+        )
     return (
         f"# chard and its peers ({', '.join(names)})\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}; {platform.python_implementation()} "
         f"{platform.python_version()}; {_versions(names) or 'no peer package'}; "
-        f"{os.cpu_count()} CPUs, load "
-        f"{os.getloadavg()[0]:.1f}; on {where}; {cfg.rounds} round(s), median; "
-        f"N={cfg.n:,} (group {cfg.group_n:,}), end-to-end {cfg.e2e_n:,}, round-trip samples "
-        f"{cfg.latency_n:,}, idle window {cfg.idle_seconds:g} s; 2 worker processes per node"
-        f"{' (-E)' if cfg.events else ''}. Redis figures are server-wide (see bench/README.md).\n"
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; on {where}; {what}; {sizes}; "
+        f"2 worker processes per node{' (-E)' if cfg.events else ''}. Redis figures are "
+        "server-wide (see bench/README.md).\n"
     )
 
 
