@@ -176,7 +176,7 @@ class QueueSpec:
     exclusive: bool = False
     auto_delete: bool = False
     alias: str | None = None
-    #: The queue's own exchange (None when it has bindings instead): publishing goes there.
+    #: The queue's own exchange (Celery's ``queue.exchange``): publishing goes there.
     exchange: ExchangeSpec | None = None
     routing_key: str = ""
 
@@ -234,11 +234,10 @@ def queue_spec(queue: Any, default: ExchangeSpec | None = None, routing_key: str
         raise ImproperlyConfigured(f"a queue in task_queues has no name: {queue!r}")
     bindings = list(getattr(queue, "bindings", None) or ())
     exchange = getattr(queue, "exchange", None)
-    own: ExchangeSpec | None = None
-    if not bindings:
-        own = exchange_spec(exchange) if exchange is not None else None
-        if (own is None or not own.name) and default is not None:
-            own = default
+    # Celery gives the default exchange even to a queue with bindings, and binds it there too.
+    own = exchange_spec(exchange) if exchange is not None else None
+    if (own is None or not own.name) and default is not None:
+        own = default
     key = str(getattr(queue, "routing_key", "") or routing_key or "")
     binding_args = _pairs(getattr(queue, "binding_arguments", None))
     specs = [BindingSpec(own, key, binding_args)] if own is not None and own.name else []
