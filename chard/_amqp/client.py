@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import decimal
 import logging
+import os
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +41,8 @@ from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfi
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 # pika logs every connection step at INFO; a worker's log is for tasks.
 logging.getLogger("pika").setLevel(logging.WARNING)
 
@@ -51,6 +55,11 @@ _CONNECTION_ERRORS = (
     pika.exceptions.ChannelClosed,
     OSError,
 )
+
+
+def connection_name() -> str:
+    """What this process's connections are called in RabbitMQ: ``chard <host>:<pid>``."""
+    return f"chard {socket.gethostname()}:{os.getpid()}"
 
 
 class UnroutableMessage(BrokerError):
@@ -107,7 +116,8 @@ class AmqpClient:
             blocked_connection_timeout=30,
             socket_timeout=t.connect_timeout,
             ssl_options=ssl_options,
-            client_properties={"connection_name": "chard"},
+            # Names this process's connection in RabbitMQ's tools (and for an operator to close).
+            client_properties={"connection_name": connection_name()},
         )
 
     def _connect(self) -> None:
@@ -171,6 +181,11 @@ class AmqpClient:
                         raise
                 except _CONNECTION_ERRORS as exc:
                     self._drop()
+                    logger.warning(
+                        "Lost the connection to RabbitMQ at %s (%r); reconnecting",
+                        self.target.redacted,
+                        exc,
+                    )
                     if attempt == 2:
                         raise BrokerConnectionError(
                             f"lost the connection to RabbitMQ at {self.target.redacted!r}: {exc!r}"
