@@ -142,3 +142,18 @@ def test_bad_declarations_say_what_to_fix() -> None:
     strict = Topology.from_settings([Queue("only")], create_missing=False)
     with pytest.raises(ImproperlyConfigured, match=r"'other' is not in task_queues"):
         strict.queue("other")
+
+
+def test_a_worker_without_q_consumes_every_declared_queue_and_shows_their_exchanges() -> None:
+    from chard.worker.worker import Worker
+
+    app = chard.Celery("t", broker="memory://", set_as_current=False)
+    app.conf.task_queues = [Queue("videos", Exchange("media", "topic"), "media.#"), Queue("b")]
+
+    worker = Worker(app, pool="solo")
+
+    assert worker.queues == ["videos", "b"]  # Celery's rule; -Q picks among them
+    assert ".> videos           exchange:media(topic) binding:media.# prefetch=" in (
+        worker.banner()
+    )
+    assert Worker(app, pool="solo", queues=["b"]).queues == ["b"]
