@@ -60,6 +60,7 @@ from chard.brokers import _amqp_dead as dead
 from chard.brokers import _amqp_topology as topology
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
+from chard.brokers._amqp_pidbox import Pidbox
 from chard.brokers.base import (
     BROADCAST_START,
     Broker,
@@ -180,6 +181,7 @@ class AmqpBroker(Broker):
         #: Seconds RabbitMQ lets a channel hold a delivery (0: no parking).
         self.consumer_timeout = float(timeout or 0)
         self._parking = Parking(self.client, self.consumer_id, max(3 * self.lease_timeout, 3.0))
+        self._pidbox = Pidbox(self.client, self.consumer_id)
 
     # -- declarations ------------------------------------------------------------
     def _ensure_queue(self, queue: str) -> None:
@@ -476,6 +478,16 @@ class AmqpBroker(Broker):
 
     def broadcast_tail(self, channel: str) -> str:
         return self._log.tail(channel)
+
+    # -- Celery's remote control (a mixed fleet): the celery.pidbox fanout (see _amqp_pidbox) --
+    def celery_cast(self, payload: bytes) -> None:
+        self._pidbox.cast(payload)
+
+    def celery_casts(self, timeout: float) -> list[bytes]:
+        return self._pidbox.casts(timeout)
+
+    def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
+        return 0  # RabbitMQ gives a dead Celery worker's deliveries back itself, at once
 
     def close(self) -> None:
         self._closed.set()

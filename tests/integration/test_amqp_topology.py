@@ -3,6 +3,7 @@ delivery limit, and kombu declaring the very same queues without PRECONDITION_FA
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -136,3 +137,49 @@ def test_a_quorum_queues_delivery_limit_bounds_its_deliveries(url: str, names: s
         delivery.ack()
     finally:
         broker.close()
+
+
+def test_revoke_casts_cross_celerys_pidbox_fanout_both_ways(url: str) -> None:
+    pytest.importorskip("celery")
+    import time
+
+    from celery import Celery as CeleryApp
+    from kombu import Connection
+    from kombu import Exchange as KombuExchange
+    from kombu import Queue as KombuQueue
+
+    from chard.protocol.pidbox import read_revoke, revoke_cast
+
+    broker = open_broker(url)
+    celery = CeleryApp("pidbox", broker=url)
+    node_queue = f"celery@{uuid.uuid4().hex[:6]}.celery.pidbox"
+    try:
+        # Given a chard listener and a Celery worker's pidbox queue on celery.pidbox
+        assert broker.celery_casts(0) == []
+        pidbox = KombuExchange("celery.pidbox", type="fanout", durable=False)
+        with Connection(url) as connection:
+            KombuQueue(node_queue, pidbox, exclusive=False, auto_delete=False)(
+                connection.default_channel
+            ).declare()
+
+            # When a Celery client revokes, then a chard client casts its own revoke
+            celery.control.revoke("from-celery")
+            broker.celery_cast(
+                revoke_cast(["from-chard"], terminate=False, signal="SIGTERM", now=time.time())
+            )
+
+            # Then chard heard Celery's, and the Celery worker's queue got chard's (and Celery's)
+            heard = wait_for(lambda: broker.celery_casts(0.2), timeout=10)
+            revocations = [read_revoke(p, "chard@x", time.time(), 60) for p in heard]
+            assert "from-celery" in [i for r in revocations if r for i in r.ids]
+            channel = connection.default_channel
+            bodies = []
+            while (message := channel.basic_get(node_queue, no_ack=True)) is not None:
+                bodies.append(json.loads(message.body))
+            ids = [b["arguments"]["task_id"] for b in bodies]  # Celery sends one id bare
+            assert {i if isinstance(i, str) else i[0] for i in ids} == {"from-celery", "from-chard"}
+            assert {b["method"] for b in bodies} == {"revoke"}
+            channel.queue_delete(node_queue)
+    finally:
+        broker.close()
+        celery.close()
