@@ -244,7 +244,9 @@ class AmqpClient:
             self.call(send)
         except pika.exceptions.UnroutableError as exc:
             raise UnroutableMessage(
-                f"RabbitMQ could not route a message to {exchange!r} / {routing_key!r}"
+                f"RabbitMQ could not route a message to exchange {exchange!r} with routing key "
+                f"{routing_key!r}: no queue is bound for it; check the bindings in task_queues "
+                "and the routing_key of the route or call"
             ) from exc
         except pika.exceptions.NackError as exc:
             raise BrokerError(

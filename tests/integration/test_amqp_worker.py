@@ -182,3 +182,22 @@ def test_the_cli_purges_lists_and_redrives_on_amqp(
     assert redriven.returncode == 0, redriven.stderr
     assert itproj.broker.queue_size("celery") == 1
     assert itproj.broker.dead_letters() == []
+
+
+def test_a_quorum_queues_delivery_limit_sets_a_poison_pill_aside_sooner(
+    itproj: Any, workers: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the default queue declared as a quorum queue with x-delivery-limit 1 (two
+    # deliveries), below task_max_deliveries=3, by this client and the worker alike
+    from itproj.celery import quorum_queues
+
+    monkeypatch.setitem(itproj.conf, "task_queues", quorum_queues(1))
+    itproj.close()  # reopen the broker with the declaration
+    workers.start("-c", "2", extra_env={"ITPROJ_DELIVERY_LIMIT": "1"})
+    from itproj.tasks import add, die_always
+
+    # When a task kills its process every time, it fails after the queue's limit
+    result = die_always.delay()
+    with pytest.raises(WorkerLostError, match=r"delivered 3 times .*x-delivery-limit=1"):
+        result.get(timeout=60)
+    assert add.delay(2, 2).get(timeout=20) == 4
