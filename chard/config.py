@@ -480,6 +480,8 @@ def broker_options(conf: Settings) -> dict[str, Any]:
     if conf.task_default_queue_type != "classic":
         options.setdefault("queue_type", conf.task_default_queue_type)
     options.setdefault("topology", topology(conf))
+    if conf.chard_celery_compat:  # RabbitMQ: events on Celery's celeryev exchange too
+        options.setdefault("celery_events", True)
     return options
 
 

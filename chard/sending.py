@@ -185,8 +185,12 @@ def _destination(
     return name, getattr(exchange, "name", exchange), routing_key
 
 
-def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
+def publish(
+    app: Celery, messages: Sequence[RoutedMessage], retry: Mapping[str, Any] | None = None
+) -> None:
     """Encode ``messages`` and store them in one broker round-trip; send the signals.
+
+    ``retry`` holds the call's ``retry`` and ``retry_policy`` (``apply_async``'s), if any.
 
     Raises:
         SerializationError: a message cannot be encoded (nothing is published).
@@ -217,7 +221,7 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
     try:
         broker.publish(outgoing)
     except BrokerConnectionError as exc:
-        publish_retrying(broker, outgoing, exc, app.conf)
+        publish_retrying(broker, outgoing, exc, app.conf, retry)
     _add_children(messages)
     if signals.after_task_publish.receivers:
         for message, queue, _, routing_key in messages:
@@ -250,19 +254,28 @@ def _add_children(messages: Sequence[RoutedMessage]) -> None:
 
 
 def publish_retrying(
-    broker: Broker, messages: Sequence[OutgoingMessage], exc: Exception, conf: Any
+    broker: Broker,
+    messages: Sequence[OutgoingMessage],
+    exc: Exception,
+    conf: Any,
+    call: Mapping[str, Any] | None = None,
 ) -> None:
     """Retry a publish that failed with ``exc``, per ``task_publish_retry_policy``.
 
     Celery's keys: ``max_retries`` more attempts, sleeping ``interval_start`` then
     ``interval_step`` longer each time, at most ``interval_max``. A retry after a reply
-    was lost may store a message twice (at-least-once, like every retry).
+    was lost may store a message twice (at-least-once, like every retry). The call's
+    ``retry_policy`` keys (``call``) override the setting's and its ``retry`` the
+    ``task_publish_retry`` switch, as in Celery.
 
     Raises:
         BrokerConnectionError: still unreachable after the last attempt, saying how to fix it.
     """
-    policy = dict(conf.task_publish_retry_policy or {})
-    retries = int(policy.get("max_retries", 3)) if conf.task_publish_retry else 0
+    call = call or {}
+    policy = {**(conf.task_publish_retry_policy or {}), **(call.get("retry_policy") or {})}
+    retry = call.get("retry")
+    retry = conf.task_publish_retry if retry is None else retry
+    retries = int(policy.get("max_retries", 3)) if retry else 0
     interval = float(policy.get("interval_start", 0))
     started = time.monotonic()
     for attempt in range(1, retries + 2):

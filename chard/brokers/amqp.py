@@ -58,6 +58,7 @@ from chard._amqp.frames import (
 from chard._amqp.url import parse_amqp_url
 from chard.brokers import _amqp_dead as dead
 from chard.brokers import _amqp_topology as topology
+from chard.brokers._amqp_celeryev import CeleryEvents
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
 from chard.brokers._amqp_pidbox import Pidbox
@@ -71,6 +72,7 @@ from chard.brokers.base import (
     take_fairly,
 )
 from chard.exceptions import BrokerError, ImproperlyConfigured
+from chard.protocol.events import EVENTS_CHANNEL
 from chard.protocol.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -182,6 +184,8 @@ class AmqpBroker(Broker):
         self.consumer_timeout = float(timeout or 0)
         self._parking = Parking(self.client, self.consumer_id, max(3 * self.lease_timeout, 3.0))
         self._pidbox = Pidbox(self.client, self.consumer_id)
+        is_mirrored = bool(self.options.get("celery_events"))
+        self._celery_events = CeleryEvents(self.client) if is_mirrored else None
 
     # -- declarations ------------------------------------------------------------
     def _ensure_queue(self, queue: str) -> None:
@@ -471,7 +475,10 @@ class AmqpBroker(Broker):
             return self._stream_log
 
     def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
-        return self._log.append(channel, payload, maxlen)
+        cursor = self._log.append(channel, payload, maxlen)
+        if self._celery_events is not None and channel == EVENTS_CHANNEL:
+            self._celery_events.publish(payload)  # for Celery's tools too (see _amqp_celeryev)
+        return cursor
 
     def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
         return self._log.read(channel, after, timeout)

@@ -62,16 +62,15 @@ def test_a_worker_whose_connections_are_closed_mid_drain_runs_every_task(
     assert itproj.broker.queue_size("celery") == 0
 
 
-def test_a_publish_waits_out_a_refusing_broker_per_the_retry_policy(
+def test_a_publish_waits_out_a_refusing_broker_per_the_calls_retry_policy(
     transport: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a client that sent once (connected, queue declared), with a patient retry policy
+    # Given a client that sent once (connected, queue declared)
     url = transport["CHARD_BROKER_URL"]
     vhost = url.rsplit("/", 1)[1]
     app = Celery("reconnect", broker=url, set_as_current=False)
-    app.conf.task_publish_retry_policy = {
-        "max_retries": 200, "interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.3,
-    }  # fmt: skip
+    app.conf.task_publish_retry_policy = {"max_retries": 0}  # the call gives its own
+    patient = {"max_retries": 200, "interval_start": 0.1, "interval_step": 0.1, "interval_max": 0.3}
 
     @app.task(name="reconnect.add")
     def add(x: int, y: int) -> int:
@@ -84,7 +83,9 @@ def test_a_publish_waits_out_a_refusing_broker_per_the_retry_policy(
         rabbitmqctl("clear_permissions", "-p", vhost, "guest")
         assert close_amqp_connections(url, lambda pid: pid == os.getpid())
         caplog.set_level(logging.WARNING, logger="chard.sending")
-        sending = threading.Thread(target=add.delay, args=(2, 2))
+        sending = threading.Thread(
+            target=add.apply_async, args=((2, 2),), kwargs={"retry_policy": patient}
+        )
         sending.start()
         wait_for(lambda: "Publish failed" in caplog.text, timeout=60)
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")

@@ -183,3 +183,42 @@ def test_revoke_casts_cross_celerys_pidbox_fanout_both_ways(url: str) -> None:
     finally:
         broker.close()
         celery.close()
+
+
+def test_under_compat_chards_events_reach_celerys_event_receiver(url: str) -> None:
+    pytest.importorskip("celery")
+    import threading
+    import time
+
+    from celery import Celery as CeleryApp
+
+    from chard.protocol.events import encode_batch
+
+    broker = open_broker(url, {"celery_events": True})  # what chard_celery_compat sets
+    celery = CeleryApp("events", broker=url)
+    heard: list[dict[str, object]] = []
+    try:
+        # Given Celery's event receiver (as `celery events` and Flower use) on celeryev
+        with celery.connection_for_read() as connection:
+            receiver = celery.events.Receiver(connection, handlers={"*": heard.append})
+            listening = threading.Thread(
+                target=receiver.capture, kwargs={"limit": 1, "timeout": 30}, daemon=True
+            )
+            listening.start()
+            event = {"type": "task-succeeded", "uuid": "u-1", "hostname": "chard@x",
+                     "timestamp": time.time(), "runtime": 0.1, "result": "5"}  # fmt: skip
+
+            # When a chard process broadcasts a batch of events (until the receiver is up)
+            def heard_it() -> bool:
+                broker.broadcast("events", encode_batch([event]))
+                return bool(heard)
+
+            wait_for(heard_it, timeout=30, interval=0.5)
+            listening.join(timeout=10)
+
+        # Then Celery's receiver got it as a Celery event
+        assert heard[0]["type"] == "task-succeeded"
+        assert (heard[0]["uuid"], heard[0]["hostname"]) == ("u-1", "chard@x")
+    finally:
+        broker.close()
+        celery.close()
