@@ -15,6 +15,7 @@ from chard._context import Proxy, get_current_app, get_current_task
 from chard.app import Celery, Chard, shared_task
 from chard.canvas import Signature, signature, subtask
 from chard.exceptions import ChardError
+from chard.protocol.topology import Exchange, Queue, binding
 from chard.result import AsyncResult, EagerResult, GroupResult, ResultSet
 from chard.task import Task
 
@@ -50,11 +51,14 @@ __all__ = [
     "Chard",
     "ChardError",
     "EagerResult",
+    "Exchange",
     "GroupResult",
+    "Queue",
     "ResultSet",
     "Signature",
     "Task",
     "__version__",
+    "binding",
     "chain",
     "chord",
     "chunks",

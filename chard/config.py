@@ -18,6 +18,7 @@ from typing import Any
 
 from chard._utils.imports import import_string
 from chard.exceptions import ImproperlyConfigured
+from chard.protocol.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,19 @@ SETTINGS: dict[str, Setting] = {
     ),
     "task_queue_max_priority": Setting(
         None, "RabbitMQ: declare queues with x-max-priority (there, higher = more urgent)"
+    ),
+    "task_queues": Setting(
+        None, "Queue declarations: Queue(name, Exchange(name, type), routing_key), or dicts"
+    ),
+    "task_default_exchange": Setting(None, "RabbitMQ: exchange of queues with none set"),
+    "task_default_exchange_type": Setting("direct", "RabbitMQ: type of the default exchange"),
+    "task_default_routing_key": Setting(None, "Routing key of queues without one (None: queue)"),
+    "task_create_missing_queues": Setting(True, "Declare a queue no task_queues entry names"),
+    "task_create_missing_queue_type": Setting(
+        "classic", "RabbitMQ: type of the queues task_queues does not name (classic or quorum)"
+    ),
+    "task_create_missing_queue_exchange_type": Setting(
+        None, "RabbitMQ: exchange type of the queues task_queues does not name (None: direct)"
     ),
     "task_always_eager": Setting(False, "Run tasks inline on apply_async() (tests, debugging)"),
     "task_eager_propagates": Setting(False, "Re-raise a failing eager task's exception"),
@@ -465,7 +479,26 @@ def broker_options(conf: Settings) -> dict[str, Any]:
         options.setdefault("queue_max_priority", conf.task_queue_max_priority)
     if conf.task_default_queue_type != "classic":
         options.setdefault("queue_type", conf.task_default_queue_type)
+    options.setdefault("topology", topology(conf))
+    if conf.chard_celery_compat:  # RabbitMQ: events on Celery's celeryev exchange too
+        options.setdefault("celery_events", True)
     return options
+
+
+def topology(conf: Settings) -> Topology:
+    """Every queue's declaration, from ``task_queues`` and the ``task_default_*`` settings."""
+    return Topology.from_settings(
+        conf.task_queues,
+        default_queue=conf.task_default_queue,
+        default_exchange=conf.task_default_exchange,
+        default_exchange_type=conf.task_default_exchange_type,
+        default_routing_key=conf.task_default_routing_key,
+        default_queue_type=conf.task_default_queue_type,
+        create_missing=conf.task_create_missing_queues,
+        missing_queue_type=conf.task_create_missing_queue_type,
+        missing_exchange_type=conf.task_create_missing_queue_exchange_type,
+        max_priority=conf.task_queue_max_priority,
+    )
 
 
 def backend_options(conf: Settings, backend_url: str, broker_url: str) -> dict[str, Any]:

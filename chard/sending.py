@@ -80,10 +80,13 @@ _FIELDS = frozenset(f.name for f in fields(SendOptions)) - {"other"}
 
 
 class RoutedMessage(NamedTuple):
-    """A built task message and the queue it goes to."""
+    """A built task message and the queue it goes to (on RabbitMQ, maybe how: see
+    :class:`~chard.brokers.base.OutgoingMessage`)."""
 
     message: TaskMessage
     queue: str
+    exchange: str | None = None
+    routing_key: str | None = None
 
 
 def build_message(
@@ -116,6 +119,9 @@ def build_message(
     conf = app.conf
     routed = routing.route(conf["task_routes"], name, args, kwargs, options.other, task)
     queue = options.queue or routed.get("queue") or (task.queue if task else None)
+    exchange = routing_key = None
+    if routed or options.other:  # a Queue object, an exchange or a routing key (RabbitMQ)
+        queue, exchange, routing_key = _destination(queue, routed, options.other)
     priority = options.priority
     if priority is None:
         priority = routed.get("priority", task.priority if task else None)
@@ -166,11 +172,25 @@ def build_message(
         serializer=options.serializer
         or (task.serializer if task and task.serializer else conf["task_serializer"]),
     )
-    return RoutedMessage(message, queue or conf["task_default_queue"])
+    return RoutedMessage(message, queue or conf["task_default_queue"], exchange, routing_key)
 
 
-def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
+def _destination(
+    queue: Any, routed: Mapping[str, Any], other: Mapping[str, Any]
+) -> tuple[str | None, str | None, str | None]:
+    """The queue's name, and the exchange and routing key the call or its route asked for."""
+    exchange = other.get("exchange") or routed.get("exchange")
+    routing_key = other.get("routing_key") or routed.get("routing_key")
+    name = queue if queue is None or isinstance(queue, str) else queue.name  # a Queue object
+    return name, getattr(exchange, "name", exchange), routing_key
+
+
+def publish(
+    app: Celery, messages: Sequence[RoutedMessage], retry: Mapping[str, Any] | None = None
+) -> None:
     """Encode ``messages`` and store them in one broker round-trip; send the signals.
+
+    ``retry`` holds the call's ``retry`` and ``retry_policy`` (``apply_async``'s), if any.
 
     Raises:
         SerializationError: a message cannot be encoded (nothing is published).
@@ -180,10 +200,10 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
     outgoing = []
     # A Celery worker holds an ETA message itself: in a mixed fleet it must see it now.
     broker_holds_eta = not app.conf["chard_celery_compat"]
-    for message, queue in messages:
+    for message, queue, exchange, routing_key in messages:
         if before:
             signals.before_task_publish.send(
-                sender=message.task, headers=message.headers(), routing_key=queue
+                sender=message.task, headers=message.headers(), routing_key=routing_key or queue
             )
         outgoing.append(
             OutgoingMessage(
@@ -191,6 +211,8 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
                 body=message.to_wire(queue),
                 priority=message.priority,
                 eta=message.eta.timestamp() if message.eta and broker_holds_eta else None,
+                exchange=exchange,
+                routing_key=routing_key,
             )
         )
     if not outgoing:
@@ -199,13 +221,13 @@ def publish(app: Celery, messages: Sequence[RoutedMessage]) -> None:
     try:
         broker.publish(outgoing)
     except BrokerConnectionError as exc:
-        publish_retrying(broker, outgoing, exc, app.conf)
+        publish_retrying(broker, outgoing, exc, app.conf, retry)
     _add_children(messages)
     if signals.after_task_publish.receivers:
-        for message, queue in messages:
-            signals.after_task_publish.send(sender=message.task, routing_key=queue)
+        for message, queue, _, routing_key in messages:
+            signals.after_task_publish.send(sender=message.task, routing_key=routing_key or queue)
     if app.conf["task_send_sent_event"]:  # batched by a background thread: no round trip
-        for message, queue in messages:
+        for message, queue, *_ in messages:
             app.events.task_sent(message, queue)
 
 
@@ -220,7 +242,7 @@ def _add_children(messages: Sequence[RoutedMessage]) -> None:
         return
     children: list[Any] = request.children
     groups: dict[str, list[Any]] = {}
-    for message, _queue in messages:
+    for message, *_ in messages:
         node = [[message.id, None], None]
         if message.group is None:
             children.append(node)
@@ -232,19 +254,28 @@ def _add_children(messages: Sequence[RoutedMessage]) -> None:
 
 
 def publish_retrying(
-    broker: Broker, messages: Sequence[OutgoingMessage], exc: Exception, conf: Any
+    broker: Broker,
+    messages: Sequence[OutgoingMessage],
+    exc: Exception,
+    conf: Any,
+    call: Mapping[str, Any] | None = None,
 ) -> None:
     """Retry a publish that failed with ``exc``, per ``task_publish_retry_policy``.
 
     Celery's keys: ``max_retries`` more attempts, sleeping ``interval_start`` then
     ``interval_step`` longer each time, at most ``interval_max``. A retry after a reply
-    was lost may store a message twice (at-least-once, like every retry).
+    was lost may store a message twice (at-least-once, like every retry). The call's
+    ``retry_policy`` keys (``call``) override the setting's and its ``retry`` the
+    ``task_publish_retry`` switch, as in Celery.
 
     Raises:
         BrokerConnectionError: still unreachable after the last attempt, saying how to fix it.
     """
-    policy = dict(conf.task_publish_retry_policy or {})
-    retries = int(policy.get("max_retries", 3)) if conf.task_publish_retry else 0
+    call = call or {}
+    policy = {**(conf.task_publish_retry_policy or {}), **(call.get("retry_policy") or {})}
+    retry = call.get("retry")
+    retry = conf.task_publish_retry if retry is None else retry
+    retries = int(policy.get("max_retries", 3)) if retry else 0
     interval = float(policy.get("interval_start", 0))
     started = time.monotonic()
     for attempt in range(1, retries + 2):

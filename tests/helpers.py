@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -121,6 +122,38 @@ def private_vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{name}"
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+def close_amqp_connections(url: str, pids: Callable[[int], bool]) -> list[str]:
+    """Close, from RabbitMQ's side, the chard connections on ``url``'s vhost of the processes
+    ``pids`` picks (by the ``chard <host>:<pid>`` name each connection gives itself); return
+    the names of the connections closed."""
+
+    def listing(*columns: str) -> str:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "-p", url.rsplit("/", 1)[1], *columns],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+
+    # close_connection takes the connection's Erlang pid, which only the table form shows
+    erlang_pids = dict(
+        reversed(line.split("\t")[:2]) for line in listing("pid", "name").splitlines()[1:]
+    )
+    closed = []
+    for connection in json.loads(
+        listing("name", "client_properties", "--formatter", "json") or "[]"
+    ):
+        props = {p[0]: p[2] for p in connection["client_properties"]}
+        name = str(props.get("connection_name", ""))
+        erlang_pid = erlang_pids.get(connection["name"])
+        if name.startswith("chard ") and erlang_pid and pids(int(name.rpartition(":")[2])):
+            done = subprocess.run(  # fails for one that closed meanwhile: not counted
+                ["rabbitmqctl", "-q", "close_connection", erlang_pid, "closed by a test"],
+                capture_output=True, timeout=60,
+            )  # fmt: skip
+            if done.returncode == 0:
+                closed.append(name)
+    return closed
 
 
 def delete_amqp_queues(url: str, names: Iterable[str]) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import decimal
 import logging
+import os
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +41,8 @@ from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfi
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 # pika logs every connection step at INFO; a worker's log is for tasks.
 logging.getLogger("pika").setLevel(logging.WARNING)
 
@@ -51,6 +55,11 @@ _CONNECTION_ERRORS = (
     pika.exceptions.ChannelClosed,
     OSError,
 )
+
+
+def connection_name() -> str:
+    """What this process's connections are called in RabbitMQ: ``chard <host>:<pid>``."""
+    return f"chard {socket.gethostname()}:{os.getpid()}"
 
 
 class UnroutableMessage(BrokerError):
@@ -107,7 +116,8 @@ class AmqpClient:
             blocked_connection_timeout=30,
             socket_timeout=t.connect_timeout,
             ssl_options=ssl_options,
-            client_properties={"connection_name": "chard"},
+            # Names this process's connection in RabbitMQ's tools (and for an operator to close).
+            client_properties={"connection_name": connection_name()},
         )
 
     def _connect(self) -> None:
@@ -171,6 +181,11 @@ class AmqpClient:
                         raise
                 except _CONNECTION_ERRORS as exc:
                     self._drop()
+                    logger.warning(
+                        "Lost the connection to RabbitMQ at %s (%r); reconnecting",
+                        self.target.redacted,
+                        exc,
+                    )
                     if attempt == 2:
                         raise BrokerConnectionError(
                             f"lost the connection to RabbitMQ at {self.target.redacted!r}: {exc!r}"
@@ -229,7 +244,9 @@ class AmqpClient:
             self.call(send)
         except pika.exceptions.UnroutableError as exc:
             raise UnroutableMessage(
-                f"RabbitMQ could not route a message to {exchange!r} / {routing_key!r}"
+                f"RabbitMQ could not route a message to exchange {exchange!r} with routing key "
+                f"{routing_key!r}: no queue is bound for it; check the bindings in task_queues "
+                "and the routing_key of the route or call"
             ) from exc
         except pika.exceptions.NackError as exc:
             raise BrokerError(
@@ -256,17 +273,8 @@ class AmqpClient:
             method, props, body = channel.basic_get(queue, auto_ack=False)
             if method is None:
                 return None
-            frame = Frame(
-                body=body,
-                headers=_decode_value(dict(props.headers or {})),
-                content_type=props.content_type,
-                content_encoding=props.content_encoding,
-                correlation_id=props.correlation_id,
-                reply_to=props.reply_to,
-                priority=props.priority or 0,
-            )
-            return Got(frame, method.delivery_tag, self.generation, method.redelivered,
-                       method.exchange)  # fmt: skip
+            return Got(_frame(props, body), method.delivery_tag, self.generation,
+                       method.redelivered, method.exchange)  # fmt: skip
 
         return self.call(take)
 
@@ -287,7 +295,13 @@ class AmqpClient:
 
     # -- admin channel -------------------------------------------------------------
     def declare_queue(
-        self, name: str, arguments: Mapping[str, Any] | None = None, *, durable: bool = True
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
     ) -> int:
         """Declare queue ``name`` (durable unless told); return how many messages wait in it.
 
@@ -296,7 +310,13 @@ class AmqpClient:
         """
 
         def declare(channel: BlockingChannel) -> int:
-            ok = channel.queue_declare(name, durable=durable, arguments=dict(arguments or {}))
+            ok = channel.queue_declare(
+                name,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=dict(arguments or {}),
+            )
             return int(ok.method.message_count)
 
         try:
@@ -304,8 +324,8 @@ class AmqpClient:
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ImproperlyConfigured(
                 f"RabbitMQ refused to declare queue {name!r} with arguments "
-                f"{dict(arguments or {})}: {exc.reply_text}; delete the queue or make "
-                "task_queue_max_priority / the queue type match how it was first declared"
+                f"{dict(arguments or {})}: {exc.reply_text}; delete the queue or make task_queues, "
+                "task_queue_max_priority and the queue type match how it was first declared"
             ) from exc
 
     def queue_size(self, name: str) -> int | None:
@@ -321,8 +341,35 @@ class AmqpClient:
                 return None
             raise
 
-    def declare_exchange(self, name: str, kind: str) -> None:
-        self.call(lambda ch: ch.exchange_declare(name, kind, durable=True), admin=True)
+    def declare_exchange(
+        self,
+        name: str,
+        kind: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Declare exchange ``name`` of type ``kind``.
+
+        Raises:
+            ImproperlyConfigured: it exists with another type or options.
+        """
+        args = dict(arguments) if arguments else None
+
+        def declare(channel: BlockingChannel) -> None:
+            channel.exchange_declare(
+                name, kind, durable=durable, auto_delete=auto_delete, arguments=args
+            )
+
+        try:
+            self.call(declare, admin=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise ImproperlyConfigured(
+                f"RabbitMQ refused to declare exchange {name!r} as {kind!r} (durable="
+                f"{durable}, auto_delete={auto_delete}): {exc.reply_text}; make task_queues "
+                "declare it as it was first declared, or delete it"
+            ) from exc
 
     def bind_queue(
         self, queue: str, exchange: str, key: str, arguments: Mapping[str, Any] | None = None
@@ -338,6 +385,18 @@ class AmqpClient:
         if self.queue_size(name) is None:
             return 0
         return self.call(lambda ch: int(ch.queue_purge(name).method.message_count), admin=True)
+
+
+def _frame(props: pika.BasicProperties, body: bytes) -> Frame:
+    return Frame(
+        body=body,
+        headers=_decode_value(dict(props.headers or {})),
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        priority=props.priority or 0,
+    )
 
 
 def _properties(frame: Frame) -> pika.BasicProperties:
@@ -376,6 +435,30 @@ def _decode_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode_value(v) for v in value]
     return value
+
+
+def browse(client: AmqpClient, queue: str, limit: int) -> list[Frame]:
+    """Return up to ``limit`` messages of ``queue`` without taking them.
+
+    They are taken unacked on a channel of their own, which is closed after: RabbitMQ puts
+    them back where they were.
+    """
+
+    def run(work: BlockingChannel) -> list[Frame]:
+        channel = work.connection.channel()
+        frames: list[Frame] = []
+        try:
+            while len(frames) < limit:
+                method, props, body = channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    break
+                frames.append(_frame(props, body))
+        finally:
+            if channel.is_open:
+                channel.close()
+        return frames
+
+    return client.call(run)
 
 
 #: What a stream consumer is called with: (offset, headers, body); True means "stop here".

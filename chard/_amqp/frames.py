@@ -28,10 +28,12 @@ COUNT_HEADER = "x-chard-deliveries"
 #: Headers of a parked copy: the queue it returns to, and its park id.
 ORIGIN_HEADER = "x-chard-origin"
 PARK_HEADER = "x-chard-park"
+#: Header of a message in a delay chain: when it falls due (Unix time in milliseconds).
+ETA_HEADER = "x-chard-eta"
 #: Headers RabbitMQ adds (dead-lettering through the delay queues) or chard keeps for
 #: itself: never part of the envelope a worker decodes.
 _BOOKKEEPING = frozenset({
-    RAW_HEADER, COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER, "x-death",
+    RAW_HEADER, COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER, ETA_HEADER, "x-death",
     "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
     "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
 })  # fmt: skip

@@ -344,14 +344,15 @@ class Celery(CeleryCompat):
         )
         message = routed.message
         backend = self._result_listener(message)
+        retry = send.other or None  # the call's retry / retry_policy, if it gave any
         if backend is None:
-            self.publish(routed)
+            self.publish(routed, retry)
             return AsyncResult(message.id, app=self, task_name=name, ignored=message.ignore_result)
         # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
         # then reaches a later get() without a subscribe round trip (see backend.watch).
         backend.watch((message.id,))
         try:
-            self.publish(routed)
+            self.publish(routed, retry)
         except BaseException:
             backend.unwatch((message.id,))
             raise
@@ -370,14 +371,19 @@ class Celery(CeleryCompat):
             return None
         return self.backend
 
-    def publish(self, messages: RoutedMessage | Sequence[RoutedMessage]) -> None:
+    def publish(
+        self,
+        messages: RoutedMessage | Sequence[RoutedMessage],
+        retry: Mapping[str, Any] | None = None,
+    ) -> None:
         """Encode built messages and publish them in one broker round-trip.
 
         The one way out to the broker: ``send_task`` publishes one message, a canvas
         all of its messages at once. Connection errors are retried per
-        ``task_publish_retry_policy``.
+        ``task_publish_retry_policy``, or the ``retry``/``retry_policy`` in ``retry``.
         """
-        sending.publish(self, (messages,) if isinstance(messages, RoutedMessage) else messages)
+        batch = (messages,) if isinstance(messages, RoutedMessage) else messages
+        sending.publish(self, batch, retry)
 
     def transaction(self, connection: Any) -> AbstractContextManager[None]:  # Any: DB-API
         """Send this block's tasks through ``connection``, visible when its transaction commits."""

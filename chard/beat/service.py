@@ -158,7 +158,7 @@ class Beat:
 
         def connect() -> None:
             if self.store is None:
-                self.store = open_schedule_store(self.app)
+                self.store = open_schedule_store(self.app, self.state_file)
             self._config_errors = errors + self.store.sync_config(entries, app_tz=self._app_tz())
             self._reload()
             self._lead()

@@ -47,6 +47,7 @@ from chard._amqp import delay as chain
 from chard._amqp.client import AmqpClient, Got, MissingQueue, UnroutableMessage
 from chard._amqp.frames import (
     COUNT_HEADER,
+    ETA_HEADER,
     ORIGIN_HEADER,
     PARK_HEADER,
     Frame,
@@ -56,22 +57,28 @@ from chard._amqp.frames import (
 )
 from chard._amqp.url import parse_amqp_url
 from chard.brokers import _amqp_dead as dead
+from chard.brokers import _amqp_topology as topology
+from chard.brokers._amqp_celeryev import CeleryEvents
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
+from chard.brokers._amqp_pidbox import Pidbox
 from chard.brokers.base import (
     BROADCAST_START,
     Broker,
     DeadLetter,
+    DelayedMessage,
     Delivery,
     OutgoingMessage,
     take_fairly,
 )
 from chard.exceptions import BrokerError, ImproperlyConfigured
+from chard.protocol.events import EVENTS_CHANNEL
+from chard.protocol.topology import Topology
 
 logger = logging.getLogger(__name__)
 
 #: chard's bookkeeping headers, dropped when a message is re-published elsewhere.
-_OWN_HEADERS = frozenset({COUNT_HEADER, ORIGIN_HEADER, PARK_HEADER})
+_OWN_HEADERS = frozenset({COUNT_HEADER, ETA_HEADER, ORIGIN_HEADER, PARK_HEADER})
 #: Broadcast channel of the task ids a supervisor saw a child die running (note_lost).
 LOST_CHANNEL = "chard.lost"
 #: How long a redelivered message waits for its death record before it counts as innocent.
@@ -91,6 +98,7 @@ class AmqpDelivery(Delivery):
         self.queue = queue
         self.body = to_envelope(got.frame, queue, got.exchange)
         self.delivery_count = lost + 1
+        self.delivery_limit = broker.delivery_limits.get(queue)
         self.priority = got.frame.priority
         self.fetched_at = time.monotonic()
         self.expires = self.fetched_at + broker.lease_timeout
@@ -151,6 +159,16 @@ class AmqpBroker(Broker):
                 "RabbitMQ quorum queues have no priorities (x-max-priority): unset "
                 "task_queue_max_priority or use task_default_queue_type='classic'"
             )
+        #: Every queue's declaration (``task_queues``); without an app's, every queue
+        #: gets this broker's queue type and priority, on its own direct exchange.
+        self.topology: Topology = self.options.get("topology") or Topology.from_settings(
+            default_queue_type=self.queue_type,
+            missing_queue_type=self.queue_type,
+            max_priority=self.max_priority,
+        )
+        self._destinations: dict[tuple[str, str | None, str | None], tuple[str, str]] = {}
+        #: The ``x-delivery-limit`` of each declared queue that has one (quorum queues).
+        self.delivery_limits: dict[str, int | None] = {}
         #: Queues (and delay chains) this instance declared: declared once per process.
         self.declared: set[str] = set()
         self._held: dict[int, AmqpDelivery] = {}
@@ -165,23 +183,29 @@ class AmqpBroker(Broker):
         #: Seconds RabbitMQ lets a channel hold a delivery (0: no parking).
         self.consumer_timeout = float(timeout or 0)
         self._parking = Parking(self.client, self.consumer_id, max(3 * self.lease_timeout, 3.0))
+        self._pidbox = Pidbox(self.client, self.consumer_id)
+        is_mirrored = bool(self.options.get("celery_events"))
+        self._celery_events = CeleryEvents(self.client) if is_mirrored else None
 
     # -- declarations ------------------------------------------------------------
-    def _queue_arguments(self) -> dict[str, Any]:
-        if self.queue_type == "quorum":
-            return {"x-queue-type": "quorum"}
-        return {} if self.max_priority is None else {"x-max-priority": self.max_priority}
-
     def _ensure_queue(self, queue: str) -> None:
         if queue in self.declared:
             return
         if queue == dead.DEAD_LETTER_QUEUE:
             self.client.declare_queue(queue)
         else:
-            self.client.declare_exchange(queue, "direct")
-            self.client.declare_queue(queue, self._queue_arguments())
-            self.client.bind_queue(queue, queue, queue)
+            self.delivery_limits[queue] = topology.declare(self.client, self.topology.queue(queue))
         self.declared.add(queue)
+
+    def _destination(self, m: OutgoingMessage) -> tuple[str, str]:
+        """The exchange and routing key of ``m`` (Celery's rule, see :mod:`topology`)."""
+        if m.exchange == "":
+            return "", m.queue
+        key = (m.queue, m.exchange, m.routing_key)
+        found = self._destinations.get(key)
+        if found is None:
+            found = self._destinations[key] = topology.destination(self.topology, *key)
+        return found
 
     def _ensure_delay_chain(self, queue: str) -> None:
         """Declare the delay exchanges once, and every level's TTL queue for ``queue``."""
@@ -234,9 +258,10 @@ class AmqpBroker(Broker):
             raise ValueError(f"eta is {wait} s away; RabbitMQ delays reach {chain.MAX_DELAY} s")
         if wait:
             self._ensure_delay_chain(m.queue)
+            frame.headers[ETA_HEADER] = int((m.eta or now) * 1000)  # for delayed() (ms)
             return chain.ENTRY_EXCHANGE, chain.routing_key(wait, m.queue), frame
         self._ensure_queue(m.queue)
-        return m.queue, m.queue, frame
+        return (*self._destination(m), frame)
 
     def _send(self, exchange: str, key: str, frame: Frame, queue: str) -> None:
         try:
@@ -245,10 +270,10 @@ class AmqpBroker(Broker):
             # Deleted behind our back (or a purge of the vhost): declare again, once.
             self.declared.discard(queue)
             self.declared.discard(f"\0delay:{queue}")
-            if exchange == queue or exchange == "":
-                self._ensure_queue(queue)
-            else:
+            if exchange == chain.ENTRY_EXCHANGE:
                 self._ensure_delay_chain(queue)
+            else:
+                self._ensure_queue(queue)
             self.client.publish(exchange, key, frame)
 
     def _move(self, got: Got, queue: str, lost: int) -> None:
@@ -415,6 +440,10 @@ class AmqpBroker(Broker):
             )
         return size
 
+    def delayed(self, queues: Sequence[str], limit: int = 100) -> list[DelayedMessage]:
+        """What waits in the delay chains of ``queues`` (browsed, given back untouched)."""
+        return topology.browse_delayed(self.client, queues, limit)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         taken, _ = dead.browse(self.client, max(limit, 0))
         return [dead.to_dead_letter(got) for got in taken]
@@ -429,7 +458,7 @@ class AmqpBroker(Broker):
             if body is not None:
                 frame = to_frame(body, found.frame.priority)
             self._ensure_queue(letter.queue)
-            self._send(letter.queue, letter.queue, frame, letter.queue)
+            self._send("", letter.queue, frame, letter.queue)
             self.client.settle(found)
             return True
 
@@ -446,13 +475,26 @@ class AmqpBroker(Broker):
             return self._stream_log
 
     def broadcast(self, channel: str, payload: bytes, *, maxlen: int | None = None) -> str:
-        return self._log.append(channel, payload, maxlen)
+        cursor = self._log.append(channel, payload, maxlen)
+        if self._celery_events is not None and channel == EVENTS_CHANNEL:
+            self._celery_events.publish(payload)  # for Celery's tools too (see _amqp_celeryev)
+        return cursor
 
     def broadcast_read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
         return self._log.read(channel, after, timeout)
 
     def broadcast_tail(self, channel: str) -> str:
         return self._log.tail(channel)
+
+    # -- Celery's remote control (a mixed fleet): the celery.pidbox fanout (see _amqp_pidbox) --
+    def celery_cast(self, payload: bytes) -> None:
+        self._pidbox.cast(payload)
+
+    def celery_casts(self, timeout: float) -> list[bytes]:
+        return self._pidbox.casts(timeout)
+
+    def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
+        return 0  # RabbitMQ gives a dead Celery worker's deliveries back itself, at once
 
     def close(self) -> None:
         self._closed.set()

@@ -69,6 +69,12 @@ class OutgoingMessage:
     priority: int = 0
     #: Not-before time as a Unix timestamp, or None for "now".
     eta: float | None = None
+    #: RabbitMQ only (others route by ``queue``): the exchange and routing key a send
+    #: asked for (``task_routes``, ``apply_async(exchange=, routing_key=)``). None: as the
+    #: queue's declaration says (``task_queues``); ``""``: straight to ``queue`` alone (a
+    #: re-publish of one queue's message must not fan out again).
+    exchange: str | None = None
+    routing_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class Delivery(ABC):
     queue: str
     #: 1 on the first delivery; +1 for every lapsed lease.
     delivery_count: int
+    #: Deliveries the queue itself allows (RabbitMQ's ``x-delivery-limit`` + 1), or None;
+    #: the worker dead-letters past the lower of this and ``task_max_deliveries``.
+    delivery_limit: int | None = None
 
     @abstractmethod
     def ack(self) -> None:

@@ -426,11 +426,14 @@ class Consumer:
             self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
             return False
         attempts = delivery.delivery_count + deaths(message)
-        if self._max_deliveries and attempts > self._max_deliveries:
+        most, why = self._max_deliveries, f"task_max_deliveries={self._max_deliveries}"
+        limit = delivery.delivery_limit  # the queue's own (RabbitMQ's x-delivery-limit)
+        if limit is not None and (not most or limit < most):
+            most, why = limit, f"x-delivery-limit={limit - 1} of queue {delivery.queue!r}"
+        if most and attempts > most:
             lost = WorkerLostError(
                 f"task {message.task}[{message.id}] was delivered {attempts} times and its "
-                f"worker died each time (task_max_deliveries={self._max_deliveries}); "
-                "set aside in the dead-letter store"
+                f"worker died each time ({why}); set aside in the dead-letter store"
             )
             logger.error("%s", lost)
             self._fail_and_set_aside(delivery, message, lost, str(lost))

@@ -121,7 +121,7 @@ def settle_lost(
     )
     if delivery is not None and app.conf.task_reject_on_worker_lost:
         body = with_header(delivery.body, LOST_HEADER, lost)
-        again = OutgoingMessage(delivery.queue, body, message.priority)
+        again = OutgoingMessage(delivery.queue, body, message.priority, exchange="")
         reliably(app.broker.publish, again, give_up=give_up)
         reliably(delivery.ack, give_up=give_up)
         return

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 from chard import __version__, signals
 from chard._utils.log import redact_url
 from chard._utils.nodenames import host_format
+from chard.config import topology
 from chard.events import EventDispatcher
 from chard.exceptions import ImproperlyConfigured
+from chard.protocol.topology import describe
 from chard.startup import check_reachable, retry_until_reachable
 from chard.worker.autoscale import Autoscaler, parse_autoscale
 from chard.worker.child import ChildSpec
@@ -98,7 +100,8 @@ class Worker:
         if self.autoscale is not None:  # start small (Celery starts at min), grow on demand
             default_concurrency = concurrency = max(1, self.autoscale[1])
         self.concurrency = 1 if self.pool_kind == "solo" else concurrency or default_concurrency
-        self.queues = list(queues or [conf.task_default_queue])
+        # Celery's rule: without -Q, every queue task_queues names (else the default one).
+        self.queues = list(queues or topology(conf).queues)
         multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.prefetch = max(1, self.concurrency * max(1, int(multiplier)))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
@@ -385,7 +388,11 @@ class Worker:
             "--- ***** ----- ",
             " -------------- [queues]",
         ]
-        lines += [f"                .> {q:<16} prefetch={self.prefetch}" for q in self.queues]
+        table = topology(conf)
+        lines += [
+            f"                .> {q:<16} {describe(table.queue(q))} prefetch={self.prefetch}"
+            for q in self.queues
+        ]
         lines += ["", "[tasks]"] + [f"  . {name}" for name in app.tasks.user_tasks()]
         if app.uses_embedded_default:
             lines += [

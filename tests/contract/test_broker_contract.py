@@ -464,11 +464,7 @@ def test_a_broker_without_take_over_says_leases_lapse_instead() -> None:
         NoTakeOver().take_over("gone")
 
 
-def test_delayed_lists_the_held_messages_of_the_queues_soonest_first(
-    broker: Broker, broker_kind: str
-) -> None:
-    if broker_kind == "amqp":
-        pytest.skip("RabbitMQ's TTL delay queues cannot be read without taking the messages")
+def test_delayed_lists_the_held_messages_of_the_queues_soonest_first(broker: Broker) -> None:
     # Given countdown messages on two queues, and one message due now
     now = time.time()
     broker.publish(

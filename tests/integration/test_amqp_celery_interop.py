@@ -117,3 +117,94 @@ def test_a_chard_client_feeds_a_celery_worker_and_the_reverse(tmp_path: Path) ->
             sent,
         )
         assert [_result(log, task_id) for task_id in sent] == ["5", "10"]
+
+
+ROUTED_APP = """\
+from {package} import Celery
+from {kombu} import Exchange, Queue
+
+app = Celery('{name}', broker={broker!r})
+media = Exchange('media', type='topic')
+app.conf.task_queues = (
+    Queue('celery', Exchange('celery'), routing_key='celery'),
+    Queue('videos', media, routing_key='media.video.#'),
+    Queue('images', media, routing_key='media.image.#'),
+)
+app.conf.task_routes = {{
+    'routed.encode': {{'queue': 'videos', 'routing_key': 'media.video.encode'}},
+    'routed.thumb': {{'exchange': 'media', 'routing_key': 'media.image.thumb'}},
+}}
+
+
+@app.task(name='routed.encode')
+def encode(x):
+    return f'encoded {{x}}'
+
+
+@app.task(name='routed.thumb')
+def thumb(x):
+    return f'thumb {{x}}'
+"""
+
+ROUTED_CLIENT = """\
+from {module} import encode, thumb
+
+print(encode.delay(1).id)
+print(thumb.delay(2).id)
+"""
+
+
+def test_topic_routes_cross_between_celery_and_chard(tmp_path: Path) -> None:
+    # Given the same task_queues (a topic exchange) and task_routes in a Celery and a chard app
+    celery_bin = str(Path(sys.executable).with_name("celery"))
+    with private_vhost() as url:
+        for package, kombu, name in ("celery", "kombu", "celroute"), ("chard", "chard", "chroute"):
+            text = ROUTED_APP.format(package=package, kombu=kombu, name=name, broker=url)
+            (tmp_path / f"{name}.py").write_text(text)
+
+        # When each one's client sends while the other's worker consumes the topic queues
+        consume = ["worker", "-P", "solo", "-Q", "videos,images", "-l", "INFO"]
+        for worker, client in (
+            ([celery_bin, "-A", "celroute", *consume], "chroute"),
+            ([CHARD, "-A", "chroute", *consume], "celroute"),
+        ):
+            log = tmp_path / f"{client}-to-worker.log"
+            proc = _start(worker, tmp_path, log)
+            try:
+                _wait_in_log(proc, log, ["ready."])
+                sent = _send_code(tmp_path, ROUTED_CLIENT.format(module=client))
+
+                # Then each task ran from the queue its route names, by its routing key
+                text = _wait_in_log(proc, log, [f"[{task_id}] succeeded" for task_id in sent])
+                assert [_result(text, task_id) for task_id in sent] == ["'encoded 1'", "'thumb 2'"]
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _wait_in_log(proc: subprocess.Popen[bytes], log: Path, wanted: list[str]) -> str:
+    """Wait until every text in ``wanted`` is in the log of the live ``proc``; return the log."""
+
+    def found() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return all(text in log.read_text() for text in wanted)
+
+    wait_for(found, timeout=60)
+    return log.read_text()
+
+
+def _start(argv: list[str], tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            argv, cwd=tmp_path, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _send_code(tmp_path: Path, code: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()

@@ -6,6 +6,7 @@ Redis result backend.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -182,3 +183,46 @@ def test_the_cli_purges_lists_and_redrives_on_amqp(
     assert redriven.returncode == 0, redriven.stderr
     assert itproj.broker.queue_size("celery") == 1
     assert itproj.broker.dead_letters() == []
+
+
+def test_a_quorum_queues_delivery_limit_sets_a_poison_pill_aside_sooner(
+    itproj: Any, workers: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the default queue declared as a quorum queue with x-delivery-limit 1 (two
+    # deliveries), below task_max_deliveries=3, by this client and the worker alike
+    from itproj.celery import quorum_queues
+
+    monkeypatch.setitem(itproj.conf, "task_queues", quorum_queues(1))
+    itproj.close()  # reopen the broker with the declaration
+    workers.start("-c", "2", extra_env={"ITPROJ_DELIVERY_LIMIT": "1"})
+    from itproj.tasks import add, die_always
+
+    # When a task kills its process every time, it fails after the queue's limit
+    result = die_always.delay()
+    with pytest.raises(WorkerLostError, match=r"delivered 3 times .*x-delivery-limit=1"):
+        result.get(timeout=60)
+    assert add.delay(2, 2).get(timeout=20) == 4
+
+
+def test_inspect_scheduled_lists_what_waits_in_rabbitmqs_delay_queues(
+    itproj: Any, workers: WorkerFactory, transport: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a worker, and a countdown task waiting in the broker (not in the worker)
+    workers.start("-c", "1", "-n", "sched@%h")
+    from itproj.tasks import add
+
+    later = add.apply_async((4, 4), countdown=600)
+
+    # When `chard inspect scheduled` asks the node
+    def listed() -> list[Any]:
+        done = run_cli(["-A", "itproj", "inspect", "scheduled", "-t", "10", "--json"],
+                       transport, tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        replies = json.loads(done.stdout)
+        return [entry for reply in replies.values() for entry in reply]
+
+    # Then it answers with the task and its due time, and listing took nothing
+    (entry,) = wait_for(listed, timeout=30)
+    assert entry["request"]["id"] == later.id
+    assert entry["eta"] > "2000"  # ISO 8601
+    assert itproj.broker.queue_size("celery") == 1

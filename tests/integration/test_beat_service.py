@@ -26,7 +26,14 @@ import pytest
 
 from chard.beat.store_records import slot_key
 from chard.beat.store_sqlite import SQLiteScheduleStore
-from tests.helpers import drop_postgres_schema, free_port, postgres_url, redis_url, wait_for
+from tests.helpers import (
+    drop_postgres_schema,
+    free_port,
+    postgres_url,
+    private_vhost,
+    redis_url,
+    wait_for,
+)
 from tests.integration.workers import (
     CHARD,
     WorkerFactory,
@@ -449,3 +456,35 @@ def test_reading_app_conf_in_a_fresh_process_shows_the_handler_entries(
     # Then the handler has run: its entry is there beside the configured one
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['from-handler', 'tick']"
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("backend", ["rpc", "redis"])
+def test_beat_sends_to_a_worker_on_rabbitmq(
+    beats: Beats, workers: WorkerFactory, env: dict[str, str], tmp_path: Path, backend: str
+) -> None:
+    # Given a RabbitMQ broker (no lease store there) and an rpc:// or a Redis result backend
+    with private_vhost() as url:
+        env["CHARD_BROKER_URL"] = url
+        env["CHARD_RESULT_BACKEND"] = "rpc://" if backend == "rpc" else redis_url()
+        try:
+            # When a worker and beat run (with rpc://, beat inside the worker: worker -B)
+            if backend == "rpc":
+                beat = start_worker(workers, env, "-B")
+            else:
+                start_worker(workers, env)
+                beat = beats.start()
+
+            # Then the periodic task runs on the worker, each slot once
+            wait_for(lambda: len(slots(env)) >= 3, timeout=60)
+            assert len(set(slots(env))) == len(slots(env))
+            if backend == "rpc":  # the lease is in a local file, and the log says what HA needs
+                assert "only beats sharing that file agree on one sender" in beat.output()
+                assert (tmp_path / "celerybeat-schedule.chard.sqlite3").exists()
+            else:
+                assert "leader lease and claims are in the result backend redis://" in (
+                    beat.output()
+                )
+        finally:
+            beats.cleanup()
+            workers.cleanup()

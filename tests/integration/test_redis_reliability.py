@@ -151,7 +151,7 @@ def test_redis_restart_mid_drain_loses_nothing(
             for i in range(2000)
         ]
         app.publish(batch)
-        ids = [message.id for message, _queue in batch]
+        ids = [routed.message.id for routed in batch]
         # ... and a client blocked on the last result (pub/sub) across the restart
         waited: dict[str, Any] = {}
 

@@ -8,6 +8,7 @@ takeover, exactly-once firing and reloads are checked deterministically, without
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,6 @@ from chard.beat import Beat, MemoryScheduleStore, ScheduleEntry, ScheduleStore
 from chard.beat.service import SLOT_HEADER
 from chard.beat.store_records import from_micros, slot_key, to_micros
 from chard.beat.stores import open_schedule_store
-from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from chard.schedules import crontab, schedule
 from tests.helpers import drop_postgres_schema, postgres_url, redis_url, wait_for
@@ -217,18 +217,25 @@ def test_open_schedule_store_follows_the_broker(tmp_path: Path) -> None:
     assert open_schedule_store(memory_app) is open_schedule_store(memory_app)
 
 
-def test_a_broker_without_a_store_is_refused_not_replaced_by_a_local_file() -> None:
-    app = Celery("a", broker="amqp://guest:secret@rabbit//", set_as_current=False)
+def test_beside_rabbitmq_the_store_is_the_result_backends_else_a_local_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given RabbitMQ brokers (which hold no lease), one with a SQLite result backend
+    backend = tmp_path / "results.sqlite3"
+    shared = Celery(
+        "a", broker="amqp://guest:secret@rabbit//", backend=f"sqlite:///{backend}",
+        set_as_current=False,
+    )  # fmt: skip
+    alone = Celery("b", broker="amqp://guest:secret@rabbit//", backend="rpc://",
+                   set_as_current=False)  # fmt: skip
 
-    with pytest.raises(ImproperlyConfigured) as caught:
-        open_schedule_store(app)
-
-    # (RabbitMQ has no key-value store for the lease and the firing claims)
-    message = str(caught.value)
-    assert "scheme 'amqp' has no schedule store yet" in message
-    assert "secret" not in message
-    assert "sqlite://" in message
-    assert "redis://" in message
+    # Then beat keeps its lease in the backend's database, or else beside its state file
+    assert "results.sqlite3" in repr(open_schedule_store(shared))
+    with caplog.at_level(logging.WARNING, logger="chard.beat.stores"):
+        local = open_schedule_store(alone, tmp_path / "celerybeat-schedule")
+    assert "celerybeat-schedule.chard.sqlite3" in repr(local)
+    assert "only beats sharing that file agree" in caplog.text
+    assert "secret" not in caplog.text
 
 
 # -- the service, driven by a fake clock ----------------------------------------------------------

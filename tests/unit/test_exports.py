@@ -13,19 +13,23 @@ import pytest
 import chard
 from chard import Celery
 
-#: chard's top-level names (Celery's, plus Chard and ChardError), sorted.
+#: chard's top-level names (Celery's, plus Chard and ChardError, and kombu's Queue, Exchange
+#: and binding for task_queues), sorted.
 EXPORTED = [
     "AsyncResult",
     "Celery",
     "Chard",
     "ChardError",
     "EagerResult",
+    "Exchange",
     "GroupResult",
+    "Queue",
     "ResultSet",
     "Signature",
     "Task",
     "VERSION",
     "__version__",
+    "binding",
     "chain",
     "chord",
     "chunks",
