@@ -277,6 +277,7 @@ class AmqpBroker(Broker):
         deadline = time.monotonic() + timeout
         for queue in queues:
             self._ensure_queue(queue)
+        wait = 0.001  # then longer, up to _WAIT_SLICE
         while not self._closed.is_set():
             with self.client.lock:
                 self._fetched_at = time.monotonic()
@@ -290,10 +291,12 @@ class AmqpBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # Wait on the socket (a push ends it at once) in short slices: the lock is
-            # held meanwhile, and the acker and the heartbeat need it too.
+            # Wait on the socket (a push ends it at once) with the lock held, in slices
+            # short while busy: the acks that open the QoS window need the lock too.
             with self.client.lock:
-                self.client.pump(min(remaining, _WAIT_SLICE))
+                self.client.pump(min(remaining, wait))
+            wait = min(wait * 2, _WAIT_SLICE)
+            time.sleep(0)  # let a thread waiting for the lock take it
         return []
 
     def _subscribe(self, queues: Sequence[str], limit: int) -> None:
