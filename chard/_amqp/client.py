@@ -63,7 +63,7 @@ class MissingQueue(UnroutableMessage):
 
 @dataclass(frozen=True)
 class Got:
-    """A message taken with ``basic.get``: its frame and what settling it needs."""
+    """A message delivered unacked (pushed or ``basic.get``): its frame and how to settle it."""
 
     frame: Frame
     tag: int

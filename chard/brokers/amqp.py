@@ -7,10 +7,14 @@ persistent with publisher confirms: :meth:`publish` returns when RabbitMQ has th
 With ``queue_max_priority`` (``task_queue_max_priority``) queues get ``x-max-priority``
 and, as on RabbitMQ under Celery, a *higher* number is more urgent.
 
-Leases on acks. A fetched message is an unacked ``basic.get`` delivery of this
-instance's channel, so RabbitMQ hands it to nobody else, and gives it back at once
+Leases on acks. A fetched message is an unacked delivery of this instance's channel
+(pushed to its consumer, QoS twice the worker's window; a ``basic.get`` when that window
+is full), so RabbitMQ hands it to nobody else, and gives it back at once
 (``redelivered``) when the holder's connection dies: that is a lapsed lease without the
-wait. A holder that lives but stops heartbeating (a wedged worker) is caught by a
+wait. Pushed messages not handed out yet count in :meth:`queue_size` and go with
+:meth:`purge`; if nobody fetches for a lease, they go back to the queue and the
+consumer is cancelled (:meth:`_unsubscribe`), so none hide behind a busy holder.
+A holder that lives but stops heartbeating (a wedged worker) is caught by a
 watchdog thread: once a lease is ``lease_timeout`` old without :meth:`heartbeat`, the
 message is re-published counted and the stale delivery acked, exactly a lapse.
 
@@ -85,7 +89,7 @@ _WAIT_SLICE = 0.05
 
 
 class AmqpDelivery(Delivery):
-    """An unacked ``basic.get`` delivery of one broker instance."""
+    """An unacked delivery (pushed or ``basic.get``) of one broker instance."""
 
     def __init__(self, broker: AmqpBroker, got: Got, queue: str, lost: int) -> None:
         self._broker = broker
