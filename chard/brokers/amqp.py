@@ -315,6 +315,9 @@ class AmqpBroker(Broker):
             self._buffers.clear()
             self._consuming_on = self.client.generation
         self._window = self._window or max(2 * limit, 4)
+        dropped = [q for q in self._consumers if q not in queues]
+        if dropped:  # no longer consumed here (cancel_consumer): let others have them
+            self._unsubscribe(dropped)
         for queue in queues:
             tag = self._consumers.get(queue)
             if tag is not None and self.client.consuming(tag):
@@ -359,17 +362,19 @@ class AmqpBroker(Broker):
         died = got.redelivered and self._died_running(got.frame.headers.get("id"))
         self._move(got, queue, lost_deliveries(got.frame) + died)
 
-    def _unsubscribe(self) -> None:
-        """Stop consuming, and put back what RabbitMQ pushed and fetch did not hand out.
+    def _unsubscribe(self, queues: Sequence[str] | None = None) -> None:
+        """Stop consuming (``queues``, or all), and put back what fetch did not hand out.
 
-        Done when nobody fetched for a lease (a busy or wedged holder): messages never
-        hide in a buffer of a consumer that is not asking for them. (``client.lock`` held.)
+        Done when nobody fetched for a lease (a busy or wedged holder) and for queues a
+        fetch no longer names: messages never hide in a buffer of a consumer that is not
+        asking for them. (``client.lock`` held.)
         """
-        for tag in self._consumers.values():
+        for queue in list(self._consumers) if queues is None else queues:
             with contextlib.suppress(BrokerError):
-                self.client.unsubscribe(tag)
-        self._consumers.clear()
+                self.client.unsubscribe(self._consumers.pop(queue))
         for queue, buffer in self._buffers.items():
+            if queues is not None and queue not in queues:
+                continue
             while buffer:
                 got = buffer.popleft()
                 if got.generation == self.client.generation:
