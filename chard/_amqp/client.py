@@ -72,7 +72,7 @@ class MissingQueue(UnroutableMessage):
 
 @dataclass(frozen=True)
 class Got:
-    """A message taken with ``basic.get``: its frame and what settling it needs."""
+    """A message delivered unacked (pushed or ``basic.get``): its frame and how to settle it."""
 
     frame: Frame
     tag: int
@@ -228,14 +228,20 @@ class AmqpClient:
             self._drop()
 
     # -- work channel ------------------------------------------------------------
-    def publish(self, exchange: str, routing_key: str, frame: Frame) -> None:
-        """Publish ``frame`` persistently and return once RabbitMQ confirmed it.
+    def publish(
+        self, exchange: str, routing_key: str, frame: Frame, *, persistent: bool = True
+    ) -> None:
+        """Publish ``frame`` and return once RabbitMQ confirmed it.
+
+        A persistent message is confirmed once it is on disk (an fsync away); a transient
+        one (``persistent=False``: rpc:// replies, which die with their client anyway) as
+        soon as its queue has it.
 
         Raises:
             UnroutableMessage: no queue is bound for it (declare it, then retry).
             BrokerError: RabbitMQ refused it.
         """
-        props = _properties(frame)
+        props = _properties(frame, persistent)
 
         def send(channel: BlockingChannel) -> None:
             channel.basic_publish(exchange, routing_key, frame.body, props, mandatory=True)
@@ -273,10 +279,42 @@ class AmqpClient:
             method, props, body = channel.basic_get(queue, auto_ack=False)
             if method is None:
                 return None
-            return Got(_frame(props, body), method.delivery_tag, self.generation,
-                       method.redelivered, method.exchange)  # fmt: skip
+            return self._got(method, props, body)
 
         return self.call(take)
+
+    def subscribe(self, queue: str, prefetch: int, on_got: Callable[[Got], None]) -> str:
+        """Consume ``queue`` unacked on the work channel; return the consumer tag.
+
+        RabbitMQ pushes up to ``prefetch`` unacked messages ahead (QoS), so a worker
+        waits on its socket instead of asking with a ``basic.get`` round trip per
+        message. ``on_got`` is called from :meth:`pump` (and any other call that reads
+        the socket). The consumer ends with its connection (see :attr:`generation`) or
+        when RabbitMQ cancels it (its queue was deleted: :meth:`consuming` says so).
+        """
+
+        def start(channel: BlockingChannel) -> str:
+            channel.basic_qos(prefetch_count=prefetch)
+            return str(
+                channel.basic_consume(
+                    queue, lambda _ch, method, props, body: on_got(self._got(method, props, body))
+                )
+            )
+
+        return self.call(start)
+
+    def unsubscribe(self, tag: str) -> None:
+        """Cancel consumer ``tag``; what it was pushed and did not dispatch goes back."""
+        self.call(lambda channel: channel.basic_cancel(tag))
+
+    def consuming(self, tag: str) -> bool:
+        """Whether consumer ``tag`` of the current connection still runs."""
+        with self.lock:
+            return self._work is not None and tag in self._work.consumer_tags
+
+    def _got(self, method: Any, props: Any, body: bytes) -> Got:
+        return Got(_frame(props, body), method.delivery_tag, self.generation, method.redelivered,
+                   method.exchange)  # fmt: skip
 
     def settle(self, got: Got, *, requeue: bool | None = None) -> bool:
         """Ack ``got`` (``requeue`` None) or reject it; False if its connection is gone."""
@@ -399,12 +437,12 @@ def _frame(props: pika.BasicProperties, body: bytes) -> Frame:
     )
 
 
-def _properties(frame: Frame) -> pika.BasicProperties:
+def _properties(frame: Frame, persistent: bool = True) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=frame.content_type,
         content_encoding=frame.content_encoding,
         headers=_encode_table(frame.headers) or None,
-        delivery_mode=2,
+        delivery_mode=2 if persistent else 1,
         priority=frame.priority or None,
         correlation_id=frame.correlation_id,
         reply_to=frame.reply_to,

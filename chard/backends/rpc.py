@@ -140,7 +140,7 @@ class RPCResultBackend(ResultBackend):
             )
             # UnroutableMessage: the client and its queue are gone; nobody is left to read it.
             with contextlib.suppress(UnroutableMessage):
-                self.client.publish("", reply_to, frame)
+                self.client.publish("", reply_to, frame, persistent=False)
         return [meta for meta, _ in metas]
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:

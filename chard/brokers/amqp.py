@@ -7,10 +7,14 @@ persistent with publisher confirms: :meth:`publish` returns when RabbitMQ has th
 With ``queue_max_priority`` (``task_queue_max_priority``) queues get ``x-max-priority``
 and, as on RabbitMQ under Celery, a *higher* number is more urgent.
 
-Leases on acks. A fetched message is an unacked ``basic.get`` delivery of this
-instance's channel, so RabbitMQ hands it to nobody else, and gives it back at once
+Leases on acks. A fetched message is an unacked delivery of this instance's channel
+(pushed to its consumer, QoS twice the worker's window; a ``basic.get`` when that window
+is full), so RabbitMQ hands it to nobody else, and gives it back at once
 (``redelivered``) when the holder's connection dies: that is a lapsed lease without the
-wait. A holder that lives but stops heartbeating (a wedged worker) is caught by a
+wait. Pushed messages not handed out yet count in :meth:`queue_size` and go with
+:meth:`purge`; if nobody fetches for a lease, they go back to the queue and the
+consumer is cancelled (:meth:`_unsubscribe`), so none hide behind a busy holder.
+A holder that lives but stops heartbeating (a wedged worker) is caught by a
 watchdog thread: once a lease is ``lease_timeout`` old without :meth:`heartbeat`, the
 message is re-published counted and the stale delivery acked, exactly a lapse.
 
@@ -37,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -85,12 +91,12 @@ LOST_CHANNEL = "chard.lost"
 _LOST_GRACE = 0.05
 #: RabbitMQ's default consumer_timeout (seconds); the ``consumer_timeout`` option overrides it.
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
-#: Longest pause between polls of empty queues (fetch backs off up to this).
-_MAX_POLL_INTERVAL = 0.2
+#: Longest a fetch waits on the socket with the client's lock held.
+_WAIT_SLICE = 0.05
 
 
 class AmqpDelivery(Delivery):
-    """An unacked ``basic.get`` delivery of one broker instance."""
+    """An unacked delivery (pushed or ``basic.get``) of one broker instance."""
 
     def __init__(self, broker: AmqpBroker, got: Got, queue: str, lost: int) -> None:
         self._broker = broker
@@ -172,6 +178,15 @@ class AmqpBroker(Broker):
         #: Queues (and delay chains) this instance declared: declared once per process.
         self.declared: set[str] = set()
         self._held: dict[int, AmqpDelivery] = {}
+        #: Consumer tag by queue, on connection generation ``_consuming_on``.
+        self._consumers: dict[str, str] = {}
+        self._consuming_on = 0
+        #: Messages RabbitMQ pushed and fetch has not handed out, by queue.
+        self._buffers: dict[str, deque[Got]] = {}
+        #: The consumers' QoS prefetch window (set on the first fetch).
+        self._window = 0
+        #: When fetch last ran: consumers idle for a lease are cancelled (_unsubscribe).
+        self._fetched_at = 0.0
         self._turn = 0
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -289,41 +304,121 @@ class AmqpBroker(Broker):
         if limit < 1 or not queues:
             return []
         deadline = time.monotonic() + timeout
-        pause = 0.001  # fast answers at first, then back off to _MAX_POLL_INTERVAL
         for queue in queues:
             self._ensure_queue(queue)
-        while True:
-            found = take_fairly(queues, limit, self._turn, self._take)
+        wait = 0.001  # then longer, up to _WAIT_SLICE
+        while not self._closed.is_set():
+            with self.client.lock:
+                self._fetched_at = time.monotonic()
+                self._subscribe(queues, limit)
+                self.client.pump()
+                found = take_fairly(queues, limit, self._turn, self._take)
             if found:
                 self._turn += 1
                 self._start_watchdog()
                 return list(found)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed.wait(min(pause, remaining)):
-                return []
-            pause = min(pause * 2, _MAX_POLL_INTERVAL)
+            if remaining <= 0:
+                break
+            # Wait on the socket (a push ends it at once) with the lock held, in slices
+            # short while busy: the acks that open the QoS window need the lock too.
+            with self.client.lock:
+                self.client.pump(min(remaining, wait))
+            wait = min(wait * 2, _WAIT_SLICE)
+            time.sleep(0)  # let a thread waiting for the lock take it
+        return []
+
+    def _subscribe(self, queues: Sequence[str], limit: int) -> None:
+        """Consume each of ``queues`` (again after a reconnect or a deleted queue).
+
+        The QoS window is twice the first fetch's ``limit`` (the worker's window), so the
+        next messages are already here when acks are on their way, and RabbitMQ holds
+        back the rest for other workers. (``client.lock`` held.)
+        """
+        if self._consuming_on != self.client.generation:
+            self._consumers.clear()
+            self._buffers.clear()
+            self._consuming_on = self.client.generation
+        self._window = self._window or max(2 * limit, 4)
+        dropped = [q for q in self._consumers if q not in queues]
+        if dropped:  # no longer consumed here (cancel_consumer): let others have them
+            self._unsubscribe(dropped)
+        for queue in queues:
+            tag = self._consumers.get(queue)
+            if tag is not None and self.client.consuming(tag):
+                continue
+            on_got = self._buffers.setdefault(queue, deque()).append
+            try:
+                tag = self.client.subscribe(queue, self._window, on_got)
+            except MissingQueue:  # deleted behind our back: declare it again, once
+                self.declared.discard(queue)
+                self._ensure_queue(queue)
+                tag = self.client.subscribe(queue, self._window, on_got)
+            if self._consuming_on != self.client.generation:  # reconnected meanwhile
+                self._consumers.clear()
+                self._consuming_on = self.client.generation
+            self._consumers[queue] = tag
 
     def _take(self, queue: str, n: int) -> list[AmqpDelivery]:
+        """Hand out up to ``n`` messages RabbitMQ pushed from ``queue`` (``client.lock`` held)."""
         found: list[AmqpDelivery] = []
-        with self.client.lock:
-            while len(found) < n:
-                try:
-                    got = self.client.get(queue)
-                except MissingQueue:  # deleted behind our back: it is declared again, empty
-                    self.declared.discard(queue)
-                    self._ensure_queue(queue)
-                    break
-                if got is None:
-                    break
-                lost = lost_deliveries(got.frame)
-                if got.redelivered:  # its holder died: count that if it was running, requeue
-                    died = self._died_running(got.frame.headers.get("id"))
-                    self._move(got, queue, lost + died)
-                    continue
-                delivery = AmqpDelivery(self, got, queue, lost)
-                self._held[id(delivery)] = delivery
-                found.append(delivery)
+        buffer = self._buffers.get(queue)
+        while len(found) < n:
+            if buffer:
+                got: Got | None = buffer.popleft()
+            elif len(self._held) >= self._window:  # QoS full of unsettled ones: ask
+                got = self._get(queue)
+            else:
+                break
+            if got is None:
+                break
+            if got.generation != self.client.generation:
+                continue  # its connection is gone, and RabbitMQ has requeued it
+            if got.redelivered:  # its holder died: count that if it was running, requeue
+                self._put_back(got, queue)
+                continue
+            delivery = AmqpDelivery(self, got, queue, lost_deliveries(got.frame))
+            self._held[id(delivery)] = delivery
+            found.append(delivery)
         return found
+
+    def _put_back(self, got: Got, queue: str) -> None:
+        """Return a message not handed out to the tail of ``queue``, counted if it ran."""
+        died = got.redelivered and self._died_running(got.frame.headers.get("id"))
+        self._move(got, queue, lost_deliveries(got.frame) + died)
+
+    def _unsubscribe(self, queues: Sequence[str] | None = None) -> None:
+        """Stop consuming (``queues``, or all), and put back what fetch did not hand out.
+
+        Done when nobody fetched for a lease (a busy or wedged holder) and for queues a
+        fetch no longer names: messages never hide in a buffer of a consumer that is not
+        asking for them. (``client.lock`` held.)
+        """
+        for queue in list(self._consumers) if queues is None else queues:
+            with contextlib.suppress(BrokerError):
+                self.client.unsubscribe(self._consumers.pop(queue))
+        for queue, buffer in self._buffers.items():
+            if queues is not None and queue not in queues:
+                continue
+            while buffer:
+                got = buffer.popleft()
+                if got.generation == self.client.generation:
+                    with contextlib.suppress(BrokerError):
+                        self._put_back(got, queue)
+
+    def _get(self, queue: str) -> Got | None:
+        """One ``basic.get``: RabbitMQ pushes nothing while the QoS window is held."""
+        try:
+            return self.client.get(queue)
+        except MissingQueue:  # deleted behind our back: it is declared again, empty
+            self.declared.discard(queue)
+            self._ensure_queue(queue)
+            return None
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        with self.client.lock:  # one lock round for the lot
+            for delivery in deliveries:
+                delivery.ack()
 
     def note_lost(self, task_id: str) -> None:
         self._log.append(LOST_CHANNEL, task_id.encode())
@@ -384,6 +479,9 @@ class AmqpBroker(Broker):
             try:
                 with self.client.lock:
                     now = time.monotonic()
+                    idle = min(self.lease_timeout, self.consumer_timeout / 2 or math.inf)
+                    if self._consumers and now - self._fetched_at >= idle:
+                        self._unsubscribe()
                     for delivery in [d for d in self._held.values() if d.expires <= now]:
                         self._lapse(delivery)
                     self._park_the_old(now)
@@ -392,7 +490,10 @@ class AmqpBroker(Broker):
                 logger.exception("RabbitMQ lease watchdog failed; retrying")
 
     def _park_the_old(self, now: float) -> None:
-        """Park deliveries held for half of consumer_timeout; renew parked ones in time."""
+        """Park deliveries held for half of consumer_timeout; renew parked ones in time.
+
+        (Pushed messages not handed out never wait that long: see :meth:`_unsubscribe`.)
+        """
         if not self.consumer_timeout:
             return
         parked = [d for d in self._held.values() if d.parked is not None]
@@ -423,8 +524,25 @@ class AmqpBroker(Broker):
         )
 
     # -- queues and dead letters ---------------------------------------------------
+    def _pushed(self, queue: str, *, take: bool) -> list[Got]:
+        """The messages of ``queue`` RabbitMQ pushed here that fetch has not handed out.
+
+        They wait as much as the queue's ready ones (queue_size counts them, purge takes
+        and drops them); other instances' are theirs, as in Celery.
+        """
+        with self.client.lock:
+            self.client.pump()
+            buffer = self._buffers.get(queue, deque())
+            pushed = [got for got in buffer if got.generation == self.client.generation]
+            if take:
+                buffer.clear()  # in place: the consumer's callback appends to this one
+            return pushed
+
     def purge(self, queue: str) -> int:
-        purged = self.client.purge(queue)
+        pushed = self._pushed(queue, take=True)
+        for got in pushed:
+            self.client.settle(got)
+        purged = len(pushed) + self.client.purge(queue)
         if self._has_delay_chain(queue):
             purged += sum(
                 self.client.purge(chain.level_queue(lv, queue)) for lv in range(chain.LEVELS)
@@ -432,7 +550,8 @@ class AmqpBroker(Broker):
         return purged
 
     def queue_size(self, queue: str) -> int:
-        size = self.client.queue_size(queue) or 0
+        with self.client.lock:
+            size = len(self._pushed(queue, take=False)) + (self.client.queue_size(queue) or 0)
         if self._has_delay_chain(queue):
             size += sum(
                 self.client.queue_size(chain.level_queue(lv, queue)) or 0
@@ -498,6 +617,9 @@ class AmqpBroker(Broker):
 
     def close(self) -> None:
         self._closed.set()
+        with self.client.lock:
+            if self._consumers:
+                self._unsubscribe()
         self.client.close()
         if self._stream_log is not None:
             self._stream_log.reader.close()

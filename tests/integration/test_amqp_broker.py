@@ -13,7 +13,7 @@ import pytest
 
 from chard.brokers import open_broker
 from chard.brokers.amqp import AmqpBroker, AmqpDelivery
-from chard.brokers.base import Broker, OutgoingMessage
+from chard.brokers.base import Broker, Delivery, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from tests.helpers import amqp_url, delete_amqp_queues, wait_for
@@ -83,6 +83,33 @@ def test_a_dead_consumers_messages_come_back_at_once_counted_if_running(
     held[0].ack()  # the dead instance's late ack touches nothing
     heir.ack_many(again)
     assert heir.queue_size("q") == 0
+
+
+def test_messages_pushed_to_a_holder_that_stops_fetching_go_to_another(
+    url: str, brokers: list[Broker]
+) -> None:
+    # Given a holder that fetched one message while RabbitMQ pushed it the next ones too
+    holder = open_amqp(url, brokers, lease_timeout=1.0)
+    other = open_amqp(url, brokers, lease_timeout=1.0)
+    holder.publish([OutgoingMessage("q", task_body(f"t{i}")) for i in range(4)])
+    (running,) = holder.fetch(["q"], 1, timeout=1.0)
+    assert holder.queue_size("q") == 3  # pushed here but not handed out: still waiting
+
+    # When it keeps its lease alive but fetches no more (a long task)
+    def poll() -> list[Delivery]:
+        holder.heartbeat()
+        return other.fetch(["q"], 3, timeout=0.1)
+
+    taken: list[Delivery] = []
+    wait_for(lambda: taken.extend(poll()) or len(taken) == 3, timeout=20.0)
+
+    # Then another consumer gets the waiting ones, uncounted, and the running one stays put
+    ids = {TaskMessage.from_wire(d.body, JSON).id: d.delivery_count for d in taken}
+    assert ids == {"t1": 1, "t2": 1, "t3": 1}
+    other.ack_many(taken)
+    running.ack()
+    assert other.queue_size("q") == 0
+    assert holder.queue_size("q") == 0
 
 
 def test_chard_publishes_celerys_amqp_layout(url: str, brokers: list[Broker], raw) -> None:
