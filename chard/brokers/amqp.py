@@ -13,7 +13,7 @@ is full), so RabbitMQ hands it to nobody else, and gives it back at once
 (``redelivered``) when the holder's connection dies: that is a lapsed lease without the
 wait. Pushed messages not handed out yet count in :meth:`queue_size` and go with
 :meth:`purge`; if nobody fetches for a lease, they go back to the queue and the
-consumer is cancelled (:meth:`_unsubscribe`), so none hide behind a busy holder.
+consumer is cancelled (:mod:`._amqp_consume`), so none hide behind a busy holder.
 A holder that lives but stops heartbeating (a wedged worker) is caught by a
 watchdog thread: once a lease is ``lease_timeout`` old without :meth:`heartbeat`, the
 message is re-published counted and the stale delivery acked, exactly a lapse.
@@ -44,7 +44,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -65,6 +64,7 @@ from chard._amqp.url import parse_amqp_url
 from chard.brokers import _amqp_dead as dead
 from chard.brokers import _amqp_topology as topology
 from chard.brokers._amqp_celeryev import CeleryEvents
+from chard.brokers._amqp_consume import Subscriptions
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
 from chard.brokers._amqp_pidbox import Pidbox
@@ -178,14 +178,8 @@ class AmqpBroker(Broker):
         #: Queues (and delay chains) this instance declared: declared once per process.
         self.declared: set[str] = set()
         self._held: dict[int, AmqpDelivery] = {}
-        #: Consumer tag by queue, on connection generation ``_consuming_on``.
-        self._consumers: dict[str, str] = {}
-        self._consuming_on = 0
-        #: Messages RabbitMQ pushed and fetch has not handed out, by queue.
-        self._buffers: dict[str, deque[Got]] = {}
-        #: The consumers' QoS prefetch window (set on the first fetch).
-        self._window = 0
-        #: When fetch last ran: consumers idle for a lease are cancelled (_unsubscribe).
+        self._subscriptions = Subscriptions(self.client, self._redeclare, self._put_back)
+        #: When fetch last ran: consumers idle for a lease are cancelled (unsubscribe).
         self._fetched_at = 0.0
         self._turn = 0
         self._closed = threading.Event()
@@ -310,7 +304,7 @@ class AmqpBroker(Broker):
         while not self._closed.is_set():
             with self.client.lock:
                 self._fetched_at = time.monotonic()
-                self._subscribe(queues, limit)
+                self._subscriptions.subscribe(queues, limit)
                 self.client.pump()
                 found = take_fairly(queues, limit, self._turn, self._take)
             if found:
@@ -328,45 +322,14 @@ class AmqpBroker(Broker):
             time.sleep(0)  # let a thread waiting for the lock take it
         return []
 
-    def _subscribe(self, queues: Sequence[str], limit: int) -> None:
-        """Consume each of ``queues`` (again after a reconnect or a deleted queue).
-
-        The QoS window is twice the first fetch's ``limit`` (the worker's window), so the
-        next messages are already here when acks are on their way, and RabbitMQ holds
-        back the rest for other workers. (``client.lock`` held.)
-        """
-        if self._consuming_on != self.client.generation:
-            self._consumers.clear()
-            self._buffers.clear()
-            self._consuming_on = self.client.generation
-        self._window = self._window or max(2 * limit, 4)
-        dropped = [q for q in self._consumers if q not in queues]
-        if dropped:  # no longer consumed here (cancel_consumer): let others have them
-            self._unsubscribe(dropped)
-        for queue in queues:
-            tag = self._consumers.get(queue)
-            if tag is not None and self.client.consuming(tag):
-                continue
-            on_got = self._buffers.setdefault(queue, deque()).append
-            try:
-                tag = self.client.subscribe(queue, self._window, on_got)
-            except MissingQueue:  # deleted behind our back: declare it again, once
-                self.declared.discard(queue)
-                self._ensure_queue(queue)
-                tag = self.client.subscribe(queue, self._window, on_got)
-            if self._consuming_on != self.client.generation:  # reconnected meanwhile
-                self._consumers.clear()
-                self._consuming_on = self.client.generation
-            self._consumers[queue] = tag
-
     def _take(self, queue: str, n: int) -> list[AmqpDelivery]:
         """Hand out up to ``n`` messages RabbitMQ pushed from ``queue`` (``client.lock`` held)."""
         found: list[AmqpDelivery] = []
-        buffer = self._buffers.get(queue)
+        buffer = self._subscriptions.buffers.get(queue)
         while len(found) < n:
             if buffer:
                 got: Got | None = buffer.popleft()
-            elif len(self._held) >= self._window:  # QoS full of unsettled ones: ask
+            elif len(self._held) >= self._subscriptions.window:  # QoS full of unsettled ones: ask
                 got = self._get(queue)
             else:
                 break
@@ -387,33 +350,17 @@ class AmqpBroker(Broker):
         died = got.redelivered and self._died_running(got.frame.headers.get("id"))
         self._move(got, queue, lost_deliveries(got.frame) + died)
 
-    def _unsubscribe(self, queues: Sequence[str] | None = None) -> None:
-        """Stop consuming (``queues``, or all), and put back what fetch did not hand out.
-
-        Done when nobody fetched for a lease (a busy or wedged holder) and for queues a
-        fetch no longer names: messages never hide in a buffer of a consumer that is not
-        asking for them. (``client.lock`` held.)
-        """
-        for queue in list(self._consumers) if queues is None else queues:
-            with contextlib.suppress(BrokerError):
-                self.client.unsubscribe(self._consumers.pop(queue))
-        for queue, buffer in self._buffers.items():
-            if queues is not None and queue not in queues:
-                continue
-            while buffer:
-                got = buffer.popleft()
-                if got.generation == self.client.generation:
-                    with contextlib.suppress(BrokerError):
-                        self._put_back(got, queue)
-
     def _get(self, queue: str) -> Got | None:
         """One ``basic.get``: RabbitMQ pushes nothing while the QoS window is held."""
         try:
             return self.client.get(queue)
         except MissingQueue:  # deleted behind our back: it is declared again, empty
-            self.declared.discard(queue)
-            self._ensure_queue(queue)
+            self._redeclare(queue)
             return None
+
+    def _redeclare(self, queue: str) -> None:
+        self.declared.discard(queue)
+        self._ensure_queue(queue)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         with self.client.lock:  # one lock round for the lot
@@ -480,8 +427,8 @@ class AmqpBroker(Broker):
                 with self.client.lock:
                     now = time.monotonic()
                     idle = min(self.lease_timeout, self.consumer_timeout / 2 or math.inf)
-                    if self._consumers and now - self._fetched_at >= idle:
-                        self._unsubscribe()
+                    if self._subscriptions and now - self._fetched_at >= idle:
+                        self._subscriptions.unsubscribe()
                     for delivery in [d for d in self._held.values() if d.expires <= now]:
                         self._lapse(delivery)
                     self._park_the_old(now)
@@ -492,7 +439,7 @@ class AmqpBroker(Broker):
     def _park_the_old(self, now: float) -> None:
         """Park deliveries held for half of consumer_timeout; renew parked ones in time.
 
-        (Pushed messages not handed out never wait that long: see :meth:`_unsubscribe`.)
+        (Pushed messages not handed out never wait that long: see :mod:`._amqp_consume`.)
         """
         if not self.consumer_timeout:
             return
@@ -532,11 +479,7 @@ class AmqpBroker(Broker):
         """
         with self.client.lock:
             self.client.pump()
-            buffer = self._buffers.get(queue, deque())
-            pushed = [got for got in buffer if got.generation == self.client.generation]
-            if take:
-                buffer.clear()  # in place: the consumer's callback appends to this one
-            return pushed
+            return self._subscriptions.pushed(queue, take=take)
 
     def purge(self, queue: str) -> int:
         pushed = self._pushed(queue, take=True)
@@ -618,8 +561,8 @@ class AmqpBroker(Broker):
     def close(self) -> None:
         self._closed.set()
         with self.client.lock:
-            if self._consumers:
-                self._unsubscribe()
+            if self._subscriptions:
+                self._subscriptions.unsubscribe()
         self.client.close()
         if self._stream_log is not None:
             self._stream_log.reader.close()
