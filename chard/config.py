@@ -214,6 +214,9 @@ class Settings(MutableMapping[str, Any]):
     library's own import-time lookups never fire the hook early.
     """
 
+    #: How many writes so far: a cache of settings (the send path's) compares it.
+    version: int
+
     def __init__(self, **values: Any) -> None:
         object.__setattr__(self, "_values", {})
         # What reads look in: the values themselves, or an _Unconfigured until the hook ran.
@@ -224,6 +227,7 @@ class Settings(MutableMapping[str, Any]):
         # Private copies of the defaults read so far: mutating one (``conf.beat_schedule[k] =``)
         # must not change the default every other app sees.
         object.__setattr__(self, "_defaults", {})
+        object.__setattr__(self, "version", 0)
         self.update(values)
 
     def __getitem__(self, key: str) -> Any:
@@ -250,9 +254,11 @@ class Settings(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._values[key] = value
+        object.__setattr__(self, "version", self.version + 1)
 
     def __delitem__(self, key: str) -> None:
         del self._values[key]
+        object.__setattr__(self, "version", self.version + 1)
 
     def __contains__(self, key: object) -> bool:
         return key in self._values or key in SETTINGS  # not a read: Celery's is lazy too

@@ -23,7 +23,8 @@ from chard import _context, routing, signals
 from chard._utils.log import redact_url
 from chard.brokers import Broker, OutgoingMessage
 from chard.exceptions import BrokerConnectionError
-from chard.protocol.message import SignatureDict, TaskMessage, new_id
+from chard.protocol.message import SignatureDict, TaskMessage, new_id, new_id_pair
+from chard.protocol.template import EnvelopeTemplate
 
 if TYPE_CHECKING:
     from chard.app import Celery
@@ -217,11 +218,7 @@ def publish(
         )
     if not outgoing:
         return
-    broker = app.broker
-    try:
-        broker.publish(outgoing)
-    except BrokerConnectionError as exc:
-        publish_retrying(broker, outgoing, exc, app.conf, retry)
+    store(app, outgoing, retry)
     _add_children(messages)
     if signals.after_task_publish.receivers:
         for message, queue, _, routing_key in messages:
@@ -229,6 +226,111 @@ def publish(
     if app.conf["task_send_sent_event"]:  # batched by a background thread: no round trip
         for message, queue, *_ in messages:
             app.events.task_sent(message, queue)
+
+
+def store(
+    app: Celery, outgoing: Sequence[OutgoingMessage], retry: Mapping[str, Any] | None = None
+) -> None:
+    """Store encoded messages in one broker round-trip, retried per the publish policy.
+
+    ``retry`` holds the call's ``retry`` and ``retry_policy`` (``apply_async``'s), if any.
+
+    Raises:
+        BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
+    """
+    broker = app.broker
+    try:
+        broker.publish(outgoing)
+    except BrokerConnectionError as exc:
+        publish_retrying(broker, outgoing, exc, app.conf, retry)
+
+
+class PlainSend(NamedTuple):
+    """A plain send (no options, not from inside a task), encoded and ready to store."""
+
+    id: str
+    ignore_result: bool
+    #: Whether a result will be stored for the client to watch (a backend, no ignore_result).
+    watch: bool
+    outgoing: OutgoingMessage
+
+
+class _Plan(NamedTuple):
+    """What every plain send of one task shares; valid while its ``key`` is unchanged."""
+
+    key: tuple[Any, ...]
+    #: None: these sends take the full path (see :func:`plain_message`).
+    template: EnvelopeTemplate | None
+    routed: dict[str, Any]
+    queue: str
+    exchange: str | None
+    routing_key: str | None
+    priority: int
+    ignore_result: bool
+    watch: bool
+
+
+def plain_message(
+    app: Celery,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task: Task[Any, Any] | None,
+) -> PlainSend | None:
+    """Encode a plain send of ``name`` from the task's cached envelope, or return None.
+
+    The caller checked there are no options and no current request. None means the
+    full path (:func:`build_message` then :func:`publish`) must take the send: a signal
+    or ``task_send_sent_event`` wants the message, ``rpc://`` picks its reply queue, a
+    router sends these arguments elsewhere, or an argument does not encode as JSON
+    (the full path's error names it). The bytes are the full path's.
+    """
+    if signals.before_task_publish.has_receivers or signals.after_task_publish.has_receivers:
+        return None
+    conf = app.conf
+    # What the envelope is made of besides the settings: the task's own options.
+    key: tuple[Any, ...] = (conf.version, None)
+    if task is not None:
+        own = (task.queue, task.priority, task.time_limit, task.soft_time_limit)
+        key = (conf.version, task, *own, task.ignore_result, task.serializer)
+    plans = app._send_plans
+    plan = plans.get(name)
+    if plan is None or plan.key != key:
+        plan = plans[name] = _make_plan(app, name, task, key)
+    template = plan.template
+    if template is None:
+        return None
+    routes = conf["task_routes"]
+    if routes is not None and routing.route(routes, name, args, kwargs, {}, task) != plan.routed:
+        return None
+    task_id, tag = new_id_pair()
+    try:
+        body = template.render(task_id, args, kwargs, tag)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return None
+    outgoing = OutgoingMessage(
+        plan.queue, body, plan.priority, None, plan.exchange, plan.routing_key
+    )
+    return PlainSend(task_id, plan.ignore_result, plan.watch, outgoing)
+
+
+def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[Any, ...]) -> _Plan:
+    """The plan of ``name``'s plain sends under the current settings and task options."""
+    conf = app.conf
+    message, queue, exchange, routing_key = build_message(app, name, (), {}, SendOptions(), task)
+    routed = routing.route(conf["task_routes"], name, (), {}, {}, task)
+    template = None
+    if (
+        EnvelopeTemplate.fits(message)
+        and not conf["task_send_sent_event"]
+        and not str(conf["result_backend"] or "").startswith("rpc")
+    ):
+        template = EnvelopeTemplate(message, queue)
+    ignored = message.ignore_result
+    watch = not ignored and app.backend_url is not None
+    return _Plan(
+        key, template, routed, queue, exchange, routing_key, message.priority, ignored, watch
+    )
 
 
 def _add_children(messages: Sequence[RoutedMessage]) -> None:

@@ -47,6 +47,11 @@ class Signal:
             ]
 
     @property
+    def has_receivers(self) -> bool:
+        """Whether any receiver is connected (no list built: the send path asks every time)."""
+        return bool(self._receivers)
+
+    @property
     def receivers(self) -> list[Receiver]:
         """The connected receivers, in order."""
         return [r for r, _ in self._receivers]

@@ -269,10 +269,12 @@ class Task(Generic[P, R]):
         ``task_id``, ``headers``, ``ignore_result``, ``serializer``, ``link``,
         ``link_error``, ``time_limit``, ``soft_time_limit``, ``shadow``.
         """
-        self.check_arguments(tuple(args or ()), kwargs or {})
-        if self.app.conf.task_always_eager:
+        args = tuple(args) if args else ()
+        self.check_arguments(args, kwargs or {})
+        app = self.app
+        if app.conf["task_always_eager"]:
             return self.apply(args, kwargs, **options)
-        result: AsyncResult[R] = self.app.send_task(self.name, args, kwargs, task=self, **options)
+        result: AsyncResult[R] = app.send_task(self.name, args, kwargs, task=self, **options)
         return result
 
     def apply(

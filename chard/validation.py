@@ -51,6 +51,13 @@ class ArgumentCheck:
             if p.default is p.empty and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
         ]
         self._position = {name: index for index, name in enumerate(self._positional)}
+        # How many positional arguments fit a call without keywords (the usual delay(1, 2)):
+        # required ones come first; a required keyword-only parameter fits none.
+        needs_keyword = any(
+            p.kind is kinds.KEYWORD_ONLY for p in params if p.name in self._required
+        )
+        self._fewest: float = float("inf") if needs_keyword else len(self._required)
+        self._most: float = float("inf") if self._has_varargs else len(self._positional)
 
     def error(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
         """Return why ``args``/``kwargs`` do not fit (Python's words), or None if they do."""
@@ -64,6 +71,8 @@ class ArgumentCheck:
 
     def _fits(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
         count = len(args)
+        if not kwargs:
+            return self._fewest <= count <= self._most
         if count > len(self._positional) and not self._has_varargs:
             return False
         for key in kwargs:

@@ -8,8 +8,7 @@ for the exceptions, and never imports ``redis`` itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -68,16 +67,24 @@ class RedisErrors:
         self.failed = failed
         self.url_name = url_name
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+    def __call__(self) -> RedisErrors:
+        """The context that translates errors (a class, not a generator: the hot paths use it)."""
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
             raise self.unreachable(
                 f"cannot reach the {self.what} at {self.redacted!r}: {exc}; is redis-server "
                 f"running, and are host, port, password and db in the {self.url_name} right?"
             ) from exc
-        except redis.RedisError as exc:
+        if isinstance(exc, redis.RedisError):
             raise self.failed(f"{self.what} at {self.redacted!r} failed: {exc}") from exc
 
 

@@ -23,13 +23,14 @@ Why it stays correct:
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from typing import Any
 
 import redis
 from redis.connection import AbstractConnection
+
+from chard._utils.perprocess import current_pid
 
 
 class Lane:
@@ -50,11 +51,11 @@ class Lane:
         """Return this thread's connection in this process, creating it on first use."""
         local = self._local
         conn: AbstractConnection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        if conn is not None and local.pid == current_pid():
             return conn
         pool = self._pool
         conn = pool.connection_class(**pool.connection_kwargs)
-        local.conn, local.pid = conn, os.getpid()
+        local.conn, local.pid = conn, current_pid()
         with self._lock:
             self._opened.add(conn)
         return conn
@@ -68,7 +69,7 @@ class Lane:
         """
         # Any: redis-py leaves these Connection methods unannotated.
         conn: Any = self.connection()
-        packed = conn.pack_command(*args)
+        packed = _pack(args) or conn.pack_command(*args)
 
         def run() -> Any:
             conn.send_packed_command(packed, check_health=False)
@@ -82,3 +83,21 @@ class Lane:
             opened = list(self._opened)
         for conn in opened:
             conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated upstream
+
+
+def _pack(args: tuple[Any, ...]) -> list[bytes] | None:
+    """The command in Redis's protocol when every part is ``str``/``bytes``, else None.
+
+    What redis-py's packer writes for such a command (a ``str`` as UTF-8, its default
+    encoding), without its per-argument checks: a ``delay()`` sends one command.
+    """
+    if type(args[0]) is not str or " " in args[0]:  # "CLIENT LIST": redis-py splits it
+        return None
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            arg = arg.encode()
+        elif type(arg) is not bytes:
+            return None
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return [b"".join(parts)]  # a list, as send_packed_command takes

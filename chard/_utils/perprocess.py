@@ -11,6 +11,21 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """This process's id, kept up to date across forks (``os.getpid()`` is a system call)."""
+    return _pid
+
 
 class PerProcess:
     """A keyed cache whose entries belong to the process that opened them."""
@@ -23,7 +38,7 @@ class PerProcess:
     def peek(self, key: str) -> Any:
         """Return this process's ``key`` or None, without the lock (a dict read is atomic)."""
         item = self._items.get(key)
-        return item if item is not None and self._pid == os.getpid() else None
+        return item if item is not None and self._pid == _pid else None
 
     def get(self, key: str, factory: Callable[[], Any]) -> Any:
         """Return this process's ``key``, opening it with ``factory`` on first use."""

@@ -8,9 +8,9 @@ explicit "current app" contextvar that ``shared_task`` reads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -29,7 +29,6 @@ from chard.control import Control
 from chard.events import Events
 from chard.exceptions import ImproperlyConfigured
 from chard.execution.trace import apply_eagerly
-from chard.protocol.message import TaskMessage
 from chard.protocol.serializers import accepted_content_types
 from chard.registry import TaskRegistry
 from chard.result import AsyncResult
@@ -83,6 +82,7 @@ class Celery(CeleryCompat):
 
         register_builtins(self)  # celery.map / celery.starmap / celery.chunks, as Celery has
         self._shared_seen = 0
+        self._send_plans: dict[str, Any] = {}  # task name -> what its plain sends share
         self._connections = PerProcess()
         self._lock = threading.RLock()
         self._finalized = False
@@ -338,38 +338,48 @@ class Celery(CeleryCompat):
             SerializationError: an argument cannot be encoded (names the argument).
             BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
         """
-        send = SendOptions.of(options, countdown=countdown, eta=eta, task_id=task_id)
-        routed = build_message(
-            self, name, args, kwargs, send, task if task is not None else self.tasks.get(name)
-        )
-        message = routed.message
-        backend = self._result_listener(message)
-        retry = send.other or None  # the call's retry / retry_policy, if it gave any
+        task = task if task is not None else self.tasks.get(name)
+        request = _context.get_current_request()
+        plain = None
+        retry = None
+        if not options and request is None and countdown is None and eta is None and not task_id:
+            args = tuple(args) if args else ()
+            kwargs = kwargs if isinstance(kwargs, dict) else dict(kwargs or {})
+            plain = sending.plain_message(self, name, args, kwargs, task)
+        if plain is not None:
+            task_id, ignored, watch = plain.id, plain.ignore_result, plain.watch
+        else:
+            send = SendOptions.of(options, countdown=countdown, eta=eta, task_id=task_id)
+            retry = send.other or None  # the call's retry / retry_policy, if it gave any
+            routed = build_message(self, name, args, kwargs, send, task)
+            task_id, ignored = routed.message.id, routed.message.ignore_result
+            # A task sending tasks does not watch: a worker never waits for their results
+            # (``get()`` inside a task is refused), and would only pile up subscriptions.
+            watch = not ignored and request is None
+        backend = self.backend if watch else None
         if backend is None:
-            self.publish(routed, retry)
-            return AsyncResult(message.id, app=self, task_name=name, ignored=message.ignore_result)
+            self._store(routed if plain is None else plain, retry)
+            return AsyncResult(task_id, app=self, task_name=name, ignored=ignored)
         # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
         # then reaches a later get() without a subscribe round trip (see backend.watch).
-        backend.watch((message.id,))
+        backend.watch((task_id,))
         try:
-            self.publish(routed, retry)
+            self._store(routed if plain is None else plain, retry)
         except BaseException:
-            backend.unwatch((message.id,))
+            backend.unwatch((task_id,))
             raise
-        result: AsyncResult[Any] = AsyncResult(message.id, app=self, task_name=name)
+        result: AsyncResult[Any] = AsyncResult(task_id, app=self, task_name=name)
         # Released by get()/forget() once the result is in, else when the handle is dropped.
-        result._release = weakref.finalize(result, backend.unwatch, (message.id,))
+        result._release = functools.partial(backend.unwatch, (task_id,))
         return result
 
-    def _result_listener(self, message: TaskMessage) -> ResultBackend | None:
-        """The backend to watch ``message``'s result on, or None (no result, or sent by a task).
-
-        A task sending tasks does not watch: a worker never waits for their results
-        (``get()`` inside a task is refused), and would only pile up subscriptions.
-        """
-        if message.ignore_result or _context.get_current_request() is not None:
-            return None
-        return self.backend
+    def _store(
+        self, message: RoutedMessage | sending.PlainSend, retry: Mapping[str, Any] | None
+    ) -> None:
+        if isinstance(message, RoutedMessage):
+            sending.publish(self, (message,), retry)
+        else:
+            sending.store(self, (message.outgoing,))
 
     def publish(
         self,

@@ -154,8 +154,13 @@ class RedisBroker(KombuInterop, Broker):
         Ready messages for one list (a ``delay()``, a group of one task) are one
         ``LPUSH`` with every body, atomic by itself; anything else is one MULTI/EXEC.
         """
-        now = time.time()
         first = messages[0]
+        if len(messages) == 1 and first.eta is None:  # a delay(): no clock, no scan
+            with self._errors():
+                key = self._key(ready_key(first.queue, priority_step(first.priority)))
+                self._lane.execute("LPUSH", key, first.body)
+            return
+        now = time.time()
         step = priority_step(first.priority)
         if all(
             m.queue == first.queue

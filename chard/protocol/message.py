@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from chard._utils.log import saferepr
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
@@ -43,23 +43,61 @@ def new_id() -> str:
     What ``str(uuid.uuid4())`` returns, from the same 16 random bytes, without
     building a ``UUID`` object (a third of the cost).
     """
-    raw = bytearray(os.urandom(16))
+    return _uuid4_text(bytearray(os.urandom(16)))
+
+
+def new_id_pair() -> tuple[str, str]:
+    r"""Return two :func:`new_id`\ s (a task id and a delivery tag) from one system call."""
+    raw = bytearray(os.urandom(32))
+    return _uuid4_text(raw), _uuid4_text(raw[16:])
+
+
+def _uuid4_text(raw: bytearray) -> str:
+    """The UUID string of the first 16 bytes of ``raw``, made version 4 (``raw`` is changed)."""
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+#: Types whose ``repr`` is reprlib's (and :func:`saferepr`'s) when it is short.
+_FLAT = frozenset({int, str, float, bool, type(None)})
+#: No limit of ``saferepr``'s cuts a repr this short (ints are cut past 40 characters).
+_SHORT = 40
 
 
 def _args_repr(args: tuple[Any, ...]) -> str:
-    return saferepr(tuple(args), 1024) if args else "()"
+    if not args:
+        return "()"
+    # The usual few plain arguments: the builtin repr is saferepr's, without reprlib's walk.
+    if len(args) <= 6 and all(type(a) in _FLAT for a in args):
+        text = repr(tuple(args))
+        if len(text) <= _SHORT:
+            return text
+    return saferepr(tuple(args), 1024)
 
 
 def _kwargs_repr(kwargs: dict[str, Any]) -> str:
-    return saferepr(kwargs, 1024) if kwargs else "{}"
+    if not kwargs:
+        return "{}"
+    if len(kwargs) <= 6 and all(type(k) is str and type(v) in _FLAT for k, v in kwargs.items()):
+        text = "{" + ", ".join(f"{k!r}: {kwargs[k]!r}" for k in sorted(kwargs)) + "}"
+        if len(text) <= _SHORT:
+            return text
+    return saferepr(kwargs, 1024)
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+class Slots(NamedTuple):
+    """The envelope's values that change with every send, as JSON texts to write in."""
+
+    id: str
+    argsrepr: str
+    kwargsrepr: str
+    delivery_tag: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,28 +215,47 @@ class TaskMessage:
         """
         payload, content_type, encoding = self._payload()
         j = serializers.json_text
-        headers = self._headers_json() if not self.extra_headers else j(self.headers())
+        return self._wire_text(
+            base64.b64encode(payload).decode("ascii"),
+            content_type,
+            encoding,
+            queue,
+            Slots(
+                id=j(self.id),
+                argsrepr=j(_args_repr(self.args)),
+                kwargsrepr=j(_kwargs_repr(self.kwargs)),
+                delivery_tag=j(delivery_tag or new_id()),
+            ),
+        ).encode()
+
+    def _wire_text(
+        self, body: str, content_type: str, encoding: str, queue: str, slots: Slots
+    ) -> str:
+        """The envelope's JSON text, with the values of ``slots`` written in as given."""
+        j = serializers.json_text
+        headers = self._headers_json(slots) if not self.extra_headers else j(self.headers())
         return (
-            f'{{"body":"{base64.b64encode(payload).decode("ascii")}",'
+            f'{{"body":"{body}",'
             f'"content-encoding":{j(encoding)},"content-type":{j(content_type)},'
-            f'"headers":{headers},"properties":{{"correlation_id":{j(self.id)},'
+            f'"headers":{headers},"properties":{{"correlation_id":{slots.id},'
             f'"reply_to":{j(self.reply_to)},"delivery_mode":2,'
             f'"delivery_info":{{"exchange":"","routing_key":{j(queue)}}},'
             f'"priority":{j(self.priority)},"body_encoding":"base64",'
-            f'"delivery_tag":{j(delivery_tag or new_id())}}}}}'
-        ).encode()
+            f'"delivery_tag":{slots.delivery_tag}}}}}'
+        )
 
-    def _headers_json(self) -> str:
+    def _headers_json(self, slots: Slots) -> str:
         """The JSON text of :meth:`headers` when there are no extra headers."""
         j = serializers.json_text
         hard, soft = self.timelimit
+        root_id = j(self.root_id) if self.root_id else slots.id
         return (
-            f'{{"lang":"py","task":{j(self.task)},"id":{j(self.id)},"shadow":{j(self.shadow)},'
+            f'{{"lang":"py","task":{j(self.task)},"id":{slots.id},"shadow":{j(self.shadow)},'
             f'"eta":{j(_iso(self.eta))},"expires":{j(_iso(self.expires))},'
             f'"group":{j(self.group)},"group_index":{j(self.group_index)},'
             f'"retries":{j(self.retries)},"timelimit":[{j(hard)},{j(soft)}],'
-            f'"root_id":{j(self.root_id or self.id)},"parent_id":{j(self.parent_id)},'
-            f'"argsrepr":{j(_args_repr(self.args))},"kwargsrepr":{j(_kwargs_repr(self.kwargs))},'
+            f'"root_id":{root_id},"parent_id":{j(self.parent_id)},'
+            f'"argsrepr":{slots.argsrepr},"kwargsrepr":{slots.kwargsrepr},'
             f'"origin":{j(self.origin or _ORIGIN)},"ignore_result":{j(self.ignore_result)},'
             '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}}'
         )

@@ -104,7 +104,20 @@ def json_text(value: Any) -> str:
         return "false"
     if type(value) is int:  # what the encoder writes for an int, without building one
         return int.__repr__(value)
+    if _encode_chunks is not None:
+        return "".join(_encode_chunks(value, 0))
     return _encoder.encode(value)
+
+
+#: The C encoder ``_encoder.encode`` builds on every call, built once. Without the
+#: circular-reference check (its marker dict would be shared between threads): a cycle
+#: raises RecursionError here, and ``json_dumps`` still names it.
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # None without the C module
+_encode_chunks = (
+    _make_encoder(None, _json_default, _encode_str, None, ":", ",", False, False, True)
+    if _make_encoder is not None
+    else None
+)
 
 
 def json_loads(data: bytes | str) -> Any:

@@ -61,7 +61,7 @@ class AsyncResult(Generic[R]):
     """The pending result of one task, by id."""
 
     #: Drops this result's Redis pub/sub subscription (set by ``send_task``); called once,
-    #: by ``get()``, ``forget()`` or the garbage collector, whichever comes first.
+    #: by ``get()``, ``forget()`` or when the handle is collected, whichever comes first.
     _release: Callable[[], Any] | None = None
 
     def __init__(
@@ -243,6 +243,12 @@ class AsyncResult(Generic[R]):
         if self._release is not None:
             self._release()
             self._release = None
+
+    def __del__(self) -> None:
+        # A handle dropped before get(): its subscription goes (cheaper per send than a
+        # weakref.finalize; release never raises nor blocks).
+        if self._release is not None:
+            self._release()
 
     def revoke(
         self,

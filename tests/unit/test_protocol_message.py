@@ -16,9 +16,18 @@ from typing import Any
 import pytest
 
 from chard import Celery
+from chard._utils.log import saferepr
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
-from chard.protocol.message import TaskMessage, new_id, peek, salvage, with_header
+from chard.protocol.message import (
+    TaskMessage,
+    new_id,
+    new_id_pair,
+    peek,
+    salvage,
+    with_header,
+)
 from chard.protocol.serializers import json_dumps
+from chard.protocol.template import EnvelopeTemplate
 
 JSON = frozenset({"application/json"})
 
@@ -235,10 +244,12 @@ def test_new_id_is_a_uuid4_string() -> None:
 
 def test_new_id_is_what_str_of_a_uuid4_looks_like() -> None:
     for _ in range(2000):
-        value = new_id()
-        parsed = uuid.UUID(value)
-        assert str(parsed) == value
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        first, second = new_id_pair()
+        for value in (new_id(), first, second):
+            parsed = uuid.UUID(value)
+            assert str(parsed) == value
+            assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert first != second
 
 
 #: A message with every field set (not a default), for round trips and exact encodings.
@@ -948,3 +959,66 @@ def test_salvage_gives_up_without_a_readable_id_and_never_decodes_a_refused_body
     assert found is not None
     assert found.id == "id-2"
     assert found.chain is None
+
+
+# -- the cached envelope of plain sends ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message", [m for m in WIRE_VARIANTS if EnvelopeTemplate.fits(m)], ids=lambda m: m.id
+)
+@pytest.mark.parametrize("queue", ["celery", 'h\u00e9 "q"'])
+def test_a_template_renders_exactly_what_to_wire_writes(message: TaskMessage, queue: str) -> None:
+    tag = new_id()
+    template = EnvelopeTemplate(message.evolve(id="proto", args=(), kwargs={}), queue)
+
+    wire = template.render(message.id, message.args, message.kwargs, tag)
+
+    assert wire == message.to_wire(queue, tag)
+
+
+def test_a_template_from_a_message_that_is_its_own_root_roots_each_send_at_its_id() -> None:
+    template = EnvelopeTemplate(TaskMessage(task="t", id="proto", root_id="proto"), "celery")
+
+    headers = json.loads(template.render("id-2", (1,), {}))["headers"]
+
+    assert (headers["id"], headers["root_id"]) == ("id-2", "id-2")
+
+
+def test_templates_refuse_extra_headers_and_other_serializers() -> None:
+    assert not EnvelopeTemplate.fits(TaskMessage(task="t", id="1", extra_headers={"x": 1}))
+    assert not EnvelopeTemplate.fits(TaskMessage(task="t", id="1", serializer="pickle"))
+
+
+def test_a_template_raises_on_an_argument_json_cannot_encode() -> None:
+    template = EnvelopeTemplate(TaskMessage(task="t", id="proto"), "celery")
+
+    with pytest.raises(TypeError):
+        template.render("id-1", (object(),), {})
+
+
+_PLAIN_VALUES = [
+    0,
+    -5,
+    10**38,
+    10**39,
+    2**200,
+    1.5,
+    float("nan"),
+    True,
+    None,
+    "",
+    "\u00e9\n'\"",
+    "x" * 39,
+]
+
+
+@pytest.mark.parametrize("count", [1, 2, 6, 7])
+def test_short_plain_argument_reprs_are_saferepr_s(count: int) -> None:
+    for start in range(len(_PLAIN_VALUES)):
+        args = tuple(_PLAIN_VALUES[(start + i) % len(_PLAIN_VALUES)] for i in range(count))
+        kwargs = {f"k{i}": value for i, value in enumerate(reversed(args))}
+        message = TaskMessage(task="t", id="1", args=args, kwargs=kwargs)
+
+        assert message.argsrepr == saferepr(args, 1024)
+        assert message.kwargsrepr == saferepr(kwargs, 1024)
