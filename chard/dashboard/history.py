@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from chard.dashboard.query import Found, TaskFilter
 from chard.events.state import MAX_TIMELINE, TaskState
 
 #: (task id, time of its last change, its JSON record)
@@ -50,6 +51,41 @@ class History(ABC):
         Returns:
             How many were deleted.
         """
+
+    @abstractmethod
+    def get(self, uuid: str) -> str | None:
+        """Return the record of task ``uuid``, or None if the store has none."""
+
+    def scan(self) -> Iterator[tuple[str, str]]:
+        """Yield every ``(task id, record)``, the most recently changed first.
+
+        The base search reads through this; a store that can query does not need it.
+        """
+        raise NotImplementedError
+
+    def search(self, where: TaskFilter, offset: int, limit: int) -> Found:
+        """Return the page ``[offset, offset + limit)`` of the records matching ``where``.
+
+        This default reads every record (:meth:`scan`) and filters in Python: right
+        for a store with no secondary index (Redis), linear in the store's size.
+        """
+        found = Found(total=0, tasks=[])
+        counts: Counter[str] = Counter()
+        names: set[str] = set()
+        for uuid, text in self.scan():
+            task = decode(uuid, text)
+            if task is None:
+                continue
+            counts[task.state] += 1
+            if task.name:
+                names.add(task.name)
+            if where.matches(task):
+                if offset <= found.total < offset + limit:
+                    found.tasks.append(task)
+                found.total += 1
+        found.counts = dict(counts)
+        found.names = sorted(names)
+        return found
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

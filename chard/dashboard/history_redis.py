@@ -7,7 +7,7 @@ the newest are a ``ZREVRANGE`` and trimming is a range of the sorted set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from chard._redis.client import RedisErrors, open_client
@@ -54,6 +54,24 @@ class RedisHistory(History):
                 found.extend((i, _text(v)) for i, v in zip(chunk, values, strict=True) if v)
         found.reverse()
         return found
+
+    def get(self, uuid: str) -> str | None:
+        with self._errors():
+            value = self._client.hget(self._records, uuid)
+        return None if value is None else _text(value)
+
+    def scan(self) -> Iterator[tuple[str, str]]:
+        """Newest first, :data:`CHUNK` ids (one ZREVRANGE and one HMGET) at a time."""
+        start = 0
+        while True:
+            with self._errors():
+                newest = self._client.zrevrange(self._changed, start, start + CHUNK - 1)
+                ids = [_text(i) for i in newest]
+                values = self._client.hmget(self._records, ids) if ids else []
+            yield from ((i, _text(v)) for i, v in zip(ids, values, strict=True) if v)
+            if len(ids) < CHUNK:
+                return
+            start += CHUNK
 
     def trim(self, max_count: int, older_than: float | None) -> int:
         with self._errors():

@@ -33,6 +33,7 @@ def serve(
     enable_events: bool = True,
     keep_history: bool = True,
     history_days: float | None = 7.0,
+    history_max: int = 1_000_000,
 ) -> None:
     """Serve the dashboard on ``address:port`` until interrupted (SIGINT or SIGTERM).
 
@@ -50,6 +51,7 @@ def serve(
         enable_events=enable_events,
         history=history,
         history_days=history_days,
+        history_max=history_max,
     )
     asgi = create_app(monitor, credentials)
     config = uvicorn.Config(

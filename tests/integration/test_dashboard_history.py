@@ -1,13 +1,15 @@
-"""The dashboard's history stores on SQLite and Redis (issue 17): round trip and retention."""
+"""The dashboard's history stores on SQLite and Redis (issue 17): round trip, retention, search."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chard import Celery
+from chard.dashboard import views
 from chard.dashboard.history import History, decode, encode
 from chard.dashboard.monitor import Monitor
 from chard.dashboard.server import open_history
@@ -85,3 +87,64 @@ def test_a_monitor_saves_what_events_change_and_restores_it(backend_url: str) ->
 
 def test_no_backend_means_no_history() -> None:
     assert open_history(Celery("hist", broker="memory://")) is None
+
+
+# -- search over the whole history (beyond what memory keeps) ---------------------------
+def varied(i: int) -> TaskState:
+    found = task(f"id{i:04d}", 1000.0 + i)
+    found.state = "FAILURE" if i % 5 == 0 else "SUCCESS"
+    found.name = "proj.mul" if i % 2 else "proj.add"
+    found.worker = f"w{i % 3}@h"
+    found.args = f"({i}, 'needle-{i % 7}')"
+    return found
+
+
+def test_the_list_searches_the_history_beyond_the_memory_window(backend_url: str) -> None:
+    app = Celery("hist", broker="memory://", backend=backend_url)
+    monitor = Monitor(app, max_tasks=20, history=open_history(app))
+    assert monitor.history is not None
+    monitor.history.save([encode(varied(i)) for i in range(300)])
+    monitor.restore()
+    assert len(monitor.state.tasks) == 20  # memory holds the newest 20 only
+
+    everything = views.tasks(monitor, views.TaskFilter(), 0, 50)
+    assert everything["total"] == 300
+    assert everything["source"] == "history"
+    assert [t["id"] for t in everything["tasks"][:2]] == ["id0299", "id0298"]
+    assert everything["counts"] == {"FAILURE": 60, "SUCCESS": 240}
+    assert everything["names"] == ["proj.add", "proj.mul"]
+
+    where = views.TaskFilter(state="FAILURE", name="add", worker="w0@h")
+    expected = [i for i in range(299, -1, -1) if i % 5 == 0 and i % 2 == 0 and i % 3 == 0]
+    second = views.tasks(monitor, where, 3, 4)  # a page deep into the oldest ones
+    assert second["total"] == len(expected)
+    assert [t["id"] for t in second["tasks"]] == [f"id{i:04d}" for i in expected[3:7]]
+
+    needle = views.tasks(monitor, views.TaskFilter(search="needle-3"), 0, 500)
+    assert needle["total"] == len([i for i in range(300) if i % 7 == 3])
+    by_id = views.tasks(monitor, views.TaskFilter(id="id001"), 0, 50)
+    assert sorted(t["id"] for t in by_id["tasks"]) == [f"id{i:04d}" for i in range(10, 20)]
+    span = views.tasks(monitor, views.TaskFilter(since=1010.0, until=1014.0), 0, 50)
+    assert [t["id"] for t in span["tasks"]] == [f"id{i:04d}" for i in range(14, 9, -1)]
+
+    # a task memory forgot still has its page, read from the history
+    assert views.task(monitor, "id0001")["args"] == "(1, 'needle-1')"
+
+
+def test_an_older_sqlite_table_gets_the_filter_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/results.sqlite3"
+    with sqlite3.connect(tmp_path / "results.sqlite3") as conn:  # as the first release wrote it
+        conn.execute(
+            "CREATE TABLE chard_dashboard_tasks "
+            "(uuid TEXT PRIMARY KEY, changed REAL NOT NULL, record TEXT NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO chard_dashboard_tasks VALUES (?, ?, ?)",
+            [encode(varied(i)) for i in range(10)],
+        )
+    conn.close()
+    store = open_history(Celery("hist", broker="memory://", backend=url))
+    assert store is not None
+    found = store.search(views.TaskFilter(state="FAILURE"), 0, 50)
+    assert [t.uuid for t in found.tasks] == ["id0005", "id0000"]
+    store.close()
