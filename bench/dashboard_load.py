@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = f"sqlite:///{folder}/broker.sqlite3"
         if args.redis:
             prefix = f"benchdash-{uuid.uuid4().hex[:8]}."
-            backend = f"{args.redis}?keyprefix={prefix}"
+            backend = f"{args.redis}?global_keyprefix={prefix}"
         else:
             backend = f"sqlite:///{folder}/results.sqlite3"
         filled = fill(backend, args.tasks)
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=30)
             if args.redis:
                 _drop_redis(backend)
-    print(f"| dashboard, {args.tasks:,} tasks ({'Redis' if args.redis else 'SQLite'}) | bytes | ms |")
+    kind = "Redis" if args.redis else "SQLite"
+    print(f"| dashboard, {args.tasks:,} tasks ({kind}) | bytes | ms |")
     print("|---|---:|---:|")
     for what, size, ms in rows:
         print(f"| {what} | {size} | {ms} |")

@@ -3,7 +3,8 @@
 The tasks are linked by what their events tell: ``parent_id`` (the task that sent
 it: a chain's previous step, a callback's task), ``root_id`` (the workflow's first
 task), ``group_id`` (a group's members) and ``chord_body_id`` (a chord's header
-members name its body). :func:`related` gathers the tasks of one workflow;
+members name its body). :func:`related` gathers the tasks of one workflow, from
+memory (:func:`in_memory`) or from a history store that can query its links;
 :func:`layout` places them: a task one column right of every task that leads to it,
 so a chain reads left to right and a chord as its header column, then its body.
 
@@ -13,9 +14,11 @@ renders nothing (the page writes every name as SVG text, never as markup).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from chard.dashboard.query import Links, keys, links
 from chard.events.state import TaskState
 
 #: Most tasks drawn; a larger workflow is cut (the answer says so).
@@ -24,56 +27,40 @@ MAX_NODES = 60
 BOX_W, BOX_H, GAP_X, GAP_Y, PAD = 190, 46, 48, 14, 8
 
 
-def _keys(task: TaskState) -> tuple[str | None, str | None, str | None]:
-    """(root id, group id, chord body id) of ``task``."""
-    group = task.extra.get("group_id")
-    body = task.extra.get("chord_body_id")
-    return (
-        task.root_id,
-        group if isinstance(group, str) else None,
-        body if isinstance(body, str) else None,
-    )
+#: Returns the tasks linked to a :class:`Links` (at most a given number): from memory
+#: (:func:`in_memory`) or from a history store's query.
+Neighbours = Callable[[Links, int], Iterable[TaskState]]
 
 
-def related(
-    task: TaskState, kept: Mapping[str, TaskState], limit: int = MAX_NODES
-) -> list[TaskState]:
-    """Return ``task``'s workflow among ``kept`` (``task`` first), at most ``limit`` tasks.
+def related(task: TaskState, neighbours: Neighbours, limit: int = MAX_NODES) -> list[TaskState]:
+    """Return ``task``'s workflow (``task`` first), at most ``limit`` tasks.
 
     A task belongs when it shares the root or the group of one that belongs, is its
-    parent, child or chord body, or names one that belongs as its chord body. Passes
-    over the linked tasks repeat until nothing joins (a chord's header members have
-    roots of their own, reached through their body).
+    parent, child or chord body, or names one that belongs as its chord body. Rounds
+    of ``neighbours`` repeat until nothing joins (a chord's header members have roots
+    of their own, reached through their body).
     """
-    linked = [t for t in kept.values() if _is_linked(t)]
     found: dict[str, TaskState] = {task.uuid: task}
     while len(found) < limit:
         size = len(found)
-        roots = {_keys(t)[0] for t in found.values()} - {None}
-        groups = {_keys(t)[1] for t in found.values()} - {None}
-        # the root, the parents and the chord bodies named, by id
-        ids = [k for t in found.values() for k in (*_keys(t), t.parent_id)]
-        for uuid in ids:
-            other = kept.get(uuid) if uuid is not None else None
-            if other is not None and len(found) < limit:
-                found.setdefault(other.uuid, other)
-        for other in linked:
+        for other in neighbours(links(found.values()), limit):
             if len(found) >= limit:
                 break
-            root, group, body = _keys(other)
-            if other.uuid not in found and (
-                root in roots or group in groups or body in found or other.parent_id in found
-            ):
-                found[other.uuid] = other
+            found.setdefault(other.uuid, other)
         if len(found) == size:
             break
     return list(found.values())
 
 
-def _is_linked(task: TaskState) -> bool:
-    """Whether ``task`` names another (a task alone in its workflow does not)."""
-    root, group, body = _keys(task)
-    return bool(task.parent_id or group or body or (root and root != task.uuid))
+def in_memory(kept: Mapping[str, TaskState]) -> Neighbours:
+    """:data:`Neighbours` over the tasks kept in memory (one pass over them per round)."""
+
+    def neighbours(linked: Links, limit: int) -> list[TaskState]:
+        named = [kept[i] for i in linked.named if i in kept]
+        near = (t for t in kept.values() if t.uuid not in linked.ids and linked.reach(t))
+        return [*named, *itertools.islice(near, limit)]
+
+    return neighbours
 
 
 def layout(tasks: list[TaskState], current: str, cut: bool = False) -> dict[str, Any]:
@@ -83,7 +70,7 @@ def layout(tasks: list[TaskState], current: str, cut: bool = False) -> dict[str,
     for task in tasks:
         if task.parent_id in ids and task.parent_id != task.uuid:
             edges.append((str(task.parent_id), task.uuid))
-        body = _keys(task)[2]
+        body = keys(task)[2]
         if body in ids and body != task.uuid:
             edges.append((task.uuid, str(body)))
     edges = list(dict.fromkeys(edges))

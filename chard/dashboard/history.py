@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from chard.dashboard.query import Found, TaskFilter
+from chard.dashboard.query import Found, Links, TaskFilter
 from chard.events.state import MAX_TIMELINE, TaskState
 
 #: (task id, time of its last change, its JSON record)
@@ -86,6 +86,13 @@ class History(ABC):
         found.counts = dict(counts)
         found.names = sorted(names)
         return found
+
+    def neighbours(self, linked: Links, limit: int) -> list[TaskState] | None:
+        """Return up to ``limit`` stored tasks linked to ``linked`` (see :mod:`.graph`).
+
+        None: this store cannot query links (the workflow is then drawn from memory).
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

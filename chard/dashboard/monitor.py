@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from chard.beat.store import ScheduleStore
 from chard.beat.stores import open_schedule_store
+from chard.dashboard import graph
 from chard.dashboard.history import History, decode, encode
 from chard.dashboard.metrics import Metrics
-from chard.dashboard.query import Found, TaskFilter
+from chard.dashboard.query import Found, Links, TaskFilter
 from chard.events.state import State, TaskState
 from chard.exceptions import ChardError
 from chard.protocol.events import Event
@@ -188,6 +189,25 @@ class Monitor:
             return found
         text = self.history.get(task_id)
         return None if text is None else decode(task_id, text)
+
+    def workflow(self, task: TaskState) -> list[TaskState]:
+        """Return ``task``'s canvas workflow (:func:`.graph.related`), at most MAX_NODES.
+
+        Queried in the history when its store can (after saving what changed), so a
+        workflow memory has partly forgotten is whole; else from memory.
+        """
+        store = self.history
+        if store is not None:
+            self.save()
+
+        def neighbours(linked: Links, limit: int) -> list[TaskState]:
+            found = store.neighbours(linked, limit) if store is not None else None
+            if found is not None:
+                return found
+            with self.lock:
+                return list(graph.in_memory(self.state.tasks)(linked, limit))
+
+        return graph.related(task, neighbours)
 
     def _keep_loop(self) -> None:
         assert self.history is not None

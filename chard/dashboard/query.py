@@ -1,4 +1,5 @@
-"""What the task list asks for (:class:`TaskFilter`), and what a history search answers.
+"""What the task list asks for (:class:`TaskFilter`), what a history search answers, and
+how a task names the others of its workflow (:class:`Links`, for :mod:`.graph`).
 
 Here, below both the views and the history stores, so that one filter is matched
 in memory (:meth:`TaskFilter.matches`) and turned into each store's query with the
@@ -9,6 +10,7 @@ task's last change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chard.events.state import TaskState
@@ -58,3 +60,51 @@ class Found:
     tasks: list[TaskState]
     counts: dict[str, int] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Links:
+    """What the workflow found so far names: its task ids, roots and groups.
+
+    ``named`` are the ids its tasks point at (root, parent, chord body); a task
+    belongs when it is named, shares a root or a group, or points at one of ``ids``.
+    """
+
+    ids: frozenset[str]
+    named: frozenset[str]
+    roots: frozenset[str]
+    groups: frozenset[str]
+
+    def reach(self, task: TaskState) -> bool:
+        """Whether ``task`` is linked to the workflow found so far."""
+        root, group, body = keys(task)
+        return (
+            task.uuid in self.named
+            or root in self.roots
+            or group in self.groups
+            or body in self.ids
+            or task.parent_id in self.ids
+        )
+
+
+def keys(task: TaskState) -> tuple[str | None, str | None, str | None]:
+    """(root id, group id, chord body id) of ``task``."""
+    group = task.extra.get("group_id")
+    body = task.extra.get("chord_body_id")
+    return (
+        task.root_id,
+        group if isinstance(group, str) else None,
+        body if isinstance(body, str) else None,
+    )
+
+
+def links(found: Iterable[TaskState]) -> Links:
+    """The :class:`Links` of the tasks ``found``."""
+    tasks = list(found)
+    named = {k for t in tasks for k in (keys(t)[0], keys(t)[2], t.parent_id) if k}
+    return Links(
+        ids=frozenset(t.uuid for t in tasks),
+        named=frozenset(named),
+        roots=frozenset(r for r in (keys(t)[0] for t in tasks) if r),
+        groups=frozenset(g for g in (keys(t)[1] for t in tasks) if g),
+    )

@@ -234,8 +234,8 @@ def _task_row(task: TaskState) -> dict[str, Any]:
 def task(monitor: Monitor, task_id: str) -> dict[str, Any]:
     """A task's page: its fields, timeline, workflow links and graph (:mod:`.graph`).
 
-    A task memory no longer keeps is read from the history; its workflow is drawn
-    from the tasks memory keeps.
+    A task memory no longer keeps is read from the history, and so is its workflow
+    where the store can query links (SQLite); children are those the graph holds.
     """
     try:
         found = monitor.find(task_id)
@@ -243,11 +243,13 @@ def task(monitor: Monitor, task_id: str) -> dict[str, Any]:
         raise ApiError(503, f"cannot read the dashboard history: {exc}") from exc
     if found is None:
         raise ApiError(404, f"no task {task_id!r} is kept (unknown, or forgotten as old)")
+    try:
+        flow = monitor.workflow(found)
+    except ChardError as exc:
+        raise ApiError(503, f"cannot read the dashboard history: {exc}") from exc
+    children = [t.uuid for t in flow if t.parent_id == task_id]
+    drawing = graph.layout(flow, task_id, cut=len(flow) >= graph.MAX_NODES)
     with monitor.lock:
-        kept = monitor.state.tasks
-        children = [t.uuid for t in kept.values() if t.parent_id == task_id]
-        flow = graph.related(found, kept)
-        drawing = graph.layout(flow, task_id, cut=len(flow) >= graph.MAX_NODES)
         row = {
             **_task_row(found),
             "result": found.result,

@@ -10,7 +10,7 @@ import pytest
 
 from chard import Celery
 from chard.dashboard import views
-from chard.dashboard.history import History, decode, encode
+from chard.dashboard.history import History, Record, decode, encode
 from chard.dashboard.monitor import Monitor
 from chard.dashboard.server import open_history
 from chard.events.state import TaskState
@@ -148,3 +148,31 @@ def test_an_older_sqlite_table_gets_the_filter_columns(tmp_path: Path) -> None:
     found = store.search(views.TaskFilter(state="FAILURE"), 0, 50)
     assert [t.uuid for t in found.tasks] == ["id0005", "id0000"]
     store.close()
+
+
+def linked(uuid: str, stamp: float, root: str, parent: str | None = None, **extra: str) -> Record:
+    found = task(uuid, stamp)
+    found.root_id, found.parent_id = root, parent
+    found.extra.update(extra)
+    return encode(found)
+
+
+def test_a_workflow_memory_forgot_is_drawn_from_the_sqlite_history(tmp_path: Path) -> None:
+    app = Celery("hist", broker="memory://", backend=f"sqlite:///{tmp_path}/r.sqlite3")
+    monitor = Monitor(app, max_tasks=2, history=open_history(app))
+    assert monitor.history is not None
+    monitor.history.save([
+        linked("a", 1.0, "a"), linked("b", 2.0, "a", "a"), linked("c", 3.0, "a", "b"),
+        linked("h1", 4.0, "h1", group_id="g", chord_body_id="body"),
+        linked("h2", 5.0, "h2", group_id="g", chord_body_id="body"),
+        linked("body", 6.0, "h2", "h2"),
+        *[encode(task(f"other{i}", 10.0 + i)) for i in range(5)],
+    ])  # fmt: skip
+    monitor.restore()
+    assert "a" not in monitor.state.tasks  # memory keeps the newest two only
+
+    page = views.task(monitor, "b")
+    assert {n["id"] for n in page["graph"]["nodes"]} == {"a", "b", "c"}
+    assert page["children"] == ["c"]
+    chord = views.task(monitor, "h1")["graph"]
+    assert {(e["from"], e["to"]) for e in chord["edges"]} == {("h1", "body"), ("h2", "body")}

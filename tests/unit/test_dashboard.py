@@ -188,16 +188,16 @@ def test_a_chain_is_drawn_as_a_sequence_and_a_chord_as_header_then_body() -> Non
         event("task-received", "body", 6.0, name="p.sum", root_id="h2", parent_id="h2"),
         event("task-received", "alone", 7.0, name="p.other"),
     )  # fmt: skip
-    chain = graph.layout(graph.related(state.tasks["b"], state.tasks), "b")
+    chain = graph.layout(graph.related(state.tasks["b"], graph.in_memory(state.tasks)), "b")
     assert columns_of(chain) == {"a": 0, "b": 1, "c": 2}
     assert {(e["from"], e["to"]) for e in chain["edges"]} == {("a", "b"), ("b", "c")}
     assert [n["id"] for n in chain["nodes"] if n["current"]] == ["b"]
 
-    chord = graph.layout(graph.related(state.tasks["h1"], state.tasks), "h1")
+    chord = graph.layout(graph.related(state.tasks["h1"], graph.in_memory(state.tasks)), "h1")
     assert columns_of(chord) == {"h1": 0, "h2": 0, "body": 1}
     assert {(e["from"], e["to"]) for e in chord["edges"]} == {("h1", "body"), ("h2", "body")}
 
-    single = graph.related(state.tasks["alone"], state.tasks)
+    single = graph.related(state.tasks["alone"], graph.in_memory(state.tasks))
     assert [t.uuid for t in single] == ["alone"]
 
 
@@ -207,5 +207,5 @@ def test_a_large_workflow_is_cut() -> None:
         *[event("task-received", f"k{i}", 1.0 + i, root_id="root", parent_id="root")
           for i in range(100)],
     )  # fmt: skip
-    flow = graph.related(state.tasks["root"], state.tasks)
+    flow = graph.related(state.tasks["root"], graph.in_memory(state.tasks))
     assert len(flow) == graph.MAX_NODES
