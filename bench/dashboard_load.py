@@ -1,8 +1,8 @@
 """Page weight and load time of the dashboard with 100,000 tasks in its history (issue 17).
 
-Fills a fresh history store (the SQLite result backend's file by default, or Redis
-with ``--redis``) with ``--tasks`` task records, starts ``chard dashboard`` through
-the CLI on it, and measures over HTTP on loopback, median of ``--runs``:
+Fills a fresh history store (the SQLite result backend's file by default, Redis with
+``--redis``, PostgreSQL with ``--postgres``) with ``--tasks`` task records, starts
+``chard dashboard`` through the CLI on it, and measures over HTTP on loopback, median of ``--runs``:
 
 * the page: ``/`` plus its script and style sheet (bytes; the page holds no data),
 * the JSON list API: first page, a filtered page (state + worker), a name filter,
@@ -10,7 +10,8 @@ the CLI on it, and measures over HTTP on loopback, median of ``--runs``:
 * with ``--browser`` (Debian's chromium and chromium-driver, through Selenium): the
   time from navigation to the task list's rows drawn, as a person would wait.
 
-Run: ``.venv/bin/python -m bench.dashboard_load [--tasks 100000] [--redis URL]``.
+Run: ``.venv/bin/python -m bench.dashboard_load [--tasks 100000] [--browser]
+[--redis URL | --postgres URL]``.
 Prints a markdown table. Everything it starts (the dashboard) it stops; the files
 live in a temporary folder, the Redis keys under a fresh prefix that is deleted.
 """
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--port", type=int, default=5599)
     parser.add_argument("--redis", help="a Redis URL: the history in Redis, not SQLite")
+    parser.add_argument("--postgres", help="a PostgreSQL URL: the history in a fresh schema")
     parser.add_argument("--browser", action="store_true", help="also time the page in chromium")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.redis:
             prefix = f"benchdash-{uuid.uuid4().hex[:8]}."
             backend = f"{args.redis}?global_keyprefix={prefix}"
+        elif args.postgres:
+            backend = f"{args.postgres}?schema=benchdash_{uuid.uuid4().hex[:8]}"
         else:
             backend = f"sqlite:///{folder}/results.sqlite3"
         filled = fill(backend, args.tasks)
@@ -172,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=30)
             if args.redis:
                 _drop_redis(backend)
-    kind = "Redis" if args.redis else "SQLite"
+            if args.postgres:
+                _drop_schema(backend)
+    kind = "Redis" if args.redis else "PostgreSQL" if args.postgres else "SQLite"
     print(f"| dashboard, {args.tasks:,} tasks ({kind}) | bytes | ms |")
     print("|---|---:|---:|")
     for what, size, ms in rows:
@@ -205,6 +211,14 @@ def report(base: str, args: Any, filled: float, ready: float) -> list[tuple[str,
         ms, size = measure(base + path, args.runs)
         rows.append((what, size, f"{ms:.1f}"))
     return rows
+
+
+def _drop_schema(backend: str) -> None:
+    import psycopg
+
+    conninfo, _, schema = backend.partition("?schema=")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _drop_redis(backend: str) -> None:

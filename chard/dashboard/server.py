@@ -76,7 +76,8 @@ def open_history(app: Celery) -> History | None:
     """Return the history store in ``app``'s result backend, or None if it has none.
 
     ``sqlite://`` uses the backend's file, ``redis://``/``rediss://``/``unix://`` its
-    Redis (and key prefix); anything else (no backend, ``memory://``) has no history.
+    Redis (and key prefix), ``postgresql://`` its schema; anything else (no backend,
+    ``memory://``) has no history.
     """
     url = app.backend_url
     if not url:
@@ -88,4 +89,8 @@ def open_history(app: Celery) -> History | None:
         from chard.dashboard.history_redis import RedisHistory  # needs the redis extra
 
         return RedisHistory(url, app.conf.result_backend_transport_options)
+    if scheme in ("postgresql", "postgres", "db+postgresql", "db+postgres"):
+        from chard.dashboard.history_postgres import PostgresHistory  # needs the postgres extra
+
+        return PostgresHistory(url.removeprefix("db+"), app.conf.result_backend_transport_options)
     return None

@@ -1,4 +1,5 @@
-"""The dashboard's history stores on SQLite and Redis (issue 17): round trip, retention, search."""
+"""The dashboard's history stores on SQLite, Redis and PostgreSQL (issue 17): round trip,
+retention, search, workflows."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from chard.dashboard.history import History, Record, decode, encode
 from chard.dashboard.monitor import Monitor
 from chard.dashboard.server import open_history
 from chard.events.state import TaskState
-from tests.helpers import redis_url
+from tests.helpers import drop_postgres_schema, postgres_url, redis_url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/results.sqlite3"
-    return redis_url()
+        yield f"sqlite:///{tmp_path}/results.sqlite3"
+    elif request.param == "redis":
+        yield redis_url()
+    else:
+        url = postgres_url()
+        yield url
+        drop_postgres_schema(url)
 
 
 @pytest.fixture
@@ -83,6 +89,9 @@ def test_a_monitor_saves_what_events_change_and_restores_it(backend_url: str) ->
     assert restored.state == "SUCCESS"
     assert restored.name == "proj.add"
     assert [kind for kind, _ in restored.timeline] == ["task-received", "task-succeeded"]
+    for monitor in (first, second):
+        assert monitor.history is not None
+        monitor.history.close()
 
 
 def test_no_backend_means_no_history() -> None:
@@ -129,6 +138,7 @@ def test_the_list_searches_the_history_beyond_the_memory_window(backend_url: str
 
     # a task memory forgot still has its page, read from the history
     assert views.task(monitor, "id0001")["args"] == "(1, 'needle-1')"
+    monitor.history.close()
 
 
 def test_an_older_sqlite_table_gets_the_filter_columns(tmp_path: Path) -> None:
@@ -157,8 +167,10 @@ def linked(uuid: str, stamp: float, root: str, parent: str | None = None, **extr
     return encode(found)
 
 
-def test_a_workflow_memory_forgot_is_drawn_from_the_sqlite_history(tmp_path: Path) -> None:
-    app = Celery("hist", broker="memory://", backend=f"sqlite:///{tmp_path}/r.sqlite3")
+def test_a_workflow_memory_forgot_is_drawn_from_an_sql_history(backend_url: str) -> None:
+    if backend_url.startswith("redis"):
+        pytest.skip("Redis cannot query links: its workflow is drawn from memory")
+    app = Celery("hist", broker="memory://", backend=backend_url)
     monitor = Monitor(app, max_tasks=2, history=open_history(app))
     assert monitor.history is not None
     monitor.history.save([
@@ -176,3 +188,18 @@ def test_a_workflow_memory_forgot_is_drawn_from_the_sqlite_history(tmp_path: Pat
     assert page["children"] == ["c"]
     chord = views.task(monitor, "h1")["graph"]
     assert {(e["from"], e["to"]) for e in chord["edges"]} == {("h1", "body"), ("h2", "body")}
+    monitor.history.close()
+
+
+def test_redis_records_written_before_the_index_are_still_searched() -> None:
+    from chard.dashboard.history_redis import RedisHistory
+
+    store = open_history(Celery("hist", broker="memory://", backend=redis_url()))
+    assert isinstance(store, RedisHistory)
+    old = [encode(varied(i)) for i in range(10)]
+    store._client.hset(store._records, mapping={u: t for u, _, t in old})  # no index entries
+    store._client.zadd(store._changed, {u: c for u, c, _ in old})
+    found = store.search(views.TaskFilter(state="FAILURE"), 0, 50)
+    assert [t.uuid for t in found.tasks] == ["id0005", "id0000"]
+    assert found.counts == {"FAILURE": 2, "SUCCESS": 8}
+    store.close()
