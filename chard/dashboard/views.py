@@ -163,6 +163,9 @@ class TaskFilter(query.TaskFilter):
             raise ApiError(
                 400, f"state={self.state!r} is not a task state; one of {_states_listed()}"
             )
+        for name in ("name", "worker", "id", "search"):
+            if "\x00" in (getattr(self, name) or ""):
+                raise ApiError(400, f"{name} contains a NUL character; remove it")
 
 
 def _states_listed() -> str:

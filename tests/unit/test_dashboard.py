@@ -209,3 +209,9 @@ def test_a_large_workflow_is_cut() -> None:
     )  # fmt: skip
     flow = graph.related(state.tasks["root"], graph.in_memory(state.tasks))
     assert len(flow) == graph.MAX_NODES
+
+
+def test_a_filter_with_a_nul_character_is_a_400() -> None:
+    with pytest.raises(views.ApiError, match="search contains a NUL character") as info:
+        views.TaskFilter(search="a\x00b").check()
+    assert info.value.status == 400
