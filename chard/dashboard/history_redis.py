@@ -21,12 +21,13 @@ from typing import Any
 from chard._redis.client import RedisErrors, open_client
 from chard._redis.url import parse_redis_url
 from chard.dashboard.history import History, Record, Reused, Summary, decode
-from chard.dashboard.query import Found, TaskFilter
+from chard.dashboard.query import Brief, Found, TaskFilter
 from chard.events.state import TaskState
 from chard.exceptions import BackendConnectionError, BackendError
 
-#: Records fetched per HMGET when loading.
+#: Records fetched per HMGET when loading, index entries per round trip when searching.
 CHUNK = 1_000
+SCAN_CHUNK = 10_000
 #: The record's fields copied into the index, in its order.
 INDEXED = ("state", "name", "worker", "args", "kwargs")
 #: Seconds the counts per state and the names are reused (another process may write).
@@ -96,10 +97,10 @@ class RedisHistory(History):
         states: Counter[str] = Counter()
         names: set[str] = set()
         for task in self._briefs():
-            states[task.state] += 1
+            states[task.state or "PENDING"] += 1
             if task.name:
                 names.add(task.name)
-            if where.matches(task):
+            if where.matches_brief(task):
                 if offset <= total < offset + limit:
                     page.append(task.uuid)
                 total += 1
@@ -107,13 +108,13 @@ class RedisHistory(History):
         self._summary.put(summary)
         return (total, page), summary
 
-    def _briefs(self) -> Iterator[TaskState]:
+    def _briefs(self) -> Iterator[Brief]:
         """Every task as its index entry tells it (the filtered fields), newest first."""
         start = 0
         while True:
             with self._errors():
                 chunk: list[Any] = self._client.zrevrange(
-                    self._changed, start, start + CHUNK - 1, withscores=True
+                    self._changed, start, start + SCAN_CHUNK - 1, withscores=True
                 )
                 ids = [_text(i) for i, _ in chunk]
                 briefs = self._client.hmget(self._index, ids) if ids else []
@@ -121,14 +122,18 @@ class RedisHistory(History):
                 task = _brief(uuid, float(changed), brief) if brief else self._task(uuid)
                 if task is not None:
                     yield task
-            if len(ids) < CHUNK:
+            if len(ids) < SCAN_CHUNK:
                 return
-            start += CHUNK
+            start += SCAN_CHUNK
 
-    def _task(self, uuid: str) -> TaskState | None:
+    def _task(self, uuid: str) -> Brief | None:
         """A task with no index entry (written by an older dashboard), from its record."""
         text = self.get(uuid)
-        return None if text is None else decode(uuid, text)
+        task = None if text is None else decode(uuid, text)
+        if task is None:
+            return None
+        return Brief(uuid, task.timestamp or 0.0, task.state, task.name, task.worker,
+                     task.args, task.kwargs)  # fmt: skip
 
     def _tasks(self, ids: list[str]) -> list[TaskState]:
         if not ids:
@@ -173,12 +178,10 @@ def _indexed(text: str) -> str:
     return json.dumps([fields.get(name) for name in INDEXED])
 
 
-def _brief(uuid: str, changed: float, entry: Any) -> TaskState | None:
-    """A task holding only the filtered fields of its index ``entry``."""
+def _brief(uuid: str, changed: float, entry: Any) -> Brief | None:
+    """The filtered fields of a task, from its index ``entry``."""
     try:
         state, name, worker, args, kwargs = json.loads(_text(entry))
     except ValueError:
         return None
-    task = TaskState(uuid, name=name, state=state or "PENDING", worker=worker)
-    task.args, task.kwargs, task.timestamp = args, kwargs, changed
-    return task
+    return Brief(uuid, changed, state, name, worker, args, kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from chard.events.state import TaskState
 
@@ -34,17 +35,36 @@ class TaskFilter:
 
     def matches(self, task: TaskState) -> bool:
         """Return whether ``task`` passes every field set."""
+        return self.matches_brief(
+            Brief(task.uuid, task.timestamp or 0.0, task.state, task.name, task.worker,
+                  task.args, task.kwargs)
+        )  # fmt: skip
+
+    def matches_brief(self, task: Brief) -> bool:
+        """:meth:`matches` for the filtered fields alone (a store's index entry)."""
         found = (
             (self.state is None or task.state == self.state)
             and (self.name is None or self.name in (task.name or ""))
             and (self.worker is None or self.worker == task.worker)
             and (self.id is None or task.uuid.startswith(self.id))
-            and (self.since is None or (task.timestamp or 0) >= self.since)
-            and (self.until is None or (task.timestamp or 0) <= self.until)
+            and (self.since is None or task.changed >= self.since)
+            and (self.until is None or task.changed <= self.until)
         )
         if found and self.search is not None:
             return self.search in (task.args or "") or self.search in (task.kwargs or "")
         return found
+
+
+class Brief(NamedTuple):
+    """What a filter reads of a task: a store's index entry, cheaper than a TaskState."""
+
+    uuid: str
+    changed: float
+    state: str | None
+    name: str | None
+    worker: str | None
+    args: str | None
+    kwargs: str | None
 
 
 @dataclass
