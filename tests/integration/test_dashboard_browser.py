@@ -134,11 +134,13 @@ def filter_by_args(driver: WebDriver) -> bool:
     return True
 
 
-def graph_nodes(driver: WebDriver, count: int) -> set[str] | None:
-    """The task ids the workflow graph draws, once it draws ``count`` of them."""
+def graph_nodes(driver: WebDriver, current: str, count: int) -> set[str] | None:
+    """The task ids the workflow graph of task ``current`` draws, once it draws ``count``."""
     nodes = driver.find_elements(By.CSS_SELECTOR, "svg.workflow a.node")
     ids = {str(n.get_attribute("data-task")) for n in nodes}
-    return ids if len(ids) == count else None
+    outlined = driver.find_elements(By.CSS_SELECTOR, "svg.workflow a.node:has(rect.current)")
+    here = [str(n.get_attribute("data-task")) for n in outlined] == [current]
+    return ids if here and len(ids) == count else None
 
 
 def click(driver: WebDriver, xpath: str) -> bool:
@@ -161,7 +163,7 @@ def test_a_person_watches_workers_and_tasks_revokes_one_and_finds_it_after_a_res
 ) -> None:
     from itproj.tasks import add, block_until
 
-    from chard import chain
+    from chard import chain, chord
 
     # Given a dashboard with its page open, and no worker yet
     dashboard = dashboards.start("--inspect-interval", "1")
@@ -196,11 +198,24 @@ def test_a_person_watches_workers_and_tasks_revokes_one_and_finds_it_after_a_res
 
     # And a chain step's page draws the chain: three boxes, two arrows, this one outlined
     open_route(browser, dashboard, f"#/task/{middle.id}")
-    drawn = until(browser, "the workflow graph", lambda d: graph_nodes(d, 3))
+    drawn = until(browser, "the workflow graph", lambda d: graph_nodes(d, middle.id, 3))
     assert drawn == {first.id, middle.id, flow.id}
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.workflow path.edge")) == 2
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.workflow rect.current")) == 1
     shots(browser, "3-chain-graph")
+
+    # And a chord's body draws its header members leading to it
+    joined = chord([add.s(1, 1), add.s(2, 2)], add.s([100])).apply_async()
+    assert joined.get(timeout=60) == [2, 4, 100]
+    header = joined.parent
+    assert header is not None
+    members = {r.id for r in header.results}
+    wait_for(lambda: task_in(dashboard, joined.id, states.SUCCESS), timeout=PATIENCE)
+    open_route(browser, dashboard, f"#/task/{joined.id}")
+    drawn = until(browser, "the chord's graph", lambda d: graph_nodes(d, joined.id, 3))
+    assert drawn == {*members, joined.id}
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.workflow path.edge")) == 2
+    shots(browser, "3b-chord-graph")
 
     # When a task waits behind a busy pool (known from its task-sent event) and is revoked
     # from its page
