@@ -135,11 +135,16 @@ def filter_by_args(driver: WebDriver) -> bool:
 
 
 def graph_nodes(driver: WebDriver, current: str, count: int) -> set[str] | None:
-    """The task ids the workflow graph of task ``current`` draws, once it draws ``count``."""
-    nodes = driver.find_elements(By.CSS_SELECTOR, "svg.workflow a.node")
-    ids = {str(n.get_attribute("data-task")) for n in nodes}
-    outlined = driver.find_elements(By.CSS_SELECTOR, "svg.workflow a.node:has(rect.current)")
-    here = [str(n.get_attribute("data-task")) for n in outlined] == [current]
+    """The task ids the workflow graph of task ``current`` draws, once it draws ``count``.
+
+    Read in one script, so a redraw between two reads cannot mix two views.
+    """
+    nodes = driver.execute_script(
+        "return [...document.querySelectorAll('svg.workflow a.node')].map((n) =>"
+        " [n.getAttribute('data-task'), n.querySelector('rect.current') !== null]);"
+    )
+    ids = {str(task) for task, _ in nodes}
+    here = [str(task) for task, outlined in nodes if outlined] == [current]
     return ids if here and len(ids) == count else None
 
 
