@@ -47,7 +47,14 @@ from chard.cli.process import setup_logging
     type=click.FloatRange(0, min_open=True),
     default=7.0,
     show_default=True,
-    help="Forget tasks unchanged for this many days (and beyond --max-tasks).",
+    help="Forget tasks unchanged for this many days (and beyond --history-max).",
+)
+@click.option(
+    "--history-max",
+    type=click.IntRange(1),
+    default=1_000_000,
+    show_default=True,
+    help="Tasks the history keeps (the list searches them all; memory keeps --max-tasks).",
 )
 @click.option("-l", "--loglevel", default="WARNING", show_default=True)
 @click.pass_obj
@@ -60,6 +67,7 @@ def command(
     enable_events: bool,
     history: bool,
     history_days: float,
+    history_max: int,
     loglevel: str,
 ) -> None:
     """Serve a web dashboard of workers, tasks and queues (like Flower), with a JSON API.
@@ -85,4 +93,5 @@ def command(
         enable_events=enable_events,
         keep_history=history,
         history_days=history_days,
+        history_max=history_max,
     )

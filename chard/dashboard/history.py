@@ -16,15 +16,20 @@ dashboard then keeps what it knows in memory only, and says so at start
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
+from chard.dashboard.query import Found, Links, TaskFilter
 from chard.events.state import MAX_TIMELINE, TaskState
 
 #: (task id, time of its last change, its JSON record)
 Record = tuple[str, float, str]
+#: Tasks per state, and the task names, over a whole store.
+Summary = tuple[dict[str, int], list[str]]
+T = TypeVar("T")
 
 _FIELDS = (
     "name", "state", "worker", "args", "kwargs", "result", "exception", "traceback",
@@ -51,8 +56,48 @@ class History(ABC):
             How many were deleted.
         """
 
+    @abstractmethod
+    def get(self, uuid: str) -> str | None:
+        """Return the record of task ``uuid``, or None if the store has none."""
+
+    @abstractmethod
+    def search(self, where: TaskFilter, offset: int, limit: int) -> Found:
+        """Return the page ``[offset, offset + limit)`` of the tasks matching ``where``."""
+
+    def neighbours(self, linked: Links, limit: int) -> list[TaskState] | None:
+        """Return up to ``limit`` stored tasks linked to ``linked`` (see :mod:`.graph`).
+
+        None: this store cannot query links (the workflow is then drawn from memory).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""
+
+
+class Reused(Generic[T]):
+    """A value computed at most once every ``ttl`` seconds, or again after :meth:`forget`.
+
+    For the counts per state and the names over a whole store: each reads every
+    entry, too much for every page of the list (another process's writes show
+    within ``ttl``).
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._kept: tuple[float, T] | None = None
+
+    def get(self, compute: Callable[[], T]) -> T:
+        now = time.monotonic()
+        if self._kept is None or now - self._kept[0] >= self.ttl:
+            self._kept = (now, compute())
+        return self._kept[1]
+
+    def put(self, value: T) -> None:
+        self._kept = (time.monotonic(), value)
+
+    def forget(self) -> None:
+        self._kept = None
 
 
 def encode(task: TaskState) -> Record:

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from chard.beat.store import ScheduleStore
 from chard.beat.stores import open_schedule_store
+from chard.dashboard import graph
 from chard.dashboard.history import History, decode, encode
 from chard.dashboard.metrics import Metrics
-from chard.events.state import State
+from chard.dashboard.query import Found, Links, TaskFilter
+from chard.events.state import State, TaskState
 from chard.exceptions import ChardError
 from chard.protocol.events import Event
 
@@ -56,6 +58,7 @@ class Monitor:
         enable_events: switch events on at workers that send none.
         history: where tasks are persisted (None: memory only).
         history_days: records older than this many days are trimmed (None: by count only).
+        history_max: records the history keeps (the least recently changed go first).
         clock: the time (``time.time``), a parameter for tests.
     """
 
@@ -68,6 +71,7 @@ class Monitor:
         enable_events: bool = True,
         history: History | None = None,
         history_days: float | None = 7.0,
+        history_max: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -83,6 +87,7 @@ class Monitor:
         self.clock = clock
         self.history = history
         self.history_days = history_days
+        self.history_max = history_max
         #: Task ids changed since the last save to the history.
         self._dirty: set[str] = set()
         #: Task id -> newest event time it was restored with: older events are not folded again.
@@ -168,6 +173,44 @@ class Monitor:
                 raise
         return len(records)
 
+    def search(self, where: TaskFilter, offset: int, limit: int) -> Found | None:
+        """Search the whole history (None without one), after saving what changed lately.
+
+        Saving first makes the answer include what events changed in the last second.
+        """
+        if self.history is None:
+            return None
+        self.save()
+        return self.history.search(where, offset, limit)
+
+    def find(self, task_id: str) -> TaskState | None:
+        """Return task ``task_id`` from memory, else from the history (a copy), else None."""
+        with self.lock:
+            found = self.state.tasks.get(task_id)
+        if found is not None or self.history is None:
+            return found
+        text = self.history.get(task_id)
+        return None if text is None else decode(task_id, text)
+
+    def workflow(self, task: TaskState) -> list[TaskState]:
+        """Return ``task``'s canvas workflow (:func:`.graph.related`), at most MAX_NODES.
+
+        Queried in the history when its store can (after saving what changed), so a
+        workflow memory has partly forgotten is whole; else from memory.
+        """
+        store = self.history
+        if store is not None:
+            self.save()
+
+        def neighbours(linked: Links, limit: int) -> list[TaskState]:
+            found = store.neighbours(linked, limit) if store is not None else None
+            if found is not None:
+                return found
+            with self.lock:
+                return list(graph.in_memory(self.state.tasks)(linked, limit))
+
+        return graph.related(task, neighbours)
+
     def _keep_loop(self) -> None:
         assert self.history is not None
         next_trim = 0.0
@@ -178,7 +221,7 @@ class Monitor:
                     next_trim = time.monotonic() + TRIM_INTERVAL
                     days = self.history_days
                     older = None if days is None else self.clock() - days * 86400
-                    self.history.trim(self.state.max_tasks, older)
+                    self.history.trim(self.history_max, older)
             except ChardError as exc:
                 logger.warning("Cannot write the dashboard history: %s", exc)
 

@@ -115,7 +115,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "Remote-control one worker", params=[_HOST, _ACTION], action=True
     ),
     ("get", "/api/tasks"): _op(
-        "A page of the kept tasks, newest change first", params=_TASK_FILTERS
+        "A page of the matching tasks, newest change first, searched in the whole history"
+        " (source: history) or, without one, in memory (source: memory)",
+        params=_TASK_FILTERS,
     ),
     ("get", "/api/throughput"): _op(
         "Successes, failures and runtime p50/p90/p99 per step over the last span seconds",
@@ -136,7 +138,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
     ),
     ("get", "/api/tasks/{task_id}"): _op(
-        "One task: args, kwargs, result or traceback, runtime, timeline, parent/children/root",
+        "One task: args, kwargs, result or traceback, runtime, timeline, parent/children/root,"
+        " and its workflow graph (nodes with positions, edges)",
         params=[_TASK_ID],
     ),
     ("post", "/api/tasks/{task_id}/revoke"): _op(

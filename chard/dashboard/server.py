@@ -33,6 +33,7 @@ def serve(
     enable_events: bool = True,
     keep_history: bool = True,
     history_days: float | None = 7.0,
+    history_max: int = 1_000_000,
 ) -> None:
     """Serve the dashboard on ``address:port`` until interrupted (SIGINT or SIGTERM).
 
@@ -50,6 +51,7 @@ def serve(
         enable_events=enable_events,
         history=history,
         history_days=history_days,
+        history_max=history_max,
     )
     asgi = create_app(monitor, credentials)
     config = uvicorn.Config(
@@ -74,7 +76,8 @@ def open_history(app: Celery) -> History | None:
     """Return the history store in ``app``'s result backend, or None if it has none.
 
     ``sqlite://`` uses the backend's file, ``redis://``/``rediss://``/``unix://`` its
-    Redis (and key prefix); anything else (no backend, ``memory://``) has no history.
+    Redis (and key prefix), ``postgresql://`` its schema; anything else (no backend,
+    ``memory://``) has no history.
     """
     url = app.backend_url
     if not url:
@@ -86,4 +89,8 @@ def open_history(app: Celery) -> History | None:
         from chard.dashboard.history_redis import RedisHistory  # needs the redis extra
 
         return RedisHistory(url, app.conf.result_backend_transport_options)
+    if scheme in ("postgresql", "postgres", "db+postgresql", "db+postgres"):
+        from chard.dashboard.history_postgres import PostgresHistory  # needs the postgres extra
+
+        return PostgresHistory(url.removeprefix("db+"), app.conf.result_backend_transport_options)
     return None

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from chard import states
 from chard.brokers import deadletters
-from chard.dashboard import charts
+from chard.dashboard import charts, graph, query
+from chard.dashboard.query import Found
 from chard.events.state import TaskState
 from chard.exceptions import ChardError
 
@@ -154,16 +155,8 @@ def worker_action(
 
 # -- tasks --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TaskFilter:
-    """What the task list is narrowed to; every field optional."""
-
-    state: str | None = None
-    name: str | None = None
-    worker: str | None = None
-    id: str | None = None
-    search: str | None = None
-    since: float | None = None
-    until: float | None = None
+class TaskFilter(query.TaskFilter):
+    """The list's filter (:class:`.query.TaskFilter`), checked before it is run."""
 
     def check(self) -> None:
         """Raise :class:`ApiError` (400) for a filter that cannot match by construction."""
@@ -171,19 +164,9 @@ class TaskFilter:
             raise ApiError(
                 400, f"state={self.state!r} is not a task state; one of {_states_listed()}"
             )
-
-    def matches(self, task: TaskState) -> bool:
-        found = (
-            (self.state is None or task.state == self.state)
-            and (self.name is None or self.name in (task.name or ""))
-            and (self.worker is None or self.worker == task.worker)
-            and (self.id is None or task.uuid.startswith(self.id))
-            and (self.since is None or (task.timestamp or 0) >= self.since)
-            and (self.until is None or (task.timestamp or 0) <= self.until)
-        )
-        if found and self.search is not None:
-            return self.search in (task.args or "") or self.search in (task.kwargs or "")
-        return found
+        for name in ("name", "worker", "id", "search"):
+            if "\x00" in (getattr(self, name) or ""):
+                raise ApiError(400, f"{name} contains a NUL character; remove it")
 
 
 def _states_listed() -> str:
@@ -191,34 +174,50 @@ def _states_listed() -> str:
 
 
 def tasks(monitor: Monitor, where: TaskFilter, offset: int, limit: int) -> dict[str, Any]:
-    """One page of the kept tasks matching ``where``, the most recently changed first."""
+    """One page of the tasks matching ``where``, the most recently changed first.
+
+    With a history store, the whole store is searched (not only what memory keeps);
+    without one, the kept tasks are.
+    """
     where.check()
     if offset < 0 or not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, f"offset must be >= 0 and limit 1..{MAX_PAGE}; got {offset}, {limit}")
-    end = offset + limit
-    page: list[dict[str, Any]] = []
-    total = 0
-    with monitor.lock:
-        kept = monitor.state.tasks.values()
-        everything = where == TaskFilter()
-        for task in reversed(kept):
-            if everything or where.matches(task):
-                if offset <= total < end:
-                    page.append(_task_row(task))
-                total += 1
-                if everything and total >= end:
-                    total = len(kept)
-                    break
-        names = sorted({t.name for t in kept if t.name})
-        counts = Counter(t.state for t in kept)
+    try:
+        found = monitor.search(where, offset, limit)
+    except ChardError as exc:
+        raise ApiError(503, f"cannot search the dashboard history: {exc}") from exc
+    if found is None:
+        found = _search_memory(monitor, where, offset, limit)
+    page = [_task_row(task) for task in found.tasks]
     return {
-        "total": total,
+        "total": found.total,
         "offset": offset,
         "limit": limit,
         "tasks": page,
-        "names": names,
-        "counts": dict(counts),
+        "names": found.names,
+        "counts": found.counts,
+        "source": "memory" if monitor.history is None else "history",
     }
+
+
+def _search_memory(monitor: Monitor, where: TaskFilter, offset: int, limit: int) -> Found:
+    """:meth:`History.search` over the tasks kept in memory."""
+    end = offset + limit
+    found = Found(total=0, tasks=[])
+    with monitor.lock:
+        kept = monitor.state.tasks.values()
+        everything = where.is_empty()
+        for task in reversed(kept):
+            if everything or where.matches(task):
+                if offset <= found.total < end:
+                    found.tasks.append(task)
+                found.total += 1
+                if everything and found.total >= end:
+                    found.total = len(kept)
+                    break
+        found.names = sorted({t.name for t in kept if t.name})
+        found.counts = dict(Counter(t.state for t in kept))
+    return found
 
 
 def _task_row(task: TaskState) -> dict[str, Any]:
@@ -237,12 +236,24 @@ def _task_row(task: TaskState) -> dict[str, Any]:
 
 
 def task(monitor: Monitor, task_id: str) -> dict[str, Any]:
-    """A task's page: its fields, timeline, and workflow links (parent, children, root)."""
+    """A task's page: its fields, timeline, workflow links and graph (:mod:`.graph`).
+
+    A task memory no longer keeps is read from the history, and so is its workflow
+    where the store can query links (SQLite); children are those the graph holds.
+    """
+    try:
+        found = monitor.find(task_id)
+    except ChardError as exc:
+        raise ApiError(503, f"cannot read the dashboard history: {exc}") from exc
+    if found is None:
+        raise ApiError(404, f"no task {task_id!r} is kept (unknown, or forgotten as old)")
+    try:
+        flow = monitor.workflow(found)
+    except ChardError as exc:
+        raise ApiError(503, f"cannot read the dashboard history: {exc}") from exc
+    children = [t.uuid for t in flow if t.parent_id == task_id]
+    drawing = graph.layout(flow, task_id, cut=len(flow) >= graph.MAX_NODES)
     with monitor.lock:
-        found = monitor.state.tasks.get(task_id)
-        if found is None:
-            raise ApiError(404, f"no task {task_id!r} is kept (unknown, or forgotten as old)")
-        children = [t.uuid for t in monitor.state.tasks.values() if t.parent_id == task_id]
         row = {
             **_task_row(found),
             "result": found.result,
@@ -253,6 +264,7 @@ def task(monitor: Monitor, task_id: str) -> dict[str, Any]:
             "root_id": found.root_id,
             "parent_id": found.parent_id,
             "children": children,
+            "graph": drawing,
             "timeline": [{"event": kind, "timestamp": stamp} for kind, stamp in found.timeline],
             "extra": {k: v for k, v in found.extra.items() if _is_plain(v)},
         }
@@ -278,11 +290,13 @@ def retry(monitor: Monitor, task_id: str) -> dict[str, Any]:
     Events carry arguments as ``repr()`` text, so a task whose arguments are not
     Python literals (objects, or cut short by ``argsrepr``'s limit) cannot be sent again.
     """
-    with monitor.lock:
-        found = monitor.state.tasks.get(task_id)
-        name, args_text, kwargs_text = (
-            (found.name, found.args, found.kwargs) if found else (None, None, None)
-        )
+    try:
+        found = monitor.find(task_id)
+    except ChardError as exc:
+        raise ApiError(503, f"cannot read the dashboard history: {exc}") from exc
+    name, args_text, kwargs_text = (
+        (found.name, found.args, found.kwargs) if found else (None, None, None)
+    )
     if found is None or not name:
         raise ApiError(404, f"no task {task_id!r} with a known name is kept; cannot send it again")
     try:

@@ -105,8 +105,13 @@ class Events:
 
 
 def _message_fields(message: TaskMessage) -> dict[str, Any]:
-    """The fields ``task-sent`` and ``task-received`` carry about a message (Celery's)."""
-    return {
+    """The fields ``task-sent`` and ``task-received`` carry about a message (Celery's).
+
+    A group member also carries ``group_id``, and a chord's header member the id of
+    the chord's body (``chord_body_id``): beyond Celery's fields (its consumers ignore
+    them), so the dashboard can draw a chord as its header members leading to its body.
+    """
+    fields = {
         "uuid": message.id,
         "name": message.task,
         "args": message.argsrepr,
@@ -117,3 +122,10 @@ def _message_fields(message: TaskMessage) -> dict[str, Any]:
         "eta": message.eta.isoformat() if message.eta is not None else None,
         "expires": message.expires.isoformat() if message.expires is not None else None,
     }
+    if message.group:
+        fields["group_id"] = message.group
+    options = (message.chord or {}).get("options")
+    body_id = options.get("task_id") if isinstance(options, dict) else None
+    if isinstance(body_id, str):
+        fields["chord_body_id"] = body_id
+    return fields

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import drop_postgres_schema, postgres_url, redis_url
+from tests.integration.dashboard import DashboardFactory
 from tests.integration.workers import APPS_DIR, WorkerFactory
 
 if str(APPS_DIR) not in sys.path:
@@ -63,5 +64,13 @@ def itproj(transport: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterat
 def workers(tmp_path: Path, transport: dict[str, str]) -> Iterator[WorkerFactory]:
     """Start CLI workers for this test; all are killed at teardown."""
     factory = WorkerFactory(tmp_path, transport)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def dashboards(tmp_path: Path, transport: dict[str, str]) -> Iterator[DashboardFactory]:
+    """Start ``chard dashboard`` processes for this test; all are stopped at teardown."""
+    factory = DashboardFactory(tmp_path, transport)
     yield factory
     factory.cleanup()

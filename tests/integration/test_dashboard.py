@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ from tests.integration.workers import WorkerFactory, run_cli
 pytestmark = pytest.mark.slow
 
 NODE = "dash@test"
-
-
-@pytest.fixture
-def dashboards(tmp_path: Path, transport: dict[str, str]) -> Iterator[DashboardFactory]:
-    factory = DashboardFactory(tmp_path, transport)
-    yield factory
-    factory.cleanup()
 
 
 def worker_row(dashboard: Dashboard, name: str = NODE) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,6 @@ def chromium() -> str:
 def transport(sqlite_transport: dict[str, str]) -> dict[str, str]:
     """The page is the same on every broker: SQLite only (the API tests cover Redis)."""
     return sqlite_transport
-
-
-@pytest.fixture
-def dashboards(tmp_path: Path, transport: dict[str, str]) -> Iterator[DashboardFactory]:
-    factory = DashboardFactory(tmp_path, transport)
-    yield factory
-    factory.cleanup()
 
 
 def browse(chromium: str, dashboard: Dashboard, page: str, artefact: Path) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from chard.config import Settings
-from chard.dashboard import metrics, views
+from chard.dashboard import graph, metrics, views
 from chard.dashboard.auth import COOKIE, Credentials, check_exposure, credentials_from
 from chard.events.state import State
 from chard.exceptions import ImproperlyConfigured
@@ -166,3 +166,52 @@ def test_throughput_buckets_count_ends_and_runtime_percentiles() -> None:
     ]
     assert (buckets[0]["p50"], buckets[0]["p90"], buckets[0]["p99"]) == (5.0, 9.0, 10.0)
     assert buckets[1]["p50"] is None
+
+
+# -- the workflow graph -------------------------------------------------------------
+def columns_of(drawing: dict[str, Any]) -> dict[str, int]:
+    return {n["id"]: n["x"] // (graph.BOX_W + graph.GAP_X) for n in drawing["nodes"]}
+
+
+def test_a_chain_is_drawn_as_a_sequence_and_a_chord_as_header_then_body() -> None:
+    state, _ = fed(
+        # a chain a -> b -> c: each step sent by the previous, one root
+        event("task-received", "a", 1.0, name="p.first", root_id="a"),
+        event("task-received", "b", 2.0, name="p.second", root_id="a", parent_id="a"),
+        event("task-received", "c", 3.0, name="p.third", root_id="a", parent_id="b"),
+        # a chord [h1, h2] -> body: members of one group naming the body; the body sent
+        # by the member that finished last
+        event("task-received", "h1", 4.0, name="p.h", root_id="h1", group_id="g",
+              chord_body_id="body"),
+        event("task-received", "h2", 4.5, name="p.h", root_id="h2", group_id="g",
+              chord_body_id="body"),
+        event("task-received", "body", 6.0, name="p.sum", root_id="h2", parent_id="h2"),
+        event("task-received", "alone", 7.0, name="p.other"),
+    )  # fmt: skip
+    chain = graph.layout(graph.related(state.tasks["b"], graph.in_memory(state.tasks)), "b")
+    assert columns_of(chain) == {"a": 0, "b": 1, "c": 2}
+    assert {(e["from"], e["to"]) for e in chain["edges"]} == {("a", "b"), ("b", "c")}
+    assert [n["id"] for n in chain["nodes"] if n["current"]] == ["b"]
+
+    chord = graph.layout(graph.related(state.tasks["h1"], graph.in_memory(state.tasks)), "h1")
+    assert columns_of(chord) == {"h1": 0, "h2": 0, "body": 1}
+    assert {(e["from"], e["to"]) for e in chord["edges"]} == {("h1", "body"), ("h2", "body")}
+
+    single = graph.related(state.tasks["alone"], graph.in_memory(state.tasks))
+    assert [t.uuid for t in single] == ["alone"]
+
+
+def test_a_large_workflow_is_cut() -> None:
+    state, _ = fed(
+        event("task-received", "root", 0.0, name="p.fan", root_id="root"),
+        *[event("task-received", f"k{i}", 1.0 + i, root_id="root", parent_id="root")
+          for i in range(100)],
+    )  # fmt: skip
+    flow = graph.related(state.tasks["root"], graph.in_memory(state.tasks))
+    assert len(flow) == graph.MAX_NODES
+
+
+def test_a_filter_with_a_nul_character_is_a_400() -> None:
+    with pytest.raises(views.ApiError, match="search contains a NUL character") as info:
+        views.TaskFilter(search="a\x00b").check()
+    assert info.value.status == 400

@@ -402,3 +402,30 @@ def test_what_makes_an_event_valid_and_its_group() -> None:
     assert group_of("task-sent") == "task"
     assert group_of("custom") == "custom"
     assert isinstance(utcoffset(), int)
+
+
+def test_chord_members_sent_events_name_their_group_and_the_chords_body(app: Celery) -> None:
+    from chard import chord
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    app.conf.task_send_sent_event = True
+    body = chord([add.s(1, 1), add.s(2, 2)], total.s()).apply_async()
+    assert app.events.client_dispatcher().flush()
+
+    sent = list(app.events.Receiver(from_start=True).itercapture(limit=2, timeout=5))
+    assert {e["name"] for e in sent} == {add.name}
+    assert {e["chord_body_id"] for e in sent} == {body.id}
+    assert len({e["group_id"] for e in sent}) == 1
+    plain = add.apply_async((3, 3))
+    assert app.events.client_dispatcher().flush()
+    *_, alone = app.events.Receiver(from_start=True).itercapture(limit=3, timeout=5)
+    assert alone["uuid"] == plain.id
+    assert "group_id" not in alone
+    assert "chord_body_id" not in alone

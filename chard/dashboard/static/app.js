@@ -156,7 +156,9 @@ async function tasksView(params) {
   const pageTo = (n) => { const q = new URLSearchParams(query); q.set("offset", n);
     return `#/tasks?${q}`; };
   const counts = Object.entries(page.counts).map(([s, n]) => `${s} ${n}`).join(" · ");
-  return [el("h2", {}, `Tasks (${page.total})`), el("p", { class: "muted" }, counts), form,
+  const source = page.source === "history" ? "searched in the history" : "in memory";
+  return [el("h2", {}, `Tasks (${page.total})`),
+    el("p", { class: "muted" }, `${counts} · ${source}`), form,
     table(["Name", "Id", "State", "Args", "Kwargs", "Worker", "Runtime", "Changed"],
       page.tasks.map((t) => [t.name || "?", link(`#/task/${t.id}`, t.id), badge(t.state),
         el("span", { class: "mono" }, t.args || ""), el("span", { class: "mono" }, t.kwargs || ""),
@@ -165,6 +167,42 @@ async function tasksView(params) {
       offset > 0 ? link(pageTo(Math.max(0, offset - limit)), "← newer") : "",
       `${page.total ? offset + 1 : 0}–${Math.min(offset + limit, page.total)} of ${page.total}`,
       offset + limit < page.total ? link(pageTo(offset + limit), "older →") : "")];
+}
+
+// A task's workflow: boxes laid out by the server (graph.py), drawn here as SVG, every
+// name as a text node. A box links to its task; the current one is outlined.
+function workflowGraph(g) {
+  if (!g || g.nodes.length < 2) return [];
+  const at = Object.fromEntries(g.nodes.map((n) => [n.id, n]));
+  const { width: w, height: h } = g.box;
+  const drawing = svg("svg", { width: g.width, height: g.height, class: "workflow",
+    role: "img", "aria-label": `workflow of ${g.nodes.length} tasks` });
+  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }));
+  const defs = svg("defs", {}); defs.append(marker); drawing.append(defs);
+  for (const e of g.edges) {
+    const a = at[e.from], b = at[e.to];
+    const x1 = a.x + w, y1 = a.y + h / 2, x2 = b.x, y2 = b.y + h / 2, mid = (x1 + x2) / 2;
+    drawing.append(svg("path", { d: `M ${x1} ${y1} C ${mid} ${y1}, ${mid} ${y2}, ${x2} ${y2}`,
+      class: "edge", "marker-end": "url(#arrow)" }));
+  }
+  for (const n of g.nodes) {
+    const box = svg("a", { href: `#/task/${encodeURIComponent(n.id)}`, class: "node",
+      "data-task": n.id });
+    box.append(svg("rect", { x: n.x, y: n.y, width: w, height: h, rx: 4,
+      class: `box ${n.state}${n.current ? " current" : ""}` }));
+    const name = (n.name || "?").split(".").slice(-2).join(".");
+    const label = svg("text", { x: n.x + 8, y: n.y + 18, class: "label" });
+    label.textContent = name.length > 24 ? `${name.slice(0, 23)}…` : name;
+    const sub = svg("text", { x: n.x + 8, y: n.y + 36, class: `sub ${n.state}` });
+    sub.textContent = `${n.state} · ${n.id.slice(0, 8)}`;
+    const title = svg("title", {}); title.textContent = `${n.name || "?"} ${n.id} ${n.state}`;
+    box.append(title, label, sub);
+    drawing.append(box);
+  }
+  return [el("h2", {}, "Workflow"), el("div", { class: "graph" }, drawing),
+    g.cut ? el("p", { class: "muted" }, `only the first ${g.nodes.length} tasks are drawn`) : ""];
 }
 
 async function taskView(id) {
@@ -187,6 +225,7 @@ async function taskView(id) {
       el("dt", {}, "Root"), el("dd", {}, ref(t.root_id)),
       el("dt", {}, "Children"), el("dd", {}, t.children.length
         ? t.children.map((c) => el("div", {}, link(`#/task/${c}`, c))) : "—")),
+    workflowGraph(t.graph),
     t.traceback ? [el("h2", {}, "Traceback"), el("pre", {}, t.traceback)] : [],
     el("h2", {}, "Timeline"),
     table(["Event", "When", "After the first"], t.timeline.map((e) => [e.event, when(e.timestamp),
