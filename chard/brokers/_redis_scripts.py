@@ -87,13 +87,21 @@ end
 
 # ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec ('' to
 # leave the landing source as it is), sweep ('1': recover lapsed leases, move due delayed
-# messages and renew the registration; '': leave those to a later call), queues...
+# messages and renew the registration; '': leave those to a later call), the number of
+# tags to ack first, those tags, queues...
 # Returns server time, the next due time ('' none, '-' not looked at), then tag, queue,
 # count, body of each message leased. A batch costs a fixed handful of commands: ready
 # lists are popped with RPOP's count and the leases written with one variadic command
 # per key, so nothing but the Lua loop grows with the batch.
 _FETCH = r"""
 local consumer, limit, sweep = ARGV[2], tonumber(ARGV[4]), ARGV[8] == '1'
+local acks = tonumber(ARGV[9])
+for i = 10, 9 + acks, 2000 do  -- acks first, as RedisBroker.ack_many sends them
+  local last = math.min(i + 1999, 9 + acks)
+  redis.call('HDEL', inflight, unpack(ARGV, i, last))
+  redis.call('HDEL', meta, unpack(ARGV, i, last))
+  redis.call('ZREM', leases, unpack(ARGV, i, last))
+end
 local t = now()
 -- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
 -- instead of overwriting the leases the first run took.
@@ -136,7 +144,7 @@ if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing lis
   end
 end
 local queues = {}
-for i = 9, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 10 + acks, #ARGV do queues[#queues + 1] = ARGV[i] end
 -- Round-robin in even shares: one busy queue cannot fill a batch.
 local function take(step)
   local active = queues

@@ -203,38 +203,68 @@ class RedisBroker(KombuInterop, Broker):
         """
         if limit < 1 or not queues:
             return []
-        deadline = time.monotonic() + max(timeout, 0.0)
         with self._fetch_lock, self._errors():
-            self._fetches += 1
-            start = self._fetches % len(queues)
-            order = [*queues[start:], *queues[:start]]
-            attempt = -1
-            while True:
-                attempt += 1
-                queue = order[attempt % len(order)]
-                spec = "0" + queue  # the landing list's source: step 0 of this queue
+            return self._fetch(queues, limit, timeout, [])
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, timeout: float
+    ) -> list[Delivery]:
+        """Carry this consumer's acks in the fetch's first script call: one round trip less.
+
+        Other deliveries are acked one by one first. If the script never ran (it failed,
+        or there was nothing to fetch), the acks are sent on their own.
+        """
+        acking = self._unsettled_own(acks)
+        if limit < 1 or not queues or not acking:
+            self._send_acks(acking)
+            return self.fetch(queues, limit, timeout)
+        with self._held_lock:  # as in ack_many: out of the held set first
+            self._held.difference_update(d.tag for d in acking)
+        try:
+            with self._fetch_lock, self._errors():
+                deliveries = self._fetch(queues, limit, timeout, acking)
+        finally:
+            if acking:  # not sent: back in the held set until they are
+                with self._held_lock:
+                    self._held.update(d.tag for d in acking)
+        self._send_acks(acking)  # (only if the script never ran: then nothing was fetched)
+        return deliveries
+
+    def _fetch(
+        self, queues: Sequence[str], limit: int, timeout: float, acking: list[RedisDelivery]
+    ) -> list[Delivery]:
+        """Run :meth:`fetch` with ``_fetch_lock`` held; the first script also acks ``acking``."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._fetches += 1
+        start = self._fetches % len(queues)
+        order = [*queues[start:], *queues[:start]]
+        attempt = -1
+        while True:
+            attempt += 1
+            queue = order[attempt % len(order)]
+            spec = "0" + queue  # the landing list's source: step 0 of this queue
+            now = time.monotonic()
+            if attempt or acking or not self._just_emptied(spec, now):
+                deliveries = self._lease(order, limit, spec, acking)
+                if deliveries:
+                    return deliveries
                 now = time.monotonic()
-                if attempt or not self._just_emptied(spec, now):
-                    deliveries = self._lease(order, limit, spec)
-                    if deliveries:
-                        return deliveries
-                    now = time.monotonic()
-                remaining = deadline - now
-                if remaining <= 0:
-                    return []
-                block = min(remaining, self.poll_interval, self.lease_timeout / 2)
-                if self._due_at is not None:
-                    block = min(block, self._due_at - now)
-                    if block <= 0:
-                        continue  # more due messages than one script moves: go again
-                # redis-py annotates the timeout as int; Redis takes fractions of a second.
-                # 10 ms floor: a timeout of 0 would block forever.
-                wait = cast(int, max(block, 0.01))
-                source = self._key(ready_key(queue, 0))
-                self._landed_spec = spec  # (before the wait: a lost reply may have moved one)
-                moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
-                if moved is None and time.monotonic() >= deadline:
-                    return []
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
+            block = min(remaining, self.poll_interval, self.lease_timeout / 2)
+            if self._due_at is not None:
+                block = min(block, self._due_at - now)
+                if block <= 0:
+                    continue  # more due messages than one script moves: go again
+            # redis-py annotates the timeout as int; Redis takes fractions of a second.
+            # 10 ms floor: a timeout of 0 would block forever.
+            wait = cast(int, max(block, 0.01))
+            source = self._key(ready_key(queue, 0))
+            self._landed_spec = spec  # (before the wait: a lost reply may have moved one)
+            moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
+            if moved is None and time.monotonic() >= deadline:
+                return []
 
     def _just_emptied(self, spec: str, now: float) -> bool:
         """Whether the last script found the lists empty a moment ago: block straight away.
@@ -249,7 +279,9 @@ class RedisBroker(KombuInterop, Broker):
     def _sweep_due(self, now: float) -> bool:
         return now >= self._sweep_at or (self._due_at is not None and now >= self._due_at)
 
-    def _lease(self, queues: Sequence[str], limit: int, next_spec: str) -> list[Delivery]:
+    def _lease(
+        self, queues: Sequence[str], limit: int, next_spec: str, acking: list[RedisDelivery]
+    ) -> list[Delivery]:
         now = time.monotonic()
         sweep = self._sweep_due(now)
         # The landing source is written when it changes, and with every sweep (a consumer
@@ -257,8 +289,12 @@ class RedisBroker(KombuInterop, Broker):
         spec = next_spec if sweep or next_spec != self._landing_src else ""
         tag_base = self._tag_base(str(self._fetches))
         args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
-        args += [self._landed_spec, spec, "1" if sweep else "", *queues]
+        args += [self._landed_spec, spec, "1" if sweep else "", len(acking)]
+        args += [*(d.tag for d in acking), *queues]
         reply = cast(list[Any], self._lane.run_script(self._fetch_script, (), args))
+        for delivery in acking:
+            delivery._is_settled = True
+        acking.clear()
         self._landed_spec, self._landing_src = "", next_spec
         self._is_registered = True
         if sweep:
@@ -329,6 +365,10 @@ class RedisBroker(KombuInterop, Broker):
         when it lapses or is taken over, so an ack cut short anywhere loses nothing and
         runs nothing twice.
         """
+        self._send_acks(self._unsettled_own(deliveries))
+
+    def _unsettled_own(self, deliveries: Sequence[Delivery]) -> list[RedisDelivery]:
+        """Return this consumer's unsettled deliveries; ack the others one by one."""
         mine: list[RedisDelivery] = []
         for delivery in deliveries:
             if isinstance(delivery, RedisDelivery) and delivery._broker is self:
@@ -336,6 +376,9 @@ class RedisBroker(KombuInterop, Broker):
                     mine.append(delivery)
             else:
                 delivery.ack()
+        return mine
+
+    def _send_acks(self, mine: Sequence[RedisDelivery]) -> None:
         if not mine:
             return
         tags = [d.tag for d in mine]
