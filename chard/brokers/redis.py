@@ -271,8 +271,9 @@ class RedisBroker(KombuInterop, Broker):
 
         A hungry consumer's fetch that follows a short batch would only find them empty
         again. Its blocking wait still sees a new message on its own list at once; one on
-        another list (lower priority) is seen within the poll interval, as for any that
-        comes while it blocks. Never when a sweep is due or the landing source changes.
+        another list (another queue, a lower priority) is seen within the poll interval, as
+        is any that comes while it blocks. Never when a sweep is due, acks are to be sent
+        or the landing source changes.
         """
         return now < self._empty_until and spec == self._landing_src and not self._sweep_due(now)
 
