@@ -48,6 +48,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process in KiB: shared pages split among their users.
+
+    Summed over a forked tree it is the tree's real memory (RSS counts what a parent and
+    its children share once per process). 0 if the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (0 if it is gone)."""
     try:
@@ -67,12 +83,13 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class PeakRss:
-    """Sample a process tree's summed RSS in a thread; ``peak_kib`` is the maximum seen."""
+    """Sample a process tree's summed RSS and PSS in a thread; keep the maximum of each."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
         self.interval = interval
         self.peak_kib = 0
+        self.peak_pss_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -86,6 +103,8 @@ class PeakRss:
             if i % 4 == 0:  # the tree is stable; scanning /proc for it costs ~10 ms
                 pids = tree(self.pid)
             self.peak_kib = max(self.peak_kib, sum(rss_kib(p) for p in pids))
+            if i % 4 == 2:  # reading smaps_rollup walks the page tables: less often
+                self.peak_pss_kib = max(self.peak_pss_kib, sum(pss_kib(p) for p in pids))
             if self._stop.wait(self.interval):
                 return
 

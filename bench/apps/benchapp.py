@@ -1,12 +1,16 @@
-"""chard side of the benchmark: the same two tasks as ``benchapp_celery``.
+"""chard side of the benchmark: the same two tasks as every other app in ``bench/apps``.
 
 Configured from the environment by ``bench/run.py``: ``BENCH_BROKER_URL`` (broker, and
-results unless ``BENCH_BACKEND_URL`` is set: ``rpc://`` on RabbitMQ).
+results unless ``BENCH_BACKEND_URL`` is set: ``rpc://`` on RabbitMQ). The functions at
+the end are the client adapter that ``bench/client.py`` drives (the same in every app).
 """
 
 import os
 
-from chard import Celery
+from _celery_api import CeleryApi
+from _counter import incr
+
+from chard import Celery, group
 
 app = Celery(
     "benchapp",
@@ -17,9 +21,15 @@ app = Celery(
 
 @app.task(ignore_result=True)
 def drain() -> None:
-    """Do nothing, store nothing (enqueue and drain benchmarks)."""
+    """Count, store nothing (enqueue and drain benchmarks)."""
+    incr()
 
 
 @app.task
 def noop() -> None:
-    """Do nothing; its result is stored (end-to-end and round-trip benchmarks)."""
+    """Count; its result (None) is stored (end-to-end and round-trip benchmarks)."""
+    incr()
+
+
+api = CeleryApi(drain, noop, group, lambda handles: app.GroupResult(None, handles))
+send, send_many, call, wait, wait_all = api.send, api.send_many, api.call, api.wait, api.wait_all

@@ -129,6 +129,32 @@ class Delivery(ABC):
         """Move the message to the dead-letter store with ``reason``; it will not run again."""
 
 
+class LeasedRow(Delivery):
+    """A message leased from a table (SQLite, PostgreSQL) by its row id and a lease token.
+
+    The token changes whenever another consumer takes the row over, so a settle that
+    names ``(id, token)`` can only touch this lease. Subclasses settle through their own
+    database; the row's shape is shared: ``(id, token, queue, body, delivery_count,
+    priority)``, the columns both brokers' lease statements return.
+    """
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        self._id: int = row[0]
+        self._token: int = row[1]
+        self.queue = row[2]
+        self.body = bytes(row[3])
+        self.delivery_count = row[4]
+        self.priority: int = row[5]
+        self._settled = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self._id} queue={self.queue!r} n={self.delivery_count}>"
+
+    @property
+    def _key(self) -> tuple[int, int]:
+        return (self._id, self._token)
+
+
 class Broker(ABC):
     """A message broker behind one small interface; see the module docstring for guarantees."""
 

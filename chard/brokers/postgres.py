@@ -59,6 +59,7 @@ from chard.brokers.base import (
     DeadLetter,
     DelayedMessage,
     Delivery,
+    LeasedRow,
     OutgoingMessage,
     clamp_priority,
     parse_sequence_cursor,
@@ -77,21 +78,12 @@ COPY_THRESHOLD = 64
 LISTEN_READY_TIMEOUT = 5.0
 
 
-class PostgresDelivery(Delivery):
+class PostgresDelivery(LeasedRow):
     """A leased row; settles only while this lease's token is still on it."""
 
     def __init__(self, broker: PostgresBroker, row: Row) -> None:
+        super().__init__(row)
         self._broker = broker
-        self._id: int = row[0]
-        self._token: int = row[1]
-        self.queue = row[2]
-        self.body = bytes(row[3])
-        self.delivery_count = row[4]
-        self.priority: int = row[5]
-        self._settled = False
-
-    def __repr__(self) -> str:
-        return f"<PostgresDelivery id={self._id} queue={self.queue!r} n={self.delivery_count}>"
 
     def ack(self) -> None:
         self._settle(lambda tx: tx.run("DELETE FROM {s}.chard_messages WHERE " + MINE, self._key))
@@ -119,10 +111,6 @@ class PostgresDelivery(Delivery):
             " SELECT queue, priority, body, %s, delivery_count FROM moved"
         )
         self._settle(lambda tx: tx.run(sql, (*self._key, reason)))
-
-    @property
-    def _key(self) -> tuple[int, int]:
-        return (self._id, self._token)
 
     def _settle(self, action: Callable[[Tx], object]) -> None:
         # Settling twice is a no-op; a failed write (database down) may be retried.

@@ -52,6 +52,7 @@ from chard.brokers.base import (
     DeadLetter,
     DelayedMessage,
     Delivery,
+    LeasedRow,
     OutgoingMessage,
     clamp_priority,
     parse_sequence_cursor,
@@ -132,21 +133,12 @@ DELETE FROM chard_broadcasts WHERE channel = :channel AND id <= (
 """
 
 
-class SQLiteDelivery(Delivery):
+class SQLiteDelivery(LeasedRow):
     """A leased row; settles only while this lease's token is still on it."""
 
     def __init__(self, broker: SQLiteBroker, row: Sequence[Any]) -> None:
+        super().__init__(row)
         self._broker = broker
-        self._id: int = row[0]
-        self._token: int = row[1]
-        self.queue = row[2]
-        self.body = bytes(row[3])
-        self.delivery_count = row[4]
-        self.priority: int = row[5]
-        self._settled = False
-
-    def __repr__(self) -> str:
-        return f"<SQLiteDelivery id={self._id} queue={self.queue!r} n={self.delivery_count}>"
 
     def ack(self) -> None:
         self._settle("DELETE FROM chard_messages WHERE " + _MINE)
@@ -167,7 +159,7 @@ class SQLiteDelivery(Delivery):
                 "DELETE FROM chard_messages WHERE "
                 + _MINE
                 + " RETURNING queue, priority, body, delivery_count",
-                (self._id, self._token),
+                self._key,
             ).fetchall()
             conn.executemany(
                 "INSERT INTO chard_dead_letters"
@@ -183,7 +175,7 @@ class SQLiteDelivery(Delivery):
     def _settle(self, sql: str) -> None:
         # Settling twice is a no-op; a failed write (broker down) may be retried.
         if not self._settled:
-            self._broker._write(lambda conn: conn.execute(sql, (self._id, self._token)))
+            self._broker._write(lambda conn: conn.execute(sql, self._key))
             self._settled = True
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from chard._utils.nodenames import node_format
@@ -9,6 +11,10 @@ from chard.cli.beat import start_embedded_beat
 from chard.cli.context import AppContext
 from chard.cli.process import notify_ready_on, setup_logging, write_pidfile
 from chard.exceptions import ChardError
+
+if TYPE_CHECKING:
+    from chard.app import Celery
+    from chard.worker.worker import Worker
 
 
 @click.command("worker")
@@ -47,6 +53,31 @@ from chard.exceptions import ChardError
 )
 @click.option("-S", "--scheduler", help="With -B: Celery's scheduler name (built-in ones only).")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the start-up banner.")
+@click.option(
+    "--without-heartbeat",
+    is_flag=True,
+    help="Send no worker events (online, heartbeats, offline): monitors will not see the node.",
+)
+@click.option(
+    "--without-gossip",
+    "--without-mingle",
+    "without_peer_sync",
+    is_flag=True,
+    help="Accepted for Celery: chard has neither (revokes are durable in the broker instead).",
+)
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["default", "fair"]),
+    help="fair: each child leases only the task it runs (--prefetch-multiplier 1).",
+)
+@click.option(
+    "--purge", "--discard", "purge", is_flag=True, help="Purge the consumed queues before starting."
+)
+@click.option("--time-limit", type=float, help="Hard time limit for every task (task_time_limit).")
+@click.option(
+    "--soft-time-limit", type=float, help="Soft time limit for every task (task_soft_time_limit)."
+)
 @click.pass_obj
 def command(
     ctx: AppContext,
@@ -67,6 +98,12 @@ def command(
     schedule_filename: str | None,
     scheduler: str | None,
     quiet: bool,
+    without_heartbeat: bool,
+    without_peer_sync: bool,
+    optimization: str | None,
+    purge: bool,
+    time_limit: float | None,
+    soft_time_limit: float | None,
 ) -> None:
     """Start a worker that runs the app's tasks.
 
@@ -92,6 +129,9 @@ def command(
         raise click.ClickException(str(exc)) from None
     setup_logging(loglevel, logfile)
     app = ctx.app
+    _set_time_limits(app, time_limit, soft_time_limit)
+    if optimization == "fair" and prefetch_multiplier is None:
+        prefetch_multiplier = 1
     pid_path = write_pidfile(pidfile) if pidfile else None
     stop_beat = None
     try:
@@ -108,10 +148,13 @@ def command(
                 autoscale=autoscale,
                 burst=burst,
                 send_events=task_events or None,
+                heartbeat=not without_heartbeat,
                 on_banner=_no_banner if quiet or ctx.quiet else _print_banner,
             )
         except ChardError as exc:
             raise click.ClickException(str(exc)) from None
+        if purge:
+            _purge(worker)
         notify_ready_on(worker)  # chard multi waits for this
         if beat:  # composed here: chard.worker and chard.beat never import each other
             try:
@@ -126,6 +169,22 @@ def command(
             stop_beat()
         if pid_path is not None:
             pid_path.unlink(missing_ok=True)
+
+
+def _set_time_limits(app: Celery, hard: float | None, soft: float | None) -> None:
+    """``--time-limit``/``--soft-time-limit``: this node's defaults, as Celery's worker sets."""
+    if hard is not None:
+        app.conf.task_time_limit = hard
+    if soft is not None:
+        app.conf.task_soft_time_limit = soft
+
+
+def _purge(worker: Worker) -> None:
+    """Celery's ``--purge``: drop what waits in the queues this node consumes, then start."""
+    total = sum(worker.app.broker.purge(queue) for queue in worker.queues)
+    click.echo(
+        f"Purged {total} message{'s' if total != 1 else ''} from {len(worker.queues)} queue(s)."
+    )
 
 
 def _print_banner(text: str) -> None:

@@ -6,9 +6,9 @@ Two background threads feed one :class:`Monitor`:
   keeps (so a dashboard started late still sees recent history) and folds each
   event into :class:`~chard.events.state.State` and the :class:`Metrics`;
 * the inspector asks the workers (``inspect stats``, ``active_queues``, ``active``)
-  every ``inspect_interval`` seconds, so a worker started without ``-E`` is still
-  listed, and switches events on at any node that answers but sends none (as
-  Flower does), so its tasks show up.
+  every ``inspect_interval`` seconds, and switches task events on once at each
+  node process that answers (as Flower does), so a worker started without ``-E``
+  shows its tasks too; worker events (online, heartbeats) flow without ``-E``.
 
 Readers (the HTTP handlers) take :attr:`Monitor.lock` only to copy: no request
 waits on the broker while holding it. :attr:`Monitor.version` grows with every
@@ -88,6 +88,8 @@ class Monitor:
         #: Task id -> newest event time it was restored with: older events are not folded again.
         self._restored: dict[str, float] = {}
         self._schedule: ScheduleStore | None = None
+        #: hostname -> the pid whose task events this dashboard switched on.
+        self._switched_on: dict[str, Any] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._receiver: EventReceiver | None = None
@@ -222,13 +224,21 @@ class Monitor:
                 node["active"] = active.get(name) or []
                 node["seen"] = now
             self.version += 1
-            silent = [
-                name
-                for name in stats
-                if name not in self.state.workers or not self.state.workers[name].is_alive(now)
-            ]
-        if silent and self.enable_events:
-            self.app.control.enable_events(destination=silent)
+            # Worker events flow without -E; task events need switching on, once per
+            # process (a restarted node has a new pid). A node an operator switched off
+            # afterwards stays off: unlike Flower, the dashboard does not insist.
+            new = {name: reply.get("pid") for name, reply in stats.items()}
+            switch_on = [name for name, pid in new.items() if self._switched_on.get(name) != pid]
+        if switch_on and self.enable_events:
+            replies = self.app.control.enable_events(
+                destination=switch_on, reply=True, timeout=REPLY_TIMEOUT
+            )
+            confirmed = {name for reply in replies or () for name in reply}
+            with self.lock:
+                for name in confirmed & set(switch_on):
+                    self._switched_on[name] = new[name]
+                    self.nodes[name]["task_events"] = True
+                self.version += 1
 
     # -- reading ----------------------------------------------------------------
     def schedule_store(self) -> ScheduleStore:

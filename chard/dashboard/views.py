@@ -88,6 +88,7 @@ def _worker_row(monitor: Monitor, name: str, now: float, failed: int) -> dict[st
         "active_tasks": active if isinstance(active, list) else [],
         "queues": node.get("queues") or [],
         "heartbeat_age": events.heartbeat_age(now) if events is not None else None,
+        "task_events": node.get("task_events"),
         "loadavg": events.loadavg if events is not None else None,
         "uptime": stats.get("uptime"),
         "pid": stats.get("pid") or (events.pid if events is not None else None),

@@ -31,6 +31,7 @@ from chard.worker.execute import Executor
 from chard.worker.pools.base import Job
 from chard.worker.pools.solo import SoloPool
 from chard.worker.process_control import ProcessControl, serve_parent
+from chard.worker.ratelimit import PoolShare
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, RetireReason, Slot
 
@@ -146,8 +147,8 @@ class ChildSpec:
     initializer: Callable[[], None] | None
     #: Resident memory (KiB) past which a child is replaced after its task.
     max_memory_per_child: int | None = None
-    #: Each child's part of a task's rate limit (1 / concurrency): the limit is per node.
-    rate_share: float = 1.0
+    #: Each child's part of a task's rate limit (1 / pool size now): the limit is per node.
+    rate_share: PoolShare | float = 1.0
 
 
 def child_main(

@@ -212,13 +212,13 @@ def stats(node: Node) -> Reply:
         "uptime": int(time.monotonic() - node.started),
         "pool": {
             "implementation": node.pool,
-            "max-concurrency": node.concurrency,
+            "max-concurrency": node.sizing.pool_size(),
             "processes": node.processes.pids(),
             "max-tasks-per-child": node.max_tasks_per_child or "N/A",
             "put-guarded-by-semaphore": False,
             "timeouts": [conf.task_soft_time_limit or 0, conf.task_time_limit or 0],
         },
-        "prefetch_count": node.prefetch,
+        "prefetch_count": node.sizing.prefetch_count(),
         "broker": _broker_info(node.app.broker_url),
         "rusage": _rusage(),
     }
@@ -300,7 +300,7 @@ def report(node: Node) -> Reply:
         f"loader   -> {app.main}",
         f"settings -> transport:{redact_url(app.broker_url)} "
         f"results:{redact_url(app.backend_url) if app.backend_url else 'disabled'}",
-        f"node     -> {node.hostname} pool:{node.pool} concurrency:{node.concurrency}",
+        f"node     -> {node.hostname} pool:{node.pool} concurrency:{node.sizing.pool_size()}",
     ]
     return ok("\n".join(lines))
 

@@ -80,7 +80,7 @@ class Consumer:
         burst: bool = False,
         hostname: str,
         revocations: Revocations | None = None,
-        rate_share: float = 1.0,
+        rate_share: float | Callable[[], float] = 1.0,
     ) -> None:
         self.app = app
         self.pool = pool

@@ -1,14 +1,15 @@
 """The node's worker events: ``worker-online``, a heartbeat every 2 s, ``worker-offline``.
 
 One thread in the node's main process (the prefork parent, or the only process of
-a threads/solo worker) follows the event switch (see
-:class:`~chard.events.dispatcher.EventSwitch`): when events are on it sends
-``worker-online`` and then a heartbeat every :data:`HEARTBEAT_INTERVAL` seconds,
-with Celery's fields (``freq``, ``active``, ``processed``, ``loadavg``,
-``sw_ident``, ``sw_ver``, ``sw_sys``); when they go off, or the node stops, it
-sends ``worker-offline``. So ``control enable_events`` made in any process of the
-node brings the node online in monitors within one interval (at once when made
-in this process: :meth:`EventDispatcher.enable` wakes the thread).
+a threads/solo worker) sends ``worker-online`` at start, then a heartbeat every
+:data:`HEARTBEAT_INTERVAL` seconds, with Celery's fields (``freq``, ``active``,
+``processed``, ``loadavg``, ``sw_ident``, ``sw_ver``, ``sw_sys``), and
+``worker-offline`` when the node stops.
+
+Worker events go out whether or not *task* events are on, as Celery's do (its
+worker without ``-E`` still sends the ``worker`` group): a monitor sees every node
+come and go, and ``-E``/``enable_events``/``disable_events`` switch only the
+per-task events. ``chard worker --without-heartbeat`` (Celery's flag) sends none.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Heart:
     """Send the node's worker events from a thread; see the module docstring.
 
     Args:
-        dispatcher: the node's dispatcher (its switch decides whether we are online).
+        dispatcher: the node's dispatcher; worker events go out whatever its switch says.
         active: returns how many tasks run now.
         processed: returns how many tasks the node has finished since it started.
         interval: seconds between heartbeats (``freq``).
@@ -64,11 +65,9 @@ class Heart:
         self._stopping = threading.Event()
         self._online = False
         self._thread: threading.Thread | None = None
-        dispatcher.on_enabled.add(self._wake.set)
-        dispatcher.on_disabled.add(self._wake.set)
 
     def start(self) -> None:
-        """Go online now if events are on, and follow the switch from a thread."""
+        """Go online now, then beat from a thread."""
         self._beat()
         self._thread = threading.Thread(target=self._loop, name="chard-heart", daemon=True)
         self._thread.start()
@@ -95,13 +94,8 @@ class Heart:
                 logger.warning("Cannot send a worker heartbeat: %s", exc)
 
     def _beat(self) -> None:
-        is_on = self.dispatcher.enabled
-        if is_on:
-            self._send("worker-heartbeat" if self._online else "worker-online")
-            self._online = True
-        elif self._online:  # switched off: say goodbye, as Celery's Heart.stop does
-            self._send("worker-offline")
-            self._online = False
+        self._send("worker-heartbeat" if self._online else "worker-online")
+        self._online = True
 
     def _send(self, type_: str) -> None:
         fields: dict[str, Any] = {

@@ -48,6 +48,12 @@ class Sizing(Protocol):
     def autoscale_update(self, max: int | None, min: int | None) -> tuple[int, int]:
         """Change the autoscale bounds; raises ImproperlyConfigured without --autoscale."""
 
+    def pool_size(self) -> int:
+        """How many processes (or threads) the pool has now."""
+
+    def prefetch_count(self) -> int:
+        """How many messages the node leases ahead now, in all its consumers."""
+
 
 class LocalProcesses:
     """The one consumer of a threads or solo node, in this very process."""
@@ -92,12 +98,9 @@ class Node:
     hostname: str
     #: The pool kind: prefork, threads or solo.
     pool: str
-    concurrency: int
     #: The queues consumed. With prefork, the very list the children are forked with, so
     #: a child started after ``add_consumer`` consumes the new queue too.
     queues: list[str]
-    #: Messages leased ahead, in all.
-    prefetch: int
     max_tasks_per_child: int | None
     #: The node's revocation record (the parent's, with prefork).
     revocations: Revocations

@@ -7,6 +7,8 @@ and counts against the prefetch window; other task types go on meanwhile.
 
 A prefork node runs one consumer per child, so each gets an equal ``share`` of the
 node's limit: a node with ``-c 2`` and ``10/m`` starts at most 10 a minute in all.
+The share follows the pool's size at run time (:class:`PoolShare`, in shared memory),
+so the node's limit holds after ``pool_grow``, ``pool_shrink`` or autoscaling too.
 
 The limit is read from the task each time (``task.rate_limit``), so changing it,
 by ``app.control.rate_limit`` or in code, takes effect with the next message.
@@ -16,23 +18,50 @@ Only messages of rate-limited tasks pay for any of this.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from collections.abc import Callable
 
 from chard.protocol.control import parse_rate
 
 logger = logging.getLogger("chard.worker")
 
 
+class PoolShare:
+    """Each prefork child's part of the node's rate limits: 1 / the pool size, now.
+
+    Made by the parent before the first fork; the parent sets the size as the pool
+    grows or shrinks, and every child reads it, through one shared integer.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = multiprocessing.Value("i", max(1, size), lock=False)
+
+    def resize(self, size: int) -> None:
+        """Record the pool's new size (the parent, when it applies a resize)."""
+        self._size.value = max(1, size)
+
+    def __call__(self) -> float:
+        size: int = self._size.value
+        return 1.0 / max(1, size)
+
+
 class RateLimiter:
     """When may the next task of each rate-limited type start; see the module docstring.
 
     Args:
-        share: this consumer's part of the node's limit (1 / number of consumers).
+        share: this consumer's part of the node's limit (1 / number of consumers), or
+            a callable returning it now (a :class:`PoolShare`).
     """
 
-    def __init__(self, share: float = 1.0) -> None:
-        self.share = share
-        # task name -> (the limit as given, seconds between starts, next free start)
+    def __init__(self, share: float | Callable[[], float] = 1.0) -> None:
+        self._share: Callable[[], float] = share if callable(share) else (lambda: share)
+        # task name -> (the limit as given and the share, seconds between starts, next start)
         self._turns: dict[str, tuple[object, float, float]] = {}
+
+    @property
+    def share(self) -> float:
+        """This consumer's part of the node's limits now."""
+        return self._share()
 
     def delay(self, name: str, rate: str | float | None, now: float) -> float:
         """Take the next start for a task ``name`` limited to ``rate``; return how long to wait.
@@ -40,9 +69,10 @@ class RateLimiter:
         ``now`` is ``time.monotonic()``. A limit that cannot be parsed is logged once
         and not enforced (the client refuses one; a task may declare one).
         """
+        share = self._share()
         entry = self._turns.get(name)
-        if entry is None or entry[0] != rate:
-            entry = (rate, self._interval(name, rate), now)
+        if entry is None or entry[0] != (rate, share):
+            entry = ((rate, share), self._interval(name, rate, share), now)
         given, interval, next_start = entry
         if interval <= 0:
             self._turns[name] = entry
@@ -51,9 +81,9 @@ class RateLimiter:
         self._turns[name] = (given, interval, start + interval)
         return start - now
 
-    def _interval(self, name: str, rate: str | float | None) -> float:
+    def _interval(self, name: str, rate: str | float | None, share: float) -> float:
         try:
-            per_second = parse_rate(rate) * self.share
+            per_second = parse_rate(rate) * share
         except ValueError as exc:
             logger.warning("Ignoring the rate limit of task %s: %s", name, exc)
             return 0.0

@@ -56,6 +56,7 @@ from chard.worker.execute import JobPayload
 from chard.worker.finished import settle_finished
 from chard.worker.held import ConsumerStats
 from chard.worker.lost import record_failure, reliably, settle_lost, settle_timeout
+from chard.worker.ratelimit import PoolShare
 from chard.worker.revocations import Revocations
 from chard.worker.slot import STAT_FIELDS, Running, Slot, digest
 
@@ -259,6 +260,8 @@ class Supervisor:
             wanted,
         )
         self.concurrency = wanted
+        if isinstance(self.spec.rate_share, PoolShare):
+            self.spec.rate_share.resize(wanted)  # the node's rate limits, split anew
         with self._lock:
             active = [c for c in self._children.values() if not c.is_retiring]
         surplus = len(active) - wanted

@@ -42,6 +42,7 @@ from chard.worker.node import ChildProcesses, LocalProcesses, Node, Processes
 from chard.worker.pools import GEVENT, PREFORK, create_pool, pool_kind
 from chard.worker.pools.green import is_patched
 from chard.worker.process_control import ProcessControl
+from chard.worker.ratelimit import PoolShare
 from chard.worker.revocations import Revocations
 from chard.worker.supervisor import Supervisor
 
@@ -80,6 +81,7 @@ class Worker:
         autoscale: str | tuple[int, int] | None = None,
         burst: bool = False,
         send_events: bool | None = None,
+        heartbeat: bool = True,
         on_banner: Callable[[str], None] | None = None,
     ) -> None:
         conf = app.conf
@@ -108,6 +110,9 @@ class Worker:
         #: before the prefork children fork: :meth:`EventDispatcher.enable` here (or in
         #: any child) turns events on in every process of the node.
         self.events = EventDispatcher(app, self.hostname, enabled=send_events)
+        #: Whether the node sends worker events (online, heartbeats, offline): Celery's
+        #: ``--without-heartbeat`` turns them off; task events follow ``send_events``.
+        self.heartbeat = heartbeat
         self.heart: Heart | None = None
         self.consumer: Consumer | None = None
         self.supervisor: Supervisor | None = None
@@ -169,14 +174,16 @@ class Worker:
             self.stop()  # a signal came before the supervisor or consumer existed: pass it on
         logger.info("%s ready.", self.hostname)
         signals.worker_ready.send(sender=self)
-        self.heart = Heart(self.events, active=self._active, processed=self._processed)
-        self.heart.start()
+        if self.heartbeat:
+            self.heart = Heart(self.events, active=self._active, processed=self._processed)
+            self.heart.start()
         try:
             stats = run()
         finally:
             mailbox.stop()  # leaves the channel
             signals.worker_shutdown.send(sender=self)
-            self.heart.stop()  # worker-offline, after the children stopped
+            if self.heart is not None:
+                self.heart.stop()  # worker-offline, after the children stopped
             self.events.close()
             self.app.events.task_dispatcher = None
             self.app.close()
@@ -201,7 +208,7 @@ class Worker:
             burst=self.burst,
             initializer=self._init_child,
             max_memory_per_child=self.max_memory_per_child,
-            rate_share=1.0 / self.concurrency,
+            rate_share=PoolShare(self.concurrency),
         )
         self.supervisor = Supervisor(spec, self.concurrency)
         if self.autoscale is not None:
@@ -252,9 +259,7 @@ class Worker:
             app=self.app,
             hostname=self.hostname,
             pool=self.pool_kind,
-            concurrency=self.concurrency,
             queues=self.queues,  # with prefork, the list children are forked with
-            prefetch=self.prefetch,
             max_tasks_per_child=self.max_tasks_per_child,
             revocations=revocations,
             processes=processes,
@@ -291,16 +296,16 @@ class Worker:
         if self.autoscaler is not None:
             self.autoscaler.force_scale_up(n)
         else:
-            self._resize(self._pool_size() + n)
-        return self._pool_size()
+            self._resize(self.pool_size() + n)
+        return self.pool_size()
 
     def pool_shrink(self, n: int = 1) -> int:
         """Retire ``n`` processes (threads) warmly, keeping one; returns the new size."""
         if self.autoscaler is not None:
             self.autoscaler.force_scale_down(n)
         else:
-            self._resize(max(1, self._pool_size() - n))
-        return self._pool_size()
+            self._resize(max(1, self.pool_size() - n))
+        return self.pool_size()
 
     def autoscale_update(self, max: int | None, min: int | None) -> tuple[int, int]:
         """Change the autoscale bounds (Celery's ``autoscale`` command); returns ``(max, min)``.
@@ -314,10 +319,17 @@ class Worker:
             )
         return self.autoscaler.update(max, min)
 
-    def _pool_size(self) -> int:
+    def pool_size(self) -> int:
+        """How many processes (or threads) the pool has now."""
         if self.supervisor is not None:
             return self.supervisor.size
         return self.consumer.pool.concurrency if self.consumer is not None else self.concurrency
+
+    def prefetch_count(self) -> int:
+        """Messages leased ahead now: each prefork child leases its own window."""
+        if self.supervisor is not None:
+            return self.supervisor.spec.prefetch * self.pool_size()
+        return self.prefetch
 
     def _resize(self, size: int) -> None:
         if self.supervisor is not None:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 import chard
+from chard.exceptions import TimeLimitExceeded
+from chard.worker.worker import expand_hostname
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory, run_cli
 
@@ -130,3 +132,32 @@ def test_cold_shutdown_returns_running_tasks(
     assert not marker.exists()
     workers.start("-c", "1")
     assert result.get(timeout=20) == 3
+
+
+def test_celerys_worker_flags_purge_limit_and_fair(
+    itproj: Any, workers: WorkerFactory, tmp_path: Path
+) -> None:
+    from itproj.tasks import add, block_until
+
+    # Given three tasks waiting before the worker starts
+    stale = [add.delay(1, 1) for _ in range(3)]
+    assert itproj.broker.queue_size("celery") == 3
+
+    # When a worker starts with Celery's flags
+    worker = workers.start(
+        "-c", "1", "-n", "flags1@%h", "--purge", "--time-limit", "1", "-O", "fair",
+        "--without-mingle", "--without-gossip",
+    )  # fmt: skip
+
+    # Then --purge dropped them before consuming, and said so
+    assert "Purged 3 messages from 1 queue(s)." in worker.log.read_text()
+    assert itproj.broker.queue_size("celery") == 0
+    assert all(r.state == "PENDING" for r in stale)
+    # --time-limit is every task's hard limit (block_until would wait 30 s)
+    with pytest.raises(TimeLimitExceeded):
+        block_until.delay(str(tmp_path / "never"), 30).get(timeout=30)
+    # -O fair leases one message per child
+    node = expand_hostname("flags1@%h")
+    stats = itproj.control.inspect(destination=[node], timeout=10).stats()
+    assert stats is not None
+    assert stats[node]["prefetch_count"] == 1

@@ -45,9 +45,14 @@ def worker_row(dashboard: Dashboard, name: str = NODE) -> dict[str, Any] | None:
 
 
 def events_flowing(dashboard: Dashboard) -> bool:
-    """The node is online and its events reach the dashboard (it switched them on)."""
+    """The node is online, its heartbeats arrive, and it confirmed task events are on."""
     row = worker_row(dashboard)
-    return bool(row and row["status"] == "ONLINE" and row["heartbeat_age"] is not None)
+    return bool(
+        row
+        and row["status"] == "ONLINE"
+        and row["heartbeat_age"] is not None
+        and row["task_events"]
+    )
 
 
 def task_in(dashboard: Dashboard, task_id: str, state: str) -> dict[str, Any] | None:

@@ -118,19 +118,39 @@ def test_dump_shows_worker_online_heartbeats_and_offline(
     dump.wait_for("hb1@", "] shutdown: ")
 
 
-def test_a_worker_without_events_sends_none(
+def test_a_worker_without_task_events_still_sends_worker_events(
+    itproj: Any, dump: Dump, workers: WorkerFactory
+) -> None:
+    # Given a worker started without -E (Celery's worker sends its 'worker' group anyway)
+    from itproj.tasks import add
+
+    worker = workers.start("-c", "1", "-n", "quiet1@%h")
+    dump.wait_for("quiet1@", "] started: ")
+
+    # When it runs a task and stops
+    result = add.delay(1, 1)
+    assert result.get(timeout=20) == 2
+    dump.wait_for("quiet1@", "] heartbeat: ", "processed=1", timeout=15)
+    assert worker.stop() == 0
+    dump.wait_for("quiet1@", "] shutdown: ")
+
+    # Then monitors saw the node, but not a single task event
+    assert result.id not in dump.text()
+
+
+def test_without_heartbeat_a_worker_sends_no_events_at_all(
     itproj: Any, dump: Dump, workers: WorkerFactory
 ) -> None:
     from itproj.tasks import add
 
-    workers.start("-c", "1", "-n", "quiet1@%h")
+    workers.start("-c", "1", "-n", "silent1@%h", "--without-heartbeat", "--without-gossip")
     assert add.delay(1, 1).get(timeout=20) == 2
     marker = itproj.events.Dispatcher(hostname="marker@test")
     marker.send("worker-online")  # the channel works: this shows, nothing before it did
     marker.close()
 
     dump.wait_for("marker@test")
-    assert "quiet1@" not in dump.text()
+    assert "silent1@" not in dump.text()
 
 
 def test_receiver_capture_against_a_real_worker(itproj: Any, workers: WorkerFactory) -> None:

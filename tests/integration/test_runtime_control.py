@@ -70,8 +70,11 @@ def test_pool_grow_and_shrink_through_control(itproj: Any, workers: WorkerFactor
     assert grown.returncode == 0, grown.stderr
     assert "pool will grow" in grown.stdout
 
-    # Then three children run
+    # Then three children run, and the node says so
     wait_for(lambda: len(children_of(worker.pid)) == 3, timeout=20)
+    stats = itproj.control.inspect(destination=[NODE], timeout=10).stats()
+    assert stats[NODE]["pool"]["max-concurrency"] == 3
+    assert stats[NODE]["prefetch_count"] == 3 * itproj.conf.worker_prefetch_multiplier
 
     # When it shrinks by two, two idle children retire warmly and one stays
     shrunk = itproj.control.pool_shrink(2, destination=[NODE], reply=True, timeout=10)

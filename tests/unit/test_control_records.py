@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import pytest
 
@@ -13,7 +14,7 @@ from chard.protocol.control import (
     ControlRequest,
     parse_rate,
 )
-from chard.worker.ratelimit import RateLimiter
+from chard.worker.ratelimit import PoolShare, RateLimiter
 
 
 def test_a_request_round_trips_through_its_payload() -> None:
@@ -137,6 +138,33 @@ def test_a_share_of_the_limit_spaces_each_process_further_apart() -> None:
     limiter = RateLimiter(share=0.5)  # one of two prefork children
 
     assert [limiter.delay("t", "1/s", now=0.0) for _ in range(2)] == [0.0, 2.0]
+
+
+def test_the_share_follows_the_pool_size_across_a_fork() -> None:
+    # Given a pool of two sharing a node limit of 1/s, and a child forked from it
+    share = PoolShare(2)
+    limiter = RateLimiter(share)
+    assert [limiter.delay("t", "1/s", now=0.0) for _ in range(2)] == [0.0, 2.0]
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    go = ctx.Event()
+
+    def child() -> None:
+        go.wait(10)
+        writer.send(share())
+
+    process = ctx.Process(target=child)
+    process.start()
+
+    # When the parent grows the pool to four
+    share.resize(4)
+    go.set()
+
+    # Then the child's share is a quarter, and each turn is spaced by the new share
+    assert reader.recv() == 0.25
+    process.join(10)
+    assert limiter.delay("t", "1/s", now=10.0) == 0.0  # a new share starts afresh
+    assert limiter.delay("t", "1/s", now=10.0) == 4.0
 
 
 def test_a_changed_limit_starts_afresh_and_a_bad_one_is_not_enforced() -> None:

@@ -127,13 +127,31 @@ def test_retried_and_revoked_tasks_send_their_events(app: Celery) -> None:
     assert (gone["expired"], gone["terminated"]) == (False, False)
 
 
-def test_with_events_off_a_worker_sends_nothing(app: Celery) -> None:
+def test_with_task_events_off_a_worker_sends_only_worker_events(app: Celery) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
     add.delay(1, 2)
     run_burst_with_events(app, send_events=False)
+
+    types = [e["type"] for e in captured(app)]
+    assert types[0] == "worker-online"
+    assert types[-1] == "worker-offline"
+    assert not [t for t in types if t.startswith("task-")]
+
+
+def test_without_heartbeat_a_worker_sends_nothing(app: Celery) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 2)
+    worker = Worker(app, pool="solo", burst=True, hostname=HOST, heartbeat=False)
+    thread = threading.Thread(target=worker.start)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
 
     assert app.broker.broadcast_tail(EVENTS_CHANNEL) == "0"
 
@@ -368,7 +386,7 @@ def test_a_task_sends_custom_events_even_with_task_events_off(app: Celery) -> No
     result = progress.delay()
     run_burst_with_events(app, send_events=False)
 
-    (event,) = app.events.Receiver(from_start=True).itercapture(limit=1, timeout=5)
+    (event,) = [e for e in captured(app) if e["type"].startswith("task-")]
     assert event["type"] == "task-progress"
     assert (event["uuid"], event["current"], event["total"]) == (result.id, 5, 10)
     assert event["hostname"] == HOST
