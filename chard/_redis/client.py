@@ -8,12 +8,10 @@ for the exceptions, and never imports ``redis`` itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import Script
 from redis.retry import Retry
 
 from chard._redis.url import RedisTarget
@@ -21,9 +19,6 @@ from chard.exceptions import ChardError
 
 #: A ``WATCH``ed key changed before ``EXEC`` (the transaction did nothing).
 WatchError = redis.WatchError
-
-#: One script call of :func:`run_scripts`: its keys and its arguments.
-ScriptCall = tuple[Sequence[str], Sequence[Any]]
 
 
 def open_client(target: RedisTarget) -> redis.Redis:
@@ -86,28 +81,3 @@ class RedisErrors:
             ) from exc
         if isinstance(exc, redis.RedisError):
             raise self.failed(f"{self.what} at {self.redacted!r} failed: {exc}") from exc
-
-
-def run_scripts(client: redis.Redis, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Run ``script`` once per call, several in one pipeline; return the replies in order.
-
-    A restarted Redis has forgotten its scripts. One call re-loads by itself (redis-py's
-    :class:`Script` does); a pipeline checks before it sends, and if Redis restarts
-    between the check and the commands, the script is loaded again and the whole
-    pipeline runs once more. So each call must be safe to repeat.
-    """
-    if len(calls) == 1:
-        keys, args = calls[0]
-        return [script(keys=keys, args=args)]
-
-    def pipelined() -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return pipe.execute()
-
-    try:
-        return pipelined()
-    except redis.exceptions.NoScriptError:
-        client.script_load(script.script)
-        return pipelined()

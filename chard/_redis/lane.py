@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 from redis.connection import AbstractConnection
 
 from chard._utils.perprocess import current_pid
@@ -76,6 +78,48 @@ class Lane:
             return conn.read_response()
 
         return conn.retry.call_with_retry(run, lambda _error: conn.disconnect())
+
+    def execute_many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send several commands in one round trip (a pipeline, not a transaction).
+
+        Every reply is read before an error reply is raised, so the connection stays in step.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: still failing after the retries (the
+                whole batch is sent again on a retry: each command must be safe to repeat).
+            redis.ResponseError: the first command the server refused.
+        """
+        conn: Any = self.connection()
+        packed = conn.pack_commands(commands)
+
+        def run() -> list[Any]:
+            conn.send_packed_command(packed, check_health=False)
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as error:
+                    replies.append(error)
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+            return replies
+
+        replies: list[Any] = conn.retry.call_with_retry(run, lambda _error: conn.disconnect())
+        return replies
+
+    def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a registered ``script`` by its digest, loading it first if Redis lost it.
+
+        A restarted Redis has forgotten its scripts: ``NOSCRIPT`` loads it and runs it
+        once more (the failed call did nothing).
+        """
+        try:
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            sha = self.execute("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha  # as redis-py does
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def close(self) -> None:
         """Close every thread's connection (each reconnects if it is used again)."""

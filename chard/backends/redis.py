@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from chard import states
-from chard._redis.client import RedisErrors, ScriptCall, open_client, run_scripts
+from chard._redis.client import RedisErrors, open_client
 from chard._redis.lane import Lane
 from chard._redis.listener import Cursor, Listener
 from chard._redis.url import parse_redis_url
@@ -51,26 +51,34 @@ DEFAULT_RETRY_POLICY = {
 }
 
 
-#: Store a meta unless the stored one wins, in one round-trip: SET (PX) + PUBLISH, as
-#: Celery does. ARGV: value, ttl in ms ('' = none), then the stored statuses that win
-#: over the incoming state (from the base class's policy). Returns the winner, or nil.
+#: Store metas unless the stored ones win, all in one script call: per key ``SET`` (PX)
+#: + ``PUBLISH``, as Celery does. KEYS: the metas' keys. ARGV: ttl in ms ('' = none), then
+#: per key its value and the stored statuses that win over the incoming state (from the
+#: base class's policy), comma-separated. Returns per key the stored value that won, or
+#: false (stored).
 _STORE = r"""
-local current = redis.call('GET', KEYS[1])
-if current and #ARGV > 2 then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' then
-    for i = 3, #ARGV do
-      if meta['status'] == ARGV[i] then return current end
+local ttl, kept = ARGV[1], {}
+for i, key in ipairs(KEYS) do
+  local value, winners = ARGV[2 * i], ARGV[2 * i + 1]
+  local current = winners ~= '' and redis.call('GET', key)
+  kept[i] = false
+  if current then
+    local ok, meta = pcall(cjson.decode, current)
+    if ok and type(meta) == 'table' and type(meta['status']) == 'string' and
+        string.find(',' .. winners .. ',', ',' .. meta['status'] .. ',', 1, true) then
+      kept[i] = current
     end
   end
+  if not kept[i] then
+    if ttl == '' then
+      redis.call('SET', key, value)
+    else
+      redis.call('SET', key, value, 'PX', ttl)
+    end
+    redis.call('PUBLISH', key, value)
+  end
 end
-if ARGV[2] == '' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return false
+return kept
 """
 
 
@@ -143,7 +151,7 @@ class RedisResultBackend(ResultBackend):
         self._store_script = self._client.register_script(_STORE)
         self._chord_part_script = self._client.register_script(_CELERY_CHORD_PART)
         self._chord_done_script = self._client.register_script(_CELERY_CHORD_DONE)
-        self._winners: dict[str, list[str]] = {}  # incoming state -> stored states that win
+        self._winners: dict[str, str] = {}  # incoming state -> stored states that win, joined
         self._lane = Lane(self._client)  # reads on a waiter's path: no pool checkout
         self._listener = Listener(self._client)
         self._local = threading.local()  # this thread's Cursor in its current wait
@@ -178,29 +186,29 @@ class RedisResultBackend(ResultBackend):
             store()
 
     def _store_metas(self, metas: Sequence[tuple[Meta, bytes]]) -> list[Meta]:
-        """Store metas as the base class does, in one round trip, riding out a lost connection.
+        """Store metas as the base class does, in one script call, riding out a lost connection.
 
-        Each read-compare-write is one script call (instead of a GET then a MULTI), with
-        the base class's precedence (:meth:`_is_final_over`) passed in as the list of stored
-        states that win; several go out in one pipeline. Safe to repeat (``retry_policy``):
-        the scripts run again whole, and a waiter that was already woken simply reads the
-        same value again.
+        Each read-compare-write happens in the script (instead of a GET then a MULTI), with
+        the base class's precedence (:meth:`_is_final_over`) passed in as the stored states
+        that win. Safe to repeat (``retry_policy``): the script runs again whole, and a
+        waiter that was already woken simply reads the same value again.
         """
         ttl = "" if self.expires is None else str(max(1, round(self.expires * 1000)))
-        calls: list[ScriptCall] = []
+        keys: list[str] = []
+        args: list[str | bytes] = [ttl]
         for meta, data in metas:
             state = meta["status"]
             winners = self._winners.get(state)
             if winners is None:
-                winners = [s for s in states.READY_STATES if self._is_final_over(s, state)]
-                self._winners[state] = winners
-            key = self._key(self.task_key(meta["task_id"]))
-            calls.append(([key], [data, ttl, *winners]))
-
-        kept = self._ensure(lambda: run_scripts(self._client, self._store_script, calls))
+                won = [s for s in states.READY_STATES if self._is_final_over(s, state)]
+                winners = self._winners[state] = ",".join(sorted(won))
+            keys.append(self._key(self.task_key(meta["task_id"])))
+            args += (data, winners)
+        script = self._store_script
+        kept = self._ensure(lambda: self._lane.run_script(script, keys, args))
         return [
-            meta if raw is None else (self._load(cast(bytes, raw)) or meta)
-            for (meta, _), raw in zip(metas, kept, strict=True)
+            meta if not raw else (self._load(cast(bytes, raw)) or meta)
+            for (meta, _), raw in zip(metas, cast(list[Any], kept), strict=True)
         ]
 
     def _delete(self, key: str) -> None:

@@ -85,18 +85,35 @@ local function move_due(t)
 end
 """
 
-# ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec, queues...
+# ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec ('' to
+# leave the landing source as it is), sweep ('1': recover lapsed leases, move due delayed
+# messages and renew the registration; '': leave those to a later call), the number of
+# tags to ack first, those tags, queues...
+# Returns server time, the next due time ('' none, '-' not looked at), then tag, queue,
+# count, body of each message leased. A batch costs a fixed handful of commands: ready
+# lists are popped with RPOP's count and the leases written with one variadic command
+# per key, so nothing but the Lua loop grows with the batch.
 _FETCH = r"""
-local consumer, limit = ARGV[2], tonumber(ARGV[4])
+local consumer, limit, sweep = ARGV[2], tonumber(ARGV[4]), ARGV[8] == '1'
+local acks = tonumber(ARGV[9])
+for i = 10, 9 + acks, 2000 do  -- acks first, as RedisBroker.ack_many sends them
+  local last = math.min(i + 1999, 9 + acks)
+  redis.call('HDEL', inflight, unpack(ARGV, i, last))
+  redis.call('HDEL', meta, unpack(ARGV, i, last))
+  redis.call('ZREM', leases, unpack(ARGV, i, last))
+end
 local t = now()
 -- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
 -- instead of overwriting the leases the first run took.
 local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
-recover(t)
-local out = {tostring(t), move_due(t)}
+local out = {tostring(t), '-'}
+if sweep then
+  recover(t)
+  out[2] = move_due(t)
+end
 local expiry = t + tonumber(ARGV[3])
 local has_redeliveries = redis.call('EXISTS', redeliveries) == 1
-local taken = 0
+local taken, zargs, bodies, metas = 0, {}, {}, {}
 local function lease(queue, step, body)
   taken = taken + 1
   local tag, count = tag_base .. '.' .. taken, 1
@@ -108,36 +125,65 @@ local function lease(queue, step, body)
       redis.call('HDEL', redeliveries, digest)
     end
   end
-  hold(tag, expiry, body, queue, step, count, consumer)
-  for _, v in ipairs({tag, queue, count, body}) do out[#out + 1] = v end
+  local n = #zargs
+  zargs[n + 1], zargs[n + 2] = expiry, tag
+  bodies[n + 1], bodies[n + 2] = tag, body
+  metas[n + 1] = tag
+  metas[n + 2] = cjson.encode({q = queue, p = step, n = count, c = consumer})
+  n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = tag, queue, count, body
 end
 if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
   local landing = prefix .. 'chard.landing.' .. consumer
-  local body = redis.call('RPOP', landing)
-  while body do
-    lease(string.sub(ARGV[6], 2), string.sub(ARGV[6], 1, 1), body)
-    body = redis.call('RPOP', landing)
+  local moved = redis.call('RPOP', landing, 1000)
+  while moved do
+    for _, body in ipairs(moved) do
+      lease(string.sub(ARGV[6], 2), string.sub(ARGV[6], 1, 1), body)
+    end
+    moved = #moved == 1000 and redis.call('RPOP', landing, 1000)
   end
 end
 local queues = {}
-for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
-for _, step in ipairs({'0', '3', '6', '9'}) do
+for i = 10 + acks, #ARGV do queues[#queues + 1] = ARGV[i] end
+-- Round-robin in even shares: one busy queue cannot fill a batch.
+local function take(step)
   local active = queues
-  while taken < limit and #active > 0 do  -- round-robin: one busy queue cannot fill a batch
+  while taken < limit and #active > 0 do
     local still = {}
+    local share = math.max(1, math.floor((limit - taken) / #active))
     for _, queue in ipairs(active) do
-      if taken >= limit then break end
-      local body = redis.call('RPOP', ready_key(queue, step))
-      if body then
-        lease(queue, step, body)
-        still[#still + 1] = queue
+      local want = math.min(share, limit - taken)
+      if want < 1 then break end
+      local popped = redis.call('RPOP', ready_key(queue, step), want)
+      if popped then
+        for _, body in ipairs(popped) do lease(queue, step, body) end
+        if #popped == want then still[#still + 1] = queue end
       end
     end
     active = still
   end
 end
-redis.call('ZADD', consumers, expiry, consumer)
-redis.call('HSET', landing_src, consumer, ARGV[7])
+take('0')
+if taken < limit then  -- lower priorities: one EXISTS says whether any list has messages
+  local lower = {}
+  for _, step in ipairs({'3', '6', '9'}) do
+    for _, queue in ipairs(queues) do lower[#lower + 1] = ready_key(queue, step) end
+  end
+  if #lower > 0 and redis.call('EXISTS', unpack(lower)) > 0 then
+    for _, step in ipairs({'3', '6', '9'}) do take(step) end
+  end
+end
+-- One command per key for the whole batch (in chunks: Lua's unpack has a limit).
+local function variadic(command, key, args)
+  for i = 1, #args, 2000 do
+    redis.call(command, key, unpack(args, i, math.min(i + 1999, #args)))
+  end
+end
+variadic('ZADD', leases, zargs)
+variadic('HSET', inflight, bodies)
+variadic('HSET', meta, metas)
+if sweep then redis.call('ZADD', consumers, expiry, consumer) end
+if ARGV[7] ~= '' then redis.call('HSET', landing_src, consumer, ARGV[7]) end
 return out
 """
 

@@ -67,6 +67,13 @@ logger = logging.getLogger(__name__)
 #: queues, lower priorities) are seen within this, and an idle consumer sends 2 commands
 #: per wait.
 DEFAULT_POLL_INTERVAL = 1.0
+#: Longest time (seconds) between two fetches that also recover lapsed leases and move due
+#: delayed messages, while fetches follow each other quickly: the heartbeat and an idle
+#: consumer's poll do both as well, so this only spares a busy consumer the work.
+SWEEP_INTERVAL = 0.1
+#: How long (seconds) lists a fetch found empty count as empty for the next fetch, which
+#: then blocks at once instead of looking again (:meth:`RedisBroker._just_emptied`).
+JUST_EMPTIED = 0.01
 #: Most members of the delayed set :meth:`RedisBroker.delayed` looks at.
 DELAYED_SCAN = 10_000
 
@@ -145,6 +152,10 @@ class RedisBroker(KombuInterop, Broker):
         self._held: set[str] = set()
         self._is_registered = False
         self._landed_spec = ""  # source of what the last blocking wait may have moved
+        self._landing_src = ""  # the landing source the last fetch wrote
+        self._sweep_at = 0.0  # monotonic time of the next fetch that also sweeps
+        self._due_at: float | None = None  # monotonic time the next delayed message is due
+        self._empty_until = 0.0  # until when the lists count as just found empty
         self._fetches = 0
 
     # -- publishing -----------------------------------------------------------
@@ -189,55 +200,118 @@ class RedisBroker(KombuInterop, Broker):
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Lease up to ``limit`` messages, blocking up to ``timeout`` for the first.
 
-        Each round is one script (recover lapsed leases, move due delayed messages, lease
-        what is ready) then, if nothing came, one ``BLMOVE`` on the highest-priority list
-        of one queue (rotating), bounded by the poll interval and the next due time.
+        Each round is one script (lease what is ready; at most every :data:`SWEEP_INTERVAL`
+        seconds, and whenever a delayed message falls due, it also recovers lapsed leases
+        and moves due delayed messages) then, if nothing came, one ``BLMOVE`` on the
+        highest-priority list of one queue (rotating), bounded by the poll interval and
+        the next due time.
         """
         if limit < 1 or not queues:
             return []
-        deadline = time.monotonic() + max(timeout, 0.0)
         with self._fetch_lock, self._errors():
-            self._fetches += 1
-            start = self._fetches % len(queues)
-            order = [*queues[start:], *queues[:start]]
-            attempt = -1
-            while True:
-                attempt += 1
-                queue = order[attempt % len(order)]
-                spec = "0" + queue  # the landing list's source: step 0 of this queue
-                server_now, next_due, deliveries = self._lease(order, limit, spec)
+            return self._fetch(queues, limit, timeout, [])
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, timeout: float
+    ) -> list[Delivery]:
+        """Carry this consumer's acks in the fetch's first script call: one round trip less.
+
+        Other deliveries are acked one by one first. If the script never ran (it failed,
+        or there was nothing to fetch), the acks are sent on their own.
+        """
+        acking = self._unsettled_own(acks)
+        if limit < 1 or not queues or not acking:
+            self._send_acks(acking)
+            return self.fetch(queues, limit, timeout)
+        with self._held_lock:  # as in ack_many: out of the held set first
+            self._held.difference_update(d.tag for d in acking)
+        try:
+            with self._fetch_lock, self._errors():
+                deliveries = self._fetch(queues, limit, timeout, acking)
+        finally:
+            if acking:  # not sent: back in the held set until they are
+                with self._held_lock:
+                    self._held.update(d.tag for d in acking)
+        self._send_acks(acking)  # (only if the script never ran: then nothing was fetched)
+        return deliveries
+
+    def _fetch(
+        self, queues: Sequence[str], limit: int, timeout: float, acking: list[RedisDelivery]
+    ) -> list[Delivery]:
+        """Run :meth:`fetch` with ``_fetch_lock`` held; the first script also acks ``acking``."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._fetches += 1
+        start = self._fetches % len(queues)
+        order = [*queues[start:], *queues[:start]]
+        attempt = -1
+        while True:
+            attempt += 1
+            queue = order[attempt % len(order)]
+            spec = "0" + queue  # the landing list's source: step 0 of this queue
+            now = time.monotonic()
+            if attempt or acking or not self._just_emptied(spec, now):
+                deliveries = self._lease(order, limit, spec, acking)
                 if deliveries:
                     return deliveries
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                block = min(remaining, self.poll_interval, self.lease_timeout / 2)
-                if next_due is not None:
-                    block = min(block, next_due - server_now)
-                    if block <= 0:
-                        continue  # more due messages than one script moves: go again
-                # redis-py annotates the timeout as int; Redis takes fractions of a second.
-                # 10 ms floor: a timeout of 0 would block forever.
-                wait = cast(int, max(block, 0.01))
-                source = self._key(ready_key(queue, 0))
-                moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
-                if moved is None and time.monotonic() >= deadline:
-                    return []
+                now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                return []
+            block = min(remaining, self.poll_interval, self.lease_timeout / 2)
+            if self._due_at is not None:
+                block = min(block, self._due_at - now)
+                if block <= 0:
+                    continue  # more due messages than one script moves: go again
+            # redis-py annotates the timeout as int; Redis takes fractions of a second.
+            # 10 ms floor: a timeout of 0 would block forever.
+            wait = cast(int, max(block, 0.01))
+            source = self._key(ready_key(queue, 0))
+            self._landed_spec = spec  # (before the wait: a lost reply may have moved one)
+            moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
+            if moved is None and time.monotonic() >= deadline:
+                return []
+
+    def _just_emptied(self, spec: str, now: float) -> bool:
+        """Whether the last script found the lists empty a moment ago: block straight away.
+
+        A hungry consumer's fetch that follows a short batch would only find them empty
+        again. Its blocking wait still sees a new message on its own list at once; one on
+        another list (another queue, a lower priority) is seen within the poll interval, as
+        is any that comes while it blocks. Never when a sweep is due, acks are to be sent
+        or the landing source changes.
+        """
+        return now < self._empty_until and spec == self._landing_src and not self._sweep_due(now)
+
+    def _sweep_due(self, now: float) -> bool:
+        return now >= self._sweep_at or (self._due_at is not None and now >= self._due_at)
 
     def _lease(
-        self, queues: Sequence[str], limit: int, next_spec: str
-    ) -> tuple[float, float | None, list[Delivery]]:
+        self, queues: Sequence[str], limit: int, next_spec: str, acking: list[RedisDelivery]
+    ) -> list[Delivery]:
+        now = time.monotonic()
+        sweep = self._sweep_due(now)
+        # The landing source is written when it changes, and with every sweep (a consumer
+        # whose registration lapsed was forgotten, source and all).
+        spec = next_spec if sweep or next_spec != self._landing_src else ""
         tag_base = self._tag_base(str(self._fetches))
         args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
-        raw = self._fetch_script(args=[*args, self._landed_spec, next_spec, *queues])
-        self._landed_spec = next_spec
+        args += [self._landed_spec, spec, "1" if sweep else "", len(acking)]
+        args += [*(d.tag for d in acking), *queues]
+        reply = cast(list[Any], self._lane.run_script(self._fetch_script, (), args))
+        for delivery in acking:
+            delivery._is_settled = True
+        acking.clear()
+        self._landed_spec, self._landing_src = "", next_spec
         self._is_registered = True
-        reply = cast(list[Any], raw)
-        next_due = float(reply[1]) if reply[1] else None
+        if sweep:
+            self._sweep_at = now + min(SWEEP_INTERVAL, self.poll_interval)
+            due = float(reply[1]) - float(reply[0]) if reply[1] else None
+            self._due_at = None if due is None else now + due
         deliveries = self._hold(reply[2:])
+        self._empty_until = now + JUST_EMPTIED if len(deliveries) < limit else 0.0
         if deliveries:
             logger.debug("Leased %d message(s) from %s", len(deliveries), list(queues))
-        return float(reply[0]), next_due, deliveries
+        return deliveries
 
     def _take_over(self, consumer_id: str) -> list[Delivery]:
         """Re-lease ``consumer_id``'s leases under new tags in one script.
@@ -289,11 +363,18 @@ class RedisBroker(KombuInterop, Broker):
             )
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack this consumer's deliveries in one MULTI/EXEC (other deliveries one by one).
+        """Ack this consumer's deliveries in one round trip (other deliveries one by one).
 
         An ack only drops the lease's records (tags are unique per lease), so unlike
-        requeue and dead-letter it needs no script: dropping a lapsed tag is a no-op.
+        requeue and dead-letter it needs no script: dropping a lapsed tag is a no-op. Nor
+        a transaction: the body goes first, and a lease whose body is gone is only dropped
+        when it lapses or is taken over, so an ack cut short anywhere loses nothing and
+        runs nothing twice.
         """
+        self._send_acks(self._unsettled_own(deliveries))
+
+    def _unsettled_own(self, deliveries: Sequence[Delivery]) -> list[RedisDelivery]:
+        """Return this consumer's unsettled deliveries; ack the others one by one."""
         mine: list[RedisDelivery] = []
         for delivery in deliveries:
             if isinstance(delivery, RedisDelivery) and delivery._broker is self:
@@ -301,6 +382,9 @@ class RedisBroker(KombuInterop, Broker):
                     mine.append(delivery)
             else:
                 delivery.ack()
+        return mine
+
+    def _send_acks(self, mine: Sequence[RedisDelivery]) -> None:
         if not mine:
             return
         tags = [d.tag for d in mine]
@@ -308,11 +392,11 @@ class RedisBroker(KombuInterop, Broker):
             self._held.difference_update(tags)
         try:
             with self._errors():
-                pipe = self._client.pipeline(transaction=True)
-                pipe.zrem(self._key("chard.leases"), *tags)
-                pipe.hdel(self._key("chard.inflight"), *tags)
-                pipe.hdel(self._key("chard.inflight.meta"), *tags)
-                pipe.execute()
+                self._lane.execute_many(
+                    ("HDEL", self._key("chard.inflight"), *tags),
+                    ("HDEL", self._key("chard.inflight.meta"), *tags),
+                    ("ZREM", self._key("chard.leases"), *tags),
+                )
         except BrokerError:
             with self._held_lock:
                 self._held.update(tags)

@@ -8,7 +8,8 @@ condition variable:
 * the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
   free pool slots and settles finished ones (requeue, dead-letter, or an ack to send);
 * the *acker* sends those acks, all that piled up, in one broker call, so the
-  dispatcher never waits on a broker round trip while pool slots sit idle.
+  dispatcher never waits on a broker round trip while pool slots sit idle; when the
+  fetcher is about to fetch, it carries them instead (one round trip for both on Redis).
 
 A fourth, the *heartbeat*, extends this worker's leases so a slow task is never
 handed to another worker, while a dead worker's leases lapse within
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chard.worker")
 
+#: Longest wait (seconds) of the acker for a fetch that is to carry the acks.
+ACK_WAIT = 0.05
+
 
 class Consumer:
     """Moves messages from the broker through the pool; see the module docstring."""
@@ -100,6 +104,7 @@ class Consumer:
         self._stopping = threading.Event()
         self._cold = False
         self._fetch_idle = False
+        self._fetcher_waits = False  # the fetcher waits for room (``_cond`` held)
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
         # A prefork child is given the record its parent follows (see Revocations).
         self._owns_revocations = revocations is None
@@ -174,13 +179,17 @@ class Consumer:
         lost_at: float | None = None
         while not self._stopping.is_set():
             with self._cond:
-                while self._held() >= self.prefetch and not self._stopping.is_set():
+                self._fetcher_waits = True
+                while not self._has_room() and not self._stopping.is_set():
                     self._cond.wait(1.0)
+                self._fetcher_waits = False
                 room = self.prefetch - self._held()
+                acks, self._acks = self._acks, []  # they ride along with the fetch
             if self._stopping.is_set():
+                self._return_acks(acks)
                 return
             try:
-                deliveries = broker.fetch(self.queues, room, timeout=1.0)
+                deliveries = broker.ack_and_fetch(acks, self.queues, room, timeout=1.0)
                 backoff = 1.0
                 if lost_at is not None:
                     logger.warning(
@@ -188,12 +197,14 @@ class Consumer:
                     )
                     lost_at = None
             except BrokerConnectionError as exc:
+                self._return_acks(acks)
                 lost_at = lost_at if lost_at is not None else time.monotonic()
                 logger.warning("Broker connection lost: %s; retrying in %.0fs", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             except Exception:
+                self._return_acks(acks)
                 logger.exception("Unexpected error while fetching; retrying in %.0fs", backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -202,6 +213,23 @@ class Consumer:
                 self._reserved.extend(deliveries)
                 self._fetch_idle = not deliveries
                 self._cond.notify_all()
+
+    def _return_acks(self, acks: list[Delivery]) -> None:
+        """Hand acks the fetcher could not send (or may not have) back to the acker."""
+        if acks:
+            with self._cond:
+                self._acks[:0] = acks
+                self._cond.notify_all()
+
+    def _has_room(self) -> bool:
+        """Whether to fetch now (``_cond`` held): room for half the window, or an idle pool.
+
+        Waiting for half the window while the pool has work makes fetches (and the batches
+        they become) bigger: fewer broker round trips per task, at no cost to a pool that
+        still has something to run.
+        """
+        room = self.prefetch - self._held()
+        return room >= max(1, self.prefetch // 2) or (room > 0 and not self._inflight)
 
     def _held(self) -> int:
         """Count the leased messages that use up the prefetch window (``_cond`` held).
@@ -235,9 +263,26 @@ class Consumer:
             with self._cond:
                 while not self._acks and not self._stopping.is_set():
                     self._cond.wait()
+                give_up = time.monotonic() + ACK_WAIT  # then send them, fetch or not
+                while self._acks and self._fetch_carries() and not self._stopping.is_set():
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if not self._acks:
-                    return
+                    if self._stopping.is_set():
+                        return
+                    continue  # the fetcher took them
             self._flush_acks()
+
+    def _fetch_carries(self) -> bool:
+        """Whether the fetcher is about to fetch, and so to carry the acks (``_cond`` held).
+
+        It waits for room in the prefetch window, and there is room now: it wakes with
+        this same notification. Otherwise (it blocks on the broker, or has no room) the
+        acker sends them itself.
+        """
+        return self._fetcher_waits and self._has_room()
 
     def _flush_acks(self) -> None:
         with self._cond:

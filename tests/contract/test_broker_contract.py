@@ -216,6 +216,30 @@ def test_ack_many_settles_every_delivery_once(make_broker: BrokerFactory) -> Non
     assert broker.queue_size("q") == 0
 
 
+def test_ack_and_fetch_acks_then_fetches(make_broker: BrokerFactory) -> None:
+    # Given two leased messages, one of them already settled, and one more queued
+    broker = make_broker(lease_timeout=SHORT_LEASE)
+    for body in (b"a", b"b"):
+        publish(broker, "q", body)
+    deliveries = broker.fetch(["q"], 2, timeout=1.0)
+    assert len(deliveries) == 2
+    deliveries[0].ack()
+    publish(broker, "q", b"c")
+
+    # When the worker's fetcher acks them with its next fetch
+    [third] = broker.ack_and_fetch(deliveries, ["q"], 5, timeout=1.0)
+    third.ack()
+
+    # Then the next message came, and neither acked one comes back after its lease lapsed
+    assert third.body == b"c"
+    time.sleep(SHORT_LEASE + 0.2)
+    broker.heartbeat()
+    assert broker.ack_and_fetch([], ["q"], 3, timeout=0) == []
+    assert broker.queue_size("q") == 0
+    deliveries[1].reject(requeue=True)  # settled by ack_and_fetch: a no-op
+    assert broker.queue_size("q") == 0
+
+
 def test_dead_letter_then_redrive(broker: Broker) -> None:
     # Given a message set aside as a poison pill
     publish(broker, "q", b"poison", priority=2)

@@ -231,7 +231,7 @@ def test_a_fetch_repeated_after_a_lost_reply_keeps_both_leases(
     client = private_redis.client()
     try:
         broker.publish([OutgoingMessage("q", b"first"), OutgoingMessage("q", b"second")])
-        args = ["", broker.consumer_id, broker.lease_timeout, 1, "same-base", "", "0q", "q"]
+        args = ["", broker.consumer_id, broker.lease_timeout, 1, "same-base", "", "0q", "1", 0, "q"]
 
         broker._fetch_script(args=args)
         broker._fetch_script(args=args)  # the retry, identical arguments
