@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -153,8 +154,12 @@ def test_inspect_reports_stats_conf_revoked_and_report(app: Celery, node: Worker
     app.control.revoke("gone", [NODE], reply=True, timeout=5.0)
     inspect = app.control.inspect(destination=[NODE], timeout=5.0)
 
-    stats = (inspect.stats() or {})[NODE]
-    assert stats["total"] == {"rc.add": 1}
+    def counted() -> dict[str, Any] | None:
+        # The result is stored just before the node counts the task done: wait for the count
+        reply = (inspect.stats() or {})[NODE]
+        return reply if reply["total"] == {"rc.add": 1} else None
+
+    stats = wait_for(counted, timeout=10)
     assert stats["pool"]["max-concurrency"] == 1
     assert {"pid", "uptime", "broker", "rusage", "prefetch_count"} <= set(stats)
     assert (inspect.revoked() or {})[NODE] == ["gone"]
