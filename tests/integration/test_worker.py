@@ -104,12 +104,15 @@ def test_countdown_does_not_block_other_work(itproj: Any, workers: WorkerFactory
     workers.start("-c", "1")
     from itproj.tasks import add
 
+    before = time.time()  # wall clock: the ETA and date_done are wall-clock times
     later = add.apply_async((1, 1), countdown=2)
-    sent = time.monotonic()
-    assert add.delay(2, 2).get(timeout=10) == 4
-    assert time.monotonic() - sent < 1.5, "a countdown task held up the queue"
+    now = add.delay(2, 2)
+    assert now.get(timeout=10) == 4
     assert later.get(timeout=10) == 2
-    assert time.monotonic() - sent >= 1.9
+    # the task sent after the countdown one ran first, and the countdown one not before its ETA
+    assert now.date_done is not None and later.date_done is not None
+    assert now.date_done < later.date_done, "a countdown task held up the queue"
+    assert later.date_done.timestamp() >= before + 2
 
 
 def test_expired_task_is_revoked_not_run(itproj: Any, workers: WorkerFactory) -> None:
