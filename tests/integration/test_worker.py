@@ -110,7 +110,8 @@ def test_countdown_does_not_block_other_work(itproj: Any, workers: WorkerFactory
     assert now.get(timeout=10) == 4
     assert later.get(timeout=10) == 2
     # the task sent after the countdown one ran first, and the countdown one not before its ETA
-    assert now.date_done is not None and later.date_done is not None
+    assert now.date_done is not None
+    assert later.date_done is not None
     assert now.date_done < later.date_done, "a countdown task held up the queue"
     assert later.date_done.timestamp() >= before + 2
 
