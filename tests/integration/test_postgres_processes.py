@@ -84,8 +84,9 @@ def test_a_slow_task_runs_once_on_a_healthy_worker(
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_an_idle_worker_sends_no_queries(itproj: Any, workers: WorkerFactory) -> None:
-    # Given a prefork worker (2 children) that has run a task and gone idle
-    worker = workers.start("-c", "2")
+    # Given a prefork worker (2 children) that has run a task and gone idle; its worker
+    # events (a heartbeat broadcast every 2 s, as Celery's) are off: consuming is under test
+    worker = workers.start("-c", "2", "--without-heartbeat")
     from itproj.tasks import add
 
     assert add.delay(1, 2).get(timeout=20) == 3
