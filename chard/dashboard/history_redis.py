@@ -19,7 +19,7 @@ indexes is indexed once when opened.
 from __future__ import annotations
 
 import uuid as uuids
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from chard._redis.client import RedisErrors, WatchError, open_client
@@ -37,7 +37,7 @@ SCAN_CHUNK = 5_000
 SUMMARY_TTL = 10.0
 #: Seconds a search's temporary intersection lives if its process dies before deleting it.
 TEMP_TTL = 60
-#: Tries of a watched save before writing unwatched (another dashboard kept writing).
+#: Tries of a watched write before writing unwatched (another dashboard kept writing).
 SAVE_TRIES = 10
 
 
@@ -70,26 +70,21 @@ class RedisHistory(History):
             return
         latest = {uuid: (changed, text) for uuid, changed, text in records}
         ids = list(latest)
-        with self._errors(), self._client.pipeline(transaction=True) as pipe:
-            for attempt in range(SAVE_TRIES + 1):
-                try:
-                    if attempt < SAVE_TRIES:  # the entries read are the ones replaced
-                        pipe.watch(self._index)  # type: ignore[no-untyped-call]
-                        old = pipe.hmget(self._index, ids)
-                    else:  # best effort: another dashboard kept changing the index
-                        old = self._client.hmget(self._index, ids)
-                    pipe.multi()
-                    self._write(pipe, latest, dict(zip(ids, old, strict=False)))
-                    pipe.execute()
-                    break
-                except WatchError:
-                    pipe.reset()
+
+        def write(pipe: Any, old: list[Any]) -> None:
+            pipe.hset(self._records, mapping={u: t for u, (_, t) in latest.items()})
+            pipe.zadd(self._changed, {u: changed for u, (changed, _) in latest.items()})
+            self._index_entries(pipe, latest, dict(zip(ids, old, strict=True)))
+
+        with self._errors():
+            self._watched(ids, write)
         self._summary.forget()
 
-    def _write(self, pipe: Any, latest: dict[str, tuple[float, str]], old: dict[str, Any]) -> None:
-        """Queue the records, their entries, and the moves between sorted sets."""
+    def _index_entries(
+        self, pipe: Any, latest: dict[str, tuple[float, str]], old: dict[str, Any]
+    ) -> None:
+        """Queue the records' index entries and their moves between sorted sets."""
         entries = {uuid: index.entry(text) for uuid, (_, text) in latest.items()}
-        pipe.hset(self._records, mapping={u: text for u, (_, text) in latest.items()})
         pipe.hset(self._index, mapping={u: index.dump(e) for u, e in entries.items()})
         pipe.zadd(self._changed, {u: changed for u, (changed, _) in latest.items()})
         adds: dict[str, dict[str, float]] = {}
@@ -128,7 +123,7 @@ class RedisHistory(History):
                 }
                 if latest:
                     with self._client.pipeline(transaction=False) as pipe:
-                        self._write(pipe, latest, {})
+                        self._index_entries(pipe, latest, {})
                         pipe.execute()
                 if len(ids) < CHUNK:
                     break
@@ -153,19 +148,44 @@ class RedisHistory(History):
 
     def _forget(self, ids: list[str]) -> None:
         """Delete the records ``ids`` and their every index entry."""
-        entries = self._client.hmget(self._index, ids)
-        pipe = self._client.pipeline(transaction=True)
-        for uuid, text in zip(ids, entries, strict=True):
-            fields = index.parse(text)
-            if fields is None:  # no entry: the record tells where it was indexed
-                record = self._client.hget(self._records, uuid)
-                fields = index.entry(_text(record)) if record else None
-            for key in index.memberships(self._prefix, fields):
-                pipe.zrem(key, uuid)
-        pipe.zrem(self._changed, *ids)
-        pipe.hdel(self._records, *ids)
-        pipe.hdel(self._index, *ids)
-        pipe.execute()
+
+        def write(pipe: Any, entries: list[Any]) -> None:
+            for uuid, entry in zip(ids, entries, strict=True):
+                for key in self._indexed_in(uuid, entry):
+                    pipe.zrem(key, uuid)
+            pipe.zrem(self._changed, *ids)
+            pipe.hdel(self._records, *ids)
+            pipe.hdel(self._index, *ids)
+
+        self._watched(ids, write)
+
+    def _watched(self, ids: list[str], write: Callable[[Any, list[Any]], None]) -> None:
+        """Queue ``write`` of the index entries of ``ids`` as read, in a transaction that
+        fails if another dashboard changes the index between (then read again), so no task
+        is left in a set it left; unwatched after :data:`SAVE_TRIES` such failures."""
+        with self._client.pipeline(transaction=True) as pipe:
+            for _ in range(SAVE_TRIES):
+                try:
+                    pipe.watch(self._index)  # type: ignore[no-untyped-call]
+                    entries = pipe.hmget(self._index, ids)
+                    pipe.multi()
+                    write(pipe, entries)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    pipe.reset()
+            entries = self._client.hmget(self._index, ids)
+            pipe.multi()
+            write(pipe, entries)
+            pipe.execute()
+
+    def _indexed_in(self, uuid: str, entry: Any) -> set[str]:
+        """The sorted sets holding ``uuid``; with no entry, as its record tells."""
+        fields = index.parse(entry)
+        if fields is None:
+            record = self._client.hget(self._records, uuid)
+            fields = index.entry(_text(record)) if record else None
+        return index.memberships(self._prefix, fields)
 
     # -- reading -------------------------------------------------------------------------
     def load(self, limit: int) -> list[tuple[str, str]]:
@@ -238,7 +258,7 @@ class RedisHistory(History):
         """The unindexed filters (argument substring, id prefix) over ``source``, newest
         first, stopping at the first match past the page: the total is then a lower bound."""
         total, page = 0, list[str]()
-        for task in self._briefs(source, span):
+        for task in self._briefs(source, span, index.needle(where.search)):
             if not where.matches_brief(task):
                 continue
             if total >= offset + limit:
@@ -248,8 +268,9 @@ class RedisHistory(History):
             total += 1
         return Found(total, self._tasks(page))
 
-    def _briefs(self, source: str, span: tuple[str, str]) -> Iterator[Brief]:
-        """Every task of ``source`` in ``span`` as its index entry tells it, newest first."""
+    def _briefs(self, source: str, span: tuple[str, str], needle: bytes | None) -> Iterator[Brief]:
+        """The tasks of ``source`` in ``span`` as their index entries tell, newest first;
+        only those whose entry holds ``needle`` (not parsing the others) if given."""
         low, high = span
         start = 0
         while True:
@@ -259,6 +280,8 @@ class RedisHistory(History):
             ids = [_text(i) for i, _ in chunk]
             entries = self._client.hmget(self._index, ids) if ids else []
             for uuid, (_, changed), text in zip(ids, chunk, entries, strict=True):
+                if needle is not None and (text is None or needle not in text):
+                    continue
                 fields = index.parse(text)
                 if fields is not None:
                     yield Brief(uuid, float(changed), *fields[:5])

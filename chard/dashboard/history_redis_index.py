@@ -59,6 +59,14 @@ def parse(text: str | bytes | None) -> list[Any] | None:
     return (found + [None] * len(ENTRY))[: len(ENTRY)]
 
 
+def needle(search: str | None) -> bytes | None:
+    """``search`` as it appears in a stored entry, to skip entries without it unparsed;
+    None when there is none, or when JSON would escape it (the entries are parsed)."""
+    if search is None or dump([search]) != f'["{search}"]':
+        return None
+    return search.encode()
+
+
 def memberships(prefix: str, fields: list[Any] | None) -> set[str]:
     """The sorted sets (full key names) a task with index entry ``fields`` belongs to."""
     if fields is None:

@@ -269,6 +269,12 @@ def test_a_redis_filter_reads_the_indexes_and_a_changed_state_moves_its_entry() 
     assert len(some["tasks"]) == 5
     assert some["exact"] is False
     assert some["total"] == 6
+    quoted = varied(7)  # a needle JSON escapes is matched on the parsed entries
+    quoted.args, quoted.timestamp = """('say "hi"', 'caf\u00e9')""", 3000.0
+    store.save([encode(quoted)])
+    for needle in ('say "hi"', "café"):
+        hit = store.search(views.TaskFilter(search=needle), 0, 5)
+        assert [t.uuid for t in hit.tasks] == ["id0007"]
     store.close()
 
 
