@@ -243,7 +243,7 @@ def test_a_redis_filter_reads_the_indexes_and_a_changed_state_moves_its_entry() 
     # id0000..id0279 are beyond the memory window; found through the sorted sets
     assert {k for k in redis_keys(store) if ".by.state:" in k} == {
         f"{store._prefix}chard.dashboard.by.state:{s}" for s in ("FAILURE", "SUCCESS")
-    }  # type: ignore[attr-defined]
+    }
     where = views.TaskFilter(state="FAILURE", worker="w1@h", since=1000.0, until=1100.0)
     found = views.tasks(monitor, where, 0, 50)
     expected = [i for i in range(100, -1, -1) if i % 5 == 0 and i % 3 == 1]
@@ -275,6 +275,11 @@ def test_a_redis_filter_reads_the_indexes_and_a_changed_state_moves_its_entry() 
     for needle in ('say "hi"', "café"):
         hit = store.search(views.TaskFilter(search=needle), 0, 5)
         assert [t.uuid for t in hit.tasks] == ["id0007"]
+
+    # the indexed filters read the sorted sets alone, not the entries a scan reads
+    store._client.delete(store._index)
+    again = views.tasks(monitor, where, 0, 50)
+    assert [t["id"] for t in again["tasks"]] == [f"id{i:04d}" for i in expected if i != 10]
     store.close()
 
 
