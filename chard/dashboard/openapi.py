@@ -116,7 +116,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("get", "/api/tasks"): _op(
         "A page of the matching tasks, newest change first, searched in the whole history"
-        " (source: history) or, without one, in memory (source: memory)",
+        " (source: history) or, without one, in memory (source: memory). On a Redis"
+        " history an args substring or id prefix scans newest first and stops past the"
+        " page: total is then a lower bound (exact: false)",
         params=_TASK_FILTERS,
     ),
     ("get", "/api/throughput"): _op(

@@ -73,13 +73,16 @@ class Found:
 
     ``tasks`` are the page, the most recently changed first;
     ``counts`` (tasks per state) and ``names`` (task names) are over the whole store,
-    for the list's header and its name suggestions.
+    for the list's header and its name suggestions. ``exact`` is false when a store
+    stopped scanning once the page was filled (Redis, for an argument substring or
+    an id prefix): ``total`` is then a lower bound, one past what was read.
     """
 
     total: int
     tasks: list[TaskState]
     counts: dict[str, int] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    exact: bool = True
 
 
 @dataclass(frozen=True)

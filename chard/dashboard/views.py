@@ -191,6 +191,7 @@ def tasks(monitor: Monitor, where: TaskFilter, offset: int, limit: int) -> dict[
     page = [_task_row(task) for task in found.tasks]
     return {
         "total": found.total,
+        "exact": found.exact,
         "offset": offset,
         "limit": limit,
         "tasks": page,

@@ -157,7 +157,8 @@ async function tasksView(params) {
     return `#/tasks?${q}`; };
   const counts = Object.entries(page.counts).map(([s, n]) => `${s} ${n}`).join(" · ");
   const source = page.source === "history" ? "searched in the history" : "in memory";
-  return [el("h2", {}, `Tasks (${page.total})`),
+  const total = page.exact === false ? `at least ${page.total}` : `${page.total}`;
+  return [el("h2", {}, `Tasks (${total})`),
     el("p", { class: "muted" }, `${counts} · ${source}`), form,
     table(["Name", "Id", "State", "Args", "Kwargs", "Worker", "Runtime", "Changed"],
       page.tasks.map((t) => [t.name || "?", link(`#/task/${t.id}`, t.id), badge(t.state),
@@ -165,7 +166,7 @@ async function tasksView(params) {
         t.worker || "", secs(t.runtime), when(t.timestamp)])),
     el("div", { class: "pager" },
       offset > 0 ? link(pageTo(Math.max(0, offset - limit)), "← newer") : "",
-      `${page.total ? offset + 1 : 0}–${Math.min(offset + limit, page.total)} of ${page.total}`,
+      `${page.total ? offset + 1 : 0}–${Math.min(offset + limit, page.total)} of ${total}`,
       offset + limit < page.total ? link(pageTo(offset + limit), "older →") : "")];
 }
 
