@@ -36,9 +36,9 @@ def worker_row(dashboard: Dashboard, name: str = NODE) -> dict[str, Any] | None:
     return next((row for row in rows if row["hostname"] == name), None)
 
 
-def events_flowing(dashboard: Dashboard) -> bool:
+def events_flowing(dashboard: Dashboard, name: str = NODE) -> bool:
     """The node is online, its heartbeats arrive, and it confirmed task events are on."""
-    row = worker_row(dashboard)
+    row = worker_row(dashboard, name)
     return bool(
         row
         and row["status"] == "ONLINE"

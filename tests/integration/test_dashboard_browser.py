@@ -21,7 +21,7 @@ import pytest
 from chard import states
 from tests.helpers import IN_CI, wait_for
 from tests.integration.dashboard import Dashboard, DashboardFactory
-from tests.integration.test_dashboard import task_in
+from tests.integration.test_dashboard import events_flowing, task_in
 from tests.integration.workers import WorkerFactory
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
@@ -179,6 +179,8 @@ def test_a_person_watches_workers_and_tasks_revokes_one_and_finds_it_after_a_res
     workers.start("-n", NODE, "-c", "1")
     until(browser, f"{NODE} online", lambda d: NODE in body_text(d) and "ONLINE" in body_text(d))
     shots(browser, "1-worker-online")
+    # Online shows from heartbeats at once; task events are on once the node confirmed
+    wait_for(lambda: events_flowing(dashboard, NODE), timeout=PATIENCE)
 
     # When tasks run: some sums, one with a recognisable argument, and a chain of three
     sums = [add.delay(i, i) for i in range(5)]
