@@ -302,6 +302,7 @@ def test_dead_letters_are_listed_counted_and_redriven(
     assert {"name": "celery", "length": 1} in queues["queues"]
 
 
+@pytest.mark.timeout(300)  # hundreds of generated requests: a minute or more on a busy machine
 def test_the_api_keeps_to_its_openapi_document(
     sqlite_transport: dict[str, str], tmp_path: Path
 ) -> None:
