@@ -208,6 +208,12 @@ class AmqpClient:
                 except _CONNECTION_ERRORS:
                     self._drop()
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is up (:meth:`pump` drops a broken one; a call reopens it)."""
+        with self.lock:
+            return self._connection is not None and self._connection.is_open
+
     def consume(self, queue: str, on_body: Callable[[bytes], None]) -> int:
         """Consume ``queue`` with automatic acks, calling ``on_body`` from :meth:`pump`.
 

@@ -27,7 +27,7 @@ from chard._amqp.frames import Frame
 from chard._amqp.url import AMQP_SCHEMES, parse_amqp_url
 from chard._utils.log import redact_url
 from chard.backends.base import Meta, ResultBackend
-from chard.exceptions import ImproperlyConfigured
+from chard.exceptions import BackendConnectionError, BrokerConnectionError, ImproperlyConfigured
 from chard.protocol import serializers
 
 NO_CHORDS = (
@@ -88,8 +88,13 @@ class RPCResultBackend(ResultBackend):
         if self._reply_queue is None:
             return
         with self.client.lock:
-            if self._consuming != self.client.generation:  # first, or after a reconnect
-                self._consuming = self.client.consume(self._reply_queue, self._on_reply)
+            # First, after a reconnect, or after pump dropped a broken connection (which
+            # leaves the generation as it was): without a consumer no reply ever comes in.
+            if self._consuming != self.client.generation or not self.client.is_open:
+                try:
+                    self._consuming = self.client.consume(self._reply_queue, self._on_reply)
+                except BrokerConnectionError as exc:  # the waiter rides it out to its deadline
+                    raise BackendConnectionError(str(exc)) from exc
             self.client.pump(min(timeout, 0.2))  # the lock is held meanwhile: short slices
 
     def _on_reply(self, body: bytes) -> None:

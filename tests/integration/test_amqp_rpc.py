@@ -3,6 +3,7 @@ the sending process's own reply queue."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from chard import chain, chord, group, states
-from tests.helpers import private_vhost, wait_for
+from tests.helpers import close_amqp_connections, private_vhost, wait_for
 from tests.integration.workers import WorkerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
@@ -47,6 +48,19 @@ def test_results_states_and_progress_come_back_to_the_sender(
     assert not running.ready()
     gate.touch()
     assert running.get(timeout=20) == "done"
+
+
+def test_a_sender_whose_connection_dropped_still_hears_its_results(
+    itproj: Any, workers: WorkerFactory, transport: dict[str, str]
+) -> None:
+    workers.start("-c", "1")
+    from itproj.tasks import add
+
+    assert add.delay(1, 1).get(timeout=20) == 2  # the reply consumer runs
+    # RabbitMQ closes this process's connections (a restart, an operator, a missed heartbeat)
+    assert close_amqp_connections(transport["CHARD_BROKER_URL"], lambda pid: pid == os.getpid())
+    # The next wait finds the reply consumer gone with its connection, and consumes again
+    assert add.delay(2, 2).get(timeout=20) == 4
 
 
 def test_chains_and_groups_report_to_the_sender(itproj: Any, workers: WorkerFactory) -> None:
