@@ -12,7 +12,12 @@ Why it stays correct:
   and nothing is locked.
 * **Fork.** A connection remembers the process that opened it; a child that inherits
   the lane opens its own (redis-py does not shut a socket down from another process,
-  so dropping the parent's copy leaves the parent's connection intact).
+  so closing the parent's copy leaves the parent's connection intact).
+* **Finished threads.** A connection is closed explicitly, never left to the garbage
+  collector: redis-py's connections sit in reference cycles, so a dropped one waits for
+  a gc pass that may finalize its socket first (an "unclosed socket" ResourceWarning,
+  and a socket held open until then). A small token in the thread's local storage
+  closes its connection when the thread (or, under gevent, the greenlet) ends.
 * **No stray replies.** redis-py drops the connection on any error or interrupt
   while sending or reading, so the next command never reads an earlier reply; that
   is what the pool's per-checkout ``poll()`` guards against, and it is not needed here.
@@ -45,9 +50,10 @@ class Lane:
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
         self._local = threading.local()
-        self._lock = threading.Lock()
-        # Weak: a finished thread's connection is collected, which closes its socket.
-        self._opened: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
+        # Reentrant: a thread's finalizer may run wherever that thread's storage is freed.
+        self._lock = threading.RLock()
+        #: Every connection whose thread is still there (closed and dropped when it ends).
+        self._opened: set[AbstractConnection] = set()
 
     def connection(self) -> AbstractConnection:
         """Return this thread's connection in this process, creating it on first use."""
@@ -57,9 +63,12 @@ class Lane:
             return conn
         pool = self._pool
         conn = pool.connection_class(**pool.connection_kwargs)
-        local.conn, local.pid = conn, current_pid()
         with self._lock:
             self._opened.add(conn)
+        owner = _Owner()
+        weakref.finalize(owner, _close_finished, conn, self._opened, self._lock)
+        # Replacing a forked parent's owner here closes our copy of its connection.
+        local.conn, local.pid, local.owner = conn, current_pid(), owner
         return conn
 
     def execute(self, *args: Any) -> Any:
@@ -127,6 +136,21 @@ class Lane:
             opened = list(self._opened)
         for conn in opened:
             conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated upstream
+
+
+class _Owner:
+    """Kept in one thread's local storage only: it goes when the thread ends."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_finished(
+    conn: AbstractConnection, opened: set[AbstractConnection], lock: threading.RLock
+) -> None:
+    """Close the connection of a thread that ended (only our copy, after a fork)."""
+    with lock:
+        opened.discard(conn)
+    conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 def _pack(args: tuple[Any, ...]) -> list[bytes] | None:

@@ -299,6 +299,32 @@ def test_delay_subscribes_before_publishing_and_releases_when_done(
         app.close()
 
 
+def test_a_finished_threads_connection_is_closed_not_left_to_the_collector(
+    make_backend: Callable[..., RedisResultBackend],
+) -> None:
+    # aget() reads on a worker thread that then ends. redis-py's connections sit in
+    # reference cycles, so one left to the garbage collector could have its socket
+    # finalized first: an "unclosed socket" ResourceWarning in whichever test collected it.
+    lane = make_backend()._lane
+    opened: list[Any] = []
+
+    def use() -> None:
+        lane.execute("PING")
+        opened.append(lane.connection())
+
+    # When a thread that used the lane ends, its connection is closed with it
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join()
+    assert opened[0]._sock is None
+
+    # And close() closes the connections of the threads still there
+    use()
+    assert opened[1]._sock is not None
+    lane.close()
+    assert opened[1]._sock is None
+
+
 def test_get_and_forget_release_the_subscription_while_the_handle_lives(
     raw: redis.Redis, prefix: str, make_backend: Callable[..., RedisResultBackend]
 ) -> None:
