@@ -313,8 +313,14 @@ class Celery(CeleryCompat):
         return accepted_content_types(self.conf.accept_content)
 
     def close(self) -> None:
-        """Close this process's broker and backend connections."""
+        """Close this process's broker and backend connections.
+
+        The plain-send plans go too: the next send reads the configuration again, as
+        the next connection does (environment variables such as ``CHARD_RESULT_BACKEND``
+        included, which bump no settings version).
+        """
         self._connections.close()
+        self._send_plans.clear()
 
     # -- sending --------------------------------------------------------------
     def send_task(

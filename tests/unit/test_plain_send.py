@@ -153,3 +153,20 @@ def test_the_lane_leaves_other_commands_to_redis_py() -> None:
 
     assert _pack(("CLIENT LIST",)) is None
     assert _pack(("INCRBY", "k", 2)) is None
+
+
+def test_close_forgets_the_plans_so_the_next_send_reads_the_configuration_again(
+    app: Celery,
+) -> None:
+    # An environment variable (CHARD_RESULT_BACKEND) bumps no settings version: a test
+    # suite or a process that changes it closes the app, and the plans must follow
+    @app.task
+    def job() -> None:
+        """Sent twice."""
+
+    job.delay()
+    assert app._send_plans
+    app.close()
+    assert app._send_plans == {}
+    job.delay()  # a new plan, from the configuration as it is now
+    assert "tests.unit.test_plain_send" in next(iter(app._send_plans))
