@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import click
 
 from chard.cli.context import AppContext
+
+if TYPE_CHECKING:
+    from chard.app import Celery
 
 
 def known_queues(ctx: AppContext) -> list[str]:
@@ -30,6 +36,11 @@ def command(ctx: AppContext, force: bool, queues: str | None) -> None:
     names = [q.strip() for q in queues.split(",")] if queues else known_queues(ctx)
     if not force:
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
-    broker = ctx.app.broker
-    total = sum(broker.purge(name) for name in names)
+    purge_queues(ctx.app, names)
+
+
+def purge_queues(app: Celery, names: Sequence[str]) -> int:
+    """Delete what waits in ``names`` and say how much; ``chard purge`` and ``worker --purge``."""
+    total = sum(app.broker.purge(name) for name in names)
     click.echo(f"Purged {total} message{'s' if total != 1 else ''} from {len(names)} queue(s).")
+    return total

@@ -10,11 +10,11 @@ from chard._utils.nodenames import node_format
 from chard.cli.beat import start_embedded_beat
 from chard.cli.context import AppContext
 from chard.cli.process import notify_ready_on, setup_logging, write_pidfile
+from chard.cli.purge import purge_queues
 from chard.exceptions import ChardError
 
 if TYPE_CHECKING:
     from chard.app import Celery
-    from chard.worker.worker import Worker
 
 
 @click.command("worker")
@@ -154,7 +154,7 @@ def command(
         except ChardError as exc:
             raise click.ClickException(str(exc)) from None
         if purge:
-            _purge(worker)
+            purge_queues(app, worker.queues)  # Celery's --purge: then start
         notify_ready_on(worker)  # chard multi waits for this
         if beat:  # composed here: chard.worker and chard.beat never import each other
             try:
@@ -177,14 +177,6 @@ def _set_time_limits(app: Celery, hard: float | None, soft: float | None) -> Non
         app.conf.task_time_limit = hard
     if soft is not None:
         app.conf.task_soft_time_limit = soft
-
-
-def _purge(worker: Worker) -> None:
-    """Celery's ``--purge``: drop what waits in the queues this node consumes, then start."""
-    total = sum(worker.app.broker.purge(queue) for queue in worker.queues)
-    click.echo(
-        f"Purged {total} message{'s' if total != 1 else ''} from {len(worker.queues)} queue(s)."
-    )
 
 
 def _print_banner(text: str) -> None:
