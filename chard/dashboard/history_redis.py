@@ -39,6 +39,19 @@ SUMMARY_TTL = 10.0
 TEMP_TTL = 60
 #: Tries of a watched write before writing unwatched (another dashboard kept writing).
 SAVE_TRIES = 10
+#: Drops from the set KEYS[1] each value whose sorted set (ARGV[1] .. value) is empty.
+#: One script, so no save's MULTI (which adds a value and its set together) runs between
+#: the count and the removal.
+PRUNE = """
+local gone = 0
+for _, value in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('ZCARD', ARGV[1] .. value) == 0 then
+    redis.call('SREM', KEYS[1], value)
+    gone = gone + 1
+  end
+end
+return gone
+"""
 
 
 class RedisHistory(History):
@@ -142,6 +155,9 @@ class RedisHistory(History):
             gone = list(dict.fromkeys(gone))
             for start in range(0, len(gone), CHUNK):
                 self._forget(gone[start : start + CHUNK])
+            if gone:  # the states and names no task has any more leave the lists
+                for kind, values in (("state", self._states), ("name", self._names)):
+                    self._client.eval(PRUNE, 1, values, index.by(self._prefix, kind, ""))
         if gone:
             self._summary.forget()
         return len(gone)

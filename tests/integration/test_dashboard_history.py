@@ -287,15 +287,22 @@ def test_a_trimmed_redis_record_leaves_no_index_entry() -> None:
     app = Celery("hist", broker="memory://", backend=redis_url())
     store = open_history(app)
     assert store is not None
+    gone = task("gone", 0.5)
+    gone.name, gone.state = "proj.retired", "RETRY"
     store.save([
-        linked("a", 1.0, "a"), linked("b", 2.0, "a", "a"),
+        encode(gone), linked("a", 1.0, "a"), linked("b", 2.0, "a", "a"),
         linked("h1", 3.0, "h1", group_id="g", chord_body_id="body"),
         *[encode(varied(i)) for i in range(10)],
     ])  # fmt: skip
     assert members(store, "b")
-    assert store.trim(max_count=10, older_than=None) == 3
+    assert b"proj.retired" in store._client.smembers(store._names)
+    assert store.trim(max_count=10, older_than=None) == 4
 
-    for uuid in ("a", "b", "h1"):
+    # the name and state no task has any more leave the lists the filters offer
+    assert set(store._client.smembers(store._names)) == {b"proj.add", b"proj.mul"}
+    assert set(store._client.smembers(store._states)) == {b"FAILURE", b"SUCCESS"}
+
+    for uuid in ("gone", "a", "b", "h1"):
         assert members(store, uuid) == set()
     left = redis_keys(store)
     assert not [k for k in left if k.endswith((":a", ":h1", ":g", ":body"))]
