@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from chard._amqp.frames import Frame
 from chard._amqp.url import AmqpTarget
+from chard._amqp.waking import WakingLock
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 T = TypeVar("T")
@@ -86,7 +86,8 @@ class AmqpClient:
 
     def __init__(self, target: AmqpTarget) -> None:
         self.target = target
-        self.lock = threading.RLock()
+        #: Held by every call; a thread that wants it wakes a :meth:`pump` waiting with it.
+        self.lock = WakingLock(self._wake)
         #: Bumped on every new connection: delivery tags of older ones are void.
         self.generation = 0
         self._connection: pika.BlockingConnection | None = None
@@ -199,14 +200,28 @@ class AmqpClient:
     def pump(self, timeout: float = 0) -> None:
         """Dispatch what has arrived (deliveries to consumers, AMQP heartbeats).
 
-        With ``timeout``, wait up to that long for something to arrive first.
+        With ``timeout``, wait up to that long for something to arrive first, or until
+        another thread asks for the lock (see :mod:`chard._amqp.waking`).
         """
         with self.lock:
             if self._connection is not None and self._connection.is_open:
+                self.lock.waiting = timeout > 0
                 try:
+                    if self.lock.contenders:
+                        timeout = 0
                     self._connection.process_data_events(timeout)
                 except _CONNECTION_ERRORS:
                     self._drop()
+                finally:
+                    self.lock.waiting = False
+
+    def _wake(self) -> None:
+        """End a :meth:`pump` wait (called from another thread, without the lock)."""
+        connection = self._connection
+        if connection is not None:
+            # The connection may close under us; then the wait has ended anyway.
+            with contextlib.suppress(Exception):
+                connection.add_callback_threadsafe(_nothing)
 
     @property
     def is_open(self) -> bool:
@@ -431,6 +446,10 @@ class AmqpClient:
         return self.call(lambda ch: int(ch.queue_purge(name).method.message_count), admin=True)
 
 
+def _nothing() -> None:
+    """What a wake runs: nothing; its arrival is what ends the wait."""
+
+
 def _frame(props: pika.BasicProperties, body: bytes) -> Frame:
     return Frame(
         body=body,
@@ -542,7 +561,7 @@ def consume_stream(
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                connection.process_data_events(time_limit=min(remaining, 0.05))
+                connection.process_data_events(time_limit=remaining)  # returns on a delivery
         finally:
             if channel.is_open:
                 channel.close()

@@ -95,7 +95,7 @@ class RPCResultBackend(ResultBackend):
                     self._consuming = self.client.consume(self._reply_queue, self._on_reply)
                 except BrokerConnectionError as exc:  # the waiter rides it out to its deadline
                     raise BackendConnectionError(str(exc)) from exc
-            self.client.pump(min(timeout, 0.2))  # the lock is held meanwhile: short slices
+            self.client.pump(timeout)  # another thread wanting the lock ends the wait
 
     def _on_reply(self, body: bytes) -> None:
         """Keep ``body`` as its task's state unless a ready one is already kept."""

@@ -55,6 +55,11 @@ class StreamLog:
         self.maxlen = maxlen
         #: Names declared by this process (the broker's set, shared).
         self._declared = declared
+        #: Per stream, the offset before which it held no entry (only markers) when it
+        #: was last read to a marker from the start: a reader with nothing yet read
+        #: (cursor ``"0"``) starts there, instead of appending a marker and reading
+        #: every marker since the stream began at each poll of an idle channel.
+        self._horizon: dict[str, int] = {}
 
     def _ensure(self, client: AmqpClient, channel: str) -> str:
         name = stream_name(channel)
@@ -91,11 +96,11 @@ class StreamLog:
     def read(self, channel: str, after: str, timeout: float) -> list[tuple[str, bytes]]:
         start = parse_sequence_cursor(after)
         name = self._ensure(self.reader, channel)
-        if start == 0 or timeout <= 0:
+        if (start == 0 and name not in self._horizon) or timeout <= 0:
             entries = self._read_to_marker(name, start)
             if entries or timeout <= 0:
                 return entries
-        return self._wait(name, start, timeout)
+        return self._wait(name, start or self._horizon.get(name, 0), timeout)
 
     def tail(self, channel: str) -> str:
         entries = self._read_to_marker(self._ensure(self.reader, channel), 0)
@@ -106,10 +111,18 @@ class StreamLog:
         marker = uuid.uuid4().hex
         self.reader.publish("", name, Frame(b"", {_MARKER: marker}))
         kept: deque[tuple[str, bytes]] = deque()
+        found: list[int] = []
+        seen: list[int] = []
+        from_start = start == 0
+        start = start or self._horizon.get(name, 0)
 
         def visit(offset: int, headers: dict[str, object], body: bytes) -> bool:
             if headers.get(_MARKER) is not None:
-                return headers[_MARKER] == marker
+                if headers[_MARKER] == marker:
+                    found.append(offset)
+                    return True
+                return False
+            seen.append(offset)
             kept.append((str(offset + 1), body))
             limit = headers.get(_MAXLEN)
             while isinstance(limit, int) and len(kept) > limit:
@@ -119,6 +132,8 @@ class StreamLog:
         begin: int | str = start if start > 0 else "first"
         if not consume_stream(self.reader, name, begin, visit, _SCAN_TIMEOUT):
             raise BrokerError(f"reading broadcast stream {name!r} did not reach its end")
+        if from_start and not seen:
+            self._horizon[name] = found[0] + 1  # no entry before our marker
         return list(kept)
 
     def _wait(self, name: str, start: int, timeout: float) -> list[tuple[str, bytes]]:

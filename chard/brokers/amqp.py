@@ -68,6 +68,7 @@ from chard.brokers._amqp_consume import Subscriptions
 from chard.brokers._amqp_log import StreamLog
 from chard.brokers._amqp_park import Parking
 from chard.brokers._amqp_pidbox import Pidbox
+from chard.brokers._amqp_publishers import Publishers
 from chard.brokers.base import (
     BROADCAST_START,
     Broker,
@@ -91,8 +92,6 @@ LOST_CHANNEL = "chard.lost"
 _LOST_GRACE = 0.05
 #: RabbitMQ's default consumer_timeout (seconds); the ``consumer_timeout`` option overrides it.
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
-#: Longest a fetch waits on the socket with the client's lock held.
-_WAIT_SLICE = 0.05
 
 
 class AmqpDelivery(Delivery):
@@ -149,6 +148,8 @@ class AmqpBroker(Broker):
         super().__init__(url, options)
         self.target = parse_amqp_url(url, self.options)
         self.client = AmqpClient(self.target)
+        #: Confirmed publishes go out here: on a spare connection while ``client`` is busy.
+        self._publishers = Publishers(self.client)
         max_priority = self.options.get("queue_max_priority")
         if max_priority is not None and not 1 <= int(max_priority) <= 255:
             raise ImproperlyConfigured(
@@ -253,11 +254,12 @@ class AmqpBroker(Broker):
             exchange, key, frame = items[0]
             self._send(exchange, key, frame, messages[0].queue)
             return
-        try:
-            self.client.publish_batch(items)
-        except MissingQueue:  # deleted behind our back: declare everything again, once
-            self.declared.clear()
-            self.client.publish_batch([self._route(m, now) for m in messages])
+        with self._publishers.lease() as client:
+            try:
+                client.publish_batch(items)
+            except MissingQueue:  # deleted behind our back: declare everything again, once
+                self.declared.clear()
+                client.publish_batch([self._route(m, now) for m in messages])
 
     def _route(self, m: OutgoingMessage, now: float) -> tuple[str, str, Frame]:
         """Declare what ``m`` needs; return the exchange, routing key and frame it goes with."""
@@ -273,17 +275,18 @@ class AmqpBroker(Broker):
         return (*self._destination(m), frame)
 
     def _send(self, exchange: str, key: str, frame: Frame, queue: str) -> None:
-        try:
-            self.client.publish(exchange, key, frame)
-        except UnroutableMessage:
-            # Deleted behind our back (or a purge of the vhost): declare again, once.
-            self.declared.discard(queue)
-            self.declared.discard(f"\0delay:{queue}")
-            if exchange == chain.ENTRY_EXCHANGE:
-                self._ensure_delay_chain(queue)
-            else:
-                self._ensure_queue(queue)
-            self.client.publish(exchange, key, frame)
+        with self._publishers.lease() as client:
+            try:
+                client.publish(exchange, key, frame)
+            except UnroutableMessage:
+                # Deleted behind our back (or a purge of the vhost): declare again, once.
+                self.declared.discard(queue)
+                self.declared.discard(f"\0delay:{queue}")
+                if exchange == chain.ENTRY_EXCHANGE:
+                    self._ensure_delay_chain(queue)
+                else:
+                    self._ensure_queue(queue)
+                client.publish(exchange, key, frame)
 
     def _move(self, got: Got, queue: str, lost: int) -> None:
         """Put ``got`` back at the tail of ``queue`` with ``lost`` in its count, then ack it."""
@@ -300,26 +303,24 @@ class AmqpBroker(Broker):
         deadline = time.monotonic() + timeout
         for queue in queues:
             self._ensure_queue(queue)
-        wait = 0.001  # then longer, up to _WAIT_SLICE
         while not self._closed.is_set():
             with self.client.lock:
                 self._fetched_at = time.monotonic()
                 self._subscriptions.subscribe(queues, limit)
                 self.client.pump()
                 found = take_fairly(queues, limit, self._turn, self._take)
+                remaining = deadline - time.monotonic()
+                if not found and remaining > 0:
+                    # Wait on the socket: a push ends the wait, and so does another
+                    # thread asking for the lock (an ack that opens the QoS window).
+                    self.client.pump(remaining)
             if found:
                 self._turn += 1
                 self._start_watchdog()
                 return list(found)
-            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # Wait on the socket (a push ends it at once) with the lock held, in slices
-            # short while busy: the acks that open the QoS window need the lock too.
-            with self.client.lock:
-                self.client.pump(min(remaining, wait))
-            wait = min(wait * 2, _WAIT_SLICE)
-            time.sleep(0)  # let a thread waiting for the lock take it
+            time.sleep(0)  # let a thread that woke the wait take the lock
         return []
 
     def _take(self, queue: str, n: int) -> list[AmqpDelivery]:
@@ -564,5 +565,6 @@ class AmqpBroker(Broker):
             if self._subscriptions:
                 self._subscriptions.unsubscribe()
         self.client.close()
+        self._publishers.close()
         if self._stream_log is not None:
             self._stream_log.reader.close()
