@@ -555,6 +555,15 @@ class AmqpBroker(Broker):
     def celery_casts(self, timeout: float) -> list[bytes]:
         return self._pidbox.casts(timeout)
 
+    def celery_reply(self, reply_to: Mapping[str, str], payload: bytes) -> None:
+        self._pidbox.reply(reply_to, payload)
+
+    def celery_reply_to(self) -> dict[str, str]:
+        return self._pidbox.await_replies()
+
+    def celery_replies(self, timeout: float) -> list[bytes]:
+        return self._pidbox.replies(timeout)
+
     def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
         return 0  # RabbitMQ gives a dead Celery worker's deliveries back itself, at once
 

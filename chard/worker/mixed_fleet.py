@@ -3,13 +3,13 @@
 Two things a Celery fleet expects of every worker, done by one thread of the node's
 main process on a broker connection of its own:
 
-* **Revocations from Celery clients.** Celery's ``app.control.revoke(id)`` is a
-  pub/sub cast that only a listening process hears. The thread subscribes before the
-  node says ready and appends each ``revoke`` it hears to chard's ``revoke``
-  broadcast channel: from there every chard worker honours it as its own
-  (:mod:`chard.worker.revocations`), durably, ``terminate`` included. Each chard node
-  appends the same revocation once; a repeated revocation changes nothing. Other
-  Celery control commands are ignored (see :mod:`chard.protocol.pidbox`).
+* **Celery clients' remote control.** Celery's ``app.control`` (``revoke``,
+  ``inspect ping``...) is a cast on ``celery.pidbox`` that only a listening process
+  hears. The thread listens before the node says ready and answers what it hears as
+  a Celery worker would (:mod:`chard.worker.pidbox`). A ``revoke`` is appended to
+  chard's ``revoke`` broadcast channel: from there every chard worker honours it as
+  its own (:mod:`chard.worker.revocations`), durably, ``terminate`` included. Each
+  chard node appends the same revocation once; a repeated revocation changes nothing.
 * **A dead Celery worker's messages.** What a Celery worker had taken but not acked
   (prefetched, or waiting for its ETA) stays in kombu's ``unacked`` hash until some
   process restores it after the ``visibility_timeout`` (Celery's
@@ -28,9 +28,8 @@ import time
 
 from chard.brokers import Broker, open_broker
 from chard.exceptions import BrokerConnectionError
-from chard.protocol.control import REVOKE_CHANNEL, REVOKE_EXPIRES
-from chard.protocol.pidbox import read_revoke
 from chard.worker.node import Node
+from chard.worker.pidbox import CeleryPidbox
 
 logger = logging.getLogger("chard.worker")
 
@@ -57,21 +56,23 @@ class MixedFleet:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._broker: Broker | None = None
+        self._pidbox: CeleryPidbox | None = None
 
     def start(self) -> None:
         """Subscribe now (casts are not stored), then serve the fleet on a thread."""
         app = self.node.app
         self._broker = open_broker(app.broker_url, app.conf.broker_transport_options)
+        self._pidbox = CeleryPidbox(self.node, self._broker)
         try:
             self._broker.celery_casts(0)
         except NotImplementedError as exc:
             logger.warning("chard_celery_compat has no effect on this worker: %s", exc)
             return
         except Exception as exc:  # the broker is down: the thread subscribes when it is up
-            logger.warning("Cannot listen for Celery's revokes yet: %s", exc)
+            logger.warning("Cannot listen for Celery's remote control yet: %s", exc)
         logger.info(
-            "chard_celery_compat: taking Celery clients' revokes; restoring what dead Celery "
-            "workers left unacked after %ss (visibility_timeout)",
+            "chard_celery_compat: answering Celery clients' remote control; restoring what "
+            "dead Celery workers left unacked after %ss (visibility_timeout)",
             self.visibility_timeout,
         )
         self._thread = threading.Thread(target=self._follow, name="chard-mixed-fleet")
@@ -100,17 +101,12 @@ class MixedFleet:
             pause = 1.0
 
     def poll(self, timeout: float) -> int:
-        """Move the revocations cast within ``timeout`` to chard's log; return how many."""
-        assert self._broker is not None
-        moved = 0
-        for payload in self._broker.celery_casts(timeout):
-            revocation = read_revoke(payload, self.node.hostname, time.time(), REVOKE_EXPIRES)
-            if revocation is None or not revocation.ids:
-                continue
-            self._broker.broadcast(REVOKE_CHANNEL, revocation.to_payload())
-            logger.info("Revoked by a Celery client: %s", ", ".join(revocation.ids))
-            moved += 1
-        return moved
+        """Act on what Celery clients cast within ``timeout``; return how many were heard."""
+        assert self._pidbox is not None
+        heard = self._pidbox.broker.celery_casts(timeout)
+        for payload in heard:
+            self._pidbox.handle(payload)
+        return len(heard)
 
     def sweep(self) -> int:
         """Restore Celery's timed-out deliveries when a sweep is due; return how many."""
