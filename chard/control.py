@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chard.control_inspect import Inspect, Reply, ReplyCallback, flatten_reply
-from chard.control_pidbox import CeleryCall
+from chard.control_pidbox import CeleryCall, Unclaimed
 from chard.exceptions import DecodeError
 from chard.protocol.control import (
     CONTROL_CHANNEL,
@@ -74,6 +74,7 @@ class Control:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._unclaimed = Unclaimed()  # Celery workers' replies taken for another call
 
     def inspect(
         self,
@@ -157,7 +158,7 @@ class Control:
         cursor = broker.broadcast_tail(REPLY_CHANNEL) if reply else ""
         celery = None
         if self.app.conf["chard_celery_compat"]:  # Celery workers answer on their pidbox
-            celery = CeleryCall.send(broker, request)
+            celery = CeleryCall.send(broker, request, self._unclaimed)
         broker.broadcast(CONTROL_CHANNEL, request.to_payload(), maxlen=CONTROL_MAXLEN)
         if not reply:
             return None

@@ -34,7 +34,7 @@ from typing import Any
 
 from chard.protocol.control import Revocation
 from chard.protocol.message import new_id
-from chard.protocol.serializers import json_dumps, json_loads
+from chard.protocol.serializers import json_loads
 
 #: Celery's control exchange, and kombu's fanout topic for it on Redis db ``db``.
 PIDBOX_EXCHANGE = "celery.pidbox"
@@ -109,7 +109,7 @@ def request_cast(
     if ticket is not None:
         body.update(ticket=ticket, reply_to=dict(reply_to or {}))
     headers = {"clock": 1, "expires": now + ttl, CHARD_HEADER: True}
-    return _envelope(json_dumps(body), headers, PIDBOX_EXCHANGE, "", delivery_mode=2)
+    return _envelope(json.dumps(body).encode(), headers, PIDBOX_EXCHANGE, "", delivery_mode=2)
 
 
 def revoke_cast(
@@ -182,28 +182,28 @@ def read_revoke(data: bytes, node: str, now: float, ttl: float) -> Revocation | 
 
 
 def reply_envelope(node: str, reply: Any, ticket: str, reply_to: Mapping[str, str]) -> bytes:
-    """Return the envelope of ``node``'s reply to the call ``ticket`` (kombu's shape)."""
-    body = json_dumps({node: reply})
+    """Return the envelope of ``node``'s reply to the call ``ticket`` (kombu's shape); what
+    JSON cannot hold is repr'd, as in chard's own replies."""
+    body = json.dumps({node: reply}, default=repr).encode()
     headers = {"ticket": ticket, "clock": 1}
     exchange = reply_to.get("exchange") or REPLY_EXCHANGE
     return _envelope(body, headers, exchange, reply_to.get("routing_key", ""), delivery_mode=1)
 
 
-def read_reply(data: bytes, ticket: str) -> dict[str, Any] | None:
-    """Return the ``{node: reply}`` of a reply envelope to ``ticket``, or None.
-
-    None for a reply to another call (a late one) or bytes that are not a reply.
-    """
+def read_reply(data: bytes) -> tuple[str, dict[str, Any] | None]:
+    """Return the ticket and ``{node: reply}`` of a reply envelope; ``("", None)`` for bytes
+    that are not a reply."""
     try:
         envelope = json.loads(data)
-        if (envelope.get("headers") or {}).get("ticket") != ticket:
-            return None
+        ticket = (envelope.get("headers") or {}).get("ticket")
         body = json_loads(_body(envelope))
     except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if not isinstance(body, dict) or not all(isinstance(node, str) for node in body):
-        return None
-    return body
+        return "", None
+    if not isinstance(ticket, str) or not isinstance(body, dict):
+        return "", None
+    if not all(isinstance(node, str) for node in body):
+        return "", None
+    return ticket, body
 
 
 def _envelope(

@@ -63,8 +63,8 @@ class CeleryPidbox:
             return
         reply = self.run(request)
         if request.ticket and request.reply_to:
-            envelope = reply_envelope(node.hostname, reply, request.ticket, request.reply_to)
             try:
+                envelope = reply_envelope(node.hostname, reply, request.ticket, request.reply_to)
                 self.broker.celery_reply(request.reply_to, envelope)
             except Exception as exc:  # the client sees no reply from this node; say why here
                 logger.warning("Cannot reply to Celery control %r: %s", request.method, exc)

@@ -105,7 +105,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         procs: list[subprocess.Popen[bytes]] = []
         solo = ["worker", "-P", "solo", "-l", "INFO"]
         try:
-            argv = [CHARD, "-A", "chapp", *solo, "-n", CHARD_NODE, "-Q", "on_chard"]
+            # prefork: what `active` and `stats` need comes from the children, over pipes
+            prefork = ["worker", "-P", "prefork", "-c", "2", "-l", "INFO"]
+            argv = [CHARD, "-A", "chapp", *prefork, "-n", CHARD_NODE, "-Q", "on_chard"]
             procs.append(_start(argv, path, env, chard_log))
             _wait_ready(procs[0], chard_log)
             # (with mingle on: a starting Celery worker says hello to the chard node)
@@ -143,7 +145,8 @@ def test_celerys_cli_inspects_a_chard_worker(fleet: Fleet) -> None:
         assert ping == {CHARD_NODE: {"ok": "pong"}}
         node_stats = stats[CHARD_NODE]
         assert node_stats["pid"] == fleet.chard_pid
-        assert node_stats["pool"]["implementation"] == "solo"
+        assert node_stats["pool"]["implementation"] == "prefork"
+        assert len(node_stats["pool"]["processes"]) == 2
         assert node_stats["broker"]["transport"] == "amqp"
         assert [(t["id"], t["name"]) for t in active] == [(task_id, "pidbox.hold")]
         assert active[0]["hostname"] == CHARD_NODE

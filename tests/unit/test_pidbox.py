@@ -109,12 +109,12 @@ def test_nodes_are_selected_as_kombu_does() -> None:
     assert CeleryRequest("ping", {}).is_for("anyone@h")
 
 
-def test_a_reply_is_read_only_by_its_ticket() -> None:
+def test_a_reply_carries_its_ticket_and_what_json_cannot_hold_is_repred() -> None:
     reply_to = {"exchange": "reply.celery.pidbox", "routing_key": "oid-1"}
     data = reply_envelope("w1@h", {"ok": "pong"}, "t-1", reply_to)
-    assert read_reply(data, "t-1") == {"w1@h": {"ok": "pong"}}
-    assert read_reply(data, "t-2") is None
-    assert read_reply(b"garbage", "t-1") is None
+    assert read_reply(data) == ("t-1", {"w1@h": {"ok": "pong"}})
+    assert read_reply(b"garbage") == ("", None)
+    assert read_reply(reply_envelope("w1@h", {"ok": object()}, "t", reply_to))[1] is not None
     envelope = json.loads(data)
     assert envelope["headers"]["ticket"] == "t-1"
     assert envelope["properties"]["delivery_info"] == reply_to
@@ -126,3 +126,15 @@ def test_terminate_is_a_revocation_that_terminates() -> None:
     assert revocation is not None
     assert (revocation.ids, revocation.terminate, revocation.signal) == (("x",), True, "SIGKILL")
     assert revocation_of(CeleryRequest("ping", {}), NOW, 10) is None
+
+
+def test_replies_taken_for_another_call_are_kept_for_it() -> None:
+    from chard.control_pidbox import Unclaimed
+
+    reply_to = {"exchange": "reply.celery.pidbox", "routing_key": "oid"}
+    unclaimed = Unclaimed()
+    mine = reply_envelope("a@h", {"ok": "pong"}, "t-1", reply_to)
+    theirs = reply_envelope("b@h", {"ok": "pong"}, "t-2", reply_to)
+    assert unclaimed.sort("t-1", [theirs, b"garbage", mine]) == [{"a@h": {"ok": "pong"}}]
+    assert unclaimed.sort("t-2", []) == [{"b@h": {"ok": "pong"}}]
+    assert unclaimed.sort("t-2", []) == []
