@@ -215,3 +215,34 @@ def test_a_celery_client_revokes_on_a_chard_worker_with_a_reply(fleet: Fleet) ->
         assert "never-sent" in revoked[CHARD_NODE]
     finally:
         celery_app.close()
+
+
+def test_celerys_other_inspect_commands_get_chards_answers_in_celerys_shapes(
+    fleet: Fleet,
+) -> None:
+    import celery
+
+    celery_app = celery.Celery("client", broker=fleet.url)
+    try:
+        inspect = celery_app.control.inspect(destination=[CHARD_NODE], timeout=5)
+        queues = inspect.active_queues()
+        assert queues is not None
+        assert [q["name"] for q in queues[CHARD_NODE]] == ["on_chard"]
+        for name in ("reserved", "scheduled", "revoked"):
+            replies = getattr(inspect, name)()
+            assert replies is not None, name
+            assert isinstance(replies[CHARD_NODE], list), (name, replies)
+        registered = inspect.registered()
+        assert registered is not None
+        assert {"pidbox.add", "pidbox.hold"} <= {r.split()[0] for r in registered[CHARD_NODE]}
+        report = inspect.report()
+        assert report is not None
+        assert "chard:" in report[CHARD_NODE]["ok"]
+        assert inspect.query_task("unknown-id") == {CHARD_NODE: {}}
+        assert inspect.clock() == {CHARD_NODE: {"clock": 0}}
+        # a command chard does not have: an error reply, as a Celery worker gives one
+        memsample = inspect.memsample()
+        assert memsample is not None
+        assert "unknown command 'memsample'" in memsample[CHARD_NODE]["error"]
+    finally:
+        celery_app.close()
