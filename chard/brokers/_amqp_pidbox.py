@@ -15,20 +15,18 @@ minute after its process stops reading) and answers on the reply exchange (see
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from chard._amqp.client import AmqpClient, MissingQueue, UnroutableMessage
+from chard._amqp.client import AmqpClient, UnroutableMessage
 from chard._amqp.frames import to_envelope, to_frame
+from chard.brokers._amqp_drain import drain
 from chard.protocol.pidbox import CAST_TTL, PIDBOX_EXCHANGE, REPLY_EXCHANGE
 
 #: Unused listening queues go after this long (ms), casts in them after CAST_TTL.
 _QUEUE_EXPIRES = 60_000
 #: A client's unused reply queue goes after this long (ms): kombu's ``control_queue_expires``.
 _REPLY_QUEUE_EXPIRES = 10_000
-#: Pause between two looks at an empty listening queue (seconds).
-_POLL = 0.05
 
 
 class Pidbox:
@@ -65,7 +63,7 @@ class Pidbox:
         """Return the casts heard within ``timeout`` (listening from the first call)."""
         if not self._is_listening:
             self.listen()
-        return self._drain(self.queue, self.listen, timeout)
+        return self._envelopes(self.queue, self.listen, timeout)
 
     def reply(self, reply_to: Mapping[str, str], envelope: bytes) -> None:
         """Publish a worker's reply where the call asked (kombu declares the exchange so)."""
@@ -85,7 +83,7 @@ class Pidbox:
     def replies(self, timeout: float) -> list[bytes]:
         """Return the replies that came within ``timeout`` (see :meth:`await_replies`)."""
         self.await_replies()
-        return self._drain(self.reply_queue, self._declare_reply_queue, timeout)
+        return self._envelopes(self.reply_queue, self._declare_reply_queue, timeout)
 
     def _declare_reply_queue(self) -> None:
         self.client.declare_exchange(REPLY_EXCHANGE, "direct", durable=False)
@@ -94,20 +92,6 @@ class Pidbox:
         self.client.bind_queue(self.reply_queue, REPLY_EXCHANGE, self.oid)
         self._is_awaiting = True
 
-    def _drain(self, queue: str, redeclare: Callable[[], None], timeout: float) -> list[bytes]:
-        """Take every message of ``queue``, waiting up to ``timeout`` for the first."""
-        heard: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got = self.client.get(queue)
-            except MissingQueue:  # expired or deleted (a long outage): declare it again
-                redeclare()
-                continue
-            if got is not None:
-                self.client.settle(got)
-                heard.append(to_envelope(got.frame, queue, got.exchange))
-                continue
-            if heard or time.monotonic() >= deadline:
-                return heard
-            time.sleep(min(_POLL, max(deadline - time.monotonic(), 0)))
+    def _envelopes(self, queue: str, redeclare: Callable[[], None], timeout: float) -> list[bytes]:
+        taken = drain(self.client, queue, timeout, redeclare)
+        return [to_envelope(got.frame, queue, got.exchange) for got in taken]

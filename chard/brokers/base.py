@@ -438,6 +438,18 @@ class Broker(ABC):
         """
         raise NotImplementedError(self._no_celery_control())
 
+    def celery_events(self, timeout: float) -> list[dict[str, Any]]:
+        """Take the events Celery's workers sent (Celery's dicts) within ``timeout``, each
+        taken by one caller among all chard nodes.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker cannot share Celery's events out once each.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} broker does not hand Celery's events to chard's tools"
+        )
+
     def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
         """Put back Celery deliveries left unacked longer than ``visibility_timeout``
         (kombu's ``restore_visible``: a Celery worker died holding them); return how many.

@@ -246,3 +246,38 @@ def test_celerys_other_inspect_commands_get_chards_answers_in_celerys_shapes(
         assert "unknown command 'memsample'" in memsample[CHARD_NODE]["error"]
     finally:
         celery_app.close()
+
+
+def test_chards_event_receiver_sees_the_celery_workers_events(fleet: Fleet) -> None:
+    import celery
+
+    import chard
+    from chard.events.receiver import EventReceiver
+
+    # Given the Celery worker's task events turned on by a Celery client
+    celery_app = celery.Celery("client", broker=fleet.url)
+    chard_app = chard.Celery("events", broker=fleet.url)
+    try:
+        on = celery_app.control.enable_events(destination=[CELERY_NODE], reply=True, timeout=3)
+        assert on == [{CELERY_NODE: {"ok": "task events enabled"}}]
+        receiver = EventReceiver(chard_app, handlers={})
+
+        # When a task runs there (and its worker's heartbeats go on)
+        task_id = celery_app.send_task("pidbox.add", (2, 3), queue="on_celery").id
+
+        # Then chard's receiver (what `chard events` and the dashboard read) gets them
+        # once each: a chard node took them from Celery's celeryev into chard's log
+        seen: list[dict[str, Any]] = []
+        for event in receiver.itercapture(timeout=20):
+            if event["hostname"] == CELERY_NODE:
+                seen.append(event)
+            types = [e["type"] for e in seen]
+            if "task-succeeded" in types and "worker-heartbeat" in types:
+                break
+        task_events = [e["type"] for e in seen if e.get("uuid") == task_id]
+        assert task_events == ["task-received", "task-started", "task-succeeded"]
+        assert next(e for e in seen if e["type"] == "task-succeeded")["result"] == "5"
+    finally:
+        celery_app.control.disable_events(destination=[CELERY_NODE])
+        celery_app.close()
+        chard_app.close()
