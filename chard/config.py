@@ -145,8 +145,10 @@ SETTINGS: dict[str, Setting] = {
     # -- a mixed Celery/chard fleet --------------------------------------------
     "chard_celery_compat": Setting(
         False,
-        "Speak Celery's way where Celery cannot read chard's (a mixed fleet on Redis): "
-        "countdown/ETA messages go to the ready queue, chords count with Celery's Redis keys",
+        "Speak Celery's way where Celery cannot read chard's (a mixed fleet on Redis or "
+        "RabbitMQ): countdown/ETA messages go to the ready queue, chords count with Celery's "
+        "Redis keys, remote control (inspect, control, revoke) crosses Celery's pidbox both "
+        "ways, events also go to Celery's celeryev exchange (RabbitMQ)",
     ),
     # -- dashboard -------------------------------------------------------------
     "dashboard_token": Setting(

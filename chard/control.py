@@ -16,16 +16,20 @@ moment (a worker that restarts, or starts later, forgets it and runs the task),
 chard appends it to the broker's durable ``revoke`` channel, which every worker
 reads when it starts and follows while it runs, so a revocation holds for
 :data:`REVOKE_EXPIRES` seconds whichever worker the task reaches.
+
+With ``chard_celery_compat``, every request also goes to Celery's workers on the broker's
+``celery.pidbox`` and their replies are gathered beside chard's (:mod:`chard.control_pidbox`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from chard.control_inspect import Inspect, Reply, ReplyCallback, flatten_reply
+from chard.control_pidbox import CeleryCall, Unclaimed
 from chard.exceptions import DecodeError
 from chard.protocol.control import (
     CONTROL_CHANNEL,
@@ -46,29 +50,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: What a node answers: ``{'ok': ...}``, ``{'error': ...}`` or the inspected value.
-Reply = Any
-#: Called with ``{node: reply}`` as each reply comes in (Celery's ``callback=``).
-ReplyCallback = Callable[[dict[str, Reply]], object]
+__all__ = ["Control", "Inspect", "flatten_reply"]
+
+#: With ``chard_celery_compat``, how long each look at one reply source lasts before the
+#: other (chard's channel, Celery's reply queue) is looked at (seconds).
+CELERY_REPLY_SLICE = 0.05
 
 
-def flatten_reply(replies: Iterable[dict[str, Reply]]) -> dict[str, Reply]:
-    """Turn ``[{'a': r1}, {'b': r2}]`` into ``{'a': r1, 'b': r2}`` (Celery's ``flatten_reply``).
-
-    Two replies under one node name mean two workers were started with the same
-    ``-n``; that is warned about, and the later reply is kept.
-    """
-    nodes: dict[str, Reply] = {}
-    for item in replies:
-        for name, reply in item.items():
-            if name in nodes:
-                warnings.warn(
-                    f"received more than one reply from node {name!r}; give each worker a "
-                    "unique node name with `chard worker -n name@%h`",
-                    stacklevel=2,
-                )
-            nodes[name] = reply
-    return nodes
+def _answer(payload: bytes, ticket: str) -> dict[str, Reply] | None:
+    """Return ``{node: reply}`` from a ``control.reply`` entry for ``ticket``, else None."""
+    try:
+        answer = ControlReply.from_payload(payload)
+    except DecodeError as exc:
+        logger.warning("Ignoring a malformed control reply: %s", exc)
+        return None
+    if answer.ticket != ticket:
+        return None  # another client's
+    return {answer.node: answer.reply}
 
 
 class Control:
@@ -76,6 +74,7 @@ class Control:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._unclaimed = Unclaimed()  # Celery workers' replies taken for another call
 
     def inspect(
         self,
@@ -157,12 +156,15 @@ class Control:
             timeout=timeout,
         )
         cursor = broker.broadcast_tail(REPLY_CHANNEL) if reply else ""
+        celery = None
+        if self.app.conf["chard_celery_compat"]:  # Celery workers answer on their pidbox
+            celery = CeleryCall.send(broker, request, self._unclaimed)
         broker.broadcast(CONTROL_CHANNEL, request.to_payload(), maxlen=CONTROL_MAXLEN)
         if not reply:
             return None
         if limit is None and request.destination is not None:
             limit = len(set(request.destination))
-        return self._gather(request.ticket, cursor, timeout, limit, callback)
+        return self._gather(request.ticket, cursor, timeout, limit, callback, celery)
 
     def _gather(
         self,
@@ -171,8 +173,10 @@ class Control:
         timeout: float,
         limit: int | None,
         callback: ReplyCallback | None,
+        celery: CeleryCall | None = None,
     ) -> list[dict[str, Reply]]:
-        """Read the reply channel after ``cursor`` until ``timeout``, keeping ``ticket``'s."""
+        """Read the reply channel after ``cursor`` until ``timeout``, keeping ``ticket``'s
+        (and, with ``celery``, Celery workers' replies to its copy, looking at each in turn)."""
         broker = self.app.broker
         deadline = time.monotonic() + timeout
         replies: list[dict[str, Reply]] = []
@@ -180,20 +184,17 @@ class Control:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            entries = broker.broadcast_read(REPLY_CHANNEL, cursor, remaining)
+            wait = remaining if celery is None else min(remaining, CELERY_REPLY_SLICE)
+            entries = broker.broadcast_read(REPLY_CHANNEL, cursor, wait)
             if entries:
                 cursor = entries[-1][0]
-            for _, payload in entries:
-                try:
-                    answer = ControlReply.from_payload(payload)
-                except DecodeError as exc:
-                    logger.warning("Ignoring a malformed control reply: %s", exc)
-                    continue
-                if answer.ticket != ticket:
-                    continue  # another client's
-                replies.append({answer.node: answer.reply})
+            answers = [answer for _, payload in entries if (answer := _answer(payload, ticket))]
+            if celery is not None:
+                answers.extend(celery.replies(0))
+            for answer in answers:
+                replies.append(answer)
                 if callback is not None:
-                    callback({answer.node: answer.reply})
+                    callback(answer)
         return replies
 
     def ping(
@@ -346,99 +347,3 @@ class Control:
     ) -> list[dict[str, Reply]] | None:
         """Change the autoscale bounds of nodes started with ``--autoscale``."""
         return self.broadcast("autoscale", {"max": max, "min": min}, destination, **kwargs)
-
-
-class Inspect:
-    """Ask the nodes about their state (``app.control.inspect()``), in Celery's shapes.
-
-    Every method returns ``{node: reply}`` for the nodes that answered within
-    ``timeout``, or None when none did (as Celery).
-    """
-
-    def __init__(
-        self,
-        control: Control,
-        destination: str | Sequence[str] | None = None,
-        timeout: float = 1.0,
-        callback: ReplyCallback | None = None,
-        limit: int | None = None,
-    ) -> None:
-        self.control = control
-        self.destination = destination
-        self.timeout = timeout
-        self.callback = callback
-        self.limit = limit
-
-    def _request(self, command: str, **arguments: Any) -> dict[str, Reply] | None:
-        replies = self.control.broadcast(
-            command,
-            arguments,
-            self.destination,
-            reply=True,
-            timeout=self.timeout,
-            limit=self.limit,
-            callback=self.callback,
-        )
-        if not replies:
-            return None
-        by_node = flatten_reply(replies)
-        if isinstance(self.destination, str):  # Celery: one name gets its reply alone
-            return by_node.get(self.destination)
-        return by_node
-
-    def ping(self, destination: str | Sequence[str] | None = None) -> dict[str, Reply] | None:
-        """``{node: {'ok': 'pong'}}``."""
-        if destination:
-            self.destination = destination
-        return self._request("ping")
-
-    def active(self, safe: bool | None = None) -> dict[str, Reply] | None:
-        """The tasks running now: ``{node: [task info, ...]}``."""
-        return self._request("active", safe=safe)
-
-    def reserved(self, safe: bool | None = None) -> dict[str, Reply] | None:
-        """The tasks leased ahead (prefetched or rate limited), not running yet."""
-        return self._request("reserved", safe=safe)
-
-    def scheduled(self, safe: bool | None = None) -> dict[str, Reply] | None:
-        """The countdown/ETA tasks the broker holds for the queues each node consumes.
-
-        ``{node: [{'eta': iso, 'priority': p, 'request': task info}, ...]}``, soonest
-        first (at most 100 per node). chard keeps these in the broker, not in a
-        worker's memory, so nodes that consume the same queue list the same tasks;
-        whichever is free when one falls due runs it.
-        """
-        return self._request("scheduled", safe=safe)
-
-    def registered(self, *taskinfoitems: str) -> dict[str, Reply] | None:
-        """The tasks each node knows: ``{node: ['proj.add', 'proj.mul [rate_limit=10/m]']}``."""
-        return self._request("registered", taskinfoitems=list(taskinfoitems))
-
-    registered_tasks = registered
-
-    def stats(self) -> dict[str, Reply] | None:
-        """Per node: ``pid``, ``uptime``, ``pool``, ``total`` per task, ``broker``, ``rusage``."""
-        return self._request("stats")
-
-    def active_queues(self) -> dict[str, Reply] | None:
-        """The queues each node consumes from (kombu's queue shape)."""
-        return self._request("active_queues")
-
-    def revoked(self) -> dict[str, Reply] | None:
-        """The revoked task ids each node holds."""
-        return self._request("revoked")
-
-    def query_task(self, *ids: str | Sequence[str]) -> dict[str, Reply] | None:
-        """``{node: {task_id: ['active' | 'reserved', task info]}}`` for the ids a node holds."""
-        flat: list[str] = []
-        for item in ids:
-            flat.extend([item] if isinstance(item, str) else item)
-        return self._request("query_task", ids=flat)
-
-    def conf(self, with_defaults: bool = False) -> dict[str, Reply] | None:
-        """Each node's configuration (only what differs from the defaults, unless asked)."""
-        return self._request("conf", with_defaults=with_defaults)
-
-    def report(self) -> dict[str, Reply] | None:
-        """``{node: {'ok': report}}``: versions, platform, transport, for bug reports."""
-        return self._request("report")

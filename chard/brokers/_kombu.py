@@ -14,11 +14,12 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 from chard._redis.client import RedisErrors, WatchError
 from chard.brokers.base import clamp_priority
-from chard.protocol.pidbox import pidbox_topic
+from chard.protocol.pidbox import REPLY_EXCHANGE, pidbox_topic
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,17 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 BUCKET_SEP = "\x06\x16"
 #: kombu's bucket of each priority 0-9: the largest step not above it.
 _STEP_OF = tuple(max(step for step in PRIORITY_STEPS if step <= p) for p in range(10))
+#: kombu 5.7's ``REFRESH_BINDING``: add a binding row, and push its table's deadline (ms
+#: from now, by the server's clock) in the set its sweeps read; a binding of an expiring
+#: queue (a client's reply queue) goes with its table once no one refreshed it in time.
+_REFRESH_BINDING = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+"""
+#: kombu's ``MIN_BINDING_TTL`` (ms).
+_BINDING_TTL = 3_600_000
 
 
 def priority_step(priority: int) -> int:
@@ -46,6 +58,7 @@ class KombuInterop:
     _prefix: str
     _errors: RedisErrors
     _pidbox: Any = None  # a pub/sub connection, subscribed on first use
+    _reply_oid: str | None = None  # this process's routing key for Celery's replies
 
     def _key(self, name: str) -> str:
         return self._prefix + name
@@ -72,6 +85,53 @@ class KombuInterop:
                 self._close_pidbox()  # subscribe again on the next call
                 raise
         return heard
+
+    def celery_reply(self, reply_to: Mapping[str, str], payload: bytes) -> None:
+        """kombu's direct exchange: ``LPUSH`` to each queue bound with the routing key."""
+        exchange = reply_to.get("exchange") or REPLY_EXCHANGE
+        routing_key = reply_to.get("routing_key", "")
+        with self._errors():
+            queues = [q for key, q in self._bindings(exchange) if key == routing_key]
+            for queue in queues:  # none: the client's binding went, nobody to tell
+                self._client.lpush(self._key(ready_key(queue, 0)), payload)
+
+    def celery_reply_to(self) -> dict[str, str]:
+        """Bind this process's reply list to kombu's reply exchange (refreshed each call)."""
+        if self._reply_oid is None:
+            self._reply_oid = f"chard.{uuid.uuid4().hex}"
+        row = BUCKET_SEP.join([self._reply_oid, "", self._reply_queue()])
+        keys = [
+            self._key(f"_kombu.binding.{REPLY_EXCHANGE}"),
+            self._key("_kombu.binding_deadlines"),
+        ]
+        with self._errors():
+            self._client.eval(_REFRESH_BINDING, 2, *keys, row, REPLY_EXCHANGE, _BINDING_TTL)
+        return {"exchange": REPLY_EXCHANGE, "routing_key": self._reply_oid}
+
+    def celery_replies(self, timeout: float) -> list[bytes]:
+        """Take what Celery workers pushed to this process's reply list."""
+        if self._reply_oid is None:
+            self.celery_reply_to()
+        key = self._key(ready_key(self._reply_queue(), 0))
+        heard: list[bytes] = []
+        with self._errors():
+            if timeout > 0:
+                got = self._client.brpop([key], timeout=timeout)
+                if got is None:
+                    return heard
+                heard.append(cast(bytes, got[1]))
+            while (item := self._client.rpop(key)) is not None:
+                heard.append(cast(bytes, item))
+        return heard
+
+    def _reply_queue(self) -> str:
+        return f"{self._reply_oid}.{REPLY_EXCHANGE}"
+
+    def _bindings(self, exchange: str) -> list[tuple[str, str]]:
+        """Return (routing key, queue) of each row of kombu's binding table of ``exchange``."""
+        table = self._client.smembers(self._key(f"_kombu.binding.{exchange}"))
+        rows = [row.decode().split(BUCKET_SEP) for row in cast(set[bytes], table)]
+        return [(row[0], row[2]) for row in rows if len(row) == 3]
 
     def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
         """kombu's ``restore_visible``: under its ``unacked_mutex``, each of the oldest
@@ -120,9 +180,7 @@ class KombuInterop:
         step = priority_step(int(message["properties"].get("priority") or 0))
         queues = [routing_key]
         if exchange:
-            table = self._client.smembers(self._key(f"_kombu.binding.{exchange}"))
-            rows = [row.decode().split(BUCKET_SEP) for row in cast(set[bytes], table)]
-            queues = [row[2] for row in rows if len(row) == 3 and row[0] in (routing_key, "")]
+            queues = [q for key, q in self._bindings(exchange) if key in (routing_key, "")]
         body = json.dumps(message).encode()
         return [(self._key(ready_key(queue, step)), body) for queue in queues]
 

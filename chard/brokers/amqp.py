@@ -196,6 +196,7 @@ class AmqpBroker(Broker):
         self._pidbox = Pidbox(self.client, self.consumer_id)
         is_mirrored = bool(self.options.get("celery_events"))
         self._celery_events = CeleryEvents(self.client) if is_mirrored else None
+        self._celery_heard: CeleryEvents | None = None
 
     # -- declarations ------------------------------------------------------------
     def _ensure_queue(self, queue: str) -> None:
@@ -555,6 +556,20 @@ class AmqpBroker(Broker):
 
     def celery_casts(self, timeout: float) -> list[bytes]:
         return self._pidbox.casts(timeout)
+
+    def celery_reply(self, reply_to: Mapping[str, str], payload: bytes) -> None:
+        self._pidbox.reply(reply_to, payload)
+
+    def celery_reply_to(self) -> dict[str, str]:
+        return self._pidbox.await_replies()
+
+    def celery_replies(self, timeout: float) -> list[bytes]:
+        return self._pidbox.replies(timeout)
+
+    def celery_events(self, timeout: float) -> list[dict[str, Any]]:
+        if self._celery_heard is None:  # see _amqp_celeryev: one queue for every chard node
+            self._celery_heard = CeleryEvents(self.client)
+        return self._celery_heard.heard(timeout)
 
     def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
         return 0  # RabbitMQ gives a dead Celery worker's deliveries back itself, at once

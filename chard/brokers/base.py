@@ -408,6 +408,48 @@ class Broker(ABC):
         """
         raise NotImplementedError(self._no_celery_control())
 
+    def celery_reply(self, reply_to: Mapping[str, str], payload: bytes) -> None:
+        """Send a worker's reply to a Celery call (``reply_to`` as the call carried it:
+        kombu's ``{"exchange", "routing_key"}``); a client that left is not an error.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def celery_reply_to(self) -> dict[str, str]:
+        """Listen for replies to this process's Celery calls (from now on); return the
+        ``reply_to`` a call carries so that workers answer here.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def celery_replies(self, timeout: float) -> list[bytes]:
+        """Return the replies (envelopes) to this process's Celery calls that came within
+        ``timeout``, at once when some are there (see :meth:`celery_reply_to`).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: Celery workers cannot share this kind of broker.
+        """
+        raise NotImplementedError(self._no_celery_control())
+
+    def celery_events(self, timeout: float) -> list[dict[str, Any]]:
+        """Take the events Celery's workers sent (Celery's dicts) within ``timeout``, each
+        taken by one caller among all chard nodes.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            NotImplementedError: this broker cannot share Celery's events out once each.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} broker does not hand Celery's events to chard's tools"
+        )
+
     def celery_restore_unacked(self, visibility_timeout: float, limit: int = 100) -> int:
         """Put back Celery deliveries left unacked longer than ``visibility_timeout``
         (kombu's ``restore_visible``: a Celery worker died holding them); return how many.
@@ -421,7 +463,7 @@ class Broker(ABC):
     def _no_celery_control(self) -> str:
         return (
             f"the {type(self).__name__} broker cannot carry Celery's remote control; a mixed "
-            "Celery/chard fleet shares a redis:// broker"
+            "Celery/chard fleet shares a redis:// or amqp:// broker"
         )
 
     def enlist(self, connection: Any) -> AbstractContextManager[None]:

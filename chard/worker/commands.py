@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,33 @@ def control_command(
 def commands_of(kind: Kind) -> dict[str, Command]:
     """Return the commands of one kind, by name, sorted."""
     return {name: c for name, c in sorted(COMMANDS.items()) if c.kind == kind}
+
+
+#: The least time given to the node's processes to answer, however close the expiry.
+MIN_ANSWER_TIMEOUT = 0.05
+#: Commands run one at a time, whichever mailbox (chard's, Celery's pidbox) asked.
+_RUNNING = threading.Lock()
+
+
+def run_command(node: Node, name: str, arguments: dict[str, Any], expires: float | None) -> Reply:
+    """Run command ``name`` on ``node``; return its reply (an error reply if it failed).
+
+    The command may wait for the node's processes until most of the time left before the
+    request ``expires`` (a Unix time; None: a second) has passed. Never raises.
+    """
+    command = COMMANDS.get(name)
+    if command is None:
+        logger.error("Received unknown control command %r", name)
+        return error(f"unknown command {name!r}; known commands: {', '.join(sorted(COMMANDS))}")
+    logger.debug("Control command %s(%s)", name, arguments)
+    left = 1.0 if expires is None else (expires - time.time()) * 0.8
+    with _RUNNING:
+        node.answer_timeout = max(left, MIN_ANSWER_TIMEOUT)
+        try:
+            return command.call(node, arguments)
+        except Exception as exc:
+            logger.exception("Control command %r failed", name)
+            return error(f"{type(exc).__name__}: {exc}")
 
 
 # -- inspect --------------------------------------------------------------------------------------

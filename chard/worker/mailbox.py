@@ -34,7 +34,7 @@ from chard.protocol.control import (
     ControlReply,
     ControlRequest,
 )
-from chard.worker.commands import COMMANDS, error
+from chard.worker.commands import run_command
 from chard.worker.mixed_fleet import MixedFleet
 from chard.worker.node import Node
 
@@ -45,8 +45,6 @@ logger = logging.getLogger("chard.worker")
 READ_TIMEOUT = 2.0
 #: Longest pause between two attempts to reach a broker that is down (seconds).
 MAX_BACKOFF = 30.0
-#: The least time given to the node's processes to answer, however close the expiry.
-MIN_ANSWER_TIMEOUT = 0.05
 
 
 class Mailbox:
@@ -132,24 +130,9 @@ class Mailbox:
         if request.is_expired(now):
             logger.info("Ignoring control command %r: it expired", request.command)
             return
-        node.answer_timeout = max((request.expires - now) * 0.8, MIN_ANSWER_TIMEOUT)
-        reply = self.run(request)
+        reply = run_command(node, request.command, dict(request.arguments), request.expires)
         if request.reply:
             self._reply(request, reply)
-
-    def run(self, request: ControlRequest) -> Any:
-        """Run the request's command; return its reply (an error reply if it failed)."""
-        command = COMMANDS.get(request.command)
-        if command is None:
-            logger.error("Received unknown control command %r", request.command)
-            known = ", ".join(sorted(COMMANDS))
-            return error(f"unknown command {request.command!r}; known commands: {known}")
-        logger.debug("Control command %s(%s)", request.command, dict(request.arguments))
-        try:
-            return command.call(self.node, dict(request.arguments))
-        except Exception as exc:
-            logger.exception("Control command %r failed", request.command)
-            return error(f"{type(exc).__name__}: {exc}")
 
     def _reply(self, request: ControlRequest, reply: Any) -> None:
         assert self._broker is not None

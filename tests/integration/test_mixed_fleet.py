@@ -362,3 +362,29 @@ def test_a_dead_celery_workers_unacked_messages_are_restored_by_chard(compat_fle
         assert client.zcard(f"{compat_fleet.prefix}unacked_index") == 0
     finally:
         client.close()
+
+
+def test_one_ping_reaches_both_kinds_of_worker(compat_fleet: Fleet) -> None:
+    """Celery's remote control on Redis (kombu's pub/sub ``celery.pidbox``, replies pushed
+    to the client's list through kombu's binding table): each client's ping and inspect
+    get one reply from each kind of worker."""
+    compat_fleet.chard_worker("-n", f"chard-{RUN_ID}@%h")
+    celery_worker = compat_fleet.celery_worker()
+    celery_node = celery_worker.args[celery_worker.args.index("-n") + 1].replace("%h", _host())
+    chard_node = f"chard-{RUN_ID}@{_host()}"
+    for app in compat_fleet.chard, compat_fleet.celery:
+        replies = app.control.ping(timeout=2)
+        assert sorted(node for reply in replies for node in reply) == sorted(
+            [chard_node, celery_node]
+        )
+        assert all(reply == {"ok": "pong"} for item in replies for reply in item.values())
+    stats = compat_fleet.celery.control.inspect(destination=[chard_node], timeout=2).stats()
+    assert stats[chard_node]["pool"]["implementation"] == "solo"
+    registered = compat_fleet.chard.control.inspect(destination=[celery_node]).registered()
+    assert "mixed.add" in registered[celery_node]
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
