@@ -1,4 +1,7 @@
-"""chard's SQLite URLs: the one parser for the broker, the result backend and beat's store.
+"""chard's SQLite plumbing shared by the broker, the result backend and beat's store.
+
+The URL parser, and the fork gate (:class:`ForkGate`) that every SQLite connection
+is used behind so that a forked child never inherits a transaction in progress.
 
 ``sqlite:///relative/path`` and ``sqlite:////absolute/path`` (the third slash ends the
 empty host, as in SQLAlchemy and Celery). All three users keep their data in one file
@@ -9,6 +12,10 @@ than in one of them.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from chard.exceptions import ImproperlyConfigured
@@ -47,3 +54,77 @@ def parse_sqlite_url(url: str, *, should_ignore_query: bool = False) -> Path:
             "connections cannot see; use 'memory://' for an in-process broker or backend"
         )
     return Path(path).resolve()
+
+
+class ForkGate:
+    """Lets threads use SQLite together, and ``fork()`` happen only while none does.
+
+    Why. SQLite keeps what a process holds on a file (its POSIX locks, the WAL-index
+    lock masks) in memory shared by all of the process's connections to it. A child
+    forked while a parent thread is inside a transaction inherits that memory: for
+    SQLite, the child then holds the WAL write lock through a connection it never
+    uses, and every write of its own is ``database is locked`` for good (a prefork
+    worker child forked while its parent's mailbox or event thread was writing never
+    leased a message). A thread forked mid-call can also leave SQLite's own mutexes
+    locked in the child. So every use of a connection (:meth:`section`) counts itself
+    in, and the fork waits in a ``before`` hook until the count is zero, letting no new
+    one in until the fork is done. Nothing waits while no fork is under way.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0  # threads in a section now
+        self._forking = False
+        self._depth = threading.local()  # a thread's nesting: only the outermost counts
+
+    @contextmanager
+    def section(self) -> Iterator[None]:
+        """Use SQLite in this block: a fork waits for it to end; it waits for a fork."""
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                while self._forking:
+                    self._cond.wait()
+                self._inside += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._inside -= 1
+                    if not self._inside:
+                        self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        """Wait until no thread is in a section (the lock is held across the fork).
+
+        A section of the forking thread itself is not waited for (it could never end).
+        """
+        mine = 1 if getattr(self._depth, "n", 0) else 0
+        self._cond.acquire()
+        self._forking = True
+        while self._inside > mine:
+            self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        """Start afresh: the child has one thread, and no section is open in it."""
+        self._reset()
+
+
+#: The one gate of this process: every chard SQLite connection is used inside it.
+FORK_GATE = ForkGate()
+os.register_at_fork(
+    before=FORK_GATE.before_fork,
+    after_in_parent=FORK_GATE.after_fork_in_parent,
+    after_in_child=FORK_GATE.after_fork_in_child,
+)
