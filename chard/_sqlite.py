@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from chard.exceptions import ImproperlyConfigured
@@ -66,39 +64,39 @@ class ForkGate:
     uses, and every write of its own is ``database is locked`` for good (a prefork
     worker child forked while its parent's mailbox or event thread was writing never
     leased a message). A thread forked mid-call can also leave SQLite's own mutexes
-    locked in the child. So every use of a connection (:meth:`section`) counts itself
-    in, and the fork waits in a ``before`` hook until the count is zero, letting no new
-    one in until the fork is done. Nothing waits while no fork is under way.
+    locked in the child. So every use of a connection is a section (``with
+    FORK_GATE:``) that counts itself in, and the fork waits in a ``before`` hook until
+    the count is zero, letting no new one in until the fork is done. Sections nest
+    (only a thread's outermost one counts). Without a fork under way, a section costs
+    two acquisitions of an uncontended lock.
     """
 
     def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._inside = 0  # threads in a section now
         self._forking = False
         self._depth = threading.local()  # a thread's nesting: only the outermost counts
 
-    @contextmanager
-    def section(self) -> Iterator[None]:
-        """Use SQLite in this block: a fork waits for it to end; it waits for a fork."""
+    def __enter__(self) -> None:
         depth = getattr(self._depth, "n", 0)
         if depth == 0:
-            with self._cond:
+            with self._lock:
                 while self._forking:
                     self._cond.wait()
                 self._inside += 1
         self._depth.n = depth + 1
-        try:
-            yield
-        finally:
-            self._depth.n = depth
-            if depth == 0:
-                with self._cond:
-                    self._inside -= 1
-                    if not self._inside:
-                        self._cond.notify_all()
+
+    def __exit__(self, *exc_info: object) -> None:
+        depth = self._depth.n = self._depth.n - 1
+        if depth == 0:
+            with self._lock:
+                self._inside -= 1
+                if self._forking:
+                    self._cond.notify_all()
 
     def before_fork(self) -> None:
         """Wait until no thread is in a section (the lock is held across the fork).
@@ -106,7 +104,7 @@ class ForkGate:
         A section of the forking thread itself is not waited for (it could never end).
         """
         mine = 1 if getattr(self._depth, "n", 0) else 0
-        self._cond.acquire()
+        self._lock.acquire()
         self._forking = True
         while self._inside > mine:
             self._cond.wait()
@@ -114,11 +112,14 @@ class ForkGate:
     def after_fork_in_parent(self) -> None:
         self._forking = False
         self._cond.notify_all()
-        self._cond.release()
+        self._lock.release()
 
     def after_fork_in_child(self) -> None:
-        """Start afresh: the child has one thread, and no section is open in it."""
+        """Start afresh: the child's one thread keeps only its own sections, if any."""
+        depth = getattr(self._depth, "n", 0)
         self._reset()
+        if depth:
+            self._depth.n, self._inside = depth, 1
 
 
 #: The one gate of this process: every chard SQLite connection is used inside it.

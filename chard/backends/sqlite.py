@@ -179,7 +179,7 @@ class SQLiteResultBackend(ResultBackend):
         with self._handles_lock:
             handles = [h for h in self._handles if h.pid == os.getpid()]
             self._handles = weakref.WeakSet()
-        with FORK_GATE.section():
+        with FORK_GATE:
             for handle in handles:
                 handle.conn.close()
         self._local = threading.local()
@@ -219,7 +219,7 @@ class SQLiteResultBackend(ResultBackend):
     # -- helpers ------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any]) -> list[Any]:
         try:
-            with FORK_GATE.section():  # a fork waits for this statement to end
+            with FORK_GATE:  # a fork waits for this statement to end
                 return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite result store {str(self.path)!r} failed: {exc}") from exc
@@ -230,7 +230,7 @@ class SQLiteResultBackend(ResultBackend):
             return
         self._next_purge = now + self.purge_interval
         try:
-            with FORK_GATE.section():
+            with FORK_GATE:
                 deleted = self._conn().execute(_PURGE, (now,)).rowcount
         except sqlite3.Error as exc:  # housekeeping: the next writer tries again
             logger.warning("Cannot delete expired results from %s: %s", self.path, exc)

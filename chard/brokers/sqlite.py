@@ -373,7 +373,7 @@ class SQLiteBroker(Broker):
     def close(self) -> None:
         """Close the connection and the doorbell; a later call reopens them."""
         self._check_fork()
-        with FORK_GATE.section(), self._lock:
+        with FORK_GATE, self._lock:
             for doorbell in (self._doorbell, self._broadcast_doorbell):
                 if doorbell is not None:
                     doorbell.close()
@@ -419,7 +419,7 @@ class SQLiteBroker(Broker):
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         self._check_fork()
-        with FORK_GATE.section(), self._lock:  # a fork waits for this use to end
+        with FORK_GATE, self._lock:  # a fork waits for this use to end
             if self._conn is None:
                 self._conn = self._connect()
             yield self._conn

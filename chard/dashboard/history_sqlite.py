@@ -54,7 +54,7 @@ class SQLiteHistory(SQLHistory):
             ) from exc
 
     def _open(self) -> None:
-        with FORK_GATE.section():
+        with FORK_GATE:
             self._conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
@@ -83,13 +83,13 @@ class SQLiteHistory(SQLHistory):
         return changed
 
     def close(self) -> None:
-        with FORK_GATE.section(), self._lock:
+        with FORK_GATE, self._lock:
             self._conn.close()
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock; a failed transaction is rolled back, errors named."""
-        with FORK_GATE.section(), self._lock:
+        with FORK_GATE, self._lock:
             try:
                 yield self._conn
             except sqlite3.Error as exc:
