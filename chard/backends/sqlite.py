@@ -13,7 +13,8 @@ class's back-off; that is why reads are kept cheap.
 
 Connections: one per thread (a SQLite connection must not be used by two threads
 at once) and a fresh one after ``fork()``. A connection inherited from the parent
-is never used or closed in the child, as SQLite's documentation requires.
+is never used or closed in the child, as SQLite's documentation requires, and no
+child is forked while a statement runs (see :data:`chard._sqlite.FORK_GATE`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chard._sqlite import parse_sqlite_url
+from chard._sqlite import FORK_GATE, parse_sqlite_url
 from chard.backends.base import ResultBackend
 from chard.exceptions import BackendError
 
@@ -178,8 +179,9 @@ class SQLiteResultBackend(ResultBackend):
         with self._handles_lock:
             handles = [h for h in self._handles if h.pid == os.getpid()]
             self._handles = weakref.WeakSet()
-        for handle in handles:
-            handle.conn.close()
+        with FORK_GATE:
+            for handle in handles:
+                handle.conn.close()
         self._local = threading.local()
 
     # -- primitives ---------------------------------------------------------
@@ -217,7 +219,8 @@ class SQLiteResultBackend(ResultBackend):
     # -- helpers ------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any]) -> list[Any]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with FORK_GATE:  # a fork waits for this statement to end
+                return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite result store {str(self.path)!r} failed: {exc}") from exc
 
@@ -227,7 +230,8 @@ class SQLiteResultBackend(ResultBackend):
             return
         self._next_purge = now + self.purge_interval
         try:
-            deleted = self._conn().execute(_PURGE, (now,)).rowcount
+            with FORK_GATE:
+                deleted = self._conn().execute(_PURGE, (now,)).rowcount
         except sqlite3.Error as exc:  # housekeeping: the next writer tries again
             logger.warning("Cannot delete expired results from %s: %s", self.path, exc)
             self._next_purge = now

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chard._sqlite import parse_sqlite_url
+from chard._sqlite import FORK_GATE, parse_sqlite_url
 from chard._utils.clock import Clock
 from chard.beat.store import ScheduleStore
 from chard.exceptions import BrokerConnectionError, ImproperlyConfigured
@@ -132,7 +132,7 @@ class SQLiteScheduleStore(ScheduleStore):
 
     def close(self) -> None:
         """Close the connection (in the process that opened it); the next call reopens."""
-        with self._lock:
+        with FORK_GATE, self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
@@ -142,7 +142,7 @@ class SQLiteScheduleStore(ScheduleStore):
     def _connection(self) -> Iterator[sqlite3.Connection]:
         if self._pid != os.getpid():  # a forked child never touches the parent's handle
             self._lock, self._conn, self._pid = threading.Lock(), None, os.getpid()
-        with self._lock:
+        with FORK_GATE, self._lock:  # a fork waits for this use to end
             if self._conn is None:
                 self._conn = self._connect()
             try:

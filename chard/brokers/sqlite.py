@@ -29,6 +29,8 @@ publish does not wake it, nor a broadcast the consumers.
 Connections: one per instance, behind a lock (the consume thread and the
 heartbeat thread share it; SQLite serialises writers anyway). After ``fork()``
 the child opens its own; the inherited connection is never used or closed there.
+Every use is inside :data:`chard._sqlite.FORK_GATE`, so no child is forked while
+another thread is mid-transaction (it would inherit that transaction's locks).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chard._sqlite import parse_sqlite_url
+from chard._sqlite import FORK_GATE, parse_sqlite_url
 from chard._utils.clock import Clock, SystemClock
 from chard.brokers import _wake
 from chard.brokers.base import (
@@ -371,7 +373,7 @@ class SQLiteBroker(Broker):
     def close(self) -> None:
         """Close the connection and the doorbell; a later call reopens them."""
         self._check_fork()
-        with self._lock:
+        with FORK_GATE, self._lock:
             for doorbell in (self._doorbell, self._broadcast_doorbell):
                 if doorbell is not None:
                     doorbell.close()
@@ -417,7 +419,7 @@ class SQLiteBroker(Broker):
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         self._check_fork()
-        with self._lock:
+        with FORK_GATE, self._lock:  # a fork waits for this use to end
             if self._conn is None:
                 self._conn = self._connect()
             yield self._conn

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from chard._sqlite import parse_sqlite_url
+from chard._sqlite import FORK_GATE, parse_sqlite_url
 from chard.dashboard.history import Record
 from chard.dashboard.history_sql import COLUMNS, INDEXES, Row, SQLHistory
 from chard.exceptions import BackendConnectionError, ImproperlyConfigured
@@ -46,6 +46,15 @@ class SQLiteHistory(SQLHistory):
         self.path = parse_sqlite_url(url)
         self._lock = threading.Lock()
         try:
+            self._open()
+        except sqlite3.Error as exc:
+            raise ImproperlyConfigured(
+                f"cannot open the dashboard history in {str(self.path)!r}: {exc}; "
+                "check that the result backend's file is writable"
+            ) from exc
+
+    def _open(self) -> None:
+        with FORK_GATE:
             self._conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
@@ -54,11 +63,6 @@ class SQLiteHistory(SQLHistory):
             _migrate(self._conn)
             for index in INDEXES:
                 self._conn.execute(index.replace("{t}", TABLE))
-        except sqlite3.Error as exc:
-            raise ImproperlyConfigured(
-                f"cannot open the dashboard history in {str(self.path)!r}: {exc}; "
-                "check that the result backend's file is writable"
-            ) from exc
 
     def save(self, records: Sequence[Record]) -> None:
         with self._locked() as conn:
@@ -79,13 +83,13 @@ class SQLiteHistory(SQLHistory):
         return changed
 
     def close(self) -> None:
-        with self._lock:
+        with FORK_GATE, self._lock:
             self._conn.close()
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock; a failed transaction is rolled back, errors named."""
-        with self._lock:
+        with FORK_GATE, self._lock:
             try:
                 yield self._conn
             except sqlite3.Error as exc:

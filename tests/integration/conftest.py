@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,32 @@ import pytest
 
 from tests.helpers import drop_postgres_schema, postgres_url, redis_url
 from tests.integration.dashboard import DashboardFactory
-from tests.integration.workers import APPS_DIR, WorkerFactory
+from tests.integration.workers import APPS_DIR, STARTED_LOGS, WorkerFactory, log_tail
 
 if str(APPS_DIR) not in sys.path:
     sys.path.insert(0, str(APPS_DIR))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Forget the previous test's process logs: a failure shows this test's only."""
+    STARTED_LOGS.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Show the log tail of every worker and dashboard a failed test started.
+
+    A process test that fails on a timeout says only what it waited for; why the
+    process never did it is in the process's own log.
+    """
+    report = yield
+    if report.failed:
+        for log in STARTED_LOGS:
+            report.sections.append((f"{log.name} ({report.when}), last lines", log_tail(log)))
+    return report
 
 
 def _transport_env(kind: str, tmp_path: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import free_port
-from tests.integration.workers import CHARD, child_pythonpath
+from tests.integration.workers import CHARD, STARTED_LOGS, child_pythonpath
 
 
 @dataclass
@@ -125,6 +125,7 @@ class DashboardFactory:
             )
         dashboard = Dashboard(proc, log, f"http://127.0.0.1:{port}")
         self.started.append(dashboard)
+        STARTED_LOGS.append(log)
         if ready:
             dashboard.wait_ready()
         return dashboard

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -333,6 +334,52 @@ def test_a_forked_child_uses_its_own_connection(url: str) -> None:
         mine.ack()
         assert [d.body for d in broker.fetch(["q"], 10, timeout=1.0)] == [b"from-child"]
         assert broker.queue_size("q") == 0
+
+
+def test_a_child_forked_during_another_threads_write_can_write(url: str) -> None:
+    """The CI hang of a prefork child: forked while a parent thread was inside a write.
+
+    SQLite keeps a process's locks on a file in memory shared by all its connections;
+    a child forked mid-transaction inherits "this process holds the WAL write lock"
+    from a connection it never uses, and every write of its own is then BUSY for good.
+    """
+    # Given a broker one thread keeps inside a write transaction for up to HOLD seconds
+    hold = 2.0
+    broker = SQLiteBroker(url, {"busy_timeout": 1.0})
+    inside, release = threading.Event(), threading.Event()
+
+    def write_slowly() -> None:
+        def action(conn: Any) -> None:
+            conn.execute("INSERT INTO chard_messages (queue, priority, due_at, body)"
+                         " VALUES ('q', 0, 0, x'00')")  # fmt: skip
+            inside.set()
+            release.wait(hold)  # the fork must wait for this transaction, however long
+
+        broker._write(action)
+
+    holder = threading.Thread(target=write_slowly)
+    holder.start()
+    assert inside.wait(10)
+
+    # When the main thread forks meanwhile, and the child writes through the same broker
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            broker.publish(OutgoingMessage("q", b"from-child"))
+            code = 0
+        except BaseException as exc:
+            os.write(2, f"child: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+
+    # Then the child's write went through (it was BUSY until its busy_timeout before)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert broker.queue_size("q") == 2
+    broker.close()
 
 
 def test_relative_and_absolute_urls_create_missing_directories(

@@ -19,6 +19,21 @@ import pytest
 APPS_DIR = Path(__file__).parent / "apps"
 CHARD = str(Path(sys.executable).with_name("chard"))
 
+#: Logs of the processes the running test started (workers, dashboards), oldest first:
+#: a failed test shows their tails (see ``pytest_runtest_makereport`` in conftest.py).
+STARTED_LOGS: list[Path] = []
+#: How much of each log a failed test shows.
+LOG_TAIL_LINES = 60
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of ``log`` (or say it is missing)."""
+    if not log.exists():
+        return f"({log} was never written)"
+    text = log.read_text(errors="replace").splitlines()
+    skipped = f"... ({len(text) - lines} earlier lines in {log})\n" if len(text) > lines else ""
+    return skipped + "\n".join(text[-lines:])
+
 
 def child_pythonpath(*first: str) -> str:
     """Return the PYTHONPATH of a child process: the test apps, ``first``, then ours.
@@ -111,6 +126,7 @@ class WorkerFactory:
             )
         worker = WorkerProcess(proc, log, argv)
         self.started.append(worker)
+        STARTED_LOGS.append(log)
         if ready:
             worker.wait_for_log("ready.")
         return worker
