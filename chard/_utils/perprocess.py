@@ -1,22 +1,28 @@
 """Objects opened once per process, such as the app's broker and backend connections.
 
 A connection must not cross a fork (two processes on one socket corrupt each other's
-replies), so a child after fork sees an empty cache and opens its own.
+replies), so a child after fork sees an empty cache and opens its own. Its lock does
+not cross either: a parent thread that held it at the fork never releases the child's
+copy, so each cache gets a fresh lock in the child.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 _pid = os.getpid()
+_caches: weakref.WeakSet[PerProcess] = weakref.WeakSet()
 
 
 def _forked() -> None:
     global _pid
     _pid = os.getpid()
+    for cache in list(_caches):  # the child's one thread: nobody else holds these yet
+        cache._lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -34,6 +40,7 @@ class PerProcess:
         self._items: dict[str, Any] = {}
         self._pid = os.getpid()
         self._lock = threading.RLock()
+        _caches.add(self)
 
     def peek(self, key: str) -> Any:
         """Return this process's ``key`` or None, without the lock (a dict read is atomic)."""
