@@ -35,7 +35,8 @@ local function parse(tag)
   local a = string.find(tag, '|', 1, true)
   if not a then return nil end
   local b = string.find(tag, '|', a + 1, true)
-  return string.sub(tag, b + 1), string.sub(tag, a + 1, a + 1), tonumber(string.sub(tag, a + 2, b - 1))
+  local count = tonumber(string.sub(tag, a + 2, b - 1))
+  return string.sub(tag, b + 1), string.sub(tag, a + 1, a + 1), count
 end
 -- Back to the front of its queue, remembering how often it was delivered.
 local function restore(queue, step, body, count)
