@@ -64,7 +64,8 @@ local function release_landing(cid)
 end
 -- Leases taken before chard kept a lease's queue, priority and count in its tag lived
 -- in 'chard.leases', 'chard.inflight' and 'chard.inflight.meta' (JSON {q, p, n, c}):
--- lapsed ones there are still returned to their queues.
+-- lapsed ones there are still returned to their queues, by heartbeats only (they are
+-- rare, and fetches need not pay the look).
 local function recover_legacy(t)
   local old_leases = prefix .. 'chard.leases'
   local tags = redis.call('ZRANGE', old_leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)
@@ -88,7 +89,6 @@ local function recover(t)
     if body and queue then restore(queue, step, body, count) end
     drop(tag)
   end
-  recover_legacy(t)
   for _, cid in ipairs(redis.call('ZRANGE', consumers, '-inf', t, 'BYSCORE', 'LIMIT', 0, 10)) do
     release_landing(cid)
   end
@@ -219,6 +219,7 @@ for i = 4, #ARGV do
   end
 end
 recover(t)
+recover_legacy(t)
 move_due(t)
 return lost
 """

@@ -12,7 +12,7 @@ Keys (all behind the optional ``global_keyprefix``, like kombu):
   queue, so a fetch, an ack or a requeue touches these two keys only. Settling a delivery
   whose lease lapsed (and was re-leased under another tag, or taken over) is a harmless
   no-op. (Leases an older chard took live in ``chard.leases``, ``chard.inflight`` and
-  ``chard.inflight.meta``; lapsed ones there are still returned to their queues.)
+  ``chard.inflight.meta``; heartbeats still return lapsed ones there to their queues.)
 * ``chard.redeliveries`` (hash sha1(body) → deliveries so far): the delivery count of a
   message that went back to a ready list. It lives beside the body, so the envelope is
   stored byte-for-byte as published; a Celery worker popping such a message simply

@@ -244,8 +244,10 @@ def test_a_lapsed_lease_an_older_chard_took_goes_back_to_its_queue_counted(
     meta = {"q": "q", "p": "6", "n": 2, "c": "0123abcd"}
     raw.hset(prefix + b"chard.inflight.meta", tag, json.dumps(meta))
 
-    # When a consumer of this version sweeps (its first fetch does)
-    [delivery] = make_broker().fetch(["q"], 1, timeout=1)
+    # When a consumer of this version heartbeats, then fetches
+    broker = make_broker()
+    broker.heartbeat()
+    [delivery] = broker.fetch(["q"], 1, timeout=1)
 
     # Then the message is back on its priority list and delivered with its count kept
     assert (delivery.body, delivery.queue, delivery.delivery_count) == (b"old work", "q", 3)
