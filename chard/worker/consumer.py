@@ -315,6 +315,11 @@ class Consumer:
                     limit = self.prefetch if self.pool.takes_batches else slots
                     while self._reserved and len(ready) + len(self._admitted) < limit:
                         ready.append(self._reserved.popleft())
+                if ready and self._fetch_carries():
+                    # Taken but not yet admitted, they count in neither: the fetcher sees
+                    # room now, and its next fetch overlaps this batch's run instead of
+                    # waiting for it to be settled (up to twice the window is leased then).
+                    self._room.notify()
             if done:  # first: an inline pool's next job may run long, and these are finished
                 acks: list[Delivery] = []
                 for outcome in done:
@@ -324,19 +329,14 @@ class Consumer:
                     self._wake_fetcher_or_acker()
             for delivery in ready:
                 self._admit_for_pool(delivery)
-            if ready:  # a message settled without running (revoked...) leaves room
-                with self._cond:
-                    self._wake_fetcher_or_acker()
             if slots and self._admitted:  # even if a stop came meanwhile: they were received
                 self._submit_pending(slots)
 
     def _wake_fetcher_or_acker(self) -> None:
         """Wake the fetcher if it waits and now has room (it carries the acks); else the acker.
 
-        (``_cond`` held.) Called once a batch of messages is settled or admitted, not
-        while one is between the reserved and the admitted ones (the window would look
-        emptier than it is). Acks go to the acker only when no fetch is about to carry
-        them.
+        (``_cond`` held.) Called once a batch of messages is settled. Acks go to the acker
+        only when no fetch is about to carry them.
         """
         if self._fetch_carries():
             self._room.notify()
