@@ -12,35 +12,40 @@ from __future__ import annotations
 
 _LIB = r"""
 local prefix = ARGV[1]
-local leases, inflight, meta = prefix .. 'chard.leases', prefix .. 'chard.inflight',
-  prefix .. 'chard.inflight.meta'
+local leases, inflight = prefix .. 'chard.held.expiry', prefix .. 'chard.held'
 local redeliveries, delayed = prefix .. 'chard.redeliveries', prefix .. 'chard.delayed'
 local delayed_counts = prefix .. 'chard.delayed.counts'
 local consumers, landing_src = prefix .. 'chard.consumers', prefix .. 'chard.landing.src'
 
+-- Server time as seconds, and as a string unique to the microsecond (for tags).
 local function now()
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000, t[1] .. '.' .. t[2]
 end
 local function ready_key(queue, step)
   if step == '0' then return prefix .. queue end
   return prefix .. queue .. '\6\22' .. step
+end
+-- A lease's tag: '<consumer>.<unique>|<step><count>|<queue>' (the queue last: any
+-- character may be in it); its queue, priority step and delivery count read back.
+local function tag_for(base, queue, step, count)
+  return base .. '|' .. step .. count .. '|' .. queue
+end
+local function parse(tag)
+  local a = string.find(tag, '|', 1, true)
+  if not a then return nil end
+  local b = string.find(tag, '|', a + 1, true)
+  local count = tonumber(string.sub(tag, a + 2, b - 1))
+  return string.sub(tag, b + 1), string.sub(tag, a + 1, a + 1), count
 end
 -- Back to the front of its queue, remembering how often it was delivered.
 local function restore(queue, step, body, count)
   redis.call('RPUSH', ready_key(queue, step), body)
   if count > 0 then redis.call('HSET', redeliveries, redis.sha1hex(body), count) end
 end
--- Lease body to consumer under tag until expiry.
-local function hold(tag, expiry, body, queue, step, count, consumer)
-  redis.call('ZADD', leases, expiry, tag)
-  redis.call('HSET', inflight, tag, body)
-  redis.call('HSET', meta, tag, cjson.encode({q = queue, p = step, n = count, c = consumer}))
-end
 local function drop(tag)
   redis.call('ZREM', leases, tag)
   redis.call('HDEL', inflight, tag)
-  redis.call('HDEL', meta, tag)
 end
 -- What consumer cid's blocking wait moved but no fetch leased goes back, uncounted.
 local function return_landing(cid)
@@ -57,13 +62,31 @@ local function release_landing(cid)
   redis.call('HDEL', landing_src, cid)
   redis.call('ZREM', consumers, cid)
 end
-local function recover(t)
-  for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
-    local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
+-- Leases taken before chard kept a lease's queue, priority and count in its tag lived
+-- in 'chard.leases', 'chard.inflight' and 'chard.inflight.meta' (JSON {q, p, n, c}):
+-- lapsed ones there are still returned to their queues, by heartbeats only (they are
+-- rare, and fetches need not pay the look).
+local function recover_legacy(t)
+  local old_leases = prefix .. 'chard.leases'
+  local tags = redis.call('ZRANGE', old_leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)
+  if #tags == 0 then return end
+  local old_inflight, old_meta = prefix .. 'chard.inflight', prefix .. 'chard.inflight.meta'
+  for _, tag in ipairs(tags) do
+    local body, info = redis.call('HGET', old_inflight, tag), redis.call('HGET', old_meta, tag)
     if body and info then
       info = cjson.decode(info)
       restore(info.q, info.p, body, info.n)
     end
+    redis.call('ZREM', old_leases, tag)
+    redis.call('HDEL', old_inflight, tag)
+    redis.call('HDEL', old_meta, tag)
+  end
+end
+local function recover(t)
+  for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
+    local body = redis.call('HGET', inflight, tag)
+    local queue, step, count = parse(tag)
+    if body and queue then restore(queue, step, body, count) end
     drop(tag)
   end
   for _, cid in ipairs(redis.call('ZRANGE', consumers, '-inf', t, 'BYSCORE', 'LIMIT', 0, 10)) do
@@ -89,23 +112,22 @@ end
 # leave the landing source as it is), sweep ('1': recover lapsed leases, move due delayed
 # messages and renew the registration; '': leave those to a later call), the number of
 # tags to ack first, those tags, queues...
-# Returns server time, the next due time ('' none, '-' not looked at), then tag, queue,
-# count, body of each message leased. A batch costs a fixed handful of commands: ready
-# lists are popped with RPOP's count and the leases written with one variadic command
-# per key, so nothing but the Lua loop grows with the batch.
+# Returns server time, the next due time ('' none, '-' not looked at), then tag and body
+# of each message leased (the tag says its queue and delivery count). A batch costs a
+# fixed handful of commands: ready lists are popped with RPOP's count and the leases
+# written with one variadic command per key, so nothing but the Lua loop grows with it.
 _FETCH = r"""
 local consumer, limit, sweep = ARGV[2], tonumber(ARGV[4]), ARGV[8] == '1'
 local acks = tonumber(ARGV[9])
 for i = 10, 9 + acks, 2000 do  -- acks first, as RedisBroker.ack_many sends them
   local last = math.min(i + 1999, 9 + acks)
   redis.call('HDEL', inflight, unpack(ARGV, i, last))
-  redis.call('HDEL', meta, unpack(ARGV, i, last))
   redis.call('ZREM', leases, unpack(ARGV, i, last))
 end
-local t = now()
+local t, stamp = now()
 -- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
 -- instead of overwriting the leases the first run took.
-local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
+local tag_base = ARGV[5] .. '.' .. stamp .. '.'
 local out = {tostring(t), '-'}
 if sweep then
   recover(t)
@@ -113,10 +135,10 @@ if sweep then
 end
 local expiry = t + tonumber(ARGV[3])
 local has_redeliveries = redis.call('EXISTS', redeliveries) == 1
-local taken, zargs, bodies, metas = 0, {}, {}, {}
+local taken, zargs, bodies = 0, {}, {}
 local function lease(queue, step, body)
   taken = taken + 1
-  local tag, count = tag_base .. '.' .. taken, 1
+  local count = 1
   if has_redeliveries then
     local digest = redis.sha1hex(body)
     local before = redis.call('HGET', redeliveries, digest)
@@ -125,13 +147,11 @@ local function lease(queue, step, body)
       redis.call('HDEL', redeliveries, digest)
     end
   end
-  local n = #zargs
+  local tag, n = tag_for(tag_base .. taken, queue, step, count), #zargs
   zargs[n + 1], zargs[n + 2] = expiry, tag
   bodies[n + 1], bodies[n + 2] = tag, body
-  metas[n + 1] = tag
-  metas[n + 2] = cjson.encode({q = queue, p = step, n = count, c = consumer})
   n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = tag, queue, count, body
+  out[n + 1], out[n + 2] = tag, body
 end
 if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
   local landing = prefix .. 'chard.landing.' .. consumer
@@ -181,7 +201,6 @@ local function variadic(command, key, args)
 end
 variadic('ZADD', leases, zargs)
 variadic('HSET', inflight, bodies)
-variadic('HSET', meta, metas)
 if sweep then redis.call('ZADD', consumers, expiry, consumer) end
 if ARGV[7] ~= '' then redis.call('HSET', landing_src, consumer, ARGV[7]) end
 return out
@@ -200,28 +219,30 @@ for i = 4, #ARGV do
   end
 end
 recover(t)
+recover_legacy(t)
 move_due(t)
 return lost
 """
 
-# ARGV: prefix, dead consumer, this consumer, lease_timeout, tag_base. Returns tag, queue,
-# count, body of each message taken.
+# ARGV: prefix, dead consumer, this consumer, lease_timeout, tag_base. Returns tag and
+# body of each message taken.
 _TAKE_OVER = r"""
 local dead, consumer = ARGV[2], ARGV[3]
-local t = now()
-local tag_base = ARGV[5] .. '.' .. string.format('%.0f', t * 1000000)
+local t, stamp = now()
+local tag_base = ARGV[5] .. '.' .. stamp .. '.'
 local expiry, out, taken, mark = t + tonumber(ARGV[4]), {}, 0, dead .. '.'
 for _, old in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
   -- Tags start with their consumer's id (RedisBroker._tag_base): decode only the dead one's.
   if string.sub(old, 1, #mark) == mark then
-    local body, info = redis.call('HGET', inflight, old), redis.call('HGET', meta, old)
-    info = info and cjson.decode(info)
-    if body and info and info.c == dead then
-      drop(old)  -- the old tag goes: settling through it is a no-op from now on
+    local body = redis.call('HGET', inflight, old)
+    local queue, step, count = parse(old)
+    drop(old)  -- the old tag goes: settling through it is a no-op from now on
+    if body and queue then
       taken = taken + 1
-      local tag = tag_base .. '.' .. taken
-      hold(tag, expiry, body, info.q, info.p, info.n, consumer)
-      for _, v in ipairs({tag, info.q, info.n, body}) do out[#out + 1] = v end
+      local tag = tag_for(tag_base .. taken, queue, step, count)
+      redis.call('ZADD', leases, expiry, tag)
+      redis.call('HSET', inflight, tag, body)
+      out[#out + 1], out[#out + 2] = tag, body
     end
   end
 end
@@ -232,19 +253,21 @@ return out
 """
 
 # ARGV: prefix, tag, mode (ack | requeue | dead), reason. Returns 1 if the lease was ours.
+# A dead letter's id is the tag's lease part (before the first '|').
 _SETTLE = r"""
 local tag, mode = ARGV[2], ARGV[3]
-local body, info = redis.call('HGET', inflight, tag), redis.call('HGET', meta, tag)
-if not (body and info) then return 0 end
+local body = redis.call('HGET', inflight, tag)
+local queue, step, count = parse(tag)
+if not (body and queue) then return 0 end
 drop(tag)
-info = cjson.decode(info)
 if mode == 'requeue' then
-  restore(info.q, info.p, body, info.n - 1)
+  restore(queue, step, body, count - 1)
 elseif mode == 'dead' then
   local t = now()
-  redis.call('HSET', prefix .. 'chard.dead.' .. tag, 'queue', info.q, 'priority', info.p,
-    'body', body, 'reason', ARGV[4], 'failed_at', tostring(t), 'delivery_count', info.n)
-  redis.call('ZADD', prefix .. 'chard.dead', t, tag)
+  local id = string.sub(tag, 1, string.find(tag, '|', 1, true) - 1)
+  redis.call('HSET', prefix .. 'chard.dead.' .. id, 'queue', queue, 'priority', step,
+    'body', body, 'reason', ARGV[4], 'failed_at', tostring(t), 'delivery_count', count)
+  redis.call('ZADD', prefix .. 'chard.dead', t, id)
 end
 return 1
 """

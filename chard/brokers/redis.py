@@ -5,11 +5,14 @@ Keys (all behind the optional ``global_keyprefix``, like kombu):
 * ``<queue>``, ``<queue>\\x06\\x163``, ``…\\x06\\x166``, ``…\\x06\\x169``: kombu's ready lists
   for priorities 0-2, 3-5, 6-8 and 9. Publishers ``LPUSH``, consumers pop from the right
   (FIFO), so Celery clients and workers can share the queues with chard.
-* ``chard.inflight`` (hash tag → body), ``chard.inflight.meta`` (hash tag → JSON
-  ``{q, p, n, c}``: queue, priority step, delivery count, consumer) and ``chard.leases``
-  (zset tag → lease expiry): messages leased to a consumer. Every lease gets a fresh tag
-  that starts with the consumer's id, so settling a delivery whose lease lapsed (and was
-  re-leased under another tag, or taken over) is a harmless no-op.
+* ``chard.held`` (hash tag → body) and ``chard.held.expiry`` (zset tag → lease expiry):
+  messages leased to a consumer. Every lease gets a fresh tag,
+  ``<consumer>.<unique>|<step><count>|<queue>``: it starts with the consumer's id (so
+  take-over finds a consumer's leases) and carries the priority step, delivery count and
+  queue, so a fetch, an ack or a requeue touches these two keys only. Settling a delivery
+  whose lease lapsed (and was re-leased under another tag, or taken over) is a harmless
+  no-op. (Leases an older chard took live in ``chard.leases``, ``chard.inflight`` and
+  ``chard.inflight.meta``; heartbeats still return lapsed ones there to their queues.)
 * ``chard.redeliveries`` (hash sha1(body) → deliveries so far): the delivery count of a
   message that went back to a ready list. It lives beside the body, so the envelope is
   stored byte-for-byte as published; a Celery worker popping such a message simply
@@ -332,11 +335,15 @@ class RedisBroker(KombuInterop, Broker):
         return f"{self.consumer_id}.{kind}.{time.monotonic_ns()}"
 
     def _hold(self, reply: Sequence[Any]) -> list[Delivery]:
-        """Turn a script's ``tag, queue, count, body, ...`` into deliveries heartbeats extend."""
+        """Turn a script's ``tag, body, ...`` into deliveries heartbeats extend.
+
+        The tag says the rest: ``<lease id>|<step><count>|<queue>``.
+        """
         deliveries: list[Delivery] = []
-        for i in range(0, len(reply), 4):
-            tag, queue = reply[i].decode(), reply[i + 1].decode()
-            deliveries.append(RedisDelivery(self, tag, queue, reply[i + 3], int(reply[i + 2])))
+        for i in range(0, len(reply), 2):
+            tag = reply[i].decode()
+            _, meta, queue = tag.split("|", 2)
+            deliveries.append(RedisDelivery(self, tag, queue, reply[i + 1], int(meta[1:])))
         if deliveries:
             with self._held_lock:
                 self._held.update(cast(RedisDelivery, d).tag for d in deliveries)
@@ -393,9 +400,8 @@ class RedisBroker(KombuInterop, Broker):
         try:
             with self._errors():
                 self._lane.execute_many(
-                    ("HDEL", self._key("chard.inflight"), *tags),
-                    ("HDEL", self._key("chard.inflight.meta"), *tags),
-                    ("ZREM", self._key("chard.leases"), *tags),
+                    ("HDEL", self._key("chard.held"), *tags),
+                    ("ZREM", self._key("chard.held.expiry"), *tags),
                 )
         except BrokerError:
             with self._held_lock:

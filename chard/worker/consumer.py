@@ -2,7 +2,9 @@
 
 A consumer runs in each prefork child (see :mod:`chard.worker.supervisor`), or in the
 worker's main process for the threads and solo pools. Three of its threads share one
-condition variable:
+lock, each waiting on a condition of its own, so that a change wakes only the thread it
+concerns (each wake-up costs system calls and a GIL hand-over, several per message if
+every change woke all three):
 
 * the *fetcher* blocks on the broker and keeps up to ``prefetch`` messages leased;
 * the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
@@ -89,7 +91,10 @@ class Consumer:
         self.prefetch = max(1, prefetch)
         self.burst = burst
         self.stats = ConsumerStats()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the dispatcher's: work to do
+        self._room = threading.Condition(lock)  # the fetcher's: room in the prefetch window
+        self._acks_waiting = threading.Condition(lock)  # the acker's: acks to send
         self._reserved: deque[Delivery] = deque()
         self._admitted: deque[Admitted] = deque()  # dispatcher thread only
         # Rate-limited messages waiting for their turn: a heap of (monotonic time, n, item).
@@ -133,8 +138,7 @@ class Consumer:
             self._dispatch_loop()
         finally:
             self._stopping.set()
-            with self._cond:
-                self._cond.notify_all()
+            self._wake_all()
             fetcher.join(timeout=5)
             acker.join()
             self._shutdown()
@@ -150,8 +154,12 @@ class Consumer:
         """Ask the loop to end: warm (finish running tasks) or cold (abandon them)."""
         self._cold = self._cold or cold
         self._stopping.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         with self._cond:
-            self._cond.notify_all()
+            for condition in (self._cond, self._room, self._acks_waiting):
+                condition.notify_all()
 
     def _shutdown(self) -> None:
         with self._cond:
@@ -181,7 +189,7 @@ class Consumer:
             with self._cond:
                 self._fetcher_waits = True
                 while not self._has_room() and not self._stopping.is_set():
-                    self._cond.wait(1.0)
+                    self._room.wait(1.0)
                 self._fetcher_waits = False
                 room = self.prefetch - self._held()
                 acks, self._acks = self._acks, []  # they ride along with the fetch
@@ -212,14 +220,14 @@ class Consumer:
             with self._cond:
                 self._reserved.extend(deliveries)
                 self._fetch_idle = not deliveries
-                self._cond.notify_all()
+                self._cond.notify()
 
     def _return_acks(self, acks: list[Delivery]) -> None:
         """Hand acks the fetcher could not send (or may not have) back to the acker."""
         if acks:
             with self._cond:
                 self._acks[:0] = acks
-                self._cond.notify_all()
+                self._acks_waiting.notify()
 
     def _has_room(self) -> bool:
         """Whether to fetch now (``_cond`` held): room for half the window, or an idle pool.
@@ -262,13 +270,13 @@ class Consumer:
         while True:
             with self._cond:
                 while not self._acks and not self._stopping.is_set():
-                    self._cond.wait()
+                    self._acks_waiting.wait()
                 give_up = time.monotonic() + ACK_WAIT  # then send them, fetch or not
                 while self._acks and self._fetch_carries() and not self._stopping.is_set():
                     left = give_up - time.monotonic()
                     if left <= 0:
                         break
-                    self._cond.wait(left)
+                    self._acks_waiting.wait(left)
                 if not self._acks:
                     if self._stopping.is_set():
                         return
@@ -307,19 +315,33 @@ class Consumer:
                     limit = self.prefetch if self.pool.takes_batches else slots
                     while self._reserved and len(ready) + len(self._admitted) < limit:
                         ready.append(self._reserved.popleft())
-                if ready:
-                    self._cond.notify_all()  # the fetcher may have room again
+                if ready and self._fetch_carries():
+                    # Taken but not yet admitted, they count in neither: the fetcher sees
+                    # room now, and its next fetch overlaps this batch's run instead of
+                    # waiting for it to be settled (up to twice the window is leased then).
+                    self._room.notify()
             if done:  # first: an inline pool's next job may run long, and these are finished
                 acks: list[Delivery] = []
                 for outcome in done:
                     self._settle(outcome, acks)
                 with self._cond:
                     self._acks.extend(acks)
-                    self._cond.notify_all()  # the acker has work, the fetcher may have room
+                    self._wake_fetcher_or_acker()
             for delivery in ready:
                 self._admit_for_pool(delivery)
             if slots and self._admitted:  # even if a stop came meanwhile: they were received
                 self._submit_pending(slots)
+
+    def _wake_fetcher_or_acker(self) -> None:
+        """Wake the fetcher if it waits and now has room (it carries the acks); else the acker.
+
+        (``_cond`` held.) Called once a batch of messages is settled. Acks go to the acker
+        only when no fetch is about to carry them.
+        """
+        if self._fetch_carries():
+            self._room.notify()
+        elif self._acks:
+            self._acks_waiting.notify()
 
     def _has_work(self) -> bool:
         if self._done:
@@ -365,7 +387,7 @@ class Consumer:
     def _on_done(self, outcome: Outcome) -> None:
         with self._cond:
             self._done.append(outcome)
-            self._cond.notify_all()
+            self._cond.notify()
 
     # -- per message ----------------------------------------------------------
     def _admit_for_pool(self, delivery: Delivery) -> None:

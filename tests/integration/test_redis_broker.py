@@ -102,7 +102,7 @@ def test_a_celery_message_pushed_raw_is_fetched_and_decodes(
         (2, 2),
     )
     delivery.ack()
-    assert raw.hlen(prefix + b"chard.inflight") == 0
+    assert raw.hlen(prefix + b"chard.held") == 0
 
 
 def test_a_chard_message_lands_in_the_celery_list_in_kombus_format(
@@ -230,6 +230,50 @@ def test_a_killed_consumers_lease_lapses_and_is_redelivered(
     assert delivery.delivery_count == 2
     assert time.monotonic() - killed_at < lease_timeout + 1.0
     delivery.ack()
+
+
+def test_a_lapsed_lease_an_older_chard_took_goes_back_to_its_queue_counted(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    # Given a lease in the layout chard used before tags carried queue, priority and
+    # count (chard.leases, chard.inflight, chard.inflight.meta), lapsed: its worker,
+    # of the older version, died before the upgrade
+    tag = b"0123abcd.1.2.3.1"
+    raw.zadd(prefix + b"chard.leases", {tag: time.time() - 60})
+    raw.hset(prefix + b"chard.inflight", tag, b"old work")
+    meta = {"q": "q", "p": "6", "n": 2, "c": "0123abcd"}
+    raw.hset(prefix + b"chard.inflight.meta", tag, json.dumps(meta))
+
+    # When a consumer of this version heartbeats, then fetches
+    broker = make_broker()
+    broker.heartbeat()
+    [delivery] = broker.fetch(["q"], 1, timeout=1)
+
+    # Then the message is back on its priority list and delivered with its count kept
+    assert (delivery.body, delivery.queue, delivery.delivery_count) == (b"old work", "q", 3)
+    for key in (b"chard.leases", b"chard.inflight", b"chard.inflight.meta"):
+        assert not raw.exists(prefix + key)
+    delivery.ack()
+
+
+def test_a_lease_touches_two_keys_and_its_tag_says_queue_priority_and_count(
+    make_broker: Callable[..., RedisBroker], raw: redis.Redis, prefix: bytes
+) -> None:
+    broker = make_broker()
+    broker.publish(OutgoingMessage("a|b", b"work", priority=3))
+    [delivery] = broker.fetch(["a|b"], 1, timeout=1)
+    delivery.reject(requeue=True)  # (returned uncounted: the next delivery is the first again)
+    [delivery] = broker.fetch(["a|b"], 1, timeout=1)
+
+    assert delivery.queue == "a|b"
+    [tag] = raw.zrange(prefix + b"chard.held.expiry", 0, -1)
+    assert tag.decode() == delivery.tag
+    assert tag.startswith(broker.consumer_id.encode() + b".")
+    assert tag.endswith(b"|31|a|b")
+    assert raw.hgetall(prefix + b"chard.held") == {tag: b"work"}
+    assert not raw.exists(prefix + b"chard.inflight.meta")
+    delivery.ack()
+    assert not raw.exists(prefix + b"chard.held", prefix + b"chard.held.expiry")
 
 
 def test_a_long_held_message_with_heartbeats_is_not_redelivered(

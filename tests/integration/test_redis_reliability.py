@@ -236,8 +236,8 @@ def test_a_fetch_repeated_after_a_lost_reply_keeps_both_leases(
         broker._fetch_script(args=args)
         broker._fetch_script(args=args)  # the retry, identical arguments
 
-        assert sorted(client.hvals("chard.inflight")) == [b"first", b"second"]
-        assert client.zcard("chard.leases") == 2
+        assert sorted(client.hvals("chard.held")) == [b"first", b"second"]
+        assert client.zcard("chard.held.expiry") == 2
     finally:
         client.close()
         broker.close()

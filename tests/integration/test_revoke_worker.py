@@ -60,7 +60,7 @@ def held_messages(app: Any) -> int:
             return int(conn.execute("SELECT count(*) FROM chard_messages").fetchone()[0])
     broker = app.broker  # kombu's ready list plus chard's leases (see chard.brokers.redis)
     return int(broker._client.llen(broker._key("celery"))) + int(
-        broker._client.hlen(broker._key("chard.inflight"))
+        broker._client.hlen(broker._key("chard.held"))
     )
 
 
