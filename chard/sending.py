@@ -250,8 +250,6 @@ class PlainSend(NamedTuple):
 
     id: str
     ignore_result: bool
-    #: Whether a result will be stored for the client to watch (a backend, no ignore_result).
-    watch: bool
     outgoing: OutgoingMessage
 
 
@@ -267,7 +265,6 @@ class _Plan(NamedTuple):
     routing_key: str | None
     priority: int
     ignore_result: bool
-    watch: bool
 
 
 def plain_message(
@@ -311,7 +308,7 @@ def plain_message(
     outgoing = OutgoingMessage(
         plan.queue, body, plan.priority, None, plan.exchange, plan.routing_key
     )
-    return PlainSend(task_id, plan.ignore_result, plan.watch, outgoing)
+    return PlainSend(task_id, plan.ignore_result, outgoing)
 
 
 def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[Any, ...]) -> _Plan:
@@ -326,10 +323,8 @@ def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[A
         and not str(conf["result_backend"] or "").startswith("rpc")
     ):
         template = EnvelopeTemplate(message, queue)
-    ignored = message.ignore_result
-    watch = not ignored and app.backend_url is not None
     return _Plan(
-        key, template, routed, queue, exchange, routing_key, message.priority, ignored, watch
+        key, template, routed, queue, exchange, routing_key, message.priority, message.ignore_result
     )
 
 

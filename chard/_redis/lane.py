@@ -80,7 +80,14 @@ class Lane:
         """
         # Any: redis-py leaves these Connection methods unannotated.
         conn: Any = self.connection()
-        packed = _pack(args) or conn.pack_command(*args)
+        packed = pack(args) or conn.pack_command(*args)
+        # The first try outside redis-py's Retry: no closure and no extra frames on a
+        # delay()'s one command. A lost connection then takes the Retry's path as before.
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
 
         def run() -> Any:
             conn.send_packed_command(packed, check_health=False)
@@ -153,11 +160,12 @@ def _close_finished(
     conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
-def _pack(args: tuple[Any, ...]) -> list[bytes] | None:
+def pack(args: Sequence[Any]) -> list[bytes] | None:
     """The command in Redis's protocol when every part is ``str``/``bytes``, else None.
 
     What redis-py's packer writes for such a command (a ``str`` as UTF-8, its default
-    encoding), without its per-argument checks: a ``delay()`` sends one command.
+    encoding), without its per-argument checks: a ``delay()`` sends one command, a
+    waiter one ``SUBSCRIBE`` of many channels.
     """
     if type(args[0]) is not str or " " in args[0]:  # "CLIENT LIST": redis-py splits it
         return None

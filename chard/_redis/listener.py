@@ -1,11 +1,11 @@
 """One pub/sub connection per process that hears every result a client waits for.
 
 The Redis result backend stores a meta with ``SET`` and ``PUBLISH``\\es the same value
-on the key's name. A client subscribes to a task's channel when it sends the task
-(:meth:`Listener.watch`, as Celery's ``on_task_call`` does: the ``SUBSCRIBE`` is
-written before the task's ``LPUSH`` and nobody waits for its reply), so that a later
-``get()`` finds the subscription in place and takes the result from the message
-itself instead of reading the key.
+on the key's name. A waiter that read a task's key and found no result subscribes to
+its channel (:meth:`Listener.watch`), and from then on takes the result from the
+message itself instead of reading the key again. Nothing is subscribed when a task is
+sent (Celery's ``on_task_call`` subscribes there): most results are read once stored,
+and a ``delay()`` then costs its one broker command.
 
 The waiter's rule that makes this exact: *confirm, then read, then wait*. A waiter
 first waits for Redis to confirm each subscription (:meth:`Listener.confirm`), then
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from chard._redis.lane import pack
 
 #: Unsubscribe at the latest once this many channels are no longer watched.
 UNSUBSCRIBE_BATCH = 100
@@ -94,10 +96,7 @@ class Listener:
                         self._to_subscribe.append(channel)
             self._apply_releases()
             if self._to_subscribe:
-                self._write()
-                # A process that sends and never waits must still read the replies, or
-                # they pile up in Redis's output buffer until it drops the connection.
-                self._drain()
+                self._write()  # the replies are read by confirm(), which follows
 
     def release(self, channels: Iterable[bytes]) -> None:
         """Drop one watcher of each channel; never blocks, never raises (finalizer-safe)."""
@@ -273,10 +272,12 @@ class Listener:
         self._to_unsubscribe.clear()
         packed: list[bytes] = []
         if unsubscribe:
-            packed += self._conn.pack_command("UNSUBSCRIBE", *unsubscribe)
+            command = ("UNSUBSCRIBE", *unsubscribe)
+            packed += pack(command) or self._conn.pack_command(*command)
             self._subscribed.difference_update(unsubscribe)
         if subscribe:
-            packed += self._conn.pack_command("SUBSCRIBE", *subscribe)
+            command = ("SUBSCRIBE", *subscribe)
+            packed += pack(command) or self._conn.pack_command(*command)
             self._subscribed.update(subscribe)
         if not packed:
             return

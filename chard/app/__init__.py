@@ -8,7 +8,6 @@ explicit "current app" contextvar that ``shared_task`` reads.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -347,45 +346,25 @@ class Celery(CeleryCompat):
         task = task if task is not None else self.tasks.get(name)
         request = _context.get_current_request()
         plain = None
-        retry = None
         if not options and request is None and countdown is None and eta is None and not task_id:
             args = tuple(args) if args else ()
             kwargs = kwargs if isinstance(kwargs, dict) else dict(kwargs or {})
             plain = sending.plain_message(self, name, args, kwargs, task)
         if plain is not None:
-            task_id, ignored, watch = plain.id, plain.ignore_result, plain.watch
+            task_id, ignored = plain.id, plain.ignore_result
+            sending.store(self, (plain.outgoing,))
         else:
             send = SendOptions.of(options, countdown=countdown, eta=eta, task_id=task_id)
-            retry = send.other or None  # the call's retry / retry_policy, if it gave any
             routed = build_message(self, name, args, kwargs, send, task)
             task_id, ignored = routed.message.id, routed.message.ignore_result
-            # A task sending tasks does not watch: a worker never waits for their results
-            # (``get()`` inside a task is refused), and would only pile up subscriptions.
-            watch = not ignored and request is None
-        backend = self.backend if watch else None
-        if backend is None:
-            self._store(routed if plain is None else plain, retry)
-            return AsyncResult(task_id, app=self, task_name=name, ignored=ignored)
-        # Subscribed before the publish, as Celery's on_task_call: the result's PUBLISH
-        # then reaches a later get() without a subscribe round trip (see backend.watch).
-        backend.watch((task_id,))
-        try:
-            self._store(routed if plain is None else plain, retry)
-        except BaseException:
-            backend.unwatch((task_id,))
-            raise
-        result: AsyncResult[Any] = AsyncResult(task_id, app=self, task_name=name)
-        # Released by get()/forget() once the result is in, else when the handle is dropped.
-        result._release = functools.partial(backend.unwatch, (task_id,))
-        return result
-
-    def _store(
-        self, message: RoutedMessage | sending.PlainSend, retry: Mapping[str, Any] | None
-    ) -> None:
-        if isinstance(message, RoutedMessage):
-            sending.publish(self, (message,), retry)
-        else:
-            sending.store(self, (message.outgoing,))
+            # The call's retry / retry_policy, if it gave any.
+            sending.publish(self, (routed,), send.other or None)
+        if not ignored and self.backend_url is not None:
+            # Opened at the first send, as Celery's on_task_call does, so that a wrong result
+            # backend URL is refused here and not at the first get(). Nothing is subscribed:
+            # a get() that finds its task pending subscribes then (wait_for_many).
+            self.backend  # noqa: B018
+        return AsyncResult(task_id, app=self, task_name=name, ignored=ignored)
 
     def publish(
         self,

@@ -318,9 +318,12 @@ class ResultBackend(ABC):
     ) -> list[Meta]:
         """Block until every task in ``task_ids`` is ready; return their metas in order.
 
-        Each key is read once (after :meth:`_listen`), then only what changed is looked
-        at: a backend that reports the new values (Redis) costs O(N) for N results, one
-        that can only say "something changed" is read again in full.
+        The keys are read first: a result that is already stored costs one read and no
+        subscription. Only what is still pending is then watched, and read once more
+        after :meth:`_listen` (a store between the first read and the subscription would
+        otherwise be missed); from then on only what changed is looked at: a backend that
+        reports the new values (Redis) costs O(N) for N results, one that can only say
+        "something changed" is read again in full.
 
         A lost connection (a server restart, a failover) does not end the wait: the
         waiter keeps trying until its deadline, then raises
@@ -331,16 +334,21 @@ class ResultBackend(ABC):
         pending = {self.task_key(t): t for t in task_ids}  # key -> id; shrinks as they finish
         ready: dict[str, Meta] = {}
         lost = False
+        watched: list[str] = []  # the ids watched once the first read left them pending
         is_fresh = True  # every pending key must be read: at the start, after a lost connection
         wait = 0.0
-        self.watch(pending.values())
         try:
             while True:
                 try:
                     if is_fresh:
-                        self._take(self._listen(list(pending), deadline) or {}, pending, ready)
+                        if watched:  # listen, then read: a store after the read is heard
+                            self._take(self._listen(list(pending), deadline) or {}, pending, ready)
                         keys = list(pending)
                         self._take(dict(zip(keys, self._mget(keys), strict=True)), pending, ready)
+                        if pending and not watched:
+                            watched = list(pending.values())
+                            self.watch(watched)
+                            continue  # still fresh: listen, and read what is pending again
                         is_fresh = False
                     else:
                         changed: Mapping[str, bytes | None] | None
@@ -372,7 +380,8 @@ class ResultBackend(ABC):
                     pause = min(pause * 2, interval)
                 wait = min(wait, 1.0)
         finally:
-            self.unwatch(task_ids)
+            if watched:
+                self.unwatch(watched)
 
     def _take(
         self, values: Mapping[str, bytes | None], pending: dict[str, str], ready: dict[str, Meta]
@@ -389,10 +398,10 @@ class ResultBackend(ABC):
 
     # -- listening (backends that are told what changed) ----------------------
     def watch(self, task_ids: Iterable[str]) -> None:  # noqa: B027 - optional hook
-        """Start listening for these tasks' results now (before their messages are sent).
+        """Start listening for these tasks' results (a wait found them pending).
 
         A backend that pushes changes (Redis pub/sub) subscribes here without waiting
-        for the server, so a later wait needs no subscribe round trip. Every call is
+        for the server; :meth:`_listen` then waits for its confirmation. Every call is
         paired with one :meth:`unwatch`. Never raises for a lost connection (the wait
         sets things up again). The default does nothing.
         """

@@ -14,10 +14,12 @@ waiter drops the pub/sub connection, subscribes again once Redis answers and rea
 every key it waits for again (what was published meanwhile is gone); plain reads fail
 after redis-py's few quick retries with :class:`BackendConnectionError`.
 
-Waiting (see :mod:`chard._redis.listener`): the client subscribes to a task's
-channel when it sends the task, a waiter confirms the subscription, reads the key once,
-and then takes the result from the ``PUBLISH`` that carries it: one read per result,
-whether one task or a group of thousands is waited for.
+Waiting (see :mod:`chard._redis.listener`): a waiter reads the keys first, and a
+result already stored costs that one ``GET``/``MGET`` and nothing else. For what is
+still pending it subscribes to the keys' channels, waits for Redis to confirm, reads
+those keys once more, and then takes each result from the ``PUBLISH`` that carries it:
+at most two reads per result, whether one task or a group of thousands is waited for.
+Sending subscribes to nothing, so a ``delay()`` costs the broker's command alone.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class RedisResultBackend(ResultBackend):
     """Store metas in Redis strings; wait on their pub/sub channels instead of polling.
 
     Thread-safe. The process shares one pub/sub connection (:mod:`chard._redis.listener`):
-    :meth:`watch` subscribes when a task is sent, and a waiter confirms, reads once,
+    a waiter that finds results pending watches them (:meth:`watch`), confirms, reads once more,
     then takes each result from the ``PUBLISH`` that carries it.
     """
 
@@ -258,7 +260,7 @@ class RedisResultBackend(ResultBackend):
 
     # -- listening ----------------------------------------------------------
     def watch(self, task_ids: Iterable[str]) -> None:
-        """Subscribe to these tasks' result channels now, without waiting for Redis."""
+        """Subscribe to these tasks' result channels, without waiting for Redis's reply."""
         try:
             with self._errors():
                 self._listener.watch([self._channel(self.task_key(t)) for t in task_ids])

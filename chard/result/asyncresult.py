@@ -60,10 +60,6 @@ class IncompleteStream(ChardError):
 class AsyncResult(Generic[R]):
     """The pending result of one task, by id."""
 
-    #: Drops this result's Redis pub/sub subscription (set by ``send_task``); called once,
-    #: by ``get()``, ``forget()`` or when the handle is collected, whichever comes first.
-    _release: Callable[[], Any] | None = None
-
     def __init__(
         self,
         id: str,
@@ -201,7 +197,6 @@ class AsyncResult(Generic[R]):
             self.parent._raise_if_failed()
         if self._cache is None:
             self._cache = backend.wait_for(self.id, timeout=timeout, interval=interval)
-        self._release_watch()
         failed = self._cache["status"] in states.PROPAGATE_STATES
         if failed and follow_parents and propagate and self.parent is not None:
             # A parent that failed while we waited caused this failure (a chord's
@@ -234,21 +229,9 @@ class AsyncResult(Generic[R]):
             raise decode_exception(meta["result"], meta.get("traceback"))
 
     def forget(self) -> None:
-        """Delete the stored result (and stop listening for it)."""
+        """Delete the stored result."""
         self._cache = None
-        self._release_watch()
         _require_backend(self.app).forget(self.id)
-
-    def _release_watch(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
-
-    def __del__(self) -> None:
-        # A handle dropped before get(): its subscription goes (cheaper per send than a
-        # weakref.finalize; release never raises nor blocks).
-        if self._release is not None:
-            self._release()
 
     def revoke(
         self,

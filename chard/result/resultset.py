@@ -220,8 +220,6 @@ class ResultSet:
             return self.join(timeout, propagate, interval, callback, disable_sync_subtasks=False)
         backend = _require_backend(self.app)
         metas = backend.wait_for_many([r.id for r in self.results], timeout, interval)
-        for member in self.results:
-            member._release_watch()
         values = []
         for member, meta in zip(self.results, metas, strict=True):
             value = meta["result"]

@@ -143,16 +143,16 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
 )
 def test_the_lane_packs_a_command_as_redis_py_does(command: tuple[Any, ...]) -> None:
     redis = pytest.importorskip("redis")
-    from chard._redis.lane import _pack
+    from chard._redis.lane import pack
 
-    assert _pack(command) == [b"".join(redis.Connection().pack_command(*command))]
+    assert pack(command) == [b"".join(redis.Connection().pack_command(*command))]
 
 
 def test_the_lane_leaves_other_commands_to_redis_py() -> None:
-    from chard._redis.lane import _pack
+    from chard._redis.lane import pack
 
-    assert _pack(("CLIENT LIST",)) is None
-    assert _pack(("INCRBY", "k", 2)) is None
+    assert pack(("CLIENT LIST",)) is None
+    assert pack(("INCRBY", "k", 2)) is None
 
 
 def test_close_forgets_the_plans_so_the_next_send_reads_the_configuration_again(
