@@ -8,7 +8,6 @@ provides through the entry points it installs (``load_entry_point``).
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import Any
 
 
@@ -40,6 +39,10 @@ def load_entry_point(group: str, name: str) -> Any:
     Raises:
         ImportError: nothing installed registers it; the message names the group and the fix.
     """
+    # Imported here: importlib.metadata pulls in email, zipfile and more (several MiB per
+    # process), and only app.start() looks an entry point up.
+    from importlib import metadata
+
     found = metadata.entry_points(group=group, name=name)
     if not found:
         raise ImportError(

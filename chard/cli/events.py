@@ -8,7 +8,6 @@ import time
 import click
 
 from chard.cli.context import AppContext
-from chard.cli.eventview import Monitor
 from chard.events.dumper import Dumper
 from chard.exceptions import BrokerConnectionError
 
@@ -40,6 +39,8 @@ def command(ctx: AppContext, dump: bool, camera: str | None, from_start: bool) -
         raise click.UsageError(
             "the live view needs a terminal; use --dump to print events to a pipe or file"
         )
+    from chard.cli.eventview import Monitor  # curses is loaded for this view alone
+
     Monitor(app).run()
 
 

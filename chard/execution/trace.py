@@ -9,13 +9,12 @@ Message concerns (decoding, expiry, acks, redelivery) belong to the worker, not 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
 import logging
 import threading
 import time
 import traceback as tb
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,8 @@ from chard.result import EagerResult
 from chard.task import Context, Task, exponential_backoff
 
 if TYPE_CHECKING:
+    import asyncio
+
     from chard.app import Celery
 
 logger = logging.getLogger("chard.task")
@@ -49,6 +50,8 @@ class TraceResult:
 
 def _event_loop() -> asyncio.AbstractEventLoop:
     """Return this thread's event loop for ``async def`` tasks, kept across tasks."""
+    import asyncio  # here, not at import: ~10 MiB in every process, most never await
+
     loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
@@ -58,8 +61,11 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def _call_body(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     value = task.run(*args, **kwargs)
-    if not asyncio.iscoroutine(value):
+    if not isinstance(value, Coroutine):  # what asyncio.iscoroutine checks
         return value
+    import asyncio
+    import concurrent.futures
+
     if _loop_is_running():
         # Eager apply() from async code: this thread's loop is busy, so run the body on a
         # helper thread's loop, in this context (the request stays visible).
@@ -70,6 +76,8 @@ def _call_body(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def _loop_is_running() -> bool:
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

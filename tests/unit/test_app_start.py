@@ -6,6 +6,7 @@ installs, so these tests also guard that the entry point is declared and loads.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_start_runs_the_command_line_with_this_app(
 def test_start_names_the_fix_when_chard_is_not_installed(
     app: Celery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(imports.metadata, "entry_points", lambda **_: ())
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: ())
 
     with pytest.raises(ImportError, match=r"'run_with_app' in group 'chard\.command_line'.*pip"):
         app.start(["--version"])
