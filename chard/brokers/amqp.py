@@ -49,7 +49,14 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from chard._amqp import delay as chain
-from chard._amqp.client import AmqpClient, Got, MissingQueue, UnroutableMessage
+from chard._amqp.client import (
+    AmqpClient,
+    Got,
+    MissingQueue,
+    UnroutableMessage,
+    offer_acking,
+    withdraw_acking,
+)
 from chard._amqp.frames import (
     COUNT_HEADER,
     ETA_HEADER,
@@ -308,13 +315,15 @@ class AmqpBroker(Broker):
             with self.client.lock:
                 self._fetched_at = time.monotonic()
                 self._subscriptions.subscribe(queues, limit)
-                self.client.pump()
+                # What was pushed already (or a basic.get, if the QoS window is full).
                 found = take_fairly(queues, limit, self._turn, self._take)
                 remaining = deadline - time.monotonic()
-                if not found and remaining > 0:
-                    # Wait on the socket: a push ends the wait, and so does another
-                    # thread asking for the lock (an ack that opens the QoS window).
-                    self.client.pump(remaining)
+                if not found:
+                    # Read the socket, waiting while it is quiet: a push ends the wait at
+                    # once, and so does another thread asking for the lock (an ack that
+                    # opens the QoS window). What came is handed out under the same lock.
+                    self.client.pump(max(remaining, 0))
+                    found = take_fairly(queues, limit, self._turn, self._take)
             if found:
                 self._turn += 1
                 self._start_watchdog()
@@ -365,7 +374,7 @@ class AmqpBroker(Broker):
         self._ensure_queue(queue)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        with self.client.lock:  # one lock round for the lot
+        with self.client.acks_together():  # one lock round and one write for the lot
             for delivery in deliveries:
                 delivery.ack()
 
@@ -416,6 +425,9 @@ class AmqpBroker(Broker):
 
     def _start_watchdog(self) -> None:
         if self._watchdog is None:
+            # A consumer now: rpc:// replies of this process go out before its acks
+            # on this connection (see AmqpClient.publish_reply).
+            offer_acking(self.client)
             self._watchdog = threading.Thread(
                 target=self._watch, name="chard-amqp-leases", daemon=True
             )
@@ -576,6 +588,7 @@ class AmqpBroker(Broker):
 
     def close(self) -> None:
         self._closed.set()
+        withdraw_acking(self.client)
         with self.client.lock:
             if self._subscriptions:
                 self._subscriptions.unsubscribe()
