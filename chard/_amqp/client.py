@@ -4,13 +4,11 @@ Why pika: chard's worker is synchronous (threads and processes), so a blocking c
 fits without an event loop thread; pika is the best known pure-Python AMQP 0-9-1
 client, supports publisher confirms, and needs no C extension.
 
-One connection, three channels (and a fourth on demand). The *work* channel publishes (in
-confirm mode: a publish returns once RabbitMQ has the message), gets and acks; delivery
-tags live on it. The *admin* channel declares, purges and probes (a passive declare of a
-missing queue closes its channel, and that must never drop the work channel's unacked
-deliveries). The *tx* channel publishes batches in one transaction: all or none, one round
-trip for the lot. The *reply* channel, opened on first use, publishes transient rpc://
-replies without a confirm (:meth:`AmqpClient.publish_reply`).
+One connection, three channels. The *work* channel publishes (in confirm mode: a publish
+returns once RabbitMQ has the message), gets and acks; delivery tags live on it. The
+*admin* channel declares, purges and probes (a passive declare of a missing queue closes
+its channel, and that must never drop the work channel's unacked deliveries). The *tx*
+channel publishes batches in one transaction: all or none, one round trip for the lot.
 
 Every call holds one lock (pika is not thread-safe). On a lost connection the client
 reconnects once per call, with back-off across calls, and bumps :attr:`generation`: tags
@@ -96,7 +94,6 @@ class AmqpClient:
         self._work: BlockingChannel | None = None
         self._admin: BlockingChannel | None = None
         self._tx: BlockingChannel | None = None
-        self._reply: BlockingChannel | None = None
         #: Acks are written out together at the end of :meth:`acks_together` (lock held).
         self._acks_deferred = False
         self._failures = 0
@@ -153,7 +150,7 @@ class AmqpClient:
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
-        self._work = self._admin = self._tx = self._reply = None
+        self._work = self._admin = self._tx = None
         if connection is not None and connection.is_open:
             # Closing a broken connection may fail in any way; it is being dropped anyway.
             with contextlib.suppress(Exception):
@@ -297,26 +294,6 @@ class AmqpClient:
             channel.tx_commit()
 
         self.call(send, tx=True)
-
-    def publish_reply(self, routing_key: str, frame: Frame) -> None:
-        """Publish transient ``frame`` to queue ``routing_key`` and return without a confirm.
-
-        For rpc:// replies from a worker process, on the connection that acks its tasks
-        (:func:`acking_client`): the reply is written to the socket before its task's ack,
-        and RabbitMQ reads a connection in order, so a task is never acked while its reply
-        is not yet in RabbitMQ; if the connection dies first, both are lost and the task
-        runs again. A confirm would add a round trip per task and promise no more for a
-        transient message (RabbitMQ keeps it in memory either way). A reply for a queue
-        that is gone (its client left) is dropped by RabbitMQ: nobody is left to read it.
-        """
-        props = _properties(frame, persistent=False)
-
-        def send(channel: BlockingChannel) -> None:
-            if self._reply is None or not self._reply.is_open:
-                self._reply = channel.connection.channel()
-            self._reply.basic_publish("", routing_key, frame.body, props)
-
-        self.call(send)
 
     def get(self, queue: str) -> Got | None:
         """Take one message from ``queue`` unacked, or None when it has none ready."""
@@ -489,34 +466,6 @@ class AmqpClient:
         if self.queue_size(name) is None:
             return 0
         return self.call(lambda ch: int(ch.queue_purge(name).method.message_count), admin=True)
-
-
-#: Each process's connection that acks tasks, by server, vhost and user (see acking_client).
-_ACKING: dict[tuple[int, str, int, str, str, bool], AmqpClient] = {}
-
-
-def _acking_key(target: AmqpTarget) -> tuple[int, str, int, str, str, bool]:
-    return (os.getpid(), target.host, target.port, target.vhost, target.user, target.tls)
-
-
-def offer_acking(client: AmqpClient) -> None:
-    """Make ``client`` this process's connection that acks tasks on its server and vhost."""
-    _ACKING[_acking_key(client.target)] = client
-
-
-def withdraw_acking(client: AmqpClient) -> None:
-    """Undo :func:`offer_acking` (the broker is closing)."""
-    key = _acking_key(client.target)
-    if _ACKING.get(key) is client:
-        del _ACKING[key]
-
-
-def acking_client(target: AmqpTarget) -> AmqpClient | None:
-    """This process's connection that acks tasks on ``target``'s server and vhost, if any.
-
-    The process id is part of the key: a forked child never uses its parent's copy.
-    """
-    return _ACKING.get(_acking_key(target))
 
 
 def _nothing() -> None:

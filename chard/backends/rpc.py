@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chard._amqp.client import AmqpClient, UnroutableMessage, acking_client
+from chard._amqp.client import AmqpClient, UnroutableMessage
 from chard._amqp.frames import Frame
 from chard._amqp.url import AMQP_SCHEMES, parse_amqp_url
 from chard._utils.log import redact_url
@@ -143,10 +143,6 @@ class RPCResultBackend(ResultBackend):
                 content_encoding="utf-8",
                 correlation_id=task_id,
             )
-            acking = acking_client(self.client.target)
-            if acking is not None:  # a worker: before the task's ack, on its connection
-                acking.publish_reply(reply_to, frame)
-                continue
             # UnroutableMessage: the client and its queue are gone; nobody is left to read it.
             with contextlib.suppress(UnroutableMessage):
                 self.client.publish("", reply_to, frame, persistent=False)

@@ -49,14 +49,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from chard._amqp import delay as chain
-from chard._amqp.client import (
-    AmqpClient,
-    Got,
-    MissingQueue,
-    UnroutableMessage,
-    offer_acking,
-    withdraw_acking,
-)
+from chard._amqp.client import AmqpClient, Got, MissingQueue, UnroutableMessage
 from chard._amqp.frames import (
     COUNT_HEADER,
     ETA_HEADER,
@@ -425,9 +418,6 @@ class AmqpBroker(Broker):
 
     def _start_watchdog(self) -> None:
         if self._watchdog is None:
-            # A consumer now: rpc:// replies of this process go out before its acks
-            # on this connection (see AmqpClient.publish_reply).
-            offer_acking(self.client)
             self._watchdog = threading.Thread(
                 target=self._watch, name="chard-amqp-leases", daemon=True
             )
@@ -588,7 +578,6 @@ class AmqpBroker(Broker):
 
     def close(self) -> None:
         self._closed.set()
-        withdraw_acking(self.client)
         with self.client.lock:
             if self._subscriptions:
                 self._subscriptions.unsubscribe()
