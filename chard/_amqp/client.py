@@ -25,7 +25,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -94,6 +94,8 @@ class AmqpClient:
         self._work: BlockingChannel | None = None
         self._admin: BlockingChannel | None = None
         self._tx: BlockingChannel | None = None
+        #: Acks are written out together at the end of :meth:`acks_together` (lock held).
+        self._acks_deferred = False
         self._failures = 0
 
     # -- connection ------------------------------------------------------------
@@ -343,7 +345,10 @@ class AmqpClient:
             if got.generation != self.generation or self._work is None:
                 return False
             try:
-                if requeue is None:
+                if requeue is None and self._acks_deferred:
+                    # pika's channel under the blocking one: queued, written by the flush
+                    self._work._impl.basic_ack(got.tag)
+                elif requeue is None:
                     self._work.basic_ack(got.tag)
                 else:
                     self._work.basic_nack(got.tag, requeue=requeue)
@@ -351,6 +356,23 @@ class AmqpClient:
                 self._drop()
                 return False
             return True
+
+    @contextlib.contextmanager
+    def acks_together(self) -> Iterator[None]:
+        """Hold the lock; the acks made in the block go out in one write at its end.
+
+        pika's blocking channel writes each ``basic.ack`` on its own (a poll and a send,
+        and a TCP segment for RabbitMQ to read); a worker acks in batches. If the
+        connection dies before the write, RabbitMQ requeues those messages, as it does
+        for any unacked delivery of a dead connection.
+        """
+        with self.lock:
+            self._acks_deferred = True
+            try:
+                yield
+            finally:
+                self._acks_deferred = False
+                self.pump()  # writes what is queued (and reads what came)
 
     # -- admin channel -------------------------------------------------------------
     def declare_queue(

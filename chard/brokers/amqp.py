@@ -308,13 +308,15 @@ class AmqpBroker(Broker):
             with self.client.lock:
                 self._fetched_at = time.monotonic()
                 self._subscriptions.subscribe(queues, limit)
-                self.client.pump()
+                # What was pushed already (or a basic.get, if the QoS window is full).
                 found = take_fairly(queues, limit, self._turn, self._take)
                 remaining = deadline - time.monotonic()
-                if not found and remaining > 0:
-                    # Wait on the socket: a push ends the wait, and so does another
-                    # thread asking for the lock (an ack that opens the QoS window).
-                    self.client.pump(remaining)
+                if not found:
+                    # Read the socket, waiting while it is quiet: a push ends the wait at
+                    # once, and so does another thread asking for the lock (an ack that
+                    # opens the QoS window). What came is handed out under the same lock.
+                    self.client.pump(max(remaining, 0))
+                    found = take_fairly(queues, limit, self._turn, self._take)
             if found:
                 self._turn += 1
                 self._start_watchdog()
@@ -365,7 +367,7 @@ class AmqpBroker(Broker):
         self._ensure_queue(queue)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        with self.client.lock:  # one lock round for the lot
+        with self.client.acks_together():  # one lock round and one write for the lot
             for delivery in deliveries:
                 delivery.ack()
 

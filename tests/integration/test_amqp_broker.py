@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import pika
 import pytest
 
-from chard.brokers import open_broker
+from chard.brokers import _amqp_log, open_broker
 from chard.brokers.amqp import AmqpBroker, AmqpDelivery
-from chard.brokers.base import Broker, Delivery, OutgoingMessage
+from chard.brokers.base import BROADCAST_START, Broker, Delivery, OutgoingMessage
 from chard.exceptions import ImproperlyConfigured
 from chard.protocol.message import TaskMessage
 from tests.helpers import amqp_url, delete_amqp_queues, wait_for
@@ -329,3 +331,52 @@ def test_a_queue_deleted_behind_the_brokers_back_is_declared_again(
     raw.exchange_delete("q")
     broker.publish([OutgoingMessage("q", b"two"), OutgoingMessage("q", b"three")])
     assert [d.body for d in broker.fetch(["q"], 3, timeout=1.0)] == [b"two", b"three"]
+
+
+def test_a_tail_looks_back_past_markers_to_the_newest_entry(
+    url: str, brokers: list[Broker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given entries, then more markers than the tail's first look back spans (each tail
+    # appends one), and entries too old for its first scan (from the clock slack before
+    # now) to see: that scan is made to see none, as it would after a quiet minute
+    monkeypatch.setattr(_amqp_log, "_TAIL_WINDOW", 2)
+    scan = _amqp_log.StreamLog._scan_to
+
+    def blind_since(self: _amqp_log.StreamLog, name: str, begin: object, marker: str):  # type: ignore[no-untyped-def]
+        end, newest = scan(self, name, begin, marker)  # type: ignore[arg-type]
+        return (end, None) if isinstance(begin, datetime) else (end, newest)
+
+    monkeypatch.setattr(_amqp_log.StreamLog, "_scan_to", blind_since)
+    broker = open_amqp(url, brokers)
+    channel = f"tail-{uuid.uuid4().hex}"
+    cursors = [broker.broadcast(channel, b"e%d" % i) for i in range(3)]
+    for _ in range(40):
+        broker.broadcast_tail(channel)
+
+    # When a reader takes the tail
+    reader = open_amqp(url, brokers)
+    tail = reader.broadcast_tail(channel)
+
+    # Then it is the newest entry's cursor, and reading after it gets only what comes next
+    assert tail == cursors[-1]
+    broker.broadcast(channel, b"next")
+    assert [p for _, p in reader.broadcast_read(channel, tail, timeout=0)] == [b"next"]
+
+
+def test_an_empty_channels_tail_is_the_start_however_many_markers_it_holds(
+    url: str, brokers: list[Broker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a channel that holds only markers (tails taken, nothing broadcast)
+    monkeypatch.setattr(_amqp_log, "_TAIL_WINDOW", 2)
+    channel = f"tail-{uuid.uuid4().hex}"
+    for _ in range(10):
+        open_amqp(url, brokers).broadcast_tail(channel)
+
+    # When a new reader takes the tail, then an entry comes
+    reader = open_amqp(url, brokers)
+    tail = reader.broadcast_tail(channel)
+    open_amqp(url, brokers).broadcast(channel, b"first")
+
+    # Then the tail is the start, and the entry is read after it
+    assert tail == BROADCAST_START
+    assert [p for _, p in reader.broadcast_read(channel, tail, timeout=0)] == [b"first"]
