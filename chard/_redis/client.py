@@ -19,6 +19,8 @@ from chard.exceptions import ChardError
 
 #: A ``WATCH``ed key changed before ``EXEC`` (the transaction did nothing).
 WatchError = redis.WatchError
+#: ``EVALSHA`` of a script the server does not have (restarted, or ``SCRIPT FLUSH``).
+NoScriptError = redis.exceptions.NoScriptError
 
 
 def open_client(target: RedisTarget) -> redis.Redis:

@@ -110,7 +110,8 @@ end
 
 # ARGV: prefix, consumer, lease_timeout, limit, tag_base, landed_spec, next_spec ('' to
 # leave the landing source as it is), sweep ('1': recover lapsed leases, move due delayed
-# messages and renew the registration; '': leave those to a later call), the number of
+# messages and renew the registration; 'w': do so if nothing landed, i.e. the blocking
+# wait this call follows timed out; '': leave those to a later call), the number of
 # tags to ack first, those tags, queues...
 # Returns server time, the next due time ('' none, '-' not looked at), then tag and body
 # of each message leased (the tag says its queue and delivery count). A batch costs a
@@ -118,6 +119,9 @@ end
 # written with one variadic command per key, so nothing but the Lua loop grows with it.
 _FETCH = r"""
 local consumer, limit, sweep = ARGV[2], tonumber(ARGV[4]), ARGV[8] == '1'
+if ARGV[8] == 'w' then
+  sweep = redis.call('LLEN', prefix .. 'chard.landing.' .. consumer) == 0
+end
 local acks = tonumber(ARGV[9])
 for i = 10, 9 + acks, 2000 do  -- acks first, as RedisBroker.ack_many sends them
   local last = math.min(i + 1999, 9 + acks)

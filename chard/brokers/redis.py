@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from chard._redis.client import RedisErrors, open_client
+from chard._redis.client import NoScriptError, RedisErrors, open_client
 from chard._redis.lane import Lane
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
@@ -207,7 +207,9 @@ class RedisBroker(KombuInterop, Broker):
         seconds, and whenever a delayed message falls due, it also recovers lapsed leases
         and moves due delayed messages) then, if nothing came, one ``BLMOVE`` on the
         highest-priority list of one queue (rotating), bounded by the poll interval and
-        the next due time.
+        the next due time, with the script again right behind it in the same round trip
+        (:meth:`_wait_and_lease`); the first script is skipped when the lists were found
+        empty a moment ago (:meth:`_just_emptied`).
         """
         if limit < 1 or not queues:
             return []
@@ -247,16 +249,18 @@ class RedisBroker(KombuInterop, Broker):
         start = self._fetches % len(queues)
         order = [*queues[start:], *queues[:start]]
         attempt = -1
+        looked = False  # the script just ran, behind the previous round's blocking wait
         while True:
             attempt += 1
             queue = order[attempt % len(order)]
             spec = "0" + queue  # the landing list's source: step 0 of this queue
             now = time.monotonic()
-            if attempt or acking or not self._just_emptied(spec, now):
+            if not looked and (attempt or not self._just_emptied(spec, now)):
                 deliveries = self._lease(order, limit, spec, acking)
                 if deliveries:
                     return deliveries
                 now = time.monotonic()
+            looked = False
             remaining = deadline - now
             if remaining <= 0:
                 return []
@@ -265,14 +269,50 @@ class RedisBroker(KombuInterop, Broker):
                 block = min(block, self._due_at - now)
                 if block <= 0:
                     continue  # more due messages than one script moves: go again
-            # redis-py annotates the timeout as int; Redis takes fractions of a second.
-            # 10 ms floor: a timeout of 0 would block forever.
-            wait = cast(int, max(block, 0.01))
-            source = self._key(ready_key(queue, 0))
-            self._landed_spec = spec  # (before the wait: a lost reply may have moved one)
-            moved = self._client.blmove(source, self._landing, wait, "RIGHT", "LEFT")
-            if moved is None and time.monotonic() >= deadline:
+            after = "0" + order[(attempt + 1) % len(order)]  # the next round's source
+            deliveries, looked = self._wait_and_lease(order, limit, spec, after, block, acking)
+            if deliveries:
+                return deliveries
+            if time.monotonic() >= deadline:
                 return []
+
+    def _wait_and_lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        spec: str,
+        next_spec: str,
+        block: float,
+        acking: list[RedisDelivery],
+    ) -> tuple[list[Delivery], bool]:
+        """Block on ``spec``'s list, and lease what came in the same round trip.
+
+        The fetch script is sent right behind the ``BLMOVE``, on the same connection, so
+        Redis runs it the moment the wait ends: a message that comes to an idle consumer
+        is leased one round trip sooner than by a script sent after the wait's reply.
+        Acks to carry go in front of the wait (as :meth:`ack_many` sends them), so a
+        consumer that just finished its work blocks again in that same round trip.
+        Return the deliveries, and whether the script ran (not after a ``NOSCRIPT``).
+        """
+        source = self._key(ready_key(spec[1:], 0))
+        self._landed_spec = spec  # (before the wait: a lost reply may have moved one)
+        # 10 ms floor: a timeout of 0 would block forever.
+        wait = ("BLMOVE", source, self._landing, "RIGHT", "LEFT", max(block, 0.01))
+        args = self._lease_args(queues, limit, next_spec, [], behind_wait=True)
+        lease = ("EVALSHA", self._fetch_script.sha, 0, *args)
+        tags = [d.tag for d in acking]
+        acks = [("HDEL", self._key("chard.held"), *tags)] if tags else []
+        acks += [("ZREM", self._key("chard.held.expiry"), *tags)] if tags else []
+        try:
+            reply = self._lane.execute_many(*acks, wait, lease)[-1]
+        except NoScriptError:  # the wait ran (and the acks); the next round's script loads
+            reply = None
+        for delivery in acking:
+            delivery._is_settled = True
+        acking.clear()
+        if reply is None:
+            return [], False
+        return self._leased(cast(list[Any], reply), limit, next_spec), True
 
     def _just_emptied(self, spec: str, now: float) -> bool:
         """Whether the last script found the lists empty a moment ago: block straight away.
@@ -291,29 +331,51 @@ class RedisBroker(KombuInterop, Broker):
     def _lease(
         self, queues: Sequence[str], limit: int, next_spec: str, acking: list[RedisDelivery]
     ) -> list[Delivery]:
-        now = time.monotonic()
-        sweep = self._sweep_due(now)
-        # The landing source is written when it changes, and with every sweep (a consumer
-        # whose registration lapsed was forgotten, source and all).
-        spec = next_spec if sweep or next_spec != self._landing_src else ""
-        tag_base = self._tag_base(str(self._fetches))
-        args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
-        args += [self._landed_spec, spec, "1" if sweep else "", len(acking)]
-        args += [*(d.tag for d in acking), *queues]
+        args = self._lease_args(queues, limit, next_spec, acking)
         reply = cast(list[Any], self._lane.run_script(self._fetch_script, (), args))
         for delivery in acking:
             delivery._is_settled = True
         acking.clear()
+        return self._leased(reply, limit, next_spec)
+
+    def _lease_args(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        next_spec: str,
+        acking: list[RedisDelivery],
+        behind_wait: bool = False,
+    ) -> list[Any]:
+        """Return the fetch script's arguments.
+
+        It sweeps when a sweep is due; ``behind_wait`` (it runs when a blocking wait
+        ends), also when that wait ends without a message: an idle consumer sweeps once
+        per wait, in the script that follows it, not in one more call before the next.
+        """
+        sweep = self._sweep_due(time.monotonic())
+        # The landing source is written when it changes, and with every sweep (a consumer
+        # whose registration lapsed was forgotten, source and all).
+        spec = next_spec if sweep or next_spec != self._landing_src else ""
+        mode = "1" if sweep else "w" if behind_wait else ""
+        tag_base = self._tag_base(str(self._fetches))
+        args: list[Any] = [self._prefix, self.consumer_id, self.lease_timeout, limit, tag_base]
+        args += [self._landed_spec, spec, mode, len(acking)]
+        args += [*(d.tag for d in acking), *queues]
+        return args
+
+    def _leased(self, reply: list[Any], limit: int, next_spec: str) -> list[Delivery]:
+        """Take in the fetch script's reply: the leases it took, and what it swept."""
+        now = time.monotonic()
         self._landed_spec, self._landing_src = "", next_spec
         self._is_registered = True
-        if sweep:
+        if reply[1] != b"-":  # it swept
             self._sweep_at = now + min(SWEEP_INTERVAL, self.poll_interval)
             due = float(reply[1]) - float(reply[0]) if reply[1] else None
             self._due_at = None if due is None else now + due
         deliveries = self._hold(reply[2:])
         self._empty_until = now + JUST_EMPTIED if len(deliveries) < limit else 0.0
         if deliveries:
-            logger.debug("Leased %d message(s) from %s", len(deliveries), list(queues))
+            logger.debug("Leased %d message(s)", len(deliveries))
         return deliveries
 
     def _take_over(self, consumer_id: str) -> list[Delivery]:

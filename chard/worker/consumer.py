@@ -6,12 +6,21 @@ lock, each waiting on a condition of its own, so that a change wakes only the th
 concerns (each wake-up costs system calls and a GIL hand-over, several per message if
 every change woke all three):
 
-* the *fetcher* blocks on the broker and keeps up to ``prefetch`` messages leased;
 * the *dispatcher* (the caller of :meth:`Consumer.run`) submits leased messages to
-  free pool slots and settles finished ones (requeue, dead-letter, or an ack to send);
+  free pool slots and settles finished ones (requeue, dead-letter, or an ack to send).
+  When it has nothing to do and the pool runs nothing, it blocks on the broker itself,
+  so a message that comes to an idle worker runs in the thread that fetched it (a
+  prefork child runs its tasks in this thread): no hand-over between threads, which on
+  a quiet worker cost about as much as a broker round trip;
+* the *fetcher* keeps up to ``prefetch`` messages leased while the pool has work:
+  at once after a fetch that filled its window (more is likely waiting: the next batch
+  is fetched while this one runs), or once the pool has been busy for
+  :data:`PREFETCH_DELAY` (so that a quick task's dispatcher, not the fetcher, is the
+  one blocked on the broker when the next message comes), or at once while pool slots
+  are free;
 * the *acker* sends those acks, all that piled up, in one broker call, so the
-  dispatcher never waits on a broker round trip while pool slots sit idle; when the
-  fetcher is about to fetch, it carries them instead (one round trip for both on Redis).
+  dispatcher never waits on a broker round trip while pool slots sit idle; when a
+  fetch is about to start, it carries them instead (one round trip for both on Redis).
 
 A fourth, the *heartbeat*, extends this worker's leases so a slow task is never
 handed to another worker, while a dead worker's leases lapse within
@@ -67,6 +76,13 @@ logger = logging.getLogger("chard.worker")
 
 #: Longest wait (seconds) of the acker for a fetch that is to carry the acks.
 ACK_WAIT = 0.05
+#: How long (seconds) the pool must have been busy, after a fetch that left the queue
+#: empty, before the fetcher blocks on the broker for more (see the module docstring).
+PREFETCH_DELAY = 0.01
+#: After how long (seconds) without work the fetcher stops looking every
+#: :data:`PREFETCH_DELAY` whether the pool has been busy that long (the dispatcher then
+#: wakes it when work starts).
+QUIET = 1.0
 
 
 class Consumer:
@@ -110,6 +126,13 @@ class Consumer:
         self._cold = False
         self._fetch_idle = False
         self._fetcher_waits = False  # the fetcher waits for room (``_cond`` held)
+        self._fetching = False  # a thread is in a broker fetch (one at a time)
+        self._last_full = False  # the latest fetch filled its window: more may be waiting
+        self._busy_since: float | None = None  # monotonic start of the dispatcher's work
+        self._idle_since = 0.0  # monotonic end of the dispatcher's latest work
+        self._fetcher_dozes = False  # the fetcher waits for up to QUIET (``_cond`` held)
+        self._backoff = 1.0  # seconds before the next fetch, after a failed one
+        self._lost_at: float | None = None  # when the broker connection was lost
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
         # A prefork child is given the record its parent follows (see Revocations).
         self._owns_revocations = revocations is None
@@ -182,45 +205,92 @@ class Consumer:
 
     # -- threads --------------------------------------------------------------
     def _fetch_loop(self) -> None:
-        broker = self.app.broker
-        backoff = 1.0
-        lost_at: float | None = None
+        """The fetcher thread: keep the window leased while the pool has work."""
         while not self._stopping.is_set():
             with self._cond:
                 self._fetcher_waits = True
-                while not self._has_room() and not self._stopping.is_set():
-                    self._room.wait(1.0)
+                while not self._stopping.is_set():
+                    wait = self._prefetch_wait()
+                    if wait <= 0:
+                        break
+                    self._fetcher_dozes = wait >= QUIET
+                    self._room.wait(wait)
+                    self._fetcher_dozes = False
                 self._fetcher_waits = False
-                room = self.prefetch - self._held()
-                acks, self._acks = self._acks, []  # they ride along with the fetch
-            if self._stopping.is_set():
-                self._return_acks(acks)
-                return
-            try:
-                deliveries = broker.ack_and_fetch(acks, self.queues, room, timeout=1.0)
-                backoff = 1.0
-                if lost_at is not None:
-                    logger.warning(
-                        "Broker connection restored after %.1fs", time.monotonic() - lost_at
-                    )
-                    lost_at = None
-            except BrokerConnectionError as exc:
-                self._return_acks(acks)
-                lost_at = lost_at if lost_at is not None else time.monotonic()
-                logger.warning("Broker connection lost: %s; retrying in %.0fs", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            except Exception:
-                self._return_acks(acks)
-                logger.exception("Unexpected error while fetching; retrying in %.0fs", backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
+                if self._stopping.is_set():
+                    return
+                timeout = 0.0 if self._last_full else 1.0  # a full window: take what is there
+                room, acks = self._begin_fetch()
+            self._fetch(acks, room, timeout)
+
+    def _prefetch_wait(self) -> float:
+        """Seconds the fetcher is to wait before it fetches; 0 to fetch now (``_cond`` held).
+
+        It fetches only while the pool has work (an idle dispatcher fetches for itself),
+        with room in the window; after a fetch that left the queue empty, and with no
+        free pool slot, only once the dispatcher has been busy for :data:`PREFETCH_DELAY`.
+        While work comes and goes it looks again every :data:`PREFETCH_DELAY` rather than
+        be told of each task's start (a wake-up per message); after a :data:`QUIET`
+        second, it dozes until the dispatcher wakes it (see :meth:`_dispatch_loop`).
+        """
+        now = time.monotonic()
+        if self._busy_since is None and not (self._inflight or self._throttled):  # idle
+            return PREFETCH_DELAY if now - self._idle_since < QUIET else QUIET
+        if self._fetching or not self._has_room():
+            return PREFETCH_DELAY
+        if self._last_full or self._slots_open():
+            return 0.0
+        since = self._busy_since if self._busy_since is not None else now
+        return since + PREFETCH_DELAY - now
+
+    def _slots_open(self) -> bool:
+        """Whether the pool has a slot the dispatcher is not about to fill (``_cond`` held)."""
+        return self._busy_since is None and self.pool.free_slots() > 0
+
+    def _may_fetch_here(self) -> bool:
+        """Whether the dispatcher is idle and is to fetch itself (``_cond`` held)."""
+        idle = not (self._inflight or self._reserved or self._admitted or self._throttled)
+        return idle and not self._fetching and self._has_room() and not self._stopping.is_set()
+
+    def _begin_fetch(self) -> tuple[int, list[Delivery]]:
+        """Claim the fetch (``_cond`` held): return the room to fill and the acks to carry."""
+        self._fetching = True
+        room = self.prefetch - self._held()
+        acks, self._acks = self._acks, []  # they ride along with the fetch
+        return room, acks
+
+    def _fetch(self, acks: list[Delivery], room: int, timeout: float) -> None:
+        """Lease up to ``room`` messages into the reserved queue; back off if the broker fails.
+
+        Run by one thread at a time (see :meth:`_begin_fetch`).
+        """
+        deliveries: list[Delivery] = []
+        failed = True
+        try:
+            deliveries = self.app.broker.ack_and_fetch(acks, self.queues, room, timeout=timeout)
+            failed = False
+            self._backoff = 1.0
+            if self._lost_at is not None:
+                logger.warning(
+                    "Broker connection restored after %.1fs", time.monotonic() - self._lost_at
+                )
+                self._lost_at = None
+        except BrokerConnectionError as exc:
+            self._lost_at = self._lost_at if self._lost_at is not None else time.monotonic()
+            logger.warning("Broker connection lost: %s; retrying in %.0fs", exc, self._backoff)
+        except Exception:
+            logger.exception("Unexpected error while fetching; retrying in %.0fs", self._backoff)
+        finally:
             with self._cond:
+                self._fetching = False
                 self._reserved.extend(deliveries)
                 self._fetch_idle = not deliveries
+                self._last_full = len(deliveries) >= room
                 self._cond.notify()
+        if failed:
+            self._return_acks(acks)
+            self._stopping.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, 30.0)
 
     def _return_acks(self, acks: list[Delivery]) -> None:
         """Hand acks the fetcher could not send (or may not have) back to the acker."""
@@ -284,13 +354,20 @@ class Consumer:
             self._flush_acks()
 
     def _fetch_carries(self) -> bool:
-        """Whether the fetcher is about to fetch, and so to carry the acks (``_cond`` held).
+        """Whether a fetch is about to start, and so to carry the acks (``_cond`` held).
 
-        It waits for room in the prefetch window, and there is room now: it wakes with
-        this same notification. Otherwise (it blocks on the broker, or has no room) the
-        acker sends them itself.
+        The idle dispatcher fetches next; or the fetcher waits and may fetch now (it
+        wakes with this same notification). Otherwise (a fetch is under way, or there is
+        no room, or the fetcher waits for the pool to have been busy a while) the acker
+        sends them itself.
         """
-        return self._fetcher_waits and self._has_room()
+        if self._dispatcher_fetches_next():
+            return True
+        return self._fetcher_waits and self._prefetch_wait() <= 0
+
+    def _dispatcher_fetches_next(self, idle_next: bool = False) -> bool:
+        """Whether the dispatcher is idle (or, ``idle_next``, about to be) and fetches next."""
+        return (idle_next or self._busy_since is None) and self._may_fetch_here()
 
     def _flush_acks(self) -> None:
         with self._cond:
@@ -301,43 +378,73 @@ class Consumer:
     def _dispatch_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._has_work():
-                    if self._stopping.is_set() or self._drained():
-                        return
-                    self._cond.wait(self._release_throttled() if self._throttled else 1.0)
-                done = list(self._done)
-                self._done.clear()
-                ready: list[Delivery] = []
-                slots = self.pool.free_slots()
-                if not self._stopping.is_set():
-                    # A pool that takes batches gets up to a prefetch window at once, split
-                    # over its free slots (see _submit_pending).
-                    limit = self.prefetch if self.pool.takes_batches else slots
-                    while self._reserved and len(ready) + len(self._admitted) < limit:
-                        ready.append(self._reserved.popleft())
-                if ready and self._fetch_carries():
-                    # Taken but not yet admitted, they count in neither: the fetcher sees
-                    # room now, and its next fetch overlaps this batch's run instead of
-                    # waiting for it to be settled (up to twice the window is leased then).
-                    self._room.notify()
+                step = self._await_step()
+                if step == "fetch":  # idle: fetch here, and run what comes in this thread
+                    room, acks = self._begin_fetch()
+                elif step == "work":
+                    done, ready, slots = self._take_work()
+            if step == "stop":
+                return
+            if step == "fetch":
+                self._fetch(acks, room, 1.0)
+                continue
             if done:  # first: an inline pool's next job may run long, and these are finished
-                acks: list[Delivery] = []
+                acks = []
                 for outcome in done:
                     self._settle(outcome, acks)
                 with self._cond:
                     self._acks.extend(acks)
-                    self._wake_fetcher_or_acker()
+                    self._wake_fetcher_or_acker(idle_next=not ready)
             for delivery in ready:
                 self._admit_for_pool(delivery)
             if slots and self._admitted:  # even if a stop came meanwhile: they were received
                 self._submit_pending(slots)
 
-    def _wake_fetcher_or_acker(self) -> None:
+    def _await_step(self) -> str:
+        """Wait for the dispatcher's next step (``_cond`` held): "work", "fetch" or "stop"."""
+        while not self._has_work():
+            if self._busy_since is not None:
+                self._busy_since, self._idle_since = None, time.monotonic()
+            if self._stopping.is_set() or self._drained():
+                return "stop"
+            if self._may_fetch_here():
+                return "fetch"
+            self._cond.wait(self._release_throttled() if self._throttled else 1.0)
+        if self._busy_since is None:  # the fetcher's delay starts now
+            self._busy_since = time.monotonic()
+            if self._fetcher_dozes:
+                self._room.notify()
+        return "work"
+
+    def _take_work(self) -> tuple[list[Outcome], list[Delivery], int]:
+        """Take the finished jobs and the messages to admit now (``_cond`` held)."""
+        done = list(self._done)
+        self._done.clear()
+        ready: list[Delivery] = []
+        slots = self.pool.free_slots()
+        if not self._stopping.is_set():
+            # A pool that takes batches gets up to a prefetch window at once, split
+            # over its free slots (see _submit_pending).
+            limit = self.prefetch if self.pool.takes_batches else slots
+            while self._reserved and len(ready) + len(self._admitted) < limit:
+                ready.append(self._reserved.popleft())
+        if ready and self._fetch_carries():
+            # Taken but not yet admitted, they count in neither: the fetcher sees
+            # room now, and its next fetch overlaps this batch's run instead of
+            # waiting for it to be settled (up to twice the window is leased then).
+            self._room.notify()
+        return done, ready, slots
+
+    def _wake_fetcher_or_acker(self, idle_next: bool = False) -> None:
         """Wake the fetcher if it waits and now has room (it carries the acks); else the acker.
 
-        (``_cond`` held.) Called once a batch of messages is settled. Acks go to the acker
-        only when no fetch is about to carry them.
+        (``_cond`` held.) Called once a batch of messages is settled; ``idle_next``: the
+        dispatcher took nothing else to run, so if it is idle now, it fetches next and
+        carries the acks itself. Acks go to the acker only when no fetch is about to
+        carry them.
         """
+        if self._dispatcher_fetches_next(idle_next):
+            return  # carrying them
         if self._fetch_carries():
             self._room.notify()
         elif self._acks:
