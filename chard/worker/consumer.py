@@ -236,7 +236,7 @@ class Consumer:
         now = time.monotonic()
         if self._busy_since is None and not (self._inflight or self._throttled):  # idle
             return PREFETCH_DELAY if now - self._idle_since < QUIET else QUIET
-        if self._fetching or not self._has_room():
+        if self._fetching or not self._has_room() or not self.queues:
             return PREFETCH_DELAY
         if self._last_full or self._slots_open():
             return 0.0
@@ -250,7 +250,9 @@ class Consumer:
     def _may_fetch_here(self) -> bool:
         """Whether the dispatcher is idle and is to fetch itself (``_cond`` held)."""
         idle = not (self._inflight or self._reserved or self._admitted or self._throttled)
-        return idle and not self._fetching and self._has_room() and not self._stopping.is_set()
+        if not idle or self._fetching or not self.queues or self._stopping.is_set():
+            return False  # (no queues: remote control cancelled them all; nothing to fetch)
+        return self._has_room()
 
     def _begin_fetch(self) -> tuple[int, list[Delivery]]:
         """Claim the fetch (``_cond`` held): return the room to fill and the acks to carry."""
