@@ -132,8 +132,9 @@ def test_celerys_cli_inspects_a_chard_worker(fleet: Fleet) -> None:
     try:
         task_id = client.send_task("pidbox.hold", (str(release),), queue="on_chard").id
 
-        # When Celery's own CLI asks it (ping, stats, active) by its node name
-        only = ("-d", CHARD_NODE)
+        # When Celery's own CLI asks it (ping, stats, active) by its node name (it returns
+        # once that node answered; the default 1 s is too short on a loaded machine)
+        only = ("-d", CHARD_NODE, "-t", "20")
         ping = fleet.cli(CELERY, "celapp", "inspect", "ping", *only)
         stats = fleet.cli(CELERY, "celapp", "inspect", "stats", *only)
         active = wait_for(
@@ -157,7 +158,8 @@ def test_celerys_cli_inspects_a_chard_worker(fleet: Fleet) -> None:
 
 def test_chards_cli_inspects_a_celery_worker(fleet: Fleet) -> None:
     # When chard's CLI asks the Celery worker (ping, stats, registered) by its node name
-    only = ("-d", CELERY_NODE)
+    # (it returns once that node answered; the default 1 s is too short on a loaded machine)
+    only = ("-d", CELERY_NODE, "-t", "20")
     ping = fleet.cli(CHARD, "chapp", "inspect", "ping", *only)
     stats = fleet.cli(CHARD, "chapp", "inspect", "stats", *only)
     registered = fleet.cli(CHARD, "chapp", "inspect", "registered", *only)
