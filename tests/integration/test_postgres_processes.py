@@ -92,8 +92,18 @@ def test_an_idle_worker_sends_no_queries(itproj: Any, workers: WorkerFactory) ->
     assert add.delay(1, 2).get(timeout=20) == 3
     pids = _process_tree(worker.pid)
     wait_for(lambda: len(_sessions(pids)) >= 2, timeout=10)  # its database and its listener
-    # The task's ack and its result's store have settled once every session is idle
-    wait_for(lambda: all(s[2] == "idle" for s in _sessions(pids).values()), timeout=10)
+    # The task's result, its ack (it may follow the result by a fetch, tens of ms later)
+    # and the next fetch have settled once two looks half a second apart see the same
+    # idle sessions
+    looks: list[dict[str, tuple[int, Any, str]]] = [{}]
+
+    def settled() -> bool:
+        now = _sessions(pids)
+        same = now == looks[-1] and all(s[2] == "idle" for s in now.values())
+        looks.append(now)
+        return same
+
+    wait_for(settled, timeout=30, interval=0.5)
 
     # When it is watched for a few seconds
     before, cpu_before, started = _sessions(pids), _cpu_seconds(pids), time.monotonic()
