@@ -359,7 +359,7 @@ class Celery(CeleryCompat):
             task_id, ignored = routed.message.id, routed.message.ignore_result
             # The call's retry / retry_policy, if it gave any.
             sending.publish(self, (routed,), send.other or None)
-        if not ignored and self.backend_url is not None:
+        if not ignored:
             # Opened at the first send, as Celery's on_task_call does, so that a wrong result
             # backend URL is refused here and not at the first get(). Nothing is subscribed:
             # a get() that finds its task pending subscribes then (wait_for_many).

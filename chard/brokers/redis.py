@@ -300,16 +300,12 @@ class RedisBroker(KombuInterop, Broker):
         wait = ("BLMOVE", source, self._landing, "RIGHT", "LEFT", max(block, 0.01))
         args = self._lease_args(queues, limit, next_spec, [], behind_wait=True)
         lease = ("EVALSHA", self._fetch_script.sha, 0, *args)
-        tags = [d.tag for d in acking]
-        acks = [("HDEL", self._key("chard.held"), *tags)] if tags else []
-        acks += [("ZREM", self._key("chard.held.expiry"), *tags)] if tags else []
+        acks = self._ack_commands([d.tag for d in acking]) if acking else []
         try:
             reply = self._lane.execute_many(*acks, wait, lease)[-1]
         except NoScriptError:  # the wait ran (and the acks); the next round's script loads
             reply = None
-        for delivery in acking:
-            delivery._is_settled = True
-        acking.clear()
+        _mark_sent(acking)
         if reply is None:
             return [], False
         return self._leased(cast(list[Any], reply), limit, next_spec), True
@@ -333,9 +329,7 @@ class RedisBroker(KombuInterop, Broker):
     ) -> list[Delivery]:
         args = self._lease_args(queues, limit, next_spec, acking)
         reply = cast(list[Any], self._lane.run_script(self._fetch_script, (), args))
-        for delivery in acking:
-            delivery._is_settled = True
-        acking.clear()
+        _mark_sent(acking)
         return self._leased(reply, limit, next_spec)
 
     def _lease_args(
@@ -461,16 +455,20 @@ class RedisBroker(KombuInterop, Broker):
             self._held.difference_update(tags)
         try:
             with self._errors():
-                self._lane.execute_many(
-                    ("HDEL", self._key("chard.held"), *tags),
-                    ("ZREM", self._key("chard.held.expiry"), *tags),
-                )
+                self._lane.execute_many(*self._ack_commands(tags))
         except BrokerError:
             with self._held_lock:
                 self._held.update(tags)
             raise
         for delivery in mine:
             delivery._is_settled = True
+
+    def _ack_commands(self, tags: Sequence[str]) -> list[tuple[str, ...]]:
+        """The commands that ack leases: drop their records (see :meth:`ack_many`)."""
+        return [
+            ("HDEL", self._key("chard.held"), *tags),
+            ("ZREM", self._key("chard.held.expiry"), *tags),
+        ]
 
     def _settle(self, tag: str, mode: str, reason: str) -> None:
         # Out of the held set first: a heartbeat racing this settle (or a retry of one
@@ -595,3 +593,10 @@ class RedisBroker(KombuInterop, Broker):
         self._close_pidbox()
         self._lane.close()
         self._client.close()
+
+
+def _mark_sent(acking: list[RedisDelivery]) -> None:
+    """Mark the acks a fetch carried as sent, and empty the list (none is to be sent again)."""
+    for delivery in acking:
+        delivery._is_settled = True
+    acking.clear()
