@@ -23,17 +23,26 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("redis_e2e_us", "Redis CPU/task, end-to-end", "µs", False),
 ]
 
-#: Issue 18's goals for chard on Redis: key -> [(against, bound)]. "against" is a system
-#: name, "best" (the best peer, floor excluded), "floor" (a share of it) or "abs" (µs).
-GOALS: dict[str, list[tuple[str, float]]] = {
-    "enqueue_delay": [("huey", 1.2)],
-    "drain": [("best", 1.5), ("floor", 0.75)],
-    "e2e": [("huey", 1.2)],
-    "rtt_p50": [("huey", 0.8)],
-    "rss_mib": [("best", 1.2)],
-    "pss_mib": [("best", 1.2)],
-    "redis_drain_us": [("abs", 20.0)],
-    "redis_e2e_us": [("abs", 60.0)],
+#: The issues' goals for chard, by family (18 on Redis, 15 on RabbitMQ): key ->
+#: [(against, bound)]. "against" is a system name, "best" (the best peer, floor
+#: excluded), "floor" (a share of it) or "abs" (µs).
+GOALS: dict[str, dict[str, list[tuple[str, float]]]] = {
+    "redis": {
+        "enqueue_delay": [("huey", 1.2)],
+        "drain": [("best", 1.5), ("floor", 0.75)],
+        "e2e": [("huey", 1.2)],
+        "rtt_p50": [("huey", 0.8)],
+        "rss_mib": [("best", 1.2)],
+        "pss_mib": [("best", 1.2)],
+        "redis_drain_us": [("abs", 20.0)],
+        "redis_e2e_us": [("abs", 60.0)],
+    },
+    "amqp": {
+        "enqueue_delay": [("celery", 3.0)],
+        "drain": [("celery", 5.0)],
+        "e2e": [("celery", 3.0)],
+        "rtt_p50": [("celery", 0.5)],
+    },
 }
 
 LEADS = {"redis": "chard", "amqp": "chard", "sqlite": "chard-sqlite", "postgres": "chard-pg"}
@@ -77,7 +86,7 @@ def ratio_columns(families: dict[str, str]) -> list[tuple[str, str, str]]:
         cols += [(f"{lead}/{p}", lead, p) for p in peers]
         if len(peers) > 1:
             cols.append((f"{lead}/best peer", lead, "best"))
-        if "floor" in families and family == "redis":
+        if families.get("floor") == family:
             cols.append((f"{lead} % of floor", lead, "floor"))
     return cols
 
@@ -97,10 +106,8 @@ def _against(med: dict[str, dict[str, float]], families: dict[str, str], lead: s
 def _goal(
     med: dict[str, dict[str, float]], families: dict[str, str], key: str, higher: bool
 ) -> str:
-    if families.get("chard") != "redis":
-        return ""
     out = []
-    for against, bound in GOALS.get(key, []):
+    for against, bound in GOALS.get(families.get("chard", ""), {}).get(key, []):
         value = med.get("chard", {}).get(key)
         if against == "abs":
             text, got = f"≤ {bound:g} µs", value
@@ -117,7 +124,7 @@ def _goal(
 def table(med: dict[str, dict[str, float]], families: dict[str, str]) -> str:
     names = list(med)
     ratios = ratio_columns(families)
-    goals = families.get("chard") == "redis"
+    goals = families.get("chard", "") in GOALS
     head = ["metric", "unit", *names, *(h for h, _, _ in ratios), *(["goal"] if goals else [])]
     lines = ["| " + " | ".join(head) + " |"]
     lines.append("|---|---|" + "---:|" * (len(names) + len(ratios)) + ("---|" if goals else ""))

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
 REDIS_SYSTEMS = "chard,huey,dramatiq,celery,floor"
 SQLITE_SYSTEMS = "chard-sqlite,huey-sqlite,celery-sqlite"
+AMQP_SYSTEMS = "chard,celery,floor"
 #: Seconds between two reads of the counter while draining.
 POLL = 0.005
 
@@ -278,8 +279,9 @@ def parse(argv: list[str] | None) -> tuple[Config, bool]:
     p.add_argument("--counter-db", type=int, default=15, help="the tasks' counter's Redis db")
     p.add_argument(
         "--rabbitmq",
-        help="RabbitMQ server without vhost (amqp://guest:guest@127.0.0.1:5672): chard and "
-        "celery on it, each in a vhost of its own (made with rabbitmqctl), results over rpc://",
+        help="RabbitMQ server without vhost (amqp://guest:guest@127.0.0.1:5672): chard, "
+        "celery and the pika floor on it, each in a vhost of its own (made with rabbitmqctl), "
+        "results over rpc://",
     )
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
     p.add_argument("--timeout", type=float, default=600, help="seconds per phase at most")
@@ -287,7 +289,7 @@ def parse(argv: list[str] | None) -> tuple[Config, bool]:
         "-E", "--events", action="store_true", help="workers send task events (worker -E)"
     )
     a = p.parse_args(argv)
-    default = SQLITE_SYSTEMS if a.sqlite else "chard,celery" if a.rabbitmq else REDIS_SYSTEMS
+    default = SQLITE_SYSTEMS if a.sqlite else AMQP_SYSTEMS if a.rabbitmq else REDIS_SYSTEMS
     systems = [s.strip() for s in (a.systems or default).split(",") if s.strip()]
     unknown = set(systems) - set(KNOWN)
     if unknown:

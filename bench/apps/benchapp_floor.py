@@ -12,12 +12,11 @@ No acks, no retries, no expiry: what it skips is what a real queue pays for.
 """
 
 import os
-import signal
-import sys
 import uuid
 from typing import Any
 
 import redis
+from _prefork import run_forked
 
 URL = os.environ["BENCH_BROKER_URL"]
 QUEUE = "floor.queue"
@@ -64,26 +63,5 @@ def work() -> None:
             conn.lpush(b"floor.result." + task_id, b"")
 
 
-def main() -> None:
-    children = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-            work()
-        children.append(pid)
-
-    def stop(*_: object) -> None:
-        for pid in children:
-            os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            os.waitpid(pid, 0)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    for pid in children:
-        os.waitpid(pid, 0)
-
-
 if __name__ == "__main__":
-    main()
+    run_forked(work)
