@@ -57,9 +57,13 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+#: Return values that are never coroutines: no ABC check for them (most tasks return one).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+
+
 def _call_body(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     value = task.run(*args, **kwargs)
-    if not isinstance(value, Coroutine):  # what asyncio.iscoroutine checks
+    if type(value) in _PLAIN or not isinstance(value, Coroutine):  # asyncio.iscoroutine's check
         return value
     import asyncio
     import concurrent.futures
