@@ -510,12 +510,14 @@ class Consumer:
         task = self._admit(delivery, message)
         if task is None:
             return
+        # (settings read as items: an attribute read first fails inside Python, building
+        # an AttributeError, before Settings.__getattr__ is asked; five times the cost)
         conf = self.app.conf
         acks_late = task.option("acks_late")
         hard, soft = message.timelimit
-        hard = hard if hard is not None else task.time_limit or conf.task_time_limit
+        hard = hard if hard is not None else task.time_limit or conf["task_time_limit"]
         soft = soft if soft is not None else task.soft_time_limit
-        soft = soft if soft is not None else conf.task_soft_time_limit
+        soft = soft if soft is not None else conf["task_soft_time_limit"]
         payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
         admitted = Admitted(delivery, message, acks_late, payload, soft, hard)
         if task.rate_limit:
@@ -567,7 +569,7 @@ class Consumer:
 
     def _accepted(self) -> frozenset[str]:
         """The content types to decode (``app.accept_content``), worked out again on a change."""
-        entries = self.app.conf.accept_content
+        entries = self.app.conf["accept_content"]
         if entries != self._accept_entries:  # (compared by value: an edited list counts)
             self._accept, self._accept_entries = self.app.accept_content, list(entries)
         return self._accept
