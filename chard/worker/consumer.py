@@ -129,6 +129,7 @@ class Consumer:
         self._fetcher_waits = False  # the fetcher waits for room (``_cond`` held)
         self._fetching = False  # a thread is in a broker fetch (one at a time)
         self._last_full = False  # the latest fetch filled its window: more may be waiting
+        self._granted = 0  # room the fetcher may fill while a batch runs (_grant_room)
         self._busy_since: float | None = None  # monotonic start of the dispatcher's work
         self._idle_since = 0.0  # monotonic end of the dispatcher's latest work
         self._fetcher_dozes = False  # the fetcher waits for up to QUIET (``_cond`` held)
@@ -239,7 +240,11 @@ class Consumer:
         now = time.monotonic()
         if self._busy_since is None and not (self._inflight or self._throttled):  # idle
             return PREFETCH_DELAY if now - self._idle_since < QUIET else QUIET
-        if self._fetching or not self._has_room() or not self.queues:
+        if self._fetching or not self.queues:
+            return PREFETCH_DELAY
+        if self._granted:  # room granted as the dispatcher took a batch (_grant_room)
+            return 0.0
+        if not self._has_room():
             return PREFETCH_DELAY
         if self._last_full or self._slots_open():
             return 0.0
@@ -260,7 +265,8 @@ class Consumer:
     def _begin_fetch(self) -> tuple[int, list[Delivery]]:
         """Claim the fetch (``_cond`` held): return the room to fill and the acks to carry."""
         self._fetching = True
-        room = self.prefetch - self._held()
+        room = max(self.prefetch - self._held(), self._granted)
+        self._granted = 0
         acks, self._acks = self._acks, []  # they ride along with the fetch
         return room, acks
 
@@ -433,12 +439,30 @@ class Consumer:
             limit = self.prefetch if self.pool.takes_batches else slots
             while self._reserved and len(ready) + len(self._admitted) < limit:
                 ready.append(self._reserved.popleft())
-        if ready and self._fetch_carries():
-            # Taken but not yet admitted, they count in neither: the fetcher sees
-            # room now, and its next fetch overlaps this batch's run instead of
-            # waiting for it to be settled (up to twice the window is leased then).
-            self._room.notify()
+        if ready and not done:  # (with finished jobs: once they are settled, see below)
+            self._grant_room()
         return done, ready, slots
+
+    def _grant_room(self) -> bool:
+        """Let the fetcher fill the window's room while the batch just taken runs (``_cond`` held).
+
+        Taken but not yet admitted, the batch counts in neither collection, so the room
+        there is now is the window's, and the fetcher's next fetch overlaps the batch's
+        run instead of waiting for it to be settled (up to twice the window is leased
+        then). It is granted here, not looked at again when the fetcher gets to it: by
+        then (it needs this lock, then the GIL, or is still on its way back from its
+        last fetch) the batch is admitted and submitted, the window looks full, and the
+        fetch would wait for the batch after all (it did: every fetch of a draining
+        prefork child was its dispatcher's, which waited for each). Returns whether a
+        fetch was granted (it carries the acks).
+        """
+        self._granted = 0  # (one not taken yet is worked out again)
+        room = self.prefetch - self._held()
+        if room <= 0 or self._prefetch_wait() > 0:
+            return False
+        self._granted = room
+        self._room.notify()
+        return True
 
     def _wake_fetcher_or_acker(self, idle_next: bool = False) -> None:
         """Wake the fetcher if it waits and now has room (it carries the acks); else the acker.
@@ -450,6 +474,8 @@ class Consumer:
         """
         if self._dispatcher_fetches_next(idle_next):
             return  # carrying them
+        if not idle_next and self._grant_room():  # a batch was taken: the fetch overlaps it
+            return
         if self._fetch_carries():
             self._room.notify()
         elif self._acks:
