@@ -17,6 +17,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("rss_mib", "worker peak RSS (tree)", "MiB", False),
     ("pss_mib", "worker peak PSS (tree)", "MiB", False),
     ("idle_cpu", "idle worker CPU (tree)", "% core", False),
+    ("worker_drain_us", "worker CPU/task, drain (tree)", "µs", False),
+    ("worker_e2e_us", "worker CPU/task, end-to-end (tree)", "µs", False),
     ("redis_drain_cmds", "Redis commands/task, drain", "cmds", False),
     ("redis_drain_us", "Redis CPU/task, drain", "µs", False),
     ("redis_e2e_cmds", "Redis commands/task, end-to-end", "cmds", False),

@@ -132,6 +132,7 @@ def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) 
     stats = redis.Redis.from_url(system.stats_url) if system.stats_url else None
     deadline = time.monotonic() + timeout
     first: tuple[float, int, Any] | None = None
+    cpu_first = 0.0  # the workers' CPU seconds when the first task was seen done
     polls = 0
     while True:
         done = system.done()
@@ -139,9 +140,13 @@ def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) 
         now = time.perf_counter()
         if first is None and done > 0:
             first, polls = (now, done, stats and redisstats.snapshot(stats)), 0
+            cpu_first = worker.cpu_seconds()
         if done >= total and first is not None:
             elapsed = now - first[0]
             out: dict[str, Any] = {"drain": (done - first[1]) / elapsed if elapsed > 0 else 0.0}
+            if done > first[1]:
+                cpu = worker.cpu_seconds() - cpu_first
+                out["worker_drain_us"] = cpu / (done - first[1]) * 1e6
             if stats is not None:
                 own = {"get": polls}  # the counter is on the same server: our own reads
                 after = redisstats.snapshot(stats)
@@ -179,8 +184,11 @@ def drain_and_e2e(
     worker = WorkerRun(system, log, cfg.events, nodes)
     try:
         out.update(wait_drained(system, worker, int(sent["sent"]), cfg.timeout))
+        cpu_before = worker.cpu_seconds()
         e2e = client(system, "e2e", cfg.e2e_n, cfg.timeout)
         out["e2e"] = e2e["rate"]
+        # (the client's one warm-up task is counted in the CPU, not in the divisor)
+        out["worker_e2e_us"] = (worker.cpu_seconds() - cpu_before) / cfg.e2e_n * 1e6
         if "redis" in e2e:
             out.update(_cost("e2e", e2e["redis"]))
     except BaseException:

@@ -58,6 +58,8 @@ class Signal:
 
     def send(self, sender: Any = None, **kwargs: Any) -> list[tuple[Receiver, Any]]:
         """Call every receiver whose sender filter matches; return ``(receiver, result)`` pairs."""
+        if not self._receivers:  # the usual case: a worker sends several per task
+            return []
         responses = []
         for receiver, wanted in list(self._receivers):
             if wanted is not None and wanted is not sender:

@@ -106,7 +106,11 @@ class Lane:
             redis.ResponseError: the first command the server refused.
         """
         conn: Any = self.connection()
-        packed = conn.pack_commands(commands)
+        parts = [pack(command) for command in commands]
+        if all(parts):  # one buffer, one send, as redis-py's packer joins them
+            packed = [b"".join(part[0] for part in parts if part)]
+        else:
+            packed = conn.pack_commands(commands)
 
         def run() -> list[Any]:
             conn.send_packed_command(packed, check_health=False)
@@ -161,19 +165,24 @@ def _close_finished(
 
 
 def pack(args: Sequence[Any]) -> list[bytes] | None:
-    """The command in Redis's protocol when every part is ``str``/``bytes``, else None.
+    """The command in Redis's protocol when every part is ``str``/``bytes``/``int``/``float``.
 
     What redis-py's packer writes for such a command (a ``str`` as UTF-8, its default
-    encoding), without its per-argument checks: a ``delay()`` sends one command, a
-    waiter one ``SUBSCRIBE`` of many channels.
+    encoding; a number as its ``repr``), without its per-argument checks: a ``delay()``
+    sends one command, a waiter one ``SUBSCRIBE`` of many channels, a worker's fetch a
+    script call with a dozen or more arguments. None for anything else (its packer then
+    decides, or refuses).
     """
     if type(args[0]) is not str or " " in args[0]:  # "CLIENT LIST": redis-py splits it
         return None
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if type(arg) is str:
+        kind = type(arg)
+        if kind is str:
             arg = arg.encode()
-        elif type(arg) is not bytes:
+        elif kind is int or kind is float:  # (not bool, nor an int subclass: their own repr)
+            arg = repr(arg).encode()
+        elif kind is not bytes:
             return None
         parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return [b"".join(parts)]  # a list, as send_packed_command takes

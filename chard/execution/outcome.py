@@ -77,7 +77,7 @@ def stores_result(app: Celery, task: Task[Any, Any] | None, request: Context) ->
 def extra_meta(app: Celery, task: Task[Any, Any] | None, request: Context) -> dict[str, Any]:
     """Return the meta stored beside the state: the parent and group, and more if extended."""
     extra: dict[str, Any] = {"parent_id": request.parent_id, "group_id": request.group}
-    if app.conf.result_extended:
+    if app.conf["result_extended"]:  # (an item: read once per task that stores)
         extra.update(
             name=task.name if task is not None else None,
             args=list(request.args),

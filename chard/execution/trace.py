@@ -15,8 +15,7 @@ import threading
 import time
 import traceback as tb
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chard import _context, signals, states
 from chard._utils.log import saferepr
@@ -36,9 +35,8 @@ logger = logging.getLogger("chard.task")
 _local = threading.local()
 
 
-@dataclass(frozen=True)
-class TraceResult:
-    """The outcome of one run of a task body."""
+class TraceResult(NamedTuple):
+    """The outcome of one run of a task body (a tuple: made once per task a worker runs)."""
 
     state: str
     value: Any = None
@@ -59,9 +57,13 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+#: Return values that are never coroutines: no ABC check for them (most tasks return one).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
+
+
 def _call_body(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     value = task.run(*args, **kwargs)
-    if not isinstance(value, Coroutine):  # what asyncio.iscoroutine checks
+    if type(value) in _PLAIN or not isinstance(value, Coroutine):  # asyncio.iscoroutine's check
         return value
     import asyncio
     import concurrent.futures
@@ -132,30 +134,30 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
         else:
             task.on_failure(value, task_id, args, kwargs, trace)
 
+    requeue = False
     try:
         task.before_start(task_id, args, kwargs)
         value = _call_with_autoretry(task, request, args, kwargs)
     except Retry as retry:
-        result = _on_retry(task, request, retry, should_store, extra)
+        state, value, trace = _on_retry(task, request, retry, should_store, extra)
     except Ignore:
-        result = TraceResult(states.IGNORED)
+        state, value, trace = states.IGNORED, None, None
     except Reject as reject:
-        result = TraceResult(states.REJECTED, reject.reason, requeue=reject.requeue)
+        state, value, trace, requeue = states.REJECTED, reject.reason, None, reject.requeue
     except Exception as exc:
         trace = "".join(tb.format_exception(exc))
         outcome.failed(app, task, request, exc, trace, store=should_store, extra=extra, hook=hook)
-        result = TraceResult(states.FAILURE, exc, trace)
+        state, value = states.FAILURE, exc
     else:
         ran = time.perf_counter() - started
-        ended = outcome.succeeded(
+        state, value, trace = outcome.succeeded(
             app, task, request, value, store=should_store, extra=extra, hook=hook, runtime=ran
         )
-        result = TraceResult(*ended)
     finally:
         _context.pop_request(token)
     runtime = time.perf_counter() - started
     try:
-        task.after_return(result.state, result.value, task_id, args, kwargs, None)
+        task.after_return(state, value, task_id, args, kwargs, None)
     except Exception as exc:  # the end is recorded: a hook must not undo it, nor the worker
         logger.error("Task %s[%s]: after_return raised %r", task.name, task_id, exc, exc_info=True)
     signals.task_postrun.send(
@@ -164,22 +166,23 @@ def trace_task(task: Task[Any, Any], request: Context, *, store: bool = True) ->
         task=task,
         args=args,
         kwargs=kwargs,
-        retval=result.value,
-        state=result.state,
+        retval=value,
+        state=state,
     )
-    return TraceResult(result.state, result.value, result.traceback, runtime, result.requeue)
+    return TraceResult(state, value, trace, runtime, requeue)
 
 
 def _on_retry(
     task: Task[Any, Any], request: Context, retry: Retry, store: bool, extra: dict[str, Any]
-) -> TraceResult:
+) -> tuple[str, Any, str | None]:
+    """Record a retry; return ``(state, value, traceback)``."""
     reason = retry.exc if retry.exc is not None else retry
     trace = "".join(tb.format_exception(reason)) if retry.exc is not None else None
     if store:
         task.app.backend.store_result(request.id or "", reason, states.RETRY, trace, extra)  # type: ignore[union-attr]
     task.on_retry(reason, request.id or "", request.args, request.kwargs, trace)
     signals.task_retry.send(sender=task, request=request, reason=reason, einfo=trace)
-    return TraceResult(states.RETRY, reason, trace)
+    return states.RETRY, reason, trace
 
 
 def apply_eagerly(

@@ -308,8 +308,12 @@ class TaskMessage:
 
     @classmethod
     def _from_envelope(cls, envelope: dict[str, Any], accept: frozenset[str]) -> TaskMessage:
-        headers = dict(fields.table(envelope.get("headers"), "message headers"))
-        properties = fields.table(envelope.get("properties"), "message properties")
+        headers = envelope.get("headers")
+        if type(headers) is not dict:
+            headers = fields.table(headers, "message headers")
+        properties = envelope.get("properties")
+        if type(properties) is not dict:
+            properties = fields.table(properties, "message properties")
         content_type = envelope.get("content-type", "application/json")
         if not isinstance(content_type, str):
             raise DecodeError(f"envelope 'content-type' must be a string, got {content_type!r}")
@@ -317,8 +321,8 @@ class TaskMessage:
         if not isinstance(raw, str):
             raise DecodeError(f"envelope 'body' must be a string, got {saferepr(raw)}")
         if properties.get("body_encoding") == "base64":
-            try:
-                payload = base64.b64decode(raw, validate=True)
+            try:  # what base64.b64decode(raw, validate=True) does, without its wrapping
+                payload = binascii.a2b_base64(raw, strict_mode=True)
             except (binascii.Error, ValueError) as exc:
                 raise DecodeError(f"body is not valid base64: {exc}") from exc
         else:
@@ -364,57 +368,162 @@ class TaskMessage:
     ) -> TaskMessage:
         """Build the message from its decoded parts, checking the type of every field read.
 
+        One pass over the parts, read in place (``headers`` is not changed). Each value
+        is first compared with what nearly every message carries (a plain string, null,
+        ``[null, null]``...), and only one that differs goes through its check in
+        :mod:`chard.protocol.fields`, which accepts or refuses it as it always did: the
+        worker decodes every message it runs, so this is on its path once per task.
+
         Raises:
             DecodeError: a field is missing or has the wrong type; the message names the
                 field, the value and what it must be (see :mod:`chard.protocol.fields`).
         """
-        name, task_id = headers.pop("task", None), headers.pop("id", None)
-        if not isinstance(name, str) or not name:
-            raise DecodeError(
-                f"header 'task' must be a task name (a non-empty string), got {saferepr(name)}"
-            )
-        if not isinstance(task_id, str) or not task_id:
-            raise DecodeError(
-                f"header 'id' of task {name!r} must be a task id (a non-empty string), "
-                f"got {saferepr(task_id)}"
-            )
-        fields.encodable(name, "header 'task'")
-        fields.encodable(task_id, "header 'id'")
-        embed = fields.table(embed, "body embed")
-        for known in ("lang", "argsrepr", "kwargsrepr", "replaced_task_nesting"):
-            headers.pop(known, None)
-        if headers.get("stamped_headers") is None and not headers.get("stamps"):
-            headers.pop("stamped_headers", None)
-            headers.pop("stamps", None)
-        for counted in _COUNT_HEADERS:
-            if counted in headers:
-                fields.count(headers[counted], f"header {counted!r}")
-        pop = headers.pop
+        get = headers.get
+        name, task_id = _identity(get("task"), get("id"))
+        if type(embed) is not dict:
+            embed = fields.table(embed, "body embed")
+        extra = _extra_headers(headers)
+        args = tuple(args) if type(args) is list else fields.sequence(args, "body args")
+        if type(kwargs) is not dict or kwargs:
+            kwargs = fields.mapping(kwargs, "body kwargs")
+        eta, expires = get("eta"), get("expires")
+        if eta is not None:
+            eta = fields.instant(eta, "header 'eta'")
+        if expires is not None:
+            expires = fields.instant(expires, "header 'expires'")
+        retries = get("retries")
+        if type(retries) is not int or retries < 0:
+            retries = fields.count(retries, "header 'retries'")
+        timelimit = fields.time_limits(get("timelimit"), "header 'timelimit'")
+        root_id = _text(get("root_id"), "header 'root_id'")
+        parent_id = _text(get("parent_id"), "header 'parent_id'")
+        group = _text(get("group"), "header 'group'")
+        group_index = get("group_index")
+        if group_index is not None and (type(group_index) is not int or group_index < 0):
+            group_index = fields.optional_index(group_index, "header 'group_index'")
+        shadow = _text(get("shadow"), "header 'shadow'")
+        origin = _text(get("origin"), "header 'origin'")
+        ignore_result = get("ignore_result", False)
+        if ignore_result is not False and ignore_result is not True:
+            ignore_result = fields.flag(ignore_result, "header 'ignore_result'")
+        callbacks = _signatures(embed.get("callbacks"), "embed 'callbacks'")
+        errbacks = _signatures(embed.get("errbacks"), "embed 'errbacks'")
+        chain = _signatures(embed.get("chain"), "embed 'chain'")
+        chord = _signature(embed.get("chord"), "embed 'chord'")
+        reply_to, priority = properties.get("reply_to"), properties.get("priority", 0)
+        if type(reply_to) is not str:
+            reply_to = fields.optional_str(reply_to, "property 'reply_to'") or ""
+        if type(priority) is not int or not 0 <= priority <= fields.MAX_PRIORITY:
+            priority = fields.priority(priority, "property 'priority'")
         return cls(
             task=name,
             id=task_id,
-            args=fields.sequence(args, "body args"),
-            kwargs=fields.mapping(kwargs, "body kwargs"),
-            eta=fields.instant(pop("eta", None), "header 'eta'"),
-            expires=fields.instant(pop("expires", None), "header 'expires'"),
-            retries=fields.count(pop("retries", None), "header 'retries'"),
-            timelimit=fields.time_limits(pop("timelimit", None), "header 'timelimit'"),
-            root_id=fields.optional_str(pop("root_id", None), "header 'root_id'"),
-            parent_id=fields.optional_str(pop("parent_id", None), "header 'parent_id'"),
-            group=fields.optional_str(pop("group", None), "header 'group'"),
-            group_index=fields.optional_index(pop("group_index", None), "header 'group_index'"),
-            shadow=fields.optional_str(pop("shadow", None), "header 'shadow'"),
-            origin=fields.optional_str(pop("origin", None), "header 'origin'"),
-            ignore_result=fields.flag(pop("ignore_result", None), "header 'ignore_result'"),
-            callbacks=fields.signatures(embed.get("callbacks"), "embed 'callbacks'"),
-            errbacks=fields.signatures(embed.get("errbacks"), "embed 'errbacks'"),
-            chain=fields.signatures(embed.get("chain"), "embed 'chain'"),
-            chord=fields.signature(embed.get("chord"), "embed 'chord'"),
-            reply_to=fields.optional_str(properties.get("reply_to"), "property 'reply_to'") or "",
-            priority=fields.priority(properties.get("priority"), "property 'priority'"),
-            extra_headers=headers,
+            args=args,
+            kwargs=kwargs,
+            eta=eta,
+            expires=expires,
+            retries=retries,
+            timelimit=timelimit,
+            root_id=root_id,
+            parent_id=parent_id,
+            group=group,
+            group_index=group_index,
+            shadow=shadow,
+            origin=origin,
+            ignore_result=ignore_result,
+            callbacks=callbacks,
+            errbacks=errbacks,
+            chain=chain,
+            chord=chord,
+            reply_to=reply_to,
+            priority=priority,
+            extra_headers=extra,
             serializer=content_type,
         )
+
+
+def _identity(name: Any, task_id: Any) -> tuple[str, str]:
+    """Return the ``task`` and ``id`` headers: non-empty strings that encode as UTF-8."""
+    if not isinstance(name, str) or not name:
+        raise DecodeError(
+            f"header 'task' must be a task name (a non-empty string), got {saferepr(name)}"
+        )
+    if not isinstance(task_id, str) or not task_id:
+        raise DecodeError(
+            f"header 'id' of task {name!r} must be a task id (a non-empty string), "
+            f"got {saferepr(task_id)}"
+        )
+    if not name.isascii():
+        fields.encodable(name, "header 'task'")
+    if not task_id.isascii():
+        fields.encodable(task_id, "header 'id'")
+    return name, task_id
+
+
+def _text(value: Any, name: str) -> str | None:
+    """:func:`fields.optional_str`, with the usual string or null taken without a call."""
+    if value is None or type(value) is str:
+        return value
+    return fields.optional_str(value, name)
+
+
+def _signatures(value: Any, name: str) -> list[SignatureDict] | None:
+    """:func:`fields.signatures`, with the usual null taken without a call."""
+    return None if value is None else fields.signatures(value, name)
+
+
+def _signature(value: Any, name: str) -> SignatureDict | None:
+    """:func:`fields.signature`, with the usual null taken without a call."""
+    return None if value is None else fields.signature(value, name)
+
+
+#: Headers read into the message's fields.
+_FIELD_HEADERS = frozenset(
+    {
+        "task",
+        "id",
+        "eta",
+        "expires",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "group",
+        "group_index",
+        "shadow",
+        "origin",
+        "ignore_result",
+    }
+)
+#: Headers written again from the fields on every send (or constant), never kept.
+_DERIVED_HEADERS = frozenset({"lang", "argsrepr", "kwargsrepr", "replaced_task_nesting"})
+#: Celery's stamping headers: kept as extra headers only when they say something.
+_STAMP_HEADERS = frozenset({"stamped_headers", "stamps"})
+#: Every header :meth:`TaskMessage.headers` writes: what chard and Celery send.
+_STANDARD_HEADERS = _FIELD_HEADERS | _DERIVED_HEADERS | _STAMP_HEADERS
+
+
+def _extra_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """Return the headers of ``headers`` that no field holds (a new dict), in their order.
+
+    Raises:
+        DecodeError: one of chard's counting headers is not a count.
+    """
+    unstamped = headers.get("stamped_headers") is None and not headers.get("stamps")
+    if unstamped and headers.keys() <= _STANDARD_HEADERS:
+        return {}  # (a set comparison in C: what nearly every message has)
+    extra = {
+        key: value
+        for key, value in headers.items()
+        if key not in _FIELD_HEADERS and key not in _DERIVED_HEADERS
+    }
+    if unstamped:
+        extra.pop("stamped_headers", None)
+        extra.pop("stamps", None)
+    for counted in _COUNT_HEADERS:
+        if counted in extra:
+            fields.count(extra[counted], f"header {counted!r}")
+    return extra
 
 
 def peek(data: bytes) -> tuple[str | None, str | None]:

@@ -80,6 +80,8 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
 _encode_str = json.encoder.encode_basestring  # ensure_ascii=False's string encoder
 _encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 _decoder = json.JSONDecoder(object_hook=_json_object_hook)
+# (set by JSONDecoder's __init__; typeshed leaves it out)
+_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def json_dumps(value: Any) -> bytes:
@@ -121,8 +123,21 @@ _encode_chunks = (
 
 
 def json_loads(data: bytes | str) -> Any:
-    """Decode JSON produced by chard or kombu, restoring enveloped types."""
+    """Decode JSON produced by chard or kombu, restoring enveloped types.
+
+    A document chard or kombu wrote (no whitespace around it) is read by the decoder's
+    scanner alone, without the two frames and two regular-expression matches of
+    ``JSONDecoder.decode`` around it (a worker decodes two documents per message);
+    anything else (whitespace around, extra data, an error to report) takes the whole
+    ``decode``, so the result and the errors are its own.
+    """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        value, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end == len(text):
+        return value
     return _decoder.decode(text)
 
 

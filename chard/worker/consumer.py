@@ -71,6 +71,7 @@ from chard.worker.revocations import Revocations
 
 if TYPE_CHECKING:
     from chard.app import Celery
+    from chard.task import Task
 
 logger = logging.getLogger("chard.worker")
 
@@ -128,12 +129,15 @@ class Consumer:
         self._fetcher_waits = False  # the fetcher waits for room (``_cond`` held)
         self._fetching = False  # a thread is in a broker fetch (one at a time)
         self._last_full = False  # the latest fetch filled its window: more may be waiting
+        self._granted = 0  # room the fetcher may fill while a batch runs (_grant_room)
         self._busy_since: float | None = None  # monotonic start of the dispatcher's work
         self._idle_since = 0.0  # monotonic end of the dispatcher's latest work
         self._fetcher_dozes = False  # the fetcher waits for up to QUIET (``_cond`` held)
         self._backoff = 1.0  # seconds before the next fetch, after a failed one
         self._lost_at: float | None = None  # when the broker connection was lost
         self._max_deliveries = int(app.conf.task_max_deliveries or 0)
+        self._accept_entries: list[str] | None = None  # accept_content when _accept was made
+        self._accept: frozenset[str] = frozenset()
         # A prefork child is given the record its parent follows (see Revocations).
         self._owns_revocations = revocations is None
         if revocations is None:  # (not `or`: an empty record is falsy)
@@ -236,7 +240,11 @@ class Consumer:
         now = time.monotonic()
         if self._busy_since is None and not (self._inflight or self._throttled):  # idle
             return PREFETCH_DELAY if now - self._idle_since < QUIET else QUIET
-        if self._fetching or not self._has_room() or not self.queues:
+        if self._fetching or not self.queues:
+            return PREFETCH_DELAY
+        if self._granted:  # room granted as the dispatcher took a batch (_grant_room)
+            return 0.0
+        if not self._has_room():
             return PREFETCH_DELAY
         if self._last_full or self._slots_open():
             return 0.0
@@ -257,7 +265,8 @@ class Consumer:
     def _begin_fetch(self) -> tuple[int, list[Delivery]]:
         """Claim the fetch (``_cond`` held): return the room to fill and the acks to carry."""
         self._fetching = True
-        room = self.prefetch - self._held()
+        room = max(self.prefetch - self._held(), self._granted)
+        self._granted = 0
         acks, self._acks = self._acks, []  # they ride along with the fetch
         return room, acks
 
@@ -430,12 +439,30 @@ class Consumer:
             limit = self.prefetch if self.pool.takes_batches else slots
             while self._reserved and len(ready) + len(self._admitted) < limit:
                 ready.append(self._reserved.popleft())
-        if ready and self._fetch_carries():
-            # Taken but not yet admitted, they count in neither: the fetcher sees
-            # room now, and its next fetch overlaps this batch's run instead of
-            # waiting for it to be settled (up to twice the window is leased then).
-            self._room.notify()
+        if ready and not done:  # (with finished jobs: once they are settled, see below)
+            self._grant_room()
         return done, ready, slots
+
+    def _grant_room(self) -> bool:
+        """Let the fetcher fill the window's room while the batch just taken runs (``_cond`` held).
+
+        Taken but not yet admitted, the batch counts in neither collection, so the room
+        there is now is the window's, and the fetcher's next fetch overlaps the batch's
+        run instead of waiting for it to be settled (up to twice the window is leased
+        then). It is granted here, not looked at again when the fetcher gets to it: by
+        then (it needs this lock, then the GIL, or is still on its way back from its
+        last fetch) the batch is admitted and submitted, the window looks full, and the
+        fetch would wait for the batch after all (it did: every fetch of a draining
+        prefork child was its dispatcher's, which waited for each). Returns whether a
+        fetch was granted (it carries the acks).
+        """
+        self._granted = 0  # (one not taken yet is worked out again)
+        room = self.prefetch - self._held()
+        if room <= 0 or self._prefetch_wait() > 0:
+            return False
+        self._granted = room
+        self._room.notify()
+        return True
 
     def _wake_fetcher_or_acker(self, idle_next: bool = False) -> None:
         """Wake the fetcher if it waits and now has room (it carries the acks); else the acker.
@@ -447,6 +474,8 @@ class Consumer:
         """
         if self._dispatcher_fetches_next(idle_next):
             return  # carrying them
+        if not idle_next and self._grant_room():  # a batch was taken: the fetch overlaps it
+            return
         if self._fetch_carries():
             self._room.notify()
         elif self._acks:
@@ -502,21 +531,21 @@ class Consumer:
     def _admit_for_pool(self, delivery: Delivery) -> None:
         """Decode and check ``delivery``; queue it for a pool slot if it is to run."""
         message = self._decode(delivery)
-        if message is None or not self._admit(delivery, message):
+        if message is None:
             return
-        task = self.app.tasks[message.task]
+        task = self._admit(delivery, message)
+        if task is None:
+            return
+        # (settings read as items: an attribute read first fails inside Python, building
+        # an AttributeError, before Settings.__getattr__ is asked; five times the cost)
+        conf = self.app.conf
         acks_late = task.option("acks_late")
         hard, soft = message.timelimit
-        hard = hard if hard is not None else task.time_limit or self.app.conf.task_time_limit
+        hard = hard if hard is not None else task.time_limit or conf["task_time_limit"]
         soft = soft if soft is not None else task.soft_time_limit
-        soft = soft if soft is not None else self.app.conf.task_soft_time_limit
-        job = Job(
-            id=message.id,
-            payload=JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message),
-            soft_time_limit=soft,
-            time_limit=hard,
-        )
-        admitted = Admitted(delivery, message, acks_late, job)
+        soft = soft if soft is not None else conf["task_soft_time_limit"]
+        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
+        admitted = Admitted(delivery, message, acks_late, payload, soft, hard)
         if task.rate_limit:
             self._throttle_or_admit(admitted, time.monotonic())
         else:
@@ -557,16 +586,23 @@ class Consumer:
                     item.delivery, item.message, acked_early=not item.acks_late
                 )
             if size == 1:
-                job = head.job
+                job = head.job()
             else:
-                job = Job(id=f"batch:{head.message.id}", payload=[i.job.payload for i in items])
+                job = Job(id=f"batch:{head.message.id}", payload=[i.payload for i in items])
                 self._batches[job.id] = [i.message.id for i in items]
             self.pool.submit(job, self._on_done)
             slots -= 1
 
+    def _accepted(self) -> frozenset[str]:
+        """The content types to decode (``app.accept_content``), worked out again on a change."""
+        entries = self.app.conf["accept_content"]
+        if entries != self._accept_entries:  # (compared by value: an edited list counts)
+            self._accept, self._accept_entries = self.app.accept_content, list(entries)
+        return self._accept
+
     def _decode(self, delivery: Delivery) -> TaskMessage | None:
         try:
-            return TaskMessage.from_wire(delivery.body, self.app.accept_content)
+            return TaskMessage.from_wire(delivery.body, self._accepted())
         except (DecodeError, ContentDisallowed) as exc:
             name, task_id = peek(delivery.body)
             logger.error(
@@ -578,51 +614,57 @@ class Consumer:
             )
             self._reliably(delivery.dead_letter, f"undecodable: {exc}")
             self.stats.dead_lettered += 1
-            salvaged = salvage(delivery.body, self.app.accept_content)
+            salvaged = salvage(delivery.body, self._accepted())
             if salvaged is not None:  # its id is readable: waiters and workflows can end
                 error = DecodeError(f"the worker could not decode the message: {exc}")
                 self._record_failure(delivery, salvaged, error)
             return None
 
-    def _admit(self, delivery: Delivery, message: TaskMessage) -> bool:
-        """Run the checks that settle a message without running it; True to run it."""
+    def _admit(self, delivery: Delivery, message: TaskMessage) -> Task[Any, Any] | None:
+        """Run the checks that settle a message without running it; its task if it is to run."""
         self.stats.received += 1
         if message.reply_to and self.app.backend is not None:  # rpc:// replies go there
             self.app.backend.note_request(message.id, message.reply_to)
         if self.revocations.is_revoked(message.id):
             self._discard(delivery, message, "revoked")
-            return False
+            return None
         try:
-            self.app.tasks[message.task]
+            task: Task[Any, Any] = self.app.tasks[message.task]
         except NotRegistered as error:
             logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
             signals.task_unknown.send(
                 sender=None, name=message.task, id=message.id, message=message, exc=error
             )
             self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
-            return False
+            return None
         attempts = delivery.delivery_count + deaths(message)
-        most, why = self._max_deliveries, f"task_max_deliveries={self._max_deliveries}"
+        most = self._max_deliveries
         limit = delivery.delivery_limit  # the queue's own (RabbitMQ's x-delivery-limit)
-        if limit is not None and (not most or limit < most):
-            most, why = limit, f"x-delivery-limit={limit - 1} of queue {delivery.queue!r}"
+        by_queue = limit is not None and (not most or limit < most)
+        if limit is not None and by_queue:
+            most = limit
         if most and attempts > most:
+            why = (
+                f"x-delivery-limit={most - 1} of queue {delivery.queue!r}"
+                if by_queue
+                else f"task_max_deliveries={most}"
+            )
             lost = WorkerLostError(
                 f"task {message.task}[{message.id}] was delivered {attempts} times and its "
                 f"worker died each time ({why}); set aside in the dead-letter store"
             )
             logger.error("%s", lost)
             self._fail_and_set_aside(delivery, message, lost, str(lost))
-            return False
+            return None
         if message.eta is not None and message.eta.timestamp() > time.time() + 0.5:
             self._defer(delivery, message)
-            return False
+            return None
         if is_expired(message):
             self._discard(delivery, message, "expired")
-            return False
+            return None
         logger.info("Task %s[%s] received", message.task, message.id)
         self.app.events.task_received(message)  # when this process sends events
-        return True
+        return task
 
     def _defer(self, delivery: Delivery, message: TaskMessage) -> None:
         # A client (e.g. Celery on Redis) put a future ETA straight on the queue: hand the
@@ -670,7 +712,7 @@ class Consumer:
         if ids is not None:
             self._settle_batch(outcome, ids, acks)
             return
-        self._settle_one(outcome, acks)
+        self._settle_one(outcome.job.id, outcome, outcome.value, acks)
 
     def _settle_batch(self, outcome: Outcome, ids: list[str], acks: list[Delivery] | None) -> None:
         """Settle each message of a finished batch job as if it had been a job of its own."""
@@ -678,11 +720,13 @@ class Consumer:
         for index, task_id in enumerate(ids):
             # values is None if the target raised (a bug, logged by the pool)
             value = values[index] if isinstance(values, list) else None
-            done = Outcome(Job(task_id, None), outcome.kind, value, pid=outcome.pid)
-            self._settle_one(done, acks)
+            self._settle_one(task_id, outcome, value, acks)
 
-    def _settle_one(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
-        inflight = self._inflight.pop(outcome.job.id, None)
+    def _settle_one(
+        self, task_id: str, outcome: Outcome, value: Any, acks: list[Delivery] | None = None
+    ) -> None:
+        """Settle message ``task_id`` of the job ``outcome`` tells of (``value``: its own)."""
+        inflight = self._inflight.pop(task_id, None)
         if inflight is None:
             return
         delivery, message = inflight.delivery, inflight.message
@@ -690,7 +734,7 @@ class Consumer:
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
         held = None if inflight.acked_early else delivery
         if outcome.kind == "done":
-            self._settle_done(delivery, message, outcome.value, inflight.acked_early, acks)
+            self._settle_done(delivery, message, value, inflight.acked_early, acks)
         elif self._cold:  # we abandoned it ourselves: return it, uncounted
             if held is not None:
                 self._reliably(held.reject, True)

@@ -68,6 +68,18 @@ class ExecOutcome:
     reason: str | None = None
 
 
+#: The acks a run ends with, made once: an outcome is frozen, and one is made per task.
+_ACKS = {
+    state: ExecOutcome("ack", state)
+    for state in (states.SUCCESS, states.FAILURE, states.RETRY, states.IGNORED, states.REVOKED)
+}
+
+
+def _ack(state: str) -> ExecOutcome:
+    """Return the outcome that acks a message whose run ended in ``state``."""
+    return _ACKS.get(state) or ExecOutcome("ack", state)
+
+
 def build_request(message: TaskMessage, payload: JobPayload, hostname: str) -> Context:
     """Return the ``self.request`` context of ``message``."""
     return Context(
@@ -276,7 +288,7 @@ class Executor:
             events = None
         try:
             if self.revocation_check is not None and self.revocation_check(payload, message):
-                return ExecOutcome("ack", states.REVOKED)
+                return _ack(states.REVOKED)
             if events is not None:
                 events.send("task-started", uuid=message.id)
             if track and app.backend is not None and not message.ignore_result:
@@ -305,7 +317,7 @@ class Executor:
             _send_not_ended(events, message.id, traced)
         if traced.state == states.REJECTED and traced.requeue:
             return ExecOutcome("requeue", traced.state)
-        return ExecOutcome("ack", traced.state)
+        return _ack(traced.state)
 
 
 def _log_outcome(message: TaskMessage, state: str, value: Any, runtime: float) -> None:

@@ -7,6 +7,7 @@ reports on them (``inspect active``/``reserved``/``stats``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from chard.brokers.base import Delivery
 from chard.protocol.message import TaskMessage
@@ -47,7 +48,10 @@ class Admitted:
     delivery: Delivery
     message: TaskMessage
     acks_late: bool
-    job: Job
+    #: What the pool's target runs for it (a :class:`~chard.worker.execute.JobPayload`).
+    payload: Any
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
 
     @property
     def batchable(self) -> bool:
@@ -59,4 +63,8 @@ class Admitted:
         """
         if not self.acks_late:
             return False
-        return self.job.time_limit is None and self.job.soft_time_limit is None
+        return self.time_limit is None and self.soft_time_limit is None
+
+    def job(self) -> Job:
+        """Return the pool job that runs it alone (a batch makes one job of several)."""
+        return Job(self.message.id, self.payload, self.soft_time_limit, self.time_limit)

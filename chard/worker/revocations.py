@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chard._utils.clock import Clock, SystemClock
+from chard._utils.perprocess import current_pid
 from chard.brokers.base import BROADCAST_START
 from chard.exceptions import BrokerConnectionError, DecodeError
 from chard.execution import outcome
@@ -255,7 +256,7 @@ class Revocations:
         child, the record inherited at fork is brought up to date from the log when
         the worker has taken in revocations since (the shared generation counter).
         """
-        if os.getpid() != self._pid:
+        if current_pid() != self._pid:  # (os.getpid() is a system call, once per task here)
             self._catch_up_in_child()
         if not self.is_revoked(message.id):
             return False

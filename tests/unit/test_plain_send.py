@@ -139,7 +139,14 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [("LPUSH", "q", b"body"), ("GET", "\u00e9"), ("MGET", "a", "b"), ("LPUSH", "q", b"x" * 9000)],
+    [
+        ("LPUSH", "q", b"body"),
+        ("GET", "\u00e9"),
+        ("MGET", "a", "b"),
+        ("LPUSH", "q", b"x" * 9000),
+        # a worker's fetch script: numbers written as their repr, as redis-py does
+        ("EVALSHA", "f" * 40, 0, "p:", 30.0, 4, 0.1, 1e-05, -3, 2**70),
+    ],
 )
 def test_the_lane_packs_a_command_as_redis_py_does(command: tuple[Any, ...]) -> None:
     redis = pytest.importorskip("redis")
@@ -152,7 +159,8 @@ def test_the_lane_leaves_other_commands_to_redis_py() -> None:
     from chard._redis.lane import pack
 
     assert pack(("CLIENT LIST",)) is None
-    assert pack(("INCRBY", "k", 2)) is None
+    assert pack(("SET", "k", True)) is None  # redis-py refuses a bool
+    assert pack(("SET", "k", None)) is None
 
 
 def test_close_forgets_the_plans_so_the_next_send_reads_the_configuration_again(

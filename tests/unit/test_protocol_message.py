@@ -751,6 +751,67 @@ def test_every_field_celery_sets_decodes() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        pytest.param(
+            envelope(["a", {}, EMPTY_EMBED], {"task": "t", "id": "i", "eta": "soon"}),
+            "body args",
+            id="args-before-eta",
+        ),
+        pytest.param(
+            with_headers(timelimit="fast", root_id=7, ignore_result="no"),
+            "header 'timelimit'",
+            id="timelimit-before-lineage",
+        ),
+        pytest.param(
+            with_headers(group_index="0", shadow=1), "header 'group_index'", id="index-first"
+        ),
+    ],
+)
+def test_a_message_with_several_bad_fields_names_the_first_in_the_order_checked(
+    data: bytes, named: str
+) -> None:
+    # The checks run in one order (the message's fields, headers before the embed and
+    # the properties), so the dead-letter reason of a bad message does not vary.
+    with pytest.raises(DecodeError, match=f"^{named} must be"):
+        TaskMessage.from_wire(data, JSON)
+
+
+@pytest.mark.parametrize(
+    ("stamps", "kept"),
+    [
+        pytest.param({"stamped_headers": None, "stamps": {}}, {}, id="celery-s-empty-pair"),
+        pytest.param({}, {}, id="absent"),
+        pytest.param(
+            {"stamped_headers": None, "stamps": {"on": 1}},
+            {"stamped_headers": None, "stamps": {"on": 1}},
+            id="stamps-only",
+        ),
+        pytest.param(
+            {"stamped_headers": ["on"], "stamps": {}},
+            {"stamped_headers": ["on"], "stamps": {}},
+            id="stamped-headers-only",
+        ),
+    ],
+)
+def test_stamping_headers_are_kept_only_when_they_say_something(
+    stamps: dict[str, Any], kept: dict[str, Any]
+) -> None:
+    headers = {k: v for k, v in json.loads(CAPTURED_ADD)["headers"].items() if "stamp" not in k}
+
+    message = TaskMessage.from_wire(envelope([[], {}, EMPTY_EMBED], {**headers, **stamps}), JSON)
+
+    assert message.extra_headers == kept
+
+
+def test_each_decoded_message_has_extra_headers_of_its_own() -> None:
+    first = TaskMessage.from_wire(CAPTURED_ADD, JSON)
+    first.extra_headers["x"] = 1  # a task may add to its request's headers
+
+    assert TaskMessage.from_wire(CAPTURED_ADD, JSON).extra_headers == {}
+
+
 def test_kombu_datetime_envelopes_in_times_decode() -> None:
     eta = {"__type__": "datetime", "__value__": "2030-01-01T00:00:00+00:00"}
 

@@ -104,6 +104,24 @@ def test_json_loads_accepts_str_and_bytes() -> None:
     assert serializers.json_loads('{"a": 1}') == serializers.json_loads(b'{"a": 1}') == {"a": 1}
 
 
+@pytest.mark.parametrize(
+    "text", ['{"a":1}', ' {"a": 1} ', "[1,2]", '"x"', "12", "null", "Infinity", "\n[]\n"]
+)
+def test_json_loads_reads_what_the_json_module_reads(text: str) -> None:
+    assert serializers.json_loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", "{nope", "[1,", '{"a":1}x', "12abc", "nul", "[] []"])
+def test_json_loads_refuses_what_the_json_module_refuses_with_its_error(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+
+    with pytest.raises(json.JSONDecodeError) as info:
+        serializers.json_loads(text)
+
+    assert str(info.value) == str(expected.value)
+
+
 def test_dumps_returns_payload_content_type_and_encoding() -> None:
     payload, content_type, encoding = serializers.dumps([1, "x"])
 
