@@ -290,10 +290,17 @@ def send_plain(
     conf = app.conf
     # What the plan is made of besides the settings: the process (a child after fork has
     # a broker of its own, which the plan's publish must be) and the task's own options.
-    key: tuple[Any, ...] = (conf.version, current_pid(), None)
+    key: tuple[Any, ...] = (conf.version, current_pid())
     if task is not None:
-        own = (task.queue, task.priority, task.time_limit, task.soft_time_limit)
-        key = (conf.version, current_pid(), task, *own, task.ignore_result, task.serializer)
+        key += (
+            task,
+            task.queue,
+            task.priority,
+            task.time_limit,
+            task.soft_time_limit,
+            task.ignore_result,
+            task.serializer,
+        )
     plans = app._send_plans
     plan = plans.get(name)
     if plan is None or plan.key != key:

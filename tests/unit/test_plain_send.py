@@ -136,8 +136,11 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
         result = ping.delay()
     finally:
         signals.before_task_publish.disconnect(before)
+    unwatched = ping.delay()  # disconnected: the plain path again, unseen
 
     assert seen == [result.id]
+    assert unwatched.id not in seen
+    assert not signals.before_task_publish.has_receivers
 
 
 @pytest.mark.parametrize(
