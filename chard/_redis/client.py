@@ -74,7 +74,7 @@ class RedisErrors:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        if exc is not None and isinstance(exc, redis.RedisError):
+        if isinstance(exc, redis.RedisError):
             raise self.translate(exc) from exc
 
     #: What :meth:`translate` takes: ``except errors.caught as exc`` where a ``with``
