@@ -4,7 +4,9 @@ Every send takes the same hops — ``delay -> apply_async -> send_task ->``
 :func:`build_message` ``->`` :func:`publish` ``-> Broker.publish`` — and a canvas
 takes the last three for all its messages at once (one broker round-trip for a
 group). The options are read once, into :class:`SendOptions`, instead of being
-repeated as a long keyword list at every hop.
+repeated as a long keyword list at every hop. A plain ``delay()`` (no options, not
+from inside a task) takes :func:`send_plain` instead: the task's cached envelope and
+the broker's prepared publish (:meth:`Broker.publisher`), the same bytes on the wire.
 
 This module sits below the task and canvas layers: it takes the app and the task
 as arguments and imports neither.
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chard import _context, routing, signals
 from chard._utils.log import redact_url
+from chard._utils.perprocess import current_pid
 from chard.brokers import Broker, OutgoingMessage
 from chard.exceptions import BrokerConnectionError
 from chard.protocol.message import SignatureDict, TaskMessage, new_id, new_id_pair
@@ -245,21 +248,17 @@ def store(
         publish_retrying(broker, outgoing, exc, app.conf, retry)
 
 
-class PlainSend(NamedTuple):
-    """A plain send (no options, not from inside a task), encoded and ready to store."""
-
-    id: str
-    ignore_result: bool
-    outgoing: OutgoingMessage
-
-
 class _Plan(NamedTuple):
     """What every plain send of one task shares; valid while its ``key`` is unchanged."""
 
     key: tuple[Any, ...]
-    #: None: these sends take the full path (see :func:`plain_message`).
+    #: None: these sends take the full path (see :func:`send_plain`).
     template: EnvelopeTemplate | None
+    #: ``task_routes`` when the plan was made, and its answer for this task without arguments.
+    routes: Any
     routed: dict[str, Any]
+    #: The broker's publish of one body to this task's queue (:meth:`Broker.publisher`).
+    publish: Callable[[bytes], None]
     queue: str
     exchange: str | None
     routing_key: str | None
@@ -267,29 +266,41 @@ class _Plan(NamedTuple):
     ignore_result: bool
 
 
-def plain_message(
+def send_plain(
     app: Celery,
     name: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     task: Task[Any, Any] | None,
-) -> PlainSend | None:
-    """Encode a plain send of ``name`` from the task's cached envelope, or return None.
+) -> tuple[str, bool] | None:
+    """Send ``name`` from its task's cached envelope; return its id and ``ignore_result``.
 
-    The caller checked there are no options and no current request. None means the
-    full path (:func:`build_message` then :func:`publish`) must take the send: a signal
-    or ``task_send_sent_event`` wants the message, ``rpc://`` picks its reply queue, a
-    router sends these arguments elsewhere, or an argument does not encode as JSON
-    (the full path's error names it). The bytes are the full path's.
+    The caller checked there are no options and no current request. Returns once the
+    broker stored the message (retried as :func:`store` does), or None without sending
+    when the full path (:func:`build_message` then :func:`publish`) must take the send:
+    a signal or ``task_send_sent_event`` wants the message, ``rpc://`` picks its reply
+    queue, a router sends these arguments elsewhere, or an argument does not encode as
+    JSON (the full path's error names it). The bytes are the full path's.
+
+    Raises:
+        BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
     """
     if signals.before_task_publish.has_receivers or signals.after_task_publish.has_receivers:
         return None
     conf = app.conf
-    # What the envelope is made of besides the settings: the task's own options.
-    key: tuple[Any, ...] = (conf.version, None)
+    # What the plan is made of besides the settings: the process (a child after fork has
+    # a broker of its own, which the plan's publish must be) and the task's own options.
+    key: tuple[Any, ...] = (conf.version, current_pid())
     if task is not None:
-        own = (task.queue, task.priority, task.time_limit, task.soft_time_limit)
-        key = (conf.version, task, *own, task.ignore_result, task.serializer)
+        key += (
+            task,
+            task.queue,
+            task.priority,
+            task.time_limit,
+            task.soft_time_limit,
+            task.ignore_result,
+            task.serializer,
+        )
     plans = app._send_plans
     plan = plans.get(name)
     if plan is None or plan.key != key:
@@ -297,7 +308,7 @@ def plain_message(
     template = plan.template
     if template is None:
         return None
-    routes = conf["task_routes"]
+    routes = plan.routes
     if routes is not None and routing.route(routes, name, args, kwargs, {}, task) != plan.routed:
         return None
     task_id, tag = new_id_pair()
@@ -305,17 +316,22 @@ def plain_message(
         body = template.render(task_id, args, kwargs, tag)
     except (TypeError, ValueError, OverflowError, RecursionError):
         return None
-    outgoing = OutgoingMessage(
-        plan.queue, body, plan.priority, None, plan.exchange, plan.routing_key
-    )
-    return PlainSend(task_id, plan.ignore_result, outgoing)
+    try:
+        plan.publish(body)
+    except BrokerConnectionError as exc:
+        message = OutgoingMessage(
+            plan.queue, body, plan.priority, None, plan.exchange, plan.routing_key
+        )
+        publish_retrying(app.broker, (message,), exc, conf)
+    return task_id, plan.ignore_result
 
 
 def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[Any, ...]) -> _Plan:
     """The plan of ``name``'s plain sends under the current settings and task options."""
     conf = app.conf
     message, queue, exchange, routing_key = build_message(app, name, (), {}, SendOptions(), task)
-    routed = routing.route(conf["task_routes"], name, (), {}, {}, task)
+    routes = conf["task_routes"]
+    routed = routing.route(routes, name, (), {}, {}, task)
     template = None
     if (
         EnvelopeTemplate.fits(message)
@@ -324,7 +340,16 @@ def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[A
     ):
         template = EnvelopeTemplate(message, queue)
     return _Plan(
-        key, template, routed, queue, exchange, routing_key, message.priority, message.ignore_result
+        key,
+        template,
+        routes,
+        routed,
+        app.broker.publisher(queue, message.priority, exchange, routing_key),
+        queue,
+        exchange,
+        routing_key,
+        message.priority,
+        message.ignore_result,
     )
 
 

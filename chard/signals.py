@@ -25,6 +25,9 @@ class Signal:
         self.providing_args = providing_args
         self._receivers: list[tuple[Receiver, Any]] = []
         self._lock = threading.Lock()
+        #: Whether any receiver is connected: a plain attribute, kept by connect() and
+        #: disconnect(), because the send path asks on every delay().
+        self.has_receivers = False
 
     def connect(
         self, receiver: Receiver | None = None, *, sender: Any = None, weak: bool = False
@@ -35,6 +38,7 @@ class Signal:
             with self._lock:
                 if all(r is not fn or s is not sender for r, s in self._receivers):
                     self._receivers.append((fn, sender))
+                    self.has_receivers = True
             return fn
 
         return register(receiver) if receiver is not None else register
@@ -45,11 +49,7 @@ class Signal:
             self._receivers = [
                 (r, s) for r, s in self._receivers if r is not receiver or s is not sender
             ]
-
-    @property
-    def has_receivers(self) -> bool:
-        """Whether any receiver is connected (no list built: the send path asks every time)."""
-        return bool(self._receivers)
+            self.has_receivers = bool(self._receivers)
 
     @property
     def receivers(self) -> list[Receiver]:

@@ -35,6 +35,8 @@ R = TypeVar("R")
 
 
 _EMPTY_REQUEST = Context()
+#: Not looked up yet (the cached argument check is None for a callable without a signature).
+_UNCHECKED: Any = object()
 
 
 def exponential_backoff(
@@ -226,7 +228,9 @@ class Task(Generic[P, R]):
         """
         if not self.typing:
             return
-        check = self._argument_check()
+        check = self.__dict__.get("_argument_check_cache", _UNCHECKED)
+        if check is _UNCHECKED:
+            check = self._argument_check()
         problem = check.error(args, kwargs) if check is not None else None
         if problem is not None:
             assert check is not None

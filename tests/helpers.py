@@ -35,6 +35,18 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+def child_exit_code(pid: int, timeout: float = 30.0) -> int | None:
+    """Wait for forked child ``pid`` to exit; its exit code, or None (killed) at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a poll of the child's exit, with a deadline
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return None
+    return os.waitstatus_to_exitcode(done[1])
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
     with socket.socket() as sock:

@@ -74,12 +74,18 @@ class RedisErrors:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        if exc is None:
-            return
+        if isinstance(exc, redis.RedisError):
+            raise self.translate(exc) from exc
+
+    #: What :meth:`translate` takes: ``except errors.caught as exc`` where a ``with``
+    #: costs too much (three calls per command on a ``delay()``).
+    caught: tuple[type[Exception], ...] = (redis.RedisError,)
+
+    def translate(self, exc: BaseException) -> ChardError:
+        """The chard error for redis-py's ``exc`` (one of :attr:`caught`), to raise from it."""
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            raise self.unreachable(
+            return self.unreachable(
                 f"cannot reach the {self.what} at {self.redacted!r}: {exc}; is redis-server "
                 f"running, and are host, port, password and db in the {self.url_name} right?"
-            ) from exc
-        if isinstance(exc, redis.RedisError):
-            raise self.failed(f"{self.what} at {self.redacted!r} failed: {exc}") from exc
+            )
+        return self.failed(f"{self.what} at {self.redacted!r} failed: {exc}")

@@ -78,9 +78,21 @@ class Lane:
             redis.ConnectionError, redis.TimeoutError: still failing after the retries.
             redis.ResponseError: the server refused the command.
         """
+        packed = pack(args)
+        if packed is None:
+            conn: Any = self.connection()  # Any: redis-py leaves pack_command unannotated
+            packed = conn.pack_command(*args)
+        return self.execute_packed(packed)
+
+    def execute_packed(self, packed: list[bytes]) -> Any:
+        """Send one command packed in Redis's protocol (:func:`pack`); return its reply.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: still failing after the retries.
+            redis.ResponseError: the server refused the command.
+        """
         # Any: redis-py leaves these Connection methods unannotated.
         conn: Any = self.connection()
-        packed = pack(args) or conn.pack_command(*args)
         # The first try outside redis-py's Retry: no closure and no extra frames on a
         # delay()'s one command. A lost connection then takes the Retry's path as before.
         try:
@@ -147,6 +159,29 @@ class Lane:
             opened = list(self._opened)
         for conn in opened:
             conn.disconnect()  # type: ignore[no-untyped-call]  # unannotated upstream
+
+
+class LastArgumentCommand:
+    """A command run on a lane, packed once but for its last argument, which each call brings.
+
+    A task's plain sends push to one list: ``LastArgumentCommand(lane, "LPUSH", key)(body)``
+    runs ``lane.execute("LPUSH", key, body)`` (the same bytes, the same retries) with only
+    the body packed per send.
+    """
+
+    __slots__ = ("_head", "_lane")
+
+    def __init__(self, lane: Lane, *head: str | bytes) -> None:
+        packed = pack((*head, b""))
+        if packed is None:
+            raise TypeError(f"cannot pack command {head!r}; its parts must be str or bytes")
+        self._lane = lane
+        # The empty last argument's "$0\r\n\r\n" off; the count already includes it.
+        self._head = packed[0][: -len(b"$0\r\n\r\n")]
+
+    def __call__(self, last: bytes) -> Any:
+        """Run the command with ``last`` as its last argument; return the reply (as ``execute``)."""
+        return self._lane.execute_packed([b"%b$%d\r\n%b\r\n" % (self._head, len(last), last)])
 
 
 class _Owner:

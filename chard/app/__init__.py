@@ -345,14 +345,13 @@ class Celery(CeleryCompat):
         """
         task = task if task is not None else self.tasks.get(name)
         request = _context.get_current_request()
-        plain = None
+        sent = None
         if not options and request is None and countdown is None and eta is None and not task_id:
             args = tuple(args) if args else ()
             kwargs = kwargs if isinstance(kwargs, dict) else dict(kwargs or {})
-            plain = sending.plain_message(self, name, args, kwargs, task)
-        if plain is not None:
-            task_id, ignored = plain.id, plain.ignore_result
-            sending.store(self, (plain.outgoing,))
+            sent = sending.send_plain(self, name, args, kwargs, task)
+        if sent is not None:
+            task_id, ignored = sent
         else:
             send = SendOptions.of(options, countdown=countdown, eta=eta, task_id=task_id)
             routed = build_message(self, name, args, kwargs, send, task)

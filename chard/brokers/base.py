@@ -206,6 +206,22 @@ class Broker(ABC):
     def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Store a non-empty sequence of messages, all or none, in one round-trip."""
 
+    def publisher(
+        self,
+        queue: str,
+        priority: int = 0,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+    ) -> Callable[[bytes], None]:
+        """Return a function that publishes one body to ``queue``, ready now, as :meth:`publish`.
+
+        For a caller that sends many bodies to the same place (a task's plain ``delay()``):
+        a transport may prepare once what every such publish shares (Redis packs its
+        ``LPUSH`` but for the body). The function has :meth:`publish`'s guarantees and
+        errors; it belongs to this broker instance (not across ``fork()``).
+        """
+        return _Publisher(self, queue, priority, exchange, routing_key)
+
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack several deliveries, in one round-trip where the transport allows.
 
@@ -493,6 +509,32 @@ class Broker(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Publisher:
+    """:meth:`Broker.publisher` of a transport that prepares nothing: :meth:`Broker.publish`."""
+
+    __slots__ = ("_broker", "_exchange", "_priority", "_queue", "_routing_key")
+
+    def __init__(
+        self,
+        broker: Broker,
+        queue: str,
+        priority: int,
+        exchange: str | None,
+        routing_key: str | None,
+    ) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._priority = priority
+        self._exchange = exchange
+        self._routing_key = routing_key
+
+    def __call__(self, body: bytes) -> None:
+        message = OutgoingMessage(
+            self._queue, body, self._priority, None, self._exchange, self._routing_key
+        )
+        self._broker.publish(message)
 
 
 # -- policy the implementations share ----------------------------------------

@@ -42,11 +42,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from chard._redis.client import NoScriptError, RedisErrors, open_client
-from chard._redis.lane import Lane
+from chard._redis.lane import Lane, LastArgumentCommand
 from chard._redis.url import parse_redis_url
 from chard.brokers import _redis_scripts as scripts
 from chard.brokers._kombu import (
@@ -118,6 +118,22 @@ class RedisDelivery(Delivery):
 
     def __repr__(self) -> str:
         return f"<RedisDelivery {self.tag} queue={self.queue!r} count={self.delivery_count}>"
+
+
+class _ReadyPush:
+    """:meth:`RedisBroker.publisher`: one body onto one ready list, a delay()'s one command."""
+
+    __slots__ = ("_errors", "_lpush")
+
+    def __init__(self, lpush: LastArgumentCommand, errors: RedisErrors) -> None:
+        self._lpush = lpush
+        self._errors = errors
+
+    def __call__(self, body: bytes) -> None:
+        try:
+            self._lpush(body)
+        except self._errors.caught as exc:
+            raise self._errors.translate(exc) from exc
 
 
 class RedisBroker(KombuInterop, Broker):
@@ -198,6 +214,17 @@ class RedisBroker(KombuInterop, Broker):
                 else:
                     pipe.lpush(self._key(ready_key(message.queue, step)), message.body)
             pipe.execute()
+
+    def publisher(
+        self,
+        queue: str,
+        priority: int = 0,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+    ) -> Callable[[bytes], None]:
+        """An ``LPUSH`` onto ``queue``'s ready list, packed once but for the body."""
+        key = self._key(ready_key(queue, priority_step(priority)))
+        return _ReadyPush(LastArgumentCommand(self._lane, "LPUSH", key), self._errors)
 
     # -- consuming ------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:

@@ -40,24 +40,27 @@ _COUNT_HEADERS = (LOST_HEADER,)
 def new_id() -> str:
     """Return a new task id: a random (version 4) UUID in Celery's string form.
 
-    What ``str(uuid.uuid4())`` returns, from the same 16 random bytes, without
-    building a ``UUID`` object (a third of the cost).
+    What ``str(uuid.uuid4())`` returns, from as many random bits, without building a
+    ``UUID`` object (a third of the cost).
     """
-    return _uuid4_text(bytearray(os.urandom(16)))
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def new_id_pair() -> tuple[str, str]:
     r"""Return two :func:`new_id`\ s (a task id and a delivery tag) from one system call."""
-    raw = bytearray(os.urandom(32))
-    return _uuid4_text(raw), _uuid4_text(raw[16:])
+    h = os.urandom(32).hex()
+    v = _VARIANT
+    return (
+        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{v[h[16]]}{h[17:20]}-{h[20:32]}",
+        f"{h[32:40]}-{h[40:44]}-4{h[45:48]}-{v[h[48]]}{h[49:52]}-{h[52:64]}",
+    )
 
 
-def _uuid4_text(raw: bytearray) -> str:
-    """The UUID string of the first 16 bytes of ``raw``, made version 4 (``raw`` is changed)."""
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+#: A version 4 UUID's 13th hex digit is "4" (the version) and its 17th one of 8, 9, a, b
+#: (RFC 4122's variant, two bits), the rest random: a random hex digit's two low bits
+#: pick the latter.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 #: Types whose ``repr`` is reprlib's (and :func:`saferepr`'s) when it is short.
@@ -70,7 +73,7 @@ def _args_repr(args: tuple[Any, ...]) -> str:
     if not args:
         return "()"
     # The usual few plain arguments: the builtin repr is saferepr's, without reprlib's walk.
-    if len(args) <= 6 and all(type(a) in _FLAT for a in args):
+    if len(args) <= 6 and _FLAT.issuperset(map(type, args)):
         text = repr(tuple(args))
         if len(text) <= _SHORT:
             return text

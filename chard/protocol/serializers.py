@@ -78,6 +78,9 @@ def _json_object_hook(obj: dict[str, Any]) -> Any:
 
 
 _encode_str = json.encoder.encode_basestring  # ensure_ascii=False's string encoder
+#: The JSON text of a ``str`` (what :func:`json_text` returns for one), a C function: for
+#: the send path, which writes several strings into every envelope.
+json_string_text: Callable[[str], str] = _encode_str
 _encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 _decoder = json.JSONDecoder(object_hook=_json_object_hook)
 # (set by JSONDecoder's __init__; typeshed leaves it out)

@@ -11,6 +11,7 @@ same as a full encode's (a test pins them equal).
 from __future__ import annotations
 
 import binascii
+import operator
 from typing import Any
 
 from chard.protocol import serializers
@@ -19,25 +20,42 @@ from chard.protocol.message import Slots, TaskMessage, _args_repr, _kwargs_repr,
 #: A slot in the template text: no JSON text holds a raw NUL (the encoder writes \\u0000).
 _MARK = "\0"
 _JSON = serializers.get_serializer("json")
+#: The slots' names, in the order :meth:`EnvelopeTemplate.render` lists their values.
+_SLOTS = ("body", *Slots._fields)
+#: The ``kwargsrepr`` JSON text of a send without keyword arguments.
+_NO_KWARGS = serializers.json_string_text(_kwargs_repr({}))
 
 
 class EnvelopeTemplate:
     """The envelope of ``message`` sent to ``queue``, but for id, arguments and tag."""
 
-    __slots__ = ("_parts", "_slots", "_tail")
+    __slots__ = ("_literals", "_pick", "_tail")
 
     def __init__(self, message: TaskMessage, queue: str) -> None:
         if message.root_id == message.id:  # its own root: each send's id is its root
             message = message.evolve(root_id=None)
-        marks = Slots(*(f"{_MARK}{name}{_MARK}" for name in Slots._fields))
+        # The ids are written in between quotes as they are (see render()); the reprs come
+        # as JSON texts.
+        marks = Slots(
+            id=f'"{_MARK}id{_MARK}"',
+            argsrepr=f"{_MARK}argsrepr{_MARK}",
+            kwargsrepr=f"{_MARK}kwargsrepr{_MARK}",
+            delivery_tag=f'"{_MARK}delivery_tag{_MARK}"',
+        )
         text = message._wire_text(
             f"{_MARK}body{_MARK}", _JSON.content_type, _JSON.content_encoding, queue, marks
         )
         #: The body's end after ``[args, kwargs``: the workflow embed.
         self._tail = "," + serializers.json_text(message.body()[2]) + "]"
-        #: Literal text at even indexes, a slot's name at odd ones.
-        self._parts = text.split(_MARK)
-        self._slots = tuple(range(1, len(self._parts), 2))
+        # Split, the text is literal text at even indexes and a slot's name at odd ones.
+        # render() puts its values after the literals and picks the pieces in text order:
+        # one C call instead of a Python loop over the slots.
+        parts = text.split(_MARK)
+        self._literals = tuple(parts[::2])
+        after = len(self._literals)
+        self._pick = operator.itemgetter(
+            *(i // 2 if i % 2 == 0 else after + _SLOTS.index(p) for i, p in enumerate(parts))
+        )
 
     @staticmethod
     def fits(message: TaskMessage) -> bool:
@@ -55,20 +73,20 @@ class EnvelopeTemplate:
     ) -> bytes:
         """The envelope of one send, byte for byte what ``TaskMessage.to_wire`` writes.
 
+        ``task_id`` and ``delivery_tag`` are written in as they are: ids that JSON writes
+        unescaped (no quote, backslash or control character), as :func:`new_id`'s are.
+
         Raises:
             TypeError, ValueError: an argument cannot be encoded (the caller takes the full
                 path, whose error names the argument).
         """
-        j = serializers.json_text
-        body = (j((args, kwargs))[:-1] + self._tail).encode()
-        values = {
-            "body": binascii.b2a_base64(body, newline=False).decode("ascii"),
-            "id": j(task_id),
-            "argsrepr": j(_args_repr(args)),
-            "kwargsrepr": j(_kwargs_repr(kwargs)),
-            "delivery_tag": j(delivery_tag or new_id()),
-        }
-        parts = self._parts.copy()
-        for index in self._slots:
-            parts[index] = values[parts[index]]
-        return "".join(parts).encode()
+        s = serializers.json_string_text
+        body = (serializers.json_text((args, kwargs))[:-1] + self._tail).encode()
+        values = (  # in the order of _SLOTS
+            binascii.b2a_base64(body, newline=False).decode("ascii"),
+            task_id,
+            s(_args_repr(args)),
+            s(_kwargs_repr(kwargs)) if kwargs else _NO_KWARGS,
+            delivery_tag or new_id(),
+        )
+        return "".join(self._pick(self._literals + values)).encode()

@@ -93,6 +93,23 @@ def test_lower_priority_number_comes_first(broker: Broker) -> None:
         assert order == [b"p0-a", b"p0-b", b"p3", b"p6", b"p9"]
 
 
+def test_a_publisher_stores_each_body_as_publish_would(broker: Broker) -> None:
+    # Given a publisher per priority level of one queue (a task's plain delay() keeps one)
+    urgent, later = broker.publisher("q", priority=0), broker.publisher("q", priority=9)
+
+    # When bodies go out through them
+    later(b"late")
+    urgent(b"a")
+    urgent(b"b")
+
+    # Then each is stored at once, in order within its priority
+    order = [fetch_one(broker, ["q"]).body for _ in range(3)]
+    if broker.higher_priority_first:
+        assert order == [b"late", b"a", b"b"]
+    else:
+        assert order == [b"a", b"b", b"late"]
+
+
 def test_eta_hides_a_message_until_due(broker: Broker) -> None:
     # Given a message due in 0.3 s, published before one due now
     eta = time.time() + 0.3

@@ -588,3 +588,23 @@ def test_close_closes_every_threads_publishing_connection(
     broker.close()
 
     assert not {int(c["id"]) for c in raw.client_list()} & set(ids)
+
+
+def test_a_last_argument_command_runs_what_the_lane_would_run_whole() -> None:
+    from chard._redis.lane import Lane, LastArgumentCommand
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    key = f"test-lane-{os.getpid()}-{time.monotonic_ns()}"
+    lane = Lane(client)
+    try:
+        # Given an LPUSH packed once but for its last argument
+        push = LastArgumentCommand(lane, "LPUSH", key)
+
+        # When it runs with bodies of several sizes, Then each reply is the list's length
+        replies = [push(body) for body in (b"", b"one", b"\r\n$3\r\n", b"x" * 9000)]
+        assert replies == [1, 2, 3, 4]
+        assert client.lrange(key, 0, -1) == [b"x" * 9000, b"\r\n$3\r\n", b"one", b""]
+    finally:
+        client.delete(key)
+        lane.close()
+        client.close()

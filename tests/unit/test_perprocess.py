@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 from chard._utils.perprocess import PerProcess
+from tests.helpers import child_exit_code
 
 
 class Opened:
@@ -38,14 +38,7 @@ def test_a_child_forked_while_another_thread_holds_the_lock_opens_its_own() -> N
         if pid == 0:
             ok = cache.get("conn", Opened).pid == os.getpid()
             os._exit(0 if ok else 1)
-        deadline = time.monotonic() + 30
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)  # a poll of the child's exit, with a deadline
-        if done[0] == 0:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        assert done[0] == pid, "the child hung on the parent's lock"
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert child_exit_code(pid) == 0, "the child failed or hung on the parent's lock"
     finally:
         release.set()
         holder.join()

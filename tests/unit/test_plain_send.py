@@ -1,13 +1,15 @@
 """The plain ``delay()``: a cached envelope per task, the same bytes as the full path.
 
 A send without options from outside a task is encoded from a template kept per task
-(``chard.sending.plain_message``); anything that changes what the template was made
+(``chard.sending.send_plain``); anything that changes what the template was made
 from (settings, the task's options, a router's answer) must make the next send follow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from chard import Celery, signals
 from chard.exceptions import SerializationError
 from chard.protocol.message import TaskMessage
+from tests.helpers import child_exit_code
 from tests.unit.test_app import fetch
 
 
@@ -133,8 +136,11 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
         result = ping.delay()
     finally:
         signals.before_task_publish.disconnect(before)
+    unwatched = ping.delay()  # disconnected: the plain path again, unseen
 
     assert seen == [result.id]
+    assert unwatched.id not in seen
+    assert not signals.before_task_publish.has_receivers
 
 
 @pytest.mark.parametrize(
@@ -161,6 +167,31 @@ def test_the_lane_leaves_other_commands_to_redis_py() -> None:
     assert pack(("CLIENT LIST",)) is None
     assert pack(("SET", "k", True)) is None  # redis-py refuses a bool
     assert pack(("SET", "k", None)) is None
+
+
+def test_a_forked_child_sends_through_its_own_broker(app: Celery) -> None:
+    # Given a task whose plain sends have a plan in this process
+    @app.task
+    def job() -> None:
+        """Sent from both sides of a fork."""
+
+    job.delay()
+    parent_broker = app.broker
+
+    # When a forked child sends it
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        ok = False
+        with contextlib.suppress(BaseException):
+            job.delay()
+            ok = app.broker is not parent_broker and app.broker.queue_size("celery") == 1
+        os._exit(0 if ok else 1)
+    code = child_exit_code(pid)
+
+    # Then the child's message went to the child's broker (an in-process store: the
+    # parent's holds only its own), not through a plan bound to the parent's
+    assert code == 0
+    assert parent_broker.queue_size("celery") == 1
 
 
 def test_close_forgets_the_plans_so_the_next_send_reads_the_configuration_again(

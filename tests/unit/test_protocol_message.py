@@ -243,13 +243,17 @@ def test_new_id_is_a_uuid4_string() -> None:
 
 
 def test_new_id_is_what_str_of_a_uuid4_looks_like() -> None:
+    variants = set()
     for _ in range(2000):
         first, second = new_id_pair()
         for value in (new_id(), first, second):
             parsed = uuid.UUID(value)
             assert str(parsed) == value
             assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+            variants.add(value[19])
         assert first != second
+    # The variant's two free bits are random too, as uuid4()'s
+    assert variants == set("89ab")
 
 
 #: A message with every field set (not a default), for round trips and exact encodings.
