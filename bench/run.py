@@ -140,18 +140,18 @@ def wait_drained(system: System, worker: WorkerRun, total: int, timeout: float) 
         now = time.perf_counter()
         if first is None and done > 0:
             first, polls = (now, done, stats and redisstats.snapshot(stats)), 0
-            cpu_first = worker.cpu_seconds()
+            cpu_first = worker.cpu_seconds()  # (after Redis's snapshot, as at the end)
         if done >= total and first is not None:
             elapsed = now - first[0]
             out: dict[str, Any] = {"drain": (done - first[1]) / elapsed if elapsed > 0 else 0.0}
-            if done > first[1]:
-                cpu = worker.cpu_seconds() - cpu_first
-                out["worker_drain_us"] = cpu / (done - first[1]) * 1e6
             if stats is not None:
                 own = {"get": polls}  # the counter is on the same server: our own reads
                 after = redisstats.snapshot(stats)
                 cost = redisstats.per_task(first[2], after, done - first[1], own)
                 out.update(_cost("drain", cost))
+            if done > first[1]:  # (read after Redis's figures: /proc is slower to walk)
+                cpu = worker.cpu_seconds() - cpu_first
+                out["worker_drain_us"] = cpu / (done - first[1]) * 1e6
             return out
         worker.check_alive()
         if time.monotonic() > deadline:
