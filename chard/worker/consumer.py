@@ -26,13 +26,10 @@ A fourth, the *heartbeat*, extends this worker's leases so a slow task is never
 handed to another worker, while a dead worker's leases lapse within
 ``lease_timeout`` seconds.
 
-Checks made here, before a message costs a pool slot: undecodable or disallowed
-content (dead-lettered), revoked (REVOKED; see :mod:`chard.worker.revocations`,
-which also terminates running tasks on request), unknown task (FAILURE +
-dead-lettered), too many deliveries (FAILURE ``WorkerLostError`` + dead-lettered:
-a poison pill does not loop), a future ETA from a client whose broker cannot delay
-(re-published with a not-before time: workers never hold future work), and expiry
-(REVOKED).
+Each message is checked before it costs a pool slot (undecodable, revoked, unknown,
+delivered too often, a future ETA, expired: see :mod:`chard.worker.gate`, which also
+settles a finished run), and a rate-limited one may wait for its turn
+(:class:`~chard.worker.ratelimit.Throttle`).
 
 A lost broker connection (a Redis restart, a failover) never ends the worker: the
 fetcher backs off and reconnects, and settling a finished message is retried until the
@@ -42,36 +39,24 @@ if the broker comes back after a lease lapsed is the message delivered again.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from chard import signals, states
-from chard.brokers.base import Delivery, OutgoingMessage
-from chard.exceptions import (
-    BrokerConnectionError,
-    ContentDisallowed,
-    DecodeError,
-    NotRegistered,
-    WorkerLostError,
-)
-from chard.protocol.message import TaskMessage, peek, salvage
-from chard.worker.execute import ExecOutcome, JobPayload, is_expired
+from chard.brokers.base import Delivery
+from chard.exceptions import BrokerConnectionError
+from chard.worker.gate import Gate
 from chard.worker.held import MAX_BATCH, Admitted, ConsumerStats, Inflight
-from chard.worker.lost import deaths, record_failure, reliably, settle_lost
+from chard.worker.lost import reliably, settle_lost
 from chard.worker.pools.base import Job, Outcome, Pool
-from chard.worker.ratelimit import RateLimiter
+from chard.worker.ratelimit import RateLimiter, Throttle
 from chard.worker.revocations import Revocations
 
 if TYPE_CHECKING:
     from chard.app import Celery
-    from chard.task import Task
 
 logger = logging.getLogger("chard.worker")
 
@@ -114,11 +99,8 @@ class Consumer:
         self._acks_waiting = threading.Condition(lock)  # the acker's: acks to send
         self._reserved: deque[Delivery] = deque()
         self._admitted: deque[Admitted] = deque()  # dispatcher thread only
-        # Rate-limited messages waiting for their turn: a heap of (monotonic time, n, item).
-        self._throttled: list[tuple[float, int, Admitted]] = []  # dispatcher thread only
-        self._throttle_seq = itertools.count()
-        self._limits_changed = False  # set by remote control: give the held ones new turns
-        self.rate_limiter = RateLimiter(rate_share)
+        # Rate-limited messages waiting for their turn (changed by the dispatcher only).
+        self._throttle = Throttle(RateLimiter(rate_share), lambda name: app.tasks[name].rate_limit)
         self._batches: dict[str, list[str]] = {}  # pool job id -> message ids
         self._done: deque[Outcome] = deque()
         self._acks: list[Delivery] = []  # settled, waiting for the acker
@@ -135,14 +117,12 @@ class Consumer:
         self._fetcher_dozes = False  # the fetcher waits for up to QUIET (``_cond`` held)
         self._backoff = 1.0  # seconds before the next fetch, after a failed one
         self._lost_at: float | None = None  # when the broker connection was lost
-        self._max_deliveries = int(app.conf.task_max_deliveries or 0)
-        self._accept_entries: list[str] | None = None  # accept_content when _accept was made
-        self._accept: frozenset[str] = frozenset()
         # A prefork child is given the record its parent follows (see Revocations).
         self._owns_revocations = revocations is None
         if revocations is None:  # (not `or`: an empty record is falsy)
             revocations = Revocations(app, self._terminate, self._stopping, hostname=hostname)
         self.revocations = revocations
+        self.gate = Gate(app, revocations, self.stats, self._reliably)
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> ConsumerStats:
@@ -191,10 +171,9 @@ class Consumer:
     def _shutdown(self) -> None:
         with self._cond:
             unstarted = [a.delivery for a in self._admitted] + list(self._reserved)
-            unstarted += [t[2].delivery for t in self._throttled]
+            unstarted += [item.delivery for item in self._throttle.take_all()]
             self._reserved.clear()
             self._admitted.clear()
-            self._throttled.clear()
         for delivery in unstarted:  # never started: back to the queue at once, uncounted
             self._reliably(delivery.reject, True)
         if unstarted:
@@ -238,7 +217,7 @@ class Consumer:
         second, it dozes until the dispatcher wakes it (see :meth:`_dispatch_loop`).
         """
         now = time.monotonic()
-        if self._busy_since is None and not (self._inflight or self._throttled):  # idle
+        if self._busy_since is None and not (self._inflight or self._throttle):  # idle
             return PREFETCH_DELAY if now - self._idle_since < QUIET else QUIET
         if self._fetching or not self.queues:
             return PREFETCH_DELAY
@@ -257,7 +236,7 @@ class Consumer:
 
     def _may_fetch_here(self) -> bool:
         """Whether the dispatcher is idle and is to fetch itself (``_cond`` held)."""
-        idle = not (self._inflight or self._reserved or self._admitted or self._throttled)
+        idle = not (self._inflight or self._reserved or self._admitted or self._throttle)
         if not idle or self._fetching or not self.queues or self._stopping.is_set():
             return False  # (no queues: remote control cancelled them all; nothing to fetch)
         return self._has_room()
@@ -329,7 +308,7 @@ class Consumer:
         on what a crash can make run twice.
         """
         running = min(len(self._inflight), self.pool.concurrency)
-        waiting = len(self._reserved) + len(self._admitted) + len(self._throttled)
+        waiting = len(self._reserved) + len(self._admitted) + len(self._throttle)
         return waiting + len(self._inflight) - running
 
     def _heartbeat_loop(self, interval: float) -> None:
@@ -420,7 +399,7 @@ class Consumer:
                 return "stop"
             if self._may_fetch_here():
                 return "fetch"
-            self._cond.wait(self._release_throttled() if self._throttled else 1.0)
+            self._cond.wait(self._release_throttled() if self._throttle else 1.0)
         if self._busy_since is None:  # the fetcher's delay starts now
             self._busy_since = time.monotonic()
             if self._fetcher_dozes:
@@ -484,31 +463,25 @@ class Consumer:
     def _has_work(self) -> bool:
         if self._done:
             return True
-        if self._throttled:
+        if self._throttle:
             self._release_throttled()
         waiting = self._reserved or self._admitted
         return bool(waiting) and self.pool.free_slots() > 0 and not self._stopping.is_set()
 
     def _drained(self) -> bool:
-        idle = self._fetch_idle and not self._reserved and not self._throttled
+        idle = self._fetch_idle and not self._reserved and not self._throttle
         return self.burst and idle and not self._inflight
 
     def _release_throttled(self) -> float:
         """Admit the rate-limited messages whose turn came; return seconds to the next turn."""
-        now = time.monotonic()
-        if self._limits_changed:  # a limit changed: take every held message's turn again
-            self._limits_changed = False
-            held, self._throttled = sorted(self._throttled), []
-            for _, _, item in held:
-                self._throttle_or_admit(item, now)
-        while self._throttled and self._throttled[0][0] <= now:
-            self._admitted.append(heapq.heappop(self._throttled)[2])
-        return min(self._throttled[0][0] - now, 1.0) if self._throttled else 1.0
+        ready, wait = self._throttle.release(time.monotonic())
+        self._admitted.extend(ready)
+        return wait
 
     def limits_changed(self) -> None:
         """Say that a task's rate limit changed (from any thread): held messages are re-timed."""
         with self._cond:
-            self._limits_changed = True
+            self._throttle.limits_changed()
             self._cond.notify_all()
 
     def holding(self) -> tuple[list[Inflight], list[Delivery]]:
@@ -519,7 +492,7 @@ class Consumer:
         with self._cond:
             inflight = list(self._inflight.copy().values())
             admitted = [a.delivery for a in self._admitted.copy()]
-            admitted += [t[2].delivery for t in sorted(self._throttled.copy())]
+            admitted += self._throttle.deliveries()
             return inflight, admitted + list(self._reserved.copy())
 
     def _on_done(self, outcome: Outcome) -> None:
@@ -529,36 +502,13 @@ class Consumer:
 
     # -- per message ----------------------------------------------------------
     def _admit_for_pool(self, delivery: Delivery) -> None:
-        """Decode and check ``delivery``; queue it for a pool slot if it is to run."""
-        message = self._decode(delivery)
-        if message is None:
+        """Check ``delivery`` (see :class:`Gate`); queue it for a pool slot if it is to run."""
+        admitted = self.gate.admit(delivery)
+        if admitted is None:
             return
-        task = self._admit(delivery, message)
-        if task is None:
-            return
-        # (settings read as items: an attribute read first fails inside Python, building
-        # an AttributeError, before Settings.__getattr__ is asked; five times the cost)
-        conf = self.app.conf
-        acks_late = task.option("acks_late")
-        hard, soft = message.timelimit
-        hard = hard if hard is not None else task.time_limit or conf["task_time_limit"]
-        soft = soft if soft is not None else task.soft_time_limit
-        soft = soft if soft is not None else conf["task_soft_time_limit"]
-        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
-        admitted = Admitted(delivery, message, acks_late, payload, soft, hard)
-        if task.rate_limit:
-            self._throttle_or_admit(admitted, time.monotonic())
-        else:
-            self._admitted.append(admitted)
-
-    def _throttle_or_admit(self, item: Admitted, now: float) -> None:
-        """Queue ``item`` for a pool slot, or hold it until its rate limit gives it a turn."""
-        rate = self.app.tasks[item.message.task].rate_limit
-        wait = self.rate_limiter.delay(item.message.task, rate, now) if rate else 0.0
-        if wait > 0:
-            heapq.heappush(self._throttled, (now + wait, next(self._throttle_seq), item))
-        else:
-            self._admitted.append(item)
+        if admitted.rate_limit and not self._throttle.offer(admitted, time.monotonic()):
+            return  # held for its turn
+        self._admitted.append(admitted)
 
     def _submit_pending(self, slots: int) -> None:
         """Submit admitted messages as at most ``slots`` pool jobs.
@@ -593,119 +543,6 @@ class Consumer:
             self.pool.submit(job, self._on_done)
             slots -= 1
 
-    def _accepted(self) -> frozenset[str]:
-        """The content types to decode (``app.accept_content``), worked out again on a change."""
-        entries = self.app.conf["accept_content"]
-        if entries != self._accept_entries:  # (compared by value: an edited list counts)
-            self._accept, self._accept_entries = self.app.accept_content, list(entries)
-        return self._accept
-
-    def _decode(self, delivery: Delivery) -> TaskMessage | None:
-        try:
-            return TaskMessage.from_wire(delivery.body, self._accepted())
-        except (DecodeError, ContentDisallowed) as exc:
-            name, task_id = peek(delivery.body)
-            logger.error(
-                "Moved an undecodable message to the dead-letter store (task %s[%s], queue %r): %s",
-                name,
-                task_id,
-                delivery.queue,
-                exc,
-            )
-            self._reliably(delivery.dead_letter, f"undecodable: {exc}")
-            self.stats.dead_lettered += 1
-            salvaged = salvage(delivery.body, self._accepted())
-            if salvaged is not None:  # its id is readable: waiters and workflows can end
-                error = DecodeError(f"the worker could not decode the message: {exc}")
-                self._record_failure(delivery, salvaged, error)
-            return None
-
-    def _admit(self, delivery: Delivery, message: TaskMessage) -> Task[Any, Any] | None:
-        """Run the checks that settle a message without running it; its task if it is to run."""
-        self.stats.received += 1
-        if message.reply_to and self.app.backend is not None:  # rpc:// replies go there
-            self.app.backend.note_request(message.id, message.reply_to)
-        if self.revocations.is_revoked(message.id):
-            self._discard(delivery, message, "revoked")
-            return None
-        try:
-            task: Task[Any, Any] = self.app.tasks[message.task]
-        except NotRegistered as error:
-            logger.error("Received unregistered task %s[%s]: %s", message.task, message.id, error)
-            signals.task_unknown.send(
-                sender=None, name=message.task, id=message.id, message=message, exc=error
-            )
-            self._fail_and_set_aside(delivery, message, error, f"unregistered task: {error}")
-            return None
-        attempts = delivery.delivery_count + deaths(message)
-        most = self._max_deliveries
-        limit = delivery.delivery_limit  # the queue's own (RabbitMQ's x-delivery-limit)
-        by_queue = limit is not None and (not most or limit < most)
-        if limit is not None and by_queue:
-            most = limit
-        if most and attempts > most:
-            why = (
-                f"x-delivery-limit={most - 1} of queue {delivery.queue!r}"
-                if by_queue
-                else f"task_max_deliveries={most}"
-            )
-            lost = WorkerLostError(
-                f"task {message.task}[{message.id}] was delivered {attempts} times and its "
-                f"worker died each time ({why}); set aside in the dead-letter store"
-            )
-            logger.error("%s", lost)
-            self._fail_and_set_aside(delivery, message, lost, str(lost))
-            return None
-        if message.eta is not None and message.eta.timestamp() > time.time() + 0.5:
-            self._defer(delivery, message)
-            return None
-        if is_expired(message):
-            self._discard(delivery, message, "expired")
-            return None
-        logger.info("Task %s[%s] received", message.task, message.id)
-        self.app.events.task_received(message)  # when this process sends events
-        return task
-
-    def _defer(self, delivery: Delivery, message: TaskMessage) -> None:
-        # A client (e.g. Celery on Redis) put a future ETA straight on the queue: hand the
-        # wait to the broker instead of holding the message here.
-        assert message.eta is not None
-        eta = message.eta if message.eta.tzinfo else message.eta.replace(tzinfo=UTC)
-        deferred = OutgoingMessage(delivery.queue, delivery.body, message.priority, eta.timestamp())
-        self._reliably(self.app.broker.publish, deferred)
-        self._reliably(delivery.ack)
-        logger.debug("Task %s[%s] deferred to its ETA %s", message.task, message.id, eta)
-
-    def _discard(self, delivery: Delivery, message: TaskMessage, reason: str) -> None:
-        payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
-        try:
-            self.revocations.discard(payload, message, reason)  # stores REVOKED, logs
-        except Exception as exc:  # e.g. the backend refused the store: still discard it
-            logger.exception(
-                "Task %s[%s] %s; recording that failed: %r", message.task, message.id, reason, exc
-            )
-        self._reliably(delivery.ack)
-        self.stats.revoked += 1
-
-    def _fail_and_set_aside(
-        self, delivery: Delivery, message: TaskMessage, error: BaseException, reason: str
-    ) -> None:
-        self._record_failure(delivery, message, error)
-        self._reliably(delivery.dead_letter, reason)
-        self.stats.dead_lettered += 1
-
-    def _record_failure(
-        self, delivery: Delivery, message: TaskMessage, error: BaseException
-    ) -> None:
-        record_failure(
-            self.app,
-            message,
-            error,
-            queue=delivery.queue,
-            delivery_count=delivery.delivery_count,
-            hostname=self.revocations.hostname,
-        )
-
     def _settle(self, outcome: Outcome, acks: list[Delivery] | None = None) -> None:
         """Settle one finished job; plain acks go to ``acks`` (one round-trip) when given."""
         ids = self._batches.pop(outcome.job.id, None)
@@ -734,7 +571,7 @@ class Consumer:
         self.stats.by_task[message.task] = self.stats.by_task.get(message.task, 0) + 1
         held = None if inflight.acked_early else delivery
         if outcome.kind == "done":
-            self._settle_done(delivery, message, value, inflight.acked_early, acks)
+            self.gate.settle_done(delivery, message, value, inflight.acked_early, acks)
         elif self._cold:  # we abandoned it ourselves: return it, uncounted
             if held is not None:
                 self._reliably(held.reject, True)
@@ -747,40 +584,6 @@ class Consumer:
                 pid=outcome.pid,
                 give_up=self._is_cold,
             )
-
-    def _settle_done(
-        self,
-        delivery: Delivery,
-        message: TaskMessage,
-        result: ExecOutcome | None,
-        acked: bool,
-        acks: list[Delivery] | None = None,
-    ) -> None:
-        if result is None:  # the pool target raised: a bug, logged by the pool; keep the message
-            error = WorkerLostError("the worker failed to run the task (see its log)")
-            self._record_failure(delivery, message, error)
-            if not acked:
-                self._reliably(delivery.dead_letter, str(error))
-                self.stats.dead_lettered += 1
-            return
-        if result.state == states.FAILURE:
-            self.stats.failed += 1
-        elif result.state == states.SUCCESS:
-            self.stats.succeeded += 1
-        elif result.state == states.REVOKED:  # revoked after admission; the pool discarded it
-            self.stats.revoked += 1
-        if acked:
-            return
-        if result.action == "requeue":
-            self._reliably(delivery.reject, True)
-        elif result.action == "dead_letter":
-            logger.error("Task %s[%s] set aside: %s", message.task, message.id, result.reason)
-            self._reliably(delivery.dead_letter, result.reason or "set aside by the worker")
-            self.stats.dead_lettered += 1
-        elif acks is not None:
-            acks.append(delivery)
-        else:
-            self._reliably(delivery.ack)
 
     def _reliably(self, operation: Callable[..., None], *args: Any) -> None:
         """Run a settling broker call until it succeeds; see :func:`~chard.worker.lost.reliably`."""

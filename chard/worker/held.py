@@ -43,7 +43,8 @@ class Inflight:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A message that passed :meth:`Consumer._admit` and waits for a pool slot."""
+    """A message that passed :meth:`Gate.admit <chard.worker.gate.Gate.admit>` and waits
+    for a pool slot."""
 
     delivery: Delivery
     message: TaskMessage
@@ -52,6 +53,9 @@ class Admitted:
     payload: Any
     soft_time_limit: float | None = None
     time_limit: float | None = None
+    #: Its task's rate limit when it was admitted (a :class:`~chard.worker.ratelimit.Throttle`
+    #: reads the task's again for each turn).
+    rate_limit: str | float | None = None
 
     @property
     def batchable(self) -> bool:

@@ -17,11 +17,15 @@ Only messages of rate-limited tasks pay for any of this.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import multiprocessing
 from collections.abc import Callable
 
+from chard.brokers.base import Delivery
 from chard.protocol.control import parse_rate
+from chard.worker.held import Admitted
 
 logger = logging.getLogger("chard.worker")
 
@@ -88,3 +92,60 @@ class RateLimiter:
             logger.warning("Ignoring the rate limit of task %s: %s", name, exc)
             return 0.0
         return 1.0 / per_second if per_second > 0 else 0.0
+
+
+class Throttle:
+    """One consumer's rate-limited messages, each held until its turn comes.
+
+    Changed by the consumer's dispatcher thread only; other threads (remote control
+    asking what is held) read it under the consumer's lock, by a one-step copy.
+
+    Args:
+        limiter: gives each task type its turns.
+        rate_of: a task's rate limit now, by name (read for every turn, so a changed
+            limit applies to the next one).
+    """
+
+    def __init__(self, limiter: RateLimiter, rate_of: Callable[[str], str | float | None]) -> None:
+        self.limiter = limiter
+        self._rate_of = rate_of
+        #: The held ones: a heap of (monotonic time of the turn, arrival number, item).
+        self._heap: list[tuple[float, int, Admitted]] = []
+        self._seq = itertools.count()
+        self._changed = False  # a limit changed: every held message gets a new turn
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def offer(self, item: Admitted, now: float) -> bool:
+        """Take ``item``'s turn: True if it may start now, else it is held until then."""
+        rate = self._rate_of(item.message.task)
+        wait = self.limiter.delay(item.message.task, rate, now) if rate else 0.0
+        if wait <= 0:
+            return True
+        heapq.heappush(self._heap, (now + wait, next(self._seq), item))
+        return False
+
+    def release(self, now: float) -> tuple[list[Admitted], float]:
+        """Return the held items whose turn came, and seconds (at most 1) to the next turn."""
+        ready: list[Admitted] = []
+        if self._changed:  # take every held message's turn again, in the order they wait
+            self._changed = False
+            held, self._heap = sorted(self._heap), []
+            ready = [item for _, _, item in held if self.offer(item, now)]
+        while self._heap and self._heap[0][0] <= now:
+            ready.append(heapq.heappop(self._heap)[2])
+        return ready, min(self._heap[0][0] - now, 1.0) if self._heap else 1.0
+
+    def limits_changed(self) -> None:
+        """Give every held message a new turn at the next :meth:`release`."""
+        self._changed = True
+
+    def deliveries(self) -> list[Delivery]:
+        """The held messages, in the order of their turns (a copy: for ``inspect``)."""
+        return [entry[2].delivery for entry in sorted(self._heap.copy())]
+
+    def take_all(self) -> list[Admitted]:
+        """Remove and return every held message (the consumer is stopping)."""
+        held, self._heap = self._heap, []
+        return [entry[2] for entry in held]

@@ -7,6 +7,8 @@ import multiprocessing
 
 import pytest
 
+from chard.brokers.base import OutgoingMessage
+from chard.brokers.memory import MemoryBroker
 from chard.exceptions import DecodeError
 from chard.protocol.control import (
     CONTROL_VERSION,
@@ -14,7 +16,9 @@ from chard.protocol.control import (
     ControlRequest,
     parse_rate,
 )
-from chard.worker.ratelimit import PoolShare, RateLimiter
+from chard.protocol.message import TaskMessage
+from chard.worker.held import Admitted
+from chard.worker.ratelimit import PoolShare, RateLimiter, Throttle
 
 
 def test_a_request_round_trips_through_its_payload() -> None:
@@ -175,3 +179,46 @@ def test_a_changed_limit_starts_afresh_and_a_bad_one_is_not_enforced() -> None:
     assert limiter.delay("t", "10/s", now=0.0) == 0.0
     assert limiter.delay("t", "nonsense", now=0.0) == 0.0
     assert limiter.delay("t", "nonsense", now=0.0) == 0.0
+
+
+def _held(broker: MemoryBroker, task: str, n: int) -> Admitted:
+    """An admitted message of ``task``, leased from ``broker``."""
+    message = TaskMessage(task=task, id=f"{task}-{n}", args=())
+    broker.publish(OutgoingMessage("celery", message.to_wire()))
+    (delivery,) = broker.fetch(["celery"], 1, timeout=0)
+    return Admitted(delivery, message, True, None, rate_limit="1/s")
+
+
+def test_the_throttle_holds_each_message_until_its_turn_and_releases_in_turn_order() -> None:
+    # Given a throttle for a task limited to 2/s, offered three messages at once
+    rates = {"t": "2/s"}
+    throttle = Throttle(RateLimiter(), rates.__getitem__)
+    broker = MemoryBroker()
+    items = [_held(broker, "t", n) for n in range(3)]
+
+    passed = [throttle.offer(item, now=10.0) for item in items]
+
+    # Then the first starts at once and the others are held, in order of their turns
+    assert passed == [True, False, False]
+    assert throttle.deliveries() == [items[1].delivery, items[2].delivery]
+    assert throttle.release(now=10.2) == ([], pytest.approx(0.3))
+    assert throttle.release(now=10.5) == ([items[1]], pytest.approx(0.5))
+    assert throttle.release(now=11.0) == ([items[2]], 1.0)
+    assert len(throttle) == 0
+
+
+def test_a_changed_limit_gives_every_held_message_a_new_turn() -> None:
+    # Given two messages held behind a limit of 1/m
+    rates = {"t": "1/m"}
+    throttle = Throttle(RateLimiter(), rates.__getitem__)
+    broker = MemoryBroker()
+    items = [_held(broker, "t", n) for n in range(3)]
+    assert [throttle.offer(item, now=0.0) for item in items] == [True, False, False]
+
+    # When the limit is lifted (remote control's rate_limit)
+    rates["t"] = ""
+    throttle.limits_changed()
+
+    # Then both start at the next release, in the order they waited
+    assert throttle.release(now=1.0) == ([items[1], items[2]], 1.0)
+    assert throttle.take_all() == []
