@@ -26,7 +26,8 @@ from chard._utils.log import redact_url
 from chard._utils.perprocess import current_pid
 from chard.brokers import Broker, OutgoingMessage
 from chard.exceptions import BrokerConnectionError
-from chard.protocol.message import SignatureDict, TaskMessage, new_id, new_id_pair
+from chard.protocol.ids import new_id, new_id_pair
+from chard.protocol.message import SignatureDict, TaskMessage
 from chard.protocol.template import EnvelopeTemplate
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chard.protocol import serializers
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 
 #: Header marking a frame whose body is opaque bytes, not a task envelope.
 RAW_HEADER = "x-chard-raw"

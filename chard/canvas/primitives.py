@@ -29,7 +29,7 @@ from chard.canvas.signature import (
     maybe_signature,
     register,
 )
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from chard.result import AsyncResult, EagerGroupResult, GroupResult
 
 if TYPE_CHECKING:

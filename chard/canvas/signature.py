@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, overload
 
 from chard import _context, states
 from chard._utils.log import saferepr
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from chard.result import AsyncResult, EagerResult, GroupResult
 from chard.sending import RoutedMessage, SendOptions, build_message
 

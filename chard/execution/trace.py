@@ -21,7 +21,7 @@ from chard import _context, signals, states
 from chard._utils.log import saferepr
 from chard.exceptions import Ignore, Reject, Retry
 from chard.execution import outcome
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from chard.result import EagerResult
 from chard.task import Context, Task, exponential_backoff
 

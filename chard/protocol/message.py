@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 from chard._utils.log import saferepr
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
 from chard.protocol import fields, serializers
+from chard.protocol.ids import new_id
+from chard.protocol.reprs import args_repr, kwargs_repr
 
 #: Signature dicts as they travel in the body's ``embed`` part.
 SignatureDict = dict[str, Any]
@@ -35,59 +37,6 @@ _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 LOST_HEADER = "chard_lost"
 #: Headers of chard's own that the worker reads as counts.
 _COUNT_HEADERS = (LOST_HEADER,)
-
-
-def new_id() -> str:
-    """Return a new task id: a random (version 4) UUID in Celery's string form.
-
-    What ``str(uuid.uuid4())`` returns, from as many random bits, without building a
-    ``UUID`` object (a third of the cost).
-    """
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-def new_id_pair() -> tuple[str, str]:
-    r"""Return two :func:`new_id`\ s (a task id and a delivery tag) from one system call."""
-    h = os.urandom(32).hex()
-    v = _VARIANT
-    return (
-        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{v[h[16]]}{h[17:20]}-{h[20:32]}",
-        f"{h[32:40]}-{h[40:44]}-4{h[45:48]}-{v[h[48]]}{h[49:52]}-{h[52:64]}",
-    )
-
-
-#: A version 4 UUID's 13th hex digit is "4" (the version) and its 17th one of 8, 9, a, b
-#: (RFC 4122's variant, two bits), the rest random: a random hex digit's two low bits
-#: pick the latter.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-#: Types whose ``repr`` is reprlib's (and :func:`saferepr`'s) when it is short.
-_FLAT = frozenset({int, str, float, bool, type(None)})
-#: No limit of ``saferepr``'s cuts a repr this short (ints are cut past 40 characters).
-_SHORT = 40
-
-
-def _args_repr(args: tuple[Any, ...]) -> str:
-    if not args:
-        return "()"
-    # The usual few plain arguments: the builtin repr is saferepr's, without reprlib's walk.
-    if len(args) <= 6 and _FLAT.issuperset(map(type, args)):
-        text = repr(tuple(args))
-        if len(text) <= _SHORT:
-            return text
-    return saferepr(tuple(args), 1024)
-
-
-def _kwargs_repr(kwargs: dict[str, Any]) -> str:
-    if not kwargs:
-        return "{}"
-    if len(kwargs) <= 6 and all(type(k) is str and type(v) in _FLAT for k, v in kwargs.items()):
-        text = "{" + ", ".join(f"{k!r}: {kwargs[k]!r}" for k in sorted(kwargs)) + "}"
-        if len(text) <= _SHORT:
-            return text
-    return saferepr(kwargs, 1024)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -140,12 +89,12 @@ class TaskMessage:
     @property
     def argsrepr(self) -> str:
         """The args as the ``argsrepr`` header shows them (logs, monitoring events)."""
-        return _args_repr(self.args)
+        return args_repr(self.args)
 
     @property
     def kwargsrepr(self) -> str:
         """The kwargs as the ``kwargsrepr`` header shows them."""
-        return _kwargs_repr(self.kwargs)
+        return kwargs_repr(self.kwargs)
 
     def headers(self) -> dict[str, Any]:
         """Return the protocol-v2 headers, every key present as Celery sends them."""
@@ -162,8 +111,8 @@ class TaskMessage:
             "timelimit": list(self.timelimit),
             "root_id": self.root_id or self.id,
             "parent_id": self.parent_id,
-            "argsrepr": _args_repr(self.args),
-            "kwargsrepr": _kwargs_repr(self.kwargs),
+            "argsrepr": args_repr(self.args),
+            "kwargsrepr": kwargs_repr(self.kwargs),
             "origin": self.origin or _ORIGIN,
             "ignore_result": self.ignore_result,
             "replaced_task_nesting": 0,
@@ -225,8 +174,8 @@ class TaskMessage:
             queue,
             Slots(
                 id=j(self.id),
-                argsrepr=j(_args_repr(self.args)),
-                kwargsrepr=j(_kwargs_repr(self.kwargs)),
+                argsrepr=j(args_repr(self.args)),
+                kwargsrepr=j(kwargs_repr(self.kwargs)),
                 delivery_tag=j(delivery_tag or new_id()),
             ),
         ).encode()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chard.protocol.control import Revocation
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from chard.protocol.serializers import json_loads
 
 #: Celery's control exchange, and kombu's fanout topic for it on Redis db ``db``.

@@ -15,7 +15,9 @@ import operator
 from typing import Any
 
 from chard.protocol import serializers
-from chard.protocol.message import Slots, TaskMessage, _args_repr, _kwargs_repr, new_id
+from chard.protocol.ids import new_id
+from chard.protocol.message import Slots, TaskMessage
+from chard.protocol.reprs import args_repr, kwargs_repr
 
 #: A slot in the template text: no JSON text holds a raw NUL (the encoder writes \\u0000).
 _MARK = "\0"
@@ -23,7 +25,7 @@ _JSON = serializers.get_serializer("json")
 #: The slots' names, in the order :meth:`EnvelopeTemplate.render` lists their values.
 _SLOTS = ("body", *Slots._fields)
 #: The ``kwargsrepr`` JSON text of a send without keyword arguments.
-_NO_KWARGS = serializers.json_string_text(_kwargs_repr({}))
+_NO_KWARGS = serializers.json_string_text(kwargs_repr({}))
 
 
 class EnvelopeTemplate:
@@ -85,8 +87,8 @@ class EnvelopeTemplate:
         values = (  # in the order of _SLOTS
             binascii.b2a_base64(body, newline=False).decode("ascii"),
             task_id,
-            s(_args_repr(args)),
-            s(_kwargs_repr(kwargs)) if kwargs else _NO_KWARGS,
+            s(args_repr(args)),
+            s(kwargs_repr(kwargs)) if kwargs else _NO_KWARGS,
             delivery_tag or new_id(),
         )
         return "".join(self._pick(self._literals + values)).encode()

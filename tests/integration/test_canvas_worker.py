@@ -16,7 +16,7 @@ import pytest
 
 from chard import chain, chord, group
 from chard.exceptions import ChordError
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from chard.result import AsyncResult, GroupResult
 from tests.integration.workers import WorkerFactory, WorkerProcess, project_tasks
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from chard.brokers.base import OutgoingMessage
-from chard.protocol.message import TaskMessage, new_id, with_header
+from chard.protocol.ids import new_id
+from chard.protocol.message import TaskMessage, with_header
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory, iter_lines
 

@@ -29,7 +29,8 @@ from chard.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from chard.protocol.message import TaskMessage, new_id, with_header
+from chard.protocol.ids import new_id
+from chard.protocol.message import TaskMessage, with_header
 from chard.result import AsyncResult
 from tests.helpers import wait_for
 from tests.integration.workers import WorkerFactory, WorkerProcess, iter_lines, project_tasks

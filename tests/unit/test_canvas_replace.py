@@ -16,7 +16,7 @@ import pytest
 from chard import Celery, chain, chord, group
 from chard.canvas import Signature
 from chard.exceptions import ImproperlyConfigured
-from chard.protocol.message import new_id
+from chard.protocol.ids import new_id
 from tests.unit.test_canvas import drain
 
 RECORDED: list[tuple[Any, ...]] = []

@@ -18,14 +18,8 @@ import pytest
 from chard import Celery
 from chard._utils.log import saferepr
 from chard.exceptions import ContentDisallowed, DecodeError, SerializationError
-from chard.protocol.message import (
-    TaskMessage,
-    new_id,
-    new_id_pair,
-    peek,
-    salvage,
-    with_header,
-)
+from chard.protocol.ids import new_id, new_id_pair
+from chard.protocol.message import TaskMessage, peek, salvage, with_header
 from chard.protocol.serializers import json_dumps
 from chard.protocol.template import EnvelopeTemplate
 
