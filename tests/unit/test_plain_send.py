@@ -143,6 +143,17 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
     assert not signals.before_task_publish.has_receivers
 
 
+@pytest.fixture(params=["hiredis", "python"])
+def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a packing test with hiredis's packer, and again with the Python one."""
+    lane = pytest.importorskip("chard._redis.lane")
+    if request.param == "python":
+        monkeypatch.setattr(lane, "_c_pack", None)
+    elif lane._c_pack is None:
+        pytest.skip("hiredis < 2.1 has no pack_command")
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -154,19 +165,27 @@ def test_publish_signals_see_plain_sends(app: Celery) -> None:
         ("EVALSHA", "f" * 40, 0, "p:", 30.0, 4, 0.1, 1e-05, -3, 2**70),
     ],
 )
-def test_the_lane_packs_a_command_as_redis_py_does(command: tuple[Any, ...]) -> None:
+def test_the_lane_packs_a_command_as_redis_py_does(command: tuple[Any, ...], packer: str) -> None:
     redis = pytest.importorskip("redis")
     from chard._redis.lane import pack
 
     assert pack(command) == [b"".join(redis.Connection().pack_command(*command))]
 
 
-def test_the_lane_leaves_other_commands_to_redis_py() -> None:
+def test_the_lane_leaves_other_commands_to_redis_py(packer: str) -> None:
+    import enum
+
     from chard._redis.lane import pack
+
+    class Level(enum.IntEnum):
+        HIGH = 1
 
     assert pack(("CLIENT LIST",)) is None
     assert pack(("SET", "k", True)) is None  # redis-py refuses a bool
     assert pack(("SET", "k", None)) is None
+    assert pack(("SET", "k", Level.HIGH)) is None  # an int subclass: redis-py's own repr
+    assert pack(("SET", "k", memoryview(b"v"))) is None
+    assert pack(["SET", "k", "v"]) == pack(("SET", "k", "v"))  # a list packs as a tuple
 
 
 def test_a_forked_child_sends_through_its_own_broker(app: Celery) -> None:
