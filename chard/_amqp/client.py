@@ -37,6 +37,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from chard._amqp.frames import Frame
 from chard._amqp.url import AmqpTarget
 from chard._amqp.waking import WakingLock
+from chard._amqp.writes import Writes
 from chard.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 T = TypeVar("T")
@@ -96,6 +97,7 @@ class AmqpClient:
         self._tx: BlockingChannel | None = None
         #: Acks are written out together at the end of :meth:`acks_together` (lock held).
         self._acks_deferred = False
+        self._writes: Writes | None = None
         self._failures = 0
 
     # -- connection ------------------------------------------------------------
@@ -128,7 +130,7 @@ class AmqpClient:
             time.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))  # back-off across calls
         try:
             connection = pika.BlockingConnection(self._parameters())
-            _write_queued_at_once(connection)
+            writes = Writes(connection)
             work = connection.channel()
             work.confirm_delivery()
             admin = connection.channel()
@@ -147,11 +149,13 @@ class AmqpClient:
             ) from exc
         self._failures = 0
         self._connection, self._work, self._admin, self._tx = connection, work, admin, tx
+        self._writes = writes
         self.generation += 1
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         self._work = self._admin = self._tx = None
+        self._writes = None
         if connection is not None and connection.is_open:
             # Closing a broken connection may fail in any way; it is being dropped anyway.
             with contextlib.suppress(Exception):
@@ -369,10 +373,15 @@ class AmqpClient:
         """
         with self.lock:
             self._acks_deferred = True
+            writes = self._writes
+            if writes is not None:
+                writes.held = True
             try:
                 yield
             finally:
                 self._acks_deferred = False
+                if writes is not None:
+                    writes.held = False
                 self.pump()  # writes what is queued (and reads what came)
 
     # -- admin channel -------------------------------------------------------------
@@ -471,32 +480,6 @@ class AmqpClient:
 
 def _nothing() -> None:
     """What a wake runs: nothing; its arrival is what ends the wait."""
-
-
-def _write_queued_at_once(connection: pika.BlockingConnection) -> None:
-    """Make pika send what it has queued in one write, not one write per frame.
-
-    pika queues every frame as a buffer of its own and sends them one at a time: a
-    publish is three sends (method, header, body), a batch of acks one per ack. On
-    loopback a send runs the whole TCP path for both ends, 20-70 µs of CPU each on this
-    machine, so joining the queued buffers first takes a publish from three sends to one
-    (``bench/amqp_confirm.py`` and the RabbitMQ rows of ``python -m bench``). The
-    transport is pika's private part: if it has another shape, this leaves it alone.
-    """
-    transport = getattr(connection._impl, "_transport", None)
-    produce = getattr(transport, "_produce", None)
-    if transport is None or produce is None or not hasattr(transport, "_tx_buffers"):
-        return
-
-    def produce_joined() -> None:
-        buffers = transport._tx_buffers
-        if len(buffers) > 1:
-            joined = b"".join(buffers)
-            buffers.clear()
-            buffers.append(joined)
-        produce()
-
-    transport._produce = produce_joined
 
 
 def _frame(props: pika.BasicProperties, body: bytes) -> Frame:

@@ -1,9 +1,10 @@
 """What chard's AMQP client writes to its socket: a message, or a batch of acks, in one send.
 
 pika queues each frame as a buffer of its own and sends them one by one (a publish is
-three frames); on loopback every send runs the TCP path of both ends. The client joins
-what is queued before sending (``chard._amqp.client._write_queued_at_once``). These tests
-count the sends of a real connection to a real RabbitMQ.
+three frames), and only once its I/O loop finds the socket writable; on loopback every
+send runs the TCP path of both ends. The client writes each call's frames in one send,
+at once (``chard._amqp.writes``). These tests count the sends of a real connection to a
+real RabbitMQ.
 """
 
 from __future__ import annotations
@@ -91,3 +92,45 @@ def test_a_batch_of_acks_is_one_send(broker: AmqpBroker) -> None:
     assert acks[0].count(BASIC_ACK) == 5
     broker.client.close()
     assert broker.queue_size(queue) == 0
+
+
+def test_a_publish_is_sent_before_pikas_loop_turns(broker: AmqpBroker) -> None:
+    # Given a connected broker whose socket sends and I/O loop polls are recorded in order
+    queue = f"writes.{uuid.uuid4().hex[:8]}"
+    broker.publish([OutgoingMessage(queue, body("warm-up"))])
+    sent = count_sends(broker)
+    ioloop: Any = broker.client._connection._impl.ioloop  # type: ignore[union-attr]
+    steps: list[str] = []
+    poll = ioloop.poll
+
+    def recorded_poll() -> None:
+        steps.append(f"poll after {len(sent)} send(s)")
+        poll()
+
+    ioloop.poll = recorded_poll
+
+    # When a message is published and confirmed
+    broker.publish([OutgoingMessage(queue, body("now"))])
+
+    # Then it was sent by the publishing call itself: the loop only waited for the confirm
+    assert steps and steps[0] == "poll after 1 send(s)"
+    assert broker.queue_size(queue) == 2
+
+
+def test_a_message_larger_than_the_socket_takes_at_once_arrives_whole(
+    broker: AmqpBroker,
+) -> None:
+    # Given a message far larger than a loopback socket's send buffer
+    queue = f"writes.{uuid.uuid4().hex[:8]}"
+    payload = uuid.uuid4().hex * 500_000  # 16 MB
+    big = TaskMessage(task="proj.add", id="big", args=(payload,), kwargs={}).to_wire("q")
+
+    # When it is published (the rest of a partial send goes out through pika's loop)
+    broker.publish([OutgoingMessage(queue, big)])
+
+    # Then it comes back whole
+    deliveries: list[Any] = []
+    wait_for(lambda: bool(deliveries.extend(broker.fetch([queue], 1, 1)) or deliveries))
+    message = TaskMessage.from_wire(deliveries[0].body, frozenset({"application/json"}))
+    assert message.args == (payload,)
+    broker.ack_many(deliveries)
