@@ -297,14 +297,17 @@ class Celery(CeleryCompat):
             return None
         expires = self.conf.result_expires
         expires = expires.total_seconds() if isinstance(expires, timedelta) else expires
-        return self._connections.get(  # type: ignore[no-any-return]
-            "backend",
-            lambda: open_backend(
+
+        def open_it() -> ResultBackend:
+            opened = open_backend(
                 url,
                 expires=float(expires) if expires else None,
                 options=backend_options(self.conf, url, self.broker_url),
-            ),
-        )
+            )
+            opened.share_broker(lambda: self.broker)
+            return opened
+
+        return self._connections.get("backend", open_it)  # type: ignore[no-any-return]
 
     @property
     def accept_content(self) -> frozenset[str]:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -166,6 +166,12 @@ class ResultBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def share_broker(self, broker: Callable[[], object]) -> None:  # noqa: B027 - optional hook
+        """Offer the app's broker (``broker()`` opens it) to a backend that rides on it.
+
+        Only ``rpc://`` uses it: it reads replies on the connection that sends the tasks.
+        """
 
     def note_request(self, task_id: str, reply_to: str) -> None:  # noqa: B027 - optional hook
         """Hear, in the process about to run it, where task ``task_id``'s sender listens.

@@ -8,7 +8,12 @@ progress, the result) to the default exchange with that routing key and
 newest state of each task in memory: a result is read once, by the process that sent the
 task. Another process cannot read it, and nothing is stored anywhere else.
 
-It rides on the broker's RabbitMQ (``rpc://`` names no server). Chords and saved groups
+It rides on the broker's RabbitMQ (``rpc://`` names no server), and reads its replies on
+the app's broker connection: the one ``delay()`` publishes on. A reply that comes while
+``delay()`` waits for RabbitMQ's confirm (a persistent message waits for an fsync, often
+longer than a quick task takes) is then read in that same wait, and ``get()`` finds it
+without another read of the socket. A worker publishes its replies on a connection of
+its own: its broker connection is the one its idle dispatcher waits on. Chords and saved groups
 need a store that counts and that any process reads: they fail at send, naming the
 backends that have one.
 """
@@ -19,7 +24,7 @@ import contextlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from chard._amqp.client import AmqpClient, UnroutableMessage
@@ -60,7 +65,11 @@ class RPCResultBackend(ResultBackend):
                 f"result backend 'rpc://' needs a RabbitMQ broker (amqp://), not "
                 f"{redact_url(broker_url) or 'none'!r}; use result_backend='redis://...' there"
             )
-        self.client = AmqpClient(parse_amqp_url(broker_url, self.options))
+        self.target = parse_amqp_url(broker_url, self.options)
+        #: Publishes the replies (a worker's); reads them too without a broker to share.
+        self.publisher = AmqpClient(self.target)
+        self._broker: Callable[[], object] | None = None
+        self._reader: AmqpClient | None = None
         self._reply_queue: str | None = None
         #: The connection generation the reply consumer runs on (0: none yet).
         self._consuming = 0
@@ -72,6 +81,22 @@ class RPCResultBackend(ResultBackend):
         self._reply_to: OrderedDict[str, str] = OrderedDict()
 
     # -- the sending side ---------------------------------------------------------------
+    def share_broker(self, broker: Callable[[], object]) -> None:
+        self._broker = broker
+
+    @property
+    def client(self) -> AmqpClient:
+        """The connection the reply queue is read on: the app's broker's, if it is ours."""
+        reader = self._reader
+        if reader is None:
+            shared = getattr(self._broker(), "client", None) if self._broker else None
+            if isinstance(shared, AmqpClient) and shared.target == self.target:
+                reader = shared
+            else:
+                reader = self.publisher
+            self._reader = reader
+        return reader
+
     @property
     def reply_queue(self) -> str:  # the base's "" is a plain attribute-like property
         """This process's reply queue, declared on first use (before a task is sent)."""
@@ -145,7 +170,7 @@ class RPCResultBackend(ResultBackend):
             )
             # UnroutableMessage: the client and its queue are gone; nobody is left to read it.
             with contextlib.suppress(UnroutableMessage):
-                self.client.publish("", reply_to, frame, persistent=False)
+                self.publisher.publish("", reply_to, frame, persistent=False)
         return [meta for meta, _ in metas]
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
@@ -158,4 +183,4 @@ class RPCResultBackend(ResultBackend):
         raise NotImplementedError(NO_CHORDS)
 
     def close(self) -> None:
-        self.client.close()
+        self.publisher.close()  # (a shared reader is the broker's to close)

@@ -63,6 +63,22 @@ def test_a_sender_whose_connection_dropped_still_hears_its_results(
     assert add.delay(2, 2).get(timeout=20) == 4
 
 
+def test_a_sender_reads_its_replies_on_the_connection_it_sends_on(
+    itproj: Any, workers: WorkerFactory, transport: dict[str, str]
+) -> None:
+    workers.start("-c", "1")
+    from itproj.tasks import add
+
+    # When a task is sent and its result read
+    assert add.delay(3, 3).get(timeout=20) == 6
+
+    # Then one connection carried the task, its confirm and its reply (so a reply that comes
+    # while delay() waits for the confirm is read in that same wait)
+    mine = close_amqp_connections(transport["CHARD_BROKER_URL"], lambda pid: pid == os.getpid())
+    assert len(mine) == 1
+    assert add.delay(4, 4).get(timeout=20) == 8  # and it is opened again after
+
+
 def test_chains_and_groups_report_to_the_sender(itproj: Any, workers: WorkerFactory) -> None:
     workers.start("-c", "2")
     from itproj.tasks import add
