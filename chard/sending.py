@@ -279,9 +279,11 @@ def send_plain(
     The caller checked there are no options and no current request. Returns once the
     broker stored the message (retried as :func:`store` does), or None without sending
     when the full path (:func:`build_message` then :func:`publish`) must take the send:
-    a signal or ``task_send_sent_event`` wants the message, ``rpc://`` picks its reply
-    queue, a router sends these arguments elsewhere, or an argument does not encode as
-    JSON (the full path's error names it). The bytes are the full path's.
+    a signal or ``task_send_sent_event`` wants the message, a router sends these
+    arguments elsewhere, or an argument does not encode as JSON (the full path's error
+    names it). The bytes are the full path's (with ``rpc://``, the process's reply queue
+    is in the plan's envelope: it is declared once per backend, and the plan is made
+    again after a fork or ``app.close()``, as the backend is).
 
     Raises:
         BrokerConnectionError: the broker stayed unreachable (``task_publish_retry_policy``).
@@ -334,11 +336,7 @@ def _make_plan(app: Celery, name: str, task: Task[Any, Any] | None, key: tuple[A
     routes = conf["task_routes"]
     routed = routing.route(routes, name, (), {}, {}, task)
     template = None
-    if (
-        EnvelopeTemplate.fits(message)
-        and not conf["task_send_sent_event"]
-        and not str(conf["result_backend"] or "").startswith("rpc")
-    ):
+    if EnvelopeTemplate.fits(message) and not conf["task_send_sent_event"]:
         template = EnvelopeTemplate(message, queue)
     return _Plan(
         key,

@@ -3,6 +3,7 @@ the sending process's own reply queue."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from chard import chain, chord, group, states
 from tests.helpers import close_amqp_connections, private_vhost, wait_for
 from tests.integration.workers import WorkerFactory
+from tests.unit.test_plain_send import without_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
 
@@ -94,3 +96,26 @@ def test_a_chord_fails_at_send_naming_the_backends_that_can(itproj: Any) -> None
     with pytest.raises(NotImplementedError, match=r"rpc://.*chords.*redis://"):
         chord(add.s(i, i) for i in range(3))(add.s(1))
     assert itproj.broker.queue_size("celery") == 0  # refused before anything was sent
+
+
+def test_a_plain_delay_names_the_reply_queue_as_the_full_path_does(
+    itproj: Any, transport: dict[str, str]
+) -> None:
+    from itproj.tasks import add
+
+    # When a plain delay() (from its task's cached envelope) and a send with an option
+    # (the full path) go out
+    plain = add.delay(1, 2)
+    full = add.apply_async((1, 2), link_error=None)
+
+    # Then the plain one was written from the cached envelope, both carry this process's
+    # reply queue, and they are otherwise the same message
+    assert itproj._send_plans[add.name].template is not None
+    deliveries: list[Any] = []
+    wait_for(lambda: not deliveries.extend(itproj.broker.fetch(["celery"], 2, 1))
+             and len(deliveries) == 2)  # fmt: skip
+    bodies = {json.loads(d.body)["headers"]["id"]: d.body for d in deliveries}
+    for body in bodies.values():
+        assert json.loads(body)["properties"]["reply_to"] == itproj.backend.reply_queue
+    assert without_ids(bodies[plain.id]) == without_ids(bodies[full.id])
+    itproj.broker.ack_many(deliveries)
