@@ -353,10 +353,15 @@ class AmqpClient:
                 if requeue is None and self._acks_deferred:
                     # pika's channel under the blocking one: queued, written by the flush
                     self._work._impl.basic_ack(got.tag)
-                elif requeue is None:
-                    self._work.basic_ack(got.tag)
                 else:
-                    self._work.basic_nack(got.tag, requeue=requeue)
+                    if requeue is None:
+                        self._work.basic_ack(got.tag)
+                    else:
+                        self._work.basic_nack(got.tag, requeue=requeue)
+                    # The write went out at once (chard._amqp.writes); read what came, so
+                    # a connection the server closed is noticed here, as a failed settle.
+                    assert self._connection is not None
+                    self._connection.process_data_events(0)
             except _CONNECTION_ERRORS:
                 self._drop()
                 return False
