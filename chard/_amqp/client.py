@@ -34,6 +34,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from chard._amqp.confirms import Confirms, Refused, Unroutable
 from chard._amqp.frames import Frame
 from chard._amqp.url import AmqpTarget
 from chard._amqp.waking import WakingLock
@@ -98,6 +99,7 @@ class AmqpClient:
         #: Acks are written out together at the end of :meth:`acks_together` (lock held).
         self._acks_deferred = False
         self._writes: Writes | None = None
+        self._confirms: Confirms | None = None
         self._failures = 0
 
     # -- connection ------------------------------------------------------------
@@ -132,7 +134,7 @@ class AmqpClient:
             connection = pika.BlockingConnection(self._parameters())
             writes = Writes(connection)
             work = connection.channel()
-            work.confirm_delivery()
+            confirms = Confirms(work)
             admin = connection.channel()
             tx = connection.channel()
             tx.tx_select()
@@ -149,13 +151,13 @@ class AmqpClient:
             ) from exc
         self._failures = 0
         self._connection, self._work, self._admin, self._tx = connection, work, admin, tx
-        self._writes = writes
+        self._writes, self._confirms = writes, confirms
         self.generation += 1
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         self._work = self._admin = self._tx = None
-        self._writes = None
+        self._writes = self._confirms = None
         if connection is not None and connection.is_open:
             # Closing a broken connection may fail in any way; it is being dropped anyway.
             with contextlib.suppress(Exception):
@@ -257,13 +259,22 @@ class AmqpClient:
 
     # -- work channel ------------------------------------------------------------
     def publish(
-        self, exchange: str, routing_key: str, frame: Frame, *, persistent: bool = True
+        self,
+        exchange: str,
+        routing_key: str,
+        frame: Frame,
+        *,
+        persistent: bool = True,
+        confirmed: bool = True,
     ) -> None:
         """Publish ``frame`` and return once RabbitMQ confirmed it.
 
         A persistent message is confirmed once it is on disk (an fsync away); a transient
         one (``persistent=False``: rpc:// replies, which die with their client anyway) as
-        soon as its queue has it.
+        soon as its queue has it. With ``confirmed=False`` it returns once the message is
+        written: for a message that only has to reach RabbitMQ before what this client
+        writes next on the work channel (see :mod:`chard._amqp.confirms`); an unroutable
+        one is dropped.
 
         Raises:
             UnroutableMessage: no queue is bound for it (declare it, then retry).
@@ -271,18 +282,19 @@ class AmqpClient:
         """
         props = _properties(frame, persistent)
 
-        def send(channel: BlockingChannel) -> None:
-            channel.basic_publish(exchange, routing_key, frame.body, props, mandatory=True)
+        def send(_channel: BlockingChannel) -> None:
+            assert self._confirms is not None  # set with the work channel
+            self._confirms.publish(exchange, routing_key, frame.body, props, wait=confirmed)
 
         try:
             self.call(send)
-        except pika.exceptions.UnroutableError as exc:
+        except Unroutable as exc:
             raise UnroutableMessage(
                 f"RabbitMQ could not route a message to exchange {exchange!r} with routing key "
                 f"{routing_key!r}: no queue is bound for it; check the bindings in task_queues "
                 "and the routing_key of the route or call"
             ) from exc
-        except pika.exceptions.NackError as exc:
+        except Refused as exc:
             raise BrokerError(
                 f"RabbitMQ refused a message for {exchange!r} / {routing_key!r}: {exc}"
             ) from exc

@@ -12,8 +12,11 @@ It rides on the broker's RabbitMQ (``rpc://`` names no server), and reads its re
 the app's broker connection: the one ``delay()`` publishes on. A reply that comes while
 ``delay()`` waits for RabbitMQ's confirm (a persistent message waits for an fsync, often
 longer than a quick task takes) is then read in that same wait, and ``get()`` finds it
-without another read of the socket. A worker publishes its replies on a connection of
-its own: its broker connection is the one its idle dispatcher waits on. Chords and saved groups
+without another read of the socket. A worker publishes its replies on its broker
+connection too, without waiting for a confirm: the task's ack follows on the same
+channel, and RabbitMQ handles a channel's methods in order, so the reply is in its queue
+before the ack counts (:mod:`chard._amqp.confirms`). Without the broker's connection to
+share, replies go out confirmed on a connection of their own. Chords and saved groups
 need a store that counts and that any process reads: they fail at send, naming the
 backends that have one.
 """
@@ -66,7 +69,7 @@ class RPCResultBackend(ResultBackend):
                 f"{redact_url(broker_url) or 'none'!r}; use result_backend='redis://...' there"
             )
         self.target = parse_amqp_url(broker_url, self.options)
-        #: Publishes the replies (a worker's); reads them too without a broker to share.
+        #: Publishes and reads the replies when there is no broker connection to share.
         self.publisher = AmqpClient(self.target)
         self._broker: Callable[[], object] | None = None
         self._reader: AmqpClient | None = None
@@ -154,7 +157,13 @@ class RPCResultBackend(ResultBackend):
                 self._reply_to.popitem(last=False)
 
     def _store_metas(self, metas: Sequence[tuple[Meta, bytes]]) -> list[Meta]:
-        """Publish each meta to its task's reply queue; a task without one has no reader."""
+        """Publish each meta to its task's reply queue; a task without one has no reader.
+
+        On the broker's connection a reply is not waited for: the task's ack follows it on
+        the same channel (see the module docstring). On a connection of its own it is.
+        """
+        client = self.client
+        confirmed = client is self.publisher
         for meta, _ in metas:
             task_id = str(meta["task_id"])
             reply_to = self._reply_to.get(task_id)
@@ -170,7 +179,7 @@ class RPCResultBackend(ResultBackend):
             )
             # UnroutableMessage: the client and its queue are gone; nobody is left to read it.
             with contextlib.suppress(UnroutableMessage):
-                self.publisher.publish("", reply_to, frame, persistent=False)
+                client.publish("", reply_to, frame, persistent=False, confirmed=confirmed)
         return [meta for meta, _ in metas]
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
