@@ -27,7 +27,7 @@ import contextlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from chard._amqp.client import AmqpClient, UnroutableMessage
@@ -137,6 +137,16 @@ class RPCResultBackend(ResultBackend):
 
     def _wait_for_change(self, keys: Sequence[str], timeout: float) -> None:
         self._drain(timeout)
+
+    def _wait_for_values(self, keys: Collection[str], timeout: float) -> Mapping[str, bytes]:
+        """Wait up to ``timeout`` for replies; return the states kept for ``keys``.
+
+        The wait itself took in what arrived: no second read of the socket (the base
+        class would read every key again).
+        """
+        self._drain(timeout)
+        seen = self._seen
+        return {key: seen[key] for key in keys if key in seen}
 
     def _get(self, key: str) -> bytes | None:
         self._drain()
