@@ -398,8 +398,8 @@ class AmqpClient:
             finally:
                 self._acks_deferred = False
                 if writes is not None:
-                    writes.held = False
-                self.pump()  # writes what is queued (and reads what came)
+                    writes.release()  # sends them now
+                self.pump()  # reads what came (a connection closed meanwhile is noticed)
 
     # -- admin channel -------------------------------------------------------------
     def declare_queue(

@@ -12,8 +12,13 @@ every task: the worker's reply and ack, the client's ``delay()``.
 (the client's lock is held, as for every use of the connection) when nothing is queued
 before it. What the socket does not take at once (a full send buffer, an error) goes
 into pika's queue, and pika's own path sends it or meets the error and closes the
-connection as it always did. While :attr:`Writes.held` is set, writes queue instead, to
-go out together in one send (a batch of acks: :meth:`AmqpClient.acks_together`).
+connection as it always did. While :attr:`Writes.held` is set, writes queue in pika's
+buffer instead, to go out together (a batch of acks: :meth:`AmqpClient.acks_together`);
+anything that waits on the way (a confirmed publish) sends them with its own, through
+pika's loop. :meth:`Writes.release` then sends what is queued itself, again without a
+turn of the loop first: a worker's ack is what lets RabbitMQ confirm a persistent
+message that its consumer took before the fsync, so a client's ``delay()`` of a quick
+task returns when that ack lands.
 
 The transport is pika's private part: a connection of another shape (TLS) keeps only
 the joining of queued buffers, or nothing if that too has another shape.
@@ -31,8 +36,9 @@ class Writes:
     """The write path of one connection (see the module docstring)."""
 
     def __init__(self, connection: pika.BlockingConnection) -> None:
-        #: Queue writes (pika's path), to be sent together by the next turn of its loop.
+        #: Queue writes in pika's buffer, for :meth:`release` (or pika's loop) to send.
         self.held = False
+        self._transport: Any = None
         impl = connection._impl
         transport = getattr(impl, "_transport", None)
         produce = getattr(transport, "_produce", None)
@@ -49,7 +55,15 @@ class Writes:
 
         transport._produce = produce_joined
         if type(transport).__name__ != "_AsyncPlaintextTransport" or not all(
-            hasattr(transport, a) for a in ("write", "_sock", "_state", "_STATE_ACTIVE")
+            hasattr(transport, a)
+            for a in (
+                "write",
+                "_sock",
+                "_state",
+                "_STATE_ACTIVE",
+                "_nbio",
+                "_tx_buffered_byte_count",
+            )
         ):
             return
         self._transport = transport
@@ -66,8 +80,29 @@ class Writes:
         self._impl.frames_sent += len(frames)
         self._impl._adapter_emit_data(data)
 
+    def release(self) -> None:
+        """End :attr:`held`: send what pika has queued, in one send, now."""
+        self.held = False
+        transport = self._transport
+        if transport is None or not transport._tx_buffers:
+            return
+        if transport._state != transport._STATE_ACTIVE:
+            return
+        buffers = transport._tx_buffers
+        data = b"".join(buffers)
+        try:
+            sent = transport._sigint_safe_send(transport._sock, data)
+        except OSError:  # pika's loop meets the error again and handles it
+            return
+        buffers.clear()
+        transport._tx_buffered_byte_count = len(data) - sent
+        if sent < len(data):
+            buffers.append(data[sent:])  # its writer is still watched: pika's loop sends it
+        else:
+            transport._nbio.remove_writer(transport._sock.fileno())
+
     def _write(self, data: bytes) -> None:
-        transport: Any = self._transport
+        transport = self._transport
         if self.held or transport._tx_buffers or transport._state != transport._STATE_ACTIVE:
             self._queue(data)  # behind what is queued (or pika ignores it when inactive)
             return

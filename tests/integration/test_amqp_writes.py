@@ -52,6 +52,20 @@ def count_sends(broker: AmqpBroker) -> list[bytes]:
     return sent
 
 
+def record_polls(broker: AmqpBroker, sent: list[bytes]) -> list[str]:
+    """Record each turn of pika's I/O loop, with how many sends came before it."""
+    ioloop: Any = broker.client._connection._impl.ioloop  # type: ignore[union-attr]
+    steps: list[str] = []
+    poll = ioloop.poll
+
+    def recorded_poll() -> None:
+        steps.append(f"poll after {len(sent)} send(s)")
+        poll()
+
+    ioloop.poll = recorded_poll
+    return steps
+
+
 def body(task_id: str) -> bytes:
     return TaskMessage(task="proj.add", id=task_id, args=(1, 1), kwargs={}).to_wire("q")
 
@@ -83,13 +97,17 @@ def test_a_batch_of_acks_is_one_send(broker: AmqpBroker) -> None:
              and len(deliveries) == 5)  # fmt: skip
     sent = count_sends(broker)
 
+    steps = record_polls(broker, sent)
+
     # When they are acked together
     broker.ack_many(deliveries)
 
-    # Then the five basic.ack frames went out in one send, and the queue is empty for good
+    # Then the five basic.ack frames went out in one send, made before pika's loop turned
+    # (which then only reads), and the queue is empty for good
     acks = [data for data in sent if BASIC_ACK in data]
     assert len(acks) == 1
     assert acks[0].count(BASIC_ACK) == 5
+    assert steps[:1] == ["poll after 1 send(s)"]
     broker.client.close()
     assert broker.queue_size(queue) == 0
 
@@ -99,15 +117,7 @@ def test_a_publish_is_sent_before_pikas_loop_turns(broker: AmqpBroker) -> None:
     queue = f"writes.{uuid.uuid4().hex[:8]}"
     broker.publish([OutgoingMessage(queue, body("warm-up"))])
     sent = count_sends(broker)
-    ioloop: Any = broker.client._connection._impl.ioloop  # type: ignore[union-attr]
-    steps: list[str] = []
-    poll = ioloop.poll
-
-    def recorded_poll() -> None:
-        steps.append(f"poll after {len(sent)} send(s)")
-        poll()
-
-    ioloop.poll = recorded_poll
+    steps = record_polls(broker, sent)
 
     # When a message is published and confirmed
     broker.publish([OutgoingMessage(queue, body("now"))])
