@@ -16,9 +16,8 @@ connection as it always did. While :attr:`Writes.held` is set, writes queue in p
 buffer instead, to go out together (a batch of acks: :meth:`AmqpClient.acks_together`);
 anything that waits on the way (a confirmed publish) sends them with its own, through
 pika's loop. :meth:`Writes.release` then sends what is queued itself, again without a
-turn of the loop first: a worker's ack is what lets RabbitMQ confirm a persistent
-message that its consumer took before the fsync, so a client's ``delay()`` of a quick
-task returns when that ack lands.
+turn of the loop first (in traced round trips the sender's confirm and its reply often
+reached it right after the worker's ack: the ack may be on the round trip's path).
 
 The transport is pika's private part: a connection of another shape (TLS) keeps only
 the joining of queued buffers, or nothing if that too has another shape.
