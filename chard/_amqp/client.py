@@ -19,7 +19,6 @@ settling them is a no-op.
 from __future__ import annotations
 
 import contextlib
-import decimal
 import logging
 import os
 import socket
@@ -36,6 +35,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from chard._amqp.confirms import Confirms, Refused, Unroutable
 from chard._amqp.frames import Frame
+from chard._amqp.properties import decode_value, from_properties, to_properties
 from chard._amqp.url import AmqpTarget
 from chard._amqp.waking import WakingLock
 from chard._amqp.writes import Writes
@@ -280,7 +280,7 @@ class AmqpClient:
             UnroutableMessage: no queue is bound for it (declare it, then retry).
             BrokerError: RabbitMQ refused it.
         """
-        props = _properties(frame, persistent)
+        props = to_properties(frame, persistent)
 
         def send(_channel: BlockingChannel) -> None:
             assert self._confirms is not None  # set with the work channel
@@ -307,7 +307,7 @@ class AmqpClient:
 
         def send(channel: BlockingChannel) -> None:
             for exchange, key, frame in items:
-                channel.basic_publish(exchange, key, frame.body, _properties(frame))
+                channel.basic_publish(exchange, key, frame.body, to_properties(frame))
             channel.tx_commit()
 
         self.call(send, tx=True)
@@ -353,7 +353,8 @@ class AmqpClient:
             return self._work is not None and tag in self._work.consumer_tags
 
     def _got(self, method: Any, props: Any, body: bytes) -> Got:
-        return Got(_frame(props, body), method.delivery_tag, self.generation, method.redelivered,
+        frame = from_properties(props, body)
+        return Got(frame, method.delivery_tag, self.generation, method.redelivered,
                    method.exchange)  # fmt: skip
 
     def settle(self, got: Got, *, requeue: bool | None = None) -> bool:
@@ -499,56 +500,6 @@ def _nothing() -> None:
     """What a wake runs: nothing; its arrival is what ends the wait."""
 
 
-def _frame(props: pika.BasicProperties, body: bytes) -> Frame:
-    return Frame(
-        body=body,
-        headers=_decode_value(dict(props.headers or {})),
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        priority=props.priority or 0,
-    )
-
-
-def _properties(frame: Frame, persistent: bool = True) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=frame.content_type,
-        content_encoding=frame.content_encoding,
-        headers=_encode_table(frame.headers) or None,
-        delivery_mode=2 if persistent else 1,
-        priority=frame.priority or None,
-        correlation_id=frame.correlation_id,
-        reply_to=frame.reply_to,
-    )
-
-
-def _encode_table(value: Any) -> Any:
-    """Return ``value`` with floats as Decimals: pika encodes no AMQP float/double field."""
-    if isinstance(value, float):
-        # AMQP decimals hold a 32-bit unscaled value: nine significant digits.
-        exact = decimal.Decimal(repr(value))
-        digits = exact.as_tuple().digits
-        return exact if len(digits) <= 9 else decimal.Decimal(format(value, ".9g"))
-    if isinstance(value, dict):
-        return {k: _encode_table(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode_table(v) for v in value]
-    return value
-
-
-def _decode_value(value: Any) -> Any:
-    """Undo :func:`_encode_table`, and make AMQP byte strings text where they are."""
-    if isinstance(value, decimal.Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if exponent == 0 else float(value)
-    if isinstance(value, dict):
-        return {k: _decode_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_value(v) for v in value]
-    return value
-
-
 def browse(client: AmqpClient, queue: str, limit: int) -> list[Frame]:
     """Return up to ``limit`` messages of ``queue`` without taking them.
 
@@ -564,7 +515,7 @@ def browse(client: AmqpClient, queue: str, limit: int) -> list[Frame]:
                 method, props, body = channel.basic_get(queue, auto_ack=False)
                 if method is None:
                     break
-                frames.append(_frame(props, body))
+                frames.append(from_properties(props, body))
         finally:
             if channel.is_open:
                 channel.close()
@@ -597,7 +548,7 @@ def consume_stream(
 
         def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
             nonlocal done
-            headers = _decode_value(dict(props.headers or {}))
+            headers = decode_value(dict(props.headers or {}))
             if not done:
                 done = visit(int(headers.get("x-stream-offset", -1)), headers, body)
             ch.basic_ack(method.delivery_tag)  # streams need acks only to keep credit
