@@ -28,6 +28,9 @@ local function ready_key(queue, step)
 end
 -- A lease's tag: '<consumer>.<unique>|<step><count>|<queue>' (the queue last: any
 -- character may be in it); its queue, priority step and delivery count read back.
+-- The unique part ends in the lease's index in its batch: '1'..'9', 'a'..'z', 'A'..'Z',
+-- then the number itself (two digits or more, so never one of those).
+local LEASE_IDS = '123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
 local function tag_for(base, queue, step, count)
   return base .. '|' .. step .. count .. '|' .. queue
 end
@@ -137,25 +140,29 @@ if sweep then
   recover(t)
   out[2] = move_due(t)
 end
+-- Lease strings built once per call, not per lease: Lua formats a number with sprintf
+-- (and redis.call formats a number argument with '%.17g'), which costs more than the
+-- rest of a lease. The index in the batch is one character up to LEASE_IDS' length.
 local expiry = t + tonumber(ARGV[3])
+local expiry_arg = string.format('%.6f', expiry)
 local has_redeliveries = redis.call('EXISTS', redeliveries) == 1
-local taken, zargs, bodies = 0, {}, {}
+local taken, nz, nout, zargs = 0, 0, 2, {}
 local function lease(queue, step, body)
   taken = taken + 1
-  local count = 1
+  local count = '1'
   if has_redeliveries then
     local digest = redis.sha1hex(body)
     local before = redis.call('HGET', redeliveries, digest)
     if before then
-      count = tonumber(before) + 1
+      count = tostring(tonumber(before) + 1)
       redis.call('HDEL', redeliveries, digest)
     end
   end
-  local tag, n = tag_for(tag_base .. taken, queue, step, count), #zargs
-  zargs[n + 1], zargs[n + 2] = expiry, tag
-  bodies[n + 1], bodies[n + 2] = tag, body
-  n = #out
-  out[n + 1], out[n + 2] = tag, body
+  local id = taken <= #LEASE_IDS and string.sub(LEASE_IDS, taken, taken) or taken
+  local tag = tag_base .. id .. '|' .. step .. count .. '|' .. queue
+  zargs[nz + 1], zargs[nz + 2] = expiry_arg, tag
+  out[nout + 1], out[nout + 2] = tag, body
+  nz, nout = nz + 2, nout + 2
 end
 if ARGV[6] ~= '' then  -- what the last blocking wait moved into our landing list
   local landing = prefix .. 'chard.landing.' .. consumer
@@ -197,15 +204,15 @@ if taken < limit then  -- lower priorities: one EXISTS says whether any list has
     for _, step in ipairs({'3', '6', '9'}) do take(step) end
   end
 end
--- One command per key for the whole batch (in chunks: Lua's unpack has a limit).
-local function variadic(command, key, args)
-  for i = 1, #args, 2000 do
-    redis.call(command, key, unpack(args, i, math.min(i + 1999, #args)))
-  end
+-- One command per key for the whole batch (in chunks: Lua's unpack has a limit); the
+-- hash's field/value pairs are the reply's tag/body pairs after its first two items.
+for i = 1, nz, 2000 do
+  redis.call('ZADD', leases, unpack(zargs, i, math.min(i + 1999, nz)))
 end
-variadic('ZADD', leases, zargs)
-variadic('HSET', inflight, bodies)
-if sweep then redis.call('ZADD', consumers, expiry, consumer) end
+for i = 3, nout, 2000 do
+  redis.call('HSET', inflight, unpack(out, i, math.min(i + 1999, nout)))
+end
+if sweep then redis.call('ZADD', consumers, expiry_arg, consumer) end
 if ARGV[7] ~= '' then redis.call('HSET', landing_src, consumer, ARGV[7]) end
 return out
 """
