@@ -17,10 +17,12 @@ local redeliveries, delayed = prefix .. 'chard.redeliveries', prefix .. 'chard.d
 local delayed_counts = prefix .. 'chard.delayed.counts'
 local consumers, landing_src = prefix .. 'chard.consumers', prefix .. 'chard.landing.src'
 
--- Server time as seconds, and as a string unique to the microsecond (for tags).
+-- Server time as seconds, and as the same decimal in a string ('<s>.<6 digits>'): for
+-- tags (unique to the microsecond), replies and scores, without formatting a number.
 local function now()
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000, t[1] .. '.' .. t[2]
+  local stamp = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000, stamp
 end
 local function ready_key(queue, step)
   if step == '0' then return prefix .. queue end
@@ -135,10 +137,10 @@ local t, stamp = now()
 -- Server time in the tag: a call redis-py repeats after a lost reply gets new tags
 -- instead of overwriting the leases the first run took.
 local tag_base = ARGV[5] .. '.' .. stamp .. '.'
-local out = {tostring(t), '-'}
+local out = {stamp, '-'}
 if sweep then
-  recover(t)
-  out[2] = move_due(t)
+  recover(stamp)
+  out[2] = move_due(stamp)
 end
 -- Lease strings built once per call, not per lease: Lua formats a number with sprintf
 -- (and redis.call formats a number argument with '%.17g'), which costs more than the
