@@ -22,7 +22,7 @@ local consumers, landing_src = prefix .. 'chard.consumers', prefix .. 'chard.lan
 local function now()
   local t = redis.call('TIME')
   local stamp = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000, stamp
+  return tonumber(stamp), stamp
 end
 local function ready_key(queue, step)
   if step == '0' then return prefix .. queue end
@@ -66,26 +66,6 @@ local function release_landing(cid)
   redis.call('DEL', prefix .. 'chard.landing.' .. cid)
   redis.call('HDEL', landing_src, cid)
   redis.call('ZREM', consumers, cid)
-end
--- Leases taken before chard kept a lease's queue, priority and count in its tag lived
--- in 'chard.leases', 'chard.inflight' and 'chard.inflight.meta' (JSON {q, p, n, c}):
--- lapsed ones there are still returned to their queues, by heartbeats only (they are
--- rare, and fetches need not pay the look).
-local function recover_legacy(t)
-  local old_leases = prefix .. 'chard.leases'
-  local tags = redis.call('ZRANGE', old_leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)
-  if #tags == 0 then return end
-  local old_inflight, old_meta = prefix .. 'chard.inflight', prefix .. 'chard.inflight.meta'
-  for _, tag in ipairs(tags) do
-    local body, info = redis.call('HGET', old_inflight, tag), redis.call('HGET', old_meta, tag)
-    if body and info then
-      info = cjson.decode(info)
-      restore(info.q, info.p, body, info.n)
-    end
-    redis.call('ZREM', old_leases, tag)
-    redis.call('HDEL', old_inflight, tag)
-    redis.call('HDEL', old_meta, tag)
-  end
 end
 local function recover(t)
   for _, tag in ipairs(redis.call('ZRANGE', leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)) do
@@ -221,19 +201,47 @@ return out
 
 # ARGV: prefix, consumer ('' if it never fetched), lease_timeout, tags... Returns lost tags.
 _HEARTBEAT = r"""
-local t = now()
-local expiry, lost = t + tonumber(ARGV[3]), {}
-if ARGV[2] ~= '' then redis.call('ZADD', consumers, expiry, ARGV[2]) end
-for i = 4, #ARGV do
-  if redis.call('ZSCORE', leases, ARGV[i]) then
-    redis.call('ZADD', leases, expiry, ARGV[i])
-  else
-    lost[#lost + 1] = ARGV[i]
+-- Leases taken before chard kept a lease's queue, priority and count in its tag lived
+-- in 'chard.leases', 'chard.inflight' and 'chard.inflight.meta' (JSON {q, p, n, c}):
+-- lapsed ones there are still returned to their queues, by heartbeats only (they are
+-- rare, and fetches need not pay the look).
+local function recover_legacy(t)
+  local old_leases = prefix .. 'chard.leases'
+  local tags = redis.call('ZRANGE', old_leases, '-inf', t, 'BYSCORE', 'LIMIT', 0, 100)
+  if #tags == 0 then return end
+  local old_inflight, old_meta = prefix .. 'chard.inflight', prefix .. 'chard.inflight.meta'
+  for _, tag in ipairs(tags) do
+    local body, info = redis.call('HGET', old_inflight, tag), redis.call('HGET', old_meta, tag)
+    if body and info then
+      info = cjson.decode(info)
+      restore(info.q, info.p, body, info.n)
+    end
+    redis.call('ZREM', old_leases, tag)
+    redis.call('HDEL', old_inflight, tag)
+    redis.call('HDEL', old_meta, tag)
   end
 end
-recover(t)
-recover_legacy(t)
-move_due(t)
+local t, stamp = now()
+local expiry, lost = string.format('%.6f', t + tonumber(ARGV[3])), {}
+if ARGV[2] ~= '' then redis.call('ZADD', consumers, expiry, ARGV[2]) end
+-- Two commands per chunk of tags, not two per tag: which still have a lease, then one
+-- ZADD that extends those.
+for i = 4, #ARGV, 2000 do
+  local last = math.min(i + 1999, #ARGV)
+  local scores, extend, n = redis.call('ZMSCORE', leases, unpack(ARGV, i, last)), {}, 0
+  for j = i, last do
+    if scores[j - i + 1] then
+      extend[n + 1], extend[n + 2] = expiry, ARGV[j]
+      n = n + 2
+    else
+      lost[#lost + 1] = ARGV[j]
+    end
+  end
+  if n > 0 then redis.call('ZADD', leases, unpack(extend, 1, n)) end
+end
+recover(stamp)
+recover_legacy(stamp)
+move_due(stamp)
 return lost
 """
 
