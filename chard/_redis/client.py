@@ -34,6 +34,10 @@ def open_client(target: RedisTarget) -> redis.Redis:
     return redis.Redis.from_url(target.client_url, retry=retry, **target.socket_options)
 
 
+#: The oldest Redis server chard runs on (``BLMOVE`` and ``ZMSCORE`` came in 6.2).
+MIN_REDIS = "6.2"
+
+
 class RedisErrors:
     """Turn redis-py errors into chard's, naming the (redacted) URL and the fix.
 
@@ -87,5 +91,13 @@ class RedisErrors:
             return self.unreachable(
                 f"cannot reach the {self.what} at {self.redacted!r}: {exc}; is redis-server "
                 f"running, and are host, port, password and db in the {self.url_name} right?"
+            )
+        said = str(
+            exc
+        ).lower()  # (Redis: "unknown command"; from a script: "unknown redis command")
+        if "unknown command" in said or "unknown redis command" in said:
+            return self.failed(
+                f"{self.what} at {self.redacted!r} failed: {exc}; chard needs Redis "
+                f"{MIN_REDIS} or newer (it uses BLMOVE and ZMSCORE): upgrade redis-server"
             )
         return self.failed(f"{self.what} at {self.redacted!r} failed: {exc}")

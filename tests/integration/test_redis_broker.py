@@ -22,7 +22,7 @@ from chard import Celery
 from chard._redis.url import parse_redis_url
 from chard.brokers.base import OutgoingMessage
 from chard.brokers.redis import RedisBroker
-from chard.exceptions import BrokerConnectionError
+from chard.exceptions import BrokerConnectionError, BrokerError
 from chard.protocol.message import TaskMessage
 from tests.helpers import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_url, wait_for
 
@@ -413,6 +413,29 @@ def test_an_unreachable_server_names_the_url_and_the_fix() -> None:
     with pytest.raises(BrokerConnectionError):
         broker.fetch(["q"], 1, timeout=0)
     broker.close()
+
+
+@pytest.mark.parametrize("where", ["a command", "a script"])
+def test_a_command_the_server_lacks_names_the_redis_version_chard_needs(
+    make_broker: Callable[..., RedisBroker], where: str
+) -> None:
+    # Given a server without a command chard sends (as Redis < 6.2 lacks BLMOVE, ZMSCORE),
+    # called straight or from a script: this server's own error text
+    broker = make_broker()
+
+    def call() -> None:
+        with broker._errors():
+            if where == "a command":
+                broker._client.execute_command("BLMOVEX", "a", "b")
+            else:
+                broker._client.eval("return redis.call('BLMOVEX', 'a', 'b')", 0)
+
+    with pytest.raises(BrokerError) as caught:
+        call()
+
+    # Then the error says which Redis chard needs, beside what the server said
+    assert "chard needs Redis 6.2 or newer" in str(caught.value)
+    assert "failed: unknown" in str(caught.value).lower()  # the server's words, kept
 
 
 def test_dead_letters_keep_reason_count_and_time(
