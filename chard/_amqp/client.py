@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 logging.getLogger("pika").setLevel(logging.WARNING)
 
 #: Errors after which the connection is rebuilt.
+#: What pika raises for a header value no AMQP field table holds (before writing).
+_UNENCODABLE = (struct.error, pika.exceptions.UnsupportedAMQPFieldException)
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.ChannelWrongStateError,
@@ -297,6 +300,11 @@ class AmqpClient:
         except Refused as exc:
             raise BrokerError(
                 f"RabbitMQ refused a message for {exchange!r} / {routing_key!r}: {exc}"
+            ) from exc
+        except _UNENCODABLE as exc:
+            raise BrokerError(
+                f"a message for {exchange!r} / {routing_key!r} has a header value AMQP "
+                f"cannot carry ({exc}): pass it as a string, or in the task's arguments"
             ) from exc
 
     def publish_batch(self, items: Sequence[tuple[str, str, Frame]]) -> None:

@@ -66,14 +66,18 @@ class Confirms:
             Refused: (waited) RabbitMQ refused it (a ``basic.nack``).
         """
         impl = self._channel._impl
-        self.published += 1
+        # Counted once pika took it: a publish it refuses (a header no AMQP field table
+        # holds: struct.error before anything is written) gets no tag from RabbitMQ, and
+        # counting it would have the next waited publish wait for a confirm never sent.
         if not wait:
             impl.basic_publish(exchange, routing_key, body, properties)
+            self.published += 1
             self._channel._flush_output()  # written by now, unless the socket was full
             return
-        self._waited, self._acked, self._returned = self.published, None, False
+        self._waited, self._acked, self._returned = self.published + 1, None, False
         try:
             impl.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+            self.published += 1
             self._channel._flush_output(lambda: self._outcome() is not None)
             if not self._outcome():
                 raise Refused("basic.nack")

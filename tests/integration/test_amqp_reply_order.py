@@ -10,6 +10,7 @@ confirm is never answered by the confirm of one that did not wait.
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from chard.backends.rpc import RPCResultBackend
 from chard.brokers import open_broker
 from chard.brokers.amqp import AmqpBroker
 from chard.brokers.base import OutgoingMessage
+from chard.exceptions import BrokerError
 from chard.protocol.message import TaskMessage
 from tests.helpers import amqp_url, delete_amqp_queues, wait_for
 
@@ -128,3 +130,26 @@ def test_a_waited_publish_is_answered_by_its_own_confirm(
     # And one that arrives is confirmed
     client.publish("", reply_queue, Frame(b"{}"), persistent=False)
     wait_for(lambda: ready_in(amqp_url(), reply_queue) == 21)
+
+
+def test_a_publish_pika_refuses_leaves_the_next_one_its_own_confirm(
+    worker_side: tuple[AmqpBroker, RPCResultBackend, str],
+) -> None:
+    broker, _, reply_queue = worker_side
+    client = broker.client
+
+    # Given a publish with a header no AMQP field table holds (pika refuses it unwritten)
+    with pytest.raises(BrokerError, match="header value AMQP cannot carry"):
+        client.publish("", reply_queue, Frame(b"{}", {"n": 2**64}), persistent=False)
+
+    # When the next publish waits for its confirm, it gets it (it waited for ever when
+    # the refused one had been counted)
+    done = threading.Event()
+
+    def publish() -> None:
+        client.publish("", reply_queue, Frame(b"{}"), persistent=False)
+        done.set()
+
+    threading.Thread(target=publish, daemon=True).start()
+    assert done.wait(10)
+    wait_for(lambda: ready_in(amqp_url(), reply_queue) == 1)
