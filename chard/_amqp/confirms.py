@@ -41,6 +41,8 @@ class Confirms:
         self._channel = channel
         #: The delivery tag RabbitMQ gives the channel's latest publish.
         self.published = 0
+        #: The highest delivery tag RabbitMQ has confirmed (acked) so far.
+        self.confirmed = 0
         self._waited = 0  # the tag of the publish waited for (0: none)
         self._acked: bool | None = None
         self._returned = False
@@ -96,6 +98,8 @@ class Confirms:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag = int(method.delivery_tag)
+        if isinstance(method, pika.spec.Basic.Ack):
+            self.confirmed = max(self.confirmed, tag)
         if self._waited and (tag == self._waited or (method.multiple and tag >= self._waited)):
             self._acked = isinstance(method, pika.spec.Basic.Ack)
 

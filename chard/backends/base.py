@@ -173,10 +173,14 @@ class ResultBackend(ABC):
         Only ``rpc://`` uses it: it reads replies on the connection that sends the tasks.
         """
 
-    def note_request(self, task_id: str, reply_to: str) -> None:  # noqa: B027 - optional hook
+    def note_request(  # noqa: B027 - optional hook
+        self, task_id: str, reply_to: str, *, acked_first: bool = False
+    ) -> None:
         """Hear, in the process about to run it, where task ``task_id``'s sender listens.
 
         Only ``rpc://`` uses it: its stores go to that reply queue. Others store by task id.
+        ``acked_first``: the message is acked as it starts (``acks_late=False``), so no ack
+        follows its states on the channel (``rpc://`` then waits for their confirms).
         """
 
     @property

@@ -79,9 +79,9 @@ class RPCResultBackend(ResultBackend):
         self._lock = threading.Lock()
         #: The newest meta (JSON) of each task seen on the reply queue, by task key.
         self._seen: dict[str, bytes] = {}
-        #: reply_to of the tasks this (worker) process received, by task id; bounded, as a
-        #: task that stores nothing never pops its entry.
-        self._reply_to: OrderedDict[str, str] = OrderedDict()
+        #: reply_to of the tasks this (worker) process received, and whether each was acked
+        #: as it started, by task id; bounded, as a task that stores nothing never pops it.
+        self._reply_to: OrderedDict[str, tuple[str, bool]] = OrderedDict()
 
     # -- the sending side ---------------------------------------------------------------
     def share_broker(self, broker: Callable[[], object]) -> None:
@@ -160,9 +160,9 @@ class RPCResultBackend(ResultBackend):
         self._seen.pop(key, None)
 
     # -- the worker side ------------------------------------------------------------------
-    def note_request(self, task_id: str, reply_to: str) -> None:
+    def note_request(self, task_id: str, reply_to: str, *, acked_first: bool = False) -> None:
         if reply_to:
-            self._reply_to[task_id] = reply_to
+            self._reply_to[task_id] = (reply_to, acked_first)
             while len(self._reply_to) > _MAX_NOTED:
                 self._reply_to.popitem(last=False)
 
@@ -170,15 +170,17 @@ class RPCResultBackend(ResultBackend):
         """Publish each meta to its task's reply queue; a task without one has no reader.
 
         On the broker's connection a reply is not waited for: the task's ack follows it on
-        the same channel (see the module docstring). On a connection of its own it is.
+        the same channel (see the module docstring). On a connection of its own it is, and
+        so is one for a task acked as it started (no ack follows it).
         """
         client = self.client
-        confirmed = client is self.publisher
+        shared = client is not self.publisher
         for meta, _ in metas:
             task_id = str(meta["task_id"])
-            reply_to = self._reply_to.get(task_id)
-            if not reply_to:
+            noted = self._reply_to.get(task_id)
+            if noted is None:
                 continue
+            reply_to, acked_first = noted
             if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
                 self._reply_to.pop(task_id, None)
             frame = Frame(
@@ -189,6 +191,7 @@ class RPCResultBackend(ResultBackend):
             )
             # UnroutableMessage: the client and its queue are gone; nobody is left to read it.
             with contextlib.suppress(UnroutableMessage):
+                confirmed = not shared or acked_first
                 client.publish("", reply_to, frame, persistent=False, confirmed=confirmed)
         return [meta for meta, _ in metas]
 

@@ -83,6 +83,8 @@ class Gate:
         soft = soft if soft is not None else conf["task_soft_time_limit"]
         payload = JobPayload(delivery.body, delivery.queue, delivery.delivery_count, message)
         acks_late = task.option("acks_late")
+        if not acks_late and message.reply_to and self.app.backend is not None:
+            self.app.backend.note_request(message.id, message.reply_to, acked_first=True)
         return Admitted(delivery, message, acks_late, payload, soft, hard, task.rate_limit)
 
     def _accepted(self) -> frozenset[str]:

@@ -153,3 +153,22 @@ def test_a_publish_pika_refuses_leaves_the_next_one_its_own_confirm(
     threading.Thread(target=publish, daemon=True).start()
     assert done.wait(10)
     wait_for(lambda: ready_in(amqp_url(), reply_queue) == 1)
+
+
+def test_a_reply_for_a_task_acked_as_it_started_is_confirmed_before_the_store_returns(
+    worker_side: tuple[AmqpBroker, RPCResultBackend, str],
+) -> None:
+    # Given a task acked as it started (acks_late=False): no ack follows its reply
+    broker, backend, reply_queue = worker_side
+    confirms = broker.client._confirms
+    assert confirms is not None
+    task_id = uuid.uuid4().hex
+    backend.note_request(task_id, reply_queue, acked_first=True)
+
+    # When its result is stored
+    backend.store_result(task_id, 2, states.SUCCESS)
+
+    # Then the store returned once RabbitMQ confirmed the reply: a lost connection now
+    # makes the store fail (and be retried), not the reply vanish
+    assert confirms.confirmed == confirms.published
+    assert ready_in(amqp_url(), reply_queue) == 1
