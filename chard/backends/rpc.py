@@ -146,7 +146,8 @@ class RPCResultBackend(ResultBackend):
         """
         self._drain(timeout)
         seen = self._seen
-        return {key: seen[key] for key in keys if key in seen}
+        found = {key: seen.get(key) for key in keys}  # (one read each: forget() may pop)
+        return {key: value for key, value in found.items() if value is not None}
 
     def _get(self, key: str) -> bytes | None:
         self._drain()
