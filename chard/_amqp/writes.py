@@ -62,6 +62,7 @@ class Writes:
                 "_STATE_ACTIVE",
                 "_nbio",
                 "_tx_buffered_byte_count",
+                "_sigint_safe_send",
             )
         ):
             return
